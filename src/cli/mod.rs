@@ -1,0 +1,295 @@
+//! The `fluss-tiering` command line.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::cluster::table::{
+    DATALAKE_FRESHNESS, TableDescriptor, TablePath, parse_duration, parse_schema,
+};
+use crate::cluster::{Cluster, ClusterConfig, server};
+use crate::rpc::ClusterClient;
+use crate::workload::{ProduceOptions, Workload, produce};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fluss-tiering",
+    version,
+    about = "Lake tiering service on timely dataflow, with its own Fluss-compatible cluster"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a cluster server until SIGINT/SIGTERM.
+    Cluster(ClusterArgs),
+    /// Create a table.
+    CreateTable(CreateTableArgs),
+    /// Drop a table and its data.
+    DropTable(DropTableArgs),
+    /// Produce generated rows (a pure function of seed and row number) into a table.
+    Produce(ProduceArgs),
+    /// List tables with buckets, end offsets and tiering state.
+    Tables(ClusterUrl),
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterUrl {
+    /// The cluster, e.g. http://127.0.0.1:9123
+    #[arg(long)]
+    pub cluster: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// Where the cluster keeps its logs and metadata.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Address to serve gRPC on.
+    #[arg(long, default_value = "127.0.0.1:9123")]
+    pub listen: String,
+    /// A tiering job that has not heartbeated for this long loses its tables (e.g. 2min, 30s).
+    #[arg(long, default_value = "2min")]
+    pub tiering_timeout: String,
+    /// Segment size in bytes at which a bucket log rolls.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub segment_bytes: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateTableArgs {
+    #[arg(long)]
+    pub cluster: String,
+    /// database.table
+    #[arg(long)]
+    pub table: String,
+    /// Columns, e.g. "id:int64,name:string,ts:timestamp".
+    #[arg(long)]
+    pub schema: String,
+    #[arg(long, default_value_t = 1)]
+    pub buckets: u32,
+    #[arg(long)]
+    pub partition_by: Option<String>,
+    /// Primary-key columns, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    pub primary_key: Vec<String>,
+    /// table.datalake.freshness, e.g. 30s (default 3min).
+    #[arg(long)]
+    pub freshness: Option<String>,
+    /// Do not tier this table (table.datalake.enabled = false).
+    #[arg(long)]
+    pub no_datalake: bool,
+    /// Succeed when the table exists already.
+    #[arg(long)]
+    pub if_not_exists: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DropTableArgs {
+    #[arg(long)]
+    pub cluster: String,
+    #[arg(long)]
+    pub table: String,
+    #[arg(long)]
+    pub if_exists: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ProduceArgs {
+    #[arg(long)]
+    pub cluster: String,
+    #[arg(long)]
+    pub table: String,
+    #[arg(long)]
+    pub rows: u64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// First row number (rows are numbered across runs: continue where the last run stopped).
+    #[arg(long, default_value_t = 0)]
+    pub start_row: u64,
+    /// Rows per second (unlimited when absent).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Rows per chunk; each chunk is one request per (partition, bucket).
+    #[arg(long, default_value_t = 10_000)]
+    pub batch: u64,
+    /// Distinct partitions for a partitioned table.
+    #[arg(long, default_value_t = 3)]
+    pub partitions: u32,
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Cluster(args) => run_cluster(args).await,
+            Command::CreateTable(args) => create_table(args).await,
+            Command::DropTable(args) => {
+                let client = connect(&args.cluster).await?;
+                client
+                    .drop_table(&args.table.parse()?, args.if_exists)
+                    .await?;
+                println!("dropped {}", args.table);
+                Ok(())
+            }
+            Command::Produce(args) => run_produce(args).await,
+            Command::Tables(args) => print_tables(&connect(&args.cluster).await?).await,
+        }
+    })
+}
+
+async fn connect(url: &str) -> anyhow::Result<ClusterClient> {
+    Ok(ClusterClient::connect(url).await?)
+}
+
+async fn run_cluster(args: ClusterArgs) -> anyhow::Result<()> {
+    let mut config = ClusterConfig::new(&args.data_dir);
+    config.heartbeat_timeout = parse_duration(&args.tiering_timeout)?;
+    config.segment_bytes = args.segment_bytes;
+    let cluster = tokio::task::spawn_blocking(move || Cluster::open(config)).await??;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    println!(
+        "cluster serving on http://{addr} (data in {})",
+        args.data_dir.display()
+    );
+    server::serve(Arc::new(cluster), listener, shutdown_signal()).await?;
+    println!("cluster stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+async fn create_table(args: CreateTableArgs) -> anyhow::Result<()> {
+    let path: TablePath = args.table.parse()?;
+    let mut descriptor = TableDescriptor {
+        columns: parse_schema(&args.schema)?,
+        buckets: args.buckets,
+        partition_key: args.partition_by,
+        primary_key: args.primary_key,
+        properties: Default::default(),
+    };
+    if let Some(f) = args.freshness {
+        parse_duration(&f)?;
+        descriptor.properties.insert(DATALAKE_FRESHNESS.into(), f);
+    }
+    if args.no_datalake {
+        descriptor.properties.insert(
+            crate::cluster::table::DATALAKE_ENABLED.into(),
+            "false".into(),
+        );
+    }
+    descriptor.validate()?;
+    let client = connect(&args.cluster).await?;
+    let id = client
+        .create_table(&path, &descriptor, args.if_not_exists)
+        .await?;
+    println!("table {path} has id {id}");
+    Ok(())
+}
+
+async fn run_produce(args: ProduceArgs) -> anyhow::Result<()> {
+    let client = connect(&args.cluster).await?;
+    let path: TablePath = args.table.parse()?;
+    let (table_id, descriptor) = client.table_info(&path).await?;
+    if args
+        .rate
+        .is_some_and(|r| r.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater))
+    {
+        bail!("--rate must be a positive number of rows per second");
+    }
+    let workload = Workload {
+        seed: args.seed,
+        partitions: args.partitions,
+    };
+    let opts = ProduceOptions {
+        start_row: args.start_row,
+        rows: args.rows,
+        batch: args.batch,
+        rate: args.rate,
+        concurrency: 8,
+    };
+    let report = produce(&client, table_id, &descriptor, &workload, &opts).await?;
+    let secs = report.elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "produced {} rows into {path} in {} requests, {:.1} MB IPC, {:.2}s: {:.0} rows/s, {:.1} MB/s",
+        report.rows,
+        report.requests,
+        report.bytes as f64 / 1e6,
+        secs,
+        report.rows as f64 / secs,
+        report.bytes as f64 / 1e6 / secs
+    );
+    Ok(())
+}
+
+async fn print_tables(client: &ClusterClient) -> anyhow::Result<()> {
+    let tables = client.list_tables().await?;
+    println!(
+        "{:<6} {:<28} {:>7} {:>10} {:>12} {:<10} {:>6} {:>20}",
+        "id", "table", "buckets", "partitions", "end offsets", "tiering", "epoch", "lake snapshot"
+    );
+    for t in tables {
+        let partitions = if t.descriptor.is_partitioned() {
+            client.list_partitions(&t.path).await?
+        } else {
+            vec![]
+        };
+        let buckets: Vec<i32> = (0..t.descriptor.buckets as i32).collect();
+        let mut end = 0i64;
+        if t.descriptor.is_partitioned() {
+            for (pid, _) in &partitions {
+                end += client
+                    .list_offsets(t.table_id, Some(*pid), &buckets, true)
+                    .await?
+                    .iter()
+                    .sum::<i64>();
+            }
+        } else {
+            end = client
+                .list_offsets(t.table_id, None, &buckets, true)
+                .await?
+                .iter()
+                .sum();
+        }
+        println!(
+            "{:<6} {:<28} {:>7} {:>10} {:>12} {:<10} {:>6} {:>20}",
+            t.table_id,
+            t.path.to_string(),
+            t.descriptor.buckets,
+            partitions.len(),
+            end,
+            t.tiering_state,
+            t.tiering_epoch,
+            t.lake_snapshot_id
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "-".into())
+        );
+    }
+    Ok(())
+}

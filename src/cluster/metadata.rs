@@ -1,0 +1,152 @@
+//! The cluster's table catalog: ids, paths, descriptors and partitions, persisted in `DATA_DIR/meta/tables.json`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::persist::{read_json, write_json};
+use crate::cluster::table::{TableDescriptor, TablePath};
+use crate::error::{Error, ErrorKind, Result};
+
+/// A table as the cluster knows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableInfo {
+    pub table_id: i64,
+    pub path: TablePath,
+    pub descriptor: TableDescriptor,
+    pub created_ms: i64,
+    pub modified_ms: i64,
+    /// Partition name → partition id, for partitioned tables.
+    #[serde(default)]
+    pub partitions: BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    next_table_id: i64,
+    next_partition_id: i64,
+    tables: BTreeMap<i64, TableInfo>,
+}
+
+/// The catalog. Every change is durable before it returns.
+pub struct Metadata {
+    file: PathBuf,
+    state: State,
+}
+
+impl Metadata {
+    pub fn open(file: PathBuf) -> Result<Self> {
+        let state = read_json(&file)?.unwrap_or_default();
+        Ok(Metadata { file, state })
+    }
+
+    pub fn tables(&self) -> impl Iterator<Item = &TableInfo> {
+        self.state.tables.values()
+    }
+
+    pub fn by_id(&self, table_id: i64) -> Result<&TableInfo> {
+        self.state.tables.get(&table_id).ok_or_else(|| {
+            Error::new(
+                ErrorKind::TableNotExist,
+                format!("no table with id {table_id}"),
+            )
+        })
+    }
+
+    pub fn by_path(&self, path: &TablePath) -> Result<&TableInfo> {
+        self.state
+            .tables
+            .values()
+            .find(|t| &t.path == path)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::TableNotExist,
+                    format!("table {path} does not exist"),
+                )
+            })
+    }
+
+    /// Creates a table; returns the existing one when it exists and `ignore_if_exists` is set.
+    pub fn create(
+        &mut self,
+        path: TablePath,
+        descriptor: TableDescriptor,
+        ignore_if_exists: bool,
+        now_ms: i64,
+    ) -> Result<TableInfo> {
+        descriptor.validate()?;
+        if let Ok(existing) = self.by_path(&path) {
+            if ignore_if_exists {
+                return Ok(existing.clone());
+            }
+            return Err(Error::new(
+                ErrorKind::TableAlreadyExist,
+                format!("table {path} already exists"),
+            ));
+        }
+        let table_id = self.state.next_table_id;
+        let info = TableInfo {
+            table_id,
+            path,
+            descriptor,
+            created_ms: now_ms,
+            modified_ms: now_ms,
+            partitions: BTreeMap::new(),
+        };
+        self.state.next_table_id += 1;
+        self.state.tables.insert(table_id, info.clone());
+        self.save()?;
+        Ok(info)
+    }
+
+    /// Drops a table; returns its id, or `None` when absent and `ignore_if_not_exists` is set.
+    pub fn drop_table(
+        &mut self,
+        path: &TablePath,
+        ignore_if_not_exists: bool,
+    ) -> Result<Option<i64>> {
+        let id = match self.by_path(path) {
+            Ok(t) => t.table_id,
+            Err(_) if ignore_if_not_exists => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        self.state.tables.remove(&id);
+        self.save()?;
+        Ok(Some(id))
+    }
+
+    /// The id of a partition, creating it when it does not exist yet.
+    pub fn partition_id_or_create(
+        &mut self,
+        table_id: i64,
+        name: &str,
+        now_ms: i64,
+    ) -> Result<i64> {
+        if name.is_empty() || name.len() > 200 || name.contains(['/', '\\', '\0']) {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("invalid partition name {name:?}"),
+            ));
+        }
+        let next = self.state.next_partition_id;
+        let table = self.state.tables.get_mut(&table_id).ok_or_else(|| {
+            Error::new(
+                ErrorKind::TableNotExist,
+                format!("no table with id {table_id}"),
+            )
+        })?;
+        if let Some(id) = table.partitions.get(name) {
+            return Ok(*id);
+        }
+        table.partitions.insert(name.to_string(), next);
+        table.modified_ms = now_ms;
+        self.state.next_partition_id += 1;
+        self.save()?;
+        Ok(next)
+    }
+
+    fn save(&self) -> Result<()> {
+        write_json(&self.file, &self.state)
+    }
+}

@@ -1,0 +1,405 @@
+//! The Fluss-compatible cluster: table catalog, durable bucket logs and the tiering coordinator, served over gRPC.
+//!
+//! ```text
+//!   gRPC (service.rs) ──▶ Cluster ──┬── Metadata     tables, partitions          DATA_DIR/meta/tables.json
+//!                                   ├── Coordinator  tiering states, epochs,     DATA_DIR/meta/coordinator.json
+//!                                   │                lake snapshots
+//!                                   └── BucketLog×N  Arrow IPC segments          DATA_DIR/log/t{id}/p{partition}/b{bucket}/
+//! ```
+//!
+//! The same `Cluster` runs as a standalone server (`fluss-tiering cluster`) or embedded in the tiering job's process
+//! (`server::EmbeddedCluster`); both serve it on a TCP port, so clients cannot tell them apart.
+
+pub mod coordinator;
+pub mod log;
+pub mod metadata;
+pub mod persist;
+pub mod server;
+pub mod service;
+pub mod table;
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arrow::array::{Array, StringArray};
+use arrow::compute::cast;
+use arrow::datatypes::DataType;
+use arrow::ipc::reader::StreamReader;
+use bytes::Bytes;
+
+use crate::cluster::coordinator::{Coordinator, DEFAULT_HEARTBEAT_TIMEOUT, TieringStatus};
+use crate::cluster::log::{BucketLog, StoredBatch};
+use crate::cluster::metadata::{Metadata, TableInfo};
+use crate::cluster::table::{TableDescriptor, TablePath};
+use crate::error::{Error, ErrorKind, Result};
+
+/// How a cluster stores and schedules.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub data_dir: PathBuf,
+    /// A bucket's segment rolls once it holds this many bytes.
+    pub segment_bytes: u64,
+    /// A tiering job that has not heartbeated for this long loses its tables.
+    pub heartbeat_timeout: Duration,
+}
+
+impl ClusterConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        ClusterConfig {
+            data_dir: data_dir.into(),
+            segment_bytes: 64 << 20,
+            heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
+        }
+    }
+}
+
+/// Identifies one bucket log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BucketId {
+    pub table_id: i64,
+    pub partition_id: Option<i64>,
+    pub bucket: i32,
+}
+
+/// The result of a produce: where the batch landed.
+#[derive(Debug, Clone, Copy)]
+pub struct Appended {
+    pub partition_id: Option<i64>,
+    pub base_offset: i64,
+    pub record_count: u32,
+}
+
+/// What a fetch returns.
+#[derive(Debug)]
+pub struct Fetched {
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    pub batches: Vec<StoredBatch>,
+}
+
+/// One cluster's state. All methods may block on disk: call them off the async runtime.
+pub struct Cluster {
+    config: ClusterConfig,
+    metadata: Mutex<Metadata>,
+    coordinator: Mutex<Coordinator>,
+    logs: Mutex<HashMap<BucketId, Arc<Mutex<BucketLog>>>>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a lock leaves plain data behind, never a half-applied disk change: keep serving.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Cluster {
+    /// Opens (or initializes) the cluster in `config.data_dir`.
+    pub fn open(config: ClusterConfig) -> Result<Self> {
+        let meta_dir = config.data_dir.join("meta");
+        let metadata = Metadata::open(meta_dir.join("tables.json"))?;
+        let tables: Vec<TableInfo> = metadata.tables().cloned().collect();
+        let coordinator = Coordinator::open(
+            meta_dir.join("coordinator.json"),
+            config.heartbeat_timeout,
+            &tables,
+            Instant::now(),
+            now_ms(),
+        )?;
+        tracing::info!(data_dir = %config.data_dir.display(), tables = tables.len(),
+            coordinator_epoch = coordinator.coordinator_epoch(), "cluster opened");
+        Ok(Cluster {
+            config,
+            metadata: Mutex::new(metadata),
+            coordinator: Mutex::new(coordinator),
+            logs: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn coordinator(&self) -> MutexGuard<'_, Coordinator> {
+        lock(&self.coordinator)
+    }
+
+    pub fn create_table(
+        &self,
+        path: TablePath,
+        descriptor: TableDescriptor,
+        ignore_if_exists: bool,
+    ) -> Result<TableInfo> {
+        if descriptor.has_primary_key() {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "primary-key tables are not supported yet: this cluster stores log tables only",
+            ));
+        }
+        let mut metadata = lock(&self.metadata);
+        let existed = metadata.by_path(&path).is_ok();
+        let info = metadata.create(path, descriptor, ignore_if_exists, now_ms())?;
+        if !existed {
+            self.coordinator().add_table(&info, Instant::now())?;
+            tracing::info!(table = %info.path, table_id = info.table_id, "created table");
+        }
+        Ok(info)
+    }
+
+    pub fn drop_table(&self, path: &TablePath, ignore_if_not_exists: bool) -> Result<()> {
+        let Some(table_id) = lock(&self.metadata).drop_table(path, ignore_if_not_exists)? else {
+            return Ok(());
+        };
+        self.coordinator().remove_table(table_id)?;
+        lock(&self.logs).retain(|id, _| id.table_id != table_id);
+        let dir = self
+            .config
+            .data_dir
+            .join("log")
+            .join(format!("t{table_id}"));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| Error::io(format!("removing {}", dir.display()), e))?;
+        }
+        tracing::info!(table = %path, table_id, "dropped table");
+        Ok(())
+    }
+
+    pub fn table_by_path(&self, path: &TablePath) -> Result<TableInfo> {
+        lock(&self.metadata).by_path(path).cloned()
+    }
+
+    pub fn table_by_id(&self, table_id: i64) -> Result<TableInfo> {
+        lock(&self.metadata).by_id(table_id).cloned()
+    }
+
+    /// Every table with its tiering status (none when tiering is off for it).
+    pub fn list_tables(&self) -> Vec<(TableInfo, Option<TieringStatus>)> {
+        let tables: Vec<TableInfo> = lock(&self.metadata).tables().cloned().collect();
+        let coordinator = self.coordinator();
+        tables
+            .into_iter()
+            .map(|t| {
+                let status = coordinator.status(t.table_id);
+                (t, status)
+            })
+            .collect()
+    }
+
+    /// Appends one Arrow IPC stream to a bucket, durably. The stream must carry the table's schema and, for a
+    /// partitioned table, only rows of the named partition (created on first use).
+    pub fn produce(
+        &self,
+        table_id: i64,
+        partition_name: Option<&str>,
+        bucket: i32,
+        records: Bytes,
+    ) -> Result<Appended> {
+        let table = self.table_by_id(table_id)?;
+        check_bucket(&table, bucket)?;
+        let record_count = validate_records(&table, partition_name, &records)?;
+        let partition_id = match (&table.descriptor.partition_key, partition_name) {
+            (Some(_), Some(name)) => {
+                Some(lock(&self.metadata).partition_id_or_create(table_id, name, now_ms())?)
+            }
+            (Some(key), None) => {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!(
+                        "table {} is partitioned by {key:?}: name the partition",
+                        table.path
+                    ),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!("table {} is not partitioned", table.path),
+                ));
+            }
+            (None, None) => None,
+        };
+        let log = self.log(BucketId {
+            table_id,
+            partition_id,
+            bucket,
+        })?;
+        let base_offset = lock(&log).append(&records, record_count, now_ms())?;
+        Ok(Appended {
+            partition_id,
+            base_offset,
+            record_count,
+        })
+    }
+
+    /// Reads stored batches from `offset` on, up to `max_bytes` (at least one batch when there is one).
+    pub fn fetch(&self, id: BucketId, offset: i64, max_bytes: usize) -> Result<Fetched> {
+        let log = self.existing_log(id)?;
+        let (planned, high_watermark, log_start_offset) = {
+            let log = lock(&log);
+            (
+                log.plan_read(offset, max_bytes)?,
+                log.end_offset(),
+                log.start_offset(),
+            )
+        };
+        Ok(Fetched {
+            high_watermark,
+            log_start_offset,
+            batches: planned.execute()?,
+        })
+    }
+
+    /// The earliest (`latest == false`) or latest offset of a bucket.
+    pub fn list_offset(&self, id: BucketId, latest: bool) -> Result<i64> {
+        let log = self.existing_log(id)?;
+        let log = lock(&log);
+        Ok(if latest {
+            log.end_offset()
+        } else {
+            log.start_offset()
+        })
+    }
+
+    /// The log of a bucket that the catalog knows.
+    fn existing_log(&self, id: BucketId) -> Result<Arc<Mutex<BucketLog>>> {
+        let table = self.table_by_id(id.table_id)?;
+        check_bucket(&table, id.bucket)?;
+        match (table.descriptor.is_partitioned(), id.partition_id) {
+            (true, Some(p)) if table.partitions.values().any(|v| *v == p) => {}
+            (false, None) => {}
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::UnknownTableOrBucket,
+                    format!(
+                        "table {} has no partition {:?}",
+                        table.path, id.partition_id
+                    ),
+                ));
+            }
+        }
+        self.log(id)
+    }
+
+    fn log(&self, id: BucketId) -> Result<Arc<Mutex<BucketLog>>> {
+        let mut logs = lock(&self.logs);
+        if let Some(log) = logs.get(&id) {
+            return Ok(Arc::clone(log));
+        }
+        let partition = id
+            .partition_id
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "-".into());
+        let dir = self
+            .config
+            .data_dir
+            .join("log")
+            .join(format!("t{}", id.table_id))
+            .join(format!("p{partition}"))
+            .join(format!("b{}", id.bucket));
+        let log = Arc::new(Mutex::new(BucketLog::open(
+            &dir,
+            self.config.segment_bytes,
+        )?));
+        logs.insert(id, Arc::clone(&log));
+        Ok(log)
+    }
+}
+
+fn check_bucket(table: &TableInfo, bucket: i32) -> Result<()> {
+    if bucket < 0 || bucket as u32 >= table.descriptor.buckets {
+        return Err(Error::new(
+            ErrorKind::UnknownTableOrBucket,
+            format!(
+                "table {} has buckets 0..{}, not {bucket}",
+                table.path, table.descriptor.buckets
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Decodes a produced IPC stream to check it (schema, partition column) and count its rows.
+fn validate_records(
+    table: &TableInfo,
+    partition_name: Option<&str>,
+    records: &Bytes,
+) -> Result<u32> {
+    let reader = StreamReader::try_new(Cursor::new(records.as_ref()), None).map_err(|e| {
+        Error::new(
+            ErrorKind::CorruptMessage,
+            "records are not an Arrow IPC stream",
+        )
+        .with_source(e)
+    })?;
+    let expected = table.descriptor.arrow_schema();
+    let got = reader.schema();
+    let same = got.fields().len() == expected.fields().len()
+        && got
+            .fields()
+            .iter()
+            .zip(expected.fields())
+            .all(|(g, e)| g.name() == e.name() && g.data_type() == e.data_type());
+    if !same {
+        return Err(Error::new(
+            ErrorKind::SchemaMismatch,
+            format!(
+                "records have schema {} but table {} has {}",
+                describe(&got),
+                table.path,
+                describe(&expected)
+            ),
+        ));
+    }
+    let key_index = table
+        .descriptor
+        .partition_key
+        .as_ref()
+        .and_then(|k| expected.index_of(k).ok());
+    let mut rows: u64 = 0;
+    for batch in reader {
+        let batch = batch.map_err(|e| {
+            Error::new(ErrorKind::CorruptMessage, "records hold a malformed batch").with_source(e)
+        })?;
+        rows += batch.num_rows() as u64;
+        if let (Some(i), Some(name)) = (key_index, partition_name) {
+            let values = cast(batch.column(i), &DataType::Utf8).map_err(|e| {
+                Error::new(ErrorKind::Internal, "casting the partition column").with_source(e)
+            })?;
+            let values = values
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| Error::new(ErrorKind::Internal, "cast did not give strings"))?;
+            if values.null_count() > 0 || values.iter().any(|v| v != Some(name)) {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!("records hold rows outside partition {name:?}"),
+                ));
+            }
+        }
+    }
+    match u32::try_from(rows) {
+        Ok(0) => Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "records hold no rows",
+        )),
+        Ok(n) => Ok(n),
+        Err(_) => Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "too many rows in one produce request",
+        )),
+    }
+}
+
+fn describe(schema: &arrow::datatypes::Schema) -> String {
+    let cols: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| format!("{}:{}", f.name(), f.data_type()))
+        .collect();
+    format!("[{}]", cols.join(", "))
+}

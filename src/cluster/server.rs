@@ -1,0 +1,119 @@
+//! Serving a cluster over TCP: the standalone server and the embedded one are the same code.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::cluster::service::ClusterService;
+use crate::cluster::{Cluster, ClusterConfig};
+use crate::error::{Error, ErrorKind, Result};
+use crate::rpc::MAX_MESSAGE_BYTES;
+use crate::rpc::proto::coordinator_service_server::CoordinatorServiceServer;
+use crate::rpc::proto::tablet_service_server::TabletServiceServer;
+
+/// How often the coordinator promotes due tables and expires silent jobs.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Serves `cluster` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    cluster: Arc<Cluster>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let ticker = {
+        let cluster = Arc::clone(&cluster);
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(TICK);
+            loop {
+                interval.tick().await;
+                if let Err(e) = cluster.coordinator().tick(Instant::now()) {
+                    tracing::error!(error = %e, "coordinator tick failed");
+                }
+            }
+        })
+    };
+    let service = ClusterService::new(cluster);
+    let result = tonic::transport::Server::builder()
+        .add_service(
+            CoordinatorServiceServer::new(service.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            TabletServiceServer::new(service)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    ticker.abort();
+    result.map_err(|e| Error::new(ErrorKind::Network, "gRPC server failed").with_source(e))
+}
+
+/// A cluster served in this process, on a loopback port of its own; it stops when dropped or shut down.
+pub struct EmbeddedCluster {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<()>>>,
+}
+
+impl EmbeddedCluster {
+    /// Opens the cluster in `config.data_dir` and serves it on `127.0.0.1:0` from the current tokio runtime.
+    pub async fn start(config: ClusterConfig) -> Result<Self> {
+        let cluster = tokio::task::spawn_blocking(move || Cluster::open(config))
+            .await
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Internal,
+                    format!("opening the cluster panicked: {e}"),
+                )
+            })??;
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(|e| {
+            Error::new(ErrorKind::Network, "binding a loopback port").with_source(e)
+        })?;
+        let addr = listener.local_addr().map_err(|e| {
+            Error::new(ErrorKind::Network, "reading the bound address").with_source(e)
+        })?;
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(serve(Arc::new(cluster), listener, async {
+            let _ = stopped.await;
+        }));
+        Ok(EmbeddedCluster {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// The `http://127.0.0.1:PORT` URL clients connect to.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops serving and waits until the server has let go of the cluster's files.
+    pub async fn shutdown(mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task
+                .await
+                .map_err(|e| Error::new(ErrorKind::Internal, format!("server task failed: {e}")))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for EmbeddedCluster {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

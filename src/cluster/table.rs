@@ -1,0 +1,410 @@
+//! Table metadata: paths, column types, schemas and the descriptor a table is created from.
+//!
+//! A descriptor travels as JSON (`table_json` in the RPC) and is stored the same way in the cluster's catalog.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Fluss's default for `table.datalake.freshness`.
+pub const DEFAULT_FRESHNESS: Duration = Duration::from_secs(180);
+
+/// `database.table`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TablePath {
+    pub database: String,
+    pub table: String,
+}
+
+impl TablePath {
+    pub fn new(database: impl Into<String>, table: impl Into<String>) -> Result<Self> {
+        let path = TablePath {
+            database: database.into(),
+            table: table.into(),
+        };
+        for part in [&path.database, &path.table] {
+            let valid = !part.is_empty()
+                && part.len() <= 200
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !valid {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!("invalid name {part:?}: use 1-200 characters of [A-Za-z0-9_-]"),
+                ));
+            }
+        }
+        Ok(path)
+    }
+}
+
+impl FromStr for TablePath {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.split_once('.') {
+            Some((db, table)) if !table.contains('.') => TablePath::new(db, table),
+            _ => Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("table path {s:?} is not of the form database.table"),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for TablePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.database, self.table)
+    }
+}
+
+/// The column types a table may have, spelled as on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnType {
+    Bool,
+    Int32,
+    Int64,
+    Float32,
+    Float64,
+    Decimal {
+        precision: u8,
+        scale: i8,
+    },
+    String,
+    Binary,
+    Date,
+    /// Microseconds since the epoch, without a time zone.
+    Timestamp,
+}
+
+impl ColumnType {
+    pub fn to_arrow(self) -> DataType {
+        match self {
+            ColumnType::Bool => DataType::Boolean,
+            ColumnType::Int32 => DataType::Int32,
+            ColumnType::Int64 => DataType::Int64,
+            ColumnType::Float32 => DataType::Float32,
+            ColumnType::Float64 => DataType::Float64,
+            ColumnType::Decimal { precision, scale } => DataType::Decimal128(precision, scale),
+            ColumnType::String => DataType::Utf8,
+            ColumnType::Binary => DataType::Binary,
+            ColumnType::Date => DataType::Date32,
+            ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
+        }
+    }
+}
+
+impl FromStr for ColumnType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim().to_ascii_lowercase();
+        let plain = match s.as_str() {
+            "bool" | "boolean" => Some(ColumnType::Bool),
+            "int32" | "int" => Some(ColumnType::Int32),
+            "int64" | "bigint" => Some(ColumnType::Int64),
+            "float32" | "float" => Some(ColumnType::Float32),
+            "float64" | "double" => Some(ColumnType::Float64),
+            "string" => Some(ColumnType::String),
+            "binary" | "bytes" => Some(ColumnType::Binary),
+            "date" => Some(ColumnType::Date),
+            "timestamp" => Some(ColumnType::Timestamp),
+            _ => None,
+        };
+        if let Some(t) = plain {
+            return Ok(t);
+        }
+        let bad = || {
+            Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "unknown column type {s:?}: expected bool, int32, int64, float32, float64, decimal(P,S), \
+                     string, binary, date or timestamp"
+                ),
+            )
+        };
+        let args = s
+            .strip_prefix("decimal(")
+            .and_then(|r| r.strip_suffix(')'))
+            .ok_or_else(bad)?;
+        let (p, sc) = args.split_once(',').ok_or_else(bad)?;
+        let precision: u8 = p.trim().parse().map_err(|_| bad())?;
+        let scale: i8 = sc.trim().parse().map_err(|_| bad())?;
+        if !(1..=38).contains(&precision) || scale < 0 || scale as u8 > precision {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "decimal({precision},{scale}): precision must be 1..=38 and 0 <= scale <= precision"
+                ),
+            ));
+        }
+        Ok(ColumnType::Decimal { precision, scale })
+    }
+}
+
+impl fmt::Display for ColumnType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ColumnType::Bool => write!(f, "bool"),
+            ColumnType::Int32 => write!(f, "int32"),
+            ColumnType::Int64 => write!(f, "int64"),
+            ColumnType::Float32 => write!(f, "float32"),
+            ColumnType::Float64 => write!(f, "float64"),
+            ColumnType::Decimal { precision, scale } => write!(f, "decimal({precision},{scale})"),
+            ColumnType::String => write!(f, "string"),
+            ColumnType::Binary => write!(f, "binary"),
+            ColumnType::Date => write!(f, "date"),
+            ColumnType::Timestamp => write!(f, "timestamp"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Column {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub data_type: ColumnType,
+}
+
+/// Parses `"id:int64,name:string,amount:decimal(10,2)"`.
+pub fn parse_schema(spec: &str) -> Result<Vec<Column>> {
+    let mut columns: Vec<Column> = Vec::new();
+    let mut rest = spec.trim();
+    while !rest.is_empty() {
+        // Commas inside `decimal(P,S)` do not separate columns.
+        let mut depth = 0usize;
+        let end = rest
+            .char_indices()
+            .find(|&(_, c)| {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth = depth.saturating_sub(1),
+                    _ => {}
+                }
+                c == ',' && depth == 0
+            })
+            .map(|(i, _)| i)
+            .unwrap_or(rest.len());
+        let item = rest[..end].trim();
+        rest = rest.get(end + 1..).unwrap_or("").trim();
+        let (name, ty) = item.split_once(':').ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidArgument,
+                format!("column {item:?} is not of the form name:type"),
+            )
+        })?;
+        let name = name.trim();
+        if name.is_empty() || name.starts_with("__") {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "invalid column name {name:?}: names must be non-empty and must not start with '__'"
+                ),
+            ));
+        }
+        if columns.iter().any(|c| c.name == name) {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("duplicate column {name:?}"),
+            ));
+        }
+        columns.push(Column {
+            name: name.to_string(),
+            data_type: ty.parse()?,
+        });
+    }
+    if columns.is_empty() {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "a schema needs at least one column",
+        ));
+    }
+    Ok(columns)
+}
+
+/// Everything needed to create a table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableDescriptor {
+    pub columns: Vec<Column>,
+    pub buckets: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub primary_key: Vec<String>,
+    /// Fluss table options, e.g. `table.datalake.enabled`, `table.datalake.freshness`.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// The option that turns tiering on for a table.
+pub const DATALAKE_ENABLED: &str = "table.datalake.enabled";
+/// How stale the lake copy may become (also the longest a tiering round may run).
+pub const DATALAKE_FRESHNESS: &str = "table.datalake.freshness";
+
+impl TableDescriptor {
+    /// Checks what a create-table request can get wrong.
+    pub fn validate(&self) -> Result<()> {
+        if self.columns.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "a table needs at least one column",
+            ));
+        }
+        if !(1..=1024).contains(&self.buckets) {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("bucket count {} is not in 1..=1024", self.buckets),
+            ));
+        }
+        if let Some(key) = &self.partition_key {
+            let column = self.column(key).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!("partition key {key:?} is not a column"),
+                )
+            })?;
+            if !matches!(
+                column.data_type,
+                ColumnType::String | ColumnType::Int32 | ColumnType::Int64 | ColumnType::Date
+            ) {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!(
+                        "partition key {key:?} has type {}; use string, int32, int64 or date",
+                        column.data_type
+                    ),
+                ));
+            }
+        }
+        for key in &self.primary_key {
+            if self.column(key).is_none() {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!("primary key column {key:?} is not a column"),
+                ));
+            }
+        }
+        self.freshness()?;
+        self.datalake_enabled()?;
+        Ok(())
+    }
+
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    pub fn is_partitioned(&self) -> bool {
+        self.partition_key.is_some()
+    }
+
+    pub fn has_primary_key(&self) -> bool {
+        !self.primary_key.is_empty()
+    }
+
+    /// The Arrow schema of the table's records (all columns nullable).
+    pub fn arrow_schema(&self) -> SchemaRef {
+        let fields: Vec<Field> = self
+            .columns
+            .iter()
+            .map(|c| Field::new(&c.name, c.data_type.to_arrow(), true))
+            .collect();
+        Arc::new(Schema::new(fields))
+    }
+
+    /// `table.datalake.freshness`, 3 minutes unless set.
+    pub fn freshness(&self) -> Result<Duration> {
+        match self.properties.get(DATALAKE_FRESHNESS) {
+            None => Ok(DEFAULT_FRESHNESS),
+            Some(v) => parse_duration(v),
+        }
+    }
+
+    /// `table.datalake.enabled`, true unless set to false: this cluster exists to be tiered.
+    pub fn datalake_enabled(&self) -> Result<bool> {
+        match self.properties.get(DATALAKE_ENABLED).map(|s| s.as_str()) {
+            None | Some("true") => Ok(true),
+            Some("false") => Ok(false),
+            Some(other) => Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("{DATALAKE_ENABLED} must be true or false, not {other:?}"),
+            )),
+        }
+    }
+}
+
+/// Parses durations such as `500ms`, `30s`, `3min`, `3m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let bad = || {
+        Error::new(
+            ErrorKind::InvalidArgument,
+            format!("invalid duration {s:?}: use e.g. 500ms, 30s, 3min, 1h"),
+        )
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let d = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "s" | "" => Duration::from_secs(n),
+        "m" | "min" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(bad()),
+    };
+    if d.is_zero() {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!("duration {s:?} must be positive"),
+        ));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_schema_with_decimal() {
+        let cols = parse_schema("id:int64, amount:decimal(10,2),name:string").expect("valid");
+        assert_eq!(cols.len(), 3);
+        assert_eq!(
+            cols[1].data_type,
+            ColumnType::Decimal {
+                precision: 10,
+                scale: 2
+            }
+        );
+        assert!(parse_schema("id:int64,id:string").is_err());
+        assert!(parse_schema("id:uint8").is_err());
+        assert!(parse_schema("__offset:int64").is_err());
+        assert!(parse_schema("amount:decimal(50,2)").is_err());
+    }
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("30s").ok(), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("3min").ok(), Some(Duration::from_secs(180)));
+        assert_eq!(
+            parse_duration("250ms").ok(),
+            Some(Duration::from_millis(250))
+        );
+        assert!(parse_duration("3 fortnights").is_err());
+        assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn table_paths() {
+        assert!("db.t".parse::<TablePath>().is_ok());
+        assert!("db".parse::<TablePath>().is_err());
+        assert!("a.b.c".parse::<TablePath>().is_err());
+        assert!("d b.t".parse::<TablePath>().is_err());
+    }
+}

@@ -1,0 +1,212 @@
+//! One error type for the library, with a kind that says what went wrong and whether a retry can help.
+//!
+//! Kinds map one to one onto Fluss's error codes (`Errors.java`) so a kind survives the trip through gRPC: the
+//! server puts the code in the `fluss-error-code` metadata of its status, the client rebuilds the kind from it.
+
+use std::fmt;
+
+/// What went wrong, in the protocol's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The network or the remote service failed; the call may be retried.
+    Network,
+    /// No table at that path or with that id.
+    TableNotExist,
+    /// A table with that path exists already.
+    TableAlreadyExist,
+    /// The bucket (or partition) does not exist in the table.
+    UnknownTableOrBucket,
+    /// A request or a configuration value is malformed.
+    InvalidArgument,
+    /// Records whose schema is not the table's.
+    SchemaMismatch,
+    /// Records that are not a readable Arrow IPC stream.
+    CorruptMessage,
+    /// An offset outside `[log_start_offset, high_watermark]`.
+    OffsetOutOfRange,
+    /// The caller's coordinator epoch is not the coordinator's current one.
+    InvalidCoordinator,
+    /// The caller's tiering epoch was superseded: another job (or a later round) owns the table.
+    FencedTieringEpoch,
+    /// The table has no lake snapshot yet.
+    LakeSnapshotNotExist,
+    /// The request is valid but not supported (yet).
+    Unsupported,
+    /// Local storage failed (I/O, a corrupt file).
+    Storage,
+    /// The lake (catalog, files) failed.
+    Lake,
+    /// A bug: a state that should be impossible.
+    Internal,
+}
+
+impl ErrorKind {
+    /// Fluss's numeric error code for this kind (`Errors.java`); kinds Fluss lacks use codes from 1000 on.
+    pub fn code(self) -> i32 {
+        match self {
+            ErrorKind::Network => 1,
+            ErrorKind::CorruptMessage => 3,
+            ErrorKind::TableNotExist => 7,
+            ErrorKind::TableAlreadyExist => 6,
+            ErrorKind::InvalidArgument => 20,
+            ErrorKind::UnknownTableOrBucket => 21,
+            ErrorKind::InvalidCoordinator => 23,
+            ErrorKind::OffsetOutOfRange => 8,
+            ErrorKind::SchemaMismatch => 1001,
+            ErrorKind::FencedTieringEpoch => 50,
+            ErrorKind::LakeSnapshotNotExist => 53,
+            ErrorKind::Unsupported => 1002,
+            ErrorKind::Storage => 1003,
+            ErrorKind::Lake => 1004,
+            ErrorKind::Internal => -1,
+        }
+    }
+
+    /// The kind for a Fluss error code; unknown codes are `Internal`.
+    pub fn from_code(code: i32) -> ErrorKind {
+        const ALL: [ErrorKind; 15] = [
+            ErrorKind::Network,
+            ErrorKind::CorruptMessage,
+            ErrorKind::TableNotExist,
+            ErrorKind::TableAlreadyExist,
+            ErrorKind::InvalidArgument,
+            ErrorKind::UnknownTableOrBucket,
+            ErrorKind::InvalidCoordinator,
+            ErrorKind::OffsetOutOfRange,
+            ErrorKind::SchemaMismatch,
+            ErrorKind::FencedTieringEpoch,
+            ErrorKind::LakeSnapshotNotExist,
+            ErrorKind::Unsupported,
+            ErrorKind::Storage,
+            ErrorKind::Lake,
+            ErrorKind::Internal,
+        ];
+        ALL.into_iter()
+            .find(|k| k.code() == code)
+            .unwrap_or(ErrorKind::Internal)
+    }
+
+    /// Whether trying the same call again later can succeed.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Network | ErrorKind::Storage | ErrorKind::Lake
+        )
+    }
+
+    fn grpc_code(self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            ErrorKind::Network => Code::Unavailable,
+            ErrorKind::TableNotExist
+            | ErrorKind::UnknownTableOrBucket
+            | ErrorKind::LakeSnapshotNotExist => Code::NotFound,
+            ErrorKind::TableAlreadyExist => Code::AlreadyExists,
+            ErrorKind::InvalidArgument | ErrorKind::SchemaMismatch | ErrorKind::CorruptMessage => {
+                Code::InvalidArgument
+            }
+            ErrorKind::OffsetOutOfRange => Code::OutOfRange,
+            ErrorKind::InvalidCoordinator | ErrorKind::FencedTieringEpoch => {
+                Code::FailedPrecondition
+            }
+            ErrorKind::Unsupported => Code::Unimplemented,
+            ErrorKind::Storage | ErrorKind::Lake | ErrorKind::Internal => Code::Internal,
+        }
+    }
+}
+
+/// An error with its kind, a message for people, and the underlying cause if there is one.
+#[derive(Debug, thiserror::Error)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+/// The library's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+const CODE_HEADER: &str = "fluss-error-code";
+
+impl Error {
+    /// A new error of `kind`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Attaches the underlying cause.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The message, without the cause.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// A storage error with its I/O cause.
+    pub fn io(context: impl Into<String>, err: std::io::Error) -> Self {
+        Error::new(ErrorKind::Storage, context).with_source(err)
+    }
+
+    /// Rebuilds an error from a per-table error of a response.
+    pub fn from_code(code: i32, message: Option<String>) -> Self {
+        Error::new(
+            ErrorKind::from_code(code),
+            message.unwrap_or_else(|| format!("error code {code}")),
+        )
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.message)?;
+        if let Some(source) = &self.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(err: Error) -> Self {
+        let mut status = tonic::Status::new(err.kind.grpc_code(), err.to_string());
+        if let Ok(value) = err.kind.code().to_string().parse() {
+            status.metadata_mut().insert(CODE_HEADER, value);
+        }
+        status
+    }
+}
+
+impl From<tonic::Status> for Error {
+    fn from(status: tonic::Status) -> Self {
+        let coded = status
+            .metadata()
+            .get(CODE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i32>().ok())
+            .map(ErrorKind::from_code);
+        let kind = coded.unwrap_or(match status.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                ErrorKind::Network
+            }
+            tonic::Code::NotFound => ErrorKind::TableNotExist,
+            tonic::Code::InvalidArgument => ErrorKind::InvalidArgument,
+            tonic::Code::Unimplemented => ErrorKind::Unsupported,
+            _ => ErrorKind::Internal,
+        });
+        Error::new(kind, status.message().to_string())
+    }
+}

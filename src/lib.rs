@@ -1,0 +1,27 @@
+//! # fluss-tiering
+//!
+//! A lake tiering service on timely dataflow. It keeps moving fresh data out of a streaming store (Fluss-style log
+//! tables split into buckets with offsets) into lakehouse tables, incrementally, in parallel and exactly once.
+//!
+//! ```text
+//!   producers ──ProduceLog──▶ cluster ◀──heartbeat / ListOffsets / FetchLog / CommitLakeTableSnapshot── tiering job
+//!                             (src/cluster)                                                               (dataflows/)
+//!                                                                                                            │
+//!                                                                                          lake files + snapshot
+//!                                                                                                            ▼
+//!                                                                                                 lake (src/lake)
+//! ```
+//!
+//! - [`cluster`]: the hot store: durable bucket logs, table catalog, and the coordinator that schedules tables for
+//!   tiering under fenced epochs. Served over gRPC, standalone or embedded.
+//! - [`rpc`]: the wire protocol (`proto/fluss_api.proto`), a typed client and the Arrow IPC framing.
+//! - [`workload`]: a deterministic load generator whose rows a checker can recompute.
+//! - [`cli`]: the `fluss-tiering` command.
+
+pub mod cli;
+pub mod cluster;
+pub mod error;
+pub mod rpc;
+pub mod workload;
+
+pub use error::{Error, ErrorKind, Result};

@@ -1,0 +1,290 @@
+//! The wire: code generated from `proto/fluss_api.proto`, a typed client, and the Arrow IPC framing of records.
+
+pub mod ipc;
+
+use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::cluster::table::{TableDescriptor, TablePath};
+use crate::error::{Error, ErrorKind, Result};
+
+/// Generated messages and services (package `fluss`).
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("fluss");
+}
+
+use proto::coordinator_service_client::CoordinatorServiceClient;
+use proto::tablet_service_client::TabletServiceClient;
+
+/// Largest message either side accepts: a fetch of a few large batches fits.
+pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+/// A table as `ListTables` describes it.
+#[derive(Debug, Clone)]
+pub struct TableSummary {
+    pub table_id: i64,
+    pub path: TablePath,
+    pub descriptor: TableDescriptor,
+    pub tiering_state: String,
+    pub tiering_epoch: i64,
+    pub lake_snapshot_id: Option<i64>,
+}
+
+/// A client of one cluster; cheap to clone (the connection is shared).
+#[derive(Clone)]
+pub struct ClusterClient {
+    coordinator: CoordinatorServiceClient<Channel>,
+    tablet: TabletServiceClient<Channel>,
+}
+
+fn descriptor(json: &[u8]) -> Result<TableDescriptor> {
+    serde_json::from_slice(json).map_err(|e| {
+        Error::new(ErrorKind::CorruptMessage, "table_json is not a descriptor").with_source(e)
+    })
+}
+
+fn pb_path(p: &TablePath) -> proto::PbTablePath {
+    crate::cluster::service::pb_path(p)
+}
+
+impl ClusterClient {
+    /// Connects to `url` (`http://HOST:PORT`).
+    pub async fn connect(url: &str) -> Result<Self> {
+        let endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidArgument,
+                format!("invalid cluster URL {url:?}"),
+            )
+            .with_source(e)
+        })?;
+        let channel = endpoint.connect().await.map_err(|e| {
+            Error::new(
+                ErrorKind::Network,
+                format!("cannot reach the cluster at {url}"),
+            )
+            .with_source(e)
+        })?;
+        Ok(ClusterClient {
+            coordinator: CoordinatorServiceClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            tablet: TabletServiceClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        })
+    }
+
+    pub async fn create_table(
+        &self,
+        path: &TablePath,
+        descriptor: &TableDescriptor,
+        ignore_if_exists: bool,
+    ) -> Result<i64> {
+        let table_json = serde_json::to_vec(descriptor)
+            .map_err(|e| Error::new(ErrorKind::Internal, "serializing").with_source(e))?;
+        let req = proto::CreateTableRequest {
+            table_path: Some(pb_path(path)),
+            table_json,
+            ignore_if_exists,
+        };
+        Ok(self
+            .coordinator
+            .clone()
+            .create_table(req)
+            .await?
+            .into_inner()
+            .table_id)
+    }
+
+    pub async fn drop_table(&self, path: &TablePath, ignore_if_not_exists: bool) -> Result<()> {
+        let req = proto::DropTableRequest {
+            table_path: Some(pb_path(path)),
+            ignore_if_not_exists,
+        };
+        self.coordinator.clone().drop_table(req).await?;
+        Ok(())
+    }
+
+    pub async fn list_tables(&self) -> Result<Vec<TableSummary>> {
+        let resp = self
+            .coordinator
+            .clone()
+            .list_tables(proto::ListTablesRequest {})
+            .await?
+            .into_inner();
+        resp.tables
+            .into_iter()
+            .map(|t| {
+                let p = t
+                    .table_path
+                    .ok_or_else(|| Error::new(ErrorKind::CorruptMessage, "table without a path"))?;
+                Ok(TableSummary {
+                    table_id: t.table_id,
+                    path: TablePath::new(p.database_name, p.table_name)?,
+                    descriptor: descriptor(&t.table_json)?,
+                    tiering_state: t.tiering_state,
+                    tiering_epoch: t.tiering_epoch,
+                    lake_snapshot_id: t.lake_snapshot_id,
+                })
+            })
+            .collect()
+    }
+
+    /// The table's id and descriptor.
+    pub async fn table_info(&self, path: &TablePath) -> Result<(i64, TableDescriptor)> {
+        let req = proto::GetTableInfoRequest {
+            table_path: Some(pb_path(path)),
+        };
+        let resp = self
+            .coordinator
+            .clone()
+            .get_table_info(req)
+            .await?
+            .into_inner();
+        Ok((resp.table_id, descriptor(&resp.table_json)?))
+    }
+
+    /// `(partition_id, partition_name)` of every partition.
+    pub async fn list_partitions(&self, path: &TablePath) -> Result<Vec<(i64, String)>> {
+        let req = proto::ListPartitionInfosRequest {
+            table_path: Some(pb_path(path)),
+        };
+        let resp = self
+            .coordinator
+            .clone()
+            .list_partition_infos(req)
+            .await?
+            .into_inner();
+        Ok(resp
+            .partitions_info
+            .into_iter()
+            .map(|p| (p.partition_id, p.partition_name))
+            .collect())
+    }
+
+    /// Appends one Arrow IPC stream to a bucket; acknowledged once durable.
+    pub async fn produce_ipc(
+        &self,
+        table_id: i64,
+        partition_name: Option<&str>,
+        bucket: i32,
+        records: Bytes,
+    ) -> Result<proto::ProduceLogResponse> {
+        let req = proto::ProduceLogRequest {
+            table_id,
+            partition_name: partition_name.map(str::to_string),
+            bucket_id: bucket,
+            records,
+        };
+        Ok(self.tablet.clone().produce_log(req).await?.into_inner())
+    }
+
+    /// Appends record batches to a bucket as one IPC stream.
+    pub async fn produce(
+        &self,
+        table_id: i64,
+        partition_name: Option<&str>,
+        bucket: i32,
+        batches: &[RecordBatch],
+    ) -> Result<proto::ProduceLogResponse> {
+        self.produce_ipc(table_id, partition_name, bucket, ipc::encode(batches)?)
+            .await
+    }
+
+    pub async fn fetch(
+        &self,
+        table_id: i64,
+        partition_id: Option<i64>,
+        bucket: i32,
+        offset: i64,
+        max_bytes: i32,
+    ) -> Result<proto::FetchLogResponse> {
+        let req = proto::FetchLogRequest {
+            table_id,
+            partition_id,
+            bucket_id: bucket,
+            fetch_offset: offset,
+            max_fetch_bytes: max_bytes,
+        };
+        Ok(self.tablet.clone().fetch_log(req).await?.into_inner())
+    }
+
+    /// The latest (high watermark) or earliest offset of each bucket, in the order asked.
+    pub async fn list_offsets(
+        &self,
+        table_id: i64,
+        partition_id: Option<i64>,
+        buckets: &[i32],
+        latest: bool,
+    ) -> Result<Vec<i64>> {
+        let req = proto::ListOffsetsRequest {
+            follower_server_id: -1,
+            offset_type: i32::from(latest),
+            table_id,
+            partition_id,
+            bucket_id: buckets.to_vec(),
+        };
+        let resp = self.tablet.clone().list_offsets(req).await?.into_inner();
+        resp.buckets_resp
+            .into_iter()
+            .map(|b| match (b.offset, b.error_code) {
+                (Some(o), None) => Ok(o),
+                (_, code) => Err(Error::from_code(code.unwrap_or(-1), b.error_message)),
+            })
+            .collect()
+    }
+
+    pub async fn heartbeat(
+        &self,
+        req: proto::LakeTieringHeartbeatRequest,
+    ) -> Result<proto::LakeTieringHeartbeatResponse> {
+        Ok(self
+            .coordinator
+            .clone()
+            .lake_tiering_heartbeat(req)
+            .await?
+            .into_inner())
+    }
+
+    /// The table's latest lake snapshot as the cluster recorded it, `None` when there is none.
+    pub async fn lake_snapshot(
+        &self,
+        path: &TablePath,
+    ) -> Result<Option<proto::GetLakeSnapshotResponse>> {
+        let req = proto::GetLakeSnapshotRequest {
+            table_path: Some(pb_path(path)),
+        };
+        match self.coordinator.clone().get_lake_snapshot(req).await {
+            Ok(resp) => Ok(Some(resp.into_inner())),
+            Err(status) => match Error::from(status) {
+                e if e.kind() == ErrorKind::LakeSnapshotNotExist => Ok(None),
+                e => Err(e),
+            },
+        }
+    }
+
+    /// Records a lake snapshot with the coordinator; a per-table rejection (fenced epoch, …) is an error.
+    pub async fn commit_lake_snapshot(&self, info: proto::PbLakeTableSnapshotInfo) -> Result<()> {
+        let req = proto::CommitLakeTableSnapshotRequest {
+            tables_req: vec![info],
+        };
+        let resp = self
+            .coordinator
+            .clone()
+            .commit_lake_table_snapshot(req)
+            .await?
+            .into_inner();
+        match resp.table_resp.into_iter().next() {
+            Some(t) => match t.error_code {
+                None => Ok(()),
+                Some(code) => Err(Error::from_code(code, t.error_message)),
+            },
+            None => Err(Error::new(
+                ErrorKind::CorruptMessage,
+                "commit response without a table entry",
+            )),
+        }
+    }
+}

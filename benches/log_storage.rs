@@ -16,36 +16,21 @@ const ROWS_PER_BATCH: u64 = 8192;
 const BATCHES: u64 = 16;
 
 fn bench(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let (cluster, client, table_id, payloads) = runtime.block_on(async {
-        let cluster = EmbeddedCluster::start(ClusterConfig::new(dir.path()))
-            .await
-            .expect("cluster");
-        let client = ClusterClient::connect(&cluster.url())
-            .await
-            .expect("connect");
+        let cluster = EmbeddedCluster::start(ClusterConfig::new(dir.path())).await.expect("cluster");
+        let client = ClusterClient::connect(&cluster.url()).await.expect("connect");
         let d = TableDescriptor {
-            columns: parse_schema(
-                "id:int64,name:string,amount:decimal(12,2),score:float64,ts:timestamp",
-            )
-            .expect("schema"),
+            columns: parse_schema("id:int64,name:string,amount:decimal(12,2),score:float64,ts:timestamp")
+                .expect("schema"),
             buckets: 1,
             partition_key: None,
             primary_key: vec![],
             properties: Default::default(),
         };
-        let table_id = client
-            .create_table(&"bench.log".parse().expect("path"), &d, false)
-            .await
-            .expect("create");
-        let w = Workload {
-            seed: 3,
-            partitions: 1,
-        };
+        let table_id = client.create_table(&"bench.log".parse().expect("path"), &d, false).await.expect("create");
+        let w = Workload { seed: 3, partitions: 1 };
         let payloads: Vec<_> = (0..BATCHES)
             .map(|i| {
                 let rows: Vec<u64> = (i * ROWS_PER_BATCH..(i + 1) * ROWS_PER_BATCH).collect();
@@ -58,20 +43,13 @@ fn bench(c: &mut Criterion) {
     let rows = ROWS_PER_BATCH * BATCHES;
 
     let mut group = c.benchmark_group("cluster");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(5));
+    group.sample_size(10).measurement_time(Duration::from_secs(5));
     group.throughput(Throughput::Elements(rows));
     group.bench_function("produce rows (fsync per batch)", |b| {
         b.iter(|| {
             runtime.block_on(async {
                 for p in &payloads {
-                    black_box(
-                        client
-                            .produce_ipc(table_id, None, 0, p.clone())
-                            .await
-                            .expect("produce"),
-                    );
+                    black_box(client.produce_ipc(table_id, None, 0, p.clone()).await.expect("produce"));
                 }
             })
         })
@@ -82,10 +60,7 @@ fn bench(c: &mut Criterion) {
             runtime.block_on(async {
                 let mut offset = 0;
                 while offset < rows as i64 {
-                    let resp = client
-                        .fetch(table_id, None, 0, offset, 4 << 20)
-                        .await
-                        .expect("fetch");
+                    let resp = client.fetch(table_id, None, 0, offset, 4 << 20).await.expect("fetch");
                     offset += resp.batches.iter().map(|x| x.record_count).sum::<i64>();
                     black_box(resp);
                 }

@@ -37,6 +37,8 @@ pub enum ErrorKind {
     Storage,
     /// The lake (catalog, files) failed.
     Lake,
+    /// A commit may or may not have landed, and the lake could not be read to tell: its files must be kept.
+    CommitOutcomeUnknown,
     /// A bug: a state that should be impossible.
     Internal,
 }
@@ -59,13 +61,14 @@ impl ErrorKind {
             ErrorKind::Unsupported => 1002,
             ErrorKind::Storage => 1003,
             ErrorKind::Lake => 1004,
+            ErrorKind::CommitOutcomeUnknown => 1005,
             ErrorKind::Internal => -1,
         }
     }
 
     /// The kind for a Fluss error code; unknown codes are `Internal`.
     pub fn from_code(code: i32) -> ErrorKind {
-        const ALL: [ErrorKind; 15] = [
+        const ALL: [ErrorKind; 16] = [
             ErrorKind::Network,
             ErrorKind::CorruptMessage,
             ErrorKind::TableNotExist,
@@ -80,38 +83,32 @@ impl ErrorKind {
             ErrorKind::Unsupported,
             ErrorKind::Storage,
             ErrorKind::Lake,
+            ErrorKind::CommitOutcomeUnknown,
             ErrorKind::Internal,
         ];
-        ALL.into_iter()
-            .find(|k| k.code() == code)
-            .unwrap_or(ErrorKind::Internal)
+        ALL.into_iter().find(|k| k.code() == code).unwrap_or(ErrorKind::Internal)
     }
 
     /// Whether trying the same call again later can succeed.
     pub fn is_retryable(self) -> bool {
-        matches!(
-            self,
-            ErrorKind::Network | ErrorKind::Storage | ErrorKind::Lake
-        )
+        matches!(self, ErrorKind::Network | ErrorKind::Storage | ErrorKind::Lake)
     }
 
     fn grpc_code(self) -> tonic::Code {
         use tonic::Code;
         match self {
             ErrorKind::Network => Code::Unavailable,
-            ErrorKind::TableNotExist
-            | ErrorKind::UnknownTableOrBucket
-            | ErrorKind::LakeSnapshotNotExist => Code::NotFound,
+            ErrorKind::TableNotExist | ErrorKind::UnknownTableOrBucket | ErrorKind::LakeSnapshotNotExist => {
+                Code::NotFound
+            }
             ErrorKind::TableAlreadyExist => Code::AlreadyExists,
-            ErrorKind::InvalidArgument | ErrorKind::SchemaMismatch | ErrorKind::CorruptMessage => {
-                Code::InvalidArgument
-            }
+            ErrorKind::InvalidArgument | ErrorKind::SchemaMismatch | ErrorKind::CorruptMessage => Code::InvalidArgument,
             ErrorKind::OffsetOutOfRange => Code::OutOfRange,
-            ErrorKind::InvalidCoordinator | ErrorKind::FencedTieringEpoch => {
-                Code::FailedPrecondition
-            }
+            ErrorKind::InvalidCoordinator | ErrorKind::FencedTieringEpoch => Code::FailedPrecondition,
             ErrorKind::Unsupported => Code::Unimplemented,
-            ErrorKind::Storage | ErrorKind::Lake | ErrorKind::Internal => Code::Internal,
+            ErrorKind::Storage | ErrorKind::Lake | ErrorKind::CommitOutcomeUnknown | ErrorKind::Internal => {
+                Code::Internal
+            }
         }
     }
 }
@@ -133,11 +130,7 @@ const CODE_HEADER: &str = "fluss-error-code";
 impl Error {
     /// A new error of `kind`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error {
-            kind,
-            message: message.into(),
-            source: None,
-        }
+        Error { kind, message: message.into(), source: None }
     }
 
     /// Attaches the underlying cause.
@@ -163,10 +156,7 @@ impl Error {
 
     /// Rebuilds an error from a per-table error of a response.
     pub fn from_code(code: i32, message: Option<String>) -> Self {
-        Error::new(
-            ErrorKind::from_code(code),
-            message.unwrap_or_else(|| format!("error code {code}")),
-        )
+        Error::new(ErrorKind::from_code(code), message.unwrap_or_else(|| format!("error code {code}")))
     }
 }
 
@@ -199,9 +189,7 @@ impl From<tonic::Status> for Error {
             .and_then(|v| v.parse::<i32>().ok())
             .map(ErrorKind::from_code);
         let kind = coded.unwrap_or(match status.code() {
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                ErrorKind::Network
-            }
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => ErrorKind::Network,
             tonic::Code::NotFound => ErrorKind::TableNotExist,
             tonic::Code::InvalidArgument => ErrorKind::InvalidArgument,
             tonic::Code::Unimplemented => ErrorKind::Unsupported,

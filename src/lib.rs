@@ -20,7 +20,11 @@
 
 pub mod cli;
 pub mod cluster;
+#[path = "../dataflows/mod.rs"]
+pub mod dataflows;
 pub mod error;
+pub mod failpoint;
+pub mod lake;
 pub mod rpc;
 pub mod workload;
 

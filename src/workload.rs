@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{
-    ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Float32Builder,
-    Float64Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+    ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Float32Builder, Float64Builder,
+    Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
 };
 use arrow::record_batch::RecordBatch;
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -50,8 +50,7 @@ pub fn value_hash(seed: u64, row: u64, column: usize) -> u64 {
 impl Workload {
     /// The partition index of `row`.
     pub fn partition_of(&self, row: u64) -> u32 {
-        (splitmix64(self.seed ^ row.wrapping_mul(0x2545_F491_4F6C_DD1D))
-            % u64::from(self.partitions.max(1))) as u32
+        (splitmix64(self.seed ^ row.wrapping_mul(0x2545_F491_4F6C_DD1D)) % u64::from(self.partitions.max(1))) as u32
     }
 
     /// The partition name of partition `k` for a key of type `ty`.
@@ -60,8 +59,7 @@ impl Workload {
             ColumnType::Date => {
                 let days = DAY_2026 + k as i32;
                 // Partition names of dates are ISO dates, as the cast to string spells them.
-                let date = arrow::temporal_conversions::date32_to_datetime(days)
-                    .map(|d| d.date().to_string());
+                let date = arrow::temporal_conversions::date32_to_datetime(days).map(|d| d.date().to_string());
                 date.unwrap_or_else(|| days.to_string())
             }
             ColumnType::Int32 | ColumnType::Int64 => k.to_string(),
@@ -84,20 +82,15 @@ impl Workload {
                 let array: ArrayRef = match col.data_type {
                     ColumnType::Bool => {
                         let mut b = BooleanBuilder::with_capacity(rows.len());
-                        rows.iter()
-                            .for_each(|&r| b.append_option((!null(r)).then(|| h(r) & 1 == 1)));
+                        rows.iter().for_each(|&r| b.append_option((!null(r)).then(|| h(r) & 1 == 1)));
                         Arc::new(b.finish())
                     }
                     ColumnType::Int32 => {
                         let mut b = Int32Builder::with_capacity(rows.len());
                         rows.iter().for_each(|&r| {
-                            b.append_option((!null(r)).then(|| {
-                                if is_partition_key {
-                                    part(r) as i32
-                                } else {
-                                    h(r) as i32
-                                }
-                            }))
+                            b.append_option(
+                                (!null(r)).then(|| if is_partition_key { part(r) as i32 } else { h(r) as i32 }),
+                            )
                         });
                         Arc::new(b.finish())
                     }
@@ -118,33 +111,24 @@ impl Workload {
                     }
                     ColumnType::Float32 => {
                         let mut b = Float32Builder::with_capacity(rows.len());
-                        rows.iter().for_each(|&r| {
-                            b.append_option((!null(r)).then(|| (h(r) % 1_000_000) as f32 / 64.0))
-                        });
+                        rows.iter()
+                            .for_each(|&r| b.append_option((!null(r)).then(|| (h(r) % 1_000_000) as f32 / 64.0)));
                         Arc::new(b.finish())
                     }
                     ColumnType::Float64 => {
                         let mut b = Float64Builder::with_capacity(rows.len());
-                        rows.iter().for_each(|&r| {
-                            b.append_option(
-                                (!null(r)).then(|| (h(r) % 1_000_000_000) as f64 / 1024.0),
-                            )
-                        });
+                        rows.iter()
+                            .for_each(|&r| b.append_option((!null(r)).then(|| (h(r) % 1_000_000_000) as f64 / 1024.0)));
                         Arc::new(b.finish())
                     }
                     ColumnType::Decimal { precision, scale } => {
                         let modulus = 10i128.pow(u32::from(precision.min(18)));
                         let mut b = Decimal128Builder::with_capacity(rows.len());
-                        rows.iter().for_each(|&r| {
-                            b.append_option((!null(r)).then(|| i128::from(h(r)) % modulus))
-                        });
+                        rows.iter().for_each(|&r| b.append_option((!null(r)).then(|| i128::from(h(r)) % modulus)));
                         Arc::new(
                             b.finish()
                                 .with_precision_and_scale(precision, scale)
-                                .map_err(|e| {
-                                    Error::new(ErrorKind::InvalidArgument, "decimal type")
-                                        .with_source(e)
-                                })?,
+                                .map_err(|e| Error::new(ErrorKind::InvalidArgument, "decimal type").with_source(e))?,
                         )
                     }
                     ColumnType::String => {
@@ -162,8 +146,7 @@ impl Workload {
                     }
                     ColumnType::Binary => {
                         let mut b = BinaryBuilder::with_capacity(rows.len(), rows.len() * 8);
-                        rows.iter()
-                            .for_each(|&r| b.append_option((!null(r)).then(|| h(r).to_le_bytes())));
+                        rows.iter().for_each(|&r| b.append_option((!null(r)).then(|| h(r).to_le_bytes())));
                         Arc::new(b.finish())
                     }
                     ColumnType::Date => {
@@ -181,18 +164,15 @@ impl Workload {
                     }
                     ColumnType::Timestamp => {
                         let mut b = TimestampMicrosecondBuilder::with_capacity(rows.len());
-                        rows.iter().for_each(|&r| {
-                            b.append_option((!null(r)).then(|| MICROS_2026 + r as i64 * 1000))
-                        });
+                        rows.iter().for_each(|&r| b.append_option((!null(r)).then(|| MICROS_2026 + r as i64 * 1000)));
                         Arc::new(b.finish())
                     }
                 };
                 Ok(array)
             })
             .collect::<Result<_>>()?;
-        RecordBatch::try_new(table.arrow_schema(), columns).map_err(|e| {
-            Error::new(ErrorKind::Internal, "building a generated batch").with_source(e)
-        })
+        RecordBatch::try_new(table.arrow_schema(), columns)
+            .map_err(|e| Error::new(ErrorKind::Internal, "building a generated batch").with_source(e))
     }
 }
 
@@ -227,70 +207,44 @@ pub async fn produce(
     opts: &ProduceOptions,
 ) -> Result<ProduceReport> {
     if opts.batch == 0 {
-        return Err(Error::new(
-            ErrorKind::InvalidArgument,
-            "--batch must be at least 1",
-        ));
+        return Err(Error::new(ErrorKind::InvalidArgument, "--batch must be at least 1"));
     }
-    let key_type = table
-        .partition_key
-        .as_ref()
-        .and_then(|k| table.column(k))
-        .map(|c| c.data_type);
+    let key_type = table.partition_key.as_ref().and_then(|k| table.column(k)).map(|c| c.data_type);
     let started = Instant::now();
     let end = opts.start_row + opts.rows;
-    let chunks = (opts.start_row..end)
-        .step_by(opts.batch as usize)
-        .map(|lo| (lo, (lo + opts.batch).min(end)));
+    let chunks = (opts.start_row..end).step_by(opts.batch as usize).map(|lo| (lo, (lo + opts.batch).min(end)));
     let mut report = ProduceReport::default();
     // Build requests chunk by chunk: one per (partition, bucket) group of the chunk.
     let requests = stream::iter(chunks)
         .then(|(lo, hi)| async move {
             if let Some(rate) = opts.rate {
-                let due = started
-                    + Duration::from_secs_f64((lo - opts.start_row) as f64 / rate.max(1e-9));
+                let due = started + Duration::from_secs_f64((lo - opts.start_row) as f64 / rate.max(1e-9));
                 tokio::time::sleep_until(due.into()).await;
             }
             let mut groups: std::collections::BTreeMap<(u32, u32), Vec<u64>> = Default::default();
             for r in lo..hi {
-                let p = if key_type.is_some() {
-                    workload.partition_of(r)
-                } else {
-                    0
-                };
-                groups
-                    .entry((p, (r % u64::from(table.buckets)) as u32))
-                    .or_default()
-                    .push(r);
+                let p = if key_type.is_some() { workload.partition_of(r) } else { 0 };
+                groups.entry((p, (r % u64::from(table.buckets)) as u32)).or_default().push(r);
             }
             let built = groups
                 .into_iter()
                 .map(|((p, bucket), rows)| {
                     let batch = workload.batch(table, &rows)?;
                     let partition = key_type.map(|t| Workload::partition_name(p, t));
-                    Ok((
-                        partition,
-                        bucket as i32,
-                        crate::rpc::ipc::encode(&[batch])?,
-                        rows.len() as u64,
-                    ))
+                    Ok((partition, bucket as i32, crate::rpc::ipc::encode(&[batch])?, rows.len() as u64))
                 })
                 .collect::<Result<Vec<_>>>();
             built.map(|v| stream::iter(v.into_iter().map(Ok::<_, Error>)))
         })
         .try_flatten()
-        .map_ok(
-            |(partition, bucket, bytes, rows): (Option<String>, i32, bytes::Bytes, u64)| {
-                let client = client.clone();
-                async move {
-                    let n = bytes.len() as u64;
-                    client
-                        .produce_ipc(table_id, partition.as_deref(), bucket, bytes)
-                        .await?;
-                    Ok::<_, Error>((rows, n))
-                }
-            },
-        )
+        .map_ok(|(partition, bucket, bytes, rows): (Option<String>, i32, bytes::Bytes, u64)| {
+            let client = client.clone();
+            async move {
+                let n = bytes.len() as u64;
+                client.produce_ipc(table_id, partition.as_deref(), bucket, bytes).await?;
+                Ok::<_, Error>((rows, n))
+            }
+        })
         .try_buffer_unordered(opts.concurrency.max(1));
     futures::pin_mut!(requests);
     while let Some((rows, bytes)) = requests.try_next().await? {
@@ -310,32 +264,18 @@ mod tests {
     #[test]
     fn rows_are_a_function_of_seed_and_row() {
         let table = TableDescriptor {
-            columns: parse_schema(
-                "id:int64,name:string,p:string,amount:decimal(10,2),ts:timestamp,d:date",
-            )
-            .expect("schema"),
+            columns: parse_schema("id:int64,name:string,p:string,amount:decimal(10,2),ts:timestamp,d:date")
+                .expect("schema"),
             buckets: 3,
             partition_key: Some("p".into()),
             primary_key: vec![],
             properties: Default::default(),
         };
-        let w = Workload {
-            seed: 7,
-            partitions: 3,
-        };
+        let w = Workload { seed: 7, partitions: 3 };
         let a = w.batch(&table, &[5, 6, 7]).expect("batch");
         let b = w.batch(&table, &[6]).expect("batch");
-        assert_eq!(
-            a.slice(1, 1),
-            b,
-            "row 6 is the same whichever batch holds it"
-        );
-        let other = Workload {
-            seed: 8,
-            partitions: 3,
-        }
-        .batch(&table, &[6])
-        .expect("batch");
+        assert_eq!(a.slice(1, 1), b, "row 6 is the same whichever batch holds it");
+        let other = Workload { seed: 8, partitions: 3 }.batch(&table, &[6]).expect("batch");
         assert_ne!(b, other, "another seed gives other values");
         assert_eq!(Workload::partition_name(2, ColumnType::Date), "2026-01-03");
     }

@@ -10,12 +10,7 @@ use fluss_tiering::rpc::proto::{self, LakeTieringHeartbeatRequest, PbHeartbeatRe
 use fluss_tiering::rpc::{ClusterClient, ipc};
 use fluss_tiering::workload::{ProduceOptions, Workload, produce};
 
-fn descriptor(
-    schema: &str,
-    buckets: u32,
-    partition_key: Option<&str>,
-    freshness: &str,
-) -> TableDescriptor {
+fn descriptor(schema: &str, buckets: u32, partition_key: Option<&str>, freshness: &str) -> TableDescriptor {
     let mut d = TableDescriptor {
         columns: parse_schema(schema).expect("schema"),
         buckets,
@@ -23,8 +18,7 @@ fn descriptor(
         primary_key: vec![],
         properties: Default::default(),
     };
-    d.properties
-        .insert("table.datalake.freshness".into(), freshness.into());
+    d.properties.insert("table.datalake.freshness".into(), freshness.into());
     d
 }
 
@@ -36,34 +30,19 @@ fn config(dir: &std::path::Path) -> ClusterConfig {
 }
 
 async fn start(dir: &std::path::Path) -> (EmbeddedCluster, ClusterClient) {
-    let cluster = EmbeddedCluster::start(config(dir))
-        .await
-        .expect("start cluster");
-    let client = ClusterClient::connect(&cluster.url())
-        .await
-        .expect("connect");
+    let cluster = EmbeddedCluster::start(config(dir)).await.expect("start cluster");
+    let client = ClusterClient::connect(&cluster.url()).await.expect("connect");
     (cluster, client)
 }
 
 /// Every `id` stored in a bucket, in offset order, checking that offsets are dense from 0.
-async fn read_ids(
-    client: &ClusterClient,
-    table_id: i64,
-    partition_id: Option<i64>,
-    bucket: i32,
-) -> Vec<i64> {
+async fn read_ids(client: &ClusterClient, table_id: i64, partition_id: Option<i64>, bucket: i32) -> Vec<i64> {
     let mut ids = Vec::new();
     let mut offset = 0;
     loop {
-        let resp = client
-            .fetch(table_id, partition_id, bucket, offset, 16 << 10)
-            .await
-            .expect("fetch");
+        let resp = client.fetch(table_id, partition_id, bucket, offset, 16 << 10).await.expect("fetch");
         if resp.batches.is_empty() {
-            assert_eq!(
-                offset, resp.high_watermark,
-                "fetch stops only at the high watermark"
-            );
+            assert_eq!(offset, resp.high_watermark, "fetch stops only at the high watermark");
             return ids;
         }
         for b in resp.batches {
@@ -72,11 +51,7 @@ async fn read_ids(
             let rows: usize = batches.iter().map(|x| x.num_rows()).sum();
             assert_eq!(rows as i64, b.record_count);
             for x in batches {
-                let col = x
-                    .column(0)
-                    .as_any()
-                    .downcast_ref::<arrow::array::Int64Array>()
-                    .expect("id column");
+                let col = x.column(0).as_any().downcast_ref::<arrow::array::Int64Array>().expect("id column");
                 ids.extend(col.values().iter().copied());
             }
             offset += b.record_count;
@@ -84,32 +59,9 @@ async fn read_ids(
     }
 }
 
-async fn produce_rows(
-    client: &ClusterClient,
-    table_id: i64,
-    d: &TableDescriptor,
-    start_row: u64,
-    rows: u64,
-) {
-    let opts = ProduceOptions {
-        start_row,
-        rows,
-        batch: 97,
-        rate: None,
-        concurrency: 4,
-    };
-    let report = produce(
-        client,
-        table_id,
-        d,
-        &Workload {
-            seed: 42,
-            partitions: 3,
-        },
-        &opts,
-    )
-    .await
-    .expect("produce");
+async fn produce_rows(client: &ClusterClient, table_id: i64, d: &TableDescriptor, start_row: u64, rows: u64) {
+    let opts = ProduceOptions { start_row, rows, batch: 97, rate: None, concurrency: 4 };
+    let report = produce(client, table_id, d, &Workload { seed: 42, partitions: 3 }, &opts).await.expect("produce");
     assert_eq!(report.rows, rows);
 }
 
@@ -117,12 +69,7 @@ async fn produce_rows(
 async fn produce_fetch_round_trip_and_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path: TablePath = "db.events".parse().expect("path");
-    let d = descriptor(
-        "id:int64,name:string,amount:decimal(10,2),ok:bool,ts:timestamp",
-        4,
-        None,
-        "1h",
-    );
+    let d = descriptor("id:int64,name:string,amount:decimal(10,2),ok:bool,ts:timestamp", 4, None, "1h");
     let (cluster, client) = start(dir.path()).await;
     let table_id = client.create_table(&path, &d, false).await.expect("create");
     produce_rows(&client, table_id, &d, 0, 3000).await;
@@ -134,35 +81,18 @@ async fn produce_fetch_round_trip_and_restart() {
         assert_eq!(sorted, expected, "bucket {bucket} holds exactly its rows");
     };
     for b in 0..4 {
-        check(
-            read_ids(&client, table_id, None, b).await,
-            i64::from(b),
-            3000,
-        );
+        check(read_ids(&client, table_id, None, b).await, i64::from(b), 3000);
     }
-    let ends = client
-        .list_offsets(table_id, None, &[0, 1, 2, 3], true)
-        .await
-        .expect("offsets");
+    let ends = client.list_offsets(table_id, None, &[0, 1, 2, 3], true).await.expect("offsets");
     assert_eq!(ends.iter().sum::<i64>(), 3000);
 
     // Restart: every acknowledged record is still there and offsets continue.
     cluster.shutdown().await.expect("shutdown");
     let (cluster, client) = start(dir.path()).await;
-    assert_eq!(
-        client
-            .list_offsets(table_id, None, &[0, 1, 2, 3], true)
-            .await
-            .expect("offsets"),
-        ends
-    );
+    assert_eq!(client.list_offsets(table_id, None, &[0, 1, 2, 3], true).await.expect("offsets"), ends);
     produce_rows(&client, table_id, &d, 3000, 1000).await;
     for b in 0..4 {
-        check(
-            read_ids(&client, table_id, None, b).await,
-            i64::from(b),
-            4000,
-        );
+        check(read_ids(&client, table_id, None, b).await, i64::from(b), 4000);
     }
     cluster.shutdown().await.expect("shutdown");
 }
@@ -177,10 +107,7 @@ async fn partitions_are_created_on_demand() {
     produce_rows(&client, table_id, &d, 0, 900).await;
     let partitions = client.list_partitions(&path).await.expect("partitions");
     assert_eq!(partitions.len(), 3);
-    let w = Workload {
-        seed: 42,
-        partitions: 3,
-    };
+    let w = Workload { seed: 42, partitions: 3 };
     let mut total = 0;
     for (pid, name) in partitions {
         for b in 0..2 {
@@ -201,14 +128,9 @@ async fn partitions_are_created_on_demand() {
     assert_eq!(total, 900);
     // Rows of one partition sent under another's name are refused.
     let batch = w.batch(&d, &[0]).expect("batch");
-    let wrong = Workload::partition_name(
-        (w.partition_of(0) + 1) % 3,
-        fluss_tiering::cluster::table::ColumnType::String,
-    );
-    let err = client
-        .produce(table_id, Some(&wrong), 0, &[batch])
-        .await
-        .expect_err("wrong partition");
+    let wrong =
+        Workload::partition_name((w.partition_of(0) + 1) % 3, fluss_tiering::cluster::table::ColumnType::String);
+    let err = client.produce(table_id, Some(&wrong), 0, &[batch]).await.expect_err("wrong partition");
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
 }
 
@@ -219,56 +141,27 @@ async fn torn_tail_is_truncated_on_restart() {
     let d = descriptor("id:int64,name:string", 1, None, "1h");
     let (cluster, client) = start(dir.path()).await;
     let table_id = client.create_table(&path, &d, false).await.expect("create");
-    let w = Workload {
-        seed: 1,
-        partitions: 1,
-    };
+    let w = Workload { seed: 1, partitions: 1 };
     for i in 0..5u64 {
         let batch = w.batch(&d, &[i * 2, i * 2 + 1]).expect("batch");
-        client
-            .produce(table_id, None, 0, &[batch])
-            .await
-            .expect("produce");
+        client.produce(table_id, None, 0, &[batch]).await.expect("produce");
     }
     cluster.shutdown().await.expect("shutdown");
 
     // A crash mid-append leaves half an entry: cut the newest segment short.
     let bucket_dir = dir.path().join(format!("log/t{table_id}/p-/b0"));
-    let mut segments: Vec<_> = std::fs::read_dir(&bucket_dir)
-        .expect("ls")
-        .map(|e| e.expect("entry").path())
-        .collect();
+    let mut segments: Vec<_> = std::fs::read_dir(&bucket_dir).expect("ls").map(|e| e.expect("entry").path()).collect();
     segments.sort();
     let newest = segments.last().expect("segment");
     let len = std::fs::metadata(newest).expect("meta").len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(newest)
-        .expect("open")
-        .set_len(len - 7)
-        .expect("truncate");
+    std::fs::OpenOptions::new().write(true).open(newest).expect("open").set_len(len - 7).expect("truncate");
 
     let (_cluster, client) = start(dir.path()).await;
-    assert_eq!(
-        client
-            .list_offsets(table_id, None, &[0], true)
-            .await
-            .expect("offsets"),
-        vec![8]
-    );
-    assert_eq!(
-        read_ids(&client, table_id, None, 0).await,
-        (0..8).collect::<Vec<_>>()
-    );
+    assert_eq!(client.list_offsets(table_id, None, &[0], true).await.expect("offsets"), vec![8]);
+    assert_eq!(read_ids(&client, table_id, None, 0).await, (0..8).collect::<Vec<_>>());
     let batch = w.batch(&d, &[100]).expect("batch");
-    let appended = client
-        .produce(table_id, None, 0, &[batch])
-        .await
-        .expect("produce");
-    assert_eq!(
-        appended.base_offset, 8,
-        "offsets continue after the torn tail"
-    );
+    let appended = client.produce(table_id, None, 0, &[batch]).await.expect("produce");
+    assert_eq!(appended.base_offset, 8, "offsets continue after the torn tail");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,88 +172,41 @@ async fn bad_input_gets_clear_errors() {
     let (_cluster, client) = start(dir.path()).await;
     let table_id = client.create_table(&path, &d, false).await.expect("create");
 
-    let err = client
-        .create_table(&path, &d, false)
-        .await
-        .expect_err("duplicate");
+    let err = client.create_table(&path, &d, false).await.expect_err("duplicate");
     assert_eq!(err.kind(), ErrorKind::TableAlreadyExist);
-    assert_eq!(
-        client
-            .create_table(&path, &d, true)
-            .await
-            .expect("ignore if exists"),
-        table_id
-    );
+    assert_eq!(client.create_table(&path, &d, true).await.expect("ignore if exists"), table_id);
 
-    let err = client
-        .table_info(&"db.nope".parse().expect("path"))
-        .await
-        .expect_err("unknown table");
+    let err = client.table_info(&"db.nope".parse().expect("path")).await.expect_err("unknown table");
     assert_eq!(err.kind(), ErrorKind::TableNotExist);
     assert!(err.to_string().contains("db.nope"), "{err}");
 
     let other = descriptor("id:int32,name:string", 1, None, "1h");
-    let batch = Workload {
-        seed: 0,
-        partitions: 1,
-    }
-    .batch(&other, &[1])
-    .expect("batch");
-    let err = client
-        .produce(table_id, None, 0, &[batch])
-        .await
-        .expect_err("schema mismatch");
+    let batch = Workload { seed: 0, partitions: 1 }.batch(&other, &[1]).expect("batch");
+    let err = client.produce(table_id, None, 0, &[batch]).await.expect_err("schema mismatch");
     assert_eq!(err.kind(), ErrorKind::SchemaMismatch);
 
-    let good = Workload {
-        seed: 0,
-        partitions: 1,
-    }
-    .batch(&d, &[1, 2])
-    .expect("batch");
-    let err = client
-        .produce(table_id, None, 7, std::slice::from_ref(&good))
-        .await
-        .expect_err("invalid bucket");
+    let good = Workload { seed: 0, partitions: 1 }.batch(&d, &[1, 2]).expect("batch");
+    let err = client.produce(table_id, None, 7, std::slice::from_ref(&good)).await.expect_err("invalid bucket");
     assert_eq!(err.kind(), ErrorKind::UnknownTableOrBucket);
 
-    let err = client
-        .produce_ipc(table_id, None, 0, bytes::Bytes::from_static(b"not arrow"))
-        .await
-        .expect_err("malformed");
+    let err =
+        client.produce_ipc(table_id, None, 0, bytes::Bytes::from_static(b"not arrow")).await.expect_err("malformed");
     assert_eq!(err.kind(), ErrorKind::CorruptMessage);
 
-    client
-        .produce(table_id, None, 0, &[good])
-        .await
-        .expect("produce");
-    let err = client
-        .fetch(table_id, None, 0, 3, 1024)
-        .await
-        .expect_err("out of range");
+    client.produce(table_id, None, 0, &[good]).await.expect("produce");
+    let err = client.fetch(table_id, None, 0, 3, 1024).await.expect_err("out of range");
     assert_eq!(err.kind(), ErrorKind::OffsetOutOfRange);
-    let err = client
-        .fetch(table_id + 100, None, 0, 0, 1024)
-        .await
-        .expect_err("unknown table id");
+    let err = client.fetch(table_id + 100, None, 0, 0, 1024).await.expect_err("unknown table id");
     assert_eq!(err.kind(), ErrorKind::TableNotExist);
 
     let mut pk = d.clone();
     pk.primary_key = vec!["id".into()];
-    let err = client
-        .create_table(&"db.pk".parse().expect("path"), &pk, false)
-        .await
-        .expect_err("pk");
+    let err = client.create_table(&"db.pk".parse().expect("path"), &pk, false).await.expect_err("pk");
     assert_eq!(err.kind(), ErrorKind::Unsupported);
 }
 
 fn req_for(table_id: i64, coordinator_epoch: i32, tiering_epoch: i64) -> PbHeartbeatReqForTable {
-    PbHeartbeatReqForTable {
-        table_id,
-        coordinator_epoch,
-        tiering_epoch,
-        lake_tiering_stats: None,
-    }
+    PbHeartbeatReqForTable { table_id, coordinator_epoch, tiering_epoch, lake_tiering_stats: None }
 }
 
 fn snapshot(
@@ -387,10 +233,7 @@ fn snapshot(
 
 async fn request(client: &ClusterClient) -> proto::LakeTieringHeartbeatResponse {
     client
-        .heartbeat(LakeTieringHeartbeatRequest {
-            request_table: Some(true),
-            ..Default::default()
-        })
+        .heartbeat(LakeTieringHeartbeatRequest { request_table: Some(true), ..Default::default() })
         .await
         .expect("heartbeat")
 }
@@ -412,25 +255,14 @@ async fn tiering_state_machine_with_two_services() {
     let path: TablePath = "db.tiered".parse().expect("path");
     let d = descriptor("id:int64", 1, None, "300ms");
     let (cluster, service_a) = start(dir.path()).await;
-    let service_b = ClusterClient::connect(&cluster.url())
-        .await
-        .expect("connect");
-    let table_id = service_a
-        .create_table(&path, &d, false)
-        .await
-        .expect("create");
+    let service_b = ClusterClient::connect(&cluster.url()).await.expect("connect");
+    let table_id = service_a.create_table(&path, &d, false).await.expect("create");
 
     // Not before freshness has elapsed, then to the first service that asks.
-    assert!(
-        request(&service_a).await.tiering_table.is_none(),
-        "a new table waits one freshness interval"
-    );
+    assert!(request(&service_a).await.tiering_table.is_none(), "a new table waits one freshness interval");
     let (ce, assigned) = request_until_assigned(&service_a).await;
     assert_eq!((assigned.table_id, assigned.tiering_epoch), (table_id, 1));
-    assert!(
-        request(&service_b).await.tiering_table.is_none(),
-        "a table is tiered by one service at a time"
-    );
+    assert!(request(&service_b).await.tiering_table.is_none(), "a table is tiered by one service at a time");
 
     // Heartbeats keep it; silence loses it to the other service under a new epoch.
     for _ in 0..3 {
@@ -442,24 +274,15 @@ async fn tiering_state_machine_with_two_services() {
             })
             .await
             .expect("heartbeat");
-        assert!(
-            resp.tiering_table_resp[0].error.is_none(),
-            "renewal accepted"
-        );
+        assert!(resp.tiering_table_resp[0].error.is_none(), "renewal accepted");
     }
-    assert!(
-        request(&service_b).await.tiering_table.is_none(),
-        "still held while heartbeating"
-    );
+    assert!(request(&service_b).await.tiering_table.is_none(), "still held while heartbeating");
     tokio::time::sleep(Duration::from_millis(900)).await;
     let (_, taken) = request_until_assigned(&service_b).await;
     assert_eq!((taken.table_id, taken.tiering_epoch), (table_id, 2));
 
     // The timed-out service is fenced: its commit and its heartbeat are rejected.
-    let err = service_a
-        .commit_lake_snapshot(snapshot(table_id, ce, 1, 11, 5))
-        .await
-        .expect_err("stale commit");
+    let err = service_a.commit_lake_snapshot(snapshot(table_id, ce, 1, 11, 5)).await.expect_err("stale commit");
     assert_eq!(err.kind(), ErrorKind::FencedTieringEpoch);
     let resp = service_a
         .heartbeat(LakeTieringHeartbeatRequest {
@@ -468,24 +291,12 @@ async fn tiering_state_machine_with_two_services() {
         })
         .await
         .expect("heartbeat");
-    let code = resp.finished_table_resp[0]
-        .error
-        .as_ref()
-        .map(|e| e.error_code);
+    let code = resp.finished_table_resp[0].error.as_ref().map(|e| e.error_code);
     assert_eq!(code, Some(ErrorKind::FencedTieringEpoch.code()));
-    assert!(
-        service_a
-            .lake_snapshot(&path)
-            .await
-            .expect("snapshot")
-            .is_none()
-    );
+    assert!(service_a.lake_snapshot(&path).await.expect("snapshot").is_none());
 
     // The owner commits and finishes; the table is scheduled again and comes back under epoch 3.
-    service_b
-        .commit_lake_snapshot(snapshot(table_id, ce, 2, 22, 5))
-        .await
-        .expect("commit");
+    service_b.commit_lake_snapshot(snapshot(table_id, ce, 2, 22, 5)).await.expect("commit");
     let resp = service_b
         .heartbeat(LakeTieringHeartbeatRequest {
             finished_tables: vec![req_for(table_id, ce, 2)],
@@ -494,24 +305,14 @@ async fn tiering_state_machine_with_two_services() {
         .await
         .expect("heartbeat");
     assert!(resp.finished_table_resp[0].error.is_none());
-    let lake = service_b
-        .lake_snapshot(&path)
-        .await
-        .expect("snapshot")
-        .expect("exists");
-    assert_eq!(
-        (lake.snapshot_id, lake.bucket_snapshots[0].log_offset),
-        (22, Some(5))
-    );
+    let lake = service_b.lake_snapshot(&path).await.expect("snapshot").expect("exists");
+    assert_eq!((lake.snapshot_id, lake.bucket_snapshots[0].log_offset), (22, Some(5)));
     let (_, again) = request_until_assigned(&service_a).await;
     assert_eq!(again.tiering_epoch, 3);
 
     // A failed round is re-queued at once under a new epoch.
     service_a
-        .heartbeat(LakeTieringHeartbeatRequest {
-            failed_tables: vec![req_for(table_id, ce, 3)],
-            ..Default::default()
-        })
+        .heartbeat(LakeTieringHeartbeatRequest { failed_tables: vec![req_for(table_id, ce, 3)], ..Default::default() })
         .await
         .expect("heartbeat");
     let (_, retried) = request_until_assigned(&service_b).await;
@@ -522,19 +323,9 @@ async fn tiering_state_machine_with_two_services() {
     let (_cluster, client) = start(dir.path()).await;
     let (ce2, after) = request_until_assigned(&client).await;
     assert_eq!(ce2, ce + 1);
-    assert_eq!(
-        after.tiering_epoch, 5,
-        "the in-flight round's epoch never becomes valid again"
-    );
-    let err = client
-        .commit_lake_snapshot(snapshot(table_id, ce2, 4, 33, 9))
-        .await
-        .expect_err("stale after restart");
+    assert_eq!(after.tiering_epoch, 5, "the in-flight round's epoch never becomes valid again");
+    let err = client.commit_lake_snapshot(snapshot(table_id, ce2, 4, 33, 9)).await.expect_err("stale after restart");
     assert_eq!(err.kind(), ErrorKind::FencedTieringEpoch);
-    let lake = client
-        .lake_snapshot(&path)
-        .await
-        .expect("snapshot")
-        .expect("exists");
+    let lake = client.lake_snapshot(&path).await.expect("snapshot").expect("exists");
     assert_eq!(lake.snapshot_id, 22);
 }

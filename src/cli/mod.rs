@@ -1,14 +1,14 @@
 //! The `fluss-tiering` command line.
 
+mod tier;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
-use crate::cluster::table::{
-    DATALAKE_FRESHNESS, TableDescriptor, TablePath, parse_duration, parse_schema,
-};
+use crate::cluster::table::{DATALAKE_FRESHNESS, TableDescriptor, TablePath, parse_duration, parse_schema};
 use crate::cluster::{Cluster, ClusterConfig, server};
 use crate::rpc::ClusterClient;
 use crate::workload::{ProduceOptions, Workload, produce};
@@ -36,6 +36,85 @@ pub enum Command {
     Produce(ProduceArgs),
     /// List tables with buckets, end offsets and tiering state.
     Tables(ClusterUrl),
+    /// Run the tiering job: move new data from the cluster into the lake, exactly once.
+    Tier(TierArgs),
+    /// Start an embedded cluster, create and fill a few tables, tier them with 2 workers and show what landed.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(disable_help_flag = true)]
+pub struct TierArgs {
+    #[arg(long)]
+    pub cluster: String,
+    /// The lake's warehouse directory.
+    #[arg(long)]
+    pub warehouse: PathBuf,
+    /// The catalog, `sqlite:PATH` (default: WAREHOUSE/catalog.db).
+    #[arg(long)]
+    pub catalog: Option<String>,
+    /// Lake format.
+    #[arg(long, default_value = "iceberg")]
+    pub format: String,
+    /// Exit 0 once every lake-enabled table has caught up with the offsets seen at start.
+    #[arg(long)]
+    pub once: bool,
+    #[command(flatten)]
+    pub timely: TimelyArgs,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
+}
+
+/// Timely's own worker and process flags.
+#[derive(Debug, Args, Clone)]
+pub struct TimelyArgs {
+    /// Worker threads per process.
+    #[arg(short = 'w', long = "workers", default_value_t = 1)]
+    pub workers: usize,
+    /// Number of processes.
+    #[arg(short = 'n', long = "processes", default_value_t = 1)]
+    pub processes: usize,
+    /// This process's index in 0..processes.
+    #[arg(short = 'p', long = "process", default_value_t = 0)]
+    pub process: usize,
+    /// File with one host:port per line, one per process (default localhost:2101, localhost:2102, …).
+    #[arg(short = 'h', long = "hostfile")]
+    pub hostfile: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct TuningArgs {
+    /// Heartbeat and table-poll period.
+    #[arg(long, default_value = "1s")]
+    pub poll_interval: String,
+    /// A lake file rolls over at this many bytes.
+    #[arg(long, default_value_t = 128 << 20)]
+    pub target_file_size: usize,
+    /// Tables held at once.
+    #[arg(long, default_value_t = 2)]
+    pub max_tables: usize,
+    /// Splits each worker works on at once.
+    #[arg(long, default_value_t = 2)]
+    pub max_splits_per_worker: usize,
+}
+
+#[derive(Debug, Args)]
+#[command(disable_help_flag = true)]
+pub struct DemoArgs {
+    /// Directory for the demo's cluster data and warehouse (default: a new temporary directory).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Rows per table.
+    #[arg(long, default_value_t = 100_000)]
+    pub rows: u64,
+    #[command(flatten)]
+    pub timely: TimelyArgs,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
 }
 
 #[derive(Debug, Args)]
@@ -125,24 +204,27 @@ pub struct ProduceArgs {
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let command = match cli.command {
+        // These run timely workers on their own threads, beside a runtime of their own.
+        Command::Tier(args) => return tier::run_tier(args),
+        Command::Demo(args) => return tier::run_demo(args),
+        other => other,
+    };
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async move {
-        match cli.command {
+        match command {
             Command::Cluster(args) => run_cluster(args).await,
             Command::CreateTable(args) => create_table(args).await,
             Command::DropTable(args) => {
                 let client = connect(&args.cluster).await?;
-                client
-                    .drop_table(&args.table.parse()?, args.if_exists)
-                    .await?;
+                client.drop_table(&args.table.parse()?, args.if_exists).await?;
                 println!("dropped {}", args.table);
                 Ok(())
             }
             Command::Produce(args) => run_produce(args).await,
             Command::Tables(args) => print_tables(&connect(&args.cluster).await?).await,
+            Command::Tier(_) | Command::Demo(_) => unreachable!("handled above"),
         }
     })
 }
@@ -160,10 +242,7 @@ async fn run_cluster(args: ClusterArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    println!(
-        "cluster serving on http://{addr} (data in {})",
-        args.data_dir.display()
-    );
+    println!("cluster serving on http://{addr} (data in {})", args.data_dir.display());
     server::serve(Arc::new(cluster), listener, shutdown_signal()).await?;
     println!("cluster stopped");
     Ok(())
@@ -185,7 +264,7 @@ pub async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
-async fn create_table(args: CreateTableArgs) -> anyhow::Result<()> {
+pub(crate) async fn create_table(args: CreateTableArgs) -> anyhow::Result<()> {
     let path: TablePath = args.table.parse()?;
     let mut descriptor = TableDescriptor {
         columns: parse_schema(&args.schema)?,
@@ -199,16 +278,11 @@ async fn create_table(args: CreateTableArgs) -> anyhow::Result<()> {
         descriptor.properties.insert(DATALAKE_FRESHNESS.into(), f);
     }
     if args.no_datalake {
-        descriptor.properties.insert(
-            crate::cluster::table::DATALAKE_ENABLED.into(),
-            "false".into(),
-        );
+        descriptor.properties.insert(crate::cluster::table::DATALAKE_ENABLED.into(), "false".into());
     }
     descriptor.validate()?;
     let client = connect(&args.cluster).await?;
-    let id = client
-        .create_table(&path, &descriptor, args.if_not_exists)
-        .await?;
+    let id = client.create_table(&path, &descriptor, args.if_not_exists).await?;
     println!("table {path} has id {id}");
     Ok(())
 }
@@ -217,16 +291,10 @@ async fn run_produce(args: ProduceArgs) -> anyhow::Result<()> {
     let client = connect(&args.cluster).await?;
     let path: TablePath = args.table.parse()?;
     let (table_id, descriptor) = client.table_info(&path).await?;
-    if args
-        .rate
-        .is_some_and(|r| r.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater))
-    {
+    if args.rate.is_some_and(|r| r.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)) {
         bail!("--rate must be a positive number of rows per second");
     }
-    let workload = Workload {
-        seed: args.seed,
-        partitions: args.partitions,
-    };
+    let workload = Workload { seed: args.seed, partitions: args.partitions };
     let opts = ProduceOptions {
         start_row: args.start_row,
         rows: args.rows,
@@ -248,34 +316,22 @@ async fn run_produce(args: ProduceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn print_tables(client: &ClusterClient) -> anyhow::Result<()> {
+pub(crate) async fn print_tables(client: &ClusterClient) -> anyhow::Result<()> {
     let tables = client.list_tables().await?;
     println!(
         "{:<6} {:<28} {:>7} {:>10} {:>12} {:<10} {:>6} {:>20}",
         "id", "table", "buckets", "partitions", "end offsets", "tiering", "epoch", "lake snapshot"
     );
     for t in tables {
-        let partitions = if t.descriptor.is_partitioned() {
-            client.list_partitions(&t.path).await?
-        } else {
-            vec![]
-        };
+        let partitions = if t.descriptor.is_partitioned() { client.list_partitions(&t.path).await? } else { vec![] };
         let buckets: Vec<i32> = (0..t.descriptor.buckets as i32).collect();
         let mut end = 0i64;
         if t.descriptor.is_partitioned() {
             for (pid, _) in &partitions {
-                end += client
-                    .list_offsets(t.table_id, Some(*pid), &buckets, true)
-                    .await?
-                    .iter()
-                    .sum::<i64>();
+                end += client.list_offsets(t.table_id, Some(*pid), &buckets, true).await?.iter().sum::<i64>();
             }
         } else {
-            end = client
-                .list_offsets(t.table_id, None, &buckets, true)
-                .await?
-                .iter()
-                .sum();
+            end = client.list_offsets(t.table_id, None, &buckets, true).await?.iter().sum();
         }
         println!(
             "{:<6} {:<28} {:>7} {:>10} {:>12} {:<10} {:>6} {:>20}",
@@ -286,10 +342,42 @@ async fn print_tables(client: &ClusterClient) -> anyhow::Result<()> {
             end,
             t.tiering_state,
             t.tiering_epoch,
-            t.lake_snapshot_id
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| "-".into())
+            t.lake_snapshot_id.map(|s| s.to_string()).unwrap_or_else(|| "-".into())
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "fluss-tiering",
+            "tier",
+            "--cluster",
+            "http://x:1",
+            "--warehouse",
+            "w",
+            "-w",
+            "2",
+            "-n",
+            "2",
+            "-p",
+            "1",
+            "-h",
+            "hosts",
+        ])
+        .expect("timely flags parse");
+        let Command::Tier(args) = cli.command else { panic!("tier") };
+        assert_eq!((args.timely.workers, args.timely.processes, args.timely.process), (2, 2, 1));
+        assert!(
+            Cli::try_parse_from(["fluss-tiering", "tier", "--cluster", "u", "--warehouse", "w", "--bogus"]).is_err()
+        );
+    }
 }

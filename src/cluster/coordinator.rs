@@ -207,8 +207,7 @@ impl Coordinator {
                 coordinator.force(info.table_id, TieringState::Failed);
                 coordinator.transition(info.table_id, TieringState::Pending, now)?;
             } else {
-                let since_tiered =
-                    last_tiered_ms.map(|t| Duration::from_millis((now_ms - t).max(0) as u64));
+                let since_tiered = last_tiered_ms.map(|t| Duration::from_millis((now_ms - t).max(0) as u64));
                 coordinator.schedule(info.table_id, now, since_tiered)?;
             }
         }
@@ -265,38 +264,23 @@ impl Coordinator {
             .iter()
             .filter(|(_, t)| {
                 t.state == TieringState::Tiering
-                    && t.last_heartbeat
-                        .is_some_and(|h| now.saturating_duration_since(h) >= timeout)
+                    && t.last_heartbeat.is_some_and(|h| now.saturating_duration_since(h) >= timeout)
             })
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
-            tracing::warn!(
-                table_id = id,
-                "tiering job timed out; re-queueing the table under a new epoch"
-            );
+            tracing::warn!(table_id = id, "tiering job timed out; re-queueing the table under a new epoch");
             self.fail(id, now)?;
         }
         Ok(())
     }
 
     /// Handles one `LakeTieringHeartbeat`, in Fluss's order: failed, in progress, finished, then a new request.
-    pub fn heartbeat(
-        &mut self,
-        hb: &Heartbeat,
-        now: Instant,
-        now_ms: i64,
-    ) -> Result<HeartbeatOutcome> {
+    pub fn heartbeat(&mut self, hb: &Heartbeat, now: Instant, now_ms: i64) -> Result<HeartbeatOutcome> {
         self.tick(now)?;
-        let mut out = HeartbeatOutcome {
-            coordinator_epoch: self.coordinator_epoch,
-            ..Default::default()
-        };
+        let mut out = HeartbeatOutcome { coordinator_epoch: self.coordinator_epoch, ..Default::default() };
         for e in &hb.failed {
-            let r = self
-                .validate(e)
-                .map(|_| ())
-                .and_then(|()| self.fail(e.table_id, now));
+            let r = self.validate(e).map(|_| ()).and_then(|()| self.fail(e.table_id, now));
             out.failed.push((e.table_id, r));
         }
         for e in &hb.tiering {
@@ -305,10 +289,7 @@ impl Coordinator {
         }
         for e in &hb.finished {
             let force = hb.force_finished.contains(&e.table_id);
-            let r = self
-                .validate(e)
-                .map(|_| ())
-                .and_then(|()| self.finish(e.table_id, force, now, now_ms));
+            let r = self.validate(e).map(|_| ()).and_then(|()| self.finish(e.table_id, force, now, now_ms));
             out.finished.push((e.table_id, r));
         }
         if hb.request_table {
@@ -337,10 +318,7 @@ impl Coordinator {
         for b in buckets {
             merged.insert((b.partition_id, b.bucket), *b);
         }
-        table.persisted.lake = Some(LakeSnapshot {
-            snapshot_id,
-            buckets: merged.into_values().collect(),
-        });
+        table.persisted.lake = Some(LakeSnapshot { snapshot_id, buckets: merged.into_values().collect() });
         self.save()
     }
 
@@ -348,10 +326,7 @@ impl Coordinator {
     pub fn lake_snapshot(&self, table_id: i64) -> Result<&LakeSnapshot> {
         let table = self.table(table_id)?;
         table.persisted.lake.as_ref().ok_or_else(|| {
-            Error::new(
-                ErrorKind::LakeSnapshotNotExist,
-                format!("table {} has no lake snapshot yet", table.path),
-            )
+            Error::new(ErrorKind::LakeSnapshotNotExist, format!("table {} has no lake snapshot yet", table.path))
         })
     }
 
@@ -367,11 +342,7 @@ impl Coordinator {
 
     fn request_table(&mut self, now: Instant) -> Result<Option<TieringAssignment>> {
         while let Some(id) = self.pending.pop_front() {
-            if self
-                .tables
-                .get(&id)
-                .is_some_and(|t| t.state == TieringState::Pending)
-            {
+            if self.tables.get(&id).is_some_and(|t| t.state == TieringState::Pending) {
                 self.transition(id, TieringState::Tiering, now)?;
                 let t = self.table(id)?;
                 return Ok(Some(TieringAssignment {
@@ -401,17 +372,10 @@ impl Coordinator {
     }
 
     /// Schedules the next round `freshness - since_tiered` from now (at once when never tiered after a restart).
-    fn schedule(
-        &mut self,
-        table_id: i64,
-        now: Instant,
-        since_tiered: Option<Duration>,
-    ) -> Result<()> {
+    fn schedule(&mut self, table_id: i64, now: Instant, since_tiered: Option<Duration>) -> Result<()> {
         self.transition(table_id, TieringState::Scheduled, now)?;
         let table = self.table_mut(table_id)?;
-        let wait = since_tiered
-            .map(|s| table.freshness.saturating_sub(s))
-            .unwrap_or(Duration::ZERO);
+        let wait = since_tiered.map(|s| table.freshness.saturating_sub(s)).unwrap_or(Duration::ZERO);
         table.due = Some(now + wait);
         Ok(())
     }
@@ -427,8 +391,7 @@ impl Coordinator {
             ));
         }
         let table = self.table_mut(e.table_id)?;
-        if table.persisted.tiering_epoch != e.tiering_epoch || table.state != TieringState::Tiering
-        {
+        if table.persisted.tiering_epoch != e.tiering_epoch || table.state != TieringState::Tiering {
             return Err(Error::new(
                 ErrorKind::FencedTieringEpoch,
                 format!(
@@ -449,12 +412,7 @@ impl Coordinator {
         if !to.valid_previous().contains(&table.state) {
             return Err(Error::new(
                 ErrorKind::Internal,
-                format!(
-                    "table {}: invalid tiering transition {} -> {}",
-                    table.path,
-                    table.state.name(),
-                    to.name()
-                ),
+                format!("table {}: invalid tiering transition {} -> {}", table.path, table.state.name(), to.name()),
             ));
         }
         table.state = to;
@@ -487,30 +445,20 @@ impl Coordinator {
 
     fn table(&self, table_id: i64) -> Result<&TableTiering> {
         self.tables.get(&table_id).ok_or_else(|| {
-            Error::new(
-                ErrorKind::TableNotExist,
-                format!("table {table_id} does not exist or is not tiered"),
-            )
+            Error::new(ErrorKind::TableNotExist, format!("table {table_id} does not exist or is not tiered"))
         })
     }
 
     fn table_mut(&mut self, table_id: i64) -> Result<&mut TableTiering> {
         self.tables.get_mut(&table_id).ok_or_else(|| {
-            Error::new(
-                ErrorKind::TableNotExist,
-                format!("table {table_id} does not exist or is not tiered"),
-            )
+            Error::new(ErrorKind::TableNotExist, format!("table {table_id} does not exist or is not tiered"))
         })
     }
 
     fn save(&self) -> Result<()> {
         let persisted = Persisted {
             coordinator_epoch: self.coordinator_epoch,
-            tables: self
-                .tables
-                .iter()
-                .map(|(id, t)| (*id, t.persisted.clone()))
-                .collect(),
+            tables: self.tables.iter().map(|(id, t)| (*id, t.persisted.clone())).collect(),
         };
         write_json(&self.file, &persisted)
     }
@@ -518,9 +466,5 @@ impl Coordinator {
 
 /// The freshness of a lake-enabled table, `None` when tiering is off for it.
 fn lake_freshness(info: &TableInfo) -> Result<Option<Duration>> {
-    if info.descriptor.datalake_enabled()? {
-        info.descriptor.freshness().map(Some)
-    } else {
-        Ok(None)
-    }
+    if info.descriptor.datalake_enabled()? { info.descriptor.freshness().map(Some) } else { Ok(None) }
 }

@@ -83,9 +83,7 @@ impl PlannedRead {
             .map(|(file, e)| {
                 let mut buf = vec![0u8; e.payload_len as usize];
                 file.read_exact_at(&mut buf, e.payload_position)
-                    .map_err(|err| {
-                        Error::io(format!("reading batch at offset {}", e.base_offset), err)
-                    })?;
+                    .map_err(|err| Error::io(format!("reading batch at offset {}", e.base_offset), err))?;
                 Ok(StoredBatch {
                     base_offset: e.base_offset,
                     record_count: e.record_count,
@@ -102,16 +100,12 @@ impl BucketLog {
     pub fn open(dir: &Path, segment_bytes: u64) -> Result<Self> {
         fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let mut bases: Vec<i64> = Vec::new();
-        let listing =
-            fs::read_dir(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+        let listing = fs::read_dir(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
         for item in listing {
             let item = item.map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
             let name = item.file_name();
             let name = name.to_string_lossy();
-            if let Some(base) = name
-                .strip_suffix(".log")
-                .and_then(|b| b.parse::<i64>().ok())
-            {
+            if let Some(base) = name.strip_suffix(".log").and_then(|b| b.parse::<i64>().ok()) {
                 bases.push(base);
             }
         }
@@ -125,19 +119,12 @@ impl BucketLog {
             {
                 return Err(Error::new(
                     ErrorKind::Storage,
-                    format!(
-                        "{}: segment {base} does not continue the log at offset {prev}",
-                        dir.display()
-                    ),
+                    format!("{}: segment {base} does not continue the log at offset {prev}", dir.display()),
                 ));
             }
             segments.push(segment);
         }
-        let mut log = BucketLog {
-            dir: dir.to_path_buf(),
-            segments,
-            segment_bytes: segment_bytes.max(1),
-        };
+        let mut log = BucketLog { dir: dir.to_path_buf(), segments, segment_bytes: segment_bytes.max(1) };
         if log.segments.is_empty() {
             log.roll(0)?;
         }
@@ -155,36 +142,17 @@ impl BucketLog {
     }
 
     /// Appends one batch of `record_count` records and makes it durable. Returns its base offset.
-    pub fn append(
-        &mut self,
-        records: &[u8],
-        record_count: u32,
-        append_timestamp: i64,
-    ) -> Result<i64> {
+    pub fn append(&mut self, records: &[u8], record_count: u32, append_timestamp: i64) -> Result<i64> {
         if record_count == 0 {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                "a batch must hold at least one record",
-            ));
+            return Err(Error::new(ErrorKind::InvalidArgument, "a batch must hold at least one record"));
         }
-        let payload_len = u32::try_from(records.len()).map_err(|_| {
-            Error::new(
-                ErrorKind::InvalidArgument,
-                "a batch must be smaller than 4 GiB",
-            )
-        })?;
+        let payload_len = u32::try_from(records.len())
+            .map_err(|_| Error::new(ErrorKind::InvalidArgument, "a batch must be smaller than 4 GiB"))?;
         let base_offset = self.end_offset();
-        if self
-            .segments
-            .last()
-            .is_some_and(|s| s.size >= self.segment_bytes)
-        {
+        if self.segments.last().is_some_and(|s| s.size >= self.segment_bytes) {
             self.roll(base_offset)?;
         }
-        let segment = self
-            .segments
-            .last_mut()
-            .ok_or_else(|| Error::new(ErrorKind::Internal, "log has no segment"))?;
+        let segment = self.segments.last_mut().ok_or_else(|| Error::new(ErrorKind::Internal, "log has no segment"))?;
         let mut header = [0u8; HEADER_LEN];
         header[8..16].copy_from_slice(&base_offset.to_le_bytes());
         header[16..20].copy_from_slice(&record_count.to_le_bytes());
@@ -205,10 +173,7 @@ impl BucketLog {
         if let Err(err) = write(&segment.file) {
             // Cut off whatever part of the entry reached the file so the next append starts on a boundary.
             let _ = segment.file.set_len(position);
-            return Err(Error::io(
-                format!("appending to {}", self.dir.display()),
-                err,
-            ));
+            return Err(Error::io(format!("appending to {}", self.dir.display()), err));
         }
         segment.size = position + (HEADER_LEN + records.len()) as u64;
         segment.entries.push(Entry {
@@ -233,14 +198,9 @@ impl BucketLog {
         }
         let mut reads = Vec::new();
         let mut bytes = 0usize;
-        let first_segment = self
-            .segments
-            .partition_point(|s| s.base_offset <= offset)
-            .saturating_sub(1);
+        let first_segment = self.segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
         'segments: for segment in &self.segments[first_segment..] {
-            let first_entry = segment
-                .entries
-                .partition_point(|e| e.end_offset() <= offset);
+            let first_entry = segment.entries.partition_point(|e| e.end_offset() <= offset);
             for entry in &segment.entries[first_entry..] {
                 if !reads.is_empty() && bytes + entry.payload_len as usize > max_bytes {
                     break 'segments;
@@ -261,22 +221,14 @@ impl BucketLog {
             .open(&path)
             .map_err(|e| Error::io(format!("creating segment {}", path.display()), e))?;
         sync_dir(&self.dir)?;
-        self.segments.push(Segment {
-            base_offset,
-            file: Arc::new(file),
-            size: 0,
-            entries: Vec::new(),
-        });
+        self.segments.push(Segment { base_offset, file: Arc::new(file), size: 0, entries: Vec::new() });
         Ok(())
     }
 }
 
 impl Segment {
     fn end_offset(&self) -> i64 {
-        self.entries
-            .last()
-            .map(Entry::end_offset)
-            .unwrap_or(self.base_offset)
+        self.entries.last().map(Entry::end_offset).unwrap_or(self.base_offset)
     }
 }
 
@@ -286,9 +238,7 @@ fn segment_path(dir: &Path, base_offset: i64) -> PathBuf {
 
 /// Makes a directory's entries (new files, renames) durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(format!("syncing {}", dir.display()), e))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(format!("syncing {}", dir.display()), e))
 }
 
 /// Scans a segment, rebuilding its index; the newest segment is also checked by crc and truncated at the first
@@ -299,17 +249,13 @@ fn open_segment(path: &Path, base_offset: i64, is_newest: bool) -> Result<Segmen
         .append(true)
         .open(path)
         .map_err(|e| Error::io(format!("opening segment {}", path.display()), e))?;
-    let len = file
-        .metadata()
-        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
-        .len();
+    let len = file.metadata().map_err(|e| Error::io(format!("reading {}", path.display()), e))?.len();
     let mut entries = Vec::new();
     let mut position = 0u64;
     let mut expected_offset = base_offset;
     let mut header = [0u8; HEADER_LEN];
     let valid_end = loop {
-        if position + HEADER_LEN as u64 > len || file.read_exact_at(&mut header, position).is_err()
-        {
+        if position + HEADER_LEN as u64 > len || file.read_exact_at(&mut header, position).is_err() {
             break position;
         }
         let (magic, crc, entry_base, count, ts, payload_len) = (
@@ -351,24 +297,14 @@ fn open_segment(path: &Path, base_offset: i64, is_newest: bool) -> Result<Segmen
         if !is_newest {
             return Err(Error::new(
                 ErrorKind::Storage,
-                format!(
-                    "segment {} is corrupt at byte {valid_end} and is not the newest",
-                    path.display()
-                ),
+                format!("segment {} is corrupt at byte {valid_end} and is not the newest", path.display()),
             ));
         }
         tracing::warn!(segment = %path.display(), valid_end, len, "truncating torn tail of log segment");
-        file.set_len(valid_end)
-            .map_err(|e| Error::io(format!("truncating {}", path.display()), e))?;
-        file.sync_all()
-            .map_err(|e| Error::io(format!("syncing {}", path.display()), e))?;
+        file.set_len(valid_end).map_err(|e| Error::io(format!("truncating {}", path.display()), e))?;
+        file.sync_all().map_err(|e| Error::io(format!("syncing {}", path.display()), e))?;
     }
-    Ok(Segment {
-        base_offset,
-        file: Arc::new(file),
-        size: valid_end,
-        entries,
-    })
+    Ok(Segment { base_offset, file: Arc::new(file), size: valid_end, entries })
 }
 
 fn le_u32(header: &[u8; HEADER_LEN], at: usize) -> u32 {
@@ -388,9 +324,7 @@ mod tests {
     use super::*;
 
     fn read_all(log: &BucketLog, from: i64) -> Vec<StoredBatch> {
-        log.plan_read(from, usize::MAX)
-            .and_then(PlannedRead::execute)
-            .expect("read")
+        log.plan_read(from, usize::MAX).and_then(PlannedRead::execute).expect("read")
     }
 
     #[test]
@@ -400,8 +334,7 @@ mod tests {
         for i in 0..10u32 {
             let payload = vec![i as u8; 60];
             assert_eq!(
-                log.append(&payload, i + 1, 1000 + i64::from(i))
-                    .expect("append"),
+                log.append(&payload, i + 1, 1000 + i64::from(i)).expect("append"),
                 log.end_offset() - i64::from(i + 1)
             );
         }
@@ -412,51 +345,21 @@ mod tests {
         assert_eq!(batches[0].base_offset, 6);
         assert_eq!(batches.len(), 7);
         assert_eq!(batches[0].records.as_ref(), &[3u8; 60][..]);
-        let one = log
-            .plan_read(0, 1)
-            .and_then(PlannedRead::execute)
-            .expect("read");
-        assert_eq!(
-            one.len(),
-            1,
-            "a budget smaller than a batch still returns one batch"
-        );
+        let one = log.plan_read(0, 1).and_then(PlannedRead::execute).expect("read");
+        assert_eq!(one.len(), 1, "a budget smaller than a batch still returns one batch");
         assert!(log.plan_read(56, 10).is_err());
-        assert!(
-            log.plan_read(55, 10)
-                .and_then(PlannedRead::execute)
-                .expect("read")
-                .is_empty()
-        );
+        assert!(log.plan_read(55, 10).and_then(PlannedRead::execute).expect("read").is_empty());
         drop(log);
 
         // Tear the tail: chop 5 bytes off the newest segment.
-        let mut files: Vec<_> = fs::read_dir(dir.path())
-            .expect("ls")
-            .map(|e| e.expect("entry").path())
-            .collect();
+        let mut files: Vec<_> = fs::read_dir(dir.path()).expect("ls").map(|e| e.expect("entry").path()).collect();
         files.sort();
         let newest = files.last().expect("a segment");
         let len = fs::metadata(newest).expect("meta").len();
-        OpenOptions::new()
-            .write(true)
-            .open(newest)
-            .expect("open")
-            .set_len(len - 5)
-            .expect("truncate");
+        OpenOptions::new().write(true).open(newest).expect("open").set_len(len - 5).expect("truncate");
         let mut log = BucketLog::open(dir.path(), 100).expect("reopen");
         assert_eq!(log.end_offset(), 45, "the torn batch of 10 records is gone");
-        assert_eq!(
-            log.append(b"x", 1, 0).expect("append"),
-            45,
-            "offsets continue after the torn tail"
-        );
-        assert_eq!(
-            read_all(&log, 0)
-                .iter()
-                .map(|b| b.record_count)
-                .sum::<u32>(),
-            46
-        );
+        assert_eq!(log.append(b"x", 1, 0).expect("append"), 45, "offsets continue after the torn tail");
+        assert_eq!(read_all(&log, 0).iter().map(|b| b.record_count).sum::<u32>(), 46);
     }
 }

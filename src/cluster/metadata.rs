@@ -46,12 +46,10 @@ impl Metadata {
     }
 
     pub fn by_id(&self, table_id: i64) -> Result<&TableInfo> {
-        self.state.tables.get(&table_id).ok_or_else(|| {
-            Error::new(
-                ErrorKind::TableNotExist,
-                format!("no table with id {table_id}"),
-            )
-        })
+        self.state
+            .tables
+            .get(&table_id)
+            .ok_or_else(|| Error::new(ErrorKind::TableNotExist, format!("no table with id {table_id}")))
     }
 
     pub fn by_path(&self, path: &TablePath) -> Result<&TableInfo> {
@@ -59,12 +57,7 @@ impl Metadata {
             .tables
             .values()
             .find(|t| &t.path == path)
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::TableNotExist,
-                    format!("table {path} does not exist"),
-                )
-            })
+            .ok_or_else(|| Error::new(ErrorKind::TableNotExist, format!("table {path} does not exist")))
     }
 
     /// Creates a table; returns the existing one when it exists and `ignore_if_exists` is set.
@@ -80,10 +73,7 @@ impl Metadata {
             if ignore_if_exists {
                 return Ok(existing.clone());
             }
-            return Err(Error::new(
-                ErrorKind::TableAlreadyExist,
-                format!("table {path} already exists"),
-            ));
+            return Err(Error::new(ErrorKind::TableAlreadyExist, format!("table {path} already exists")));
         }
         let table_id = self.state.next_table_id;
         let info = TableInfo {
@@ -101,11 +91,7 @@ impl Metadata {
     }
 
     /// Drops a table; returns its id, or `None` when absent and `ignore_if_not_exists` is set.
-    pub fn drop_table(
-        &mut self,
-        path: &TablePath,
-        ignore_if_not_exists: bool,
-    ) -> Result<Option<i64>> {
+    pub fn drop_table(&mut self, path: &TablePath, ignore_if_not_exists: bool) -> Result<Option<i64>> {
         let id = match self.by_path(path) {
             Ok(t) => t.table_id,
             Err(_) if ignore_if_not_exists => return Ok(None),
@@ -117,25 +103,16 @@ impl Metadata {
     }
 
     /// The id of a partition, creating it when it does not exist yet.
-    pub fn partition_id_or_create(
-        &mut self,
-        table_id: i64,
-        name: &str,
-        now_ms: i64,
-    ) -> Result<i64> {
+    pub fn partition_id_or_create(&mut self, table_id: i64, name: &str, now_ms: i64) -> Result<i64> {
         if name.is_empty() || name.len() > 200 || name.contains(['/', '\\', '\0']) {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                format!("invalid partition name {name:?}"),
-            ));
+            return Err(Error::new(ErrorKind::InvalidArgument, format!("invalid partition name {name:?}")));
         }
         let next = self.state.next_partition_id;
-        let table = self.state.tables.get_mut(&table_id).ok_or_else(|| {
-            Error::new(
-                ErrorKind::TableNotExist,
-                format!("no table with id {table_id}"),
-            )
-        })?;
+        let table = self
+            .state
+            .tables
+            .get_mut(&table_id)
+            .ok_or_else(|| Error::new(ErrorKind::TableNotExist, format!("no table with id {table_id}")))?;
         if let Some(id) = table.partitions.get(name) {
             return Ok(*id);
         }

@@ -90,10 +90,7 @@ pub struct Cluster {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -156,14 +153,9 @@ impl Cluster {
         };
         self.coordinator().remove_table(table_id)?;
         lock(&self.logs).retain(|id, _| id.table_id != table_id);
-        let dir = self
-            .config
-            .data_dir
-            .join("log")
-            .join(format!("t{table_id}"));
+        let dir = self.config.data_dir.join("log").join(format!("t{table_id}"));
         if dir.exists() {
-            std::fs::remove_dir_all(&dir)
-                .map_err(|e| Error::io(format!("removing {}", dir.display()), e))?;
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(format!("removing {}", dir.display()), e))?;
         }
         tracing::info!(table = %path, table_id, "dropped table");
         Ok(())
@@ -203,37 +195,21 @@ impl Cluster {
         check_bucket(&table, bucket)?;
         let record_count = validate_records(&table, partition_name, &records)?;
         let partition_id = match (&table.descriptor.partition_key, partition_name) {
-            (Some(_), Some(name)) => {
-                Some(lock(&self.metadata).partition_id_or_create(table_id, name, now_ms())?)
-            }
+            (Some(_), Some(name)) => Some(lock(&self.metadata).partition_id_or_create(table_id, name, now_ms())?),
             (Some(key), None) => {
                 return Err(Error::new(
                     ErrorKind::InvalidArgument,
-                    format!(
-                        "table {} is partitioned by {key:?}: name the partition",
-                        table.path
-                    ),
+                    format!("table {} is partitioned by {key:?}: name the partition", table.path),
                 ));
             }
             (None, Some(_)) => {
-                return Err(Error::new(
-                    ErrorKind::InvalidArgument,
-                    format!("table {} is not partitioned", table.path),
-                ));
+                return Err(Error::new(ErrorKind::InvalidArgument, format!("table {} is not partitioned", table.path)));
             }
             (None, None) => None,
         };
-        let log = self.log(BucketId {
-            table_id,
-            partition_id,
-            bucket,
-        })?;
+        let log = self.log(BucketId { table_id, partition_id, bucket })?;
         let base_offset = lock(&log).append(&records, record_count, now_ms())?;
-        Ok(Appended {
-            partition_id,
-            base_offset,
-            record_count,
-        })
+        Ok(Appended { partition_id, base_offset, record_count })
     }
 
     /// Reads stored batches from `offset` on, up to `max_bytes` (at least one batch when there is one).
@@ -241,28 +217,16 @@ impl Cluster {
         let log = self.existing_log(id)?;
         let (planned, high_watermark, log_start_offset) = {
             let log = lock(&log);
-            (
-                log.plan_read(offset, max_bytes)?,
-                log.end_offset(),
-                log.start_offset(),
-            )
+            (log.plan_read(offset, max_bytes)?, log.end_offset(), log.start_offset())
         };
-        Ok(Fetched {
-            high_watermark,
-            log_start_offset,
-            batches: planned.execute()?,
-        })
+        Ok(Fetched { high_watermark, log_start_offset, batches: planned.execute()? })
     }
 
     /// The earliest (`latest == false`) or latest offset of a bucket.
     pub fn list_offset(&self, id: BucketId, latest: bool) -> Result<i64> {
         let log = self.existing_log(id)?;
         let log = lock(&log);
-        Ok(if latest {
-            log.end_offset()
-        } else {
-            log.start_offset()
-        })
+        Ok(if latest { log.end_offset() } else { log.start_offset() })
     }
 
     /// The log of a bucket that the catalog knows.
@@ -275,10 +239,7 @@ impl Cluster {
             _ => {
                 return Err(Error::new(
                     ErrorKind::UnknownTableOrBucket,
-                    format!(
-                        "table {} has no partition {:?}",
-                        table.path, id.partition_id
-                    ),
+                    format!("table {} has no partition {:?}", table.path, id.partition_id),
                 ));
             }
         }
@@ -290,10 +251,7 @@ impl Cluster {
         if let Some(log) = logs.get(&id) {
             return Ok(Arc::clone(log));
         }
-        let partition = id
-            .partition_id
-            .map(|p| p.to_string())
-            .unwrap_or_else(|| "-".into());
+        let partition = id.partition_id.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
         let dir = self
             .config
             .data_dir
@@ -301,10 +259,7 @@ impl Cluster {
             .join(format!("t{}", id.table_id))
             .join(format!("p{partition}"))
             .join(format!("b{}", id.bucket));
-        let log = Arc::new(Mutex::new(BucketLog::open(
-            &dir,
-            self.config.segment_bytes,
-        )?));
+        let log = Arc::new(Mutex::new(BucketLog::open(&dir, self.config.segment_bytes)?));
         logs.insert(id, Arc::clone(&log));
         Ok(log)
     }
@@ -314,28 +269,16 @@ fn check_bucket(table: &TableInfo, bucket: i32) -> Result<()> {
     if bucket < 0 || bucket as u32 >= table.descriptor.buckets {
         return Err(Error::new(
             ErrorKind::UnknownTableOrBucket,
-            format!(
-                "table {} has buckets 0..{}, not {bucket}",
-                table.path, table.descriptor.buckets
-            ),
+            format!("table {} has buckets 0..{}, not {bucket}", table.path, table.descriptor.buckets),
         ));
     }
     Ok(())
 }
 
 /// Decodes a produced IPC stream to check it (schema, partition column) and count its rows.
-fn validate_records(
-    table: &TableInfo,
-    partition_name: Option<&str>,
-    records: &Bytes,
-) -> Result<u32> {
-    let reader = StreamReader::try_new(Cursor::new(records.as_ref()), None).map_err(|e| {
-        Error::new(
-            ErrorKind::CorruptMessage,
-            "records are not an Arrow IPC stream",
-        )
-        .with_source(e)
-    })?;
+fn validate_records(table: &TableInfo, partition_name: Option<&str>, records: &Bytes) -> Result<u32> {
+    let reader = StreamReader::try_new(Cursor::new(records.as_ref()), None)
+        .map_err(|e| Error::new(ErrorKind::CorruptMessage, "records are not an Arrow IPC stream").with_source(e))?;
     let expected = table.descriptor.arrow_schema();
     let got = reader.schema();
     let same = got.fields().len() == expected.fields().len()
@@ -347,29 +290,18 @@ fn validate_records(
     if !same {
         return Err(Error::new(
             ErrorKind::SchemaMismatch,
-            format!(
-                "records have schema {} but table {} has {}",
-                describe(&got),
-                table.path,
-                describe(&expected)
-            ),
+            format!("records have schema {} but table {} has {}", describe(&got), table.path, describe(&expected)),
         ));
     }
-    let key_index = table
-        .descriptor
-        .partition_key
-        .as_ref()
-        .and_then(|k| expected.index_of(k).ok());
+    let key_index = table.descriptor.partition_key.as_ref().and_then(|k| expected.index_of(k).ok());
     let mut rows: u64 = 0;
     for batch in reader {
-        let batch = batch.map_err(|e| {
-            Error::new(ErrorKind::CorruptMessage, "records hold a malformed batch").with_source(e)
-        })?;
+        let batch = batch
+            .map_err(|e| Error::new(ErrorKind::CorruptMessage, "records hold a malformed batch").with_source(e))?;
         rows += batch.num_rows() as u64;
         if let (Some(i), Some(name)) = (key_index, partition_name) {
-            let values = cast(batch.column(i), &DataType::Utf8).map_err(|e| {
-                Error::new(ErrorKind::Internal, "casting the partition column").with_source(e)
-            })?;
+            let values = cast(batch.column(i), &DataType::Utf8)
+                .map_err(|e| Error::new(ErrorKind::Internal, "casting the partition column").with_source(e))?;
             let values = values
                 .as_any()
                 .downcast_ref::<StringArray>()
@@ -383,23 +315,13 @@ fn validate_records(
         }
     }
     match u32::try_from(rows) {
-        Ok(0) => Err(Error::new(
-            ErrorKind::InvalidArgument,
-            "records hold no rows",
-        )),
+        Ok(0) => Err(Error::new(ErrorKind::InvalidArgument, "records hold no rows")),
         Ok(n) => Ok(n),
-        Err(_) => Err(Error::new(
-            ErrorKind::InvalidArgument,
-            "too many rows in one produce request",
-        )),
+        Err(_) => Err(Error::new(ErrorKind::InvalidArgument, "too many rows in one produce request")),
     }
 }
 
 fn describe(schema: &arrow::datatypes::Schema) -> String {
-    let cols: Vec<String> = schema
-        .fields()
-        .iter()
-        .map(|f| format!("{}:{}", f.name(), f.data_type()))
-        .collect();
+    let cols: Vec<String> = schema.fields().iter().map(|f| format!("{}:{}", f.name(), f.data_type())).collect();
     format!("[{}]", cols.join(", "))
 }

@@ -15,11 +15,7 @@ use crate::error::{Error, ErrorKind, Result};
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     match fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            Error::new(
-                ErrorKind::Storage,
-                format!("{} is not valid state", path.display()),
-            )
-            .with_source(e)
+            Error::new(ErrorKind::Storage, format!("{} is not valid state", path.display())).with_source(e)
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
@@ -28,9 +24,7 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
 
 /// Durably replaces the state at `path` with `value`.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| Error::new(ErrorKind::Internal, "state file without a directory"))?;
+    let dir = path.parent().ok_or_else(|| Error::new(ErrorKind::Internal, "state file without a directory"))?;
     fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let bytes = serde_json::to_vec_pretty(value)
         .map_err(|e| Error::new(ErrorKind::Internal, "serializing state").with_source(e))?;

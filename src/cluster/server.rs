@@ -68,27 +68,18 @@ impl EmbeddedCluster {
     pub async fn start(config: ClusterConfig) -> Result<Self> {
         let cluster = tokio::task::spawn_blocking(move || Cluster::open(config))
             .await
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Internal,
-                    format!("opening the cluster panicked: {e}"),
-                )
-            })??;
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(|e| {
-            Error::new(ErrorKind::Network, "binding a loopback port").with_source(e)
-        })?;
-        let addr = listener.local_addr().map_err(|e| {
-            Error::new(ErrorKind::Network, "reading the bound address").with_source(e)
-        })?;
+            .map_err(|e| Error::new(ErrorKind::Internal, format!("opening the cluster panicked: {e}")))??;
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .map_err(|e| Error::new(ErrorKind::Network, "binding a loopback port").with_source(e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::new(ErrorKind::Network, "reading the bound address").with_source(e))?;
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(serve(Arc::new(cluster), listener, async {
             let _ = stopped.await;
         }));
-        Ok(EmbeddedCluster {
-            addr,
-            stop: Some(stop),
-            task: Some(task),
-        })
+        Ok(EmbeddedCluster { addr, stop: Some(stop), task: Some(task) })
     }
 
     /// The `http://127.0.0.1:PORT` URL clients connect to.
@@ -102,9 +93,9 @@ impl EmbeddedCluster {
             let _ = stop.send(());
         }
         match self.task.take() {
-            Some(task) => task
-                .await
-                .map_err(|e| Error::new(ErrorKind::Internal, format!("server task failed: {e}")))?,
+            Some(task) => {
+                task.await.map_err(|e| Error::new(ErrorKind::Internal, format!("server task failed: {e}")))?
+            }
             None => Ok(()),
         }
     }

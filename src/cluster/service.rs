@@ -9,9 +9,7 @@ use crate::cluster::coordinator::{Heartbeat, HeartbeatEntry, LakeBucketOffset};
 use crate::cluster::table::{TableDescriptor, TablePath};
 use crate::cluster::{BucketId, Cluster, now_ms};
 use crate::error::{Error, ErrorKind, Result};
-use crate::rpc::proto::{
-    self, coordinator_service_server::CoordinatorService, tablet_service_server::TabletService,
-};
+use crate::rpc::proto::{self, coordinator_service_server::CoordinatorService, tablet_service_server::TabletService};
 
 /// Serves both gRPC services from one cluster.
 #[derive(Clone)]
@@ -43,23 +41,15 @@ pub(crate) fn table_path(p: Option<proto::PbTablePath>) -> Result<TablePath> {
 }
 
 pub(crate) fn pb_path(p: &TablePath) -> proto::PbTablePath {
-    proto::PbTablePath {
-        database_name: p.database.clone(),
-        table_name: p.table.clone(),
-    }
+    proto::PbTablePath { database_name: p.database.clone(), table_name: p.table.clone() }
 }
 
 fn table_json(d: &TableDescriptor) -> Result<Vec<u8>> {
-    serde_json::to_vec(d)
-        .map_err(|e| Error::new(ErrorKind::Internal, "serializing a descriptor").with_source(e))
+    serde_json::to_vec(d).map_err(|e| Error::new(ErrorKind::Internal, "serializing a descriptor").with_source(e))
 }
 
 fn entry(e: &proto::PbHeartbeatReqForTable) -> HeartbeatEntry {
-    HeartbeatEntry {
-        table_id: e.table_id,
-        coordinator_epoch: e.coordinator_epoch,
-        tiering_epoch: e.tiering_epoch,
-    }
+    HeartbeatEntry { table_id: e.table_id, coordinator_epoch: e.coordinator_epoch, tiering_epoch: e.tiering_epoch }
 }
 
 fn resp(outcomes: Vec<(i64, Result<()>)>) -> Vec<proto::PbHeartbeatRespForTable> {
@@ -67,10 +57,9 @@ fn resp(outcomes: Vec<(i64, Result<()>)>) -> Vec<proto::PbHeartbeatRespForTable>
         .into_iter()
         .map(|(table_id, r)| proto::PbHeartbeatRespForTable {
             table_id,
-            error: r.err().map(|e| proto::ErrorResponse {
-                error_code: e.kind().code(),
-                error_message: Some(e.to_string()),
-            }),
+            error: r
+                .err()
+                .map(|e| proto::ErrorResponse { error_code: e.kind().code(), error_message: Some(e.to_string()) }),
         })
         .collect()
 }
@@ -84,17 +73,10 @@ impl CoordinatorService for ClusterService {
         let req = req.into_inner();
         let path = table_path(req.table_path)?;
         let descriptor: TableDescriptor = serde_json::from_slice(&req.table_json).map_err(|e| {
-            Status::from(Error::new(
-                ErrorKind::InvalidArgument,
-                format!("table_json is not a table descriptor: {e}"),
-            ))
+            Status::from(Error::new(ErrorKind::InvalidArgument, format!("table_json is not a table descriptor: {e}")))
         })?;
-        let info = self
-            .blocking(move |c| c.create_table(path, descriptor, req.ignore_if_exists))
-            .await?;
-        Ok(Response::new(proto::CreateTableResponse {
-            table_id: info.table_id,
-        }))
+        let info = self.blocking(move |c| c.create_table(path, descriptor, req.ignore_if_exists)).await?;
+        Ok(Response::new(proto::CreateTableResponse { table_id: info.table_id }))
     }
 
     async fn drop_table(
@@ -103,8 +85,7 @@ impl CoordinatorService for ClusterService {
     ) -> Result<Response<proto::DropTableResponse>, Status> {
         let req = req.into_inner();
         let path = table_path(req.table_path)?;
-        self.blocking(move |c| c.drop_table(&path, req.ignore_if_not_exists))
-            .await?;
+        self.blocking(move |c| c.drop_table(&path, req.ignore_if_not_exists)).await?;
         Ok(Response::new(proto::DropTableResponse {}))
     }
 
@@ -120,11 +101,7 @@ impl CoordinatorService for ClusterService {
                     table_id: t.table_id,
                     table_path: Some(pb_path(&t.path)),
                     table_json: table_json(&t.descriptor)?,
-                    tiering_state: status
-                        .as_ref()
-                        .map(|s| s.state.name())
-                        .unwrap_or("disabled")
-                        .to_string(),
+                    tiering_state: status.as_ref().map(|s| s.state.name()).unwrap_or("disabled").to_string(),
                     tiering_epoch: status.as_ref().map(|s| s.tiering_epoch).unwrap_or(0),
                     lake_snapshot_id: status.and_then(|s| s.lake_snapshot_id),
                 })
@@ -157,14 +134,9 @@ impl CoordinatorService for ClusterService {
         let partitions_info = t
             .partitions
             .iter()
-            .map(|(name, id)| proto::PbPartitionInfo {
-                partition_id: *id,
-                partition_name: name.clone(),
-            })
+            .map(|(name, id)| proto::PbPartitionInfo { partition_id: *id, partition_name: name.clone() })
             .collect();
-        Ok(Response::new(proto::ListPartitionInfosResponse {
-            partitions_info,
-        }))
+        Ok(Response::new(proto::ListPartitionInfosResponse { partitions_info }))
     }
 
     async fn lake_tiering_heartbeat(
@@ -179,9 +151,7 @@ impl CoordinatorService for ClusterService {
             force_finished: req.force_finished_tables.clone(),
             request_table: req.request_table.unwrap_or(false),
         };
-        let out = self
-            .blocking(move |c| c.coordinator().heartbeat(&hb, Instant::now(), now_ms()))
-            .await?;
+        let out = self.blocking(move |c| c.coordinator().heartbeat(&hb, Instant::now(), now_ms())).await?;
         Ok(Response::new(proto::LakeTieringHeartbeatResponse {
             coordinator_epoch: out.coordinator_epoch,
             tiering_table: out.assignment.map(|a| proto::PbLakeTieringTableInfo {
@@ -201,13 +171,8 @@ impl CoordinatorService for ClusterService {
     ) -> Result<Response<proto::GetLakeSnapshotResponse>, Status> {
         let path = table_path(req.into_inner().table_path)?;
         let table = self.cluster.table_by_path(&path)?;
-        let snapshot = self
-            .cluster
-            .coordinator()
-            .lake_snapshot(table.table_id)?
-            .clone();
-        let names: std::collections::HashMap<i64, &String> =
-            table.partitions.iter().map(|(n, id)| (*id, n)).collect();
+        let snapshot = self.cluster.coordinator().lake_snapshot(table.table_id)?.clone();
+        let names: std::collections::HashMap<i64, &String> = table.partitions.iter().map(|(n, id)| (*id, n)).collect();
         Ok(Response::new(proto::GetLakeSnapshotResponse {
             table_id: table.table_id,
             snapshot_id: snapshot.snapshot_id,
@@ -218,10 +183,7 @@ impl CoordinatorService for ClusterService {
                     partition_id: b.partition_id,
                     bucket_id: b.bucket,
                     log_offset: Some(b.log_end_offset),
-                    partition_name: b
-                        .partition_id
-                        .and_then(|p| names.get(&p))
-                        .map(|n| n.to_string()),
+                    partition_name: b.partition_id.and_then(|p| names.get(&p)).map(|n| n.to_string()),
                 })
                 .collect(),
         }))
@@ -271,9 +233,7 @@ impl CoordinatorService for ClusterService {
                 Ok(outcomes)
             })
             .await?;
-        Ok(Response::new(proto::CommitLakeTableSnapshotResponse {
-            table_resp,
-        }))
+        Ok(Response::new(proto::CommitLakeTableSnapshotResponse { table_resp }))
     }
 }
 
@@ -286,14 +246,7 @@ impl TabletService for ClusterService {
         let req = req.into_inner();
         let bucket_id = req.bucket_id;
         let appended = self
-            .blocking(move |c| {
-                c.produce(
-                    req.table_id,
-                    req.partition_name.as_deref(),
-                    req.bucket_id,
-                    req.records,
-                )
-            })
+            .blocking(move |c| c.produce(req.table_id, req.partition_name.as_deref(), req.bucket_id, req.records))
             .await?;
         Ok(Response::new(proto::ProduceLogResponse {
             partition_id: appended.partition_id,
@@ -308,15 +261,9 @@ impl TabletService for ClusterService {
         req: Request<proto::FetchLogRequest>,
     ) -> Result<Response<proto::FetchLogResponse>, Status> {
         let req = req.into_inner();
-        let id = BucketId {
-            table_id: req.table_id,
-            partition_id: req.partition_id,
-            bucket: req.bucket_id,
-        };
+        let id = BucketId { table_id: req.table_id, partition_id: req.partition_id, bucket: req.bucket_id };
         let max_bytes = usize::try_from(req.max_fetch_bytes.max(1)).unwrap_or(1);
-        let fetched = self
-            .blocking(move |c| c.fetch(id, req.fetch_offset, max_bytes))
-            .await?;
+        let fetched = self.blocking(move |c| c.fetch(id, req.fetch_offset, max_bytes)).await?;
         Ok(Response::new(proto::FetchLogResponse {
             high_watermark: fetched.high_watermark,
             log_start_offset: fetched.log_start_offset,
@@ -355,11 +302,7 @@ impl TabletService for ClusterService {
                     .bucket_id
                     .iter()
                     .map(|&bucket| {
-                        let id = BucketId {
-                            table_id: req.table_id,
-                            partition_id: req.partition_id,
-                            bucket,
-                        };
+                        let id = BucketId { table_id: req.table_id, partition_id: req.partition_id, bucket };
                         match c.list_offset(id, latest) {
                             Ok(offset) => proto::PbListOffsetsRespForBucket {
                                 bucket_id: bucket,
@@ -388,11 +331,7 @@ impl TabletService for ClusterService {
         let table = self.cluster.table_by_path(&path)?;
         // Log tables have no KV state: every bucket answers "no snapshot", as Fluss does.
         let latest_snapshots = (0..table.descriptor.buckets as i32)
-            .map(|bucket_id| proto::PbKvSnapshot {
-                bucket_id,
-                snapshot_id: None,
-                log_offset: None,
-            })
+            .map(|bucket_id| proto::PbKvSnapshot { bucket_id, snapshot_id: None, log_offset: None })
             .collect();
         Ok(Response::new(proto::GetLatestKvSnapshotsResponse {
             table_id: table.table_id,

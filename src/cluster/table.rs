@@ -25,16 +25,11 @@ pub struct TablePath {
 
 impl TablePath {
     pub fn new(database: impl Into<String>, table: impl Into<String>) -> Result<Self> {
-        let path = TablePath {
-            database: database.into(),
-            table: table.into(),
-        };
+        let path = TablePath { database: database.into(), table: table.into() };
         for part in [&path.database, &path.table] {
             let valid = !part.is_empty()
                 && part.len() <= 200
-                && part
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
             if !valid {
                 return Err(Error::new(
                     ErrorKind::InvalidArgument,
@@ -130,19 +125,14 @@ impl FromStr for ColumnType {
                 ),
             )
         };
-        let args = s
-            .strip_prefix("decimal(")
-            .and_then(|r| r.strip_suffix(')'))
-            .ok_or_else(bad)?;
+        let args = s.strip_prefix("decimal(").and_then(|r| r.strip_suffix(')')).ok_or_else(bad)?;
         let (p, sc) = args.split_once(',').ok_or_else(bad)?;
         let precision: u8 = p.trim().parse().map_err(|_| bad())?;
         let scale: i8 = sc.trim().parse().map_err(|_| bad())?;
         if !(1..=38).contains(&precision) || scale < 0 || scale as u8 > precision {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
-                format!(
-                    "decimal({precision},{scale}): precision must be 1..=38 and 0 <= scale <= precision"
-                ),
+                format!("decimal({precision},{scale}): precision must be 1..=38 and 0 <= scale <= precision"),
             ));
         }
         Ok(ColumnType::Decimal { precision, scale })
@@ -195,36 +185,22 @@ pub fn parse_schema(spec: &str) -> Result<Vec<Column>> {
         let item = rest[..end].trim();
         rest = rest.get(end + 1..).unwrap_or("").trim();
         let (name, ty) = item.split_once(':').ok_or_else(|| {
-            Error::new(
-                ErrorKind::InvalidArgument,
-                format!("column {item:?} is not of the form name:type"),
-            )
+            Error::new(ErrorKind::InvalidArgument, format!("column {item:?} is not of the form name:type"))
         })?;
         let name = name.trim();
         if name.is_empty() || name.starts_with("__") {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
-                format!(
-                    "invalid column name {name:?}: names must be non-empty and must not start with '__'"
-                ),
+                format!("invalid column name {name:?}: names must be non-empty and must not start with '__'"),
             ));
         }
         if columns.iter().any(|c| c.name == name) {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                format!("duplicate column {name:?}"),
-            ));
+            return Err(Error::new(ErrorKind::InvalidArgument, format!("duplicate column {name:?}")));
         }
-        columns.push(Column {
-            name: name.to_string(),
-            data_type: ty.parse()?,
-        });
+        columns.push(Column { name: name.to_string(), data_type: ty.parse()? });
     }
     if columns.is_empty() {
-        return Err(Error::new(
-            ErrorKind::InvalidArgument,
-            "a schema needs at least one column",
-        ));
+        return Err(Error::new(ErrorKind::InvalidArgument, "a schema needs at least one column"));
     }
     Ok(columns)
 }
@@ -252,10 +228,7 @@ impl TableDescriptor {
     /// Checks what a create-table request can get wrong.
     pub fn validate(&self) -> Result<()> {
         if self.columns.is_empty() {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                "a table needs at least one column",
-            ));
+            return Err(Error::new(ErrorKind::InvalidArgument, "a table needs at least one column"));
         }
         if !(1..=1024).contains(&self.buckets) {
             return Err(Error::new(
@@ -265,10 +238,7 @@ impl TableDescriptor {
         }
         if let Some(key) = &self.partition_key {
             let column = self.column(key).ok_or_else(|| {
-                Error::new(
-                    ErrorKind::InvalidArgument,
-                    format!("partition key {key:?} is not a column"),
-                )
+                Error::new(ErrorKind::InvalidArgument, format!("partition key {key:?} is not a column"))
             })?;
             if !matches!(
                 column.data_type,
@@ -276,10 +246,7 @@ impl TableDescriptor {
             ) {
                 return Err(Error::new(
                     ErrorKind::InvalidArgument,
-                    format!(
-                        "partition key {key:?} has type {}; use string, int32, int64 or date",
-                        column.data_type
-                    ),
+                    format!("partition key {key:?} has type {}; use string, int32, int64 or date", column.data_type),
                 ));
             }
         }
@@ -310,11 +277,8 @@ impl TableDescriptor {
 
     /// The Arrow schema of the table's records (all columns nullable).
     pub fn arrow_schema(&self) -> SchemaRef {
-        let fields: Vec<Field> = self
-            .columns
-            .iter()
-            .map(|c| Field::new(&c.name, c.data_type.to_arrow(), true))
-            .collect();
+        let fields: Vec<Field> =
+            self.columns.iter().map(|c| Field::new(&c.name, c.data_type.to_arrow(), true)).collect();
         Arc::new(Schema::new(fields))
     }
 
@@ -344,12 +308,8 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let bad = || {
-        Error::new(
-            ErrorKind::InvalidArgument,
-            format!("invalid duration {s:?}: use e.g. 500ms, 30s, 3min, 1h"),
-        )
-    };
+    let bad =
+        || Error::new(ErrorKind::InvalidArgument, format!("invalid duration {s:?}: use e.g. 500ms, 30s, 3min, 1h"));
     let n: u64 = num.parse().map_err(|_| bad())?;
     let d = match unit.trim() {
         "ms" => Duration::from_millis(n),
@@ -359,10 +319,7 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
         _ => return Err(bad()),
     };
     if d.is_zero() {
-        return Err(Error::new(
-            ErrorKind::InvalidArgument,
-            format!("duration {s:?} must be positive"),
-        ));
+        return Err(Error::new(ErrorKind::InvalidArgument, format!("duration {s:?} must be positive")));
     }
     Ok(d)
 }
@@ -375,13 +332,7 @@ mod tests {
     fn parses_schema_with_decimal() {
         let cols = parse_schema("id:int64, amount:decimal(10,2),name:string").expect("valid");
         assert_eq!(cols.len(), 3);
-        assert_eq!(
-            cols[1].data_type,
-            ColumnType::Decimal {
-                precision: 10,
-                scale: 2
-            }
-        );
+        assert_eq!(cols[1].data_type, ColumnType::Decimal { precision: 10, scale: 2 });
         assert!(parse_schema("id:int64,id:string").is_err());
         assert!(parse_schema("id:uint8").is_err());
         assert!(parse_schema("__offset:int64").is_err());
@@ -392,10 +343,7 @@ mod tests {
     fn parses_durations() {
         assert_eq!(parse_duration("30s").ok(), Some(Duration::from_secs(30)));
         assert_eq!(parse_duration("3min").ok(), Some(Duration::from_secs(180)));
-        assert_eq!(
-            parse_duration("250ms").ok(),
-            Some(Duration::from_millis(250))
-        );
+        assert_eq!(parse_duration("250ms").ok(), Some(Duration::from_millis(250)));
         assert!(parse_duration("3 fortnights").is_err());
         assert!(parse_duration("0s").is_err());
     }

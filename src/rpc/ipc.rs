@@ -11,9 +11,7 @@ use crate::error::{Error, ErrorKind, Result};
 
 /// Encodes batches (all of one schema) as one IPC stream.
 pub fn encode(batches: &[RecordBatch]) -> Result<Bytes> {
-    let first = batches
-        .first()
-        .ok_or_else(|| Error::new(ErrorKind::InvalidArgument, "no batches to encode"))?;
+    let first = batches.first().ok_or_else(|| Error::new(ErrorKind::InvalidArgument, "no batches to encode"))?;
     let fail = |e| Error::new(ErrorKind::Internal, "encoding Arrow IPC").with_source(e);
     let mut writer = StreamWriter::try_new(Vec::new(), &first.schema()).map_err(fail)?;
     for batch in batches {
@@ -25,15 +23,7 @@ pub fn encode(batches: &[RecordBatch]) -> Result<Bytes> {
 
 /// Decodes one IPC stream.
 pub fn decode(bytes: &[u8]) -> Result<Vec<RecordBatch>> {
-    let fail = |e| {
-        Error::new(
-            ErrorKind::CorruptMessage,
-            "records are not a valid Arrow IPC stream",
-        )
-        .with_source(e)
-    };
+    let fail = |e| Error::new(ErrorKind::CorruptMessage, "records are not a valid Arrow IPC stream").with_source(e);
     let reader = StreamReader::try_new(Cursor::new(bytes), None).map_err(fail)?;
-    reader
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(fail)
+    reader.collect::<std::result::Result<Vec<_>, _>>().map_err(fail)
 }

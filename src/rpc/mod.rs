@@ -40,9 +40,8 @@ pub struct ClusterClient {
 }
 
 fn descriptor(json: &[u8]) -> Result<TableDescriptor> {
-    serde_json::from_slice(json).map_err(|e| {
-        Error::new(ErrorKind::CorruptMessage, "table_json is not a descriptor").with_source(e)
-    })
+    serde_json::from_slice(json)
+        .map_err(|e| Error::new(ErrorKind::CorruptMessage, "table_json is not a descriptor").with_source(e))
 }
 
 fn pb_path(p: &TablePath) -> proto::PbTablePath {
@@ -53,19 +52,12 @@ impl ClusterClient {
     /// Connects to `url` (`http://HOST:PORT`).
     pub async fn connect(url: &str) -> Result<Self> {
         let endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| {
-            Error::new(
-                ErrorKind::InvalidArgument,
-                format!("invalid cluster URL {url:?}"),
-            )
-            .with_source(e)
+            Error::new(ErrorKind::InvalidArgument, format!("invalid cluster URL {url:?}")).with_source(e)
         })?;
-        let channel = endpoint.connect().await.map_err(|e| {
-            Error::new(
-                ErrorKind::Network,
-                format!("cannot reach the cluster at {url}"),
-            )
-            .with_source(e)
-        })?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| Error::new(ErrorKind::Network, format!("cannot reach the cluster at {url}")).with_source(e))?;
         Ok(ClusterClient {
             coordinator: CoordinatorServiceClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -84,42 +76,22 @@ impl ClusterClient {
     ) -> Result<i64> {
         let table_json = serde_json::to_vec(descriptor)
             .map_err(|e| Error::new(ErrorKind::Internal, "serializing").with_source(e))?;
-        let req = proto::CreateTableRequest {
-            table_path: Some(pb_path(path)),
-            table_json,
-            ignore_if_exists,
-        };
-        Ok(self
-            .coordinator
-            .clone()
-            .create_table(req)
-            .await?
-            .into_inner()
-            .table_id)
+        let req = proto::CreateTableRequest { table_path: Some(pb_path(path)), table_json, ignore_if_exists };
+        Ok(self.coordinator.clone().create_table(req).await?.into_inner().table_id)
     }
 
     pub async fn drop_table(&self, path: &TablePath, ignore_if_not_exists: bool) -> Result<()> {
-        let req = proto::DropTableRequest {
-            table_path: Some(pb_path(path)),
-            ignore_if_not_exists,
-        };
+        let req = proto::DropTableRequest { table_path: Some(pb_path(path)), ignore_if_not_exists };
         self.coordinator.clone().drop_table(req).await?;
         Ok(())
     }
 
     pub async fn list_tables(&self) -> Result<Vec<TableSummary>> {
-        let resp = self
-            .coordinator
-            .clone()
-            .list_tables(proto::ListTablesRequest {})
-            .await?
-            .into_inner();
+        let resp = self.coordinator.clone().list_tables(proto::ListTablesRequest {}).await?.into_inner();
         resp.tables
             .into_iter()
             .map(|t| {
-                let p = t
-                    .table_path
-                    .ok_or_else(|| Error::new(ErrorKind::CorruptMessage, "table without a path"))?;
+                let p = t.table_path.ok_or_else(|| Error::new(ErrorKind::CorruptMessage, "table without a path"))?;
                 Ok(TableSummary {
                     table_id: t.table_id,
                     path: TablePath::new(p.database_name, p.table_name)?,
@@ -134,34 +106,16 @@ impl ClusterClient {
 
     /// The table's id and descriptor.
     pub async fn table_info(&self, path: &TablePath) -> Result<(i64, TableDescriptor)> {
-        let req = proto::GetTableInfoRequest {
-            table_path: Some(pb_path(path)),
-        };
-        let resp = self
-            .coordinator
-            .clone()
-            .get_table_info(req)
-            .await?
-            .into_inner();
+        let req = proto::GetTableInfoRequest { table_path: Some(pb_path(path)) };
+        let resp = self.coordinator.clone().get_table_info(req).await?.into_inner();
         Ok((resp.table_id, descriptor(&resp.table_json)?))
     }
 
     /// `(partition_id, partition_name)` of every partition.
     pub async fn list_partitions(&self, path: &TablePath) -> Result<Vec<(i64, String)>> {
-        let req = proto::ListPartitionInfosRequest {
-            table_path: Some(pb_path(path)),
-        };
-        let resp = self
-            .coordinator
-            .clone()
-            .list_partition_infos(req)
-            .await?
-            .into_inner();
-        Ok(resp
-            .partitions_info
-            .into_iter()
-            .map(|p| (p.partition_id, p.partition_name))
-            .collect())
+        let req = proto::ListPartitionInfosRequest { table_path: Some(pb_path(path)) };
+        let resp = self.coordinator.clone().list_partition_infos(req).await?.into_inner();
+        Ok(resp.partitions_info.into_iter().map(|p| (p.partition_id, p.partition_name)).collect())
     }
 
     /// Appends one Arrow IPC stream to a bucket; acknowledged once durable.
@@ -189,8 +143,7 @@ impl ClusterClient {
         bucket: i32,
         batches: &[RecordBatch],
     ) -> Result<proto::ProduceLogResponse> {
-        self.produce_ipc(table_id, partition_name, bucket, ipc::encode(batches)?)
-            .await
+        self.produce_ipc(table_id, partition_name, bucket, ipc::encode(batches)?).await
     }
 
     pub async fn fetch(
@@ -240,22 +193,12 @@ impl ClusterClient {
         &self,
         req: proto::LakeTieringHeartbeatRequest,
     ) -> Result<proto::LakeTieringHeartbeatResponse> {
-        Ok(self
-            .coordinator
-            .clone()
-            .lake_tiering_heartbeat(req)
-            .await?
-            .into_inner())
+        Ok(self.coordinator.clone().lake_tiering_heartbeat(req).await?.into_inner())
     }
 
     /// The table's latest lake snapshot as the cluster recorded it, `None` when there is none.
-    pub async fn lake_snapshot(
-        &self,
-        path: &TablePath,
-    ) -> Result<Option<proto::GetLakeSnapshotResponse>> {
-        let req = proto::GetLakeSnapshotRequest {
-            table_path: Some(pb_path(path)),
-        };
+    pub async fn lake_snapshot(&self, path: &TablePath) -> Result<Option<proto::GetLakeSnapshotResponse>> {
+        let req = proto::GetLakeSnapshotRequest { table_path: Some(pb_path(path)) };
         match self.coordinator.clone().get_lake_snapshot(req).await {
             Ok(resp) => Ok(Some(resp.into_inner())),
             Err(status) => match Error::from(status) {
@@ -267,24 +210,14 @@ impl ClusterClient {
 
     /// Records a lake snapshot with the coordinator; a per-table rejection (fenced epoch, …) is an error.
     pub async fn commit_lake_snapshot(&self, info: proto::PbLakeTableSnapshotInfo) -> Result<()> {
-        let req = proto::CommitLakeTableSnapshotRequest {
-            tables_req: vec![info],
-        };
-        let resp = self
-            .coordinator
-            .clone()
-            .commit_lake_table_snapshot(req)
-            .await?
-            .into_inner();
+        let req = proto::CommitLakeTableSnapshotRequest { tables_req: vec![info] };
+        let resp = self.coordinator.clone().commit_lake_table_snapshot(req).await?.into_inner();
         match resp.table_resp.into_iter().next() {
             Some(t) => match t.error_code {
                 None => Ok(()),
                 Some(code) => Err(Error::from_code(code, t.error_message)),
             },
-            None => Err(Error::new(
-                ErrorKind::CorruptMessage,
-                "commit response without a table entry",
-            )),
+            None => Err(Error::new(ErrorKind::CorruptMessage, "commit response without a table entry")),
         }
     }
 }

@@ -1,0 +1,266 @@
+//! The committer (Fluss's `TieringCommitOperator`): gathers each round's write results on worker 0 and, when both
+//! input frontiers have passed the round's time, commits it exactly once:
+//!
+//! ```text
+//!   plan + write results ──▶ checks ──▶ (1) lake commit, conditional on the lake snapshot the round was planned from,
+//!                                          carrying the round's marker (round id, tiering epoch, merged offsets)
+//!                                      ──▶ (2) CommitLakeTableSnapshot to the cluster, fenced by the tiering epoch
+//!                                      ──▶ (3) outcome to the enumerator
+//! ```
+//!
+//! If (1) lands and (2) does not, the round fails; the next round of the table finds the newer snapshot in the lake
+//! (the source of truth), tiers from its offsets and brings the cluster up to date. Files of a round that fails
+//! before (1) are deleted.
+//!
+//! Frontier contract: a round's plan holds a capability at its time `t` until the round's outcome is emitted. Rounds
+//! of different tables commit concurrently; one table has at most one round in flight, so its rounds stay ordered.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::Operator;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::failpoint;
+use crate::lake::{BucketOffset, CommitMarker, LakeCommitter, TableBucket, WrittenData};
+use crate::rpc::proto;
+
+use super::JobContext;
+use super::bridge::Tasks;
+use super::types::{RoundOutcome, RoundPlan, RoundStats, WriteResult};
+
+#[derive(Default)]
+struct Round {
+    plan: Option<(Capability<u64>, RoundPlan)>,
+    results: Vec<WriteResult>,
+}
+
+/// Commits rounds; emits one outcome per round.
+pub fn commit<'scope>(
+    plans: Stream<'scope, u64, Vec<RoundPlan>>,
+    results: Stream<'scope, u64, Vec<WriteResult>>,
+    ctx: Arc<JobContext>,
+) -> Stream<'scope, u64, Vec<RoundOutcome>> {
+    let scope = plans.scope();
+    plans.binary_frontier::<_, CapacityContainerBuilder<Vec<RoundOutcome>>, _, _, _, _>(
+        results,
+        Pipeline,
+        Exchange::new(|_: &WriteResult| 0),
+        "Commit",
+        move |_initial, info| {
+            let mut tasks: Tasks<(u64, RoundOutcome)> =
+                Tasks::new(ctx.runtime.clone(), scope.worker().sync_activator_for(info.address.to_vec()));
+            let mut rounds: BTreeMap<u64, Round> = BTreeMap::new();
+            let mut committing: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
+            move |(plans_in, plans_frontier), (results_in, results_frontier), output| {
+                plans_in.for_each(|cap, data| {
+                    let Some(cap) = cap.retain_least(0) else {
+                        return;
+                    };
+                    for plan in data.drain(..) {
+                        rounds.entry(*cap.time()).or_default().plan = Some((cap.clone(), plan));
+                    }
+                });
+                results_in.for_each(|cap, data| {
+                    if let Some(&t) = cap.least() {
+                        rounds.entry(t).or_default().results.append(data);
+                    }
+                });
+                let complete: Vec<u64> = rounds
+                    .keys()
+                    .copied()
+                    .filter(|t| !plans_frontier.less_equal(t) && !results_frontier.less_equal(t))
+                    .collect();
+                for t in complete {
+                    let Some(round) = rounds.remove(&t) else {
+                        continue;
+                    };
+                    let Some((cap, plan)) = round.plan else {
+                        tracing::error!(time = t, results = round.results.len(), "write results without a round plan");
+                        continue;
+                    };
+                    committing.insert(t, cap);
+                    let ctx = Arc::clone(&ctx);
+                    tasks.spawn(async move {
+                        let outcome = commit_round(&ctx, plan, round.results).await;
+                        (t, outcome)
+                    });
+                }
+                for done in tasks.ready() {
+                    match done {
+                        Ok((t, outcome)) => {
+                            if let Some(cap) = committing.remove(&t) {
+                                output.session(&cap).give(outcome);
+                            }
+                        }
+                        Err(panic) => {
+                            ctx.record_error(format!("a commit task panicked: {panic}"));
+                            committing.clear();
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// Commits one round and says how it went.
+async fn commit_round(ctx: &JobContext, plan: RoundPlan, results: Vec<WriteResult>) -> RoundOutcome {
+    let started = std::time::Instant::now();
+    let (table_id, round_id) = (plan.table.table_id, plan.round_id.clone());
+    let result = try_commit(ctx, &plan, results).await;
+    match &result {
+        Ok(stats) => {
+            ctx.metrics.add_committed_round(started.elapsed());
+            tracing::info!(table = %plan.table.path, round = %round_id, snapshot = ?stats.snapshot_id, rows = stats.rows,
+                ms = started.elapsed().as_millis() as u64, "round committed to lake and cluster");
+        }
+        Err(e) => {
+            tracing::warn!(table = %plan.table.path, round = %round_id, error = %e, "round not committed")
+        }
+    }
+    RoundOutcome { table_id, round_id, result: result.map_err(|e| e.to_string()) }
+}
+
+async fn try_commit(ctx: &JobContext, plan: &RoundPlan, results: Vec<WriteResult>) -> Result<RoundStats> {
+    let committer = ctx.lake.create_committer(&plan.table).await?;
+    let gathered = gather(plan, results);
+    let written = gathered.written.clone();
+    let mut stats = gathered.stats.clone();
+    let (snapshot_id, marker) = match lake_commit(committer.as_ref(), plan, gathered).await {
+        Ok(done) => done,
+        Err(e) if e.kind() == ErrorKind::CommitOutcomeUnknown => return Err(e),
+        Err(e) => {
+            if let Err(cleanup) = committer.abort(written).await {
+                tracing::warn!(error = %cleanup, "could not delete the files of a failed round");
+            }
+            return Err(e);
+        }
+    };
+    stats.snapshot_id = Some(snapshot_id);
+    failpoint::hit("after-lake-commit");
+    cluster_commit(ctx, plan, snapshot_id, &marker).await?;
+    failpoint::hit("after-cluster-commit");
+    Ok(stats)
+}
+
+/// A round's write results, checked and summed up.
+struct Gathered {
+    written: Vec<WrittenData>,
+    stats: RoundStats,
+    /// Where this round left each bucket it read: `(partition name, end offset, max timestamp)`.
+    new_offsets: BTreeMap<TableBucket, (Option<String>, i64, Option<i64>)>,
+    /// Why the round cannot be committed, if it cannot.
+    problem: Option<String>,
+}
+
+fn gather(plan: &RoundPlan, results: Vec<WriteResult>) -> Gathered {
+    let indexes: BTreeSet<u32> = results.iter().map(|r| r.index).collect();
+    let complete = results.len() == plan.splits as usize
+        && indexes.len() == results.len()
+        && results.iter().all(|r| r.round_id == plan.round_id);
+    let mut problem = results.iter().find_map(|r| r.written.as_ref().err().map(|e| format!("a split failed: {e}")));
+    if problem.is_none() && !complete {
+        problem = Some(format!(
+            "round {} gathered {} distinct results for {} splits",
+            plan.round_id,
+            indexes.len(),
+            plan.splits
+        ));
+    }
+    let mut g = Gathered { written: Vec::new(), stats: RoundStats::default(), new_offsets: BTreeMap::new(), problem };
+    for r in results {
+        g.new_offsets.insert(r.bucket, (r.partition_name.clone(), r.end_offset, r.max_timestamp));
+        if let Ok(w) = r.written {
+            g.stats.rows += w.rows;
+            g.stats.files += w.files;
+            g.stats.file_bytes += w.file_bytes;
+            g.written.push(w);
+        }
+    }
+    g
+}
+
+/// Phase 1: the conditional lake commit. Returns the snapshot the cluster must learn about, with its marker.
+async fn lake_commit(committer: &dyn LakeCommitter, plan: &RoundPlan, g: Gathered) -> Result<(i64, CommitMarker)> {
+    if let Some(problem) = g.problem {
+        return Err(Error::new(ErrorKind::Lake, problem));
+    }
+    // The lake must still be where the round started: otherwise another writer (a zombie job, a job that took the
+    // table over) committed in between, and committing on top would duplicate its rows.
+    let latest = committer.latest().await?;
+    let base_id = plan.base.as_ref().map(|b| b.snapshot_id);
+    if latest.as_ref().map(|l| l.snapshot_id) != base_id {
+        let moved_to = latest.as_ref().map(|l| format!("{} ({})", l.snapshot_id, l.marker.round_id));
+        return Err(Error::new(
+            ErrorKind::FencedTieringEpoch,
+            format!("the lake table moved from snapshot {base_id:?} to {moved_to:?} since the round was planned"),
+        ));
+    }
+    // Offsets of every bucket ever tiered: the base's, overridden by this round's.
+    let mut merged: BTreeMap<TableBucket, BucketOffset> = plan
+        .base
+        .iter()
+        .flat_map(|b| b.marker.offsets.iter())
+        .map(|o| (TableBucket { partition_id: o.partition_id, bucket: o.bucket }, o.clone()))
+        .collect();
+    for (bucket, (partition_name, offset, _)) in &g.new_offsets {
+        merged.insert(
+            *bucket,
+            BucketOffset {
+                partition_id: bucket.partition_id,
+                partition_name: partition_name.clone(),
+                bucket: bucket.bucket,
+                offset: *offset,
+            },
+        );
+    }
+    let marker = CommitMarker {
+        round_id: plan.round_id.clone(),
+        table_id: plan.table.table_id,
+        tiering_epoch: plan.tiering_epoch,
+        offsets: merged.into_values().collect(),
+    };
+    if g.written.is_empty() {
+        // Nothing new: this round only brings the cluster up to the lake's latest snapshot.
+        let base = plan
+            .base
+            .as_ref()
+            .ok_or_else(|| Error::new(ErrorKind::Internal, "a round with nothing to commit and no lake snapshot"))?;
+        return Ok((base.snapshot_id, base.marker.clone()));
+    }
+    failpoint::hit("before-lake-commit");
+    let snapshot_id = committer.commit(g.written, &marker).await?;
+    Ok((snapshot_id, marker))
+}
+
+/// Phase 2: tell the cluster, under the round's tiering epoch.
+async fn cluster_commit(ctx: &JobContext, plan: &RoundPlan, snapshot_id: i64, marker: &CommitMarker) -> Result<()> {
+    let buckets_req = marker
+        .offsets
+        .iter()
+        .map(|o| proto::PbLakeTableOffsetForBucket {
+            partition_id: o.partition_id,
+            bucket_id: o.bucket,
+            log_end_offset: Some(o.offset),
+            max_timestamp: None,
+        })
+        .collect();
+    ctx.client
+        .commit_lake_snapshot(proto::PbLakeTableSnapshotInfo {
+            table_id: plan.table.table_id,
+            snapshot_id,
+            buckets_req,
+            table_path: Some(crate::cluster::service::pb_path(&plan.table.path)),
+            tiering_epoch: plan.tiering_epoch,
+            coordinator_epoch: plan.coordinator_epoch,
+        })
+        .await
+        .map_err(|e| {
+            Error::new(e.kind(), format!("lake snapshot {snapshot_id} committed, but the cluster commit failed: {e}"))
+        })
+}

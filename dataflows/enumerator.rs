@@ -1,0 +1,391 @@
+//! The enumerator: the source of the tiering graph (Fluss's `TieringSourceEnumerator`). Runs on worker 0.
+//!
+//! It heartbeats the coordinator (tables in progress, finished and failed, and a request for a new table), plans a
+//! round for each table it is given (split generator), and emits the round's splits and plan at a timestamp of
+//! their own. Outcomes from the committer come back on its feedback input.
+//!
+//! Frontier contract:
+//! - Output times are round numbers `0, 1, 2, …`, one per round, increasing in the order tables were assigned.
+//! - A round's time `t` is held (on both outputs) from the table's assignment until its splits and plan are
+//!   emitted, or until planning fails or finds nothing to do; no output at `t` follows.
+//! - The feedback input is connected to no output (an empty connection): outcomes never hold back the frontier,
+//!   which is what keeps the loop from livelocking.
+//! - All capabilities are dropped when the job stops (`--once` caught up, SIGINT, or a fatal error), which ends
+//!   the dataflow once in-flight rounds are committed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::{Scope, Stream};
+use timely::progress::Antichain;
+
+use crate::cluster::table::TablePath;
+use crate::error::{ErrorKind, Result};
+use crate::rpc::proto::{self, LakeTieringHeartbeatRequest, LakeTieringHeartbeatResponse, PbHeartbeatReqForTable};
+
+use super::JobContext;
+use super::bridge::Tasks;
+use super::split_generator::{Planned, plan_round};
+use super::types::{RoundOutcome, RoundPlan, Split};
+
+/// A table this job holds: assigned, and not yet reported finished or failed.
+struct Held {
+    tiering_epoch: i64,
+    round_id: String,
+}
+
+enum Event {
+    Heartbeat {
+        finished: Vec<(i64, i64)>,
+        failed: Vec<(i64, i64)>,
+        response: Result<LakeTieringHeartbeatResponse>,
+    },
+    Planned {
+        table_id: i64,
+        time: u64,
+        planned: Result<Planned>,
+    },
+    /// The lake-enabled tables at start: what `--once` must catch up.
+    Tables(Result<BTreeSet<i64>>),
+}
+
+struct Enumerator {
+    ctx: Arc<JobContext>,
+    tasks: Tasks<Event>,
+    coordinator_epoch: Option<i32>,
+    held: BTreeMap<i64, Held>,
+    /// `(table_id, tiering_epoch)` to report in the next heartbeat.
+    finished: Vec<(i64, i64)>,
+    failed: Vec<(i64, i64)>,
+    heartbeat_in_flight: bool,
+    next_heartbeat: Instant,
+    rpc_failures: u32,
+    next_time: u64,
+    /// Capabilities at `next_time` for the splits and plans outputs; `None` once the job has stopped.
+    base: Option<[Capability<u64>; 2]>,
+    /// Capabilities of rounds being planned.
+    planning: BTreeMap<u64, [Capability<u64>; 2]>,
+    /// `--once`: the tables still to catch up (`None` until known).
+    remaining: Option<BTreeSet<i64>>,
+    failures: BTreeMap<i64, u32>,
+    stopping: bool,
+}
+
+/// Builds the enumerator on `scope`; returns its splits and plans.
+pub fn enumerator<'scope>(
+    scope: Scope<'scope, u64>,
+    ctx: Arc<JobContext>,
+    outcomes: Stream<'scope, u64, Vec<RoundOutcome>>,
+) -> (Stream<'scope, u64, Vec<Split>>, Stream<'scope, u64, Vec<RoundPlan>>) {
+    let mut builder = OperatorBuilder::new("Enumerator".to_owned(), scope);
+    let info = builder.operator_info();
+    // Outputs first, then the input with an empty connection (see the frontier contract).
+    let (splits_out, splits) = builder.new_output::<Vec<Split>>();
+    let (plans_out, plans) = builder.new_output::<Vec<RoundPlan>>();
+    let mut outcomes_in = builder.new_input_connection(outcomes, Pipeline, Vec::<(usize, Antichain<u64>)>::new());
+    let mut splits_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Split>>>::from(splits_out);
+    let mut plans_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<RoundPlan>>>::from(plans_out);
+    let activator = scope.activator_for(Rc::clone(&info.address));
+    let sync_activator = scope.worker().sync_activator_for(info.address.to_vec());
+    let active = scope.index() == 0;
+
+    builder.build(move |capabilities| {
+        let mut caps = capabilities.into_iter();
+        let base = match (caps.next(), caps.next(), active) {
+            (Some(a), Some(b), true) => Some([a, b]),
+            _ => None, // other workers emit nothing: their capabilities drop here
+        };
+        let mut state = Enumerator {
+            tasks: Tasks::new(ctx.runtime.clone(), sync_activator),
+            coordinator_epoch: None,
+            held: BTreeMap::new(),
+            finished: Vec::new(),
+            failed: Vec::new(),
+            heartbeat_in_flight: false,
+            next_heartbeat: Instant::now(),
+            rpc_failures: 0,
+            next_time: 0,
+            base,
+            planning: BTreeMap::new(),
+            remaining: None,
+            failures: BTreeMap::new(),
+            stopping: false,
+            ctx,
+        };
+        if state.base.is_some() && state.ctx.config.once {
+            let client = state.ctx.client.clone();
+            state.tasks.spawn(async move {
+                let tables = client.list_tables().await.and_then(|ts| {
+                    ts.into_iter()
+                        .filter_map(|t| t.descriptor.datalake_enabled().map(|on| on.then_some(t.table_id)).transpose())
+                        .collect()
+                });
+                Event::Tables(tables)
+            });
+        }
+        move |_frontiers| {
+            let mut outcomes = Vec::new();
+            outcomes_in.for_each(|_cap, data| outcomes.append(data));
+            if state.base.is_none() {
+                return;
+            }
+            for o in outcomes {
+                state.on_outcome(o);
+            }
+            let mut emitted_splits = splits_out.activate();
+            let mut emitted_plans = plans_out.activate();
+            for event in state.tasks.ready() {
+                match event {
+                    Ok(Event::Heartbeat { finished, failed, response }) => {
+                        state.on_heartbeat(finished, failed, response)
+                    }
+                    Ok(Event::Planned { table_id, time, planned }) => {
+                        let Some([split_cap, plan_cap]) = state.planning.remove(&time) else {
+                            continue;
+                        };
+                        if let Some((splits, plan)) = state.on_planned(table_id, planned) {
+                            emitted_splits.session(&split_cap).give_iterator(splits.into_iter());
+                            emitted_plans.session(&plan_cap).give(plan);
+                        }
+                    }
+                    Ok(Event::Tables(Ok(tables))) => state.remaining = Some(tables),
+                    Ok(Event::Tables(Err(e))) => state.fatal(format!("cannot list tables: {e}")),
+                    Err(panic) => state.fatal(format!("enumerator task panicked: {panic}")),
+                }
+            }
+            state.maybe_stop();
+            state.maybe_heartbeat();
+            if state.base.is_some() {
+                activator.activate_after(state.next_heartbeat.saturating_duration_since(Instant::now()));
+            }
+        }
+    });
+    (splits, plans)
+}
+
+impl Enumerator {
+    fn on_outcome(&mut self, o: RoundOutcome) {
+        let ours = self.held.get(&o.table_id).is_some_and(|h| h.round_id == o.round_id);
+        if !ours {
+            tracing::debug!(table_id = o.table_id, round = %o.round_id, "outcome of a round no longer held");
+            return;
+        }
+        let Some(held) = self.held.remove(&o.table_id) else {
+            return;
+        };
+        match o.result {
+            Ok(stats) => {
+                tracing::info!(table_id = o.table_id, round = %o.round_id, rows = stats.rows, files = stats.files,
+                    snapshot = ?stats.snapshot_id, "round committed");
+                self.finished.push((o.table_id, held.tiering_epoch));
+                self.caught_up(o.table_id);
+            }
+            Err(reason) => self.round_failed(o.table_id, held.tiering_epoch, &reason),
+        }
+    }
+
+    fn on_heartbeat(
+        &mut self,
+        finished: Vec<(i64, i64)>,
+        failed: Vec<(i64, i64)>,
+        response: Result<LakeTieringHeartbeatResponse>,
+    ) {
+        self.heartbeat_in_flight = false;
+        let now = Instant::now();
+        self.next_heartbeat = now + self.ctx.config.poll_interval;
+        let resp = match response {
+            Ok(resp) => resp,
+            Err(e) => {
+                self.rpc_failures += 1;
+                tracing::warn!(error = %e, failures = self.rpc_failures, "heartbeat failed; will retry");
+                let give_up = self.rpc_failures >= self.ctx.config.max_rpc_failures;
+                if self.stopping && give_up {
+                    // The coordinator's time-out will take the tables back.
+                    tracing::warn!(finished = finished.len(), failed = failed.len(), "giving up reporting tables");
+                } else {
+                    self.finished.extend(finished);
+                    self.failed.extend(failed);
+                }
+                if self.ctx.config.once && give_up && !self.stopping {
+                    self.fatal(format!(
+                        "the coordinator did not answer {} heartbeats in a row: {e}",
+                        self.rpc_failures
+                    ));
+                }
+                return;
+            }
+        };
+        self.rpc_failures = 0;
+        if self.coordinator_epoch.is_some_and(|e| e != resp.coordinator_epoch) {
+            tracing::warn!(epoch = resp.coordinator_epoch, "the coordinator restarted; re-registering");
+        }
+        self.coordinator_epoch = Some(resp.coordinator_epoch);
+        for r in resp.tiering_table_resp.iter().chain(&resp.finished_table_resp).chain(&resp.failed_table_resp) {
+            if let Some(err) = &r.error {
+                // A fenced or vanished table: whatever this job still does with it cannot commit to the cluster, and
+                // its lake commit is conditional on the snapshot it started from.
+                tracing::warn!(table_id = r.table_id, code = err.error_code, message = ?err.error_message,
+                    "coordinator rejected a table entry");
+                if ErrorKind::from_code(err.error_code) == ErrorKind::InvalidCoordinator {
+                    self.next_heartbeat = now;
+                }
+            }
+        }
+        if let Some(table) = resp.tiering_table {
+            self.start_round(table);
+            // Ask again right away while there is room for more tables.
+            self.next_heartbeat = now;
+        }
+    }
+
+    fn start_round(&mut self, table: proto::PbLakeTieringTableInfo) {
+        let (Some(base), Some(coordinator_epoch)) = (&mut self.base, self.coordinator_epoch) else {
+            return;
+        };
+        let path = match table.table_path.map(|p| TablePath::new(p.database_name, p.table_name)) {
+            Some(Ok(path)) => path,
+            _ => {
+                tracing::error!(table_id = table.table_id, "assignment without a valid table path");
+                self.failed.push((table.table_id, table.tiering_epoch));
+                return;
+            }
+        };
+        let time = self.next_time;
+        self.next_time += 1;
+        let caps = [base[0].delayed(&time), base[1].delayed(&time)];
+        for cap in base.iter_mut() {
+            cap.downgrade(&self.next_time);
+        }
+        self.planning.insert(time, caps);
+        let round_id = format!("{}-t{}-e{}-r{}", self.ctx.job_id, table.table_id, table.tiering_epoch, time);
+        tracing::info!(table = %path, table_id = table.table_id, epoch = table.tiering_epoch, round = %round_id, "tiering round started");
+        self.held.insert(table.table_id, Held { tiering_epoch: table.tiering_epoch, round_id: round_id.clone() });
+        let ctx = Arc::clone(&self.ctx);
+        let (table_id, epoch) = (table.table_id, table.tiering_epoch);
+        self.tasks.spawn(async move {
+            let planned = plan_round(
+                &ctx.client,
+                ctx.lake.as_ref(),
+                (table_id, path, epoch),
+                coordinator_epoch,
+                round_id,
+                time * 7919,
+            )
+            .await;
+            Event::Planned { table_id, time, planned }
+        });
+    }
+
+    /// Returns what to emit for a planned round, if anything.
+    fn on_planned(&mut self, table_id: i64, planned: Result<Planned>) -> Option<(Vec<Split>, RoundPlan)> {
+        let held = self.held.get(&table_id)?;
+        let epoch = held.tiering_epoch;
+        match planned {
+            Ok(p) if p.splits.is_empty() && !p.cluster_behind => {
+                tracing::info!(table_id, "nothing new to tier; round finished without a commit");
+                self.held.remove(&table_id);
+                self.finished.push((table_id, epoch));
+                self.ctx.metrics.add_empty_round();
+                self.caught_up(table_id);
+                None
+            }
+            Ok(p) if p.plan.round_id == held.round_id => Some((p.splits, p.plan)),
+            Ok(_) => None,
+            Err(e) => {
+                self.held.remove(&table_id);
+                self.round_failed(table_id, epoch, &format!("planning failed: {e}"));
+                None
+            }
+        }
+    }
+
+    fn caught_up(&mut self, table_id: i64) {
+        self.failures.remove(&table_id);
+        if let Some(remaining) = &mut self.remaining {
+            remaining.remove(&table_id);
+        }
+    }
+
+    fn round_failed(&mut self, table_id: i64, epoch: i64, reason: &str) {
+        tracing::warn!(table_id, reason, "tiering round failed");
+        self.ctx.metrics.add_failed_round();
+        self.failed.push((table_id, epoch));
+        let failures = self.failures.entry(table_id).or_default();
+        *failures += 1;
+        if self.ctx.config.once && *failures >= self.ctx.config.max_round_failures {
+            let n = *failures;
+            self.fatal(format!("table {table_id} failed {n} rounds in a row; last reason: {reason}"));
+        }
+    }
+
+    /// Stops the job with an error: held tables are reported failed so another job can take them at once.
+    fn fatal(&mut self, message: String) {
+        tracing::error!(%message, "tiering job stopping");
+        self.ctx.record_error(message);
+        self.stopping = true;
+    }
+
+    fn maybe_stop(&mut self) {
+        if !self.stopping && self.ctx.shutdown_requested() {
+            tracing::info!("shutdown requested: reporting held tables as failed and stopping");
+            self.stopping = true;
+        }
+        if self.stopping {
+            let held = std::mem::take(&mut self.held);
+            self.failed.extend(held.into_iter().map(|(id, h)| (id, h.tiering_epoch)));
+        }
+        let caught_up = self.remaining.as_ref().is_some_and(BTreeSet::is_empty);
+        let quiet = self.held.is_empty()
+            && self.finished.is_empty()
+            && self.failed.is_empty()
+            && !self.heartbeat_in_flight
+            && self.tasks.in_flight() == 0;
+        if (self.stopping || caught_up) && quiet {
+            tracing::info!("enumerator done");
+            self.base = None;
+            self.planning.clear();
+        }
+    }
+
+    fn maybe_heartbeat(&mut self) {
+        let Some(_) = &self.base else { return };
+        let reports = !self.finished.is_empty() || !self.failed.is_empty();
+        if self.heartbeat_in_flight || (!reports && Instant::now() < self.next_heartbeat) {
+            return;
+        }
+        let want_more = self.remaining.as_ref().is_none_or(|r| !r.is_empty());
+        let request_table = self.coordinator_epoch.is_some()
+            && !self.stopping
+            && want_more
+            && self.held.len() < self.ctx.config.max_tables_in_flight;
+        let ce = self.coordinator_epoch.unwrap_or(0);
+        let entry = |(table_id, tiering_epoch): (i64, i64)| PbHeartbeatReqForTable {
+            table_id,
+            coordinator_epoch: ce,
+            tiering_epoch,
+            lake_tiering_stats: None,
+        };
+        let finished = std::mem::take(&mut self.finished);
+        let failed = std::mem::take(&mut self.failed);
+        let req = LakeTieringHeartbeatRequest {
+            tiering_tables: self.held.iter().map(|(id, h)| entry((*id, h.tiering_epoch))).collect(),
+            finished_tables: finished.iter().copied().map(entry).collect(),
+            failed_tables: failed.iter().copied().map(entry).collect(),
+            request_table: Some(request_table),
+            force_finished_tables: vec![],
+        };
+        self.heartbeat_in_flight = true;
+        let client = self.ctx.client.clone();
+        self.tasks.spawn(async move {
+            let response = client.heartbeat(req).await;
+            Event::Heartbeat { finished, failed, response }
+        });
+    }
+}

@@ -1,0 +1,176 @@
+//! The tiering job: one timely dataflow graph (Fluss's Tiering Service).
+//!
+//! ```text
+//!                 worker 0                       all workers                         worker 0
+//!   ┌────────────────────────────┐          ┌──────────────────┐              ┌──────────────────────┐
+//!   │ enumerator                 │─splits──▶│ read + write     │─write res.──▶│ commit               │
+//!   │  heartbeat → table → plan  │ exchange │  fetch ▶ writer  │ exchange→0   │  lake, then cluster  │
+//!   │                            │─plans──────────────────────────────────────▶│                      │
+//!   └────────────────────────────┘          └──────────────────┘              └──────────────────────┘
+//!                 ▲                                                                       │
+//!                 └──────────────── finished / failed rounds (feedback, +1) ◀─────────────┘
+//! ```
+//!
+//! A timestamp is a round: one table, one tiering epoch, a set of splits. The enumerator holds a round's time until
+//! the round's splits and plan are out; readers hold it until each split is written; the committer commits the round
+//! once both of its input frontiers have passed that time. Each operator's module states its frontier contract.
+//!
+//! Async work (RPC, lake I/O) runs on a tokio runtime beside the workers; results come back through
+//! [`bridge::Tasks`], which wakes the operator. No operator blocks its worker.
+
+pub mod bridge;
+pub mod commit;
+pub mod enumerator;
+pub mod read_write;
+pub mod split_generator;
+pub mod types;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use timely::dataflow::operators::{ConnectLoop, Feedback};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::lake::LakeTieringFactory;
+use crate::rpc::ClusterClient;
+
+/// How the job behaves.
+#[derive(Debug, Clone)]
+pub struct TierConfig {
+    /// Stop once every lake-enabled table has completed a round planned after the start.
+    pub once: bool,
+    /// Heartbeat (and table poll) period.
+    pub poll_interval: Duration,
+    /// Tables this job holds at once.
+    pub max_tables_in_flight: usize,
+    /// Splits each worker reads and writes at once.
+    pub max_splits_in_flight: usize,
+    /// Bytes per fetch request.
+    pub fetch_max_bytes: i32,
+    /// `--once`: consecutive failed rounds of one table before the job gives up.
+    pub max_round_failures: u32,
+    /// `--once`: consecutive failed heartbeats before the job gives up.
+    pub max_rpc_failures: u32,
+}
+
+impl Default for TierConfig {
+    fn default() -> Self {
+        TierConfig {
+            once: false,
+            poll_interval: Duration::from_secs(1),
+            max_tables_in_flight: 2,
+            max_splits_in_flight: 2,
+            fetch_max_bytes: 8 << 20,
+            max_round_failures: 5,
+            max_rpc_failures: 60,
+        }
+    }
+}
+
+/// Counters of one job, shared by all workers of a process.
+#[derive(Debug, Default)]
+pub struct JobMetrics {
+    pub rows: AtomicU64,
+    pub files: AtomicU64,
+    pub file_bytes: AtomicU64,
+    pub splits: AtomicU64,
+    pub rounds_committed: AtomicU64,
+    pub rounds_empty: AtomicU64,
+    pub rounds_failed: AtomicU64,
+    pub commit_micros: AtomicU64,
+}
+
+impl JobMetrics {
+    fn add_split(&self, rows: u64, files: u64, bytes: u64) {
+        self.rows.fetch_add(rows, Ordering::Relaxed);
+        self.files.fetch_add(files, Ordering::Relaxed);
+        self.file_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.splits.fetch_add(1, Ordering::Relaxed);
+    }
+    fn add_committed_round(&self, took: Duration) {
+        self.rounds_committed.fetch_add(1, Ordering::Relaxed);
+        self.commit_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+    fn add_empty_round(&self) {
+        self.rounds_empty.fetch_add(1, Ordering::Relaxed);
+    }
+    fn add_failed_round(&self) {
+        self.rounds_failed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What every operator of a process shares.
+pub struct JobContext {
+    pub runtime: tokio::runtime::Handle,
+    pub client: ClusterClient,
+    pub lake: Arc<dyn LakeTieringFactory>,
+    pub config: TierConfig,
+    /// Unique per run: names rounds and files.
+    pub job_id: String,
+    pub metrics: JobMetrics,
+    shutdown: AtomicBool,
+    errors: Mutex<Vec<String>>,
+}
+
+impl JobContext {
+    pub fn new(
+        runtime: tokio::runtime::Handle,
+        client: ClusterClient,
+        lake: Arc<dyn LakeTieringFactory>,
+        config: TierConfig,
+    ) -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        JobContext {
+            runtime,
+            client,
+            lake,
+            config,
+            job_id: format!("job-{}", &id[..12]),
+            metrics: JobMetrics::default(),
+            shutdown: AtomicBool::new(false),
+            errors: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Asks the job to stop: held tables are reported failed and the dataflow winds down.
+    pub fn request_shutdown(&self) {
+        self.shutdown.store(true, Ordering::Relaxed);
+    }
+
+    fn shutdown_requested(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed) || !self.errors().is_empty()
+    }
+
+    fn record_error(&self, message: String) {
+        self.errors.lock().unwrap_or_else(|p| p.into_inner()).push(message);
+    }
+
+    /// Errors that stopped the job.
+    pub fn errors(&self) -> Vec<String> {
+        self.errors.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Builds the tiering graph on one worker.
+pub fn build_tiering<'scope>(scope: timely::dataflow::Scope<'scope, u64>, ctx: Arc<JobContext>) {
+    let (outcome_loop, outcomes) = scope.feedback(1);
+    let (splits, plans) = enumerator::enumerator(scope, Arc::clone(&ctx), outcomes);
+    let results = read_write::read_write(splits, Arc::clone(&ctx));
+    commit::commit(plans, results, ctx).connect_loop(outcome_loop);
+}
+
+/// Runs the tiering graph on the workers of `timely_config` until it completes; the calling thread waits.
+pub fn run(timely_config: timely::Config, ctx: Arc<JobContext>) -> Result<()> {
+    let worker_ctx = Arc::clone(&ctx);
+    let guards = timely::execute(timely_config, move |worker| {
+        let ctx = Arc::clone(&worker_ctx);
+        worker.dataflow::<u64, _, _>(|scope| build_tiering(scope, ctx));
+        while worker.step_or_park(None) {}
+    })
+    .map_err(|e| Error::new(ErrorKind::InvalidArgument, format!("cannot start timely workers: {e}")))?;
+    let panics: Vec<String> = guards.join().into_iter().filter_map(|r| r.err()).collect();
+    let mut errors = ctx.errors();
+    errors.extend(panics.into_iter().map(|p| format!("a worker panicked: {p}")));
+    if errors.is_empty() { Ok(()) } else { Err(Error::new(ErrorKind::Internal, errors.join("; "))) }
+}

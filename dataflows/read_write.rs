@@ -1,0 +1,197 @@
+//! Read + write: every worker reads the splits routed to it from the cluster and writes them through a
+//! `LakeWriter` (Fluss's stateless `TieringSourceReader`). No split state survives the operator: a restarted job
+//! plans again from the lake's offsets.
+//!
+//! Per split, a fetch task pulls `[start, stop)` from the cluster in batches of up to `fetch_max_bytes`, a bounded
+//! channel away from the writer, so the next fetch overlaps the encoding of the current batch and memory stays at a
+//! few batches plus the writer's buffers, whatever the split's size.
+//!
+//! Frontier contract: a split received at time `t` holds a capability at `t` until its write result is emitted, so
+//! the output frontier passes `t` only when every split of round `t` routed here is written (or failed). At most
+//! `max_splits_in_flight` splits are worked on at once; the rest wait in arrival order.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::Operator;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::failpoint;
+use crate::lake::{WriterContext, WrittenData, lake_schema, with_system_columns};
+use crate::rpc::ipc;
+
+use super::JobContext;
+use super::bridge::Tasks;
+use super::types::{Split, WriteResult};
+
+/// Reads and writes the splits of `splits`; emits one write result per split.
+pub fn read_write<'scope>(
+    splits: Stream<'scope, u64, Vec<Split>>,
+    ctx: Arc<JobContext>,
+) -> Stream<'scope, u64, Vec<WriteResult>> {
+    let scope = splits.scope();
+    let worker = scope.index();
+    splits.unary_frontier::<CapacityContainerBuilder<Vec<WriteResult>>, _, _, _>(
+        Exchange::new(|s: &Split| s.route),
+        "ReadWrite",
+        move |_initial, info| {
+            let mut tasks: Tasks<(u64, WriteResult)> =
+                Tasks::new(ctx.runtime.clone(), scope.worker().sync_activator_for(info.address.to_vec()));
+            let mut queue: VecDeque<(Capability<u64>, Split)> = VecDeque::new();
+            let mut running: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
+            let mut next_id = 0u64;
+            move |(input, _frontier), output| {
+                input.for_each(|cap, data| {
+                    for split in data.drain(..) {
+                        if let Some(cap) = cap.retain_least(0) {
+                            queue.push_back((cap, split));
+                        }
+                    }
+                });
+                while tasks.in_flight() < ctx.config.max_splits_in_flight {
+                    let Some((cap, split)) = queue.pop_front() else {
+                        break;
+                    };
+                    let id = next_id;
+                    next_id += 1;
+                    running.insert(id, cap);
+                    let ctx = Arc::clone(&ctx);
+                    tasks.spawn(async move { (id, tier_split(&ctx, split, worker).await) });
+                }
+                for done in tasks.ready() {
+                    match done {
+                        Ok((id, result)) => {
+                            if let Some(cap) = running.remove(&id) {
+                                output.session(&cap).give(result);
+                            }
+                        }
+                        // A panic loses the split's identity: fail loudly rather than wait forever.
+                        Err(panic) => {
+                            ctx.record_error(format!("a split task panicked: {panic}"));
+                            running.clear();
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// Reads one split and writes it into the lake.
+async fn tier_split(ctx: &JobContext, split: Split, worker: usize) -> WriteResult {
+    let started = std::time::Instant::now();
+    let outcome = write_split(ctx, &split, worker).await;
+    if let Ok((w, _)) = &outcome {
+        ctx.metrics.add_split(w.rows, w.files, w.file_bytes);
+        tracing::debug!(table = %split.table.path, bucket = ?split.bucket, rows = w.rows,
+            ms = started.elapsed().as_millis() as u64, "split written");
+    }
+    let (written, max_timestamp) = match outcome {
+        Ok((w, ts)) => (Ok(w), ts),
+        Err(e) => {
+            tracing::warn!(table = %split.table.path, bucket = ?split.bucket, error = %e, "split failed");
+            (Err(e.to_string()), None)
+        }
+    };
+    WriteResult {
+        round_id: split.round_id,
+        index: split.index,
+        partition_name: split.partition_name,
+        bucket: split.bucket,
+        end_offset: split.stop,
+        max_timestamp,
+        written,
+    }
+}
+
+async fn write_split(ctx: &JobContext, split: &Split, worker: usize) -> Result<(WrittenData, Option<i64>)> {
+    let writer_ctx = WriterContext {
+        partition_name: split.partition_name.clone(),
+        bucket: split.bucket.bucket,
+        file_prefix: format!("{}-s{}-w{worker}-{}", split.round_id, split.index, uuid::Uuid::new_v4().simple()),
+    };
+    let mut writer = ctx.lake.create_writer(&split.table, writer_ctx).await?;
+    let schema = lake_schema(&split.table.descriptor);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+    let fetcher = tokio::spawn(fetch_range(ctx.client.clone(), split.clone(), ctx.config.fetch_max_bytes, tx));
+    let mut max_timestamp: Option<i64> = None;
+    let mut batches = 0u64;
+    while let Some(item) = rx.recv().await {
+        let (batch, first_offset, timestamp) = item?;
+        let batch = with_system_columns(&schema, &batch, split.bucket.bucket, first_offset, timestamp)?;
+        writer.write(batch).await?;
+        max_timestamp = max_timestamp.max(Some(timestamp));
+        batches += 1;
+        if batches == 1 {
+            failpoint::hit("mid-split");
+        }
+    }
+    fetcher.await.map_err(|e| Error::new(ErrorKind::Internal, format!("fetch task failed: {e}")))??;
+    Ok((writer.complete().await?, max_timestamp))
+}
+
+/// A decoded batch of a split: the rows, the offset of the first, the append time.
+type Fetched = (arrow::record_batch::RecordBatch, i64, i64);
+
+/// Fetches `[start, stop)` and sends its rows, trimmed to the range, in order.
+async fn fetch_range(
+    client: crate::rpc::ClusterClient,
+    split: Split,
+    max_bytes: i32,
+    tx: tokio::sync::mpsc::Sender<Result<Fetched>>,
+) -> Result<()> {
+    let mut offset = split.start;
+    while offset < split.stop {
+        let resp = match client
+            .fetch(split.table.table_id, split.bucket.partition_id, split.bucket.bucket, offset, max_bytes)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return Ok(());
+            }
+        };
+        if resp.batches.is_empty() {
+            let e = Error::new(
+                ErrorKind::OffsetOutOfRange,
+                format!(
+                    "bucket {:?} ends at {} before the split's stop offset {}",
+                    split.bucket, resp.high_watermark, split.stop
+                ),
+            );
+            let _ = tx.send(Err(e)).await;
+            return Ok(());
+        }
+        for stored in resp.batches {
+            let decoded = match ipc::decode(&stored.records) {
+                Ok(d) => d,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return Ok(());
+                }
+            };
+            let mut row_offset = stored.base_offset;
+            for batch in decoded {
+                let rows = batch.num_rows() as i64;
+                let (lo, hi) = (offset.max(row_offset), split.stop.min(row_offset + rows));
+                if lo < hi {
+                    let slice = batch.slice((lo - row_offset) as usize, (hi - lo) as usize);
+                    if tx.send(Ok((slice, lo, stored.append_timestamp))).await.is_err() {
+                        return Ok(()); // the writer failed and stopped listening
+                    }
+                    offset = hi;
+                }
+                row_offset += rows;
+            }
+            if offset >= split.stop {
+                break;
+            }
+        }
+    }
+    Ok(())
+}

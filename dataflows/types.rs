@@ -1,0 +1,66 @@
+//! What flows along the tiering graph's edges.
+
+use serde::{Deserialize, Serialize};
+
+use crate::lake::{BucketOffset, TableBucket, TableContext, TieredSnapshot, WrittenData};
+
+/// One contiguous offset range `[start, stop)` of one bucket, to be read and written by one worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Split {
+    pub table: TableContext,
+    pub round_id: String,
+    /// Position of this split in its round, `0..splits`.
+    pub index: u32,
+    pub partition_name: Option<String>,
+    pub bucket: TableBucket,
+    pub start: i64,
+    pub stop: i64,
+    /// Routing key: the split goes to worker `route % peers`.
+    pub route: u64,
+}
+
+/// The outcome of one split: files written (not yet visible) and how far the bucket got.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WriteResult {
+    pub round_id: String,
+    pub index: u32,
+    pub partition_name: Option<String>,
+    pub bucket: TableBucket,
+    /// The split's stop offset: every offset below it is in `written`.
+    pub end_offset: i64,
+    pub max_timestamp: Option<i64>,
+    /// The written files, or why the split failed.
+    pub written: Result<WrittenData, String>,
+}
+
+/// Everything the committer needs to know about a round besides its write results.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoundPlan {
+    pub table: TableContext,
+    pub tiering_epoch: i64,
+    pub coordinator_epoch: i32,
+    pub round_id: String,
+    /// How many write results the round must gather.
+    pub splits: u32,
+    /// The lake snapshot the splits were computed from; the commit is conditional on it still being the latest.
+    pub base: Option<TieredSnapshot>,
+    /// Buckets tiered this round (partition names for the offsets record).
+    pub buckets: Vec<BucketOffset>,
+}
+
+/// How a round ended, reported back to the enumerator.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoundOutcome {
+    pub table_id: i64,
+    pub round_id: String,
+    pub result: Result<RoundStats, String>,
+}
+
+/// What a committed round added.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RoundStats {
+    pub snapshot_id: Option<i64>,
+    pub rows: u64,
+    pub files: u64,
+    pub file_bytes: u64,
+}

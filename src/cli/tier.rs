@@ -1,0 +1,233 @@
+//! `tier` and `demo`: the tiering job from the command line.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::cluster::ClusterConfig;
+use crate::cluster::server::EmbeddedCluster;
+use crate::cluster::table::{DATALAKE_FRESHNESS, TableDescriptor, TablePath, parse_duration, parse_schema};
+use crate::dataflows::{self, JobContext, TierConfig};
+use crate::lake::{self, LakeOptions, TableContext};
+use crate::rpc::ClusterClient;
+use crate::workload::{ProduceOptions, Workload, produce};
+
+use super::{TierArgs, TimelyArgs, TuningArgs};
+
+/// Timely's configuration from its flags.
+pub fn timely_config(args: &TimelyArgs) -> anyhow::Result<timely::Config> {
+    use timely::CommunicationConfig;
+    if args.workers == 0 || args.processes == 0 {
+        bail!("-w and -n must be at least 1");
+    }
+    if args.process >= args.processes {
+        bail!("-p {} is not a process index below -n {}", args.process, args.processes);
+    }
+    let communication = if args.processes > 1 {
+        let addresses: Vec<String> = match &args.hostfile {
+            Some(file) => {
+                let text =
+                    std::fs::read_to_string(file).with_context(|| format!("reading hostfile {}", file.display()))?;
+                text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).take(args.processes).collect()
+            }
+            None => (0..args.processes).map(|i| format!("localhost:{}", 2101 + i)).collect(),
+        };
+        if addresses.len() < args.processes {
+            bail!("the hostfile names {} addresses for -n {}", addresses.len(), args.processes);
+        }
+        CommunicationConfig::Cluster {
+            threads: args.workers,
+            process: args.process,
+            addresses,
+            report: false,
+            zerocopy: false,
+        }
+    } else if args.workers > 1 {
+        CommunicationConfig::Process(args.workers)
+    } else {
+        CommunicationConfig::Thread
+    };
+    Ok(timely::Config { communication, worker: timely::WorkerConfig::default() })
+}
+
+fn tier_config(tuning: &TuningArgs, once: bool) -> anyhow::Result<TierConfig> {
+    if tuning.max_tables == 0 || tuning.max_splits_per_worker == 0 {
+        bail!("--max-tables and --max-splits-per-worker must be at least 1");
+    }
+    Ok(TierConfig {
+        once,
+        poll_interval: parse_duration(&tuning.poll_interval)?,
+        max_tables_in_flight: tuning.max_tables,
+        max_splits_in_flight: tuning.max_splits_per_worker,
+        ..TierConfig::default()
+    })
+}
+
+/// Runs one tiering job as `args` describe it; returns the job's context for its metrics.
+fn run_job(runtime: &tokio::runtime::Runtime, args: &TierArgs) -> anyhow::Result<Arc<JobContext>> {
+    let timely_config = timely_config(&args.timely)?;
+    let config = tier_config(&args.tuning, args.once)?;
+    if args.tuning.target_file_size < 1024 {
+        bail!("--target-file-size must be at least 1024 bytes");
+    }
+    let options = LakeOptions { target_file_size: args.tuning.target_file_size };
+    let (client, lake) = runtime.block_on(async {
+        let client = ClusterClient::connect(&args.cluster).await?;
+        let lake = lake::factory(&args.format, &args.warehouse, args.catalog.as_deref(), options).await?;
+        Ok::<_, crate::Error>((client, lake))
+    })?;
+    let ctx = Arc::new(JobContext::new(runtime.handle().clone(), client, lake, config));
+    let on_signal = Arc::clone(&ctx);
+    runtime.spawn(async move {
+        super::shutdown_signal().await;
+        on_signal.request_shutdown();
+    });
+    dataflows::run(timely_config, Arc::clone(&ctx))?;
+    Ok(ctx)
+}
+
+fn job_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+pub fn run_tier(args: TierArgs) -> anyhow::Result<()> {
+    let runtime = job_runtime()?;
+    let started = Instant::now();
+    let ctx = run_job(&runtime, &args)?;
+    print_summary(&ctx, started.elapsed());
+    Ok(())
+}
+
+fn print_summary(ctx: &JobContext, elapsed: Duration) {
+    let m = &ctx.metrics;
+    let rows = m.rows.load(Ordering::Relaxed);
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "tiered {rows} rows in {} splits into {} files ({:.1} MB) in {:.2}s ({:.0} rows/s); rounds: {} committed, {} empty, {} failed",
+        m.splits.load(Ordering::Relaxed),
+        m.files.load(Ordering::Relaxed),
+        m.file_bytes.load(Ordering::Relaxed) as f64 / 1e6,
+        secs,
+        rows as f64 / secs,
+        m.rounds_committed.load(Ordering::Relaxed),
+        m.rounds_empty.load(Ordering::Relaxed),
+        m.rounds_failed.load(Ordering::Relaxed),
+    );
+}
+
+/// The demo's tables: a bucketed one, a partitioned one, and one with every other type.
+const DEMO_TABLES: [(&str, &str, u32, Option<&str>); 3] = [
+    ("demo.orders", "id:int64,customer:string,amount:decimal(10,2),ts:timestamp", 4, None),
+    ("demo.clicks", "id:int64,region:string,url:string,ts:timestamp", 2, Some("region")),
+    ("demo.sensors", "id:int64,sensor:int32,reading:float64,ratio:float32,ok:bool,day:date,raw:binary", 3, None),
+];
+
+pub fn run_demo(args: super::DemoArgs) -> anyhow::Result<()> {
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("fluss-tiering-demo-{}", uuid::Uuid::new_v4().simple())),
+    };
+    let (data_dir, warehouse) = (dir.join("cluster"), dir.join("warehouse"));
+    println!("demo directory: {}", dir.display());
+    let runtime = job_runtime()?;
+    let mut config = ClusterConfig::new(&data_dir);
+    config.heartbeat_timeout = Duration::from_secs(10);
+    let cluster = runtime.block_on(EmbeddedCluster::start(config))?;
+    let url = cluster.url();
+    println!("embedded cluster on {url}");
+    let client = runtime.block_on(ClusterClient::connect(&url))?;
+
+    let mut tables = Vec::new();
+    for (name, schema, buckets, partition_key) in DEMO_TABLES {
+        let path: TablePath = name.parse()?;
+        let mut descriptor = TableDescriptor {
+            columns: parse_schema(schema)?,
+            buckets,
+            partition_key: partition_key.map(str::to_string),
+            primary_key: vec![],
+            properties: Default::default(),
+        };
+        descriptor.properties.insert(DATALAKE_FRESHNESS.into(), "1s".into());
+        let id = runtime.block_on(client.create_table(&path, &descriptor, true))?;
+        tables.push((id, path, descriptor));
+    }
+    let timely = if args.timely.workers == 1 && args.timely.processes == 1 {
+        TimelyArgs { workers: 2, ..args.timely.clone() }
+    } else {
+        args.timely.clone()
+    };
+    let job = TierArgs {
+        cluster: url.clone(),
+        warehouse: warehouse.clone(),
+        catalog: None,
+        format: "iceberg".into(),
+        once: true,
+        timely,
+        tuning: TuningArgs {
+            poll_interval: "200ms".into(),
+            target_file_size: 128 << 20,
+            max_tables: 3,
+            max_splits_per_worker: 2,
+        },
+        help: None,
+    };
+
+    for (step, (start_row, rows)) in [(0, args.rows), (args.rows, args.rows / 5)].into_iter().enumerate() {
+        let workload = Workload { seed: 2026, partitions: 3 };
+        for (id, path, descriptor) in &tables {
+            let opts = ProduceOptions { start_row, rows, batch: 10_000, rate: None, concurrency: 8 };
+            let report = runtime.block_on(produce(&client, *id, descriptor, &workload, &opts))?;
+            println!("produced {} rows into {path}", report.rows);
+        }
+        println!("\n== tiering round {} with {} worker(s) ==", step + 1, job.timely.workers * job.timely.processes);
+        let started = Instant::now();
+        let ctx = run_job(&runtime, &job)?;
+        print_summary(&ctx, started.elapsed());
+        runtime.block_on(print_lake(&client, ctx.lake.as_ref(), &tables))?;
+    }
+    runtime.block_on(cluster.shutdown())?;
+    println!(
+        "\nThe lake is an Iceberg SQL catalog: catalog \"fluss\", uri sqlite:///{0}/catalog.db, warehouse file://{0}",
+        warehouse.canonicalize().unwrap_or(warehouse.clone()).display()
+    );
+    Ok(())
+}
+
+/// What landed: per table, the lake's snapshot and offsets against the cluster's end offsets.
+async fn print_lake(
+    client: &ClusterClient,
+    lake: &dyn lake::LakeTieringFactory,
+    tables: &[(i64, TablePath, TableDescriptor)],
+) -> anyhow::Result<()> {
+    println!("{:<14} {:>20} {:>12} {:>12} {:>8}", "table", "lake snapshot", "end offsets", "in lake", "lag");
+    for (id, path, descriptor) in tables {
+        let ctx = TableContext { table_id: *id, path: path.clone(), descriptor: descriptor.clone() };
+        let latest = lake.create_committer(&ctx).await?.latest().await?;
+        let in_lake: i64 = latest.as_ref().map(|l| l.marker.offsets.iter().map(|o| o.offset).sum()).unwrap_or(0);
+        let buckets: Vec<i32> = (0..descriptor.buckets as i32).collect();
+        let mut end = 0i64;
+        let partitions: Vec<Option<i64>> = if descriptor.is_partitioned() {
+            client.list_partitions(path).await?.into_iter().map(|(p, _)| Some(p)).collect()
+        } else {
+            vec![None]
+        };
+        for p in partitions {
+            end += client.list_offsets(*id, p, &buckets, true).await?.iter().sum::<i64>();
+        }
+        println!(
+            "{:<14} {:>20} {:>12} {:>12} {:>8}",
+            path.to_string(),
+            latest.map(|l| l.snapshot_id.to_string()).unwrap_or_else(|| "-".into()),
+            end,
+            in_lake,
+            end - in_lake
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,437 @@
+//! Apache Iceberg through the `iceberg` crates: a SQL catalog on SQLite (catalog name `fluss`, default file
+//! `WAREHOUSE/catalog.db`) and a local warehouse directory. Namespace = Fluss database, table = Fluss table name.
+//!
+//! Commits are single attempts: tables are created with `commit.retry.num-retries = 0`, because the library's retry
+//! loop reloads the table and re-applies the append on top of whatever it finds, which after a lost reply adds the
+//! same files twice. After a failed attempt the committer reloads and looks for its own round marker instead.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, SchemaRef as ArrowSchemaRef};
+use async_trait::async_trait;
+use iceberg::arrow::schema_to_arrow_schema;
+use iceberg::io::LocalFsStorageFactory;
+use iceberg::spec::{
+    DataFile, DataFileFormat, Literal, NestedField, PartitionKey, PrimitiveType, Schema, Struct, TableProperties,
+    Transform, Type, UnboundPartitionSpec, deserialize_data_file_from_json, serialize_data_file_to_json,
+};
+use iceberg::table::Table;
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use iceberg::writer::base_writer::data_file_writer::{DataFileWriter, DataFileWriterBuilder};
+use iceberg::writer::file_writer::ParquetWriterBuilder;
+use iceberg::writer::file_writer::location_generator::{DefaultFileNameGenerator, DefaultLocationGenerator};
+use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
+use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
+use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
+use iceberg_catalog_sql::{SqlBindStyle, SqlCatalog, SqlCatalogBuilder};
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::table::{ColumnType, TableDescriptor};
+use crate::error::{Error, ErrorKind, Result};
+use crate::lake::{
+    BUCKET_COLUMN, CommitMarker, LakeCommitter, LakeOptions, LakeTieringFactory, LakeWriter, OFFSET_COLUMN,
+    TABLE_PROP_TABLE_ID, TIMESTAMP_COLUMN, TableContext, TieredSnapshot, WriterContext, WrittenData,
+};
+
+/// The catalog name every Iceberg client uses to find our tables.
+pub const CATALOG_NAME: &str = "fluss";
+
+fn lake_err(context: impl Into<String>) -> impl FnOnce(iceberg::Error) -> Error {
+    let context = context.into();
+    move |e| Error::new(ErrorKind::Lake, context).with_source(e)
+}
+
+/// The Iceberg format.
+pub struct IcebergFactory {
+    catalog: Arc<SqlCatalog>,
+    options: LakeOptions,
+}
+
+impl IcebergFactory {
+    /// Opens the SQL catalog (`catalog`, or `WAREHOUSE/catalog.db`) over the warehouse directory.
+    pub async fn open(warehouse: &Path, catalog: Option<&str>, options: LakeOptions) -> Result<Self> {
+        std::fs::create_dir_all(warehouse)
+            .map_err(|e| Error::io(format!("creating warehouse {}", warehouse.display()), e))?;
+        let warehouse = warehouse
+            .canonicalize()
+            .map_err(|e| Error::io(format!("resolving warehouse {}", warehouse.display()), e))?;
+        let db_path = match catalog {
+            Some(spec) => spec.strip_prefix("sqlite:").map(str::to_string).ok_or_else(|| {
+                Error::new(ErrorKind::InvalidArgument, format!("catalog {spec:?} is not of the form sqlite:PATH"))
+            })?,
+            None => warehouse.join("catalog.db").display().to_string(),
+        };
+        let catalog = SqlCatalogBuilder::default()
+            .uri(format!("sqlite:{db_path}?mode=rwc"))
+            .warehouse_location(format!("file://{}", warehouse.display()))
+            .sql_bind_style(SqlBindStyle::QMark)
+            .with_storage_factory(Arc::new(LocalFsStorageFactory))
+            .load(CATALOG_NAME, HashMap::new())
+            .await
+            .map_err(lake_err(format!("opening the SQL catalog {db_path}")))?;
+        Ok(IcebergFactory { catalog: Arc::new(catalog), options })
+    }
+
+    async fn load(&self, t: &TableContext) -> Result<Table> {
+        self.catalog.load_table(&ident(t)).await.map_err(lake_err(format!("loading lake table {}", t.path)))
+    }
+
+    async fn load_or_create(&self, t: &TableContext) -> Result<Table> {
+        let ident = ident(t);
+        let exists = self.catalog.table_exists(&ident).await.map_err(lake_err("listing lake tables"))?;
+        if exists {
+            return self.load(t).await;
+        }
+        let namespace = ident.namespace().clone();
+        if !self.catalog.namespace_exists(&namespace).await.map_err(lake_err("listing namespaces"))? {
+            // Another round (or job) may create it at the same moment: losing that race is fine.
+            if let Err(e) = self.catalog.create_namespace(&namespace, HashMap::new()).await
+                && e.kind() != iceberg::ErrorKind::NamespaceAlreadyExists
+            {
+                return Err(lake_err(format!("creating namespace {}", t.path.database))(e));
+            }
+        }
+        let schema = iceberg_schema(&t.descriptor)?;
+        let mut spec = UnboundPartitionSpec::builder();
+        if let Some(key) = &t.descriptor.partition_key {
+            let source = schema
+                .field_by_name(key)
+                .ok_or_else(|| Error::new(ErrorKind::Internal, format!("partition key {key} not in schema")))?;
+            spec = spec.add_partition_field(source.id, key, Transform::Identity).map_err(lake_err("partition spec"))?;
+        }
+        let creation = TableCreation::builder()
+            .name(t.path.table.clone())
+            .schema(schema)
+            .partition_spec(spec.build())
+            .properties([
+                (TABLE_PROP_TABLE_ID.to_string(), t.table_id.to_string()),
+                (TableProperties::PROPERTY_COMMIT_NUM_RETRIES.to_string(), "0".to_string()),
+            ])
+            .build();
+        tracing::info!(table = %t.path, "creating Iceberg table");
+        match self.catalog.create_table(&namespace, creation).await {
+            Err(e) if e.kind() == iceberg::ErrorKind::TableAlreadyExists => self.load(t).await,
+            created => created.map_err(lake_err(format!("creating lake table {}", t.path))),
+        }
+    }
+}
+
+fn ident(t: &TableContext) -> TableIdent {
+    TableIdent::new(NamespaceIdent::new(t.path.database.clone()), t.path.table.clone())
+}
+
+fn primitive(ty: ColumnType) -> PrimitiveType {
+    match ty {
+        ColumnType::Bool => PrimitiveType::Boolean,
+        ColumnType::Int32 => PrimitiveType::Int,
+        ColumnType::Int64 => PrimitiveType::Long,
+        ColumnType::Float32 => PrimitiveType::Float,
+        ColumnType::Float64 => PrimitiveType::Double,
+        ColumnType::Decimal { precision, scale } => {
+            PrimitiveType::Decimal { precision: u32::from(precision), scale: scale.max(0) as u32 }
+        }
+        ColumnType::String => PrimitiveType::String,
+        ColumnType::Binary => PrimitiveType::Binary,
+        ColumnType::Date => PrimitiveType::Date,
+        ColumnType::Timestamp => PrimitiveType::Timestamp,
+    }
+}
+
+/// The Fluss schema plus the system columns, with field ids 1, 2, … in column order.
+fn iceberg_schema(d: &TableDescriptor) -> Result<Schema> {
+    let mut fields: Vec<(String, PrimitiveType, bool)> =
+        d.columns.iter().map(|c| (c.name.clone(), primitive(c.data_type), false)).collect();
+    fields.push((BUCKET_COLUMN.into(), PrimitiveType::Int, true));
+    fields.push((OFFSET_COLUMN.into(), PrimitiveType::Long, true));
+    fields.push((TIMESTAMP_COLUMN.into(), PrimitiveType::Timestamptz, true));
+    let fields = fields.into_iter().enumerate().map(|(i, (name, ty, required))| {
+        let id = i as i32 + 1;
+        Arc::new(if required {
+            NestedField::required(id, name, Type::Primitive(ty))
+        } else {
+            NestedField::optional(id, name, Type::Primitive(ty))
+        })
+    });
+    Schema::builder().with_fields(fields).build().map_err(lake_err("building the Iceberg schema"))
+}
+
+/// Checks that a lake table still fits the Fluss table: a column retyped or dropped outside is a clear error.
+fn check_compatible(t: &TableContext, table: &Table) -> Result<()> {
+    match table.metadata().properties().get(TABLE_PROP_TABLE_ID) {
+        Some(id) if *id == t.table_id.to_string() => {}
+        other => {
+            return Err(Error::new(
+                ErrorKind::Lake,
+                format!(
+                    "lake table {} belongs to Fluss table id {} but the cluster's table has id {}: was the table \
+                     dropped and re-created? Drop or rename the lake table to tier the new one",
+                    t.path,
+                    other.map(String::as_str).unwrap_or("(none)"),
+                    t.table_id
+                ),
+            ));
+        }
+    }
+    let expected = iceberg_schema(&t.descriptor)?;
+    let current = table.metadata().current_schema();
+    for field in expected.as_struct().fields() {
+        match current.field_by_name(&field.name) {
+            Some(f) if f.field_type == field.field_type => {}
+            Some(f) => {
+                return Err(Error::new(
+                    ErrorKind::Lake,
+                    format!(
+                        "lake table {}: column {} has type {} but the Fluss column is {}",
+                        t.path, field.name, f.field_type, field.field_type
+                    ),
+                ));
+            }
+            None => {
+                return Err(Error::new(
+                    ErrorKind::Lake,
+                    format!("lake table {}: column {} is missing", t.path, field.name),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The partition value of `name` as an Iceberg literal of the key's type.
+fn partition_literal(d: &TableDescriptor, name: &str) -> Result<Literal> {
+    let key = d
+        .partition_key
+        .as_deref()
+        .and_then(|k| d.column(k))
+        .ok_or_else(|| Error::new(ErrorKind::Internal, "no partition key"))?;
+    let bad = || Error::new(ErrorKind::InvalidArgument, format!("partition name {name:?} is not a {}", key.data_type));
+    Ok(match key.data_type {
+        ColumnType::String => Literal::string(name),
+        ColumnType::Int32 => Literal::int(name.parse::<i32>().map_err(|_| bad())?),
+        ColumnType::Int64 => Literal::long(name.parse::<i64>().map_err(|_| bad())?),
+        ColumnType::Date => {
+            let days =
+                cast(&(Arc::new(StringArray::from(vec![name])) as ArrayRef), &DataType::Date32).map_err(|_| bad())?;
+            let days = days.as_any().downcast_ref::<arrow::array::Date32Array>().ok_or_else(bad)?;
+            if days.is_null(0) {
+                return Err(bad());
+            }
+            Literal::date(days.value(0))
+        }
+        _ => return Err(bad()),
+    })
+}
+
+/// Walks the history back from the current snapshot to the newest one with a tiering marker.
+fn latest_marker(table: &Table) -> Result<Option<TieredSnapshot>> {
+    let metadata = table.metadata();
+    let mut next = metadata.current_snapshot_id();
+    while let Some(id) = next {
+        let Some(snapshot) = metadata.snapshot_by_id(id) else {
+            return Err(Error::new(
+                ErrorKind::Lake,
+                format!(
+                    "snapshot {id} of the lake table's history has expired before a tiering marker was found: the \
+                     tiered offsets cannot be recovered from the lake (refusing to guess)"
+                ),
+            ));
+        };
+        let props = &snapshot.summary().additional_properties;
+        if let Some(marker) = CommitMarker::from_properties(|k| props.get(k).cloned())? {
+            return Ok(Some(TieredSnapshot { snapshot_id: id, marker }));
+        }
+        next = snapshot.parent_snapshot_id();
+    }
+    Ok(None)
+}
+
+#[async_trait]
+impl LakeTieringFactory for IcebergFactory {
+    async fn prepare_table(&self, t: &TableContext) -> Result<Option<TieredSnapshot>> {
+        let table = self.load_or_create(t).await?;
+        check_compatible(t, &table)?;
+        latest_marker(&table)
+    }
+
+    async fn create_writer(&self, t: &TableContext, ctx: WriterContext) -> Result<Box<dyn LakeWriter>> {
+        let table = self.load(t).await?;
+        let metadata = table.metadata();
+        let schema = metadata.current_schema().clone();
+        let target_schema: ArrowSchemaRef =
+            Arc::new(schema_to_arrow_schema(&schema).map_err(lake_err("arrow schema"))?);
+        let spec = metadata.default_partition_spec().clone();
+        let partition_type = spec.partition_type(&schema).map_err(lake_err("partition type"))?;
+        let partition_key = match &ctx.partition_name {
+            Some(name) => Some(PartitionKey::new(
+                spec.as_ref().clone(),
+                Arc::clone(&schema),
+                Struct::from_iter([Some(partition_literal(&t.descriptor, name)?)]),
+            )),
+            None => None,
+        };
+        let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+        let rolling = RollingFileWriterBuilder::new(
+            ParquetWriterBuilder::new(props, Arc::clone(&schema)),
+            self.options.target_file_size,
+            table.file_io().clone(),
+            DefaultLocationGenerator::new(metadata).map_err(lake_err("location generator"))?,
+            DefaultFileNameGenerator::new(ctx.file_prefix.clone(), None, DataFileFormat::Parquet),
+        );
+        let inner =
+            DataFileWriterBuilder::new(rolling).build(partition_key).await.map_err(lake_err("data file writer"))?;
+        Ok(Box::new(IcebergLakeWriter {
+            inner,
+            target_schema,
+            partition_type,
+            spec_id: spec.spec_id(),
+            format_version: metadata.format_version(),
+            rows: 0,
+        }))
+    }
+
+    async fn create_committer(&self, t: &TableContext) -> Result<Box<dyn LakeCommitter>> {
+        Ok(Box::new(IcebergCommitter { catalog: Arc::clone(&self.catalog), table: t.clone() }))
+    }
+}
+
+type Inner = DataFileWriter<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
+
+struct IcebergLakeWriter {
+    inner: Inner,
+    target_schema: ArrowSchemaRef,
+    partition_type: iceberg::spec::StructType,
+    spec_id: i32,
+    format_version: iceberg::spec::FormatVersion,
+    rows: u64,
+}
+
+/// The serialized form of a writer's data files.
+#[derive(Serialize, Deserialize)]
+struct DataFiles {
+    spec_id: i32,
+    files: Vec<String>,
+}
+
+#[async_trait]
+impl LakeWriter for IcebergLakeWriter {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        // Same columns in the same order; types may differ in representation only (Binary vs LargeBinary, time zone
+        // spelling), and the field ids Iceberg needs ride in the target schema's metadata.
+        let columns = batch
+            .columns()
+            .iter()
+            .zip(self.target_schema.fields())
+            .map(|(c, f)| if c.data_type() == f.data_type() { Ok(Arc::clone(c)) } else { cast(c, f.data_type()) })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::new(ErrorKind::SchemaMismatch, "records do not fit the lake schema").with_source(e))?;
+        let batch = RecordBatch::try_new(Arc::clone(&self.target_schema), columns)
+            .map_err(|e| Error::new(ErrorKind::SchemaMismatch, "records do not fit the lake schema").with_source(e))?;
+        self.rows += batch.num_rows() as u64;
+        self.inner.write(batch).await.map_err(lake_err("writing Parquet"))
+    }
+
+    async fn complete(mut self: Box<Self>) -> Result<WrittenData> {
+        let files = self.inner.close().await.map_err(lake_err("closing Parquet files"))?;
+        let file_bytes = files.iter().map(DataFile::file_size_in_bytes).sum();
+        let count = files.len() as u64;
+        let files = files
+            .into_iter()
+            .map(|f| {
+                serialize_data_file_to_json(f, &self.partition_type, self.format_version)
+                    .map_err(lake_err("serializing a data file"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let payload = serde_json::to_vec(&DataFiles { spec_id: self.spec_id, files })
+            .map_err(|e| Error::new(ErrorKind::Internal, "serializing data files").with_source(e))?;
+        Ok(WrittenData { payload, files: count, file_bytes, rows: self.rows })
+    }
+}
+
+struct IcebergCommitter {
+    catalog: Arc<SqlCatalog>,
+    table: TableContext,
+}
+
+impl IcebergCommitter {
+    async fn load(&self) -> Result<Table> {
+        self.catalog
+            .load_table(&ident(&self.table))
+            .await
+            .map_err(lake_err(format!("loading lake table {}", self.table.path)))
+    }
+
+    fn data_files(table: &Table, written: &[WrittenData]) -> Result<Vec<DataFile>> {
+        let metadata = table.metadata();
+        let schema = metadata.current_schema();
+        let mut out = Vec::new();
+        for w in written {
+            let files: DataFiles = serde_json::from_slice(&w.payload).map_err(|e| {
+                Error::new(ErrorKind::CorruptMessage, "write result is not Iceberg data files").with_source(e)
+            })?;
+            let spec = metadata
+                .partition_spec_by_id(files.spec_id)
+                .ok_or_else(|| Error::new(ErrorKind::Lake, format!("partition spec {} is gone", files.spec_id)))?;
+            let partition_type = spec.partition_type(schema).map_err(lake_err("partition type"))?;
+            for f in files.files {
+                out.push(
+                    deserialize_data_file_from_json(&f, files.spec_id, &partition_type, schema)
+                        .map_err(lake_err("reading a data file"))?,
+                );
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl LakeCommitter for IcebergCommitter {
+    async fn latest(&self) -> Result<Option<TieredSnapshot>> {
+        latest_marker(&self.load().await?)
+    }
+
+    async fn commit(&self, written: Vec<WrittenData>, marker: &CommitMarker) -> Result<i64> {
+        let table = self.load().await?;
+        let files = Self::data_files(&table, &written)?;
+        let tx = Transaction::new(&table);
+        let action = tx
+            .fast_append()
+            .add_data_files(files)
+            .set_snapshot_properties(marker.to_properties()?.into_iter().collect());
+        let tx = action.apply(tx).map_err(lake_err("building the append"))?;
+        match tx.commit(self.catalog.as_ref()).await {
+            Ok(committed) => committed
+                .metadata()
+                .current_snapshot_id()
+                .ok_or_else(|| Error::new(ErrorKind::Internal, "commit left no current snapshot")),
+            Err(commit_err) => {
+                // Ambiguous: the commit may have landed before the error. Only the lake can say.
+                match self.latest().await {
+                    Ok(Some(s)) if s.marker.round_id == marker.round_id => {
+                        tracing::warn!(table = %self.table.path, error = %commit_err, "commit reported an error but landed");
+                        Ok(s.snapshot_id)
+                    }
+                    Ok(_) => Err(Error::new(ErrorKind::Lake, format!("committing to lake table {}", self.table.path)).with_source(commit_err)),
+                    Err(reload_err) => Err(Error::new(
+                        ErrorKind::CommitOutcomeUnknown,
+                        format!("commit to lake table {} failed ({commit_err}) and the table cannot be reloaded to check it", self.table.path),
+                    )
+                    .with_source(reload_err)),
+                }
+            }
+        }
+    }
+
+    async fn abort(&self, written: Vec<WrittenData>) -> Result<()> {
+        let table = self.load().await?;
+        for f in Self::data_files(&table, &written)? {
+            table.file_io().delete(f.file_path()).await.map_err(lake_err(format!("deleting {}", f.file_path())))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,233 @@
+//! The lake side, behind one plug-in interface (Fluss's `LakeTieringFactory`): a format is a factory that makes
+//! writers (every worker, one per split) and a committer (one worker, once per round).
+//!
+//! ```text
+//!   split ──▶ LakeWriter::write(batch with system columns)… ──complete──▶ WrittenData (serialized, crosses workers)
+//!                                                                              │ all of a round
+//!                                                                              ▼
+//!                          LakeCommitter::commit(written, CommitMarker) ──▶ one lake snapshot, marker inside
+//! ```
+//!
+//! The marker in each snapshot (round id, tiering epoch, tiered offsets) makes the lake the source of truth: a
+//! restarted job reads its offsets back from the lake alone.
+
+pub mod iceberg;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::table::{TableDescriptor, TablePath};
+use crate::error::{Error, ErrorKind, Result};
+
+/// System column: the Fluss bucket a row came from.
+pub const BUCKET_COLUMN: &str = "__bucket";
+/// System column: the row's offset in its bucket.
+pub const OFFSET_COLUMN: &str = "__offset";
+/// System column: when the row's batch was appended to the cluster.
+pub const TIMESTAMP_COLUMN: &str = "__timestamp";
+
+/// Snapshot property holding the tiered offsets (JSON).
+pub const PROP_OFFSETS: &str = "fluss-offsets";
+/// Snapshot property holding the tiering epoch of the round.
+pub const PROP_TIERING_EPOCH: &str = "fluss-tiering-epoch";
+/// Snapshot property naming the round (unique per job, table and round).
+pub const PROP_ROUND: &str = "fluss-round-id";
+/// Snapshot property holding the Fluss table id.
+pub const PROP_TABLE_ID: &str = "fluss-table-id";
+/// Table property naming the Fluss table a lake table belongs to.
+pub const TABLE_PROP_TABLE_ID: &str = "fluss.table-id";
+
+/// One bucket of a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TableBucket {
+    pub partition_id: Option<i64>,
+    pub bucket: i32,
+}
+
+/// The tiered end offset of one bucket, as stored in `fluss-offsets`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketOffset {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_name: Option<String>,
+    pub bucket: i32,
+    /// Every offset below this one is in the lake.
+    pub offset: i64,
+}
+
+/// What a tiering snapshot says about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitMarker {
+    pub round_id: String,
+    pub table_id: i64,
+    pub tiering_epoch: i64,
+    /// All buckets ever tiered, merged over rounds.
+    pub offsets: Vec<BucketOffset>,
+}
+
+impl CommitMarker {
+    /// The offsets as a map.
+    pub fn offset_map(&self) -> BTreeMap<TableBucket, i64> {
+        self.offsets
+            .iter()
+            .map(|b| (TableBucket { partition_id: b.partition_id, bucket: b.bucket }, b.offset))
+            .collect()
+    }
+
+    /// The snapshot properties that carry this marker.
+    pub fn to_properties(&self) -> Result<Vec<(String, String)>> {
+        let offsets = serde_json::to_string(&self.offsets)
+            .map_err(|e| Error::new(ErrorKind::Internal, "serializing offsets").with_source(e))?;
+        Ok(vec![
+            (PROP_OFFSETS.to_string(), offsets),
+            (PROP_TIERING_EPOCH.to_string(), self.tiering_epoch.to_string()),
+            (PROP_ROUND.to_string(), self.round_id.clone()),
+            (PROP_TABLE_ID.to_string(), self.table_id.to_string()),
+        ])
+    }
+
+    /// Reads a marker back from snapshot properties; `None` when the snapshot was not made by tiering.
+    pub fn from_properties(get: impl Fn(&str) -> Option<String>) -> Result<Option<Self>> {
+        let Some(offsets) = get(PROP_OFFSETS) else {
+            return Ok(None);
+        };
+        let bad = |what: &str| Error::new(ErrorKind::Lake, format!("snapshot property {what} is malformed"));
+        let offsets: Vec<BucketOffset> =
+            serde_json::from_str(&offsets).map_err(|e| bad(PROP_OFFSETS).with_source(e))?;
+        let tiering_epoch =
+            get(PROP_TIERING_EPOCH).and_then(|v| v.parse().ok()).ok_or_else(|| bad(PROP_TIERING_EPOCH))?;
+        let table_id = get(PROP_TABLE_ID).and_then(|v| v.parse().ok()).ok_or_else(|| bad(PROP_TABLE_ID))?;
+        let round_id = get(PROP_ROUND).ok_or_else(|| bad(PROP_ROUND))?;
+        Ok(Some(CommitMarker { round_id, table_id, tiering_epoch, offsets }))
+    }
+}
+
+/// The latest snapshot made by tiering.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TieredSnapshot {
+    pub snapshot_id: i64,
+    pub marker: CommitMarker,
+}
+
+/// The Fluss table a lake operation is about.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableContext {
+    pub table_id: i64,
+    pub path: TablePath,
+    pub descriptor: TableDescriptor,
+}
+
+/// Where one writer writes.
+#[derive(Debug, Clone)]
+pub struct WriterContext {
+    pub partition_name: Option<String>,
+    pub bucket: i32,
+    /// Unique per writer (worker, round, split): parallel writers never collide on file names.
+    pub file_prefix: String,
+}
+
+/// What a writer produced: a format-specific payload (serialized, so it can cross workers) and its stats.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrittenData {
+    pub payload: Vec<u8>,
+    pub files: u64,
+    pub file_bytes: u64,
+    pub rows: u64,
+}
+
+/// Options every format understands.
+#[derive(Debug, Clone)]
+pub struct LakeOptions {
+    /// A writer rolls to a new file once the current one reaches this size.
+    pub target_file_size: usize,
+}
+
+impl Default for LakeOptions {
+    fn default() -> Self {
+        LakeOptions { target_file_size: 128 << 20 }
+    }
+}
+
+/// A lake format.
+#[async_trait]
+pub trait LakeTieringFactory: Send + Sync + 'static {
+    /// Makes the lake table ready for a round (creating it on first tiering, checking it belongs to this Fluss
+    /// table) and returns its latest tiered snapshot.
+    async fn prepare_table(&self, table: &TableContext) -> Result<Option<TieredSnapshot>>;
+    /// A writer for one split.
+    async fn create_writer(&self, table: &TableContext, ctx: WriterContext) -> Result<Box<dyn LakeWriter>>;
+    /// The committer of a table.
+    async fn create_committer(&self, table: &TableContext) -> Result<Box<dyn LakeCommitter>>;
+}
+
+/// Writes the rows of one split into lake files; nothing is visible until a committer commits them.
+#[async_trait]
+pub trait LakeWriter: Send {
+    /// Writes rows that carry the system columns.
+    async fn write(&mut self, batch: RecordBatch) -> Result<()>;
+    /// Closes the files and describes them.
+    async fn complete(self: Box<Self>) -> Result<WrittenData>;
+}
+
+/// Commits a round's files atomically, once.
+#[async_trait]
+pub trait LakeCommitter: Send + Sync {
+    /// The latest snapshot made by tiering, found by walking the history back from the current snapshot. Fails
+    /// closed when the history is cut before a marker is found.
+    async fn latest(&self) -> Result<Option<TieredSnapshot>>;
+    /// Commits the files in one snapshot carrying `marker`, in a single attempt that never rebases onto a table
+    /// that moved. After an ambiguous failure it looks for `marker` before answering. Returns the snapshot id; an
+    /// error of kind `CommitOutcomeUnknown` means the files may be live and must not be deleted.
+    async fn commit(&self, written: Vec<WrittenData>, marker: &CommitMarker) -> Result<i64>;
+    /// Deletes files that will never be committed.
+    async fn abort(&self, written: Vec<WrittenData>) -> Result<()>;
+}
+
+/// The factory of a format by name.
+pub async fn factory(
+    format: &str,
+    warehouse: &std::path::Path,
+    catalog: Option<&str>,
+    options: LakeOptions,
+) -> Result<Arc<dyn LakeTieringFactory>> {
+    match format {
+        "iceberg" => Ok(Arc::new(iceberg::IcebergFactory::open(warehouse, catalog, options).await?)),
+        other => Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!("unknown lake format {other:?}: this build supports iceberg (paimon is not implemented yet)"),
+        )),
+    }
+}
+
+/// The schema of the lake rows: the table's columns, then the system columns.
+pub fn lake_schema(descriptor: &TableDescriptor) -> SchemaRef {
+    let mut fields: Vec<Field> = descriptor.arrow_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(BUCKET_COLUMN, DataType::Int32, false));
+    fields.push(Field::new(OFFSET_COLUMN, DataType::Int64, false));
+    fields.push(Field::new(TIMESTAMP_COLUMN, DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false));
+    Arc::new(Schema::new(fields))
+}
+
+/// Appends the system columns to a batch read from the cluster: `base_offset` is the offset of its first row,
+/// `append_timestamp_ms` the time its batch was appended.
+pub fn with_system_columns(
+    schema: &SchemaRef,
+    batch: &RecordBatch,
+    bucket: i32,
+    base_offset: i64,
+    append_timestamp_ms: i64,
+) -> Result<RecordBatch> {
+    let n = batch.num_rows();
+    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    columns.push(Arc::new(Int32Array::from(vec![bucket; n])));
+    columns.push(Arc::new(Int64Array::from_iter_values(base_offset..base_offset + n as i64)));
+    columns.push(Arc::new(TimestampMicrosecondArray::from(vec![append_timestamp_ms * 1000; n]).with_timezone("UTC")));
+    RecordBatch::try_new(Arc::clone(schema), columns)
+        .map_err(|e| Error::new(ErrorKind::SchemaMismatch, "records do not match the table schema").with_source(e))
+}

@@ -210,9 +210,9 @@ pub fn parse_schema(spec: &str) -> Result<Vec<Column>> {
 pub struct TableDescriptor {
     pub columns: Vec<Column>,
     pub buckets: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub partition_key: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub primary_key: Vec<String>,
     /// Fluss table options, e.g. `table.datalake.enabled`, `table.datalake.freshness`.
     #[serde(default)]

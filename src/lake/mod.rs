@@ -49,12 +49,13 @@ pub struct TableBucket {
     pub bucket: i32,
 }
 
-/// The tiered end offset of one bucket, as stored in `fluss-offsets`.
+/// The tiered end offset of one bucket, as stored in `fluss-offsets`. (No `skip_serializing_if` here or in anything
+/// that crosses workers: timely exchanges data with bincode, which is not self-describing.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BucketOffset {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub partition_id: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub partition_name: Option<String>,
     pub bucket: i32,
     /// Every offset below this one is in the lake.

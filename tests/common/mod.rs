@@ -1,0 +1,225 @@
+//! Shared pieces of the end-to-end tests: a cluster with a mix of tables, the `tier` command as a subprocess, and
+//! the lake read back by pyiceberg (not by our code) and checked row by row against the generator.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use arrow::array::{Array, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow::compute::{cast, concat_batches};
+use arrow::datatypes::DataType;
+use fluss_tiering::cluster::ClusterConfig;
+use fluss_tiering::cluster::server::EmbeddedCluster;
+use fluss_tiering::cluster::table::{TableDescriptor, TablePath, parse_schema};
+use fluss_tiering::rpc::ClusterClient;
+use fluss_tiering::workload::{ProduceOptions, Workload, produce};
+
+/// The generator every test produces with.
+pub const WORKLOAD: Workload = Workload { seed: 11, partitions: 3 };
+
+pub struct TestTable {
+    pub id: i64,
+    pub path: TablePath,
+    pub descriptor: TableDescriptor,
+}
+
+/// A cluster served in the test process, with a short heartbeat time-out so a crashed job's tables come back fast.
+pub async fn start_cluster(dir: &Path) -> (EmbeddedCluster, ClusterClient) {
+    let mut config = ClusterConfig::new(dir);
+    config.heartbeat_timeout = Duration::from_millis(1500);
+    let cluster = EmbeddedCluster::start(config).await.expect("start cluster");
+    let client = ClusterClient::connect(&cluster.url()).await.expect("connect");
+    (cluster, client)
+}
+
+/// The 3-table mix: bucketed, partitioned, and one with every other column type.
+pub async fn create_tables(client: &ClusterClient) -> Vec<TestTable> {
+    let specs = [
+        ("db.orders", "id:int64,customer:string,amount:decimal(10,2),ts:timestamp", 4, None),
+        ("db.clicks", "id:int64,region:string,url:string,ts:timestamp", 2, Some("region")),
+        ("db.sensors", "id:int64,sensor:int32,reading:float64,ratio:float32,ok:bool,day:date,raw:binary", 3, None),
+    ];
+    let mut tables = Vec::new();
+    for (name, schema, buckets, partition_key) in specs {
+        let mut descriptor = TableDescriptor {
+            columns: parse_schema(schema).expect("schema"),
+            buckets,
+            partition_key: partition_key.map(str::to_string),
+            primary_key: vec![],
+            properties: Default::default(),
+        };
+        descriptor.properties.insert("table.datalake.freshness".into(), "200ms".into());
+        let path: TablePath = name.parse().expect("path");
+        let id = client.create_table(&path, &descriptor, false).await.expect("create table");
+        tables.push(TestTable { id, path, descriptor });
+    }
+    tables
+}
+
+/// Produces rows `[start_row, start_row + rows)` into every table.
+pub async fn produce_all(client: &ClusterClient, tables: &[TestTable], start_row: u64, rows: u64) {
+    for t in tables {
+        let opts = ProduceOptions { start_row, rows, batch: 777, rate: None, concurrency: 4 };
+        let report = produce(client, t.id, &t.descriptor, &WORKLOAD, &opts).await.expect("produce");
+        assert_eq!(report.rows, rows);
+    }
+}
+
+/// Runs `fluss-tiering tier --once` (plus `args`) against the cluster, with `env` set, and waits for it.
+pub async fn tier(url: &str, warehouse: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fluss-tiering"));
+    cmd.args(["tier", "--cluster", url, "--warehouse"])
+        .arg(warehouse)
+        .args(["--once", "--poll-interval", "100ms", "--target-file-size", "65536"])
+        .args(args)
+        .env("RUST_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = tokio::task::spawn_blocking(move || cmd.output()).await.expect("join").expect("run tier");
+    child
+}
+
+/// Asserts a tier run exited 0, showing its output otherwise.
+pub fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "tier failed with {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A lake table as pyiceberg reads it.
+pub struct LakeTable {
+    pub rows: RecordBatch,
+    pub snapshots: u64,
+    pub current_snapshot_id: Option<i64>,
+    pub properties: serde_json::Map<String, serde_json::Value>,
+}
+
+fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("FLUSS_TIERING_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(venv.exists(), "pyiceberg is not installed: run `bash .ci/run` once (it creates .venv)");
+    venv
+}
+
+/// Reads `table` from the lake in `warehouse` with pyiceberg.
+pub fn read_lake(warehouse: &Path, table: &TablePath) -> LakeTable {
+    let dump = tempfile::NamedTempFile::new().expect("tempfile");
+    let out = Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lake_dump.py"))
+        .arg(warehouse)
+        .arg(table.to_string())
+        .arg(dump.path())
+        .output()
+        .expect("run python");
+    assert!(out.status.success(), "pyiceberg failed: {}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json summary");
+    let file = std::fs::File::open(dump.path()).expect("open dump");
+    let reader = arrow::ipc::reader::FileReader::try_new(file, None).expect("ipc file");
+    let schema = reader.schema();
+    let batches: Vec<RecordBatch> = reader.map(|b| b.expect("batch")).collect();
+    LakeTable {
+        rows: concat_batches(&schema, &batches).expect("concat"),
+        snapshots: summary["snapshots"].as_u64().expect("snapshots"),
+        current_snapshot_id: summary["current_snapshot_id"].as_i64(),
+        properties: summary["properties"].as_object().cloned().unwrap_or_default(),
+    }
+}
+
+fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> &'a T {
+    batch
+        .column_by_name(name)
+        .unwrap_or_else(|| panic!("lake has no column {name}"))
+        .as_any()
+        .downcast_ref::<T>()
+        .unwrap_or_else(|| panic!("column {name} has an unexpected type"))
+}
+
+/// The cluster's high watermark of every (partition name, bucket) of a table.
+pub async fn end_offsets(client: &ClusterClient, t: &TestTable) -> BTreeMap<(String, i32), i64> {
+    let buckets: Vec<i32> = (0..t.descriptor.buckets as i32).collect();
+    let partitions: Vec<(Option<i64>, String)> = if t.descriptor.is_partitioned() {
+        client.list_partitions(&t.path).await.expect("partitions").into_iter().map(|(id, n)| (Some(id), n)).collect()
+    } else {
+        vec![(None, String::new())]
+    };
+    let mut out = BTreeMap::new();
+    for (pid, name) in partitions {
+        let ends = client.list_offsets(t.id, pid, &buckets, true).await.expect("offsets");
+        for (b, end) in buckets.iter().zip(ends) {
+            out.insert((name.clone(), *b), end);
+        }
+    }
+    out
+}
+
+/// Checks that the lake holds every (partition, bucket, offset) of the cluster exactly once, that rows `0..total` are
+/// all there, and that every value equals what the generator produced for that row.
+pub fn check_exactly_once(lake: &LakeTable, t: &TestTable, ends: &BTreeMap<(String, i32), i64>, total: u64) {
+    let batch = &lake.rows;
+    assert_eq!(batch.num_rows() as u64, total, "{}: row count", t.path);
+    let buckets = column::<Int32Array>(batch, "__bucket");
+    let offsets = column::<Int64Array>(batch, "__offset");
+    let ids = column::<Int64Array>(batch, "id");
+    let partitions: Vec<String> = match &t.descriptor.partition_key {
+        Some(key) => {
+            let values = cast(batch.column_by_name(key).expect("partition column"), &DataType::Utf8).expect("cast");
+            let values = values.as_any().downcast_ref::<StringArray>().expect("strings");
+            values.iter().map(|v| v.expect("partition value").to_string()).collect()
+        }
+        None => vec![String::new(); batch.num_rows()],
+    };
+
+    let mut seen: BTreeMap<(String, i32), Vec<i64>> = BTreeMap::new();
+    for i in 0..batch.num_rows() {
+        let id = ids.value(i) as u64;
+        assert_eq!(buckets.value(i) as u64, id % u64::from(t.descriptor.buckets), "row {id} is in its bucket");
+        if let Some(key) = &t.descriptor.partition_key {
+            let ty = t.descriptor.column(key).expect("key").data_type;
+            let expected = fluss_tiering::workload::Workload::partition_name(WORKLOAD.partition_of(id), ty);
+            assert_eq!(partitions[i], expected, "row {id} is in its partition");
+        }
+        seen.entry((partitions[i].clone(), buckets.value(i))).or_default().push(offsets.value(i));
+    }
+    let expected_buckets: BTreeMap<(String, i32), i64> =
+        ends.iter().filter(|(_, e)| **e > 0).map(|(k, v)| (k.clone(), *v)).collect();
+    let seen_buckets: BTreeMap<(String, i32), i64> = seen.iter().map(|(k, v)| (k.clone(), v.len() as i64)).collect();
+    assert_eq!(seen_buckets, expected_buckets, "{}: rows per bucket equal the cluster's end offsets", t.path);
+    for (key, mut offs) in seen {
+        offs.sort_unstable();
+        let dense: Vec<i64> = (0..offs.len() as i64).collect();
+        assert_eq!(offs, dense, "{}: bucket {key:?} holds each offset exactly once", t.path);
+    }
+    let mut sorted: Vec<u64> = ids.values().iter().map(|v| *v as u64).collect();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..total).collect::<Vec<_>>(), "{}: every produced row exactly once", t.path);
+
+    let row_numbers: Vec<u64> = ids.values().iter().map(|v| *v as u64).collect();
+    let expected = WORKLOAD.batch(&t.descriptor, &row_numbers).expect("expected rows");
+    for (i, field) in expected.schema().fields().iter().enumerate() {
+        let got = cast(batch.column_by_name(field.name()).expect("column"), field.data_type())
+            .expect("cast to the Fluss type");
+        assert_eq!(
+            got.as_ref(),
+            expected.column(i).as_ref(),
+            "{}: column {} equals the produced values",
+            t.path,
+            field.name()
+        );
+    }
+}
+
+/// Free loopback ports for timely's processes.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
+    listeners.iter().map(|l| l.local_addr().expect("addr").port()).collect()
+}

@@ -1,0 +1,145 @@
+//! End to end: produce into a cluster, run the `tier` command, read the lake back with pyiceberg.
+
+mod common;
+
+use common::*;
+use fluss_tiering::failpoint;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_tables_exactly_once_then_only_the_delta() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = dir.path().join("warehouse");
+    let (cluster, client) = start_cluster(&dir.path().join("cluster")).await;
+    let tables = create_tables(&client).await;
+    produce_all(&client, &tables, 0, 3000).await;
+
+    assert_success(&tier(&cluster.url(), &warehouse, &["-w", "2"], &[]).await);
+    let mut first_snapshots = Vec::new();
+    for t in &tables {
+        let lake = read_lake(&warehouse, &t.path);
+        check_exactly_once(&lake, t, &end_offsets(&client, t).await, 3000);
+        assert_eq!(lake.properties.get("fluss-table-id").and_then(|v| v.as_str()), Some(t.id.to_string().as_str()));
+        assert!(lake.properties.contains_key("fluss-offsets") && lake.properties.contains_key("fluss-tiering-epoch"));
+        first_snapshots.push(lake.snapshots);
+        // The cluster knows the lake's snapshot.
+        let recorded = client.lake_snapshot(&t.path).await.expect("snapshot").expect("recorded");
+        assert_eq!(Some(recorded.snapshot_id), lake.current_snapshot_id);
+    }
+
+    // More data: the next run adds exactly the delta, in one more snapshot per table.
+    produce_all(&client, &tables, 3000, 1200).await;
+    assert_success(&tier(&cluster.url(), &warehouse, &["-w", "2"], &[]).await);
+    for (t, before) in tables.iter().zip(first_snapshots) {
+        let lake = read_lake(&warehouse, &t.path);
+        check_exactly_once(&lake, t, &end_offsets(&client, t).await, 4200);
+        assert_eq!(lake.snapshots, before + 1, "{}: one snapshot per round", t.path);
+    }
+
+    // Nothing new: a run finishes without touching the lake.
+    assert_success(&tier(&cluster.url(), &warehouse, &[], &[]).await);
+    for t in &tables {
+        assert_eq!(read_lake(&warehouse, &t.path).rows.num_rows(), 4200);
+    }
+}
+
+/// Sorts lake rows by (partition value, bucket, offset) so runs can be compared.
+fn canonical(t: &TestTable, lake: &LakeTable) -> arrow::array::RecordBatch {
+    use arrow::compute::{SortColumn, lexsort_to_indices, take_record_batch};
+    let b = &lake.rows;
+    let mut keys = Vec::new();
+    if let Some(key) = &t.descriptor.partition_key {
+        keys.push(SortColumn { values: b.column_by_name(key).expect("key").clone(), options: None });
+    }
+    for name in ["__bucket", "__offset"] {
+        keys.push(SortColumn { values: b.column_by_name(name).expect("system column").clone(), options: None });
+    }
+    let indices = lexsort_to_indices(&keys, None).expect("sort");
+    take_record_batch(b, &indices).expect("take")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_lake_content_with_one_worker_two_workers_and_two_processes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cluster, client) = start_cluster(&dir.path().join("cluster")).await;
+    let tables = create_tables(&client).await;
+    produce_all(&client, &tables, 0, 2500).await;
+    let url = cluster.url();
+
+    // One cluster, three lakes: each lake starts empty, so each run tiers everything (the lake is the source of truth).
+    let (w1, w2, n2) = (dir.path().join("w1"), dir.path().join("w2"), dir.path().join("n2"));
+    assert_success(&tier(&url, &w1, &["-w", "1"], &[]).await);
+    assert_success(&tier(&url, &w2, &["-w", "2"], &[]).await);
+
+    let ports = free_ports(2);
+    let hostfile = dir.path().join("hosts");
+    std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1])).expect("hostfile");
+    let hostfile = hostfile.display().to_string();
+    let (args0, args1) = (["-n", "2", "-p", "0", "-h", &hostfile], ["-n", "2", "-p", "1", "-h", &hostfile]);
+    let p0 = tier(&url, &n2, &args0, &[]);
+    let p1 = tier(&url, &n2, &args1, &[]);
+    let (p0, p1) = tokio::join!(p0, p1);
+    assert_success(&p0);
+    assert_success(&p1);
+
+    for t in &tables {
+        let ends = end_offsets(&client, t).await;
+        let lakes: Vec<LakeTable> = [&w1, &w2, &n2].iter().map(|w| read_lake(w, &t.path)).collect();
+        for lake in &lakes {
+            check_exactly_once(lake, t, &ends, 2500);
+        }
+        let reference = canonical(t, &lakes[0]);
+        assert_eq!(canonical(t, &lakes[1]), reference, "{}: -w 2 equals -w 1", t.path);
+        assert_eq!(canonical(t, &lakes[2]), reference, "{}: -n 2 equals -w 1", t.path);
+    }
+}
+
+/// Crashes the job at `point`, produces a little more, restarts it, and checks the lake and the cluster.
+async fn crash_then_recover(point: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = dir.path().join("warehouse");
+    let (cluster, client) = start_cluster(&dir.path().join("cluster")).await;
+    let tables = create_tables(&client).await;
+    produce_all(&client, &tables, 0, 2000).await;
+
+    let crashed = tier(&cluster.url(), &warehouse, &["-w", "2"], &[(failpoint::ENV, point)]).await;
+    assert_eq!(
+        crashed.status.code(),
+        Some(failpoint::EXIT_CODE),
+        "the job stops at {point}: {}",
+        String::from_utf8_lossy(&crashed.stderr)
+    );
+
+    produce_all(&client, &tables, 2000, 500).await;
+    assert_success(&tier(&cluster.url(), &warehouse, &["-w", "2"], &[]).await);
+    for t in &tables {
+        let lake = read_lake(&warehouse, &t.path);
+        check_exactly_once(&lake, t, &end_offsets(&client, t).await, 2500);
+        let recorded = client.lake_snapshot(&t.path).await.expect("snapshot").expect("recorded");
+        assert_eq!(
+            Some(recorded.snapshot_id),
+            lake.current_snapshot_id,
+            "{}: the cluster caught up with the lake",
+            t.path
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_mid_split() {
+    crash_then_recover(failpoint::POINTS[0]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_files_before_lake_commit() {
+    crash_then_recover(failpoint::POINTS[1]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_between_lake_commit_and_cluster_commit() {
+    crash_then_recover(failpoint::POINTS[2]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_cluster_commit() {
+    crash_then_recover(failpoint::POINTS[3]).await;
+}

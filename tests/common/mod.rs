@@ -79,8 +79,7 @@ pub async fn tier(url: &str, warehouse: &Path, args: &[&str], env: &[(&str, &str
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let child = tokio::task::spawn_blocking(move || cmd.output()).await.expect("join").expect("run tier");
-    child
+    tokio::task::spawn_blocking(move || cmd.output()).await.expect("join").expect("run tier")
 }
 
 /// Asserts a tier run exited 0, showing its output otherwise.
@@ -180,15 +179,15 @@ pub fn check_exactly_once(lake: &LakeTable, t: &TestTable, ends: &BTreeMap<(Stri
     };
 
     let mut seen: BTreeMap<(String, i32), Vec<i64>> = BTreeMap::new();
-    for i in 0..batch.num_rows() {
+    for (i, partition) in partitions.iter().enumerate() {
         let id = ids.value(i) as u64;
         assert_eq!(buckets.value(i) as u64, id % u64::from(t.descriptor.buckets), "row {id} is in its bucket");
         if let Some(key) = &t.descriptor.partition_key {
             let ty = t.descriptor.column(key).expect("key").data_type;
             let expected = fluss_tiering::workload::Workload::partition_name(WORKLOAD.partition_of(id), ty);
-            assert_eq!(partitions[i], expected, "row {id} is in its partition");
+            assert_eq!(*partition, expected, "row {id} is in its partition");
         }
-        seen.entry((partitions[i].clone(), buckets.value(i))).or_default().push(offsets.value(i));
+        seen.entry((partition.clone(), buckets.value(i))).or_default().push(offsets.value(i));
     }
     let expected_buckets: BTreeMap<(String, i32), i64> =
         ends.iter().filter(|(_, e)| **e > 0).map(|(k, v)| (k.clone(), *v)).collect();

@@ -52,16 +52,6 @@ pub fn read_write<'scope>(
                         }
                     }
                 });
-                while tasks.in_flight() < ctx.config.max_splits_in_flight {
-                    let Some((cap, split)) = queue.pop_front() else {
-                        break;
-                    };
-                    let id = next_id;
-                    next_id += 1;
-                    running.insert(id, cap);
-                    let ctx = Arc::clone(&ctx);
-                    tasks.spawn(async move { (id, tier_split(&ctx, split, worker).await) });
-                }
                 for done in tasks.ready() {
                     match done {
                         Ok((id, result)) => {
@@ -75,6 +65,18 @@ pub fn read_write<'scope>(
                             running.clear();
                         }
                     }
+                }
+                // Start queued splits only after taking finished ones: a finished split frees a slot, and no
+                // other wake-up may come to fill it.
+                while tasks.in_flight() < ctx.config.max_splits_in_flight {
+                    let Some((cap, split)) = queue.pop_front() else {
+                        break;
+                    };
+                    let id = next_id;
+                    next_id += 1;
+                    running.insert(id, cap);
+                    let ctx = Arc::clone(&ctx);
+                    tasks.spawn(async move { (id, tier_split(&ctx, split, worker).await) });
                 }
             }
         },

@@ -67,7 +67,8 @@ async fn same_lake_content_with_one_worker_two_workers_and_two_processes() {
 
     // One cluster, three lakes: each lake starts empty, so each run tiers everything (the lake is the source of truth).
     let (w1, w2, n2) = (dir.path().join("w1"), dir.path().join("w2"), dir.path().join("n2"));
-    assert_success(&tier(&url, &w1, &["-w", "1"], &[]).await);
+    // One split at a time per worker: a finished split must start the next one (regression: it once waited forever).
+    assert_success(&tier(&url, &w1, &["-w", "1", "--max-splits-per-worker", "1"], &[]).await);
     assert_success(&tier(&url, &w2, &["-w", "2"], &[]).await);
 
     let ports = free_ports(2);

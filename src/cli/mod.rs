@@ -1,5 +1,6 @@
 //! The `fluss-tiering` command line.
 
+mod bench;
 mod tier;
 
 use std::path::PathBuf;
@@ -40,6 +41,8 @@ pub enum Command {
     Tier(TierArgs),
     /// Start an embedded cluster, create and fill a few tables, tier them with 2 workers and show what landed.
     Demo(DemoArgs),
+    /// Measure tiering throughput per worker count against an arrow-rs Parquet baseline.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -208,6 +211,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         // These run timely workers on their own threads, beside a runtime of their own.
         Command::Tier(args) => return tier::run_tier(args),
         Command::Demo(args) => return tier::run_demo(args),
+        Command::Bench(args) => return bench::run_bench(args),
         other => other,
     };
     let runtime =
@@ -224,7 +228,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Command::Produce(args) => run_produce(args).await,
             Command::Tables(args) => print_tables(&connect(&args.cluster).await?).await,
-            Command::Tier(_) | Command::Demo(_) => unreachable!("handled above"),
+            Command::Tier(_) | Command::Demo(_) | Command::Bench(_) => unreachable!("handled above"),
         }
     })
 }
@@ -248,8 +252,17 @@ async fn run_cluster(args: ClusterArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM.
+/// Resolves on the first SIGINT or SIGTERM; a second one exits the process at once (for a job that cannot wind down).
 pub async fn shutdown_signal() {
+    wait_for_signal().await;
+    tokio::spawn(async {
+        wait_for_signal().await;
+        eprintln!("second signal: exiting now");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -66,12 +66,16 @@ fn tier_config(tuning: &TuningArgs, once: bool) -> anyhow::Result<TierConfig> {
 }
 
 /// Runs one tiering job as `args` describe it; returns the job's context for its metrics.
-fn run_job(runtime: &tokio::runtime::Runtime, args: &TierArgs) -> anyhow::Result<Arc<JobContext>> {
+///
+/// The job gets a tokio runtime of its own with one thread per timely worker of this process: splits are fetched,
+/// decoded and encoded there, so `-w` sets how many cores the job uses.
+pub(super) fn run_job(args: &TierArgs) -> anyhow::Result<Arc<JobContext>> {
     let timely_config = timely_config(&args.timely)?;
     let config = tier_config(&args.tuning, args.once)?;
     if args.tuning.target_file_size < 1024 {
         bail!("--target-file-size must be at least 1024 bytes");
     }
+    let runtime = runtime(args.timely.workers)?;
     let options = LakeOptions { target_file_size: args.tuning.target_file_size };
     let (client, lake) = runtime.block_on(async {
         let client = ClusterClient::connect(&args.cluster).await?;
@@ -88,23 +92,23 @@ fn run_job(runtime: &tokio::runtime::Runtime, args: &TierArgs) -> anyhow::Result
     Ok(ctx)
 }
 
-fn job_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+/// A multi-threaded tokio runtime with `threads` workers.
+pub(super) fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(threads.max(1))
         .enable_all()
         .build()
         .context("starting the async runtime")
 }
 
 pub fn run_tier(args: TierArgs) -> anyhow::Result<()> {
-    let runtime = job_runtime()?;
     let started = Instant::now();
-    let ctx = run_job(&runtime, &args)?;
+    let ctx = run_job(&args)?;
     print_summary(&ctx, started.elapsed());
     Ok(())
 }
 
-fn print_summary(ctx: &JobContext, elapsed: Duration) {
+pub(super) fn print_summary(ctx: &JobContext, elapsed: Duration) {
     let m = &ctx.metrics;
     let rows = m.rows.load(Ordering::Relaxed);
     let secs = elapsed.as_secs_f64().max(1e-9);
@@ -135,7 +139,8 @@ pub fn run_demo(args: super::DemoArgs) -> anyhow::Result<()> {
     };
     let (data_dir, warehouse) = (dir.join("cluster"), dir.join("warehouse"));
     println!("demo directory: {}", dir.display());
-    let runtime = job_runtime()?;
+    // The embedded cluster and the demo's client live on a runtime of their own, beside the job's.
+    let runtime = runtime(2)?;
     let mut config = ClusterConfig::new(&data_dir);
     config.heartbeat_timeout = Duration::from_secs(10);
     let cluster = runtime.block_on(EmbeddedCluster::start(config))?;
@@ -187,9 +192,12 @@ pub fn run_demo(args: super::DemoArgs) -> anyhow::Result<()> {
         }
         println!("\n== tiering round {} with {} worker(s) ==", step + 1, job.timely.workers * job.timely.processes);
         let started = Instant::now();
-        let ctx = run_job(&runtime, &job)?;
+        let ctx = run_job(&job)?;
         print_summary(&ctx, started.elapsed());
-        runtime.block_on(print_lake(&client, ctx.lake.as_ref(), &tables))?;
+        runtime.block_on(async {
+            let lake = lake::factory("iceberg", &warehouse, None, LakeOptions::default()).await?;
+            print_lake(&client, lake.as_ref(), &tables).await
+        })?;
     }
     runtime.block_on(cluster.shutdown())?;
     println!(

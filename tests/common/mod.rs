@@ -68,18 +68,45 @@ pub async fn produce_all(client: &ClusterClient, tables: &[TestTable], start_row
     }
 }
 
+/// A tier run that takes longer than this is stuck: it is killed and the test fails with its output.
+const TIER_DEADLINE: Duration = Duration::from_secs(180);
+
 /// Runs `fluss-tiering tier --once` (plus `args`) against the cluster, with `env` set, and waits for it.
 pub async fn tier(url: &str, warehouse: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let (stdout, stderr) = (tempfile::tempfile().expect("stdout file"), tempfile::tempfile().expect("stderr file"));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fluss-tiering"));
     cmd.args(["tier", "--cluster", url, "--warehouse"])
         .arg(warehouse)
         .args(["--once", "--poll-interval", "100ms", "--target-file-size", "65536"])
         .args(args)
-        .env("RUST_LOG", "warn");
+        .env("RUST_LOG", "info")
+        .stdout(stdout.try_clone().expect("clone"))
+        .stderr(stderr.try_clone().expect("clone"));
     for (k, v) in env {
         cmd.env(k, v);
     }
-    tokio::task::spawn_blocking(move || cmd.output()).await.expect("join").expect("run tier")
+    let mut child = cmd.spawn().expect("start tier");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if started.elapsed() > TIER_DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tier {args:?} did not finish within {TIER_DEADLINE:?}:\n{}", read_all(&stderr));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    Output { status, stdout: read_all(&stdout).into_bytes(), stderr: read_all(&stderr).into_bytes() }
+}
+
+fn read_all(mut file: &std::fs::File) -> String {
+    use std::io::{Read, Seek};
+    let mut text = String::new();
+    let _ = file.rewind();
+    let _ = file.read_to_string(&mut text);
+    text
 }
 
 /// Asserts a tier run exited 0, showing its output otherwise.

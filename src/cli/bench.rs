@@ -1,0 +1,241 @@
+//! `bench`: end-to-end tiering throughput on the embedded cluster, for each worker count, against the baseline of
+//! encoding the same Arrow batches straight to Parquet with arrow-rs (no cluster, no dataflow), measured in the same
+//! run. The ratio tiering/baseline is the figure that matters; absolute numbers depend on the machine.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use serde::Serialize;
+
+use crate::cluster::ClusterConfig;
+use crate::cluster::server::EmbeddedCluster;
+use crate::cluster::table::{DATALAKE_FRESHNESS, TableDescriptor, TablePath, parse_schema};
+use crate::lake::{lake_schema, with_system_columns};
+use crate::rpc::{ClusterClient, ipc};
+use crate::workload::{ProduceOptions, Workload, produce};
+
+use super::tier::{print_summary, run_job, runtime};
+use super::{TierArgs, TimelyArgs, TuningArgs};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Rows per table.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub rows: u64,
+    #[arg(long, default_value_t = 1)]
+    pub tables: u32,
+    #[arg(long, default_value_t = 4)]
+    pub buckets: u32,
+    /// Worker counts to run, e.g. 1,2.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub workers: Vec<usize>,
+    /// Columns of the benchmark table.
+    #[arg(long, default_value = "id:int64,name:string,amount:decimal(12,2),score:float64,ok:bool,ts:timestamp")]
+    pub schema: String,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Where to keep the cluster and the lakes (default: a new temporary directory, removed afterwards).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Write one JSON document per run (one per line) to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// One measured run.
+#[derive(Debug, Serialize)]
+struct Run {
+    kind: &'static str,
+    workers: usize,
+    rows: u64,
+    arrow_bytes: u64,
+    parquet_bytes: u64,
+    files: u64,
+    wall_seconds: f64,
+    rows_per_second: f64,
+    arrow_mb_per_second: f64,
+    ratio_to_baseline: f64,
+    rounds_committed: u64,
+    cores: usize,
+}
+
+pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
+    if args.workers.is_empty() || args.workers.contains(&0) || args.rows == 0 || args.tables == 0 {
+        bail!("--rows, --tables and every --workers entry must be at least 1");
+    }
+    let temp = tempfile::Builder::new().prefix("fluss-tiering-bench-").tempdir().context("creating a temp dir")?;
+    let dir = args.dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
+    // The embedded cluster runs on a runtime of its own; each job brings its own.
+    let runtime = runtime(2)?;
+    let cluster = runtime.block_on(EmbeddedCluster::start(ClusterConfig::new(dir.join("cluster"))))?;
+    let client = runtime.block_on(ClusterClient::connect(&cluster.url()))?;
+    let workload = Workload { seed: args.seed, partitions: 1 };
+
+    let mut tables = Vec::new();
+    let produce_started = Instant::now();
+    for i in 0..args.tables {
+        let path: TablePath = format!("bench.t{i}").parse()?;
+        let mut descriptor = TableDescriptor {
+            columns: parse_schema(&args.schema)?,
+            buckets: args.buckets,
+            partition_key: None,
+            primary_key: vec![],
+            properties: Default::default(),
+        };
+        descriptor.properties.insert(DATALAKE_FRESHNESS.into(), "100ms".into());
+        let id = runtime.block_on(client.create_table(&path, &descriptor, false))?;
+        let opts = ProduceOptions { start_row: 0, rows: args.rows, batch: 8192, rate: None, concurrency: 8 };
+        runtime.block_on(produce(&client, id, &descriptor, &workload, &opts))?;
+        tables.push((id, descriptor));
+    }
+    let total_rows = args.rows * u64::from(args.tables);
+    println!("produced {total_rows} rows in {:.2}s", produce_started.elapsed().as_secs_f64());
+
+    let baseline = runtime.block_on(baseline(&client, &tables, &dir))?;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mut runs = vec![Run {
+        kind: "baseline: arrow-rs Parquet encode",
+        workers: 1,
+        rows: total_rows,
+        arrow_bytes: baseline.arrow_bytes,
+        parquet_bytes: baseline.parquet_bytes,
+        files: 1,
+        wall_seconds: baseline.took.as_secs_f64(),
+        rows_per_second: total_rows as f64 / baseline.took.as_secs_f64(),
+        arrow_mb_per_second: baseline.arrow_bytes as f64 / 1e6 / baseline.took.as_secs_f64(),
+        ratio_to_baseline: 1.0,
+        rounds_committed: 0,
+        cores,
+    }];
+    for &workers in &args.workers {
+        let job = TierArgs {
+            cluster: cluster.url(),
+            warehouse: dir.join(format!("lake-w{workers}")),
+            catalog: None,
+            format: "iceberg".into(),
+            once: true,
+            timely: TimelyArgs { workers, processes: 1, process: 0, hostfile: None },
+            tuning: TuningArgs {
+                poll_interval: "100ms".into(),
+                target_file_size: 128 << 20,
+                max_tables: 2,
+                max_splits_per_worker: 2,
+            },
+            help: None,
+        };
+        // Each run tiers into an empty lake, so each tiers every row (the lake is the source of truth).
+        std::thread::sleep(Duration::from_millis(200));
+        let started = Instant::now();
+        let ctx = run_job(&job)?;
+        let took = started.elapsed();
+        print_summary(&ctx, took);
+        let m = &ctx.metrics;
+        let secs = took.as_secs_f64();
+        runs.push(Run {
+            kind: "tiering",
+            workers,
+            rows: m.rows.load(Ordering::Relaxed),
+            arrow_bytes: baseline.arrow_bytes,
+            parquet_bytes: m.file_bytes.load(Ordering::Relaxed),
+            files: m.files.load(Ordering::Relaxed),
+            wall_seconds: secs,
+            rows_per_second: total_rows as f64 / secs,
+            arrow_mb_per_second: baseline.arrow_bytes as f64 / 1e6 / secs,
+            ratio_to_baseline: baseline.took.as_secs_f64() / secs,
+            rounds_committed: m.rounds_committed.load(Ordering::Relaxed),
+            cores,
+        });
+    }
+    runtime.block_on(cluster.shutdown())?;
+
+    println!(
+        "\n{:<36} {:>7} {:>10} {:>9} {:>12} {:>10} {:>12} {:>8}",
+        "run", "workers", "rows", "seconds", "rows/s", "Arrow MB/s", "Parquet MB", "ratio"
+    );
+    for r in &runs {
+        println!(
+            "{:<36} {:>7} {:>10} {:>9.2} {:>12.0} {:>10.1} {:>12.1} {:>8.2}",
+            r.kind,
+            r.workers,
+            r.rows,
+            r.wall_seconds,
+            r.rows_per_second,
+            r.arrow_mb_per_second,
+            r.parquet_bytes as f64 / 1e6,
+            r.ratio_to_baseline
+        );
+    }
+    println!("(ratio = baseline time / run time; {cores} cores)");
+    if let Some(path) = &args.json {
+        let lines: Vec<String> = runs.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
+        std::fs::write(path, lines.join("\n") + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+struct Baseline {
+    arrow_bytes: u64,
+    parquet_bytes: u64,
+    took: Duration,
+}
+
+/// Fetches every table's batches (with system columns, as tiering writes them), then times encoding them to one
+/// Parquet file per table with arrow-rs alone.
+async fn baseline(
+    client: &ClusterClient,
+    tables: &[(i64, TableDescriptor)],
+    dir: &std::path::Path,
+) -> anyhow::Result<Baseline> {
+    let mut per_table = Vec::new();
+    let mut arrow_bytes = 0u64;
+    for (id, descriptor) in tables {
+        let schema = lake_schema(descriptor);
+        let mut batches = Vec::new();
+        for bucket in 0..descriptor.buckets as i32 {
+            let mut offset = 0;
+            loop {
+                let resp = client.fetch(*id, None, bucket, offset, 8 << 20).await?;
+                if resp.batches.is_empty() {
+                    break;
+                }
+                for stored in resp.batches {
+                    let mut first = stored.base_offset;
+                    for b in ipc::decode(&stored.records)? {
+                        let rows = b.num_rows() as i64;
+                        let b = with_system_columns(&schema, &b, bucket, first, stored.append_timestamp)?;
+                        arrow_bytes += arrow_size(&b);
+                        batches.push(b);
+                        first += rows;
+                    }
+                    offset = first;
+                }
+            }
+        }
+        per_table.push((schema, batches));
+    }
+    let started = Instant::now();
+    let mut parquet_bytes = 0u64;
+    for (i, (schema, batches)) in per_table.iter().enumerate() {
+        let path = dir.join(format!("baseline-{i}.parquet"));
+        let file = std::fs::File::create(&path)?;
+        let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+        let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props))?;
+        for b in batches {
+            writer.write(b)?;
+        }
+        writer.close()?;
+        parquet_bytes += std::fs::metadata(&path)?.len();
+    }
+    Ok(Baseline { arrow_bytes, parquet_bytes, took: started.elapsed() })
+}
+
+/// Bytes of the values a batch holds (not of the buffers it shares with other batches).
+fn arrow_size(batch: &arrow::record_batch::RecordBatch) -> u64 {
+    batch.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or(0) as u64).sum()
+}

@@ -190,17 +190,7 @@ async fn lake_commit(committer: &dyn LakeCommitter, plan: &RoundPlan, g: Gathere
     if let Some(problem) = g.problem {
         return Err(Error::new(ErrorKind::Lake, problem));
     }
-    // The lake must still be where the round started: otherwise another writer (a zombie job, a job that took the
-    // table over) committed in between, and committing on top would duplicate its rows.
-    let latest = committer.latest().await?;
     let base_id = plan.base.as_ref().map(|b| b.snapshot_id);
-    if latest.as_ref().map(|l| l.snapshot_id) != base_id {
-        let moved_to = latest.as_ref().map(|l| format!("{} ({})", l.snapshot_id, l.marker.round_id));
-        return Err(Error::new(
-            ErrorKind::FencedTieringEpoch,
-            format!("the lake table moved from snapshot {base_id:?} to {moved_to:?} since the round was planned"),
-        ));
-    }
     // Offsets of every bucket ever tiered: the base's, overridden by this round's.
     let mut merged: BTreeMap<TableBucket, BucketOffset> = plan
         .base
@@ -233,8 +223,9 @@ async fn lake_commit(committer: &dyn LakeCommitter, plan: &RoundPlan, g: Gathere
             .ok_or_else(|| Error::new(ErrorKind::Internal, "a round with nothing to commit and no lake snapshot"))?;
         return Ok((base.snapshot_id, base.marker.clone()));
     }
-    failpoint::hit("before-lake-commit");
-    let snapshot_id = committer.commit(g.written, &marker).await?;
+    // Conditional on the lake still being where the round started: otherwise another writer (a zombie job, a job
+    // that took the table over) committed in between, and committing on top would duplicate its rows.
+    let snapshot_id = committer.commit(g.written, &marker, base_id).await?;
     Ok((snapshot_id, marker))
 }
 

@@ -1,8 +1,10 @@
-//! Crash points for tests: with `FLUSS_TIERING_FAILPOINT=NAME`, the process exits with code [`EXIT_CODE`] the first
-//! time it reaches the point called `NAME`, as if it had been killed there. Without the variable a point costs one
-//! load of a cached value; points sit on per-split and per-round paths, never per row.
+//! Crash points for tests. `FLUSS_TIERING_FAILPOINT=NAME` makes the process exit with code [`EXIT_CODE`] the first
+//! time it reaches the point called `NAME`, as if it had been killed there; `NAME:pause` stops the process instead
+//! (SIGSTOP), as if it had hung there, until someone sends it SIGCONT. Without the variable a point costs one load of
+//! a cached value; points sit on per-split and per-round paths, never per row.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The variable that arms a point.
 pub const ENV: &str = "FLUSS_TIERING_FAILPOINT";
@@ -12,11 +14,27 @@ pub const EXIT_CODE: i32 = 86;
 /// Every point, in the order a round passes them.
 pub const POINTS: [&str; 4] = ["mid-split", "before-lake-commit", "after-lake-commit", "after-cluster-commit"];
 
-/// Exits the process if `name` is the armed point.
+/// Acts if `name` is the armed point, the first time only: exits, or stops the process until it is continued.
 pub fn hit(name: &str) {
-    static ARMED: OnceLock<Option<String>> = OnceLock::new();
-    if ARMED.get_or_init(|| std::env::var(ENV).ok()).as_deref() == Some(name) {
-        eprintln!("failpoint {name} reached: exiting with code {EXIT_CODE}");
-        std::process::exit(EXIT_CODE);
+    static FIRED: AtomicBool = AtomicBool::new(false);
+    static ARMED: OnceLock<Option<(String, bool)>> = OnceLock::new();
+    let armed = ARMED.get_or_init(|| {
+        std::env::var(ENV).ok().map(|v| match v.strip_suffix(":pause") {
+            Some(point) => (point.to_string(), true),
+            None => (v, false),
+        })
+    });
+    match armed {
+        Some((point, false)) if point == name => {
+            eprintln!("failpoint {name} reached: exiting with code {EXIT_CODE}");
+            std::process::exit(EXIT_CODE);
+        }
+        Some((point, true)) if point == name && !FIRED.swap(true, Ordering::Relaxed) => {
+            eprintln!("failpoint {name} reached: pausing (SIGSTOP)");
+            // SAFETY: raise only sends a signal to this process.
+            unsafe { libc::raise(libc::SIGSTOP) };
+            eprintln!("failpoint {name}: continued");
+        }
+        _ => {}
     }
 }

@@ -144,3 +144,73 @@ async fn crash_between_lake_commit_and_cluster_commit() {
 async fn crash_after_cluster_commit() {
     crash_then_recover(failpoint::POINTS[3]).await;
 }
+
+/// Whether a process is stopped (state `T` in /proc).
+fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('T')))
+        .unwrap_or(false)
+}
+
+/// A job frozen at `point` past the heartbeat time-out (a zombie), while a second job takes its tables over and
+/// tiers everything; then the zombie resumes. Returns the zombie's stderr.
+async fn zombie_resumes_after_takeover(point: &str) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = dir.path().join("warehouse");
+    let (cluster, client) = start_cluster(&dir.path().join("cluster")).await;
+    let tables = create_tables(&client).await;
+    produce_all(&client, &tables, 0, 1500).await;
+
+    let stderr = tempfile::NamedTempFile::new().expect("stderr");
+    let mut zombie = std::process::Command::new(env!("CARGO_BIN_EXE_fluss-tiering"))
+        .args(["tier", "--cluster", &cluster.url(), "--warehouse"])
+        .arg(&warehouse)
+        .args(["--once", "--poll-interval", "100ms", "--max-tables", "1"])
+        .env(failpoint::ENV, format!("{point}:pause"))
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr.reopen().expect("reopen"))
+        .spawn()
+        .expect("start zombie");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !is_stopped(zombie.id()) {
+        assert!(std::time::Instant::now() < deadline, "the zombie never reached {point}");
+        assert!(zombie.try_wait().expect("wait").is_none(), "the zombie exited before {point}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // Its heartbeats stop; after the time-out another job gets the tables under new epochs.
+    produce_all(&client, &tables, 1500, 300).await;
+    assert_success(&tier(&cluster.url(), &warehouse, &["-w", "2"], &[]).await);
+
+    // SAFETY: sends SIGCONT to the child we started.
+    unsafe { libc::kill(zombie.id() as i32, libc::SIGCONT) };
+    let status = tokio::task::spawn_blocking(move || zombie.wait()).await.expect("join").expect("zombie wait");
+    let log = std::fs::read_to_string(stderr.path()).expect("zombie log");
+    assert!(status.success(), "the zombie ends cleanly after its round is refused:\n{log}");
+    for t in &tables {
+        let lake = read_lake(&warehouse, &t.path);
+        check_exactly_once(&lake, t, &end_offsets(&client, t).await, 1800);
+        let recorded = client.lake_snapshot(&t.path).await.expect("snapshot").expect("recorded");
+        assert_eq!(
+            Some(recorded.snapshot_id),
+            lake.current_snapshot_id,
+            "{}: the cluster agrees with the lake",
+            t.path
+        );
+    }
+    log
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zombie_lake_commit_is_refused_when_the_lake_moved() {
+    let log = zombie_resumes_after_takeover("before-lake-commit").await;
+    assert!(log.contains("the lake table moved"), "the zombie's commit was refused because the lake moved:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_job_cannot_commit_to_the_cluster() {
+    let log = zombie_resumes_after_takeover("after-lake-commit").await;
+    assert!(log.contains("is fenced"), "the zombie's cluster commit was refused under its stale epoch:\n{log}");
+}

@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::table::{ColumnType, TableDescriptor};
 use crate::error::{Error, ErrorKind, Result};
+use crate::failpoint;
 use crate::lake::{
     BUCKET_COLUMN, CommitMarker, LakeCommitter, LakeOptions, LakeTieringFactory, LakeWriter, OFFSET_COLUMN,
     TABLE_PROP_TABLE_ID, TIMESTAMP_COLUMN, TableContext, TieredSnapshot, WriterContext, WrittenData,
@@ -395,8 +396,21 @@ impl LakeCommitter for IcebergCommitter {
         latest_marker(&self.load().await?)
     }
 
-    async fn commit(&self, written: Vec<WrittenData>, marker: &CommitMarker) -> Result<i64> {
+    async fn commit(&self, written: Vec<WrittenData>, marker: &CommitMarker, base: Option<i64>) -> Result<i64> {
         let table = self.load().await?;
+        let latest = latest_marker(&table)?;
+        if latest.as_ref().map(|l| l.snapshot_id) != base {
+            let moved_to = latest.map(|l| format!("{} ({})", l.snapshot_id, l.marker.round_id));
+            return Err(Error::new(
+                ErrorKind::FencedTieringEpoch,
+                format!("the lake table moved from snapshot {base:?} to {moved_to:?} since the round was planned"),
+            ));
+        }
+        // From here on the commit is conditional on the table being exactly as just read.
+        let fenced = FencedCatalog {
+            inner: Arc::clone(&self.catalog),
+            expected_current: table.metadata().current_snapshot_id(),
+        };
         let files = Self::data_files(&table, &written)?;
         let tx = Transaction::new(&table);
         let action = tx
@@ -404,11 +418,17 @@ impl LakeCommitter for IcebergCommitter {
             .add_data_files(files)
             .set_snapshot_properties(marker.to_properties()?.into_iter().collect());
         let tx = action.apply(tx).map_err(lake_err("building the append"))?;
-        match tx.commit(self.catalog.as_ref()).await {
+        failpoint::hit("before-lake-commit");
+        match tx.commit(&fenced).await {
             Ok(committed) => committed
                 .metadata()
                 .current_snapshot_id()
                 .ok_or_else(|| Error::new(ErrorKind::Internal, "commit left no current snapshot")),
+            Err(e) if e.message().starts_with(MOVED) => Err(Error::new(
+                ErrorKind::FencedTieringEpoch,
+                format!("the lake table moved while committing to {}", self.table.path),
+            )
+            .with_source(e)),
             Err(commit_err) => {
                 // Ambiguous: the commit may have landed before the error. Only the lake can say.
                 match self.latest().await {
@@ -416,10 +436,14 @@ impl LakeCommitter for IcebergCommitter {
                         tracing::warn!(table = %self.table.path, error = %commit_err, "commit reported an error but landed");
                         Ok(s.snapshot_id)
                     }
-                    Ok(_) => Err(Error::new(ErrorKind::Lake, format!("committing to lake table {}", self.table.path)).with_source(commit_err)),
+                    Ok(_) => Err(Error::new(ErrorKind::Lake, format!("committing to lake table {}", self.table.path))
+                        .with_source(commit_err)),
                     Err(reload_err) => Err(Error::new(
                         ErrorKind::CommitOutcomeUnknown,
-                        format!("commit to lake table {} failed ({commit_err}) and the table cannot be reloaded to check it", self.table.path),
+                        format!(
+                            "commit to lake table {} failed ({commit_err}) and the table cannot be reloaded to check it",
+                            self.table.path
+                        ),
                     )
                     .with_source(reload_err)),
                 }
@@ -433,5 +457,83 @@ impl LakeCommitter for IcebergCommitter {
             table.file_io().delete(f.file_path()).await.map_err(lake_err(format!("deleting {}", f.file_path())))?;
         }
         Ok(())
+    }
+}
+
+const MOVED: &str = "fluss-tiering: the table moved";
+
+/// The SQL catalog, made to refuse a commit unless the table's current snapshot is still `expected_current`.
+///
+/// `Transaction::commit` reloads the table and re-applies the append on whatever it finds: that rebase is how a
+/// stale writer adds its files on top of another writer's commit. Checking here, in `update_table`, catches a
+/// rebase; a commit by someone else after this check fails the append's own requirement (main still at the snapshot
+/// the append was built on) in the catalog's compare-and-swap. Together the commit is conditional end to end.
+#[derive(Debug)]
+struct FencedCatalog {
+    inner: Arc<SqlCatalog>,
+    expected_current: Option<i64>,
+}
+
+#[async_trait]
+impl Catalog for FencedCatalog {
+    async fn list_namespaces(&self, parent: Option<&NamespaceIdent>) -> iceberg::Result<Vec<NamespaceIdent>> {
+        self.inner.list_namespaces(parent).await
+    }
+    async fn create_namespace(
+        &self,
+        namespace: &NamespaceIdent,
+        properties: HashMap<String, String>,
+    ) -> iceberg::Result<iceberg::Namespace> {
+        self.inner.create_namespace(namespace, properties).await
+    }
+    async fn get_namespace(&self, namespace: &NamespaceIdent) -> iceberg::Result<iceberg::Namespace> {
+        self.inner.get_namespace(namespace).await
+    }
+    async fn namespace_exists(&self, namespace: &NamespaceIdent) -> iceberg::Result<bool> {
+        self.inner.namespace_exists(namespace).await
+    }
+    async fn update_namespace(
+        &self,
+        namespace: &NamespaceIdent,
+        properties: HashMap<String, String>,
+    ) -> iceberg::Result<()> {
+        self.inner.update_namespace(namespace, properties).await
+    }
+    async fn drop_namespace(&self, namespace: &NamespaceIdent) -> iceberg::Result<()> {
+        self.inner.drop_namespace(namespace).await
+    }
+    async fn list_tables(&self, namespace: &NamespaceIdent) -> iceberg::Result<Vec<TableIdent>> {
+        self.inner.list_tables(namespace).await
+    }
+    async fn create_table(&self, namespace: &NamespaceIdent, creation: TableCreation) -> iceberg::Result<Table> {
+        self.inner.create_table(namespace, creation).await
+    }
+    async fn load_table(&self, table: &TableIdent) -> iceberg::Result<Table> {
+        self.inner.load_table(table).await
+    }
+    async fn drop_table(&self, table: &TableIdent) -> iceberg::Result<()> {
+        self.inner.drop_table(table).await
+    }
+    async fn purge_table(&self, table: &TableIdent) -> iceberg::Result<()> {
+        self.inner.purge_table(table).await
+    }
+    async fn table_exists(&self, table: &TableIdent) -> iceberg::Result<bool> {
+        self.inner.table_exists(table).await
+    }
+    async fn rename_table(&self, src: &TableIdent, dest: &TableIdent) -> iceberg::Result<()> {
+        self.inner.rename_table(src, dest).await
+    }
+    async fn register_table(&self, table: &TableIdent, metadata_location: String) -> iceberg::Result<Table> {
+        self.inner.register_table(table, metadata_location).await
+    }
+    async fn update_table(&self, commit: iceberg::TableCommit) -> iceberg::Result<Table> {
+        let current = self.inner.load_table(commit.identifier()).await?.metadata().current_snapshot_id();
+        if current != self.expected_current {
+            return Err(iceberg::Error::new(
+                iceberg::ErrorKind::CatalogCommitConflicts,
+                format!("{MOVED}: its current snapshot is {current:?}, not {:?}", self.expected_current),
+            ));
+        }
+        self.inner.update_table(commit).await
     }
 }

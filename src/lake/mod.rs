@@ -182,10 +182,11 @@ pub trait LakeCommitter: Send + Sync {
     /// The latest snapshot made by tiering, found by walking the history back from the current snapshot. Fails
     /// closed when the history is cut before a marker is found.
     async fn latest(&self) -> Result<Option<TieredSnapshot>>;
-    /// Commits the files in one snapshot carrying `marker`, in a single attempt that never rebases onto a table
-    /// that moved. After an ambiguous failure it looks for `marker` before answering. Returns the snapshot id; an
-    /// error of kind `CommitOutcomeUnknown` means the files may be live and must not be deleted.
-    async fn commit(&self, written: Vec<WrittenData>, marker: &CommitMarker) -> Result<i64>;
+    /// Commits the files in one snapshot carrying `marker`, if and only if the table's latest tiering snapshot is
+    /// still `base` and nothing was committed since (no retry that rebases onto a table that moved). After an
+    /// ambiguous failure it looks for `marker` before answering. Returns the snapshot id. Errors: the table moved
+    /// (`FencedTieringEpoch`, nothing committed), or `CommitOutcomeUnknown` (the files may be live: keep them).
+    async fn commit(&self, written: Vec<WrittenData>, marker: &CommitMarker, base: Option<i64>) -> Result<i64>;
     /// Deletes files that will never be committed.
     async fn abort(&self, written: Vec<WrittenData>) -> Result<()>;
 }

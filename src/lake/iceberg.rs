@@ -27,7 +27,7 @@ use iceberg::writer::file_writer::location_generator::{DefaultFileNameGenerator,
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
-use iceberg_catalog_sql::{SqlBindStyle, SqlCatalog, SqlCatalogBuilder};
+use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
@@ -50,7 +50,7 @@ fn lake_err(context: impl Into<String>) -> impl FnOnce(iceberg::Error) -> Error 
 
 /// The Iceberg format.
 pub struct IcebergFactory {
-    catalog: Arc<SqlCatalog>,
+    catalog: Arc<dyn Catalog>,
     options: LakeOptions,
 }
 
@@ -77,6 +77,16 @@ impl IcebergFactory {
             .await
             .map_err(lake_err(format!("opening the SQL catalog {db_path}")))?;
         Ok(IcebergFactory { catalog: Arc::new(catalog), options })
+    }
+
+    /// The SQL catalog of `warehouse` (as [`IcebergFactory::open`] opens it), for tools and tests that wrap it.
+    pub async fn open_catalog(warehouse: &Path) -> Result<Arc<dyn Catalog>> {
+        Ok(Self::open(warehouse, None, LakeOptions::default()).await?.catalog)
+    }
+
+    /// A factory over any Iceberg catalog (tests wrap the SQL catalog to inject faults).
+    pub fn with_catalog(catalog: Arc<dyn Catalog>, options: LakeOptions) -> Self {
+        IcebergFactory { catalog, options }
     }
 
     async fn load(&self, t: &TableContext) -> Result<Table> {
@@ -355,7 +365,7 @@ impl LakeWriter for IcebergLakeWriter {
 }
 
 struct IcebergCommitter {
-    catalog: Arc<SqlCatalog>,
+    catalog: Arc<dyn Catalog>,
     table: TableContext,
 }
 
@@ -419,16 +429,19 @@ impl LakeCommitter for IcebergCommitter {
             .set_snapshot_properties(marker.to_properties()?.into_iter().collect());
         let tx = action.apply(tx).map_err(lake_err("building the append"))?;
         failpoint::hit("before-lake-commit");
-        match tx.commit(&fenced).await {
+        match tx.commit(&fenced as &dyn Catalog).await {
             Ok(committed) => committed
                 .metadata()
                 .current_snapshot_id()
                 .ok_or_else(|| Error::new(ErrorKind::Internal, "commit left no current snapshot")),
-            Err(e) if e.message().starts_with(MOVED) => Err(Error::new(
-                ErrorKind::FencedTieringEpoch,
-                format!("the lake table moved while committing to {}", self.table.path),
-            )
-            .with_source(e)),
+            // Refused by the fence, or by the catalog's compare-and-swap: nothing was committed.
+            Err(e) if e.message().starts_with(MOVED) || e.kind() == iceberg::ErrorKind::CatalogCommitConflicts => {
+                Err(Error::new(
+                    ErrorKind::FencedTieringEpoch,
+                    format!("the lake table moved while committing to {}", self.table.path),
+                )
+                .with_source(e))
+            }
             Err(commit_err) => {
                 // Ambiguous: the commit may have landed before the error. Only the lake can say.
                 match self.latest().await {
@@ -470,7 +483,7 @@ const MOVED: &str = "fluss-tiering: the table moved";
 /// the append was built on) in the catalog's compare-and-swap. Together the commit is conditional end to end.
 #[derive(Debug)]
 struct FencedCatalog {
-    inner: Arc<SqlCatalog>,
+    inner: Arc<dyn Catalog>,
     expected_current: Option<i64>,
 }
 

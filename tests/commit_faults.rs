@@ -1,0 +1,227 @@
+//! The committer under catalog faults: lost replies, failed reloads, competing writers, expired history. Each case
+//! runs our committer, and where a naive protocol would go wrong, the naive protocol too, to show the difference.
+//! Lakes are read back with pyiceberg.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::faults::{Fault, FaultyCatalog};
+use common::{WORKLOAD, read_lake};
+use fluss_tiering::ErrorKind;
+use fluss_tiering::cluster::table::{TableDescriptor, TablePath, parse_schema};
+use fluss_tiering::lake::iceberg::IcebergFactory;
+use fluss_tiering::lake::{
+    BucketOffset, CommitMarker, LakeCommitter, LakeOptions, LakeTieringFactory, TableContext, WriterContext,
+    WrittenData, lake_schema, with_system_columns,
+};
+use iceberg::spec::{DataFile, deserialize_data_file_from_json};
+use iceberg::table::Table;
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use iceberg::{Catalog, NamespaceIdent, TableIdent};
+
+struct Lake {
+    _dir: tempfile::TempDir,
+    warehouse: std::path::PathBuf,
+    faulty: Arc<FaultyCatalog>,
+    factory: IcebergFactory,
+    table: TableContext,
+}
+
+async fn lake() -> Lake {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = dir.path().join("warehouse");
+    let inner = IcebergFactory::open_catalog(&warehouse).await.expect("catalog");
+    let faulty = FaultyCatalog::new(inner);
+    let factory = IcebergFactory::with_catalog(faulty.clone(), LakeOptions::default());
+    let descriptor = TableDescriptor {
+        columns: parse_schema("id:int64,name:string").expect("schema"),
+        buckets: 1,
+        partition_key: None,
+        primary_key: vec![],
+        properties: Default::default(),
+    };
+    let table = TableContext { table_id: 1, path: "db.t".parse::<TablePath>().expect("path"), descriptor };
+    assert!(factory.prepare_table(&table).await.expect("create").is_none());
+    Lake { _dir: dir, warehouse, faulty, factory, table }
+}
+
+impl Lake {
+    /// Lake files for rows `[from, to)` of bucket `bucket`.
+    async fn write(&self, from: u64, to: u64, bucket: i32) -> WrittenData {
+        let ctx = WriterContext {
+            partition_name: None,
+            bucket,
+            file_prefix: format!("test-{}", uuid::Uuid::new_v4().simple()),
+        };
+        let mut writer = self.factory.create_writer(&self.table, ctx).await.expect("writer");
+        let ids: Vec<u64> = (from..to).collect();
+        let batch = WORKLOAD.batch(&self.table.descriptor, &ids).expect("rows");
+        let schema = lake_schema(&self.table.descriptor);
+        writer
+            .write(with_system_columns(&schema, &batch, bucket, from as i64, 0).expect("system columns"))
+            .await
+            .expect("write");
+        writer.complete().await.expect("complete")
+    }
+
+    async fn committer(&self) -> Box<dyn LakeCommitter> {
+        self.factory.create_committer(&self.table).await.expect("committer")
+    }
+
+    /// A committer straight on the SQL catalog, as a second job would have.
+    async fn other_committer(&self) -> Box<dyn LakeCommitter> {
+        IcebergFactory::with_catalog(self.faulty.inner.clone(), LakeOptions::default())
+            .create_committer(&self.table)
+            .await
+            .expect("committer")
+    }
+
+    fn rows(&self) -> usize {
+        read_lake(&self.warehouse, &self.table.path).rows.num_rows()
+    }
+
+    async fn iceberg_table(&self) -> Table {
+        let ident = TableIdent::new(NamespaceIdent::new("db".into()), "t".into());
+        self.faulty.inner.load_table(&ident).await.expect("load")
+    }
+}
+
+fn marker(round: &str, end: i64) -> CommitMarker {
+    CommitMarker {
+        round_id: round.into(),
+        table_id: 1,
+        tiering_epoch: 1,
+        offsets: vec![BucketOffset { partition_id: None, partition_name: None, bucket: 0, offset: end }],
+    }
+}
+
+/// The data files inside a write result (what a committer that bypasses ours would append).
+fn data_files(table: &Table, written: &WrittenData) -> Vec<DataFile> {
+    let v: serde_json::Value = serde_json::from_slice(&written.payload).expect("payload");
+    let spec_id = v["spec_id"].as_i64().expect("spec id") as i32;
+    let schema = table.metadata().current_schema();
+    let partition_type = table.metadata().default_partition_spec().partition_type(schema).expect("partition type");
+    v["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|f| {
+            deserialize_data_file_from_json(f.as_str().expect("json"), spec_id, &partition_type, schema).expect("file")
+        })
+        .collect()
+}
+
+/// iceberg-rust's own append: reload, re-apply on whatever is there, commit. No marker, no condition.
+async fn plain_append(catalog: &dyn Catalog, table: Table, files: Vec<DataFile>) -> iceberg::Result<Table> {
+    let tx = Transaction::new(&table);
+    let tx = tx.fast_append().add_data_files(files).apply(tx)?;
+    tx.commit(catalog).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_reply_is_recognized_not_repeated() {
+    let l = lake().await;
+    let committer = l.committer().await;
+    l.faulty.script(Fault::LostReply);
+    let id = committer.commit(vec![l.write(0, 100, 0).await], &marker("r1", 100), None).await.expect("landed");
+    let latest = committer.latest().await.expect("latest").expect("a marker");
+    assert_eq!((latest.snapshot_id, latest.marker.round_id.as_str()), (id, "r1"));
+    assert_eq!(l.faulty.injected().get(&Fault::LostReply), Some(&1));
+    assert_eq!(l.rows(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_outcome_keeps_files_and_recovery_finds_the_commit_where_a_naive_retry_duplicates() {
+    // Ours: the reply is lost and the reload that would tell fails too: the outcome is unknown, nothing is retried,
+    // and the next round, planned from the lake, finds the commit and has nothing left to write.
+    let l = lake().await;
+    let committer = l.committer().await;
+    l.faulty.script(Fault::LostReply);
+    l.faulty.script(Fault::ReloadFails);
+    let err = committer.commit(vec![l.write(0, 100, 0).await], &marker("r1", 100), None).await.expect_err("unknown");
+    assert_eq!(err.kind(), ErrorKind::CommitOutcomeUnknown);
+    let recovered = committer.latest().await.expect("latest").expect("landed");
+    assert_eq!(recovered.marker.offset_map().values().copied().collect::<Vec<_>>(), vec![100]);
+    assert_eq!(l.rows(), 100);
+
+    // Naive: after the error, retry the round from the job's own view of the offsets (as Fluss does from the
+    // cluster's), writing the rows again and committing them on top of whatever the table holds now. (Re-adding the
+    // very same files would be caught by iceberg-rust's duplicate-file check; rewritten rows are not.)
+    let n = lake().await;
+    let committer = n.committer().await;
+    n.faulty.script(Fault::LostReply);
+    n.faulty.script(Fault::ReloadFails);
+    assert!(committer.commit(vec![n.write(0, 100, 0).await], &marker("r1", 100), None).await.is_err());
+    let now = committer.latest().await.expect("latest").map(|s| s.snapshot_id);
+    let rewritten = n.write(0, 100, 0).await;
+    committer.commit(vec![rewritten], &marker("r1-retry", 100), now).await.expect("the naive retry commits");
+    assert_eq!(n.rows(), 200, "the naive retry duplicates every row");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_reload_before_the_commit_commits_nothing() {
+    let l = lake().await;
+    let committer = l.committer().await;
+    let written = l.write(0, 100, 0).await;
+    l.faulty.script(Fault::ReloadFails);
+    let err = committer.commit(vec![written.clone()], &marker("r1", 100), None).await.expect_err("reload fails");
+    assert_ne!(err.kind(), ErrorKind::CommitOutcomeUnknown, "nothing was sent: the outcome is known");
+    assert!(committer.latest().await.expect("latest").is_none());
+    committer.commit(vec![written], &marker("r2", 100), None).await.expect("the next attempt commits");
+    assert_eq!(l.rows(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_competing_tiering_commit_between_reload_and_commit_is_not_duplicated() {
+    // Another job (one that took the table over) commits the same rows while ours is about to.
+    let l = lake().await;
+    let ours = l.write(0, 100, 0).await;
+    let theirs = l.write(0, 100, 0).await;
+    let other = l.other_committer().await;
+    l.faulty.compete(Box::new(move || {
+        Box::pin(async move {
+            other.commit(vec![theirs], &marker("theirs", 100), None).await.expect("the other job commits");
+        })
+    }));
+    let committer = l.committer().await;
+    let err = committer.commit(vec![ours.clone()], &marker("ours", 100), None).await.expect_err("refused");
+    assert_eq!(err.kind(), ErrorKind::FencedTieringEpoch);
+    committer.abort(vec![ours]).await.expect("our files are deleted");
+    assert_eq!(committer.latest().await.expect("latest").expect("marker").marker.round_id, "theirs");
+    assert_eq!(l.rows(), 100);
+
+    // Naive: iceberg-rust's own commit. The append is built on the table as read before the other job's commit;
+    // `Transaction::commit` reloads, finds the table moved, re-applies the append on top and commits.
+    let n = lake().await;
+    let ours = n.write(0, 100, 0).await;
+    let theirs = n.write(0, 100, 0).await;
+    let table = n.iceberg_table().await;
+    let files = data_files(&table, &ours);
+    n.other_committer().await.commit(vec![theirs], &marker("theirs", 100), None).await.expect("the other job commits");
+    plain_append(n.faulty.inner.as_ref(), table, files).await.expect("the naive append rebases and commits");
+    assert_eq!(n.rows(), 200, "the rebased append duplicates every row");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_marker_is_found_below_foreign_snapshots_and_its_expiry_fails_closed() {
+    let l = lake().await;
+    let committer = l.committer().await;
+    let first = committer.commit(vec![l.write(0, 100, 0).await], &marker("r1", 100), None).await.expect("commit");
+    // Someone else appends rows of their own (bucket -1) on top: the newest snapshot carries no marker.
+    let foreign = l.write(5000, 5010, -1).await;
+    let table = l.iceberg_table().await;
+    let files = data_files(&table, &foreign);
+    plain_append(l.faulty.inner.as_ref(), table, files).await.expect("foreign append");
+    let latest = committer.latest().await.expect("latest").expect("found by walking back");
+    assert_eq!(latest.snapshot_id, first);
+
+    // Retention removes the snapshot with the marker: recovery refuses to guess.
+    let table = l.iceberg_table().await;
+    let tx = Transaction::new(&table);
+    let tx = tx.expire_snapshots().expire_snapshot_ids([first]).apply(tx).expect("expire");
+    tx.commit(l.faulty.inner.as_ref()).await.expect("expired");
+    let err = committer.latest().await.expect_err("fails closed");
+    assert_eq!(err.kind(), ErrorKind::Lake);
+    assert!(err.to_string().contains("expired"), "{err}");
+}

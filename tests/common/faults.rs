@@ -1,0 +1,181 @@
+//! A fault-injecting Iceberg catalog: wraps the SQL catalog and, on command or at random, loses the reply of a commit
+//! that landed, fails a reload, lets a competing writer in just before a commit, or slows a commit down.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use iceberg::table::Table;
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use iceberg::{Catalog, Namespace, NamespaceIdent, Result, TableCommit, TableCreation, TableIdent};
+
+/// What can go wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fault {
+    /// The commit lands, but the caller gets an error.
+    LostReply,
+    /// The next table load fails.
+    ReloadFails,
+    /// Another writer changes the table (metadata only) right before the commit.
+    CompetingMetadataChange,
+    /// The commit takes a while.
+    Slow,
+}
+
+/// A competing commit run right before the next commit.
+pub type Competitor = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+#[derive(Default)]
+struct State {
+    /// Faults to inject, in order, at the next commit (or load, for `ReloadFails`).
+    scripted: VecDeque<Fault>,
+    /// Seeded random faults: `(rng state, probability in 1/1000)`.
+    random: Option<(u64, u64)>,
+    competitor: Option<Competitor>,
+    injected: BTreeMap<Fault, u64>,
+}
+
+pub struct FaultyCatalog {
+    pub inner: Arc<dyn Catalog>,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for FaultyCatalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FaultyCatalog")
+    }
+}
+
+fn injected(message: &str) -> iceberg::Error {
+    iceberg::Error::new(iceberg::ErrorKind::Unexpected, format!("injected fault: {message}"))
+}
+
+impl FaultyCatalog {
+    pub fn new(inner: Arc<dyn Catalog>) -> Arc<Self> {
+        Arc::new(FaultyCatalog { inner, state: Mutex::new(State::default()) })
+    }
+
+    pub fn script(&self, fault: Fault) {
+        self.state.lock().expect("lock").scripted.push_back(fault);
+    }
+
+    /// Runs `competitor` right before the next commit reaches the catalog.
+    pub fn compete(&self, competitor: Competitor) {
+        self.state.lock().expect("lock").competitor = Some(competitor);
+    }
+
+    /// Injects a random fault at each commit and load with `per_mille` / 1000 probability, from `seed`.
+    pub fn randomize(&self, seed: u64, per_mille: u64) {
+        self.state.lock().expect("lock").random = Some((seed | 1, per_mille));
+    }
+
+    pub fn calm(&self) {
+        let mut s = self.state.lock().expect("lock");
+        s.random = None;
+        s.scripted.clear();
+    }
+
+    pub fn injected(&self) -> BTreeMap<Fault, u64> {
+        self.state.lock().expect("lock").injected.clone()
+    }
+
+    /// The next fault for an operation that can suffer `allowed`.
+    fn next(&self, allowed: &[Fault]) -> Option<Fault> {
+        let mut s = self.state.lock().expect("lock");
+        let fault = if s.scripted.front().is_some_and(|f| allowed.contains(f)) {
+            s.scripted.pop_front()
+        } else if let Some((rng, per_mille)) = &mut s.random {
+            *rng ^= *rng << 13;
+            *rng ^= *rng >> 7;
+            *rng ^= *rng << 17;
+            let roll = *rng % 1000;
+            let pick = (*rng >> 20) as usize % allowed.len();
+            (roll < *per_mille).then(|| allowed[pick])
+        } else {
+            None
+        };
+        if let Some(f) = fault {
+            *s.injected.entry(f).or_default() += 1;
+        }
+        fault
+    }
+}
+
+#[async_trait]
+impl Catalog for FaultyCatalog {
+    async fn list_namespaces(&self, parent: Option<&NamespaceIdent>) -> Result<Vec<NamespaceIdent>> {
+        self.inner.list_namespaces(parent).await
+    }
+    async fn create_namespace(&self, n: &NamespaceIdent, p: HashMap<String, String>) -> Result<Namespace> {
+        self.inner.create_namespace(n, p).await
+    }
+    async fn get_namespace(&self, n: &NamespaceIdent) -> Result<Namespace> {
+        self.inner.get_namespace(n).await
+    }
+    async fn namespace_exists(&self, n: &NamespaceIdent) -> Result<bool> {
+        self.inner.namespace_exists(n).await
+    }
+    async fn update_namespace(&self, n: &NamespaceIdent, p: HashMap<String, String>) -> Result<()> {
+        self.inner.update_namespace(n, p).await
+    }
+    async fn drop_namespace(&self, n: &NamespaceIdent) -> Result<()> {
+        self.inner.drop_namespace(n).await
+    }
+    async fn list_tables(&self, n: &NamespaceIdent) -> Result<Vec<TableIdent>> {
+        self.inner.list_tables(n).await
+    }
+    async fn create_table(&self, n: &NamespaceIdent, c: TableCreation) -> Result<Table> {
+        self.inner.create_table(n, c).await
+    }
+    async fn load_table(&self, t: &TableIdent) -> Result<Table> {
+        if self.next(&[Fault::ReloadFails]).is_some() {
+            return Err(injected("reload fails"));
+        }
+        self.inner.load_table(t).await
+    }
+    async fn drop_table(&self, t: &TableIdent) -> Result<()> {
+        self.inner.drop_table(t).await
+    }
+    async fn purge_table(&self, t: &TableIdent) -> Result<()> {
+        self.inner.purge_table(t).await
+    }
+    async fn table_exists(&self, t: &TableIdent) -> Result<bool> {
+        self.inner.table_exists(t).await
+    }
+    async fn rename_table(&self, s: &TableIdent, d: &TableIdent) -> Result<()> {
+        self.inner.rename_table(s, d).await
+    }
+    async fn register_table(&self, t: &TableIdent, l: String) -> Result<Table> {
+        self.inner.register_table(t, l).await
+    }
+    async fn update_table(&self, commit: TableCommit) -> Result<Table> {
+        let competitor = self.state.lock().expect("lock").competitor.take();
+        if let Some(compete) = competitor {
+            compete().await;
+        }
+        match self.next(&[Fault::LostReply, Fault::CompetingMetadataChange, Fault::Slow]) {
+            Some(Fault::LostReply) => {
+                self.inner.update_table(commit).await?;
+                Err(injected("the commit landed but its reply was lost"))
+            }
+            Some(Fault::CompetingMetadataChange) => {
+                let table = self.inner.load_table(commit.identifier()).await?;
+                let tx = Transaction::new(&table);
+                let tx = tx
+                    .update_table_properties()
+                    .set("competitor".into(), uuid::Uuid::new_v4().to_string())
+                    .apply(tx)?;
+                tx.commit(self.inner.as_ref()).await?;
+                self.inner.update_table(commit).await
+            }
+            Some(Fault::Slow) => {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                self.inner.update_table(commit).await
+            }
+            _ => self.inner.update_table(commit).await,
+        }
+    }
+}

@@ -225,3 +225,91 @@ async fn the_marker_is_found_below_foreign_snapshots_and_its_expiry_fails_closed
     assert_eq!(err.kind(), ErrorKind::Lake);
     assert!(err.to_string().contains("expired"), "{err}");
 }
+
+/// Many rounds of the real job over the 3-table mix, with faults drawn at random at every catalog commit and load,
+/// then the oracle: pyiceberg sees every produced row exactly once. `FLUSS_TIERING_FAULT_SEED` replays a run,
+/// `FLUSS_TIERING_FAULT_ROUNDS` (default 200) makes it longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn randomized_rounds_under_faults_stay_exactly_once() {
+    use fluss_tiering::dataflows::{self, JobContext, TierConfig};
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+
+    let seed: u64 = std::env::var("FLUSS_TIERING_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+    });
+    let rounds: u64 = std::env::var("FLUSS_TIERING_FAULT_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
+    println!("fault seed {seed} (replay with FLUSS_TIERING_FAULT_SEED={seed}), {rounds} rounds");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = dir.path().join("warehouse");
+    let (cluster, client) = common::start_cluster(&dir.path().join("cluster")).await;
+    let tables = common::create_tables(&client).await;
+    let inner = IcebergFactory::open_catalog(&warehouse).await.expect("catalog");
+    let faulty = FaultyCatalog::new(inner);
+    faulty.randomize(seed, 20, 400);
+
+    let (ctx_tx, ctx_rx) = std::sync::mpsc::channel();
+    let (url, lake_catalog) = (cluster.url(), faulty.clone());
+    let job = std::thread::spawn(move || {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let client = runtime.block_on(fluss_tiering::rpc::ClusterClient::connect(&url)).expect("connect");
+        let lake = Arc::new(IcebergFactory::with_catalog(lake_catalog, LakeOptions { target_file_size: 65536 }));
+        let config =
+            TierConfig { poll_interval: Duration::from_millis(50), max_tables_in_flight: 3, ..TierConfig::default() };
+        let ctx = Arc::new(JobContext::new(runtime.handle().clone(), client, lake, config));
+        ctx_tx.send(Arc::clone(&ctx)).expect("send");
+        dataflows::run(timely::Config::process(2), ctx)
+    });
+    let ctx = ctx_rx.recv().expect("job context");
+
+    let mut produced = 0u64;
+    let started = Instant::now();
+    while ctx.metrics.rounds_committed.load(Ordering::Relaxed) + ctx.metrics.rounds_failed.load(Ordering::Relaxed)
+        < rounds
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "seed {seed}: {rounds} rounds did not happen in 10 minutes"
+        );
+        common::produce_all(&client, &tables, produced, 40).await;
+        produced += 40;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let injected = faulty.injected();
+    faulty.calm();
+
+    // Without faults the job catches up: the cluster's record of the lake reaches every end offset.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for t in &tables {
+        loop {
+            let ends: i64 = common::end_offsets(&client, t).await.values().sum();
+            let tiered: i64 = client
+                .lake_snapshot(&t.path)
+                .await
+                .expect("snapshot")
+                .map(|s| s.bucket_snapshots.iter().filter_map(|b| b.log_offset).sum())
+                .unwrap_or(0);
+            if tiered == ends {
+                break;
+            }
+            assert!(Instant::now() < deadline, "seed {seed}: {} did not catch up ({tiered} of {ends})", t.path);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    ctx.request_shutdown();
+    tokio::task::spawn_blocking(move || job.join()).await.expect("join").expect("job thread").expect("job");
+
+    println!(
+        "seed {seed}: {} rounds committed, {} failed, faults injected: {injected:?}",
+        ctx.metrics.rounds_committed.load(Ordering::Relaxed),
+        ctx.metrics.rounds_failed.load(Ordering::Relaxed)
+    );
+    assert!(injected.get(&Fault::LostReply).copied().unwrap_or(0) > 0, "seed {seed}: no lost reply was injected");
+    assert!(injected.get(&Fault::ReloadFails).copied().unwrap_or(0) > 0, "seed {seed}: no failed reload was injected");
+    for t in &tables {
+        let lake = read_lake(&warehouse, &t.path);
+        common::check_exactly_once(&lake, t, &common::end_offsets(&client, t).await, produced);
+    }
+}

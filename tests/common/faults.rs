@@ -32,8 +32,8 @@ pub type Competitor = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send
 struct State {
     /// Faults to inject, in order, at the next commit (or load, for `ReloadFails`).
     scripted: VecDeque<Fault>,
-    /// Seeded random faults: `(rng state, probability in 1/1000)`.
-    random: Option<(u64, u64)>,
+    /// Seeded random faults: `(rng state, probability per load, probability per commit)`, in 1/1000.
+    random: Option<(u64, u64, u64)>,
     competitor: Option<Competitor>,
     injected: BTreeMap<Fault, u64>,
 }
@@ -67,9 +67,10 @@ impl FaultyCatalog {
         self.state.lock().expect("lock").competitor = Some(competitor);
     }
 
-    /// Injects a random fault at each commit and load with `per_mille` / 1000 probability, from `seed`.
-    pub fn randomize(&self, seed: u64, per_mille: u64) {
-        self.state.lock().expect("lock").random = Some((seed | 1, per_mille));
+    /// Injects random faults from `seed`: at each load with `load_per_mille` / 1000 probability, at each commit
+    /// with `commit_per_mille` / 1000.
+    pub fn randomize(&self, seed: u64, load_per_mille: u64, commit_per_mille: u64) {
+        self.state.lock().expect("lock").random = Some((seed | 1, load_per_mille, commit_per_mille));
     }
 
     pub fn calm(&self) {
@@ -87,13 +88,14 @@ impl FaultyCatalog {
         let mut s = self.state.lock().expect("lock");
         let fault = if s.scripted.front().is_some_and(|f| allowed.contains(f)) {
             s.scripted.pop_front()
-        } else if let Some((rng, per_mille)) = &mut s.random {
+        } else if let Some((rng, load, commit)) = &mut s.random {
+            let per_mille = if allowed.contains(&Fault::ReloadFails) { *load } else { *commit };
             *rng ^= *rng << 13;
             *rng ^= *rng >> 7;
             *rng ^= *rng << 17;
             let roll = *rng % 1000;
             let pick = (*rng >> 20) as usize % allowed.len();
-            (roll < *per_mille).then(|| allowed[pick])
+            (roll < per_mille).then(|| allowed[pick])
         } else {
             None
         };

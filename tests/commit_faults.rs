@@ -215,6 +215,10 @@ async fn the_marker_is_found_below_foreign_snapshots_and_its_expiry_fails_closed
     plain_append(l.faulty.inner.as_ref(), table, files).await.expect("foreign append");
     let latest = committer.latest().await.expect("latest").expect("found by walking back");
     assert_eq!(latest.snapshot_id, first);
+    // A committer that only looks at the newest snapshot finds no offsets there, and would tier everything again.
+    let newest = read_lake(&l.warehouse, &l.table.path);
+    assert!(!newest.properties.contains_key("fluss-offsets"), "the newest snapshot carries no marker");
+    assert_ne!(newest.current_snapshot_id, Some(first));
 
     // Retention removes the snapshot with the marker: recovery refuses to guess.
     let table = l.iceberg_table().await;

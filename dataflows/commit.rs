@@ -152,8 +152,6 @@ async fn try_commit(ctx: &JobContext, plan: &RoundPlan, results: Vec<WriteResult
 struct Gathered {
     written: Vec<WrittenData>,
     stats: RoundStats,
-    /// Where this round left each bucket it read: `(partition name, end offset, max timestamp)`.
-    new_offsets: BTreeMap<TableBucket, (Option<String>, i64, Option<i64>)>,
     /// Why the round cannot be committed, if it cannot.
     problem: Option<String>,
 }
@@ -172,15 +170,12 @@ fn gather(plan: &RoundPlan, results: Vec<WriteResult>) -> Gathered {
             plan.splits
         ));
     }
-    let mut g = Gathered { written: Vec::new(), stats: RoundStats::default(), new_offsets: BTreeMap::new(), problem };
-    for r in results {
-        g.new_offsets.insert(r.bucket, (r.partition_name.clone(), r.end_offset, r.max_timestamp));
-        if let Ok(w) = r.written {
-            g.stats.rows += w.rows;
-            g.stats.files += w.files;
-            g.stats.file_bytes += w.file_bytes;
-            g.written.push(w);
-        }
+    let mut g = Gathered { written: Vec::new(), stats: RoundStats::default(), problem };
+    for w in results.into_iter().filter_map(|r| r.written.ok()) {
+        g.stats.rows += w.rows;
+        g.stats.files += w.files;
+        g.stats.file_bytes += w.file_bytes;
+        g.written.push(w);
     }
     g
 }
@@ -198,16 +193,8 @@ async fn lake_commit(committer: &dyn LakeCommitter, plan: &RoundPlan, g: Gathere
         .flat_map(|b| b.marker.offsets.iter())
         .map(|o| (TableBucket { partition_id: o.partition_id, bucket: o.bucket }, o.clone()))
         .collect();
-    for (bucket, (partition_name, offset, _)) in &g.new_offsets {
-        merged.insert(
-            *bucket,
-            BucketOffset {
-                partition_id: bucket.partition_id,
-                partition_name: partition_name.clone(),
-                bucket: bucket.bucket,
-                offset: *offset,
-            },
-        );
+    for b in &plan.buckets {
+        merged.insert(TableBucket { partition_id: b.partition_id, bucket: b.bucket }, b.clone());
     }
     let marker = CommitMarker {
         round_id: plan.round_id.clone(),

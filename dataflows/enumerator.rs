@@ -32,7 +32,7 @@ use crate::rpc::proto::{self, LakeTieringHeartbeatRequest, LakeTieringHeartbeatR
 
 use super::JobContext;
 use super::bridge::Tasks;
-use super::split_generator::{Planned, plan_round};
+use super::split_generator::{Planned, RoundRequest, plan_round};
 use super::types::{RoundOutcome, RoundPlan, Split};
 
 /// A table this job holds: assigned, and not yet reported finished or failed.
@@ -270,15 +270,16 @@ impl Enumerator {
         let ctx = Arc::clone(&self.ctx);
         let (table_id, epoch) = (table.table_id, table.tiering_epoch);
         self.tasks.spawn(async move {
-            let planned = plan_round(
-                &ctx.client,
-                ctx.lake.as_ref(),
-                (table_id, path, epoch),
+            let request = RoundRequest {
+                table_id,
+                path,
+                tiering_epoch: epoch,
                 coordinator_epoch,
                 round_id,
-                time * 7919,
-            )
-            .await;
+                route_base: time * 7919,
+                split_rows: ctx.config.split_rows,
+            };
+            let planned = plan_round(&ctx.client, ctx.lake.as_ref(), request).await;
             Event::Planned { table_id, time, planned }
         });
     }

@@ -48,6 +48,8 @@ pub struct TierConfig {
     pub max_splits_in_flight: usize,
     /// Bytes per fetch request.
     pub fetch_max_bytes: i32,
+    /// A bucket's new range is cut into splits of at most this many offsets.
+    pub split_rows: u64,
     /// `--once`: consecutive failed rounds of one table before the job gives up.
     pub max_round_failures: u32,
     /// `--once`: consecutive failed heartbeats before the job gives up.
@@ -62,6 +64,7 @@ impl Default for TierConfig {
             max_tables_in_flight: 2,
             max_splits_in_flight: 2,
             fetch_max_bytes: 8 << 20,
+            split_rows: 1_000_000,
             max_round_failures: 5,
             max_rpc_failures: 60,
         }

@@ -87,30 +87,19 @@ pub fn read_write<'scope>(
 async fn tier_split(ctx: &JobContext, split: Split, worker: usize) -> WriteResult {
     let started = std::time::Instant::now();
     let outcome = write_split(ctx, &split, worker).await;
-    if let Ok((w, _)) = &outcome {
+    if let Ok(w) = &outcome {
         ctx.metrics.add_split(w.rows, w.files, w.file_bytes);
         tracing::debug!(table = %split.table.path, bucket = ?split.bucket, rows = w.rows,
             ms = started.elapsed().as_millis() as u64, "split written");
     }
-    let (written, max_timestamp) = match outcome {
-        Ok((w, ts)) => (Ok(w), ts),
-        Err(e) => {
-            tracing::warn!(table = %split.table.path, bucket = ?split.bucket, error = %e, "split failed");
-            (Err(e.to_string()), None)
-        }
-    };
-    WriteResult {
-        round_id: split.round_id,
-        index: split.index,
-        partition_name: split.partition_name,
-        bucket: split.bucket,
-        end_offset: split.stop,
-        max_timestamp,
-        written,
-    }
+    let written = outcome.map_err(|e| {
+        tracing::warn!(table = %split.table.path, bucket = ?split.bucket, error = %e, "split failed");
+        e.to_string()
+    });
+    WriteResult { round_id: split.round_id, index: split.index, bucket: split.bucket, written }
 }
 
-async fn write_split(ctx: &JobContext, split: &Split, worker: usize) -> Result<(WrittenData, Option<i64>)> {
+async fn write_split(ctx: &JobContext, split: &Split, worker: usize) -> Result<WrittenData> {
     let writer_ctx = WriterContext {
         partition_name: split.partition_name.clone(),
         bucket: split.bucket.bucket,
@@ -120,20 +109,18 @@ async fn write_split(ctx: &JobContext, split: &Split, worker: usize) -> Result<(
     let schema = lake_schema(&split.table.descriptor);
     let (tx, mut rx) = tokio::sync::mpsc::channel(2);
     let fetcher = tokio::spawn(fetch_range(ctx.client.clone(), split.clone(), ctx.config.fetch_max_bytes, tx));
-    let mut max_timestamp: Option<i64> = None;
     let mut batches = 0u64;
     while let Some(item) = rx.recv().await {
         let (batch, first_offset, timestamp) = item?;
         let batch = with_system_columns(&schema, &batch, split.bucket.bucket, first_offset, timestamp)?;
         writer.write(batch).await?;
-        max_timestamp = max_timestamp.max(Some(timestamp));
         batches += 1;
         if batches == 1 {
             failpoint::hit("mid-split");
         }
     }
     fetcher.await.map_err(|e| Error::new(ErrorKind::Internal, format!("fetch task failed: {e}")))??;
-    Ok((writer.complete().await?, max_timestamp))
+    writer.complete().await
 }
 
 /// A decoded batch of a split: the rows, the offset of the first, the append time.

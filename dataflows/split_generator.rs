@@ -1,8 +1,10 @@
 //! Split generation: the lake's tiered offsets against the buckets' current offsets.
 //!
 //! For each bucket (of each partition): `start` = the lake's offset for it, or the log start when the lake has
-//! never seen it; `stop` = the high watermark now. `start < stop` gives one split `[start, stop)`; anything else gives
-//! none. Data that arrives later belongs to the next round.
+//! never seen it; `stop` = the high watermark now. `start < stop` gives the range `[start, stop)`; anything else gives
+//! none. Data that arrives later belongs to the next round. A range longer than `split_rows` is cut into contiguous
+//! sub-ranges, each its own split, so one busy bucket keeps several workers busy; the round still commits them all in
+//! one snapshot.
 
 use std::collections::BTreeMap;
 
@@ -62,16 +64,38 @@ pub struct Planned {
     pub cluster_behind: bool,
 }
 
-/// Plans one round of `table_id` under `tiering_epoch`: prepares the lake table, reads offsets, cuts splits.
+/// Cuts `[start, stop)` into contiguous pieces of at most `split_rows` offsets.
+pub fn cut(start: i64, stop: i64, split_rows: u64) -> Vec<(i64, i64)> {
+    let step = split_rows.clamp(1, i64::MAX as u64) as i64;
+    let mut pieces = Vec::new();
+    let mut lo = start;
+    while lo < stop {
+        let hi = stop.min(lo.saturating_add(step));
+        pieces.push((lo, hi));
+        lo = hi;
+    }
+    pieces
+}
+
+/// Who plans a round, and how.
+pub struct RoundRequest {
+    pub table_id: i64,
+    pub path: crate::cluster::table::TablePath,
+    pub tiering_epoch: i64,
+    pub coordinator_epoch: i32,
+    pub round_id: String,
+    /// Routing key of the round's first split (later splits take the next keys).
+    pub route_base: u64,
+    pub split_rows: u64,
+}
+
+/// Plans one round: reads offsets, prepares the lake table (unless the table never had data), cuts splits.
 pub async fn plan_round(
     client: &ClusterClient,
     lake: &dyn crate::lake::LakeTieringFactory,
-    assignment: (i64, crate::cluster::table::TablePath, i64),
-    coordinator_epoch: i32,
-    round_id: String,
-    route_base: u64,
+    req: RoundRequest,
 ) -> Result<Planned> {
-    let (table_id, path, tiering_epoch) = assignment;
+    let RoundRequest { table_id, path, tiering_epoch, coordinator_epoch, round_id, route_base, split_rows } = req;
     let (current_id, descriptor) = client.table_info(&path).await?;
     if current_id != table_id {
         return Err(Error::new(
@@ -80,10 +104,6 @@ pub async fn plan_round(
         ));
     }
     let table = TableContext { table_id, path: path.clone(), descriptor };
-    let base: Option<TieredSnapshot> = lake.prepare_table(&table).await?;
-    let cluster_snapshot = client.lake_snapshot(&path).await?.map(|s| s.snapshot_id);
-    let lake_offsets = base.as_ref().map(|b| b.marker.offset_map()).unwrap_or_default();
-
     let partitions: Vec<(Option<i64>, Option<String>)> = if table.descriptor.is_partitioned() {
         client.list_partitions(&path).await?.into_iter().map(|(id, name)| (Some(id), Some(name))).collect()
     } else {
@@ -103,18 +123,28 @@ pub async fn plan_round(
             });
         }
     }
+    // A table that never had a record costs nothing more: no lake table, no lake reads.
+    if states.iter().all(|b| b.high_watermark == 0) {
+        let plan =
+            RoundPlan { table, tiering_epoch, coordinator_epoch, round_id, splits: 0, base: None, buckets: vec![] };
+        return Ok(Planned { plan, splits: vec![], cluster_behind: false });
+    }
+    let base: Option<TieredSnapshot> = lake.prepare_table(&table).await?;
+    let cluster_snapshot = client.lake_snapshot(&path).await?.map(|s| s.snapshot_id);
+    let lake_offsets = base.as_ref().map(|b| b.marker.offset_map()).unwrap_or_default();
     let ranges = ranges(&states, &lake_offsets)?;
     let splits: Vec<Split> = ranges
         .iter()
+        .flat_map(|(b, start, stop)| cut(*start, *stop, split_rows).into_iter().map(move |piece| (b, piece)))
         .enumerate()
-        .map(|(i, (b, start, stop))| Split {
+        .map(|(i, (b, (start, stop)))| Split {
             table: table.clone(),
             round_id: round_id.clone(),
             index: i as u32,
             partition_name: b.partition_name.clone(),
             bucket: b.bucket,
-            start: *start,
-            stop: *stop,
+            start,
+            stop,
             route: route_base + i as u64,
         })
         .collect();
@@ -178,6 +208,21 @@ mod tests {
             let got: Vec<(i32, i64, i64)> = got.iter().map(|(b, s, e)| (b.bucket.bucket, *s, *e)).collect();
             assert_eq!(got, expected);
         }
+    }
+
+    #[test]
+    fn cuts_cover_the_range_exactly() {
+        for (start, stop, rows) in [(0, 10, 3), (5, 6, 1), (0, 1_000_000, 1_000_000), (7, 7, 4), (3, 100, 1000)] {
+            let pieces = cut(start, stop, rows);
+            let mut next = start;
+            for (lo, hi) in &pieces {
+                assert_eq!(*lo, next, "contiguous");
+                assert!(hi > lo && (hi - lo) as u64 <= rows, "non-empty and at most {rows}");
+                next = *hi;
+            }
+            assert_eq!(next, stop.max(start), "covers [{start}, {stop})");
+        }
+        assert_eq!(cut(0, 10, 3).len(), 4);
     }
 
     #[test]

@@ -19,17 +19,12 @@ pub struct Split {
     pub route: u64,
 }
 
-/// The outcome of one split: files written (not yet visible) and how far the bucket got.
+/// The outcome of one split: files written (not yet visible), or why it failed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WriteResult {
     pub round_id: String,
     pub index: u32,
-    pub partition_name: Option<String>,
     pub bucket: TableBucket,
-    /// The split's stop offset: every offset below it is in `written`.
-    pub end_offset: i64,
-    pub max_timestamp: Option<i64>,
-    /// The written files, or why the split failed.
     pub written: Result<WrittenData, String>,
 }
 
@@ -44,7 +39,7 @@ pub struct RoundPlan {
     pub splits: u32,
     /// The lake snapshot the splits were computed from; the commit is conditional on it still being the latest.
     pub base: Option<TieredSnapshot>,
-    /// Buckets tiered this round (partition names for the offsets record).
+    /// Where each bucket read this round ends once the round commits: the stop offset of its last split.
     pub buckets: Vec<BucketOffset>,
 }
 

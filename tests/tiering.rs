@@ -13,7 +13,8 @@ async fn three_tables_exactly_once_then_only_the_delta() {
     let tables = create_tables(&client).await;
     produce_all(&client, &tables, 0, 3000).await;
 
-    assert_success(&tier(&cluster.url(), &warehouse, &["-w", "2"], &[]).await);
+    // Small splits: each bucket's range is cut into several sub-ranges, all committed in the round's one snapshot.
+    assert_success(&tier(&cluster.url(), &warehouse, &["-w", "2", "--split-rows", "170"], &[]).await);
     let mut first_snapshots = Vec::new();
     for t in &tables {
         let lake = read_lake(&warehouse, &t.path);
@@ -69,7 +70,7 @@ async fn same_lake_content_with_one_worker_two_workers_and_two_processes() {
     let (w1, w2, n2) = (dir.path().join("w1"), dir.path().join("w2"), dir.path().join("n2"));
     // One split at a time per worker: a finished split must start the next one (regression: it once waited forever).
     assert_success(&tier(&url, &w1, &["-w", "1", "--max-splits-per-worker", "1"], &[]).await);
-    assert_success(&tier(&url, &w2, &["-w", "2"], &[]).await);
+    assert_success(&tier(&url, &w2, &["-w", "2", "--split-rows", "100"], &[]).await);
 
     let ports = free_ports(2);
     let hostfile = dir.path().join("hosts");

@@ -40,6 +40,9 @@ pub struct BenchArgs {
     pub schema: String,
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// A bucket's range is cut into splits of at most this many rows.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub split_rows: u64,
     /// Where to keep the cluster and the lakes (default: a new temporary directory, removed afterwards).
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -126,6 +129,7 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
                 target_file_size: 128 << 20,
                 max_tables: 2,
                 max_splits_per_worker: 2,
+                split_rows: args.split_rows,
             },
             help: None,
         };

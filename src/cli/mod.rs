@@ -102,6 +102,9 @@ pub struct TuningArgs {
     /// Splits each worker works on at once.
     #[arg(long, default_value_t = 2)]
     pub max_splits_per_worker: usize,
+    /// A bucket's new range is cut into splits of at most this many rows, so one bucket can keep several workers busy.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub split_rows: u64,
 }
 
 #[derive(Debug, Args)]

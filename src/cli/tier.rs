@@ -53,14 +53,15 @@ pub fn timely_config(args: &TimelyArgs) -> anyhow::Result<timely::Config> {
 }
 
 fn tier_config(tuning: &TuningArgs, once: bool) -> anyhow::Result<TierConfig> {
-    if tuning.max_tables == 0 || tuning.max_splits_per_worker == 0 {
-        bail!("--max-tables and --max-splits-per-worker must be at least 1");
+    if tuning.max_tables == 0 || tuning.max_splits_per_worker == 0 || tuning.split_rows == 0 {
+        bail!("--max-tables, --max-splits-per-worker and --split-rows must be at least 1");
     }
     Ok(TierConfig {
         once,
         poll_interval: parse_duration(&tuning.poll_interval)?,
         max_tables_in_flight: tuning.max_tables,
         max_splits_in_flight: tuning.max_splits_per_worker,
+        split_rows: tuning.split_rows,
         ..TierConfig::default()
     })
 }
@@ -179,6 +180,7 @@ pub fn run_demo(args: super::DemoArgs) -> anyhow::Result<()> {
             target_file_size: 128 << 20,
             max_tables: 3,
             max_splits_per_worker: 2,
+            split_rows: 1_000_000,
         },
         help: None,
     };

@@ -131,7 +131,7 @@ async fn try_commit(ctx: &JobContext, plan: &RoundPlan, results: Vec<WriteResult
     let gathered = gather(plan, results);
     let written = gathered.written.clone();
     let mut stats = gathered.stats.clone();
-    let (snapshot_id, marker) = match lake_commit(committer.as_ref(), plan, gathered).await {
+    let (snapshot_id, marker) = match lake_commit(ctx, committer.as_ref(), plan, gathered).await {
         Ok(done) => done,
         Err(e) if e.kind() == ErrorKind::CommitOutcomeUnknown => return Err(e),
         Err(e) => {
@@ -181,9 +181,25 @@ fn gather(plan: &RoundPlan, results: Vec<WriteResult>) -> Gathered {
 }
 
 /// Phase 1: the conditional lake commit. Returns the snapshot the cluster must learn about, with its marker.
-async fn lake_commit(committer: &dyn LakeCommitter, plan: &RoundPlan, g: Gathered) -> Result<(i64, CommitMarker)> {
+async fn lake_commit(
+    ctx: &JobContext,
+    committer: &dyn LakeCommitter,
+    plan: &RoundPlan,
+    g: Gathered,
+) -> Result<(i64, CommitMarker)> {
     if let Some(problem) = g.problem {
         return Err(Error::new(ErrorKind::Lake, problem));
+    }
+    // A table dropped (and maybe re-created under the same name) since the round was planned gets nothing.
+    let (current_id, _) = ctx.client.table_info(&plan.table.path).await?;
+    if current_id != plan.table.table_id {
+        return Err(Error::new(
+            ErrorKind::TableNotExist,
+            format!(
+                "table {} was dropped and re-created during the round (id {} is now {current_id})",
+                plan.table.path, plan.table.table_id
+            ),
+        ));
     }
     let base_id = plan.base.as_ref().map(|b| b.snapshot_id);
     // Offsets of every bucket ever tiered: the base's, overridden by this round's.
@@ -210,6 +226,7 @@ async fn lake_commit(committer: &dyn LakeCommitter, plan: &RoundPlan, g: Gathere
             .ok_or_else(|| Error::new(ErrorKind::Internal, "a round with nothing to commit and no lake snapshot"))?;
         return Ok((base.snapshot_id, base.marker.clone()));
     }
+    failpoint::slow_commit(&plan.table.path.to_string()).await;
     // Conditional on the lake still being where the round started: otherwise another writer (a zombie job, a job
     // that took the table over) committed in between, and committing on top would duplicate its rows.
     let snapshot_id = committer.commit(g.written, &marker, base_id).await?;

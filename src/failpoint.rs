@@ -38,3 +38,24 @@ pub fn hit(name: &str) {
         _ => {}
     }
 }
+
+/// The variable that slows lake commits down: `db.table=MILLIS[,db.other=MILLIS…]`.
+pub const SLOW_COMMIT_ENV: &str = "FLUSS_TIERING_SLOW_COMMIT";
+
+/// Sleeps before the lake commit of `table` when `FLUSS_TIERING_SLOW_COMMIT` names it (a slow catalog, for tests).
+pub async fn slow_commit(table: &str) {
+    static DELAYS: OnceLock<Vec<(String, u64)>> = OnceLock::new();
+    let delays = DELAYS.get_or_init(|| {
+        std::env::var(SLOW_COMMIT_ENV)
+            .map(|v| {
+                v.split(',')
+                    .filter_map(|item| item.split_once('='))
+                    .filter_map(|(t, ms)| ms.trim().parse().ok().map(|ms| (t.trim().to_string(), ms)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    });
+    if let Some((_, ms)) = delays.iter().find(|(t, _)| t == table) {
+        tokio::time::sleep(std::time::Duration::from_millis(*ms)).await;
+    }
+}

@@ -285,23 +285,7 @@ async fn randomized_rounds_under_faults_stay_exactly_once() {
     faulty.calm();
 
     // Without faults the job catches up: the cluster's record of the lake reaches every end offset.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    for t in &tables {
-        loop {
-            let ends: i64 = common::end_offsets(&client, t).await.values().sum();
-            let tiered: i64 = client
-                .lake_snapshot(&t.path)
-                .await
-                .expect("snapshot")
-                .map(|s| s.bucket_snapshots.iter().filter_map(|b| b.log_offset).sum())
-                .unwrap_or(0);
-            if tiered == ends {
-                break;
-            }
-            assert!(Instant::now() < deadline, "seed {seed}: {} did not catch up ({tiered} of {ends})", t.path);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    common::wait_tiered(&client, &tables.iter().collect::<Vec<_>>(), Duration::from_secs(120)).await;
     ctx.request_shutdown();
     tokio::task::spawn_blocking(move || job.join()).await.expect("join").expect("job thread").expect("job");
 

@@ -146,14 +146,6 @@ async fn crash_after_cluster_commit() {
     crash_then_recover(failpoint::POINTS[3]).await;
 }
 
-/// Whether a process is stopped (state `T` in /proc).
-fn is_stopped(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('T')))
-        .unwrap_or(false)
-}
-
 /// A job frozen at `point` past the heartbeat time-out (a zombie), while a second job takes its tables over and
 /// tiers everything; then the zombie resumes. Returns the zombie's stderr.
 async fn zombie_resumes_after_takeover(point: &str) -> String {
@@ -164,29 +156,15 @@ async fn zombie_resumes_after_takeover(point: &str) -> String {
     produce_all(&client, &tables, 0, 1500).await;
 
     let stderr = tempfile::NamedTempFile::new().expect("stderr");
-    let mut zombie = std::process::Command::new(env!("CARGO_BIN_EXE_fluss-tiering"))
-        .args(["tier", "--cluster", &cluster.url(), "--warehouse"])
-        .arg(&warehouse)
-        .args(["--once", "--poll-interval", "100ms", "--max-tables", "1"])
-        .env(failpoint::ENV, format!("{point}:pause"))
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(stderr.reopen().expect("reopen"))
-        .spawn()
-        .expect("start zombie");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while !is_stopped(zombie.id()) {
-        assert!(std::time::Instant::now() < deadline, "the zombie never reached {point}");
-        assert!(zombie.try_wait().expect("wait").is_none(), "the zombie exited before {point}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let pause = [(failpoint::ENV, format!("{point}:pause"))];
+    let mut zombie = spawn_tier(&cluster.url(), &warehouse, &["--once", "--max-tables", "1"], &pause, &stderr);
+    wait_stopped(&mut zombie, point).await;
 
     // Its heartbeats stop; after the time-out another job gets the tables under new epochs.
     produce_all(&client, &tables, 1500, 300).await;
     assert_success(&tier(&cluster.url(), &warehouse, &["-w", "2"], &[]).await);
 
-    // SAFETY: sends SIGCONT to the child we started.
-    unsafe { libc::kill(zombie.id() as i32, libc::SIGCONT) };
+    signal(&zombie, libc::SIGCONT);
     let status = tokio::task::spawn_blocking(move || zombie.wait()).await.expect("join").expect("zombie wait");
     let log = std::fs::read_to_string(stderr.path()).expect("zombie log");
     assert!(status.success(), "the zombie ends cleanly after its round is refused:\n{log}");

@@ -251,3 +251,70 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
     listeners.iter().map(|l| l.local_addr().expect("addr").port()).collect()
 }
+
+/// Whether a process is stopped (state `T` in /proc).
+pub fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('T')))
+        .unwrap_or(false)
+}
+
+/// Starts `fluss-tiering tier` (not `--once` unless asked) with its stderr in `stderr`, and `env` set.
+pub fn spawn_tier(
+    url: &str,
+    warehouse: &Path,
+    args: &[&str],
+    env: &[(&str, String)],
+    stderr: &tempfile::NamedTempFile,
+) -> std::process::Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fluss-tiering"));
+    cmd.args(["tier", "--cluster", url, "--warehouse"])
+        .arg(warehouse)
+        .args(["--poll-interval", "100ms"])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr.reopen().expect("reopen"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("start tier")
+}
+
+/// Waits until `child` stops at its pause point.
+pub async fn wait_stopped(child: &mut std::process::Child, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !is_stopped(child.id()) {
+        assert!(std::time::Instant::now() < deadline, "the job never reached {what}");
+        assert!(child.try_wait().expect("wait").is_none(), "the job exited before {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends `signal` to `child`.
+pub fn signal(child: &std::process::Child, signal: i32) {
+    // SAFETY: sends a signal to a child process we started.
+    unsafe { libc::kill(child.id() as i32, signal) };
+}
+
+/// Waits until the cluster's record of every table's lake offsets reaches its end offsets.
+pub async fn wait_tiered(client: &ClusterClient, tables: &[&TestTable], within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    for t in tables {
+        loop {
+            let ends: i64 = end_offsets(client, t).await.values().sum();
+            let tiered: i64 = client
+                .lake_snapshot(&t.path)
+                .await
+                .expect("snapshot")
+                .map(|s| s.bucket_snapshots.iter().filter_map(|b| b.log_offset).sum())
+                .unwrap_or(0);
+            if tiered == ends {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{} did not catch up ({tiered} of {ends})", t.path);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

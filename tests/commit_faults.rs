@@ -287,7 +287,12 @@ async fn randomized_rounds_under_faults_stay_exactly_once() {
     // Without faults the job catches up: the cluster's record of the lake reaches every end offset.
     common::wait_tiered(&client, &tables.iter().collect::<Vec<_>>(), Duration::from_secs(120)).await;
     ctx.request_shutdown();
-    tokio::task::spawn_blocking(move || job.join()).await.expect("join").expect("job thread").expect("job");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !job.is_finished() {
+        assert!(Instant::now() < deadline, "seed {seed}: the job did not stop within 2 minutes of the request");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    job.join().expect("job thread").expect("job");
 
     println!(
         "seed {seed}: {} rounds committed, {} failed, faults injected: {injected:?}",

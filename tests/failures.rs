@@ -41,7 +41,7 @@ async fn a_table_dropped_and_recreated_mid_round_gets_nothing_while_others_keep_
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     signal(&job, libc::SIGTERM);
-    let status = tokio::task::spawn_blocking(move || job.wait()).await.expect("join").expect("wait");
+    let status = wait_exit(job, Duration::from_secs(120)).await;
     let log = std::fs::read_to_string(stderr.path()).expect("log");
     assert!(status.success(), "the job stops cleanly on SIGTERM:\n{log}");
     assert!(resumed.elapsed() < Duration::from_secs(60));
@@ -82,7 +82,7 @@ async fn a_slow_commit_of_one_table_does_not_delay_the_others() {
 
     let stderr = tempfile::NamedTempFile::new().expect("stderr");
     let slow = [(failpoint::SLOW_COMMIT_ENV, format!("{}=6000", tables[0].path))];
-    let mut job = spawn_tier(&cluster.url(), &warehouse, &["--max-tables", "3"], &slow, &stderr);
+    let job = spawn_tier(&cluster.url(), &warehouse, &["--max-tables", "3"], &slow, &stderr);
     let started = std::time::Instant::now();
 
     // The other tables are tiered while the slow table's commit is still sleeping.
@@ -95,9 +95,50 @@ async fn a_slow_commit_of_one_table_does_not_delay_the_others() {
     );
     wait_tiered(&client, &[&tables[0]], Duration::from_secs(60)).await;
     signal(&job, libc::SIGTERM);
-    let status = tokio::task::spawn_blocking(move || job.wait()).await.expect("join").expect("wait");
+    let status = wait_exit(job, Duration::from_secs(120)).await;
     assert!(status.success(), "{}", std::fs::read_to_string(stderr.path()).unwrap_or_default());
     for t in &tables {
         check_exactly_once(&read_lake(&warehouse, &t.path), t, &end_offsets(&client, t).await, 1000);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_survives_a_coordinator_restart_mid_round() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (warehouse, data) = (dir.path().join("warehouse"), dir.path().join("cluster"));
+    let (cluster, client) = start_cluster(&data).await;
+    let tables = create_tables(&client).await;
+    produce_all(&client, &tables, 0, 1000).await;
+
+    // The job stops between its lake commit and its cluster commit; meanwhile the cluster restarts.
+    let stderr = tempfile::NamedTempFile::new().expect("stderr");
+    let pause = [(failpoint::ENV, "after-lake-commit:pause".to_string())];
+    let mut job = spawn_tier(&cluster.url(), &warehouse, &["--max-tables", "3"], &pause, &stderr);
+    wait_stopped(&mut job, "after-lake-commit").await;
+    let addr = cluster.addr();
+    cluster.shutdown().await.expect("shutdown");
+    let mut config = fluss_tiering::cluster::ClusterConfig::new(&data);
+    config.heartbeat_timeout = Duration::from_millis(1500);
+    let _cluster = fluss_tiering::cluster::server::EmbeddedCluster::start_at(config, addr).await.expect("restart");
+    let client = fluss_tiering::rpc::ClusterClient::connect(&format!("http://{addr}")).await.expect("reconnect");
+
+    signal(&job, libc::SIGCONT);
+    produce_all(&client, &tables, 1000, 500).await;
+    wait_tiered(&client, &tables.iter().collect::<Vec<_>>(), Duration::from_secs(60)).await;
+    signal(&job, libc::SIGTERM);
+    let status = wait_exit(job, Duration::from_secs(120)).await;
+    let log = std::fs::read_to_string(stderr.path()).expect("log");
+    assert!(status.success(), "{log}");
+    assert!(log.contains("the coordinator restarted"), "the job noticed the new coordinator epoch:\n{log}");
+    for t in &tables {
+        let lake = read_lake(&warehouse, &t.path);
+        check_exactly_once(&lake, t, &end_offsets(&client, t).await, 1500);
+        let recorded = client.lake_snapshot(&t.path).await.expect("snapshot").expect("recorded");
+        assert_eq!(
+            Some(recorded.snapshot_id),
+            lake.current_snapshot_id,
+            "{}: the cluster agrees with the lake",
+            t.path
+        );
     }
 }

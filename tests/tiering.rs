@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use fluss_tiering::failpoint;
 
@@ -165,7 +167,7 @@ async fn zombie_resumes_after_takeover(point: &str) -> String {
     assert_success(&tier(&cluster.url(), &warehouse, &["-w", "2"], &[]).await);
 
     signal(&zombie, libc::SIGCONT);
-    let status = tokio::task::spawn_blocking(move || zombie.wait()).await.expect("join").expect("zombie wait");
+    let status = wait_exit(zombie, Duration::from_secs(120)).await;
     let log = std::fs::read_to_string(stderr.path()).expect("zombie log");
     assert!(status.success(), "the zombie ends cleanly after its round is refused:\n{log}");
     for t in &tables {

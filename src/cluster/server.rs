@@ -19,6 +19,8 @@ use crate::rpc::proto::tablet_service_server::TabletServiceServer;
 
 /// How often the coordinator promotes due tables and expires silent jobs.
 const TICK: Duration = Duration::from_millis(100);
+/// How long a stopping server waits for clients to close their connections.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Serves `cluster` on `listener` until `shutdown` resolves.
 pub async fn serve(
@@ -39,7 +41,8 @@ pub async fn serve(
         })
     };
     let service = ClusterService::new(cluster);
-    let result = tonic::transport::Server::builder()
+    let (stopping_tx, stopping) = oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
         .add_service(
             CoordinatorServiceServer::new(service.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -50,10 +53,28 @@ pub async fn serve(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            shutdown.await;
+            let _ = stopping_tx.send(());
+        });
+    // A graceful stop waits for clients to close their connections; a client that hangs (or is stopped) would hold
+    // the server forever, so the wait is bounded.
+    let grace = async {
+        if stopping.await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let result = tokio::select! {
+        result = server => result.map_err(|e| Error::new(ErrorKind::Network, "gRPC server failed").with_source(e)),
+        _ = grace => {
+            tracing::warn!("clients did not close their connections within {SHUTDOWN_GRACE:?}; closing them");
+            Ok(())
+        }
+    };
     ticker.abort();
-    result.map_err(|e| Error::new(ErrorKind::Network, "gRPC server failed").with_source(e))
+    result
 }
 
 /// A cluster served in this process, on a loopback port of its own; it stops when dropped or shut down.
@@ -66,12 +87,17 @@ pub struct EmbeddedCluster {
 impl EmbeddedCluster {
     /// Opens the cluster in `config.data_dir` and serves it on `127.0.0.1:0` from the current tokio runtime.
     pub async fn start(config: ClusterConfig) -> Result<Self> {
+        Self::start_at(config, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Like [`EmbeddedCluster::start`], on a given address (a restart on the address clients already know).
+    pub async fn start_at(config: ClusterConfig, addr: SocketAddr) -> Result<Self> {
         let cluster = tokio::task::spawn_blocking(move || Cluster::open(config))
             .await
             .map_err(|e| Error::new(ErrorKind::Internal, format!("opening the cluster panicked: {e}")))??;
-        let listener = TcpListener::bind(("127.0.0.1", 0))
+        let listener = TcpListener::bind(addr)
             .await
-            .map_err(|e| Error::new(ErrorKind::Network, "binding a loopback port").with_source(e))?;
+            .map_err(|e| Error::new(ErrorKind::Network, format!("binding {addr}")).with_source(e))?;
         let addr = listener
             .local_addr()
             .map_err(|e| Error::new(ErrorKind::Network, "reading the bound address").with_source(e))?;
@@ -85,6 +111,11 @@ impl EmbeddedCluster {
     /// The `http://127.0.0.1:PORT` URL clients connect to.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The address it serves on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// Stops serving and waits until the server has let go of the cluster's files.

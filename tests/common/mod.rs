@@ -318,3 +318,19 @@ pub async fn wait_tiered(client: &ClusterClient, tables: &[&TestTable], within: 
         }
     }
 }
+
+/// Waits for `child` to exit; kills it and fails the test if it takes longer than `within`.
+pub async fn wait_exit(mut child: std::process::Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the job did not exit within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -35,6 +35,9 @@ use super::bridge::Tasks;
 use super::split_generator::{Planned, RoundRequest, plan_round};
 use super::types::{RoundOutcome, RoundPlan, Split};
 
+/// A failed round to report: `(table_id, tiering_epoch, reason)`.
+type Failed = (i64, i64, String);
+
 /// A table this job holds: assigned, and not yet reported finished or failed.
 struct Held {
     tiering_epoch: i64,
@@ -44,7 +47,7 @@ struct Held {
 enum Event {
     Heartbeat {
         finished: Vec<(i64, i64)>,
-        failed: Vec<(i64, i64)>,
+        failed: Vec<Failed>,
         response: Result<LakeTieringHeartbeatResponse>,
     },
     Planned {
@@ -63,7 +66,7 @@ struct Enumerator {
     held: BTreeMap<i64, Held>,
     /// `(table_id, tiering_epoch)` to report in the next heartbeat.
     finished: Vec<(i64, i64)>,
-    failed: Vec<(i64, i64)>,
+    failed: Vec<Failed>,
     heartbeat_in_flight: bool,
     next_heartbeat: Instant,
     rpc_failures: u32,
@@ -194,7 +197,7 @@ impl Enumerator {
     fn on_heartbeat(
         &mut self,
         finished: Vec<(i64, i64)>,
-        failed: Vec<(i64, i64)>,
+        failed: Vec<Failed>,
         response: Result<LakeTieringHeartbeatResponse>,
     ) {
         self.heartbeat_in_flight = false;
@@ -253,7 +256,7 @@ impl Enumerator {
             Some(Ok(path)) => path,
             _ => {
                 tracing::error!(table_id = table.table_id, "assignment without a valid table path");
-                self.failed.push((table.table_id, table.tiering_epoch));
+                self.failed.push((table.table_id, table.tiering_epoch, "assignment without a valid table path".into()));
                 return;
             }
         };
@@ -317,7 +320,7 @@ impl Enumerator {
     fn round_failed(&mut self, table_id: i64, epoch: i64, reason: &str) {
         tracing::warn!(table_id, reason, "tiering round failed");
         self.ctx.metrics.add_failed_round();
-        self.failed.push((table_id, epoch));
+        self.failed.push((table_id, epoch, reason.to_string()));
         let failures = self.failures.entry(table_id).or_default();
         *failures += 1;
         if self.ctx.config.once && *failures >= self.ctx.config.max_round_failures {
@@ -340,7 +343,8 @@ impl Enumerator {
         }
         if self.stopping {
             let held = std::mem::take(&mut self.held);
-            self.failed.extend(held.into_iter().map(|(id, h)| (id, h.tiering_epoch)));
+            self.failed
+                .extend(held.into_iter().map(|(id, h)| (id, h.tiering_epoch, "the tiering job stopped".to_string())));
         }
         let caught_up = self.remaining.as_ref().is_some_and(BTreeSet::is_empty);
         let quiet = self.held.is_empty()
@@ -372,13 +376,20 @@ impl Enumerator {
             coordinator_epoch: ce,
             tiering_epoch,
             lake_tiering_stats: None,
+            fail_reason: None,
         };
         let finished = std::mem::take(&mut self.finished);
         let failed = std::mem::take(&mut self.failed);
         let req = LakeTieringHeartbeatRequest {
             tiering_tables: self.held.iter().map(|(id, h)| entry((*id, h.tiering_epoch))).collect(),
             finished_tables: finished.iter().copied().map(entry).collect(),
-            failed_tables: failed.iter().copied().map(entry).collect(),
+            failed_tables: failed
+                .iter()
+                .map(|(id, epoch, reason)| PbHeartbeatReqForTable {
+                    fail_reason: Some(reason.clone()),
+                    ..entry((*id, *epoch))
+                })
+                .collect(),
             request_table: Some(request_table),
             force_finished_tables: vec![],
         };

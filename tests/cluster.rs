@@ -26,6 +26,7 @@ fn config(dir: &std::path::Path) -> ClusterConfig {
     let mut c = ClusterConfig::new(dir);
     c.segment_bytes = 64 << 10; // small segments: many rolls
     c.heartbeat_timeout = Duration::from_millis(600);
+    c.failure_backoff = Duration::from_millis(300);
     c
 }
 
@@ -206,7 +207,7 @@ async fn bad_input_gets_clear_errors() {
 }
 
 fn req_for(table_id: i64, coordinator_epoch: i32, tiering_epoch: i64) -> PbHeartbeatReqForTable {
-    PbHeartbeatReqForTable { table_id, coordinator_epoch, tiering_epoch, lake_tiering_stats: None }
+    PbHeartbeatReqForTable { table_id, coordinator_epoch, tiering_epoch, lake_tiering_stats: None, fail_reason: None }
 }
 
 fn snapshot(
@@ -310,11 +311,18 @@ async fn tiering_state_machine_with_two_services() {
     let (_, again) = request_until_assigned(&service_a).await;
     assert_eq!(again.tiering_epoch, 3);
 
-    // A failed round is re-queued at once under a new epoch.
+    // A failed round is re-queued after a backoff, under a new epoch, with its reason on record.
+    let failed =
+        PbHeartbeatReqForTable { fail_reason: Some("lake table is broken".into()), ..req_for(table_id, ce, 3) };
     service_a
-        .heartbeat(LakeTieringHeartbeatRequest { failed_tables: vec![req_for(table_id, ce, 3)], ..Default::default() })
+        .heartbeat(LakeTieringHeartbeatRequest { failed_tables: vec![failed], ..Default::default() })
         .await
         .expect("heartbeat");
+    let summary =
+        service_a.list_tables().await.expect("tables").into_iter().find(|t| t.table_id == table_id).expect("listed");
+    assert_eq!(summary.last_error.as_deref(), Some("lake table is broken"));
+    assert_eq!(summary.failures, 2, "the time-out and the reported failure");
+    assert!(request(&service_b).await.tiering_table.is_none(), "not before the backoff has passed");
     let (_, retried) = request_until_assigned(&service_b).await;
     assert_eq!(retried.tiering_epoch, 4);
 

@@ -119,6 +119,7 @@ async fn the_job_survives_a_coordinator_restart_mid_round() {
     cluster.shutdown().await.expect("shutdown");
     let mut config = fluss_tiering::cluster::ClusterConfig::new(&data);
     config.heartbeat_timeout = Duration::from_millis(1500);
+    config.failure_backoff = Duration::from_millis(200);
     let _cluster = fluss_tiering::cluster::server::EmbeddedCluster::start_at(config, addr).await.expect("restart");
     let client = fluss_tiering::rpc::ClusterClient::connect(&format!("http://{addr}")).await.expect("reconnect");
 
@@ -141,4 +142,52 @@ async fn the_job_survives_a_coordinator_restart_mid_round() {
             t.path
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_table_fails_with_a_reason_and_backoff_while_the_others_keep_tiering() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = dir.path().join("warehouse");
+    let (cluster, client) = start_cluster(&dir.path().join("cluster")).await;
+    let tables = create_tables(&client).await;
+    produce_all(&client, &tables, 0, 1000).await;
+    assert_success(&tier(&cluster.url(), &warehouse, &[], &[]).await);
+
+    // Outside, someone widens db.sensors.sensor from int to long: the lake table no longer fits the Fluss table.
+    let retype = format!(
+        "from pyiceberg.catalog.sql import SqlCatalog\nfrom pyiceberg.types import LongType\n\
+         c = SqlCatalog('fluss', uri='sqlite:///{w}/catalog.db', warehouse='file://{w}')\n\
+         t = c.load_table('db.sensors')\nwith t.update_schema() as u:\n    u.update_column('sensor', LongType())\n",
+        w = warehouse.canonicalize().expect("warehouse").display()
+    );
+    let out = std::process::Command::new(python()).arg("-c").arg(&retype).output().expect("python");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    produce_all(&client, &tables, 1000, 500).await;
+
+    let stderr = tempfile::NamedTempFile::new().expect("stderr");
+    let job = spawn_tier(&cluster.url(), &warehouse, &["--max-tables", "3"], &[], &stderr);
+    wait_tiered(&client, &[&tables[0], &tables[1]], Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_fluss-tiering"))
+        .args(["status", "--cluster", &cluster.url()])
+        .output()
+        .expect("status");
+    signal(&job, libc::SIGTERM);
+    let exit = wait_exit(job, Duration::from_secs(60)).await;
+    let log = std::fs::read_to_string(stderr.path()).expect("log");
+    assert!(exit.success(), "{log}");
+
+    let status = String::from_utf8_lossy(&status.stdout);
+    let line = status.lines().find(|l| l.starts_with("db.sensors")).expect("sensors in status");
+    assert!(line.contains("has type long but the Fluss column is int"), "status says why: {line}");
+    let sensors =
+        client.list_tables().await.expect("tables").into_iter().find(|t| t.path == tables[2].path).expect("listed");
+    // Rounds started at most every backoff (200 ms, doubling): a handful of failures, not hundreds.
+    assert!((2..=8).contains(&sensors.failures), "sensors failed {} times in about 4 s", sensors.failures);
+    assert!(log.contains("has type long"), "the job's log says why:\n{log}");
+
+    for t in &tables[..2] {
+        check_exactly_once(&read_lake(&warehouse, &t.path), t, &end_offsets(&client, t).await, 1500);
+    }
+    assert_eq!(read_lake(&warehouse, &tables[2].path).rows.num_rows(), 1000, "nothing more reached the bad table");
 }

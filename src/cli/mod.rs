@@ -37,6 +37,8 @@ pub enum Command {
     Produce(ProduceArgs),
     /// List tables with buckets, end offsets and tiering state.
     Tables(ClusterUrl),
+    /// Tiering status per table: state, epoch, lake snapshot, tiered vs end offsets (lag), last tiered, failures.
+    Status(ClusterUrl),
     /// Run the tiering job: move new data from the cluster into the lake, exactly once.
     Tier(TierArgs),
     /// Start an embedded cluster, create and fill a few tables, tier them with 2 workers and show what landed.
@@ -141,6 +143,9 @@ pub struct ClusterArgs {
     /// A tiering job that has not heartbeated for this long loses its tables (e.g. 2min, 30s).
     #[arg(long, default_value = "2min")]
     pub tiering_timeout: String,
+    /// First retry delay of a table whose round failed; it doubles with each consecutive failure (at most 5min).
+    #[arg(long, default_value = "1s")]
+    pub failure_backoff: String,
     /// Segment size in bytes at which a bucket log rolls.
     #[arg(long, default_value_t = 64 << 20)]
     pub segment_bytes: u64,
@@ -231,6 +236,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Command::Produce(args) => run_produce(args).await,
             Command::Tables(args) => print_tables(&connect(&args.cluster).await?).await,
+            Command::Status(args) => print_status(&connect(&args.cluster).await?).await,
             Command::Tier(_) | Command::Demo(_) | Command::Bench(_) => unreachable!("handled above"),
         }
     })
@@ -243,6 +249,7 @@ async fn connect(url: &str) -> anyhow::Result<ClusterClient> {
 async fn run_cluster(args: ClusterArgs) -> anyhow::Result<()> {
     let mut config = ClusterConfig::new(&args.data_dir);
     config.heartbeat_timeout = parse_duration(&args.tiering_timeout)?;
+    config.failure_backoff = parse_duration(&args.failure_backoff)?;
     config.segment_bytes = args.segment_bytes;
     let cluster = tokio::task::spawn_blocking(move || Cluster::open(config)).await??;
     let listener = tokio::net::TcpListener::bind(&args.listen)
@@ -332,6 +339,25 @@ async fn run_produce(args: ProduceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// End offsets of every bucket of a table: `(partition id, bucket) → high watermark`.
+async fn end_offsets(
+    client: &ClusterClient,
+    t: &crate::rpc::TableSummary,
+) -> anyhow::Result<Vec<((Option<i64>, i32), i64)>> {
+    let buckets: Vec<i32> = (0..t.descriptor.buckets as i32).collect();
+    let partitions: Vec<Option<i64>> = if t.descriptor.is_partitioned() {
+        client.list_partitions(&t.path).await?.into_iter().map(|(id, _)| Some(id)).collect()
+    } else {
+        vec![None]
+    };
+    let mut out = Vec::new();
+    for p in partitions {
+        let ends = client.list_offsets(t.table_id, p, &buckets, true).await?;
+        out.extend(buckets.iter().zip(ends).map(|(b, e)| ((p, *b), e)));
+    }
+    Ok(out)
+}
+
 pub(crate) async fn print_tables(client: &ClusterClient) -> anyhow::Result<()> {
     let tables = client.list_tables().await?;
     println!(
@@ -339,26 +365,53 @@ pub(crate) async fn print_tables(client: &ClusterClient) -> anyhow::Result<()> {
         "id", "table", "buckets", "partitions", "end offsets", "tiering", "epoch", "lake snapshot"
     );
     for t in tables {
-        let partitions = if t.descriptor.is_partitioned() { client.list_partitions(&t.path).await? } else { vec![] };
-        let buckets: Vec<i32> = (0..t.descriptor.buckets as i32).collect();
-        let mut end = 0i64;
-        if t.descriptor.is_partitioned() {
-            for (pid, _) in &partitions {
-                end += client.list_offsets(t.table_id, Some(*pid), &buckets, true).await?.iter().sum::<i64>();
-            }
-        } else {
-            end = client.list_offsets(t.table_id, None, &buckets, true).await?.iter().sum();
-        }
+        let partitions = if t.descriptor.is_partitioned() { client.list_partitions(&t.path).await?.len() } else { 0 };
+        let end: i64 = end_offsets(client, &t).await?.iter().map(|(_, e)| e).sum();
         println!(
             "{:<6} {:<28} {:>7} {:>10} {:>12} {:<10} {:>6} {:>20}",
             t.table_id,
             t.path.to_string(),
             t.descriptor.buckets,
-            partitions.len(),
+            partitions,
             end,
             t.tiering_state,
             t.tiering_epoch,
             t.lake_snapshot_id.map(|s| s.to_string()).unwrap_or_else(|| "-".into())
+        );
+    }
+    Ok(())
+}
+
+async fn print_status(client: &ClusterClient) -> anyhow::Result<()> {
+    let now = crate::cluster::now_ms();
+    println!(
+        "{:<24} {:<10} {:>6} {:>20} {:>12} {:>12} {:>10} {:>12} {:>8}  last error",
+        "table", "state", "epoch", "lake snapshot", "tiered", "end", "lag", "last tiered", "failures"
+    );
+    for t in client.list_tables().await? {
+        let ends = end_offsets(client, &t).await?;
+        let lake: std::collections::HashMap<(Option<i64>, i32), i64> = match client.lake_snapshot(&t.path).await? {
+            Some(s) => {
+                s.bucket_snapshots.iter().map(|b| ((b.partition_id, b.bucket_id), b.log_offset.unwrap_or(0))).collect()
+            }
+            None => Default::default(),
+        };
+        let end: i64 = ends.iter().map(|(_, e)| e).sum();
+        let tiered: i64 = ends.iter().map(|(k, _)| lake.get(k).copied().unwrap_or(0)).sum();
+        println!(
+            "{:<24} {:<10} {:>6} {:>20} {:>12} {:>12} {:>10} {:>12} {:>8}  {}",
+            t.path.to_string(),
+            t.tiering_state,
+            t.tiering_epoch,
+            t.lake_snapshot_id.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+            tiered,
+            end,
+            end - tiered,
+            t.last_tiered_ms
+                .map(|ms| format!("{:.1}s ago", (now - ms) as f64 / 1000.0))
+                .unwrap_or_else(|| "never".into()),
+            t.failures,
+            t.last_error.as_deref().unwrap_or("-")
         );
     }
     Ok(())

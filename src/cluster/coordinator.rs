@@ -12,7 +12,9 @@
 //! 1. Entering `Pending` bumps the table's tiering epoch, so every assignment has an epoch of its own.
 //! 2. Only the holder of the current epoch, while the table is `Tiering`, may renew, finish, fail or commit; anything
 //!    else is answered with `FencedTieringEpoch`. A job whose heartbeats stop for `heartbeat_timeout` loses the table.
-//! 3. Epochs, lake snapshots and last-tiered times are persisted before the change is acknowledged, and the
+//! 3. A failed round is retried after a backoff that doubles with each consecutive failure (from
+//!    `failure_backoff`, at most [`MAX_BACKOFF`]); one bad table cannot keep the others' jobs busy.
+//! 4. Epochs, lake snapshots and last-tiered times are persisted before the change is acknowledged, and the
 //!    coordinator epoch grows on every start: after a restart no stale epoch becomes valid again, and a table that was
 //!    `Pending` or `Tiering` is re-queued under a new epoch.
 
@@ -29,6 +31,10 @@ use crate::error::{Error, ErrorKind, Result};
 
 /// Fluss's `TIERING_SERVICE_TIMEOUT_MS`.
 pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(120);
+/// The first retry delay after a failed round.
+pub const DEFAULT_FAILURE_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest retry delay after failed rounds.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// Where a table is in its tiering cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,7 +53,7 @@ impl TieringState {
         use TieringState::*;
         match self {
             New | Initialized => &[],
-            Scheduled => &[New, Initialized, Tiered],
+            Scheduled => &[New, Initialized, Tiered, Failed],
             Pending => &[Scheduled, Failed, Tiered],
             Tiering => &[Pending],
             Tiered | Failed => &[Tiering],
@@ -104,7 +110,8 @@ pub struct HeartbeatEntry {
 pub struct Heartbeat {
     pub tiering: Vec<HeartbeatEntry>,
     pub finished: Vec<HeartbeatEntry>,
-    pub failed: Vec<HeartbeatEntry>,
+    /// Failed rounds, with the reason when the job gave one.
+    pub failed: Vec<(HeartbeatEntry, Option<String>)>,
     pub force_finished: Vec<i64>,
     pub request_table: bool,
 }
@@ -127,6 +134,7 @@ pub struct TieringStatus {
     pub lake_snapshot_id: Option<i64>,
     pub last_tiered_ms: Option<i64>,
     pub failures: u64,
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -134,6 +142,10 @@ struct PersistedTable {
     tiering_epoch: i64,
     last_tiered_ms: Option<i64>,
     failures: u64,
+    #[serde(default)]
+    consecutive_failures: u32,
+    #[serde(default)]
+    last_error: Option<String>,
     lake: Option<LakeSnapshot>,
     /// Whether a job held or was about to hold the table: it is re-queued after a restart.
     in_flight: bool,
@@ -160,6 +172,7 @@ struct TableTiering {
 pub struct Coordinator {
     file: PathBuf,
     heartbeat_timeout: Duration,
+    failure_backoff: Duration,
     coordinator_epoch: i32,
     tables: BTreeMap<i64, TableTiering>,
     /// FIFO of pending tables; entries of tables that left `Pending` are skipped lazily.
@@ -171,6 +184,7 @@ impl Coordinator {
     pub fn open(
         file: PathBuf,
         heartbeat_timeout: Duration,
+        failure_backoff: Duration,
         tables: &[TableInfo],
         now: Instant,
         now_ms: i64,
@@ -180,6 +194,7 @@ impl Coordinator {
         let mut coordinator = Coordinator {
             file,
             heartbeat_timeout,
+            failure_backoff,
             coordinator_epoch: persisted.coordinator_epoch,
             tables: BTreeMap::new(),
             pending: VecDeque::new(),
@@ -270,7 +285,7 @@ impl Coordinator {
             .collect();
         for id in expired {
             tracing::warn!(table_id = id, "tiering job timed out; re-queueing the table under a new epoch");
-            self.fail(id, now)?;
+            self.fail(id, now, Some("the tiering job stopped heartbeating".into()))?;
         }
         Ok(())
     }
@@ -279,8 +294,8 @@ impl Coordinator {
     pub fn heartbeat(&mut self, hb: &Heartbeat, now: Instant, now_ms: i64) -> Result<HeartbeatOutcome> {
         self.tick(now)?;
         let mut out = HeartbeatOutcome { coordinator_epoch: self.coordinator_epoch, ..Default::default() };
-        for e in &hb.failed {
-            let r = self.validate(e).map(|_| ()).and_then(|()| self.fail(e.table_id, now));
+        for (e, reason) in &hb.failed {
+            let r = self.validate(e).map(|_| ()).and_then(|()| self.fail(e.table_id, now, reason.clone()));
             out.failed.push((e.table_id, r));
         }
         for e in &hb.tiering {
@@ -337,6 +352,7 @@ impl Coordinator {
             lake_snapshot_id: t.persisted.lake.as_ref().map(|l| l.snapshot_id),
             last_tiered_ms: t.persisted.last_tiered_ms,
             failures: t.persisted.failures,
+            last_error: t.persisted.last_error.clone(),
         })
     }
 
@@ -356,7 +372,10 @@ impl Coordinator {
     }
 
     fn finish(&mut self, table_id: i64, force: bool, now: Instant, now_ms: i64) -> Result<()> {
-        self.table_mut(table_id)?.persisted.last_tiered_ms = Some(now_ms);
+        let table = self.table_mut(table_id)?;
+        table.persisted.last_tiered_ms = Some(now_ms);
+        table.persisted.consecutive_failures = 0;
+        table.persisted.last_error = None;
         self.transition(table_id, TieringState::Tiered, now)?;
         if force {
             self.transition(table_id, TieringState::Pending, now)
@@ -365,10 +384,19 @@ impl Coordinator {
         }
     }
 
-    fn fail(&mut self, table_id: i64, now: Instant) -> Result<()> {
-        self.table_mut(table_id)?.persisted.failures += 1;
+    /// A failed round: the table is retried after a backoff that doubles with each consecutive failure.
+    fn fail(&mut self, table_id: i64, now: Instant, reason: Option<String>) -> Result<()> {
+        let base = self.failure_backoff;
+        let table = self.table_mut(table_id)?;
+        table.persisted.failures += 1;
+        table.persisted.consecutive_failures += 1;
+        table.persisted.last_error = reason.or(Some("the round failed (no reason given)".into()));
+        let doublings = table.persisted.consecutive_failures.saturating_sub(1).min(20);
+        let backoff = base.saturating_mul(1 << doublings).min(MAX_BACKOFF);
         self.transition(table_id, TieringState::Failed, now)?;
-        self.transition(table_id, TieringState::Pending, now)
+        self.transition(table_id, TieringState::Scheduled, now)?;
+        self.table_mut(table_id)?.due = Some(now + backoff);
+        Ok(())
     }
 
     /// Schedules the next round `freshness - since_tiered` from now (at once when never tiered after a restart).

@@ -30,7 +30,7 @@ use arrow::datatypes::DataType;
 use arrow::ipc::reader::StreamReader;
 use bytes::Bytes;
 
-use crate::cluster::coordinator::{Coordinator, DEFAULT_HEARTBEAT_TIMEOUT, TieringStatus};
+use crate::cluster::coordinator::{Coordinator, DEFAULT_FAILURE_BACKOFF, DEFAULT_HEARTBEAT_TIMEOUT, TieringStatus};
 use crate::cluster::log::{BucketLog, StoredBatch};
 use crate::cluster::metadata::{Metadata, TableInfo};
 use crate::cluster::table::{TableDescriptor, TablePath};
@@ -44,6 +44,8 @@ pub struct ClusterConfig {
     pub segment_bytes: u64,
     /// A tiering job that has not heartbeated for this long loses its tables.
     pub heartbeat_timeout: Duration,
+    /// The first retry delay of a table whose round failed; it doubles with each consecutive failure.
+    pub failure_backoff: Duration,
 }
 
 impl ClusterConfig {
@@ -52,6 +54,7 @@ impl ClusterConfig {
             data_dir: data_dir.into(),
             segment_bytes: 64 << 20,
             heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
+            failure_backoff: DEFAULT_FAILURE_BACKOFF,
         }
     }
 }
@@ -107,6 +110,7 @@ impl Cluster {
         let coordinator = Coordinator::open(
             meta_dir.join("coordinator.json"),
             config.heartbeat_timeout,
+            config.failure_backoff,
             &tables,
             Instant::now(),
             now_ms(),

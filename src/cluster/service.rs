@@ -103,7 +103,10 @@ impl CoordinatorService for ClusterService {
                     table_json: table_json(&t.descriptor)?,
                     tiering_state: status.as_ref().map(|s| s.state.name()).unwrap_or("disabled").to_string(),
                     tiering_epoch: status.as_ref().map(|s| s.tiering_epoch).unwrap_or(0),
-                    lake_snapshot_id: status.and_then(|s| s.lake_snapshot_id),
+                    lake_snapshot_id: status.as_ref().and_then(|s| s.lake_snapshot_id),
+                    last_tiered_time: status.as_ref().and_then(|s| s.last_tiered_ms),
+                    failures: status.as_ref().map(|s| s.failures as i64).unwrap_or(0),
+                    last_error: status.and_then(|s| s.last_error),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -147,7 +150,7 @@ impl CoordinatorService for ClusterService {
         let hb = Heartbeat {
             tiering: req.tiering_tables.iter().map(entry).collect(),
             finished: req.finished_tables.iter().map(entry).collect(),
-            failed: req.failed_tables.iter().map(entry).collect(),
+            failed: req.failed_tables.iter().map(|e| (entry(e), e.fail_reason.clone())).collect(),
             force_finished: req.force_finished_tables.clone(),
             request_table: req.request_table.unwrap_or(false),
         };

@@ -30,6 +30,9 @@ pub struct TableSummary {
     pub tiering_state: String,
     pub tiering_epoch: i64,
     pub lake_snapshot_id: Option<i64>,
+    pub last_tiered_ms: Option<i64>,
+    pub failures: u64,
+    pub last_error: Option<String>,
 }
 
 /// A client of one cluster; cheap to clone (the connection is shared).
@@ -99,6 +102,9 @@ impl ClusterClient {
                     tiering_state: t.tiering_state,
                     tiering_epoch: t.tiering_epoch,
                     lake_snapshot_id: t.lake_snapshot_id,
+                    last_tiered_ms: t.last_tiered_time,
+                    failures: t.failures.max(0) as u64,
+                    last_error: t.last_error,
                 })
             })
             .collect()

@@ -32,6 +32,7 @@ pub struct TestTable {
 pub async fn start_cluster(dir: &Path) -> (EmbeddedCluster, ClusterClient) {
     let mut config = ClusterConfig::new(dir);
     config.heartbeat_timeout = Duration::from_millis(1500);
+    config.failure_backoff = Duration::from_millis(200);
     let cluster = EmbeddedCluster::start(config).await.expect("start cluster");
     let client = ClusterClient::connect(&cluster.url()).await.expect("connect");
     (cluster, client)
@@ -130,7 +131,7 @@ pub struct LakeTable {
     pub properties: serde_json::Map<String, serde_json::Value>,
 }
 
-fn python() -> PathBuf {
+pub fn python() -> PathBuf {
     if let Ok(p) = std::env::var("FLUSS_TIERING_PYTHON") {
         return PathBuf::from(p);
     }

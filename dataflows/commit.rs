@@ -129,18 +129,24 @@ async fn commit_round(ctx: &JobContext, plan: RoundPlan, results: Vec<WriteResul
 async fn try_commit(ctx: &JobContext, plan: &RoundPlan, results: Vec<WriteResult>) -> Result<RoundStats> {
     let committer = ctx.lake.create_committer(&plan.table).await?;
     let gathered = gather(plan, results);
-    let written = gathered.written.clone();
+    let (all_files, beyond_gap) = (gathered.all_files(), gathered.beyond_gap.clone());
     let mut stats = gathered.stats.clone();
-    let (snapshot_id, marker) = match lake_commit(ctx, committer.as_ref(), plan, gathered).await {
-        Ok(done) => done,
+    let committed = match lake_commit(ctx, committer.as_ref(), plan, gathered).await {
+        Ok(committed) => committed,
         Err(e) if e.kind() == ErrorKind::CommitOutcomeUnknown => return Err(e),
         Err(e) => {
-            if let Err(cleanup) = committer.abort(written).await {
+            if let Err(cleanup) = committer.abort(all_files).await {
                 tracing::warn!(error = %cleanup, "could not delete the files of a failed round");
             }
             return Err(e);
         }
     };
+    if !beyond_gap.is_empty()
+        && let Err(cleanup) = committer.abort(beyond_gap).await
+    {
+        tracing::warn!(error = %cleanup, "could not delete files written past a deadline gap");
+    }
+    let Some((snapshot_id, marker)) = committed else { return Ok(stats) };
     stats.snapshot_id = Some(snapshot_id);
     failpoint::hit("after-lake-commit");
     cluster_commit(ctx, plan, snapshot_id, &marker).await?;
@@ -150,12 +156,27 @@ async fn try_commit(ctx: &JobContext, plan: &RoundPlan, results: Vec<WriteResult
 
 /// A round's write results, checked and summed up.
 struct Gathered {
+    /// The files to commit.
     written: Vec<WrittenData>,
+    /// Files written past a gap that a deadline left in their bucket: never committed.
+    beyond_gap: Vec<WrittenData>,
+    /// Where each bucket read this round gets to.
+    reached: BTreeMap<TableBucket, i64>,
     stats: RoundStats,
     /// Why the round cannot be committed, if it cannot.
     problem: Option<String>,
 }
 
+impl Gathered {
+    /// Every file of the round, to delete when it fails.
+    fn all_files(&self) -> Vec<WrittenData> {
+        self.written.iter().chain(&self.beyond_gap).cloned().collect()
+    }
+}
+
+/// Checks that every split of the round reported, then keeps, per bucket, the splits that continue each other from
+/// the bucket's start: a split that a deadline cut short ends its bucket's round, and later sub-ranges of that bucket
+/// wait for the next round (their files are deleted), so a bucket's committed range never has a hole.
 fn gather(plan: &RoundPlan, results: Vec<WriteResult>) -> Gathered {
     let indexes: BTreeSet<u32> = results.iter().map(|r| r.index).collect();
     let complete = results.len() == plan.splits as usize
@@ -170,23 +191,53 @@ fn gather(plan: &RoundPlan, results: Vec<WriteResult>) -> Gathered {
             plan.splits
         ));
     }
-    let mut g = Gathered { written: Vec::new(), stats: RoundStats::default(), problem };
-    for w in results.into_iter().filter_map(|r| r.written.ok()) {
-        g.stats.rows += w.rows;
-        g.stats.files += w.files;
-        g.stats.file_bytes += w.file_bytes;
-        g.written.push(w);
+    let mut g = Gathered {
+        written: Vec::new(),
+        beyond_gap: Vec::new(),
+        reached: BTreeMap::new(),
+        stats: RoundStats::default(),
+        problem,
+    };
+    let mut by_bucket: BTreeMap<TableBucket, Vec<(i64, i64, WrittenData, i64)>> = BTreeMap::new();
+    for r in results {
+        if let Ok((w, reached)) = r.written {
+            by_bucket.entry(r.bucket).or_default().push((r.start, r.stop, w, reached));
+        }
+    }
+    for (bucket, mut splits) in by_bucket {
+        splits.sort_by_key(|(start, ..)| *start);
+        let mut next: Option<i64> = None;
+        let mut open = true;
+        for (start, stop, w, reached) in splits {
+            if open && next.is_none_or(|n| n == start) {
+                g.stats.rows += w.rows;
+                g.stats.files += w.files;
+                g.stats.file_bytes += w.file_bytes;
+                g.written.push(w);
+                next = Some(reached);
+                if reached < stop {
+                    g.stats.forced = true;
+                    open = false;
+                }
+            } else {
+                g.beyond_gap.push(w);
+            }
+        }
+        if let Some(reached) = next {
+            g.reached.insert(bucket, reached);
+        }
     }
     g
 }
 
-/// Phase 1: the conditional lake commit. Returns the snapshot the cluster must learn about, with its marker.
+/// Phase 1: the conditional lake commit. Returns the snapshot the cluster must learn about, with its marker, or
+/// nothing when there is nothing to commit anywhere (a round whose deadline came before any row, on an empty lake).
 async fn lake_commit(
     ctx: &JobContext,
     committer: &dyn LakeCommitter,
     plan: &RoundPlan,
     g: Gathered,
-) -> Result<(i64, CommitMarker)> {
+) -> Result<Option<(i64, CommitMarker)>> {
     if let Some(problem) = g.problem {
         return Err(Error::new(ErrorKind::Lake, problem));
     }
@@ -210,7 +261,10 @@ async fn lake_commit(
         .map(|o| (TableBucket { partition_id: o.partition_id, bucket: o.bucket }, o.clone()))
         .collect();
     for b in &plan.buckets {
-        merged.insert(TableBucket { partition_id: b.partition_id, bucket: b.bucket }, b.clone());
+        let bucket = TableBucket { partition_id: b.partition_id, bucket: b.bucket };
+        if let Some(&reached) = g.reached.get(&bucket) {
+            merged.insert(bucket, BucketOffset { offset: reached, ..b.clone() });
+        }
     }
     let marker = CommitMarker {
         round_id: plan.round_id.clone(),
@@ -218,19 +272,15 @@ async fn lake_commit(
         tiering_epoch: plan.tiering_epoch,
         offsets: merged.into_values().collect(),
     };
-    if g.written.is_empty() {
-        // Nothing new: this round only brings the cluster up to the lake's latest snapshot.
-        let base = plan
-            .base
-            .as_ref()
-            .ok_or_else(|| Error::new(ErrorKind::Internal, "a round with nothing to commit and no lake snapshot"))?;
-        return Ok((base.snapshot_id, base.marker.clone()));
+    if g.written.iter().all(|w| w.files == 0) {
+        // Nothing new: this round only brings the cluster up to the lake's latest snapshot, if there is one.
+        return Ok(plan.base.as_ref().map(|base| (base.snapshot_id, base.marker.clone())));
     }
     failpoint::slow_commit(&plan.table.path.to_string()).await;
     // Conditional on the lake still being where the round started: otherwise another writer (a zombie job, a job
     // that took the table over) committed in between, and committing on top would duplicate its rows.
     let snapshot_id = committer.commit(g.written, &marker, base_id).await?;
-    Ok((snapshot_id, marker))
+    Ok(Some((snapshot_id, marker)))
 }
 
 /// Phase 2: tell the cluster, under the round's tiering epoch.

@@ -37,6 +37,9 @@ use super::types::{RoundOutcome, RoundPlan, Split};
 
 /// A failed round to report: `(table_id, tiering_epoch, reason)`.
 type Failed = (i64, i64, String);
+/// A finished round to report: `(table_id, tiering_epoch, forced)`; a forced one (cut short by its deadline) has
+/// the table re-queued at once.
+type Finished = (i64, i64, bool);
 
 /// A table this job holds: assigned, and not yet reported finished or failed.
 struct Held {
@@ -46,7 +49,7 @@ struct Held {
 
 enum Event {
     Heartbeat {
-        finished: Vec<(i64, i64)>,
+        finished: Vec<Finished>,
         failed: Vec<Failed>,
         response: Result<LakeTieringHeartbeatResponse>,
     },
@@ -64,8 +67,8 @@ struct Enumerator {
     tasks: Tasks<Event>,
     coordinator_epoch: Option<i32>,
     held: BTreeMap<i64, Held>,
-    /// `(table_id, tiering_epoch)` to report in the next heartbeat.
-    finished: Vec<(i64, i64)>,
+    /// Finished rounds to report in the next heartbeat.
+    finished: Vec<Finished>,
     failed: Vec<Failed>,
     heartbeat_in_flight: bool,
     next_heartbeat: Instant,
@@ -187,7 +190,10 @@ impl Enumerator {
             Ok(stats) => {
                 tracing::info!(table_id = o.table_id, round = %o.round_id, rows = stats.rows, files = stats.files,
                     snapshot = ?stats.snapshot_id, "round committed");
-                self.finished.push((o.table_id, held.tiering_epoch));
+                if stats.forced {
+                    tracing::info!(table_id = o.table_id, "round force-finished at its deadline; re-queueing at once");
+                }
+                self.finished.push((o.table_id, held.tiering_epoch, stats.forced));
                 self.caught_up(o.table_id);
             }
             Err(reason) => self.round_failed(o.table_id, held.tiering_epoch, &reason),
@@ -196,7 +202,7 @@ impl Enumerator {
 
     fn on_heartbeat(
         &mut self,
-        finished: Vec<(i64, i64)>,
+        finished: Vec<Finished>,
         failed: Vec<Failed>,
         response: Result<LakeTieringHeartbeatResponse>,
     ) {
@@ -281,6 +287,7 @@ impl Enumerator {
                 round_id,
                 route_base: time * 7919,
                 split_rows: ctx.config.split_rows,
+                started_ms: crate::cluster::now_ms(),
             };
             let planned = plan_round(&ctx.client, ctx.lake.as_ref(), request).await;
             Event::Planned { table_id, time, planned }
@@ -295,7 +302,7 @@ impl Enumerator {
             Ok(p) if p.splits.is_empty() && !p.cluster_behind => {
                 tracing::info!(table_id, "nothing new to tier; round finished without a commit");
                 self.held.remove(&table_id);
-                self.finished.push((table_id, epoch));
+                self.finished.push((table_id, epoch, false));
                 self.ctx.metrics.add_empty_round();
                 self.caught_up(table_id);
                 None
@@ -382,7 +389,7 @@ impl Enumerator {
         let failed = std::mem::take(&mut self.failed);
         let req = LakeTieringHeartbeatRequest {
             tiering_tables: self.held.iter().map(|(id, h)| entry((*id, h.tiering_epoch))).collect(),
-            finished_tables: finished.iter().copied().map(entry).collect(),
+            finished_tables: finished.iter().map(|(id, epoch, _)| entry((*id, *epoch))).collect(),
             failed_tables: failed
                 .iter()
                 .map(|(id, epoch, reason)| PbHeartbeatReqForTable {
@@ -391,7 +398,7 @@ impl Enumerator {
                 })
                 .collect(),
             request_table: Some(request_table),
-            force_finished_tables: vec![],
+            force_finished_tables: finished.iter().filter(|(_, _, forced)| *forced).map(|(id, _, _)| *id).collect(),
         };
         self.heartbeat_in_flight = true;
         let client = self.ctx.client.clone();

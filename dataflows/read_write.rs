@@ -87,7 +87,7 @@ pub fn read_write<'scope>(
 async fn tier_split(ctx: &JobContext, split: Split, worker: usize) -> WriteResult {
     let started = std::time::Instant::now();
     let outcome = write_split(ctx, &split, worker).await;
-    if let Ok(w) = &outcome {
+    if let Ok((w, _)) = &outcome {
         ctx.metrics.add_split(w.rows, w.files, w.file_bytes);
         tracing::debug!(table = %split.table.path, bucket = ?split.bucket, rows = w.rows,
             ms = started.elapsed().as_millis() as u64, "split written");
@@ -96,10 +96,18 @@ async fn tier_split(ctx: &JobContext, split: Split, worker: usize) -> WriteResul
         tracing::warn!(table = %split.table.path, bucket = ?split.bucket, error = %e, "split failed");
         e.to_string()
     });
-    WriteResult { round_id: split.round_id, index: split.index, bucket: split.bucket, written }
+    WriteResult {
+        round_id: split.round_id,
+        index: split.index,
+        bucket: split.bucket,
+        start: split.start,
+        stop: split.stop,
+        written,
+    }
 }
 
-async fn write_split(ctx: &JobContext, split: &Split, worker: usize) -> Result<WrittenData> {
+/// Writes `[split.start, reached)` and returns the files with `reached` (the split's stop unless its deadline came).
+async fn write_split(ctx: &JobContext, split: &Split, worker: usize) -> Result<(WrittenData, i64)> {
     let writer_ctx = WriterContext {
         partition_name: split.partition_name.clone(),
         bucket: split.bucket.bucket,
@@ -110,8 +118,10 @@ async fn write_split(ctx: &JobContext, split: &Split, worker: usize) -> Result<W
     let (tx, mut rx) = tokio::sync::mpsc::channel(2);
     let fetcher = tokio::spawn(fetch_range(ctx.client.clone(), split.clone(), ctx.config.fetch_max_bytes, tx));
     let mut batches = 0u64;
+    let mut reached = split.start;
     while let Some(item) = rx.recv().await {
         let (batch, first_offset, timestamp) = item?;
+        reached = first_offset + batch.num_rows() as i64;
         let batch = with_system_columns(&schema, &batch, split.bucket.bucket, first_offset, timestamp)?;
         writer.write(batch).await?;
         batches += 1;
@@ -120,7 +130,7 @@ async fn write_split(ctx: &JobContext, split: &Split, worker: usize) -> Result<W
         }
     }
     fetcher.await.map_err(|e| Error::new(ErrorKind::Internal, format!("fetch task failed: {e}")))??;
-    writer.complete().await
+    Ok((writer.complete().await?, reached))
 }
 
 /// A decoded batch of a split: the rows, the offset of the first, the append time.
@@ -135,6 +145,11 @@ async fn fetch_range(
 ) -> Result<()> {
     let mut offset = split.start;
     while offset < split.stop {
+        if crate::cluster::now_ms() >= split.deadline_ms {
+            // The round's time is up: the split ends here, at `offset`.
+            return Ok(());
+        }
+        failpoint::slow_fetch().await;
         let resp = match client
             .fetch(split.table.table_id, split.bucket.partition_id, split.bucket.bucket, offset, max_bytes)
             .await

@@ -87,6 +87,8 @@ pub struct RoundRequest {
     /// Routing key of the round's first split (later splits take the next keys).
     pub route_base: u64,
     pub split_rows: u64,
+    /// When the round started (ms since the epoch): it must end one freshness interval later.
+    pub started_ms: i64,
 }
 
 /// Plans one round: reads offsets, prepares the lake table (unless the table never had data), cuts splits.
@@ -95,7 +97,8 @@ pub async fn plan_round(
     lake: &dyn crate::lake::LakeTieringFactory,
     req: RoundRequest,
 ) -> Result<Planned> {
-    let RoundRequest { table_id, path, tiering_epoch, coordinator_epoch, round_id, route_base, split_rows } = req;
+    let RoundRequest { table_id, path, tiering_epoch, coordinator_epoch, round_id, route_base, split_rows, started_ms } =
+        req;
     let (current_id, descriptor) = client.table_info(&path).await?;
     if current_id != table_id {
         return Err(Error::new(
@@ -103,6 +106,7 @@ pub async fn plan_round(
             format!("table {path} was dropped and re-created (id {table_id} is now {current_id})"),
         ));
     }
+    let deadline_ms = started_ms.saturating_add(descriptor.freshness()?.as_millis() as i64);
     let table = TableContext { table_id, path: path.clone(), descriptor };
     let partitions: Vec<(Option<i64>, Option<String>)> = if table.descriptor.is_partitioned() {
         client.list_partitions(&path).await?.into_iter().map(|(id, name)| (Some(id), Some(name))).collect()
@@ -145,6 +149,7 @@ pub async fn plan_round(
             bucket: b.bucket,
             start,
             stop,
+            deadline_ms,
             route: route_base + i as u64,
         })
         .collect();

@@ -15,6 +15,9 @@ pub struct Split {
     pub bucket: TableBucket,
     pub start: i64,
     pub stop: i64,
+    /// Wall-clock deadline (ms since the epoch) of the round: past it, the reader stops where it is and the split
+    /// ends early (max round duration = the table's freshness).
+    pub deadline_ms: i64,
     /// Routing key: the split goes to worker `route % peers`.
     pub route: u64,
 }
@@ -25,7 +28,11 @@ pub struct WriteResult {
     pub round_id: String,
     pub index: u32,
     pub bucket: TableBucket,
-    pub written: Result<WrittenData, String>,
+    pub start: i64,
+    pub stop: i64,
+    /// The files, and the offset reached: every offset in `[start, reached)` is in them; `reached < stop` when the
+    /// round's deadline cut the split short.
+    pub written: Result<(WrittenData, i64), String>,
 }
 
 /// Everything the committer needs to know about a round besides its write results.
@@ -39,7 +46,8 @@ pub struct RoundPlan {
     pub splits: u32,
     /// The lake snapshot the splits were computed from; the commit is conditional on it still being the latest.
     pub base: Option<TieredSnapshot>,
-    /// Where each bucket read this round ends once the round commits: the stop offset of its last split.
+    /// The buckets read this round, with the stop offset of each one's last split (and partition names for the
+    /// offsets record).
     pub buckets: Vec<BucketOffset>,
 }
 
@@ -54,6 +62,8 @@ pub struct RoundOutcome {
 /// What a committed round added.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RoundStats {
+    /// The round hit its deadline: some buckets were committed short of their stop offsets.
+    pub forced: bool,
     pub snapshot_id: Option<i64>,
     pub rows: u64,
     pub files: u64,

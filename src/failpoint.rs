@@ -59,3 +59,14 @@ pub async fn slow_commit(table: &str) {
         tokio::time::sleep(std::time::Duration::from_millis(*ms)).await;
     }
 }
+
+/// The variable that slows every fetch of the tiering job down by that many milliseconds (a slow cluster).
+pub const SLOW_FETCH_ENV: &str = "FLUSS_TIERING_SLOW_FETCH";
+
+/// Sleeps before a fetch when `FLUSS_TIERING_SLOW_FETCH` is set.
+pub async fn slow_fetch() {
+    static DELAY: OnceLock<Option<u64>> = OnceLock::new();
+    if let Some(ms) = DELAY.get_or_init(|| std::env::var(SLOW_FETCH_ENV).ok().and_then(|v| v.parse().ok())) {
+        tokio::time::sleep(std::time::Duration::from_millis(*ms)).await;
+    }
+}

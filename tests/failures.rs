@@ -191,3 +191,35 @@ async fn one_bad_table_fails_with_a_reason_and_backoff_while_the_others_keep_tie
     }
     assert_eq!(read_lake(&warehouse, &tables[2].path).rows.num_rows(), 1000, "nothing more reached the bad table");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_past_its_freshness_commits_what_it_read_and_goes_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = dir.path().join("warehouse");
+    let (cluster, client) = start_cluster(&dir.path().join("cluster")).await;
+    let tables = create_tables(&client).await;
+    produce_all(&client, &tables, 0, 3000).await;
+
+    // A slow cluster: every fetch takes 100 ms and returns one stored batch, so a round cannot read a bucket's backlog
+    // within the tables' 200 ms freshness.
+    let slow = [(failpoint::SLOW_FETCH_ENV, "100".to_string())];
+    let stderr = tempfile::NamedTempFile::new().expect("stderr");
+    let job = spawn_tier(
+        &cluster.url(),
+        &warehouse,
+        &["-w", "2", "--fetch-max-bytes", "1", "--split-rows", "400"],
+        &slow,
+        &stderr,
+    );
+    wait_tiered(&client, &tables.iter().collect::<Vec<_>>(), Duration::from_secs(120)).await;
+    signal(&job, libc::SIGTERM);
+    let exit = wait_exit(job, Duration::from_secs(60)).await;
+    let log = std::fs::read_to_string(stderr.path()).expect("log");
+    assert!(exit.success(), "{log}");
+    assert!(log.contains("force-finished at its deadline"), "rounds hit their deadline:\n{log}");
+    for t in &tables {
+        let lake = read_lake(&warehouse, &t.path);
+        check_exactly_once(&lake, t, &end_offsets(&client, t).await, 3000);
+        assert!(lake.snapshots >= 2, "{}: the backlog was committed over several rounds", t.path);
+    }
+}

@@ -130,6 +130,7 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
                 max_tables: 2,
                 max_splits_per_worker: 2,
                 split_rows: args.split_rows,
+                fetch_max_bytes: 8 << 20,
             },
             help: None,
         };

@@ -107,6 +107,9 @@ pub struct TuningArgs {
     /// A bucket's new range is cut into splits of at most this many rows, so one bucket can keep several workers busy.
     #[arg(long, default_value_t = 1_000_000)]
     pub split_rows: u64,
+    /// Bytes per fetch request (at least one stored batch is always returned).
+    #[arg(long, default_value_t = 8 << 20)]
+    pub fetch_max_bytes: i32,
 }
 
 #[derive(Debug, Args)]

@@ -62,6 +62,7 @@ fn tier_config(tuning: &TuningArgs, once: bool) -> anyhow::Result<TierConfig> {
         max_tables_in_flight: tuning.max_tables,
         max_splits_in_flight: tuning.max_splits_per_worker,
         split_rows: tuning.split_rows,
+        fetch_max_bytes: tuning.fetch_max_bytes.max(1),
         ..TierConfig::default()
     })
 }
@@ -181,6 +182,7 @@ pub fn run_demo(args: super::DemoArgs) -> anyhow::Result<()> {
             max_tables: 3,
             max_splits_per_worker: 2,
             split_rows: 1_000_000,
+            fetch_max_bytes: 8 << 20,
         },
         help: None,
     };

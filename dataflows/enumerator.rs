@@ -190,11 +190,14 @@ impl Enumerator {
             Ok(stats) => {
                 tracing::info!(table_id = o.table_id, round = %o.round_id, rows = stats.rows, files = stats.files,
                     snapshot = ?stats.snapshot_id, "round committed");
-                if stats.forced {
-                    tracing::info!(table_id = o.table_id, "round force-finished at its deadline; re-queueing at once");
-                }
                 self.finished.push((o.table_id, held.tiering_epoch, stats.forced));
-                self.caught_up(o.table_id);
+                if stats.forced {
+                    // Not caught up yet: the rest of the backlog is the next round's.
+                    tracing::info!(table_id = o.table_id, "round force-finished at its deadline; re-queueing at once");
+                    self.failures.remove(&o.table_id);
+                } else {
+                    self.caught_up(o.table_id);
+                }
             }
             Err(reason) => self.round_failed(o.table_id, held.tiering_epoch, &reason),
         }

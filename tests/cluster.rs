@@ -258,6 +258,9 @@ async fn tiering_state_machine_with_two_services() {
     let (cluster, service_a) = start(dir.path()).await;
     let service_b = ClusterClient::connect(&cluster.url()).await.expect("connect");
     let table_id = service_a.create_table(&path, &d, false).await.expect("create");
+    // A table that never received a record is never handed out; this one has data.
+    let batch = Workload { seed: 0, partitions: 1 }.batch(&d, &[0]).expect("batch");
+    service_a.produce(table_id, None, 0, &[batch]).await.expect("produce");
 
     // Not before freshness has elapsed, then to the first service that asks.
     assert!(request(&service_a).await.tiering_table.is_none(), "a new table waits one freshness interval");

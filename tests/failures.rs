@@ -223,3 +223,42 @@ async fn a_round_past_its_freshness_commits_what_it_read_and_goes_again() {
         assert!(lake.snapshots >= 2, "{}: the backlog was committed over several rounds", t.path);
     }
 }
+
+/// Rounds of the busy table committed by a job over a few seconds of steady produce, next to `empty` empty tables.
+async fn busy_rounds_beside(empty: usize) -> (u64, Vec<i64>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = dir.path().join("warehouse");
+    let (cluster, client) = start_cluster(&dir.path().join("cluster")).await;
+    let tables = create_tables(&client).await;
+    let busy = &tables[0];
+    let mut empty_ids = Vec::new();
+    for i in 0..empty {
+        let path = format!("empty.t{i}").parse().expect("path");
+        empty_ids.push(client.create_table(&path, &tables[2].descriptor, false).await.expect("create"));
+    }
+    let stderr = tempfile::NamedTempFile::new().expect("stderr");
+    let job = spawn_tier(&cluster.url(), &warehouse, &["--max-tables", "2"], &[], &stderr);
+    let mut produced = 0;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        produce_all(&client, std::slice::from_ref(busy), produced, 100).await;
+        produced += 100;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_tiered(&client, &[busy], Duration::from_secs(60)).await;
+    signal(&job, libc::SIGTERM);
+    assert!(wait_exit(job, Duration::from_secs(60)).await.success());
+    let lake = read_lake(&warehouse, &busy.path);
+    check_exactly_once(&lake, busy, &end_offsets(&client, busy).await, produced);
+    let listed = client.list_tables().await.expect("tables");
+    let epochs = listed.iter().filter(|t| empty_ids.contains(&t.table_id)).map(|t| t.tiering_epoch).collect();
+    (lake.snapshots, epochs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_tables_cost_the_busy_table_nothing() {
+    let (alone, _) = busy_rounds_beside(0).await;
+    let (beside, epochs) = busy_rounds_beside(100).await;
+    assert!(epochs.iter().all(|e| *e == 0), "an empty table is never handed to a job: {epochs:?}");
+    assert!(beside * 4 >= alone * 3, "the busy table committed {beside} rounds beside 100 empty tables, {alone} alone");
+}

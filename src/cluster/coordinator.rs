@@ -165,6 +165,8 @@ struct TableTiering {
     due: Option<Instant>,
     /// Last sign of life from the job holding a `Tiering` table.
     last_heartbeat: Option<Instant>,
+    /// Whether the table ever received a record: a table that never did is not handed to jobs at all.
+    has_data: bool,
     persisted: PersistedTable,
 }
 
@@ -214,6 +216,7 @@ impl Coordinator {
                     state: TieringState::Initialized,
                     due: None,
                     last_heartbeat: None,
+                    has_data: false,
                     persisted: saved,
                 },
             );
@@ -248,10 +251,18 @@ impl Coordinator {
                 state: TieringState::New,
                 due: None,
                 last_heartbeat: None,
+                has_data: false,
                 persisted: PersistedTable::default(),
             },
         );
         self.schedule(info.table_id, now, Some(Duration::ZERO))
+    }
+
+    /// Notes that a table received records (on produce, and at start for tables with data on disk).
+    pub fn note_data(&mut self, table_id: i64) {
+        if let Some(t) = self.tables.get_mut(&table_id) {
+            t.has_data = true;
+        }
     }
 
     /// Forgets a dropped table: its holder's next heartbeat or commit fails with `TableNotExist`.
@@ -271,7 +282,13 @@ impl Coordinator {
             .map(|(id, _)| *id)
             .collect();
         for id in due {
-            self.transition(id, TieringState::Pending, now)?;
+            let table = self.table_mut(id)?;
+            if table.has_data {
+                self.transition(id, TieringState::Pending, now)?;
+            } else {
+                // An empty table costs no job any work: look again after another freshness interval.
+                table.due = Some(now + table.freshness);
+            }
         }
         let timeout = self.heartbeat_timeout;
         let expired: Vec<i64> = self

@@ -107,7 +107,7 @@ impl Cluster {
         let meta_dir = config.data_dir.join("meta");
         let metadata = Metadata::open(meta_dir.join("tables.json"))?;
         let tables: Vec<TableInfo> = metadata.tables().cloned().collect();
-        let coordinator = Coordinator::open(
+        let mut coordinator = Coordinator::open(
             meta_dir.join("coordinator.json"),
             config.heartbeat_timeout,
             config.failure_backoff,
@@ -117,6 +117,11 @@ impl Cluster {
         )?;
         tracing::info!(data_dir = %config.data_dir.display(), tables = tables.len(),
             coordinator_epoch = coordinator.coordinator_epoch(), "cluster opened");
+        for t in &tables {
+            if has_records(&config.data_dir, t.table_id) {
+                coordinator.note_data(t.table_id);
+            }
+        }
         Ok(Cluster {
             config,
             metadata: Mutex::new(metadata),
@@ -213,6 +218,7 @@ impl Cluster {
         };
         let log = self.log(BucketId { table_id, partition_id, bucket })?;
         let base_offset = lock(&log).append(&records, record_count, now_ms())?;
+        self.coordinator().note_data(table_id);
         Ok(Appended { partition_id, base_offset, record_count })
     }
 
@@ -267,6 +273,17 @@ impl Cluster {
         logs.insert(id, Arc::clone(&log));
         Ok(log)
     }
+}
+
+/// Whether any segment of a table on disk holds bytes (read once at start).
+fn has_records(data_dir: &std::path::Path, table_id: i64) -> bool {
+    fn walk(dir: &std::path::Path) -> bool {
+        std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
+            let path = e.path();
+            if path.is_dir() { walk(&path) } else { e.metadata().is_ok_and(|m| m.len() > 0) }
+        })
+    }
+    walk(&data_dir.join("log").join(format!("t{table_id}")))
 }
 
 fn check_bucket(table: &TableInfo, bucket: i32) -> Result<()> {

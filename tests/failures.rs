@@ -4,6 +4,8 @@ mod common;
 
 use std::time::Duration;
 
+use arrow::array::Array;
+
 use common::*;
 use fluss_tiering::cluster::table::TableDescriptor;
 use fluss_tiering::failpoint;
@@ -261,4 +263,70 @@ async fn empty_tables_cost_the_busy_table_nothing() {
     let (beside, epochs) = busy_rounds_beside(100).await;
     assert!(epochs.iter().all(|e| *e == 0), "an empty table is never handed to a job: {epochs:?}");
     assert!(beside * 4 >= alone * 3, "the busy table committed {beside} rounds beside 100 empty tables, {alone} alone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_added_column_evolves_the_lake_table_and_old_rows_read_null() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = dir.path().join("warehouse");
+    let (cluster, client) = start_cluster(&dir.path().join("cluster")).await;
+    let tables = create_tables(&client).await;
+    produce_all(&client, &tables, 0, 1000).await;
+    assert_success(&tier(&cluster.url(), &warehouse, &[], &[]).await);
+
+    let old = &tables[0];
+    // Rows stored under the old schema, not yet tiered when the column is added.
+    produce_all(&client, std::slice::from_ref(old), 1000, 200).await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fluss-tiering"))
+        .args([
+            "alter-table",
+            "--cluster",
+            &cluster.url(),
+            "--table",
+            &old.path.to_string(),
+            "--add-column",
+            "note:string",
+        ])
+        .output()
+        .expect("alter-table");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (_, descriptor) = client.table_info(&old.path).await.expect("info");
+    let evolved = TestTable { id: old.id, path: old.path.clone(), descriptor };
+    // Producers still on the old schema are refused with a clear error.
+    let stale = WORKLOAD.batch(&old.descriptor, &[5000]).expect("batch");
+    let err = client.produce(old.id, None, 0, &[stale]).await.expect_err("old schema");
+    assert_eq!(err.kind(), fluss_tiering::ErrorKind::SchemaMismatch);
+    produce_all(&client, std::slice::from_ref(&evolved), 1200, 300).await;
+    assert_success(&tier(&cluster.url(), &warehouse, &[], &[]).await);
+
+    let lake = read_lake(&warehouse, &old.path);
+    check_exactly_once(&lake, old, &end_offsets(&client, old).await, 1500);
+    let ids =
+        lake.rows.column_by_name("id").expect("id").as_any().downcast_ref::<arrow::array::Int64Array>().expect("ids");
+    let note = arrow::compute::cast(
+        lake.rows.column_by_name("note").expect("note column in the lake"),
+        &arrow::datatypes::DataType::Utf8,
+    )
+    .expect("cast");
+    let note = note.as_any().downcast_ref::<arrow::array::StringArray>().expect("strings");
+    let new_rows: Vec<u64> = (1200..1500).collect();
+    let expected = WORKLOAD.batch(&evolved.descriptor, &new_rows).expect("rows");
+    let expected = expected
+        .column_by_name("note")
+        .expect("note")
+        .as_any()
+        .downcast_ref::<arrow::array::StringArray>()
+        .expect("strings");
+    for i in 0..lake.rows.num_rows() {
+        let id = ids.value(i);
+        if id < 1200 {
+            assert!(note.is_null(i), "row {id}, produced before the column existed, reads null");
+        } else {
+            let j = (id - 1200) as usize;
+            assert_eq!(note.is_null(i), expected.is_null(j), "row {id}");
+            if !expected.is_null(j) {
+                assert_eq!(note.value(i), expected.value(j), "row {id}");
+            }
+        }
+    }
 }

@@ -33,6 +33,8 @@ pub enum Command {
     CreateTable(CreateTableArgs),
     /// Drop a table and its data.
     DropTable(DropTableArgs),
+    /// Change a table's schema: add a nullable column.
+    AlterTable(AlterTableArgs),
     /// Produce generated rows (a pure function of seed and row number) into a table.
     Produce(ProduceArgs),
     /// List tables with buckets, end offsets and tiering state.
@@ -183,6 +185,17 @@ pub struct CreateTableArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct AlterTableArgs {
+    #[arg(long)]
+    pub cluster: String,
+    #[arg(long)]
+    pub table: String,
+    /// The column to add, NAME:TYPE (e.g. note:string).
+    #[arg(long)]
+    pub add_column: String,
+}
+
+#[derive(Debug, Args)]
 pub struct DropTableArgs {
     #[arg(long)]
     pub cluster: String,
@@ -235,6 +248,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 let client = connect(&args.cluster).await?;
                 client.drop_table(&args.table.parse()?, args.if_exists).await?;
                 println!("dropped {}", args.table);
+                Ok(())
+            }
+            Command::AlterTable(args) => {
+                let (name, ty) = args
+                    .add_column
+                    .split_once(':')
+                    .ok_or_else(|| anyhow::anyhow!("--add-column must be NAME:TYPE, not {:?}", args.add_column))?;
+                let client = connect(&args.cluster).await?;
+                let schema_id = client.add_column(&args.table.parse()?, name.trim(), ty.trim()).await?;
+                println!("{} now has schema {schema_id}", args.table);
                 Ok(())
             }
             Command::Produce(args) => run_produce(args).await,

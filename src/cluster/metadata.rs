@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::persist::{read_json, write_json};
-use crate::cluster::table::{TableDescriptor, TablePath};
+use crate::cluster::table::{Column, TableDescriptor, TablePath};
 use crate::error::{Error, ErrorKind, Result};
 
 /// A table as the cluster knows it.
@@ -88,6 +88,26 @@ impl Metadata {
         self.state.tables.insert(table_id, info.clone());
         self.save()?;
         Ok(info)
+    }
+
+    /// Adds a nullable column at the end of a table's schema; returns the new schema id (its column count).
+    pub fn add_column(&mut self, path: &TablePath, column: Column, now_ms: i64) -> Result<i32> {
+        let id = self.by_path(path)?.table_id;
+        let table = self.state.tables.get_mut(&id).ok_or_else(|| Error::new(ErrorKind::Internal, "table vanished"))?;
+        if column.name.is_empty() || column.name.starts_with("__") {
+            return Err(Error::new(ErrorKind::InvalidArgument, format!("invalid column name {:?}", column.name)));
+        }
+        if table.descriptor.column(&column.name).is_some() {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("table {path} already has a column {:?}", column.name),
+            ));
+        }
+        table.descriptor.columns.push(column);
+        table.modified_ms = now_ms;
+        let schema_id = table.descriptor.columns.len() as i32;
+        self.save()?;
+        Ok(schema_id)
     }
 
     /// Drops a table; returns its id, or `None` when absent and `ignore_if_not_exists` is set.

@@ -156,6 +156,13 @@ impl Cluster {
         Ok(info)
     }
 
+    /// Adds a nullable column to a table: later produces carry it; batches stored before read it as null.
+    pub fn add_column(&self, path: &TablePath, column: table::Column) -> Result<i32> {
+        let schema_id = lock(&self.metadata).add_column(path, column, now_ms())?;
+        tracing::info!(table = %path, schema_id, "added a column");
+        Ok(schema_id)
+    }
+
     pub fn drop_table(&self, path: &TablePath, ignore_if_not_exists: bool) -> Result<()> {
         let Some(table_id) = lock(&self.metadata).drop_table(path, ignore_if_not_exists)? else {
             return Ok(());

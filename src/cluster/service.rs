@@ -89,6 +89,17 @@ impl CoordinatorService for ClusterService {
         Ok(Response::new(proto::DropTableResponse {}))
     }
 
+    async fn alter_table_add_column(
+        &self,
+        req: Request<proto::AlterTableAddColumnRequest>,
+    ) -> Result<Response<proto::AlterTableAddColumnResponse>, Status> {
+        let req = req.into_inner();
+        let path = table_path(req.table_path)?;
+        let column = crate::cluster::table::Column { name: req.column_name, data_type: req.column_type.parse()? };
+        let schema_id = self.blocking(move |c| c.add_column(&path, column)).await?;
+        Ok(Response::new(proto::AlterTableAddColumnResponse { schema_id }))
+    }
+
     async fn list_tables(
         &self,
         _req: Request<proto::ListTablesRequest>,
@@ -121,7 +132,7 @@ impl CoordinatorService for ClusterService {
         let t = self.cluster.table_by_path(&path)?;
         Ok(Response::new(proto::GetTableInfoResponse {
             table_id: t.table_id,
-            schema_id: 0,
+            schema_id: t.descriptor.columns.len() as i32,
             table_json: table_json(&t.descriptor)?,
             created_time: t.created_ms,
             modified_time: t.modified_ms,

@@ -20,7 +20,7 @@ use iceberg::spec::{
     Transform, Type, UnboundPartitionSpec, deserialize_data_file_from_json, serialize_data_file_to_json,
 };
 use iceberg::table::Table;
-use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
 use iceberg::writer::base_writer::data_file_writer::{DataFileWriter, DataFileWriterBuilder};
 use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::writer::file_writer::location_generator::{DefaultFileNameGenerator, DefaultLocationGenerator};
@@ -130,6 +130,32 @@ impl IcebergFactory {
             Err(e) if e.kind() == iceberg::ErrorKind::TableAlreadyExists => self.load(t).await,
             created => created.map_err(lake_err(format!("creating lake table {}", t.path))),
         }
+    }
+}
+
+impl IcebergFactory {
+    /// Adds to the lake table the columns the Fluss table gained since (optional: older files read them as null).
+    async fn evolve(&self, t: &TableContext, table: Table) -> Result<Table> {
+        let expected = iceberg_schema(&t.descriptor)?;
+        let current = table.metadata().current_schema().clone();
+        let missing: Vec<_> = expected
+            .as_struct()
+            .fields()
+            .iter()
+            .filter(|f| current.field_by_name(&f.name).is_none())
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return Ok(table);
+        }
+        let names: Vec<&str> = missing.iter().map(|f| f.name.as_str()).collect();
+        tracing::info!(table = %t.path, columns = ?names, "evolving the lake table's schema");
+        let tx = Transaction::new(&table);
+        let action = missing.iter().fold(tx.update_schema(), |action, f| {
+            action.add_column(AddColumn::optional(&f.name, f.field_type.as_ref().clone()))
+        });
+        let tx = action.apply(tx).map_err(lake_err("building the schema change"))?;
+        tx.commit(self.catalog.as_ref()).await.map_err(lake_err(format!("evolving the schema of {}", t.path)))
     }
 }
 
@@ -265,7 +291,7 @@ fn latest_marker(table: &Table) -> Result<Option<TieredSnapshot>> {
 #[async_trait]
 impl LakeTieringFactory for IcebergFactory {
     async fn prepare_table(&self, t: &TableContext) -> Result<Option<TieredSnapshot>> {
-        let table = self.load_or_create(t).await?;
+        let table = self.evolve(t, self.load_or_create(t).await?).await?;
         check_compatible(t, &table)?;
         latest_marker(&table)
     }
@@ -332,13 +358,19 @@ struct DataFiles {
 #[async_trait]
 impl LakeWriter for IcebergLakeWriter {
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
-        // Same columns in the same order; types may differ in representation only (Binary vs LargeBinary, time zone
-        // spelling), and the field ids Iceberg needs ride in the target schema's metadata.
-        let columns = batch
-            .columns()
+        // Columns by name (the lake's order can differ after schema evolution); types may differ in representation
+        // only (Binary vs LargeBinary, time zone spelling); the field ids Iceberg needs ride in the target schema.
+        let n = batch.num_rows();
+        let columns = self
+            .target_schema
+            .fields()
             .iter()
-            .zip(self.target_schema.fields())
-            .map(|(c, f)| if c.data_type() == f.data_type() { Ok(Arc::clone(c)) } else { cast(c, f.data_type()) })
+            .map(|f| match batch.column_by_name(f.name()) {
+                Some(c) if c.data_type() == f.data_type() => Ok(Arc::clone(c)),
+                Some(c) => cast(c, f.data_type()),
+                // A column the lake has and the Fluss table does not (added outside): null.
+                None => Ok(arrow::array::new_null_array(f.data_type(), n)),
+            })
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| Error::new(ErrorKind::SchemaMismatch, "records do not fit the lake schema").with_source(e))?;
         let batch = RecordBatch::try_new(Arc::clone(&self.target_schema), columns)

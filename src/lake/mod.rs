@@ -217,7 +217,8 @@ pub fn lake_schema(descriptor: &TableDescriptor) -> SchemaRef {
 }
 
 /// Appends the system columns to a batch read from the cluster: `base_offset` is the offset of its first row,
-/// `append_timestamp_ms` the time its batch was appended.
+/// `append_timestamp_ms` the time its batch was appended. The batch's columns are taken by name, so a batch stored
+/// before a column was added reads that column as null.
 pub fn with_system_columns(
     schema: &SchemaRef,
     batch: &RecordBatch,
@@ -226,7 +227,14 @@ pub fn with_system_columns(
     append_timestamp_ms: i64,
 ) -> Result<RecordBatch> {
     let n = batch.num_rows();
-    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    let user_fields = schema.fields().len() - 3;
+    let mut columns: Vec<ArrayRef> = schema.fields()[..user_fields]
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) => Arc::clone(c),
+            None => arrow::array::new_null_array(f.data_type(), n),
+        })
+        .collect();
     columns.push(Arc::new(Int32Array::from(vec![bucket; n])));
     columns.push(Arc::new(Int64Array::from_iter_values(base_offset..base_offset + n as i64)));
     columns.push(Arc::new(TimestampMicrosecondArray::from(vec![append_timestamp_ms * 1000; n]).with_timezone("UTC")));

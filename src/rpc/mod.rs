@@ -83,6 +83,16 @@ impl ClusterClient {
         Ok(self.coordinator.clone().create_table(req).await?.into_inner().table_id)
     }
 
+    /// Adds a nullable column `name` of type `column_type` (as spelled on the command line); returns the schema id.
+    pub async fn add_column(&self, path: &TablePath, name: &str, column_type: &str) -> Result<i32> {
+        let req = proto::AlterTableAddColumnRequest {
+            table_path: Some(pb_path(path)),
+            column_name: name.to_string(),
+            column_type: column_type.to_string(),
+        };
+        Ok(self.coordinator.clone().alter_table_add_column(req).await?.into_inner().schema_id)
+    }
+
     pub async fn drop_table(&self, path: &TablePath, ignore_if_not_exists: bool) -> Result<()> {
         let req = proto::DropTableRequest { table_path: Some(pb_path(path)), ignore_if_not_exists };
         self.coordinator.clone().drop_table(req).await?;

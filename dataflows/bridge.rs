@@ -55,3 +55,46 @@ impl<T: Send + 'static> Tasks<T> {
         self.in_flight
     }
 }
+
+/// Tasks whose results are emitted at a time held for each of them: the operator's output frontier cannot pass that
+/// time until the task's result is out.
+pub struct CapabilityTasks<T> {
+    tasks: Tasks<(u64, T)>,
+    held: std::collections::BTreeMap<u64, timely::dataflow::operators::Capability<u64>>,
+    next: u64,
+}
+
+impl<T: Send + 'static> CapabilityTasks<T> {
+    pub fn new(runtime: Handle, activator: SyncActivator) -> Self {
+        CapabilityTasks { tasks: Tasks::new(runtime, activator), held: Default::default(), next: 0 }
+    }
+
+    /// Runs `future`, holding `cap` until its result is taken.
+    pub fn spawn(
+        &mut self,
+        cap: timely::dataflow::operators::Capability<u64>,
+        future: impl Future<Output = T> + Send + 'static,
+    ) {
+        let id = self.next;
+        self.next += 1;
+        self.held.insert(id, cap);
+        self.tasks.spawn(async move { (id, future.await) });
+    }
+
+    /// Finished results with the capabilities to emit them at. A panicked task cannot be matched to its capability:
+    /// every capability is released and the panic returned, for the job to stop on.
+    pub fn ready(&mut self) -> Result<Vec<(timely::dataflow::operators::Capability<u64>, T)>, String> {
+        let mut done = Vec::new();
+        for result in self.tasks.ready() {
+            let (id, value) = result.inspect_err(|_| self.held.clear())?;
+            if let Some(cap) = self.held.remove(&id) {
+                done.push((cap, value));
+            }
+        }
+        Ok(done)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.tasks.in_flight()
+    }
+}

@@ -30,7 +30,7 @@ use crate::lake::{BucketOffset, CommitMarker, LakeCommitter, TableBucket, Writte
 use crate::rpc::proto;
 
 use super::JobContext;
-use super::bridge::Tasks;
+use super::bridge::CapabilityTasks;
 use super::types::{RoundOutcome, RoundPlan, RoundStats, WriteResult};
 
 #[derive(Default)]
@@ -52,10 +52,9 @@ pub fn commit<'scope>(
         Exchange::new(|_: &WriteResult| 0),
         "Commit",
         move |_initial, info| {
-            let mut tasks: Tasks<(u64, RoundOutcome)> =
-                Tasks::new(ctx.runtime.clone(), scope.worker().sync_activator_for(info.address.to_vec()));
+            let mut tasks: CapabilityTasks<RoundOutcome> =
+                CapabilityTasks::new(ctx.runtime.clone(), scope.worker().sync_activator_for(info.address.to_vec()));
             let mut rounds: BTreeMap<u64, Round> = BTreeMap::new();
-            let mut committing: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
             move |(plans_in, plans_frontier), (results_in, results_frontier), output| {
                 plans_in.for_each(|cap, data| {
                     let Some(cap) = cap.retain_least(0) else {
@@ -83,25 +82,12 @@ pub fn commit<'scope>(
                         tracing::error!(time = t, results = round.results.len(), "write results without a round plan");
                         continue;
                     };
-                    committing.insert(t, cap);
                     let ctx = Arc::clone(&ctx);
-                    tasks.spawn(async move {
-                        let outcome = commit_round(&ctx, plan, round.results).await;
-                        (t, outcome)
-                    });
+                    tasks.spawn(cap, async move { commit_round(&ctx, plan, round.results).await });
                 }
-                for done in tasks.ready() {
-                    match done {
-                        Ok((t, outcome)) => {
-                            if let Some(cap) = committing.remove(&t) {
-                                output.session(&cap).give(outcome);
-                            }
-                        }
-                        Err(panic) => {
-                            ctx.record_error(format!("a commit task panicked: {panic}"));
-                            committing.clear();
-                        }
-                    }
+                match tasks.ready() {
+                    Ok(done) => done.into_iter().for_each(|(cap, outcome)| output.session(&cap).give(outcome)),
+                    Err(panic) => ctx.record_error(format!("a commit task panicked: {panic}")),
                 }
             }
         },

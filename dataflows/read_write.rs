@@ -10,7 +10,7 @@
 //! the output frontier passes `t` only when every split of round `t` routed here is written (or failed). At most
 //! `max_splits_in_flight` splits are worked on at once; the rest wait in arrival order.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use timely::container::CapacityContainerBuilder;
@@ -25,7 +25,7 @@ use crate::lake::{WriterContext, WrittenData, lake_schema, with_system_columns};
 use crate::rpc::ipc;
 
 use super::JobContext;
-use super::bridge::Tasks;
+use super::bridge::CapabilityTasks;
 use super::types::{Split, WriteResult};
 
 /// Reads and writes the splits of `splits`; emits one write result per split.
@@ -39,11 +39,9 @@ pub fn read_write<'scope>(
         Exchange::new(|s: &Split| s.route),
         "ReadWrite",
         move |_initial, info| {
-            let mut tasks: Tasks<(u64, WriteResult)> =
-                Tasks::new(ctx.runtime.clone(), scope.worker().sync_activator_for(info.address.to_vec()));
+            let mut tasks: CapabilityTasks<WriteResult> =
+                CapabilityTasks::new(ctx.runtime.clone(), scope.worker().sync_activator_for(info.address.to_vec()));
             let mut queue: VecDeque<(Capability<u64>, Split)> = VecDeque::new();
-            let mut running: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
-            let mut next_id = 0u64;
             move |(input, _frontier), output| {
                 input.for_each(|cap, data| {
                     for split in data.drain(..) {
@@ -52,19 +50,9 @@ pub fn read_write<'scope>(
                         }
                     }
                 });
-                for done in tasks.ready() {
-                    match done {
-                        Ok((id, result)) => {
-                            if let Some(cap) = running.remove(&id) {
-                                output.session(&cap).give(result);
-                            }
-                        }
-                        // A panic loses the split's identity: fail loudly rather than wait forever.
-                        Err(panic) => {
-                            ctx.record_error(format!("a split task panicked: {panic}"));
-                            running.clear();
-                        }
-                    }
+                match tasks.ready() {
+                    Ok(done) => done.into_iter().for_each(|(cap, result)| output.session(&cap).give(result)),
+                    Err(panic) => ctx.record_error(format!("a split task panicked: {panic}")),
                 }
                 // Start queued splits only after taking finished ones: a finished split frees a slot, and no
                 // other wake-up may come to fill it.
@@ -72,11 +60,8 @@ pub fn read_write<'scope>(
                     let Some((cap, split)) = queue.pop_front() else {
                         break;
                     };
-                    let id = next_id;
-                    next_id += 1;
-                    running.insert(id, cap);
                     let ctx = Arc::clone(&ctx);
-                    tasks.spawn(async move { (id, tier_split(&ctx, split, worker).await) });
+                    tasks.spawn(cap, async move { tier_split(&ctx, split, worker).await });
                 }
             }
         },

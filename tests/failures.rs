@@ -42,10 +42,7 @@ async fn a_table_dropped_and_recreated_mid_round_gets_nothing_while_others_keep_
         assert!(std::time::Instant::now() < deadline, "no round of the re-created table failed with the reason");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    signal(&job, libc::SIGTERM);
-    let status = wait_exit(job, Duration::from_secs(120)).await;
-    let log = std::fs::read_to_string(stderr.path()).expect("log");
-    assert!(status.success(), "the job stops cleanly on SIGTERM:\n{log}");
+    let log = stop_job(job, &stderr).await;
     assert!(resumed.elapsed() < Duration::from_secs(60));
 
     // The old round failed and left no files; nothing reached the lake table of that name.
@@ -96,9 +93,7 @@ async fn a_slow_commit_of_one_table_does_not_delay_the_others() {
         "the other tables finished ({others_done:?}) before the slow table's first commit"
     );
     wait_tiered(&client, &[&tables[0]], Duration::from_secs(60)).await;
-    signal(&job, libc::SIGTERM);
-    let status = wait_exit(job, Duration::from_secs(120)).await;
-    assert!(status.success(), "{}", std::fs::read_to_string(stderr.path()).unwrap_or_default());
+    stop_job(job, &stderr).await;
     for t in &tables {
         check_exactly_once(&read_lake(&warehouse, &t.path), t, &end_offsets(&client, t).await, 1000);
     }
@@ -128,22 +123,9 @@ async fn the_job_survives_a_coordinator_restart_mid_round() {
     signal(&job, libc::SIGCONT);
     produce_all(&client, &tables, 1000, 500).await;
     wait_tiered(&client, &tables.iter().collect::<Vec<_>>(), Duration::from_secs(60)).await;
-    signal(&job, libc::SIGTERM);
-    let status = wait_exit(job, Duration::from_secs(120)).await;
-    let log = std::fs::read_to_string(stderr.path()).expect("log");
-    assert!(status.success(), "{log}");
+    let log = stop_job(job, &stderr).await;
     assert!(log.contains("the coordinator restarted"), "the job noticed the new coordinator epoch:\n{log}");
-    for t in &tables {
-        let lake = read_lake(&warehouse, &t.path);
-        check_exactly_once(&lake, t, &end_offsets(&client, t).await, 1500);
-        let recorded = client.lake_snapshot(&t.path).await.expect("snapshot").expect("recorded");
-        assert_eq!(
-            Some(recorded.snapshot_id),
-            lake.current_snapshot_id,
-            "{}: the cluster agrees with the lake",
-            t.path
-        );
-    }
+    check_lake_and_cluster(&client, &warehouse, &tables, 1500).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,10 +156,7 @@ async fn one_bad_table_fails_with_a_reason_and_backoff_while_the_others_keep_tie
         .args(["status", "--cluster", &cluster.url()])
         .output()
         .expect("status");
-    signal(&job, libc::SIGTERM);
-    let exit = wait_exit(job, Duration::from_secs(60)).await;
-    let log = std::fs::read_to_string(stderr.path()).expect("log");
-    assert!(exit.success(), "{log}");
+    let log = stop_job(job, &stderr).await;
 
     let status = String::from_utf8_lossy(&status.stdout);
     let line = status.lines().find(|l| l.starts_with("db.sensors")).expect("sensors in status");
@@ -214,10 +193,7 @@ async fn a_round_past_its_freshness_commits_what_it_read_and_goes_again() {
         &stderr,
     );
     wait_tiered(&client, &tables.iter().collect::<Vec<_>>(), Duration::from_secs(120)).await;
-    signal(&job, libc::SIGTERM);
-    let exit = wait_exit(job, Duration::from_secs(60)).await;
-    let log = std::fs::read_to_string(stderr.path()).expect("log");
-    assert!(exit.success(), "{log}");
+    let log = stop_job(job, &stderr).await;
     assert!(log.contains("force-finished at its deadline"), "rounds hit their deadline:\n{log}");
     for t in &tables {
         let lake = read_lake(&warehouse, &t.path);
@@ -248,8 +224,7 @@ async fn busy_rounds_beside(empty: usize) -> (u64, Vec<i64>) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     wait_tiered(&client, &[busy], Duration::from_secs(60)).await;
-    signal(&job, libc::SIGTERM);
-    assert!(wait_exit(job, Duration::from_secs(60)).await.success());
+    stop_job(job, &stderr).await;
     let lake = read_lake(&warehouse, &busy.path);
     check_exactly_once(&lake, busy, &end_offsets(&client, busy).await, produced);
     let listed = client.list_tables().await.expect("tables");

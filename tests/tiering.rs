@@ -115,17 +115,7 @@ async fn crash_then_recover(point: &str) {
 
     produce_all(&client, &tables, 2000, 500).await;
     assert_success(&tier(&cluster.url(), &warehouse, &["-w", "2"], &[]).await);
-    for t in &tables {
-        let lake = read_lake(&warehouse, &t.path);
-        check_exactly_once(&lake, t, &end_offsets(&client, t).await, 2500);
-        let recorded = client.lake_snapshot(&t.path).await.expect("snapshot").expect("recorded");
-        assert_eq!(
-            Some(recorded.snapshot_id),
-            lake.current_snapshot_id,
-            "{}: the cluster caught up with the lake",
-            t.path
-        );
-    }
+    check_lake_and_cluster(&client, &warehouse, &tables, 2500).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,17 +160,7 @@ async fn zombie_resumes_after_takeover(point: &str) -> String {
     let status = wait_exit(zombie, Duration::from_secs(120)).await;
     let log = std::fs::read_to_string(stderr.path()).expect("zombie log");
     assert!(status.success(), "the zombie ends cleanly after its round is refused:\n{log}");
-    for t in &tables {
-        let lake = read_lake(&warehouse, &t.path);
-        check_exactly_once(&lake, t, &end_offsets(&client, t).await, 1800);
-        let recorded = client.lake_snapshot(&t.path).await.expect("snapshot").expect("recorded");
-        assert_eq!(
-            Some(recorded.snapshot_id),
-            lake.current_snapshot_id,
-            "{}: the cluster agrees with the lake",
-            t.path
-        );
-    }
+    check_lake_and_cluster(&client, &warehouse, &tables, 1800).await;
     log
 }
 

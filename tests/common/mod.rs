@@ -335,3 +335,28 @@ pub async fn wait_exit(mut child: std::process::Child, within: Duration) -> std:
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Stops a running job with SIGTERM, checks that it exits cleanly, and returns its log.
+pub async fn stop_job(job: std::process::Child, stderr: &tempfile::NamedTempFile) -> String {
+    signal(&job, libc::SIGTERM);
+    let status = wait_exit(job, Duration::from_secs(120)).await;
+    let log = std::fs::read_to_string(stderr.path()).expect("log");
+    assert!(status.success(), "the job stops cleanly on SIGTERM:\n{log}");
+    log
+}
+
+/// Checks every table's lake exactly once against `total` produced rows, and that the cluster's record of the lake
+/// names the lake's current snapshot.
+pub async fn check_lake_and_cluster(client: &ClusterClient, warehouse: &Path, tables: &[TestTable], total: u64) {
+    for t in tables {
+        let lake = read_lake(warehouse, &t.path);
+        check_exactly_once(&lake, t, &end_offsets(client, t).await, total);
+        let recorded = client.lake_snapshot(&t.path).await.expect("snapshot").expect("recorded");
+        assert_eq!(
+            Some(recorded.snapshot_id),
+            lake.current_snapshot_id,
+            "{}: the cluster agrees with the lake",
+            t.path
+        );
+    }
+}

@@ -245,10 +245,7 @@ async fn randomized_rounds_under_faults_stay_exactly_once() {
     let rounds: u64 = std::env::var("FLUSS_TIERING_FAULT_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
     println!("fault seed {seed} (replay with FLUSS_TIERING_FAULT_SEED={seed}), {rounds} rounds");
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let warehouse = dir.path().join("warehouse");
-    let (cluster, client) = common::start_cluster(&dir.path().join("cluster")).await;
-    let tables = common::create_tables(&client).await;
+    let common::Setup { dir: _dir, warehouse, cluster, client, tables } = common::setup().await;
     let inner = IcebergFactory::open_catalog(&warehouse).await.expect("catalog");
     let faulty = FaultyCatalog::new(inner);
     faulty.randomize(seed, 20, 400);

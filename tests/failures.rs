@@ -12,10 +12,7 @@ use fluss_tiering::failpoint;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_dropped_and_recreated_mid_round_gets_nothing_while_others_keep_tiering() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let warehouse = dir.path().join("warehouse");
-    let (cluster, client) = start_cluster(&dir.path().join("cluster")).await;
-    let tables = create_tables(&client).await;
+    let Setup { dir: _dir, warehouse, cluster, client, tables } = setup().await;
     // Only the first table has data, so the first split written, where the job pauses, is one of its.
     produce_all(&client, &tables[..1], 0, 2000).await;
 
@@ -73,10 +70,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_commit_of_one_table_does_not_delay_the_others() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let warehouse = dir.path().join("warehouse");
-    let (cluster, client) = start_cluster(&dir.path().join("cluster")).await;
-    let tables = create_tables(&client).await;
+    let Setup { dir: _dir, warehouse, cluster, client, tables } = setup().await;
     produce_all(&client, &tables, 0, 1000).await;
 
     let stderr = tempfile::NamedTempFile::new().expect("stderr");
@@ -101,10 +95,8 @@ async fn a_slow_commit_of_one_table_does_not_delay_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_job_survives_a_coordinator_restart_mid_round() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (warehouse, data) = (dir.path().join("warehouse"), dir.path().join("cluster"));
-    let (cluster, client) = start_cluster(&data).await;
-    let tables = create_tables(&client).await;
+    let Setup { dir, warehouse, cluster, client, tables } = setup().await;
+    let data = dir.path().join("cluster");
     produce_all(&client, &tables, 0, 1000).await;
 
     // The job stops between its lake commit and its cluster commit; meanwhile the cluster restarts.
@@ -130,10 +122,7 @@ async fn the_job_survives_a_coordinator_restart_mid_round() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_bad_table_fails_with_a_reason_and_backoff_while_the_others_keep_tiering() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let warehouse = dir.path().join("warehouse");
-    let (cluster, client) = start_cluster(&dir.path().join("cluster")).await;
-    let tables = create_tables(&client).await;
+    let Setup { dir: _dir, warehouse, cluster, client, tables } = setup().await;
     produce_all(&client, &tables, 0, 1000).await;
     assert_success(&tier(&cluster.url(), &warehouse, &[], &[]).await);
 
@@ -175,10 +164,7 @@ async fn one_bad_table_fails_with_a_reason_and_backoff_while_the_others_keep_tie
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_round_past_its_freshness_commits_what_it_read_and_goes_again() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let warehouse = dir.path().join("warehouse");
-    let (cluster, client) = start_cluster(&dir.path().join("cluster")).await;
-    let tables = create_tables(&client).await;
+    let Setup { dir: _dir, warehouse, cluster, client, tables } = setup().await;
     produce_all(&client, &tables, 0, 3000).await;
 
     // A slow cluster: every fetch takes 100 ms and returns one stored batch, so a round cannot read a bucket's backlog
@@ -204,10 +190,7 @@ async fn a_round_past_its_freshness_commits_what_it_read_and_goes_again() {
 
 /// Rounds of the busy table committed by a job over a few seconds of steady produce, next to `empty` empty tables.
 async fn busy_rounds_beside(empty: usize) -> (u64, Vec<i64>) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let warehouse = dir.path().join("warehouse");
-    let (cluster, client) = start_cluster(&dir.path().join("cluster")).await;
-    let tables = create_tables(&client).await;
+    let Setup { dir: _dir, warehouse, cluster, client, tables } = setup().await;
     let busy = &tables[0];
     let mut empty_ids = Vec::new();
     for i in 0..empty {
@@ -242,10 +225,7 @@ async fn empty_tables_cost_the_busy_table_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_added_column_evolves_the_lake_table_and_old_rows_read_null() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let warehouse = dir.path().join("warehouse");
-    let (cluster, client) = start_cluster(&dir.path().join("cluster")).await;
-    let tables = create_tables(&client).await;
+    let Setup { dir: _dir, warehouse, cluster, client, tables } = setup().await;
     produce_all(&client, &tables, 0, 1000).await;
     assert_success(&tier(&cluster.url(), &warehouse, &[], &[]).await);
 

@@ -9,10 +9,7 @@ use fluss_tiering::failpoint;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_tables_exactly_once_then_only_the_delta() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let warehouse = dir.path().join("warehouse");
-    let (cluster, client) = start_cluster(&dir.path().join("cluster")).await;
-    let tables = create_tables(&client).await;
+    let Setup { dir: _dir, warehouse, cluster, client, tables } = setup().await;
     produce_all(&client, &tables, 0, 3000).await;
 
     // Small splits: each bucket's range is cut into several sub-ranges, all committed in the round's one snapshot.
@@ -29,13 +26,14 @@ async fn three_tables_exactly_once_then_only_the_delta() {
         assert_eq!(Some(recorded.snapshot_id), lake.current_snapshot_id);
     }
 
-    // More data: the next run adds exactly the delta, in one more snapshot per table.
+    // More data: the next run adds exactly the delta, in new snapshots (one per round; a round that outlives the
+    // tables' 200 ms freshness commits what it read and another round follows).
     produce_all(&client, &tables, 3000, 1200).await;
     assert_success(&tier(&cluster.url(), &warehouse, &["-w", "2"], &[]).await);
     for (t, before) in tables.iter().zip(first_snapshots) {
         let lake = read_lake(&warehouse, &t.path);
         check_exactly_once(&lake, t, &end_offsets(&client, t).await, 4200);
-        assert_eq!(lake.snapshots, before + 1, "{}: one snapshot per round", t.path);
+        assert!(lake.snapshots > before, "{}: the delta went into new snapshots", t.path);
     }
 
     // Nothing new: a run finishes without touching the lake.
@@ -62,9 +60,7 @@ fn canonical(t: &TestTable, lake: &LakeTable) -> arrow::array::RecordBatch {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_lake_content_with_one_worker_two_workers_and_two_processes() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (cluster, client) = start_cluster(&dir.path().join("cluster")).await;
-    let tables = create_tables(&client).await;
+    let Setup { dir, cluster, client, tables, .. } = setup().await;
     produce_all(&client, &tables, 0, 2500).await;
     let url = cluster.url();
 
@@ -99,10 +95,7 @@ async fn same_lake_content_with_one_worker_two_workers_and_two_processes() {
 
 /// Crashes the job at `point`, produces a little more, restarts it, and checks the lake and the cluster.
 async fn crash_then_recover(point: &str) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let warehouse = dir.path().join("warehouse");
-    let (cluster, client) = start_cluster(&dir.path().join("cluster")).await;
-    let tables = create_tables(&client).await;
+    let Setup { dir: _dir, warehouse, cluster, client, tables } = setup().await;
     produce_all(&client, &tables, 0, 2000).await;
 
     let crashed = tier(&cluster.url(), &warehouse, &["-w", "2"], &[(failpoint::ENV, point)]).await;
@@ -141,10 +134,7 @@ async fn crash_after_cluster_commit() {
 /// A job frozen at `point` past the heartbeat time-out (a zombie), while a second job takes its tables over and
 /// tiers everything; then the zombie resumes. Returns the zombie's stderr.
 async fn zombie_resumes_after_takeover(point: &str) -> String {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let warehouse = dir.path().join("warehouse");
-    let (cluster, client) = start_cluster(&dir.path().join("cluster")).await;
-    let tables = create_tables(&client).await;
+    let Setup { dir: _dir, warehouse, cluster, client, tables } = setup().await;
     produce_all(&client, &tables, 0, 1500).await;
 
     let stderr = tempfile::NamedTempFile::new().expect("stderr");

@@ -360,3 +360,21 @@ pub async fn check_lake_and_cluster(client: &ClusterClient, warehouse: &Path, ta
         );
     }
 }
+
+/// A test's world: a temporary directory, a running cluster with the 3-table mix, and where its lake goes.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    /// `DIR/warehouse`.
+    pub warehouse: PathBuf,
+    pub cluster: EmbeddedCluster,
+    pub client: ClusterClient,
+    pub tables: Vec<TestTable>,
+}
+
+/// Starts a cluster in `DIR/cluster` and creates the 3-table mix in it.
+pub async fn setup() -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cluster, client) = start_cluster(&dir.path().join("cluster")).await;
+    let tables = create_tables(&client).await;
+    Setup { warehouse: dir.path().join("warehouse"), dir, cluster, client, tables }
+}

@@ -15,6 +15,10 @@
 //! - [`cluster`]: the hot store: durable bucket logs, table catalog, and the coordinator that schedules tables for
 //!   tiering under fenced epochs. Served over gRPC, standalone or embedded.
 //! - [`rpc`]: the wire protocol (`proto/fluss_api.proto`), a typed client and the Arrow IPC framing.
+//! - [`dataflows`]: the tiering job, one timely graph (enumerator → read+write → commit), in the top-level
+//!   `dataflows/` directory.
+//! - [`lake`]: the lake formats behind `LakeTieringFactory`; Apache Iceberg first.
+//! - [`failpoint`]: crash, pause and slow-down points that the tests arm through environment variables.
 //! - [`workload`]: a deterministic load generator whose rows a checker can recompute.
 //! - [`cli`]: the `fluss-tiering` command.
 

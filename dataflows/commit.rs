@@ -137,6 +137,7 @@ async fn try_commit(ctx: &JobContext, plan: &RoundPlan, results: Vec<WriteResult
     failpoint::hit("after-lake-commit");
     cluster_commit(ctx, plan, snapshot_id, &marker).await?;
     failpoint::hit("after-cluster-commit");
+    ctx.metrics.committed(&plan.table.path.to_string(), marker.offsets.iter().map(|o| o.offset).sum());
     Ok(stats)
 }
 

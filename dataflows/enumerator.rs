@@ -293,6 +293,9 @@ impl Enumerator {
                 started_ms: crate::cluster::now_ms(),
             };
             let planned = plan_round(&ctx.client, ctx.lake.as_ref(), request).await;
+            if let Ok(p) = &planned {
+                ctx.metrics.planned(&p.plan.table.path.to_string(), p.end_total, p.tiered_total);
+            }
             Event::Planned { table_id, time, planned }
         });
     }

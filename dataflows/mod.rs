@@ -71,6 +71,9 @@ impl Default for TierConfig {
     }
 }
 
+/// Upper bounds (seconds) of the commit latency histogram's buckets.
+const COMMIT_BUCKETS: [f64; 8] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
+
 /// Counters of one job, shared by all workers of a process.
 #[derive(Debug, Default)]
 pub struct JobMetrics {
@@ -78,10 +81,23 @@ pub struct JobMetrics {
     pub files: AtomicU64,
     pub file_bytes: AtomicU64,
     pub splits: AtomicU64,
+    pub splits_in_flight: AtomicU64,
     pub rounds_committed: AtomicU64,
     pub rounds_empty: AtomicU64,
     pub rounds_failed: AtomicU64,
     pub commit_micros: AtomicU64,
+    /// Commits per latency bucket (`COMMIT_BUCKETS`, then +Inf).
+    commit_buckets: [AtomicU64; 9],
+    /// Per table: the end offsets seen at the latest planning, and the offsets committed.
+    tables: Mutex<std::collections::BTreeMap<String, TableProgress>>,
+}
+
+/// How far one table is, as this job saw it.
+#[derive(Debug, Default, Clone, Copy)]
+struct TableProgress {
+    end: i64,
+    tiered: i64,
+    tiered_at_ms: i64,
 }
 
 impl JobMetrics {
@@ -94,12 +110,96 @@ impl JobMetrics {
     fn add_committed_round(&self, took: Duration) {
         self.rounds_committed.fetch_add(1, Ordering::Relaxed);
         self.commit_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        let secs = took.as_secs_f64();
+        let bucket = COMMIT_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(COMMIT_BUCKETS.len());
+        self.commit_buckets[bucket].fetch_add(1, Ordering::Relaxed);
     }
     fn add_empty_round(&self) {
         self.rounds_empty.fetch_add(1, Ordering::Relaxed);
     }
     fn add_failed_round(&self) {
         self.rounds_failed.fetch_add(1, Ordering::Relaxed);
+    }
+    fn progress(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, TableProgress>> {
+        self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// A round of `table` was planned: the cluster's end offsets add up to `end`, the lake's to `tiered`.
+    pub(crate) fn planned(&self, table: &str, end: i64, tiered: i64) {
+        let mut tables = self.progress();
+        let p = tables.entry(table.to_string()).or_default();
+        p.end = end;
+        p.tiered = p.tiered.max(tiered);
+    }
+    /// A round of `table` committed offsets adding up to `tiered`.
+    pub(crate) fn committed(&self, table: &str, tiered: i64) {
+        let mut tables = self.progress();
+        let p = tables.entry(table.to_string()).or_default();
+        p.tiered = tiered;
+        p.end = p.end.max(tiered);
+        p.tiered_at_ms = crate::cluster::now_ms();
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let counters = [
+            ("fluss_tiering_rows_total", "Rows written to the lake (committed or not).", &self.rows),
+            ("fluss_tiering_files_total", "Lake files written.", &self.files),
+            ("fluss_tiering_file_bytes_total", "Bytes of lake files written.", &self.file_bytes),
+            ("fluss_tiering_splits_total", "Splits read and written.", &self.splits),
+            ("fluss_tiering_rounds_committed_total", "Rounds committed to lake and cluster.", &self.rounds_committed),
+            ("fluss_tiering_rounds_empty_total", "Rounds that found nothing new.", &self.rounds_empty),
+            ("fluss_tiering_rounds_failed_total", "Rounds that failed.", &self.rounds_failed),
+        ];
+        for (name, help, value) in counters {
+            let _ =
+                writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP fluss_tiering_splits_in_flight Splits being read and written.\n# TYPE fluss_tiering_splits_in_flight gauge\nfluss_tiering_splits_in_flight {}",
+            self.splits_in_flight.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(out, "# HELP fluss_tiering_commit_seconds Latency of round commits (lake and cluster).");
+        let _ = writeln!(out, "# TYPE fluss_tiering_commit_seconds histogram");
+        let mut cumulative = 0;
+        for (i, bound) in COMMIT_BUCKETS.iter().map(|b| b.to_string()).chain(["+Inf".to_string()]).enumerate() {
+            cumulative += self.commit_buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "fluss_tiering_commit_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let _ = writeln!(
+            out,
+            "fluss_tiering_commit_seconds_sum {}",
+            self.commit_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "fluss_tiering_commit_seconds_count {cumulative}");
+        let now = crate::cluster::now_ms();
+        let _ = writeln!(
+            out,
+            "# HELP fluss_tiering_table_lag_offsets Offsets seen in the cluster and not yet in the lake."
+        );
+        let _ = writeln!(out, "# TYPE fluss_tiering_table_lag_offsets gauge");
+        let tables = self.progress().clone();
+        for (table, p) in &tables {
+            let _ = writeln!(
+                out,
+                "fluss_tiering_table_lag_offsets{{table=\"{}\"}} {}",
+                crate::metrics::label(table),
+                p.end - p.tiered
+            );
+        }
+        let _ = writeln!(out, "# HELP fluss_tiering_table_seconds_since_commit Seconds since the table's last commit.");
+        let _ = writeln!(out, "# TYPE fluss_tiering_table_seconds_since_commit gauge");
+        for (table, p) in tables.iter().filter(|(_, p)| p.tiered_at_ms > 0) {
+            let secs = (now - p.tiered_at_ms) as f64 / 1000.0;
+            let _ = writeln!(
+                out,
+                "fluss_tiering_table_seconds_since_commit{{table=\"{}\"}} {secs}",
+                crate::metrics::label(table)
+            );
+        }
+        out
     }
 }
 

@@ -71,7 +71,9 @@ pub fn read_write<'scope>(
 /// Reads one split and writes it into the lake.
 async fn tier_split(ctx: &JobContext, split: Split, worker: usize) -> WriteResult {
     let started = std::time::Instant::now();
+    ctx.metrics.splits_in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let outcome = write_split(ctx, &split, worker).await;
+    ctx.metrics.splits_in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     if let Ok((w, _)) = &outcome {
         ctx.metrics.add_split(w.rows, w.files, w.file_bytes);
         tracing::debug!(table = %split.table.path, bucket = ?split.bucket, rows = w.rows,

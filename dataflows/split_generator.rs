@@ -62,6 +62,9 @@ pub struct Planned {
     /// The cluster's record of the lake lags behind the lake itself (a lake commit whose cluster commit was lost):
     /// the round must commit to the cluster even without new data.
     pub cluster_behind: bool,
+    /// The table's end offsets and the lake's offsets, summed over buckets (for the lag metric).
+    pub end_total: i64,
+    pub tiered_total: i64,
 }
 
 /// Cuts `[start, stop)` into contiguous pieces of at most `split_rows` offsets.
@@ -131,7 +134,7 @@ pub async fn plan_round(
     if states.iter().all(|b| b.high_watermark == 0) {
         let plan =
             RoundPlan { table, tiering_epoch, coordinator_epoch, round_id, splits: 0, base: None, buckets: vec![] };
-        return Ok(Planned { plan, splits: vec![], cluster_behind: false });
+        return Ok(Planned { plan, splits: vec![], cluster_behind: false, end_total: 0, tiered_total: 0 });
     }
     let base: Option<TieredSnapshot> = lake.prepare_table(&table).await?;
     let cluster_snapshot = client.lake_snapshot(&path).await?.map(|s| s.snapshot_id);
@@ -165,7 +168,9 @@ pub async fn plan_round(
     let cluster_behind = base.as_ref().is_some_and(|b| Some(b.snapshot_id) != cluster_snapshot);
     let plan =
         RoundPlan { table, tiering_epoch, coordinator_epoch, round_id, splits: splits.len() as u32, base, buckets };
-    Ok(Planned { plan, splits, cluster_behind })
+    let end_total = states.iter().map(|b| b.high_watermark).sum();
+    let tiered_total = lake_offsets.values().sum();
+    Ok(Planned { plan, splits, cluster_behind, end_total, tiered_total })
 }
 
 #[cfg(test)]

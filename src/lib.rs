@@ -19,6 +19,7 @@
 //!   `dataflows/` directory.
 //! - [`lake`]: the lake formats behind `LakeTieringFactory`; Apache Iceberg first.
 //! - [`failpoint`]: crash, pause and slow-down points that the tests arm through environment variables.
+//! - [`metrics`]: the Prometheus `/metrics` endpoint of the job and of the cluster.
 //! - [`workload`]: a deterministic load generator whose rows a checker can recompute.
 //! - [`cli`]: the `fluss-tiering` command.
 
@@ -29,6 +30,7 @@ pub mod dataflows;
 pub mod error;
 pub mod failpoint;
 pub mod lake;
+pub mod metrics;
 pub mod rpc;
 pub mod workload;
 

@@ -122,6 +122,7 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             warehouse: dir.join(format!("lake-w{workers}")),
             catalog: None,
             format: "iceberg".into(),
+            metrics_addr: None,
             once: true,
             timely: TimelyArgs { workers, processes: 1, process: 0, hostfile: None },
             tuning: TuningArgs {

@@ -63,6 +63,9 @@ pub struct TierArgs {
     /// Lake format.
     #[arg(long, default_value = "iceberg")]
     pub format: String,
+    /// Serve Prometheus metrics on this address (GET /metrics).
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Exit 0 once every lake-enabled table has caught up with the offsets seen at start.
     #[arg(long)]
     pub once: bool,
@@ -154,6 +157,9 @@ pub struct ClusterArgs {
     /// Segment size in bytes at which a bucket log rolls.
     #[arg(long, default_value_t = 64 << 20)]
     pub segment_bytes: u64,
+    /// Serve Prometheus metrics on this address (GET /metrics).
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -277,13 +283,18 @@ async fn run_cluster(args: ClusterArgs) -> anyhow::Result<()> {
     config.heartbeat_timeout = parse_duration(&args.tiering_timeout)?;
     config.failure_backoff = parse_duration(&args.failure_backoff)?;
     config.segment_bytes = args.segment_bytes;
-    let cluster = tokio::task::spawn_blocking(move || Cluster::open(config)).await??;
+    let cluster = Arc::new(tokio::task::spawn_blocking(move || Cluster::open(config)).await??);
+    if let Some(addr) = args.metrics_addr {
+        let for_metrics = Arc::clone(&cluster);
+        let bound = crate::metrics::serve(addr, Arc::new(move || for_metrics.render_metrics())).await?;
+        println!("metrics on http://{bound}/metrics");
+    }
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     println!("cluster serving on http://{addr} (data in {})", args.data_dir.display());
-    server::serve(Arc::new(cluster), listener, shutdown_signal()).await?;
+    server::serve(cluster, listener, shutdown_signal()).await?;
     println!("cluster stopped");
     Ok(())
 }

@@ -85,6 +85,11 @@ pub(super) fn run_job(args: &TierArgs) -> anyhow::Result<Arc<JobContext>> {
         Ok::<_, crate::Error>((client, lake))
     })?;
     let ctx = Arc::new(JobContext::new(runtime.handle().clone(), client, lake, config));
+    if let Some(addr) = args.metrics_addr {
+        let for_metrics = Arc::clone(&ctx);
+        let bound = runtime.block_on(crate::metrics::serve(addr, Arc::new(move || for_metrics.metrics.render())))?;
+        tracing::info!(%bound, "serving metrics");
+    }
     let on_signal = Arc::clone(&ctx);
     runtime.spawn(async move {
         super::shutdown_signal().await;
@@ -174,6 +179,7 @@ pub fn run_demo(args: super::DemoArgs) -> anyhow::Result<()> {
         warehouse: warehouse.clone(),
         catalog: None,
         format: "iceberg".into(),
+        metrics_addr: None,
         once: true,
         timely,
         tuning: TuningArgs {

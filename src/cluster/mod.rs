@@ -89,6 +89,8 @@ pub struct Cluster {
     metadata: Mutex<Metadata>,
     coordinator: Mutex<Coordinator>,
     logs: Mutex<HashMap<BucketId, Arc<Mutex<BucketLog>>>>,
+    /// Records acknowledged since start.
+    produced: std::sync::atomic::AtomicU64,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -127,6 +129,7 @@ impl Cluster {
             metadata: Mutex::new(metadata),
             coordinator: Mutex::new(coordinator),
             logs: Mutex::new(HashMap::new()),
+            produced: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -226,6 +229,7 @@ impl Cluster {
         let log = self.log(BucketId { table_id, partition_id, bucket })?;
         let base_offset = lock(&log).append(&records, record_count, now_ms())?;
         self.coordinator().note_data(table_id);
+        self.produced.fetch_add(u64::from(record_count), std::sync::atomic::Ordering::Relaxed);
         Ok(Appended { partition_id, base_offset, record_count })
     }
 
@@ -244,6 +248,47 @@ impl Cluster {
         let log = self.existing_log(id)?;
         let log = lock(&log);
         Ok(if latest { log.end_offset() } else { log.start_offset() })
+    }
+
+    /// The cluster's metrics in the Prometheus text format: records produced, and per table the end offsets, the
+    /// offsets in the lake and the tiering state.
+    pub fn render_metrics(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let produced = self.produced.load(std::sync::atomic::Ordering::Relaxed);
+        let _ = writeln!(out, "# HELP fluss_cluster_records_produced_total Records acknowledged since start.");
+        let _ = writeln!(
+            out,
+            "# TYPE fluss_cluster_records_produced_total counter\nfluss_cluster_records_produced_total {produced}"
+        );
+        let tables = self.list_tables();
+        let ends: HashMap<i64, i64> = {
+            let logs = lock(&self.logs);
+            let mut ends = HashMap::new();
+            for (id, log) in logs.iter() {
+                *ends.entry(id.table_id).or_insert(0) += lock(log).end_offset();
+            }
+            ends
+        };
+        let coordinator = self.coordinator();
+        let _ =
+            writeln!(out, "# HELP fluss_cluster_table_lag_offsets Records in the cluster not yet recorded as tiered.");
+        let _ = writeln!(out, "# TYPE fluss_cluster_table_lag_offsets gauge");
+        for (t, status) in &tables {
+            let end = ends.get(&t.table_id).copied().unwrap_or(0);
+            let tiered: i64 = coordinator
+                .lake_snapshot(t.table_id)
+                .map(|l| l.buckets.iter().map(|b| b.log_end_offset).sum())
+                .unwrap_or(0);
+            let state = status.as_ref().map(|s| s.state.name()).unwrap_or("disabled");
+            let name = crate::metrics::label(&t.path.to_string());
+            let _ = writeln!(
+                out,
+                "fluss_cluster_table_lag_offsets{{table=\"{name}\",state=\"{state}\"}} {}",
+                (end - tiered).max(0)
+            );
+        }
+        out
     }
 
     /// The log of a bucket that the catalog knows.

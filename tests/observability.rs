@@ -1,0 +1,66 @@
+//! What a person running a long job sees: the job's Prometheus metrics and the `status` command.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn scrape(addr: &str) -> Option<String> {
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: test\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    if response.starts_with("HTTP/1.1 200") { Some(response) } else { None }
+}
+
+fn value(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_the_lag_falling_to_zero() {
+    let Setup { dir: _dir, warehouse, cluster, client, tables } = setup().await;
+    let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
+    let stderr = tempfile::NamedTempFile::new().expect("stderr");
+    let job = spawn_tier(&cluster.url(), &warehouse, &["--metrics-addr", &addr], &[], &stderr);
+    let lag_series = format!("fluss_tiering_table_lag_offsets{{table=\"{}\"}}", tables[0].path);
+
+    // Produce for a while, scraping as we go: the lag is seen above zero while rounds chase the producer.
+    let mut max_lag = 0.0f64;
+    let mut produced = 0;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        produce_all(&client, &tables[..1], produced, 200).await;
+        produced += 200;
+        if let Some(m) = scrape(&addr) {
+            max_lag = max_lag.max(value(&m, &lag_series).unwrap_or(0.0));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Then it falls to zero once the producer stops and the job has caught up. (The job's lag is as of its latest
+    // round's planning; the cluster's own metrics have the lag as of now.)
+    wait_tiered(&client, &[&tables[0]], Duration::from_secs(60)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let last = loop {
+        if let Some(m) = scrape(&addr).filter(|m| value(m, &lag_series) == Some(0.0)) {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "the lag never reached zero");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(max_lag > 0.0, "the lag was seen above zero while producing");
+    assert!(value(&last, "fluss_tiering_rows_total").unwrap_or(0.0) >= produced as f64);
+    assert!(value(&last, "fluss_tiering_commit_seconds_count").unwrap_or(0.0) >= 1.0);
+    assert!(value(&last, "fluss_tiering_rounds_committed_total").unwrap_or(0.0) >= 1.0);
+    assert!(last.contains("fluss_tiering_commit_seconds_bucket{le=\"+Inf\"}"));
+    stop_job(job, &stderr).await;
+    check_exactly_once(
+        &read_lake(&warehouse, &tables[0].path),
+        &tables[0],
+        &end_offsets(&client, &tables[0]).await,
+        produced,
+    );
+}

@@ -142,16 +142,16 @@ async fn try_commit(ctx: &JobContext, plan: &RoundPlan, results: Vec<WriteResult
 }
 
 /// A round's write results, checked and summed up.
-struct Gathered {
+pub struct Gathered {
     /// The files to commit.
-    written: Vec<WrittenData>,
+    pub written: Vec<WrittenData>,
     /// Files written past a gap that a deadline left in their bucket: never committed.
-    beyond_gap: Vec<WrittenData>,
+    pub beyond_gap: Vec<WrittenData>,
     /// Where each bucket read this round gets to.
-    reached: BTreeMap<TableBucket, i64>,
-    stats: RoundStats,
+    pub reached: BTreeMap<TableBucket, i64>,
+    pub stats: RoundStats,
     /// Why the round cannot be committed, if it cannot.
-    problem: Option<String>,
+    pub problem: Option<String>,
 }
 
 impl Gathered {
@@ -164,7 +164,7 @@ impl Gathered {
 /// Checks that every split of the round reported, then keeps, per bucket, the splits that continue each other from
 /// the bucket's start: a split that a deadline cut short ends its bucket's round, and later sub-ranges of that bucket
 /// wait for the next round (their files are deleted), so a bucket's committed range never has a hole.
-fn gather(plan: &RoundPlan, results: Vec<WriteResult>) -> Gathered {
+pub fn gather(plan: &RoundPlan, results: Vec<WriteResult>) -> Gathered {
     let indexes: BTreeSet<u32> = results.iter().map(|r| r.index).collect();
     let complete = results.len() == plan.splits as usize
         && indexes.len() == results.len()

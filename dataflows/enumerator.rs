@@ -291,6 +291,7 @@ impl Enumerator {
                 route_base: time * 7919,
                 split_rows: ctx.config.split_rows,
                 started_ms: crate::cluster::now_ms(),
+                max_duration: ctx.config.max_round_duration,
             };
             let planned = plan_round(&ctx.client, ctx.lake.as_ref(), request).await;
             if let Ok(p) = &planned {

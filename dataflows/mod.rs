@@ -50,6 +50,8 @@ pub struct TierConfig {
     pub fetch_max_bytes: i32,
     /// A bucket's new range is cut into splits of at most this many offsets.
     pub split_rows: u64,
+    /// How long a round may run before its readers stop where they are; `None`: the table's freshness (as Fluss).
+    pub max_round_duration: Option<Duration>,
     /// `--once`: consecutive failed rounds of one table before the job gives up.
     pub max_round_failures: u32,
     /// `--once`: consecutive failed heartbeats before the job gives up.
@@ -65,6 +67,7 @@ impl Default for TierConfig {
             max_splits_in_flight: 2,
             fetch_max_bytes: 8 << 20,
             split_rows: 1_000_000,
+            max_round_duration: None,
             max_round_failures: 5,
             max_rpc_failures: 60,
         }

@@ -90,8 +90,10 @@ pub struct RoundRequest {
     /// Routing key of the round's first split (later splits take the next keys).
     pub route_base: u64,
     pub split_rows: u64,
-    /// When the round started (ms since the epoch): it must end one freshness interval later.
+    /// When the round started (ms since the epoch): it must end one freshness interval later, or `max_duration`
+    /// later when the job sets one.
     pub started_ms: i64,
+    pub max_duration: Option<std::time::Duration>,
 }
 
 /// Plans one round: reads offsets, prepares the lake table (unless the table never had data), cuts splits.
@@ -100,8 +102,17 @@ pub async fn plan_round(
     lake: &dyn crate::lake::LakeTieringFactory,
     req: RoundRequest,
 ) -> Result<Planned> {
-    let RoundRequest { table_id, path, tiering_epoch, coordinator_epoch, round_id, route_base, split_rows, started_ms } =
-        req;
+    let RoundRequest {
+        table_id,
+        path,
+        tiering_epoch,
+        coordinator_epoch,
+        round_id,
+        route_base,
+        split_rows,
+        started_ms,
+        max_duration,
+    } = req;
     let (current_id, descriptor) = client.table_info(&path).await?;
     if current_id != table_id {
         return Err(Error::new(
@@ -109,7 +120,11 @@ pub async fn plan_round(
             format!("table {path} was dropped and re-created (id {table_id} is now {current_id})"),
         ));
     }
-    let deadline_ms = started_ms.saturating_add(descriptor.freshness()?.as_millis() as i64);
+    let max_duration = match max_duration {
+        Some(d) => d,
+        None => descriptor.freshness()?,
+    };
+    let deadline_ms = started_ms.saturating_add(max_duration.as_millis() as i64);
     let table = TableContext { table_id, path: path.clone(), descriptor };
     let partitions: Vec<(Option<i64>, Option<String>)> = if table.descriptor.is_partitioned() {
         client.list_partitions(&path).await?.into_iter().map(|(id, name)| (Some(id), Some(name))).collect()

@@ -132,6 +132,8 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
                 max_splits_per_worker: 2,
                 split_rows: args.split_rows,
                 fetch_max_bytes: 8 << 20,
+                // The tables' freshness is short so rounds start at once; rounds must not be cut short by it.
+                max_round_duration: Some("1h".into()),
             },
             help: None,
         };

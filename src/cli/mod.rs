@@ -115,6 +115,10 @@ pub struct TuningArgs {
     /// Bytes per fetch request (at least one stored batch is always returned).
     #[arg(long, default_value_t = 8 << 20)]
     pub fetch_max_bytes: i32,
+    /// A round still reading after this long commits what it has read and goes again (default: the table's
+    /// freshness, as in Fluss).
+    #[arg(long)]
+    pub max_round_duration: Option<String>,
 }
 
 #[derive(Debug, Args)]

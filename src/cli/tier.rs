@@ -63,6 +63,7 @@ fn tier_config(tuning: &TuningArgs, once: bool) -> anyhow::Result<TierConfig> {
         max_splits_in_flight: tuning.max_splits_per_worker,
         split_rows: tuning.split_rows,
         fetch_max_bytes: tuning.fetch_max_bytes.max(1),
+        max_round_duration: tuning.max_round_duration.as_deref().map(parse_duration).transpose()?,
         ..TierConfig::default()
     })
 }
@@ -189,6 +190,7 @@ pub fn run_demo(args: super::DemoArgs) -> anyhow::Result<()> {
             max_splits_per_worker: 2,
             split_rows: 1_000_000,
             fetch_max_bytes: 8 << 20,
+            max_round_duration: None,
         },
         help: None,
     };

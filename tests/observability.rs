@@ -64,3 +64,34 @@ async fn metrics_show_the_lag_falling_to_zero() {
         produced,
     );
 }
+
+#[test]
+fn bench_writes_one_json_document_per_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("runs.jsonl");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fluss-tiering"))
+        .args(["bench", "--rows", "20000", "--buckets", "2", "--workers", "1,2", "--json"])
+        .arg(&json)
+        .arg("--dir")
+        .arg(dir.path().join("work"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("bench");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&json).expect("json file");
+    let runs: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).expect("one JSON document per line")).collect();
+    assert_eq!(runs.len(), 3, "the baseline, then one run per worker count");
+    assert!(runs[0]["kind"].as_str().expect("kind").starts_with("baseline"));
+    assert_eq!(runs.iter().skip(1).map(|r| r["workers"].as_u64().expect("workers")).collect::<Vec<_>>(), vec![1, 2]);
+    for r in &runs {
+        for field in ["rows", "arrow_bytes", "parquet_bytes", "files", "cores", "peak_rss_bytes"] {
+            assert!(r[field].as_u64().expect(field) > 0, "{field} is positive in {r}");
+        }
+        for field in ["wall_seconds", "rows_per_second", "arrow_mb_per_second", "ratio_to_baseline"] {
+            assert!(r[field].as_f64().expect(field) > 0.0, "{field} is positive in {r}");
+        }
+        assert_eq!(r["rows"].as_u64(), Some(20_000), "every run tiers every row");
+        assert!(!r["cpu_model"].as_str().expect("cpu model").is_empty());
+    }
+}

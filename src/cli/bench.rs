@@ -66,6 +66,33 @@ struct Run {
     ratio_to_baseline: f64,
     rounds_committed: u64,
     cores: usize,
+    cpu_model: String,
+    /// The process's peak resident memory so far (VmHWM): every run of one `bench` shares the process.
+    peak_rss_bytes: u64,
+}
+
+/// The CPU model, from /proc/cpuinfo.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The process's peak resident set size in bytes, from /proc/self/status.
+fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
 }
 
 pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -115,6 +142,8 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         ratio_to_baseline: 1.0,
         rounds_committed: 0,
         cores,
+        cpu_model: cpu_model(),
+        peak_rss_bytes: peak_rss(),
     }];
     for &workers in &args.workers {
         let job = TierArgs {
@@ -158,6 +187,8 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             ratio_to_baseline: baseline.took.as_secs_f64() / secs,
             rounds_committed: m.rounds_committed.load(Ordering::Relaxed),
             cores,
+            cpu_model: cpu_model(),
+            peak_rss_bytes: peak_rss(),
         });
     }
     runtime.block_on(cluster.shutdown())?;
@@ -179,7 +210,11 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             r.ratio_to_baseline
         );
     }
-    println!("(ratio = baseline time / run time; {cores} cores)");
+    println!(
+        "(ratio = baseline time / run time; {cores} cores, {}; peak RSS {:.0} MB)",
+        cpu_model(),
+        peak_rss() as f64 / 1e6
+    );
     if let Some(path) = &args.json {
         let lines: Vec<String> = runs.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
         std::fs::write(path, lines.join("\n") + "\n").with_context(|| format!("writing {}", path.display()))?;

@@ -230,16 +230,7 @@ async fn print_lake(
         let ctx = TableContext { table_id: *id, path: path.clone(), descriptor: descriptor.clone() };
         let latest = lake.create_committer(&ctx).await?.latest().await?;
         let in_lake: i64 = latest.as_ref().map(|l| l.marker.offsets.iter().map(|o| o.offset).sum()).unwrap_or(0);
-        let buckets: Vec<i32> = (0..descriptor.buckets as i32).collect();
-        let mut end = 0i64;
-        let partitions: Vec<Option<i64>> = if descriptor.is_partitioned() {
-            client.list_partitions(path).await?.into_iter().map(|(p, _)| Some(p)).collect()
-        } else {
-            vec![None]
-        };
-        for p in partitions {
-            end += client.list_offsets(*id, p, &buckets, true).await?.iter().sum::<i64>();
-        }
+        let end: i64 = super::end_offsets(client, *id, path, descriptor).await?.iter().map(|(_, e)| e).sum();
         println!(
             "{:<14} {:>20} {:>12} {:>12} {:>8}",
             path.to_string(),

@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
@@ -29,13 +30,14 @@ use crate::failpoint;
 use crate::lake::{BucketOffset, CommitMarker, LakeCommitter, TableBucket, WrittenData};
 use crate::rpc::proto;
 
-use super::JobContext;
 use super::bridge::CapabilityTasks;
 use super::types::{RoundOutcome, RoundPlan, RoundStats, WriteResult};
+use super::{JobContext, Phase};
 
 #[derive(Default)]
 struct Round {
-    plan: Option<(Capability<u64>, RoundPlan)>,
+    /// The plan, with when it arrived: the round's splits went out to the readers then.
+    plan: Option<(Capability<u64>, RoundPlan, Instant)>,
     results: Vec<WriteResult>,
 }
 
@@ -61,7 +63,7 @@ pub fn commit<'scope>(
                         return;
                     };
                     for plan in data.drain(..) {
-                        rounds.entry(*cap.time()).or_default().plan = Some((cap.clone(), plan));
+                        rounds.entry(*cap.time()).or_default().plan = Some((cap.clone(), plan, Instant::now()));
                     }
                 });
                 results_in.for_each(|cap, data| {
@@ -78,10 +80,11 @@ pub fn commit<'scope>(
                     let Some(round) = rounds.remove(&t) else {
                         continue;
                     };
-                    let Some((cap, plan)) = round.plan else {
+                    let Some((cap, plan, sent)) = round.plan else {
                         tracing::error!(time = t, results = round.results.len(), "write results without a round plan");
                         continue;
                     };
+                    ctx.metrics.add_phase(Phase::ReadWrite, sent.elapsed());
                     let ctx = Arc::clone(&ctx);
                     tasks.spawn(cap, async move { commit_round(&ctx, plan, round.results).await });
                 }
@@ -113,11 +116,14 @@ async fn commit_round(ctx: &JobContext, plan: RoundPlan, results: Vec<WriteResul
 }
 
 async fn try_commit(ctx: &JobContext, plan: &RoundPlan, results: Vec<WriteResult>) -> Result<RoundStats> {
+    let started = Instant::now();
     let committer = ctx.lake.create_committer(&plan.table).await?;
     let gathered = gather(plan, results);
     let (all_files, beyond_gap) = (gathered.all_files(), gathered.beyond_gap.clone());
     let mut stats = gathered.stats.clone();
-    let committed = match lake_commit(ctx, committer.as_ref(), plan, gathered).await {
+    let committed = lake_commit(ctx, committer.as_ref(), plan, gathered).await;
+    ctx.metrics.add_phase(Phase::LakeCommit, started.elapsed());
+    let committed = match committed {
         Ok(committed) => committed,
         Err(e) if e.kind() == ErrorKind::CommitOutcomeUnknown => return Err(e),
         Err(e) => {
@@ -135,7 +141,10 @@ async fn try_commit(ctx: &JobContext, plan: &RoundPlan, results: Vec<WriteResult
     let Some((snapshot_id, marker)) = committed else { return Ok(stats) };
     stats.snapshot_id = Some(snapshot_id);
     failpoint::hit("after-lake-commit");
-    cluster_commit(ctx, plan, snapshot_id, &marker).await?;
+    let started = Instant::now();
+    let committed = cluster_commit(ctx, plan, snapshot_id, &marker).await;
+    ctx.metrics.add_phase(Phase::ClusterCommit, started.elapsed());
+    committed?;
     failpoint::hit("after-cluster-commit");
     ctx.metrics.committed(&plan.table.path.to_string(), marker.offsets.iter().map(|o| o.offset).sum());
     Ok(stats)

@@ -30,10 +30,10 @@ use crate::cluster::table::TablePath;
 use crate::error::{ErrorKind, Result};
 use crate::rpc::proto::{self, LakeTieringHeartbeatRequest, LakeTieringHeartbeatResponse, PbHeartbeatReqForTable};
 
-use super::JobContext;
 use super::bridge::Tasks;
 use super::split_generator::{Planned, RoundRequest, plan_round};
 use super::types::{RoundOutcome, RoundPlan, Split};
+use super::{JobContext, Phase};
 
 /// A failed round to report: `(table_id, tiering_epoch, reason)`.
 type Failed = (i64, i64, String);
@@ -45,6 +45,7 @@ type Finished = (i64, i64, bool);
 struct Held {
     tiering_epoch: i64,
     round_id: String,
+    assigned_at: Instant,
 }
 
 enum Event {
@@ -82,6 +83,8 @@ struct Enumerator {
     remaining: Option<BTreeSet<i64>>,
     failures: BTreeMap<i64, u32>,
     stopping: bool,
+    /// Since when the job has held no table (the schedule phase), if it holds none.
+    idle_since: Option<Instant>,
 }
 
 /// Builds the enumerator on `scope`; returns its splits and plans.
@@ -123,6 +126,7 @@ pub fn enumerator<'scope>(
             remaining: None,
             failures: BTreeMap::new(),
             stopping: false,
+            idle_since: Some(ctx.started),
             ctx,
         };
         if state.base.is_some() && state.ctx.config.once {
@@ -157,6 +161,9 @@ pub fn enumerator<'scope>(
                             continue;
                         };
                         if let Some((splits, plan)) = state.on_planned(table_id, planned) {
+                            if let Some(held) = state.held.get(&table_id) {
+                                state.ctx.metrics.add_phase(Phase::Plan, held.assigned_at.elapsed());
+                            }
                             emitted_splits.session(&split_cap).give_iterator(splits.into_iter());
                             emitted_plans.session(&plan_cap).give(plan);
                         }
@@ -165,6 +172,9 @@ pub fn enumerator<'scope>(
                     Ok(Event::Tables(Err(e))) => state.fatal(format!("cannot list tables: {e}")),
                     Err(panic) => state.fatal(format!("enumerator task panicked: {panic}")),
                 }
+            }
+            if state.held.is_empty() && state.idle_since.is_none() {
+                state.idle_since = Some(Instant::now());
             }
             state.maybe_stop();
             state.maybe_heartbeat();
@@ -269,6 +279,9 @@ impl Enumerator {
                 return;
             }
         };
+        if let Some(since) = self.idle_since.take() {
+            self.ctx.metrics.add_phase(Phase::Schedule, since.elapsed());
+        }
         let time = self.next_time;
         self.next_time += 1;
         let caps = [base[0].delayed(&time), base[1].delayed(&time)];
@@ -278,7 +291,10 @@ impl Enumerator {
         self.planning.insert(time, caps);
         let round_id = format!("{}-t{}-e{}-r{}", self.ctx.job_id, table.table_id, table.tiering_epoch, time);
         tracing::info!(table = %path, table_id = table.table_id, epoch = table.tiering_epoch, round = %round_id, "tiering round started");
-        self.held.insert(table.table_id, Held { tiering_epoch: table.tiering_epoch, round_id: round_id.clone() });
+        self.held.insert(
+            table.table_id,
+            Held { tiering_epoch: table.tiering_epoch, round_id: round_id.clone(), assigned_at: Instant::now() },
+        );
         let ctx = Arc::clone(&self.ctx);
         let (table_id, epoch) = (table.table_id, table.tiering_epoch);
         self.tasks.spawn(async move {
@@ -380,10 +396,8 @@ impl Enumerator {
             return;
         }
         let want_more = self.remaining.as_ref().is_none_or(|r| !r.is_empty());
-        let request_table = self.coordinator_epoch.is_some()
-            && !self.stopping
-            && want_more
-            && self.held.len() < self.ctx.config.max_tables_in_flight;
+        // The first heartbeat asks too: its response carries the coordinator epoch the assignment needs.
+        let request_table = !self.stopping && want_more && self.held.len() < self.ctx.config.max_tables_in_flight;
         let ce = self.coordinator_epoch.unwrap_or(0);
         let entry = |(table_id, tiering_epoch): (i64, i64)| PbHeartbeatReqForTable {
             table_id,

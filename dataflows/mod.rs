@@ -27,7 +27,9 @@ pub mod types;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
 
 use timely::dataflow::operators::{ConnectLoop, Feedback};
 
@@ -74,6 +76,66 @@ impl Default for TierConfig {
     }
 }
 
+/// Where a job's time goes, along each round's path: waiting for the coordinator to hand out a table (`Schedule`,
+/// counted while the job holds none), planning it, reading and writing its splits, the lake commit, the cluster
+/// commit. With one table in flight at a time these follow each other, so they add up to the job's wall time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Schedule,
+    Plan,
+    ReadWrite,
+    LakeCommit,
+    ClusterCommit,
+}
+
+/// What a split task spends its time on: waiting for the fetch task's next batch from the cluster (the part of the
+/// fetch that the pipeline does not hide), decoding it, adding system columns and encoding it into lake files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitWork {
+    FetchWait,
+    Decode,
+    EncodeWrite,
+}
+
+/// Seconds per phase, with the read/write phase divided among fetch, decode and encode/write in proportion to the
+/// split tasks' measured time in each.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct PhaseSeconds {
+    pub schedule: f64,
+    pub plan: f64,
+    pub fetch: f64,
+    pub decode: f64,
+    pub encode_write: f64,
+    pub lake_commit: f64,
+    pub cluster_commit: f64,
+}
+
+impl PhaseSeconds {
+    pub fn total(&self) -> f64 {
+        self.schedule
+            + self.plan
+            + self.fetch
+            + self.decode
+            + self.encode_write
+            + self.lake_commit
+            + self.cluster_commit
+    }
+}
+
+/// What a job did, as `tier --report-json` writes it when the job ends.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct JobReport {
+    pub rows: u64,
+    pub files: u64,
+    pub file_bytes: u64,
+    pub splits: u64,
+    pub rounds_committed: u64,
+    pub rounds_empty: u64,
+    pub rounds_failed: u64,
+    /// Measured in this process: the enumerator and the committer run in process 0, so its phases are the job's.
+    pub phases: PhaseSeconds,
+}
+
 /// Upper bounds (seconds) of the commit latency histogram's buckets.
 const COMMIT_BUCKETS: [f64; 8] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
 
@@ -91,6 +153,10 @@ pub struct JobMetrics {
     pub commit_micros: AtomicU64,
     /// Commits per latency bucket (`COMMIT_BUCKETS`, then +Inf).
     commit_buckets: [AtomicU64; 9],
+    /// Nanoseconds per [`Phase`].
+    phase_nanos: [AtomicU64; 5],
+    /// Nanoseconds per [`SplitWork`], summed over split tasks.
+    split_nanos: [AtomicU64; 3],
     /// Per table: the end offsets seen at the latest planning, and the offsets committed.
     tables: Mutex<std::collections::BTreeMap<String, TableProgress>>,
 }
@@ -122,6 +188,44 @@ impl JobMetrics {
     }
     fn add_failed_round(&self) {
         self.rounds_failed.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn add_phase(&self, phase: Phase, took: Duration) {
+        self.phase_nanos[phase as usize].fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+    }
+    pub(crate) fn add_split_work(&self, work: SplitWork, took: Duration) {
+        self.split_nanos[work as usize].fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+    }
+    /// Time spent per phase so far.
+    pub fn phase_seconds(&self) -> PhaseSeconds {
+        let secs = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 / 1e9;
+        let [fetch, decode, encode] = self.split_nanos.each_ref().map(secs);
+        let read_write = secs(&self.phase_nanos[Phase::ReadWrite as usize]);
+        let busy = fetch + decode + encode;
+        let share = |part: f64| if busy > 0.0 { read_write * part / busy } else { 0.0 };
+        PhaseSeconds {
+            schedule: secs(&self.phase_nanos[Phase::Schedule as usize]),
+            plan: secs(&self.phase_nanos[Phase::Plan as usize]),
+            // With nothing measured in split tasks (no rows), the phase counts as fetching.
+            fetch: if busy > 0.0 { share(fetch) } else { read_write },
+            decode: share(decode),
+            encode_write: share(encode),
+            lake_commit: secs(&self.phase_nanos[Phase::LakeCommit as usize]),
+            cluster_commit: secs(&self.phase_nanos[Phase::ClusterCommit as usize]),
+        }
+    }
+    /// The job's totals so far.
+    pub fn report(&self) -> JobReport {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        JobReport {
+            rows: get(&self.rows),
+            files: get(&self.files),
+            file_bytes: get(&self.file_bytes),
+            splits: get(&self.splits),
+            rounds_committed: get(&self.rounds_committed),
+            rounds_empty: get(&self.rounds_empty),
+            rounds_failed: get(&self.rounds_failed),
+            phases: self.phase_seconds(),
+        }
     }
     fn progress(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, TableProgress>> {
         self.tables.lock().unwrap_or_else(|p| p.into_inner())
@@ -177,6 +281,21 @@ impl JobMetrics {
             self.commit_micros.load(Ordering::Relaxed) as f64 / 1e6
         );
         let _ = writeln!(out, "fluss_tiering_commit_seconds_count {cumulative}");
+        let _ = writeln!(out, "# HELP fluss_tiering_phase_seconds_total Time spent per phase of the rounds.");
+        let _ = writeln!(out, "# TYPE fluss_tiering_phase_seconds_total counter");
+        let p = self.phase_seconds();
+        let phases = [
+            ("schedule", p.schedule),
+            ("plan", p.plan),
+            ("fetch", p.fetch),
+            ("decode", p.decode),
+            ("encode_write", p.encode_write),
+            ("lake_commit", p.lake_commit),
+            ("cluster_commit", p.cluster_commit),
+        ];
+        for (phase, secs) in phases {
+            let _ = writeln!(out, "fluss_tiering_phase_seconds_total{{phase=\"{phase}\"}} {secs}");
+        }
         let now = crate::cluster::now_ms();
         let _ = writeln!(
             out,
@@ -215,6 +334,8 @@ pub struct JobContext {
     /// Unique per run: names rounds and files.
     pub job_id: String,
     pub metrics: JobMetrics,
+    /// When the job started: the first wait for a table counts from here.
+    pub started: Instant,
     shutdown: AtomicBool,
     errors: Mutex<Vec<String>>,
 }
@@ -234,6 +355,7 @@ impl JobContext {
             config,
             job_id: format!("job-{}", &id[..12]),
             metrics: JobMetrics::default(),
+            started: Instant::now(),
             shutdown: AtomicBool::new(false),
             errors: Mutex::new(Vec::new()),
         }

@@ -12,6 +12,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
@@ -23,10 +24,11 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::failpoint;
 use crate::lake::{WriterContext, WrittenData, lake_schema, with_system_columns};
 use crate::rpc::ipc;
+use crate::rpc::proto::PbFetchedBatch;
 
-use super::JobContext;
 use super::bridge::CapabilityTasks;
 use super::types::{Split, WriteResult};
+use super::{JobContext, SplitWork};
 
 /// Reads and writes the splits of `splits`; emits one write result per split.
 pub fn read_write<'scope>(
@@ -94,7 +96,13 @@ async fn tier_split(ctx: &JobContext, split: Split, worker: usize) -> WriteResul
 }
 
 /// Writes `[split.start, reached)` and returns the files with `reached` (the split's stop unless its deadline came).
+///
+/// The loop's time is split three ways in the job's metrics: waiting for the fetch task, decoding, encoding.
 async fn write_split(ctx: &JobContext, split: &Split, worker: usize) -> Result<(WrittenData, i64)> {
+    let metrics = &ctx.metrics;
+    let mut clock = Instant::now();
+    let mut lap =
+        |work: SplitWork| metrics.add_split_work(work, std::mem::replace(&mut clock, Instant::now()).elapsed());
     let writer_ctx = WriterContext {
         partition_name: split.partition_name.clone(),
         bucket: split.bucket.bucket,
@@ -104,31 +112,47 @@ async fn write_split(ctx: &JobContext, split: &Split, worker: usize) -> Result<(
     let schema = lake_schema(&split.table.descriptor);
     let (tx, mut rx) = tokio::sync::mpsc::channel(2);
     let fetcher = tokio::spawn(fetch_range(ctx.client.clone(), split.clone(), ctx.config.fetch_max_bytes, tx));
+    lap(SplitWork::EncodeWrite);
     let mut batches = 0u64;
     let mut reached = split.start;
-    while let Some(item) = rx.recv().await {
-        let (batch, first_offset, timestamp) = item?;
-        reached = first_offset + batch.num_rows() as i64;
-        let batch = with_system_columns(&schema, &batch, split.bucket.bucket, first_offset, timestamp)?;
-        writer.write(batch).await?;
+    while let Some(stored) = rx.recv().await {
+        let stored = stored?;
+        lap(SplitWork::FetchWait);
+        let decoded = ipc::decode(&stored.records)?;
+        lap(SplitWork::Decode);
+        let mut row_offset = stored.base_offset;
+        for batch in decoded {
+            let rows = batch.num_rows() as i64;
+            // Only the split's own rows: the first and last stored batches may stick out of its range.
+            let (lo, hi) = (reached.max(row_offset), split.stop.min(row_offset + rows));
+            if lo < hi {
+                let slice = batch.slice((lo - row_offset) as usize, (hi - lo) as usize);
+                let with_columns =
+                    with_system_columns(&schema, &slice, split.bucket.bucket, lo, stored.append_timestamp)?;
+                writer.write(with_columns).await?;
+                reached = hi;
+            }
+            row_offset += rows;
+        }
+        lap(SplitWork::EncodeWrite);
         batches += 1;
         if batches == 1 {
             failpoint::hit("mid-split");
         }
     }
     fetcher.await.map_err(|e| Error::new(ErrorKind::Internal, format!("fetch task failed: {e}")))??;
-    Ok((writer.complete().await?, reached))
+    lap(SplitWork::FetchWait);
+    let written = writer.complete().await?;
+    lap(SplitWork::EncodeWrite);
+    Ok((written, reached))
 }
 
-/// A decoded batch of a split: the rows, the offset of the first, the append time.
-type Fetched = (arrow::record_batch::RecordBatch, i64, i64);
-
-/// Fetches `[start, stop)` and sends its rows, trimmed to the range, in order.
+/// Fetches the stored batches that hold `[start, stop)`, in order, as the cluster sent them.
 async fn fetch_range(
     client: crate::rpc::ClusterClient,
     split: Split,
     max_bytes: i32,
-    tx: tokio::sync::mpsc::Sender<Result<Fetched>>,
+    tx: tokio::sync::mpsc::Sender<Result<PbFetchedBatch>>,
 ) -> Result<()> {
     let mut offset = split.start;
     while offset < split.stop {
@@ -147,7 +171,7 @@ async fn fetch_range(
                 return Ok(());
             }
         };
-        if resp.batches.is_empty() {
+        let Some(last) = resp.batches.last() else {
             let e = Error::new(
                 ErrorKind::OffsetOutOfRange,
                 format!(
@@ -157,30 +181,20 @@ async fn fetch_range(
             );
             let _ = tx.send(Err(e)).await;
             return Ok(());
+        };
+        let next = last.base_offset + last.record_count;
+        if next <= offset {
+            let e = Error::new(ErrorKind::Internal, format!("fetch at offset {offset} made no progress"));
+            let _ = tx.send(Err(e)).await;
+            return Ok(());
         }
+        offset = next;
         for stored in resp.batches {
-            let decoded = match ipc::decode(&stored.records) {
-                Ok(d) => d,
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return Ok(());
-                }
-            };
-            let mut row_offset = stored.base_offset;
-            for batch in decoded {
-                let rows = batch.num_rows() as i64;
-                let (lo, hi) = (offset.max(row_offset), split.stop.min(row_offset + rows));
-                if lo < hi {
-                    let slice = batch.slice((lo - row_offset) as usize, (hi - lo) as usize);
-                    if tx.send(Ok((slice, lo, stored.append_timestamp))).await.is_err() {
-                        return Ok(()); // the writer failed and stopped listening
-                    }
-                    offset = hi;
-                }
-                row_offset += rows;
-            }
-            if offset >= split.stop {
+            if stored.base_offset >= split.stop {
                 break;
+            }
+            if tx.send(Ok(stored)).await.is_err() {
+                return Ok(()); // the writer failed and stopped listening
             }
         }
     }

@@ -67,10 +67,11 @@ async fn metrics_show_the_lag_falling_to_zero() {
 
 #[test]
 fn bench_writes_one_json_document_per_run() {
+    const ROWS: u64 = 100_000;
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("runs.jsonl");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_fluss-tiering"))
-        .args(["bench", "--rows", "20000", "--buckets", "2", "--workers", "1,2", "--json"])
+        .args(["bench", "--rows", &ROWS.to_string(), "--buckets", "2", "--workers", "1,2", "--json"])
         .arg(&json)
         .arg("--dir")
         .arg(dir.path().join("work"))
@@ -91,7 +92,41 @@ fn bench_writes_one_json_document_per_run() {
         for field in ["wall_seconds", "rows_per_second", "arrow_mb_per_second", "ratio_to_baseline"] {
             assert!(r[field].as_f64().expect(field) > 0.0, "{field} is positive in {r}");
         }
-        assert_eq!(r["rows"].as_u64(), Some(20_000), "every run tiers every row");
+        assert_eq!(r["rows"].as_u64(), Some(ROWS), "every run tiers every row");
         assert!(!r["cpu_model"].as_str().expect("cpu model").is_empty());
     }
+    for r in runs.iter().skip(1) {
+        let phases = r["phase_seconds"].as_object().expect("phase_seconds");
+        for phase in ["schedule", "plan", "fetch", "decode", "encode_write", "lake_commit", "cluster_commit"] {
+            assert!(phases[phase].as_f64().expect(phase) >= 0.0, "{phase} in {r}");
+        }
+        for phase in ["fetch", "encode_write", "lake_commit"] {
+            assert!(phases[phase].as_f64().expect(phase) > 0.0, "{phase} took time in {r}");
+        }
+        let sum: f64 = phases.values().filter_map(|v| v.as_f64()).sum();
+        let wall = r["wall_seconds"].as_f64().expect("wall");
+        assert!((sum - wall).abs() <= 0.1 * wall, "phases add up to {sum}s, the run took {wall}s: {r}");
+    }
+}
+
+#[test]
+fn bench_runs_the_job_as_several_processes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("runs.jsonl");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fluss-tiering"))
+        .args(["bench", "--rows", "30000", "--buckets", "3", "--partitions", "2", "--workers", "1", "--processes", "2"])
+        .arg("--json")
+        .arg(&json)
+        .arg("--dir")
+        .arg(dir.path().join("work"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("bench");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&json).expect("json file");
+    let run: serde_json::Value = serde_json::from_str(text.lines().nth(1).expect("a tiering run")).expect("JSON");
+    assert_eq!(run["processes"].as_u64(), Some(2));
+    assert_eq!(run["rows"].as_u64(), Some(30_000), "the two processes together tier every row once");
+    // 2 partitions x 3 buckets, each written by one of the processes.
+    assert!(run["files"].as_u64().expect("files") >= 6, "{run}");
 }

@@ -3,7 +3,6 @@
 //! run. The ratio tiering/baseline is the figure that matters; absolute numbers depend on the machine.
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -16,6 +15,7 @@ use serde::Serialize;
 use crate::cluster::ClusterConfig;
 use crate::cluster::server::EmbeddedCluster;
 use crate::cluster::table::{DATALAKE_FRESHNESS, TableDescriptor, TablePath, parse_schema};
+use crate::dataflows::{JobReport, PhaseSeconds};
 use crate::lake::{lake_schema, with_system_columns};
 use crate::rpc::{ClusterClient, ipc};
 use crate::workload::{ProduceOptions, Workload, produce};
@@ -32,9 +32,16 @@ pub struct BenchArgs {
     pub tables: u32,
     #[arg(long, default_value_t = 4)]
     pub buckets: u32,
+    /// Partitions per table (more than 1 adds a string partition column `part`).
+    #[arg(long, default_value_t = 1)]
+    pub partitions: u32,
     /// Worker counts to run, e.g. 1,2.
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     pub workers: Vec<usize>,
+    /// Timely processes per run (each with `--workers` threads); more than 1 runs the job as that many
+    /// `tier` processes on localhost.
+    #[arg(long, default_value_t = 1)]
+    pub processes: usize,
     /// Columns of the benchmark table.
     #[arg(long, default_value = "id:int64,name:string,amount:decimal(12,2),score:float64,ok:bool,ts:timestamp")]
     pub schema: String,
@@ -55,7 +62,9 @@ pub struct BenchArgs {
 #[derive(Debug, Serialize)]
 struct Run {
     kind: &'static str,
+    /// Worker threads per process.
     workers: usize,
+    processes: usize,
     rows: u64,
     arrow_bytes: u64,
     parquet_bytes: u64,
@@ -64,7 +73,10 @@ struct Run {
     rows_per_second: f64,
     arrow_mb_per_second: f64,
     ratio_to_baseline: f64,
+    mean_file_bytes: f64,
     rounds_committed: u64,
+    /// Where the time went (zero for the baseline, which is all encoding).
+    phase_seconds: PhaseSeconds,
     cores: usize,
     cpu_model: String,
     /// The process's peak resident memory so far (VmHWM): every run of one `bench` shares the process.
@@ -96,8 +108,14 @@ fn peak_rss() -> u64 {
 }
 
 pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
-    if args.workers.is_empty() || args.workers.contains(&0) || args.rows == 0 || args.tables == 0 {
-        bail!("--rows, --tables and every --workers entry must be at least 1");
+    if args.workers.is_empty()
+        || args.workers.contains(&0)
+        || args.rows == 0
+        || args.tables == 0
+        || args.processes == 0
+        || args.partitions == 0
+    {
+        bail!("--rows, --tables, --partitions, --processes and every --workers entry must be at least 1");
     }
     let temp = tempfile::Builder::new().prefix("fluss-tiering-bench-").tempdir().context("creating a temp dir")?;
     let dir = args.dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
@@ -105,16 +123,24 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     let runtime = runtime(2)?;
     let cluster = runtime.block_on(EmbeddedCluster::start(ClusterConfig::new(dir.join("cluster"))))?;
     let client = runtime.block_on(ClusterClient::connect(&cluster.url()))?;
-    let workload = Workload { seed: args.seed, partitions: 1 };
+    let workload = Workload { seed: args.seed, partitions: args.partitions };
+    let mut columns = parse_schema(&args.schema)?;
+    let partition_key = (args.partitions > 1).then(|| "part".to_string());
+    if partition_key.is_some() {
+        if columns.iter().any(|c| c.name == "part") {
+            bail!("--partitions adds a column `part`: the schema must not have one");
+        }
+        columns.extend(parse_schema("part:string")?);
+    }
 
     let mut tables = Vec::new();
     let produce_started = Instant::now();
     for i in 0..args.tables {
         let path: TablePath = format!("bench.t{i}").parse()?;
         let mut descriptor = TableDescriptor {
-            columns: parse_schema(&args.schema)?,
+            columns: columns.clone(),
             buckets: args.buckets,
-            partition_key: None,
+            partition_key: partition_key.clone(),
             primary_key: vec![],
             properties: Default::default(),
         };
@@ -122,7 +148,7 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         let id = runtime.block_on(client.create_table(&path, &descriptor, false))?;
         let opts = ProduceOptions { start_row: 0, rows: args.rows, batch: 8192, rate: None, concurrency: 8 };
         runtime.block_on(produce(&client, id, &descriptor, &workload, &opts))?;
-        tables.push((id, descriptor));
+        tables.push((id, path, descriptor));
     }
     let total_rows = args.rows * u64::from(args.tables);
     println!("produced {total_rows} rows in {:.2}s", produce_started.elapsed().as_secs_f64());
@@ -132,6 +158,7 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     let mut runs = vec![Run {
         kind: "baseline: arrow-rs Parquet encode",
         workers: 1,
+        processes: 1,
         rows: total_rows,
         arrow_bytes: baseline.arrow_bytes,
         parquet_bytes: baseline.parquet_bytes,
@@ -140,7 +167,9 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         rows_per_second: total_rows as f64 / baseline.took.as_secs_f64(),
         arrow_mb_per_second: baseline.arrow_bytes as f64 / 1e6 / baseline.took.as_secs_f64(),
         ratio_to_baseline: 1.0,
+        mean_file_bytes: baseline.parquet_bytes as f64 / args.tables as f64,
         rounds_committed: 0,
+        phase_seconds: PhaseSeconds::default(),
         cores,
         cpu_model: cpu_model(),
         peak_rss_bytes: peak_rss(),
@@ -153,7 +182,8 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             format: "iceberg".into(),
             metrics_addr: None,
             once: true,
-            timely: TimelyArgs { workers, processes: 1, process: 0, hostfile: None },
+            report_json: None,
+            timely: TimelyArgs { workers, processes: args.processes, process: 0, hostfile: None },
             tuning: TuningArgs {
                 poll_interval: "100ms".into(),
                 target_file_size: 128 << 20,
@@ -169,23 +199,25 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         // Each run tiers into an empty lake, so each tiers every row (the lake is the source of truth).
         std::thread::sleep(Duration::from_millis(200));
         let started = Instant::now();
-        let ctx = run_job(&job)?;
+        let report = if args.processes == 1 { run_job(&job)?.metrics.report() } else { run_processes(&job, &dir)? };
         let took = started.elapsed();
-        print_summary(&ctx, took);
-        let m = &ctx.metrics;
+        print_summary(&report, took);
         let secs = took.as_secs_f64();
         runs.push(Run {
             kind: "tiering",
             workers,
-            rows: m.rows.load(Ordering::Relaxed),
+            processes: args.processes,
+            rows: report.rows,
             arrow_bytes: baseline.arrow_bytes,
-            parquet_bytes: m.file_bytes.load(Ordering::Relaxed),
-            files: m.files.load(Ordering::Relaxed),
+            parquet_bytes: report.file_bytes,
+            files: report.files,
             wall_seconds: secs,
             rows_per_second: total_rows as f64 / secs,
             arrow_mb_per_second: baseline.arrow_bytes as f64 / 1e6 / secs,
             ratio_to_baseline: baseline.took.as_secs_f64() / secs,
-            rounds_committed: m.rounds_committed.load(Ordering::Relaxed),
+            mean_file_bytes: report.file_bytes as f64 / report.files.max(1) as f64,
+            rounds_committed: report.rounds_committed,
+            phase_seconds: report.phases,
             cores,
             cpu_model: cpu_model(),
             peak_rss_bytes: peak_rss(),
@@ -194,14 +226,14 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     runtime.block_on(cluster.shutdown())?;
 
     println!(
-        "\n{:<36} {:>7} {:>10} {:>9} {:>12} {:>10} {:>12} {:>8}",
+        "\n{:<36} {:>9} {:>10} {:>9} {:>12} {:>10} {:>12} {:>8}",
         "run", "workers", "rows", "seconds", "rows/s", "Arrow MB/s", "Parquet MB", "ratio"
     );
     for r in &runs {
         println!(
-            "{:<36} {:>7} {:>10} {:>9.2} {:>12.0} {:>10.1} {:>12.1} {:>8.2}",
+            "{:<36} {:>9} {:>10} {:>9.2} {:>12.0} {:>10.1} {:>12.1} {:>8.2}",
             r.kind,
-            r.workers,
+            format!("{}x{}", r.processes, r.workers),
             r.rows,
             r.wall_seconds,
             r.rows_per_second,
@@ -215,11 +247,70 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         cpu_model(),
         peak_rss() as f64 / 1e6
     );
+    println!(
+        "\n{:<9} {:>9} {:>7} {:>7} {:>7} {:>13} {:>12} {:>15}",
+        "workers", "schedule", "plan", "fetch", "decode", "encode/write", "lake commit", "cluster commit"
+    );
+    for r in runs.iter().skip(1) {
+        let p = &r.phase_seconds;
+        println!(
+            "{:<9} {:>9.2} {:>7.2} {:>7.2} {:>7.2} {:>13.2} {:>12.2} {:>15.2}",
+            format!("{}x{}", r.processes, r.workers),
+            p.schedule,
+            p.plan,
+            p.fetch,
+            p.decode,
+            p.encode_write,
+            p.lake_commit,
+            p.cluster_commit
+        );
+    }
     if let Some(path) = &args.json {
         let lines: Vec<String> = runs.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
         std::fs::write(path, lines.join("\n") + "\n").with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// Runs `job` as `job.timely.processes` `tier` processes of this executable on localhost; returns their combined
+/// report (rows and files summed; rounds and phases from process 0, where the enumerator and committer run).
+fn run_processes(job: &TierArgs, dir: &std::path::Path) -> anyhow::Result<JobReport> {
+    let n = job.timely.processes;
+    let ports: Vec<u16> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()))
+        .collect::<Result<_, _>>()?;
+    let hostfile = dir.join(format!("hosts-w{}", job.timely.workers));
+    std::fs::write(&hostfile, ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect::<String>())?;
+    let exe = std::env::current_exe().context("finding this executable")?;
+    let t = &job.tuning;
+    let children: Vec<(PathBuf, std::process::Child)> = (0..n)
+        .map(|p| {
+            let report = dir.join(format!("report-w{}-p{p}.json", job.timely.workers));
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.arg("tier").arg("--cluster").arg(&job.cluster).arg("--warehouse").arg(&job.warehouse);
+            cmd.args(["--once", "--poll-interval", &t.poll_interval, "--split-rows", &t.split_rows.to_string()]);
+            cmd.args(["--max-round-duration", t.max_round_duration.as_deref().unwrap_or("1h")]);
+            cmd.args(["-w", &job.timely.workers.to_string(), "-n", &n.to_string(), "-p", &p.to_string()]);
+            cmd.arg("-h").arg(&hostfile).arg("--report-json").arg(&report);
+            cmd.stdout(std::process::Stdio::null());
+            Ok((report, cmd.spawn().context("starting a tier process")?))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut reports = Vec::new();
+    for (p, (report, mut child)) in children.into_iter().enumerate() {
+        let status = child.wait()?;
+        if !status.success() {
+            bail!("tier process {p} of {n} failed: {status}");
+        }
+        let text = std::fs::read_to_string(&report).with_context(|| format!("reading {}", report.display()))?;
+        reports.push(serde_json::from_str::<JobReport>(&text)?);
+    }
+    let mut total = reports.first().cloned().unwrap_or_default();
+    total.rows = reports.iter().map(|r| r.rows).sum();
+    total.files = reports.iter().map(|r| r.files).sum();
+    total.file_bytes = reports.iter().map(|r| r.file_bytes).sum();
+    total.splits = reports.iter().map(|r| r.splits).sum();
+    Ok(total)
 }
 
 struct Baseline {
@@ -232,18 +323,18 @@ struct Baseline {
 /// Parquet file per table with arrow-rs alone.
 async fn baseline(
     client: &ClusterClient,
-    tables: &[(i64, TableDescriptor)],
+    tables: &[(i64, TablePath, TableDescriptor)],
     dir: &std::path::Path,
 ) -> anyhow::Result<Baseline> {
     let mut per_table = Vec::new();
     let mut arrow_bytes = 0u64;
-    for (id, descriptor) in tables {
+    for (id, path, descriptor) in tables {
         let schema = lake_schema(descriptor);
         let mut batches = Vec::new();
-        for bucket in 0..descriptor.buckets as i32 {
+        for ((partition, bucket), _) in super::end_offsets(client, *id, path, descriptor).await? {
             let mut offset = 0;
             loop {
-                let resp = client.fetch(*id, None, bucket, offset, 8 << 20).await?;
+                let resp = client.fetch(*id, partition, bucket, offset, 8 << 20).await?;
                 if resp.batches.is_empty() {
                     break;
                 }

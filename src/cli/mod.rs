@@ -69,6 +69,9 @@ pub struct TierArgs {
     /// Exit 0 once every lake-enabled table has caught up with the offsets seen at start.
     #[arg(long)]
     pub once: bool,
+    /// When the job ends, write its totals and phase times to this file as JSON.
+    #[arg(long)]
+    pub report_json: Option<PathBuf>,
     #[command(flatten)]
     pub timely: TimelyArgs,
     #[command(flatten)]

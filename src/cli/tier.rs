@@ -1,7 +1,6 @@
 //! `tier` and `demo`: the tiering job from the command line.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -9,7 +8,7 @@ use anyhow::{Context, bail};
 use crate::cluster::ClusterConfig;
 use crate::cluster::server::EmbeddedCluster;
 use crate::cluster::table::{DATALAKE_FRESHNESS, TableDescriptor, TablePath, parse_duration, parse_schema};
-use crate::dataflows::{self, JobContext, TierConfig};
+use crate::dataflows::{self, JobContext, JobReport, TierConfig};
 use crate::lake::{self, LakeOptions, TableContext};
 use crate::rpc::ClusterClient;
 use crate::workload::{ProduceOptions, Workload, produce};
@@ -112,24 +111,32 @@ pub(super) fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime>
 pub fn run_tier(args: TierArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let ctx = run_job(&args)?;
-    print_summary(&ctx, started.elapsed());
+    let report = ctx.metrics.report();
+    print_summary(&report, started.elapsed());
+    if let Some(path) = &args.report_json {
+        std::fs::write(path, serde_json::to_string(&report)?).with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok(())
 }
 
-pub(super) fn print_summary(ctx: &JobContext, elapsed: Duration) {
-    let m = &ctx.metrics;
-    let rows = m.rows.load(Ordering::Relaxed);
+pub(super) fn print_summary(r: &JobReport, elapsed: Duration) {
     let secs = elapsed.as_secs_f64().max(1e-9);
     println!(
-        "tiered {rows} rows in {} splits into {} files ({:.1} MB) in {:.2}s ({:.0} rows/s); rounds: {} committed, {} empty, {} failed",
-        m.splits.load(Ordering::Relaxed),
-        m.files.load(Ordering::Relaxed),
-        m.file_bytes.load(Ordering::Relaxed) as f64 / 1e6,
+        "tiered {} rows in {} splits into {} files ({:.1} MB) in {:.2}s ({:.0} rows/s); rounds: {} committed, {} empty, {} failed",
+        r.rows,
+        r.splits,
+        r.files,
+        r.file_bytes as f64 / 1e6,
         secs,
-        rows as f64 / secs,
-        m.rounds_committed.load(Ordering::Relaxed),
-        m.rounds_empty.load(Ordering::Relaxed),
-        m.rounds_failed.load(Ordering::Relaxed),
+        r.rows as f64 / secs,
+        r.rounds_committed,
+        r.rounds_empty,
+        r.rounds_failed,
+    );
+    let p = &r.phases;
+    println!(
+        "phases (s): schedule {:.2}, plan {:.2}, fetch {:.2}, decode {:.2}, encode/write {:.2}, lake commit {:.2}, cluster commit {:.2}",
+        p.schedule, p.plan, p.fetch, p.decode, p.encode_write, p.lake_commit, p.cluster_commit
     );
 }
 
@@ -182,6 +189,7 @@ pub fn run_demo(args: super::DemoArgs) -> anyhow::Result<()> {
         format: "iceberg".into(),
         metrics_addr: None,
         once: true,
+        report_json: None,
         timely,
         tuning: TuningArgs {
             poll_interval: "200ms".into(),
@@ -205,7 +213,7 @@ pub fn run_demo(args: super::DemoArgs) -> anyhow::Result<()> {
         println!("\n== tiering round {} with {} worker(s) ==", step + 1, job.timely.workers * job.timely.processes);
         let started = Instant::now();
         let ctx = run_job(&job)?;
-        print_summary(&ctx, started.elapsed());
+        print_summary(&ctx.metrics.report(), started.elapsed());
         runtime.block_on(async {
             let lake = lake::factory("iceberg", &warehouse, None, LakeOptions::default()).await?;
             print_lake(&client, lake.as_ref(), &tables).await

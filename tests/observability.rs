@@ -130,3 +130,36 @@ fn bench_runs_the_job_as_several_processes() {
     // 2 partitions x 3 buckets, each written by one of the processes.
     assert!(run["files"].as_u64().expect("files") >= 6, "{run}");
 }
+
+#[test]
+fn freshness_run_reports_append_to_visible_lag_per_table() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("freshness.jsonl");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fluss-tiering"))
+        .args(["bench", "--freshness-for", "3s", "--rate", "2000", "--table-freshness", "500ms", "--tables", "2"])
+        .args(["--workers", "2", "--json"])
+        .arg(&json)
+        .arg("--dir")
+        .arg(dir.path().join("work"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("bench");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&json).expect("json file");
+    let tables: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).expect("JSON")).collect();
+    assert_eq!(tables.len(), 2, "one document per table");
+    for t in &tables {
+        assert_eq!(t["kind"], "freshness");
+        assert_eq!(t["rows"].as_u64(), Some(6000), "3s at 2000 rows/s: {t}");
+        assert_eq!(t["rows_not_visible"].as_u64(), Some(0), "every row reached the lake: {t}");
+        assert_eq!(t["freshness_target_seconds"].as_f64(), Some(0.5));
+        // Rows became visible while the producer ran, round after round, not in one commit at the end.
+        assert!(t["lake_snapshots"].as_u64().expect("snapshots") >= 3, "{t}");
+        let (p50, p99, max) = (
+            t["p50_seconds"].as_f64().expect("p50"),
+            t["p99_seconds"].as_f64().expect("p99"),
+            t["max_seconds"].as_f64().expect("max"),
+        );
+        assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{t}");
+    }
+}

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::cluster::ClusterConfig;
 use crate::cluster::server::EmbeddedCluster;
-use crate::cluster::table::{DATALAKE_FRESHNESS, TableDescriptor, TablePath, parse_schema};
+use crate::cluster::table::{DATALAKE_FRESHNESS, TableDescriptor, TablePath, parse_duration, parse_schema};
 use crate::dataflows::{JobReport, PhaseSeconds};
 use crate::lake::{lake_schema, with_system_columns};
 use crate::rpc::{ClusterClient, ipc};
@@ -53,6 +53,16 @@ pub struct BenchArgs {
     /// Where to keep the cluster and the lakes (default: a new temporary directory, removed afterwards).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Instead of throughput: produce at `--rate` for this long while a job tiers continuously, then report the lag
+    /// from append to visible in the lake (p50, p99) per table against its freshness (e.g. 30s).
+    #[arg(long)]
+    pub freshness_for: Option<String>,
+    /// Rows per second per table produced during `--freshness-for`.
+    #[arg(long, default_value_t = 20_000.0)]
+    pub rate: f64,
+    /// table.datalake.freshness of the tables of a `--freshness-for` run.
+    #[arg(long, default_value = "1s")]
+    pub table_freshness: String,
     /// Write one JSON document per run (one per line) to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -134,7 +144,6 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     let mut tables = Vec::new();
-    let produce_started = Instant::now();
     for i in 0..args.tables {
         let path: TablePath = format!("bench.t{i}").parse()?;
         let mut descriptor = TableDescriptor {
@@ -144,11 +153,34 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             primary_key: vec![],
             properties: Default::default(),
         };
-        descriptor.properties.insert(DATALAKE_FRESHNESS.into(), "100ms".into());
+        // Throughput runs want rounds to start at once; the freshness run measures against the table's own setting.
+        let freshness = if args.freshness_for.is_some() { args.table_freshness.as_str() } else { "100ms" };
+        descriptor.properties.insert(DATALAKE_FRESHNESS.into(), freshness.into());
         let id = runtime.block_on(client.create_table(&path, &descriptor, false))?;
-        let opts = ProduceOptions { start_row: 0, rows: args.rows, batch: 8192, rate: None, concurrency: 8 };
-        runtime.block_on(produce(&client, id, &descriptor, &workload, &opts))?;
         tables.push((id, path, descriptor));
+    }
+    if let Some(duration) = &args.freshness_for {
+        let experiment = super::freshness::Experiment {
+            cluster: cluster.url(),
+            warehouse: dir.join("lake-freshness"),
+            workers: args.workers[0],
+            duration: parse_duration(duration)?,
+            rate: args.rate,
+            workload,
+        };
+        let result = super::freshness::measure(&runtime, &client, &tables, &experiment);
+        runtime.block_on(cluster.shutdown())?;
+        let report = result?;
+        if let Some(path) = &args.json {
+            let lines: Vec<String> = report.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
+            std::fs::write(path, lines.join("\n") + "\n").with_context(|| format!("writing {}", path.display()))?;
+        }
+        return Ok(());
+    }
+    let produce_started = Instant::now();
+    for (id, _, descriptor) in &tables {
+        let opts = ProduceOptions { start_row: 0, rows: args.rows, batch: 8192, rate: None, concurrency: 8 };
+        runtime.block_on(produce(&client, *id, descriptor, &workload, &opts))?;
     }
     let total_rows = args.rows * u64::from(args.tables);
     println!("produced {total_rows} rows in {:.2}s", produce_started.elapsed().as_secs_f64());

@@ -1,6 +1,7 @@
 //! The `fluss-tiering` command line.
 
 mod bench;
+mod freshness;
 mod tier;
 
 use std::path::PathBuf;

@@ -72,6 +72,11 @@ fn tier_config(tuning: &TuningArgs, once: bool) -> anyhow::Result<TierConfig> {
 /// The job gets a tokio runtime of its own with one thread per timely worker of this process: splits are fetched,
 /// decoded and encoded there, so `-w` sets how many cores the job uses.
 pub(super) fn run_job(args: &TierArgs) -> anyhow::Result<Arc<JobContext>> {
+    run_job_with(args, |_| {})
+}
+
+/// [`run_job`], calling `started` with the job's context before the workers start (to watch or stop it).
+pub(super) fn run_job_with(args: &TierArgs, started: impl FnOnce(&Arc<JobContext>)) -> anyhow::Result<Arc<JobContext>> {
     let timely_config = timely_config(&args.timely)?;
     let config = tier_config(&args.tuning, args.once)?;
     if args.tuning.target_file_size < 1024 {
@@ -95,6 +100,7 @@ pub(super) fn run_job(args: &TierArgs) -> anyhow::Result<Arc<JobContext>> {
         super::shutdown_signal().await;
         on_signal.request_shutdown();
     });
+    started(&ctx);
     dataflows::run(timely_config, Arc::clone(&ctx))?;
     Ok(ctx)
 }

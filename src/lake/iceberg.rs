@@ -267,7 +267,15 @@ fn partition_literal(d: &TableDescriptor, name: &str) -> Result<Literal> {
 
 /// Walks the history back from the current snapshot to the newest one with a tiering marker.
 fn latest_marker(table: &Table) -> Result<Option<TieredSnapshot>> {
+    Ok(tiered_ancestry(table, true)?.into_iter().next())
+}
+
+/// The tiering snapshots among the current snapshot and its ancestors, newest first; with `first_only`, the walk
+/// stops at the first one found. A chain cut by expiry before the walk ends is an error: the offsets cannot be
+/// recovered from a partial history (refusing to guess).
+fn tiered_ancestry(table: &Table, first_only: bool) -> Result<Vec<TieredSnapshot>> {
     let metadata = table.metadata();
+    let mut found = Vec::new();
     let mut next = metadata.current_snapshot_id();
     while let Some(id) = next {
         let Some(snapshot) = metadata.snapshot_by_id(id) else {
@@ -281,11 +289,14 @@ fn latest_marker(table: &Table) -> Result<Option<TieredSnapshot>> {
         };
         let props = &snapshot.summary().additional_properties;
         if let Some(marker) = CommitMarker::from_properties(|k| props.get(k).cloned())? {
-            return Ok(Some(TieredSnapshot { snapshot_id: id, marker }));
+            found.push(TieredSnapshot { snapshot_id: id, committed_at_ms: snapshot.timestamp_ms(), marker });
+            if first_only {
+                break;
+            }
         }
         next = snapshot.parent_snapshot_id();
     }
-    Ok(None)
+    Ok(found)
 }
 
 #[async_trait]
@@ -436,6 +447,12 @@ impl IcebergCommitter {
 impl LakeCommitter for IcebergCommitter {
     async fn latest(&self) -> Result<Option<TieredSnapshot>> {
         latest_marker(&self.load().await?)
+    }
+
+    async fn history(&self) -> Result<Vec<TieredSnapshot>> {
+        let mut newest_first = tiered_ancestry(&self.load().await?, false)?;
+        newest_first.reverse();
+        Ok(newest_first)
     }
 
     async fn commit(&self, written: Vec<WrittenData>, marker: &CommitMarker, base: Option<i64>) -> Result<i64> {

@@ -113,6 +113,8 @@ impl CommitMarker {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TieredSnapshot {
     pub snapshot_id: i64,
+    /// When the snapshot was committed (ms since the epoch, the lake's own record): from then on its rows are visible.
+    pub committed_at_ms: i64,
     pub marker: CommitMarker,
 }
 
@@ -182,6 +184,8 @@ pub trait LakeCommitter: Send + Sync {
     /// The latest snapshot made by tiering, found by walking the history back from the current snapshot. Fails
     /// closed when the history is cut before a marker is found.
     async fn latest(&self) -> Result<Option<TieredSnapshot>>;
+    /// Every snapshot made by tiering, oldest first (for measuring freshness); fails closed like `latest`.
+    async fn history(&self) -> Result<Vec<TieredSnapshot>>;
     /// Commits the files in one snapshot carrying `marker`, if and only if the table's latest tiering snapshot is
     /// still `base` and nothing was committed since (no retry that rebases onto a table that moved). After an
     /// ambiguous failure it looks for `marker` before answering. Returns the snapshot id. Errors: the table moved

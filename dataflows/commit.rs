@@ -24,6 +24,7 @@ use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
+use tracing::Instrument;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::failpoint;
@@ -86,7 +87,8 @@ pub fn commit<'scope>(
                     };
                     ctx.metrics.add_phase(Phase::ReadWrite, sent.elapsed());
                     let ctx = Arc::clone(&ctx);
-                    tasks.spawn(cap, async move { commit_round(&ctx, plan, round.results).await });
+                    let span = round_span(&plan.table.path, plan.tiering_epoch, &plan.round_id);
+                    tasks.spawn(cap, async move { commit_round(&ctx, plan, round.results).await }.instrument(span));
                 }
                 match tasks.ready() {
                     Ok(done) => done.into_iter().for_each(|(cap, outcome)| output.session(&cap).give(outcome)),
@@ -97,6 +99,11 @@ pub fn commit<'scope>(
     )
 }
 
+/// The span of everything done for one round: its planning and its commit.
+pub(crate) fn round_span(table: &crate::cluster::table::TablePath, epoch: i64, round: &str) -> tracing::Span {
+    tracing::info_span!("round", table = %table, epoch, round)
+}
+
 /// Commits one round and says how it went.
 async fn commit_round(ctx: &JobContext, plan: RoundPlan, results: Vec<WriteResult>) -> RoundOutcome {
     let started = std::time::Instant::now();
@@ -105,11 +112,11 @@ async fn commit_round(ctx: &JobContext, plan: RoundPlan, results: Vec<WriteResul
     match &result {
         Ok(stats) => {
             ctx.metrics.add_committed_round(started.elapsed());
-            tracing::info!(table = %plan.table.path, round = %round_id, snapshot = ?stats.snapshot_id, rows = stats.rows,
-                ms = started.elapsed().as_millis() as u64, "round committed to lake and cluster");
+            tracing::info!(snapshot = ?stats.snapshot_id, rows = stats.rows, ms = started.elapsed().as_millis() as u64,
+                "round committed to lake and cluster");
         }
         Err(e) => {
-            tracing::warn!(table = %plan.table.path, round = %round_id, error = %e, "round not committed")
+            tracing::warn!(error = %e, "round not committed")
         }
     }
     RoundOutcome { table_id, round_id, result: result.map_err(|e| e.to_string()) }

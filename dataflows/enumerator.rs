@@ -25,6 +25,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::{Scope, Stream};
 use timely::progress::Antichain;
+use tracing::Instrument;
 
 use crate::cluster::table::TablePath;
 use crate::error::{ErrorKind, Result};
@@ -297,24 +298,28 @@ impl Enumerator {
         );
         let ctx = Arc::clone(&self.ctx);
         let (table_id, epoch) = (table.table_id, table.tiering_epoch);
-        self.tasks.spawn(async move {
-            let request = RoundRequest {
-                table_id,
-                path,
-                tiering_epoch: epoch,
-                coordinator_epoch,
-                round_id,
-                route_base: time * 7919,
-                split_rows: ctx.config.split_rows,
-                started_ms: crate::cluster::now_ms(),
-                max_duration: ctx.config.max_round_duration,
-            };
-            let planned = plan_round(&ctx.client, ctx.lake.as_ref(), request).await;
-            if let Ok(p) = &planned {
-                ctx.metrics.planned(&p.plan.table.path.to_string(), p.end_total, p.tiered_total);
+        let span = super::commit::round_span(&path, epoch, &round_id);
+        self.tasks.spawn(
+            async move {
+                let request = RoundRequest {
+                    table_id,
+                    path,
+                    tiering_epoch: epoch,
+                    coordinator_epoch,
+                    round_id,
+                    route_base: time * 7919,
+                    split_rows: ctx.config.split_rows,
+                    started_ms: crate::cluster::now_ms(),
+                    max_duration: ctx.config.max_round_duration,
+                };
+                let planned = plan_round(&ctx.client, ctx.lake.as_ref(), request).await;
+                if let Ok(p) = &planned {
+                    ctx.metrics.planned(&p.plan.table.path.to_string(), p.end_total, p.tiered_total);
+                }
+                Event::Planned { table_id, time, planned }
             }
-            Event::Planned { table_id, time, planned }
-        });
+            .instrument(span),
+        );
     }
 
     /// Returns what to emit for a planned round, if anything.

@@ -164,6 +164,8 @@ pub struct JobMetrics {
 /// How far one table is, as this job saw it.
 #[derive(Debug, Default, Clone, Copy)]
 struct TableProgress {
+    /// The lake's offsets when this job first planned the table.
+    start: i64,
     end: i64,
     tiered: i64,
     tiered_at_ms: i64,
@@ -233,7 +235,7 @@ impl JobMetrics {
     /// A round of `table` was planned: the cluster's end offsets add up to `end`, the lake's to `tiered`.
     pub(crate) fn planned(&self, table: &str, end: i64, tiered: i64) {
         let mut tables = self.progress();
-        let p = tables.entry(table.to_string()).or_default();
+        let p = tables.entry(table.to_string()).or_insert(TableProgress { start: tiered, ..Default::default() });
         p.end = end;
         p.tiered = p.tiered.max(tiered);
     }
@@ -244,6 +246,14 @@ impl JobMetrics {
         p.tiered = tiered;
         p.end = p.end.max(tiered);
         p.tiered_at_ms = crate::cluster::now_ms();
+    }
+
+    /// Offsets committed by this job and offsets it has seen to commit, over all tables planned so far.
+    pub fn rows_progress(&self) -> (i64, i64) {
+        let tables = self.progress();
+        let done = tables.values().map(|p| p.tiered - p.start).sum();
+        let todo = tables.values().map(|p| p.end - p.start).sum();
+        (done, todo)
     }
 
     /// The metrics in the Prometheus text format.

@@ -19,6 +19,7 @@ use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
+use tracing::Instrument;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::failpoint;
@@ -63,7 +64,9 @@ pub fn read_write<'scope>(
                         break;
                     };
                     let ctx = Arc::clone(&ctx);
-                    tasks.spawn(cap, async move { tier_split(&ctx, split, worker).await });
+                    let span = tracing::info_span!("split", table = %split.table.path, epoch = split.tiering_epoch,
+                        partition = ?split.partition_name, bucket = split.bucket.bucket, start = split.start);
+                    tasks.spawn(cap, async move { tier_split(&ctx, split, worker).await }.instrument(span));
                 }
             }
         },
@@ -78,11 +81,10 @@ async fn tier_split(ctx: &JobContext, split: Split, worker: usize) -> WriteResul
     ctx.metrics.splits_in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     if let Ok((w, _)) = &outcome {
         ctx.metrics.add_split(w.rows, w.files, w.file_bytes);
-        tracing::debug!(table = %split.table.path, bucket = ?split.bucket, rows = w.rows,
-            ms = started.elapsed().as_millis() as u64, "split written");
+        tracing::debug!(rows = w.rows, ms = started.elapsed().as_millis() as u64, "split written");
     }
     let written = outcome.map_err(|e| {
-        tracing::warn!(table = %split.table.path, bucket = ?split.bucket, error = %e, "split failed");
+        tracing::warn!(error = %e, "split failed");
         e.to_string()
     });
     WriteResult {

@@ -161,6 +161,7 @@ pub async fn plan_round(
         .enumerate()
         .map(|(i, (b, (start, stop)))| Split {
             table: table.clone(),
+            tiering_epoch,
             round_id: round_id.clone(),
             index: i as u32,
             partition_name: b.partition_name.clone(),

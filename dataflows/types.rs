@@ -8,6 +8,7 @@ use crate::lake::{BucketOffset, TableBucket, TableContext, TieredSnapshot, Writt
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Split {
     pub table: TableContext,
+    pub tiering_epoch: i64,
     pub round_id: String,
     /// Position of this split in its round, `0..splits`.
     pub index: u32,

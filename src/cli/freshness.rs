@@ -58,7 +58,7 @@ pub fn measure(
     tables: &[(i64, TablePath, TableDescriptor)],
     e: &Experiment,
 ) -> anyhow::Result<Vec<TableFreshness>> {
-    if !(e.rate > 0.0) {
+    if e.rate.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
         anyhow::bail!("--rate must be a positive number of rows per second");
     }
     let job = TierArgs {

@@ -101,8 +101,43 @@ pub(super) fn run_job_with(args: &TierArgs, started: impl FnOnce(&Arc<JobContext
         on_signal.request_shutdown();
     });
     started(&ctx);
-    dataflows::run(timely_config, Arc::clone(&ctx))?;
+    let bar = args.once.then(|| progress_bar(Arc::clone(&ctx)));
+    let result = dataflows::run(timely_config, Arc::clone(&ctx));
+    if let Some((stop, thread)) = bar {
+        drop(stop);
+        let _ = thread.join();
+    }
+    result?;
     Ok(ctx)
+}
+
+/// A progress bar of the offsets committed against those seen to tier, redrawn until the returned sender is
+/// dropped; drawn on stderr only when it is a terminal.
+fn progress_bar(ctx: Arc<JobContext>) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        use std::io::IsTerminal;
+        let target = if std::io::stderr().is_terminal() {
+            indicatif::ProgressDrawTarget::stderr()
+        } else {
+            indicatif::ProgressDrawTarget::hidden()
+        };
+        let bar = indicatif::ProgressBar::with_draw_target(Some(0), target);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} rows {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(Duration::from_millis(200)) {
+            let (done, todo) = ctx.metrics.rows_progress();
+            bar.set_length(todo.max(0) as u64);
+            bar.set_position(done.max(0) as u64);
+            let m = ctx.metrics.report();
+            bar.set_message(format!("committed; {} rounds, {} failed", m.rounds_committed, m.rounds_failed));
+        }
+        bar.finish_and_clear();
+    });
+    (stop, thread)
 }
 
 /// A multi-threaded tokio runtime with `threads` workers.

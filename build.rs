@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Record payloads stay `Bytes` end to end: no copy between segment, message and decoder.
         .bytes(".fluss.ProduceLogRequest.records")
         .bytes(".fluss.PbFetchedBatch.records")
+        .bytes(".fluss.PutKvRequest.records")
+        .bytes(".fluss.FetchKvSnapshotResponse.records")
         .compile_protos(&["proto/fluss_api.proto"], &["proto"])?;
     Ok(())
 }

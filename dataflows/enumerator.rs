@@ -179,7 +179,8 @@ pub fn enumerator<'scope>(
             }
             state.maybe_stop();
             state.maybe_heartbeat();
-            if state.base.is_some() {
+            // A heartbeat in flight wakes the operator when it returns; waking it before would spin the worker.
+            if state.base.is_some() && !state.heartbeat_in_flight {
                 activator.activate_after(state.next_heartbeat.saturating_duration_since(Instant::now()));
             }
         }

@@ -31,6 +31,8 @@ pub enum ErrorKind {
     FencedTieringEpoch,
     /// The table has no lake snapshot yet.
     LakeSnapshotNotExist,
+    /// A KV snapshot asked for is not (or no longer) there.
+    KvSnapshotNotExist,
     /// The request is valid but not supported (yet).
     Unsupported,
     /// Local storage failed (I/O, a corrupt file).
@@ -62,13 +64,14 @@ impl ErrorKind {
             ErrorKind::Storage => 1003,
             ErrorKind::Lake => 1004,
             ErrorKind::CommitOutcomeUnknown => 1005,
+            ErrorKind::KvSnapshotNotExist => 41,
             ErrorKind::Internal => -1,
         }
     }
 
     /// The kind for a Fluss error code; unknown codes are `Internal`.
     pub fn from_code(code: i32) -> ErrorKind {
-        const ALL: [ErrorKind; 16] = [
+        const ALL: [ErrorKind; 17] = [
             ErrorKind::Network,
             ErrorKind::CorruptMessage,
             ErrorKind::TableNotExist,
@@ -80,6 +83,7 @@ impl ErrorKind {
             ErrorKind::SchemaMismatch,
             ErrorKind::FencedTieringEpoch,
             ErrorKind::LakeSnapshotNotExist,
+            ErrorKind::KvSnapshotNotExist,
             ErrorKind::Unsupported,
             ErrorKind::Storage,
             ErrorKind::Lake,
@@ -98,9 +102,10 @@ impl ErrorKind {
         use tonic::Code;
         match self {
             ErrorKind::Network => Code::Unavailable,
-            ErrorKind::TableNotExist | ErrorKind::UnknownTableOrBucket | ErrorKind::LakeSnapshotNotExist => {
-                Code::NotFound
-            }
+            ErrorKind::TableNotExist
+            | ErrorKind::UnknownTableOrBucket
+            | ErrorKind::LakeSnapshotNotExist
+            | ErrorKind::KvSnapshotNotExist => Code::NotFound,
             ErrorKind::TableAlreadyExist => Code::AlreadyExists,
             ErrorKind::InvalidArgument | ErrorKind::SchemaMismatch | ErrorKind::CorruptMessage => Code::InvalidArgument,
             ErrorKind::OffsetOutOfRange => Code::OutOfRange,

@@ -202,8 +202,12 @@ async fn bad_input_gets_clear_errors() {
 
     let mut pk = d.clone();
     pk.primary_key = vec!["id".into()];
-    let err = client.create_table(&"db.pk".parse().expect("path"), &pk, false).await.expect_err("pk");
-    assert_eq!(err.kind(), ErrorKind::Unsupported);
+    let pk_id = client.create_table(&"db.pk".parse().expect("path"), &pk, false).await.expect("pk table");
+    let rows = Workload { seed: 0, partitions: 1 }.batch(&pk, &[1, 2]).expect("batch");
+    let err = client.produce(pk_id, None, 0, std::slice::from_ref(&rows)).await.expect_err("produce into a pk table");
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    let err = client.put_kv(table_id, None, 0, &[rows], false).await.expect_err("put into a log table");
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
 }
 
 fn req_for(table_id: i64, coordinator_epoch: i32, tiering_epoch: i64) -> PbHeartbeatReqForTable {

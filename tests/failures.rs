@@ -124,7 +124,8 @@ async fn the_job_survives_a_coordinator_restart_mid_round() {
 async fn one_bad_table_fails_with_a_reason_and_backoff_while_the_others_keep_tiering() {
     let Setup { dir: _dir, warehouse, cluster, client, tables } = setup().await;
     produce_all(&client, &tables, 0, 1000).await;
-    assert_success(&tier(&cluster.url(), &warehouse, &[], &[]).await);
+    // Iceberg: its columns carry types a job checks the Fluss table against.
+    assert_success(&tier(&cluster.url(), &warehouse, &["--format", "iceberg"], &[]).await);
 
     // Outside, someone widens db.sensors.sensor from int to long: the lake table no longer fits the Fluss table.
     let retype = format!(
@@ -138,7 +139,7 @@ async fn one_bad_table_fails_with_a_reason_and_backoff_while_the_others_keep_tie
     produce_all(&client, &tables, 1000, 500).await;
 
     let stderr = tempfile::NamedTempFile::new().expect("stderr");
-    let job = spawn_tier(&cluster.url(), &warehouse, &["--max-tables", "3"], &[], &stderr);
+    let job = spawn_tier(&cluster.url(), &warehouse, &["--format", "iceberg", "--max-tables", "3"], &[], &stderr);
     wait_tiered(&client, &[&tables[0], &tables[1]], Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_fluss-tiering"))

@@ -1,42 +1,80 @@
-"""Reads a lake table with pyiceberg (a reader that is not ours) and dumps it for the Rust tests.
+"""Reads a lake table with a reader that is not ours (pyiceberg or pypaimon) and dumps it for the Rust tests.
 
 usage: lake_dump.py WAREHOUSE DATABASE.TABLE OUT.arrow
 
+The format is the warehouse's: an Iceberg SQL catalog (WAREHOUSE/catalog.db) or a Paimon filesystem catalog.
 Writes every row of the table's current snapshot to OUT.arrow (Arrow IPC file) and prints one JSON line:
-{"rows": N, "snapshots": N, "current_snapshot_id": ID, "properties": {...current snapshot summary...}}
+{"format": F, "rows": N, "snapshots": N, "current_snapshot_id": ID, "properties": {...tiering marker...}}
+
+For Paimon, a primary-key table is read merged (its latest row per key), and the tiering marker is the offsets file
+the latest tiering snapshot names by its commit identifier.
 """
 import json
 import os
 import sys
 
 import pyarrow as pa
-from pyiceberg.catalog.sql import SqlCatalog
+
+
+def read_iceberg(warehouse: str, table_name: str):
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    catalog = SqlCatalog("fluss", uri=f"sqlite:///{warehouse}/catalog.db", warehouse=f"file://{warehouse}")
+    table = catalog.load_table(table_name)
+    current = table.current_snapshot()
+    return table.scan().to_arrow(), {
+        "snapshots": len(table.snapshots()),
+        "current_snapshot_id": current.snapshot_id if current else None,
+        "properties": dict(current.summary.additional_properties) if current else {},
+    }
+
+
+def read_paimon(warehouse: str, table_name: str):
+    from pypaimon import CatalogFactory
+
+    catalog = CatalogFactory.create({"warehouse": f"file://{warehouse}"})
+    table = catalog.get_table(table_name)
+    read_builder = table.new_read_builder()
+    data = read_builder.new_read().to_arrow(read_builder.new_scan().plan().splits())
+    database, name = table_name.split(".", 1)
+    location = os.path.join(warehouse, f"{database}.db", name)
+    snapshot_dir = os.path.join(location, "snapshot")
+    ids = sorted(
+        int(f[len("snapshot-"):]) for f in os.listdir(snapshot_dir) if f.startswith("snapshot-")
+    ) if os.path.isdir(snapshot_dir) else []
+    properties = {}
+    for snapshot_id in reversed(ids):
+        with open(os.path.join(snapshot_dir, f"snapshot-{snapshot_id}")) as f:
+            snapshot = json.load(f)
+        if snapshot.get("commitUser") != "fluss-tiering":
+            continue
+        with open(os.path.join(location, "fluss-offsets", f"{snapshot['commitIdentifier']}.json")) as f:
+            marker = json.load(f)
+        properties = {
+            "fluss-offsets": json.dumps(marker["offsets"]),
+            "fluss-tiering-epoch": str(marker["tiering_epoch"]),
+            "fluss-round-id": marker["round_id"],
+            "fluss-table-id": str(marker["table_id"]),
+        }
+        break
+    return data, {
+        "snapshots": len(ids),
+        "current_snapshot_id": ids[-1] if ids else None,
+        "properties": properties,
+    }
 
 
 def main() -> None:
     warehouse, table_name, out = sys.argv[1], sys.argv[2], sys.argv[3]
     warehouse = os.path.abspath(warehouse)
-    catalog = SqlCatalog(
-        "fluss",
-        uri=f"sqlite:///{warehouse}/catalog.db",
-        warehouse=f"file://{warehouse}",
-    )
-    table = catalog.load_table(table_name)
-    data = table.scan().to_arrow()
+    if os.path.exists(os.path.join(warehouse, "catalog.db")):
+        fmt, (data, summary) = "iceberg", read_iceberg(warehouse, table_name)
+    else:
+        fmt, (data, summary) = "paimon", read_paimon(warehouse, table_name)
     with pa.OSFile(out, "wb") as sink:
         with pa.ipc.new_file(sink, data.schema) as writer:
             writer.write_table(data)
-    current = table.current_snapshot()
-    print(
-        json.dumps(
-            {
-                "rows": data.num_rows,
-                "snapshots": len(table.snapshots()),
-                "current_snapshot_id": current.snapshot_id if current else None,
-                "properties": dict(current.summary.additional_properties) if current else {},
-            }
-        )
-    )
+    print(json.dumps({"format": fmt, "rows": data.num_rows, **summary}))
 
 
 if __name__ == "__main__":

@@ -50,6 +50,9 @@ pub struct BenchArgs {
     /// A bucket's range is cut into splits of at most this many rows.
     #[arg(long, default_value_t = 1_000_000)]
     pub split_rows: u64,
+    /// Lake format: paimon or iceberg.
+    #[arg(long, default_value = "paimon", value_parser = ["paimon", "iceberg"])]
+    pub format: String,
     /// Where to keep the cluster and the lakes (default: a new temporary directory, removed afterwards).
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -84,6 +87,9 @@ struct Run {
     arrow_mb_per_second: f64,
     ratio_to_baseline: f64,
     mean_file_bytes: f64,
+    /// CPU seconds the run used, the embedded cluster serving its fetches included: `cpu_seconds / wall_seconds` is
+    /// how many cores it kept busy, which bounds what more workers can gain on this machine.
+    cpu_seconds: f64,
     rounds_committed: u64,
     /// Where the time went (zero for the baseline, which is all encoding).
     phase_seconds: PhaseSeconds,
@@ -104,6 +110,20 @@ fn cpu_model() -> String {
                 .map(|(_, m)| m.trim().to_string())
         })
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// CPU time (user + system) of this process and its waited-for children so far, in seconds.
+fn cpu_seconds() -> f64 {
+    let of = |who| {
+        // SAFETY: getrusage only writes the struct it is given.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(who, &mut usage) } != 0 {
+            return 0.0;
+        }
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        secs(usage.ru_utime) + secs(usage.ru_stime)
+    };
+    of(libc::RUSAGE_SELF) + of(libc::RUSAGE_CHILDREN)
 }
 
 /// The process's peak resident set size in bytes, from /proc/self/status.
@@ -130,7 +150,7 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     let temp = tempfile::Builder::new().prefix("fluss-tiering-bench-").tempdir().context("creating a temp dir")?;
     let dir = args.dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
     // The embedded cluster runs on a runtime of its own; each job brings its own.
-    let runtime = runtime(2)?;
+    let runtime = runtime("cluster-io", 2)?;
     let cluster = runtime.block_on(EmbeddedCluster::start(ClusterConfig::new(dir.join("cluster"))))?;
     let client = runtime.block_on(ClusterClient::connect(&cluster.url()))?;
     let workload = Workload { seed: args.seed, partitions: args.partitions };
@@ -164,6 +184,7 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             cluster: cluster.url(),
             warehouse: dir.join("lake-freshness"),
             workers: args.workers[0],
+            format: args.format.clone(),
             duration: parse_duration(duration)?,
             rate: args.rate,
             workload,
@@ -200,6 +221,7 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         arrow_mb_per_second: baseline.arrow_bytes as f64 / 1e6 / baseline.took.as_secs_f64(),
         ratio_to_baseline: 1.0,
         mean_file_bytes: baseline.parquet_bytes as f64 / args.tables as f64,
+        cpu_seconds: baseline.cpu_seconds,
         rounds_committed: 0,
         phase_seconds: PhaseSeconds::default(),
         cores,
@@ -211,7 +233,7 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             cluster: cluster.url(),
             warehouse: dir.join(format!("lake-w{workers}")),
             catalog: None,
-            format: "iceberg".into(),
+            format: args.format.clone(),
             metrics_addr: None,
             once: true,
             report_json: None,
@@ -230,7 +252,7 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         };
         // Each run tiers into an empty lake, so each tiers every row (the lake is the source of truth).
         std::thread::sleep(Duration::from_millis(200));
-        let started = Instant::now();
+        let (started, cpu_before) = (Instant::now(), cpu_seconds());
         let report = if args.processes == 1 { run_job(&job)?.metrics.report() } else { run_processes(&job, &dir)? };
         let took = started.elapsed();
         print_summary(&report, took);
@@ -248,6 +270,7 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             arrow_mb_per_second: baseline.arrow_bytes as f64 / 1e6 / secs,
             ratio_to_baseline: baseline.took.as_secs_f64() / secs,
             mean_file_bytes: report.file_bytes as f64 / report.files.max(1) as f64,
+            cpu_seconds: cpu_seconds() - cpu_before,
             rounds_committed: report.rounds_committed,
             phase_seconds: report.phases,
             cores,
@@ -258,12 +281,12 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     runtime.block_on(cluster.shutdown())?;
 
     println!(
-        "\n{:<36} {:>9} {:>10} {:>9} {:>12} {:>10} {:>12} {:>8}",
-        "run", "workers", "rows", "seconds", "rows/s", "Arrow MB/s", "Parquet MB", "ratio"
+        "\n{:<36} {:>9} {:>10} {:>9} {:>12} {:>10} {:>12} {:>8} {:>10}",
+        "run", "workers", "rows", "seconds", "rows/s", "Arrow MB/s", "Parquet MB", "ratio", "cores busy"
     );
     for r in &runs {
         println!(
-            "{:<36} {:>9} {:>10} {:>9.2} {:>12.0} {:>10.1} {:>12.1} {:>8.2}",
+            "{:<36} {:>9} {:>10} {:>9.2} {:>12.0} {:>10.1} {:>12.1} {:>8.2} {:>10.2}",
             r.kind,
             format!("{}x{}", r.processes, r.workers),
             r.rows,
@@ -271,7 +294,8 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             r.rows_per_second,
             r.arrow_mb_per_second,
             r.parquet_bytes as f64 / 1e6,
-            r.ratio_to_baseline
+            r.ratio_to_baseline,
+            r.cpu_seconds / r.wall_seconds
         );
     }
     println!(
@@ -346,6 +370,7 @@ fn run_processes(job: &TierArgs, dir: &std::path::Path) -> anyhow::Result<JobRep
 }
 
 struct Baseline {
+    cpu_seconds: f64,
     arrow_bytes: u64,
     parquet_bytes: u64,
     took: Duration,
@@ -385,7 +410,7 @@ async fn baseline(
         }
         per_table.push((schema, batches));
     }
-    let started = Instant::now();
+    let (started, cpu_before) = (Instant::now(), cpu_seconds());
     let mut parquet_bytes = 0u64;
     for (i, (schema, batches)) in per_table.iter().enumerate() {
         let path = dir.join(format!("baseline-{i}.parquet"));
@@ -398,7 +423,8 @@ async fn baseline(
         writer.close()?;
         parquet_bytes += std::fs::metadata(&path)?.len();
     }
-    Ok(Baseline { arrow_bytes, parquet_bytes, took: started.elapsed() })
+    let took = started.elapsed();
+    Ok(Baseline { cpu_seconds: cpu_seconds() - cpu_before, arrow_bytes, parquet_bytes, took })
 }
 
 /// Bytes of the values a batch holds (not of the buffers it shares with other batches).

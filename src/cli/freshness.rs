@@ -25,6 +25,7 @@ pub struct Experiment {
     pub cluster: String,
     pub warehouse: PathBuf,
     pub workers: usize,
+    pub format: String,
     /// How long the producer runs.
     pub duration: Duration,
     /// Rows per second per table.
@@ -65,7 +66,7 @@ pub fn measure(
         cluster: e.cluster.clone(),
         warehouse: e.warehouse.clone(),
         catalog: None,
-        format: "iceberg".into(),
+        format: e.format.clone(),
         metrics_addr: None,
         once: false,
         report_json: None,
@@ -117,7 +118,7 @@ pub fn measure(
     }
 
     let results = runtime.block_on(async {
-        let lake = lake::factory("iceberg", &e.warehouse, None, LakeOptions::default()).await?;
+        let lake = lake::factory(&e.format, &e.warehouse, None, LakeOptions::default()).await?;
         let mut out = Vec::new();
         for (id, path, descriptor) in tables {
             let table = TableContext { table_id: *id, path: path.clone(), descriptor: descriptor.clone() };

@@ -61,8 +61,8 @@ pub struct TierArgs {
     /// The catalog, `sqlite:PATH` (default: WAREHOUSE/catalog.db).
     #[arg(long)]
     pub catalog: Option<String>,
-    /// Lake format.
-    #[arg(long, default_value = "iceberg")]
+    /// Lake format: paimon (Fluss's default) or iceberg.
+    #[arg(long, default_value = "paimon", value_parser = ["paimon", "iceberg"])]
     pub format: String,
     /// Serve Prometheus metrics on this address (GET /metrics).
     #[arg(long)]
@@ -134,6 +134,9 @@ pub struct DemoArgs {
     /// Rows per table.
     #[arg(long, default_value_t = 100_000)]
     pub rows: u64,
+    /// Lake format: paimon or iceberg.
+    #[arg(long, default_value = "paimon", value_parser = ["paimon", "iceberg"])]
+    pub format: String,
     #[command(flatten)]
     pub timely: TimelyArgs,
     /// Print help.

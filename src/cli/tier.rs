@@ -69,8 +69,9 @@ fn tier_config(tuning: &TuningArgs, once: bool) -> anyhow::Result<TierConfig> {
 
 /// Runs one tiering job as `args` describe it; returns the job's context for its metrics.
 ///
-/// The job gets a tokio runtime of its own with one thread per timely worker of this process: splits are fetched,
-/// decoded and encoded there, so `-w` sets how many cores the job uses.
+/// The job gets a tokio runtime of its own, where splits are fetched, decoded and encoded: one thread per timely
+/// worker of this process for the encoding, plus one, so that fetches and heartbeats never wait behind an encoder
+/// (with only `-w` threads, a 1-worker job fetched and encoded in turn, not at once).
 pub(super) fn run_job(args: &TierArgs) -> anyhow::Result<Arc<JobContext>> {
     run_job_with(args, |_| {})
 }
@@ -82,7 +83,7 @@ pub(super) fn run_job_with(args: &TierArgs, started: impl FnOnce(&Arc<JobContext
     if args.tuning.target_file_size < 1024 {
         bail!("--target-file-size must be at least 1024 bytes");
     }
-    let runtime = runtime(args.timely.workers)?;
+    let runtime = runtime("tier-io", args.timely.workers + 1)?;
     let options = LakeOptions { target_file_size: args.tuning.target_file_size };
     let (client, lake) = runtime.block_on(async {
         let client = ClusterClient::connect(&args.cluster).await?;
@@ -140,9 +141,11 @@ fn progress_bar(ctx: Arc<JobContext>) -> (std::sync::mpsc::Sender<()>, std::thre
     (stop, thread)
 }
 
-/// A multi-threaded tokio runtime with `threads` workers.
-pub(super) fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+/// A multi-threaded tokio runtime with `threads` workers named `name` (so profiles tell the job's threads from
+/// an embedded cluster's).
+pub(super) fn runtime(name: &str, threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
+        .thread_name(name)
         .worker_threads(threads.max(1))
         .enable_all()
         .build()
@@ -196,7 +199,7 @@ pub fn run_demo(args: super::DemoArgs) -> anyhow::Result<()> {
     let (data_dir, warehouse) = (dir.join("cluster"), dir.join("warehouse"));
     println!("demo directory: {}", dir.display());
     // The embedded cluster and the demo's client live on a runtime of their own, beside the job's.
-    let runtime = runtime(2)?;
+    let runtime = runtime("cluster-io", 2)?;
     let mut config = ClusterConfig::new(&data_dir);
     config.heartbeat_timeout = Duration::from_secs(10);
     let cluster = runtime.block_on(EmbeddedCluster::start(config))?;
@@ -227,7 +230,7 @@ pub fn run_demo(args: super::DemoArgs) -> anyhow::Result<()> {
         cluster: url.clone(),
         warehouse: warehouse.clone(),
         catalog: None,
-        format: "iceberg".into(),
+        format: args.format.clone(),
         metrics_addr: None,
         once: true,
         report_json: None,
@@ -256,15 +259,20 @@ pub fn run_demo(args: super::DemoArgs) -> anyhow::Result<()> {
         let ctx = run_job(&job)?;
         print_summary(&ctx.metrics.report(), started.elapsed());
         runtime.block_on(async {
-            let lake = lake::factory("iceberg", &warehouse, None, LakeOptions::default()).await?;
+            let lake = lake::factory(&args.format, &warehouse, None, LakeOptions::default()).await?;
             print_lake(&client, lake.as_ref(), &tables).await
         })?;
     }
     runtime.block_on(cluster.shutdown())?;
-    println!(
-        "\nThe lake is an Iceberg SQL catalog: catalog \"fluss\", uri sqlite:///{0}/catalog.db, warehouse file://{0}",
-        warehouse.canonicalize().unwrap_or(warehouse.clone()).display()
-    );
+    let warehouse = warehouse.canonicalize().unwrap_or(warehouse.clone());
+    if args.format == "iceberg" {
+        println!(
+            "\nThe lake is an Iceberg SQL catalog: catalog \"fluss\", uri sqlite:///{0}/catalog.db, warehouse file://{0}",
+            warehouse.display()
+        );
+    } else {
+        println!("\nThe lake is a Paimon filesystem catalog: warehouse file://{}", warehouse.display());
+    }
     Ok(())
 }
 

@@ -4,13 +4,18 @@
 //!   gRPC (service.rs) ──▶ Cluster ──┬── Metadata     tables, partitions          DATA_DIR/meta/tables.json
 //!                                   ├── Coordinator  tiering states, epochs,     DATA_DIR/meta/coordinator.json
 //!                                   │                lake snapshots
-//!                                   └── BucketLog×N  Arrow IPC segments          DATA_DIR/log/t{id}/p{partition}/b{bucket}/
+//!                                   ├── BucketLog×N  Arrow IPC segments          DATA_DIR/log/t{id}/p{partition}/b{bucket}/
+//!                                   └── KvBucket×N   primary-key state, snapshots DATA_DIR/kv/t{id}/p{partition}/b{bucket}/
 //! ```
+//!
+//! A log table's bucket log holds the produced records; a primary-key table's holds the changelog its upserts and
+//! deletes cause (see [`kv`]).
 //!
 //! The same `Cluster` runs as a standalone server (`fluss-tiering cluster`) or embedded in the tiering job's process
 //! (`server::EmbeddedCluster`); both serve it on a TCP port, so clients cannot tell them apart.
 
 pub mod coordinator;
+pub mod kv;
 pub mod log;
 pub mod metadata;
 pub mod persist;
@@ -24,13 +29,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use arrow::array::{Array, StringArray};
+use arrow::array::{Array, RecordBatch, StringArray};
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
 use arrow::ipc::reader::StreamReader;
 use bytes::Bytes;
 
 use crate::cluster::coordinator::{Coordinator, DEFAULT_FAILURE_BACKOFF, DEFAULT_HEARTBEAT_TIMEOUT, TieringStatus};
+use crate::cluster::kv::{KvBucket, KvSnapshot};
 use crate::cluster::log::{BucketLog, StoredBatch};
 use crate::cluster::metadata::{Metadata, TableInfo};
 use crate::cluster::table::{TableDescriptor, TablePath};
@@ -46,6 +52,8 @@ pub struct ClusterConfig {
     pub heartbeat_timeout: Duration,
     /// The first retry delay of a table whose round failed; it doubles with each consecutive failure.
     pub failure_backoff: Duration,
+    /// A primary-key bucket takes a KV snapshot after this many changes.
+    pub kv_snapshot_every: u64,
 }
 
 impl ClusterConfig {
@@ -55,6 +63,7 @@ impl ClusterConfig {
             segment_bytes: 64 << 20,
             heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
             failure_backoff: DEFAULT_FAILURE_BACKOFF,
+            kv_snapshot_every: 100_000,
         }
     }
 }
@@ -89,6 +98,7 @@ pub struct Cluster {
     metadata: Mutex<Metadata>,
     coordinator: Mutex<Coordinator>,
     logs: Mutex<HashMap<BucketId, Arc<Mutex<BucketLog>>>>,
+    kv: Mutex<HashMap<BucketId, Arc<Mutex<KvBucket>>>>,
     /// Records acknowledged since start.
     produced: std::sync::atomic::AtomicU64,
 }
@@ -129,6 +139,7 @@ impl Cluster {
             metadata: Mutex::new(metadata),
             coordinator: Mutex::new(coordinator),
             logs: Mutex::new(HashMap::new()),
+            kv: Mutex::new(HashMap::new()),
             produced: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -143,12 +154,6 @@ impl Cluster {
         descriptor: TableDescriptor,
         ignore_if_exists: bool,
     ) -> Result<TableInfo> {
-        if descriptor.has_primary_key() {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                "primary-key tables are not supported yet: this cluster stores log tables only",
-            ));
-        }
         let mut metadata = lock(&self.metadata);
         let existed = metadata.by_path(&path).is_ok();
         let info = metadata.create(path, descriptor, ignore_if_exists, now_ms())?;
@@ -172,9 +177,12 @@ impl Cluster {
         };
         self.coordinator().remove_table(table_id)?;
         lock(&self.logs).retain(|id, _| id.table_id != table_id);
-        let dir = self.config.data_dir.join("log").join(format!("t{table_id}"));
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(format!("removing {}", dir.display()), e))?;
+        lock(&self.kv).retain(|id, _| id.table_id != table_id);
+        for kind in ["log", "kv"] {
+            let dir = self.config.data_dir.join(kind).join(format!("t{table_id}"));
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| Error::io(format!("removing {}", dir.display()), e))?;
+            }
         }
         tracing::info!(table = %path, table_id, "dropped table");
         Ok(())
@@ -212,25 +220,153 @@ impl Cluster {
     ) -> Result<Appended> {
         let table = self.table_by_id(table_id)?;
         check_bucket(&table, bucket)?;
+        if table.descriptor.has_primary_key() {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("table {} has a primary key: write it with PutKv and DeleteKv, not ProduceLog", table.path),
+            ));
+        }
         let record_count = validate_records(&table, partition_name, &records)?;
-        let partition_id = match (&table.descriptor.partition_key, partition_name) {
-            (Some(_), Some(name)) => Some(lock(&self.metadata).partition_id_or_create(table_id, name, now_ms())?),
-            (Some(key), None) => {
-                return Err(Error::new(
-                    ErrorKind::InvalidArgument,
-                    format!("table {} is partitioned by {key:?}: name the partition", table.path),
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(Error::new(ErrorKind::InvalidArgument, format!("table {} is not partitioned", table.path)));
-            }
-            (None, None) => None,
-        };
+        let partition_id = self.partition_for(&table, partition_name)?;
         let log = self.log(BucketId { table_id, partition_id, bucket })?;
         let base_offset = lock(&log).append(&records, record_count, now_ms())?;
         self.coordinator().note_data(table_id);
         self.produced.fetch_add(u64::from(record_count), std::sync::atomic::Ordering::Relaxed);
         Ok(Appended { partition_id, base_offset, record_count })
+    }
+
+    /// The partition id a request names (created on first use), checked against whether the table is partitioned.
+    fn partition_for(&self, table: &TableInfo, partition_name: Option<&str>) -> Result<Option<i64>> {
+        match (&table.descriptor.partition_key, partition_name) {
+            (Some(_), Some(name)) => {
+                Ok(Some(lock(&self.metadata).partition_id_or_create(table.table_id, name, now_ms())?))
+            }
+            (Some(key), None) => Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("table {} is partitioned by {key:?}: name the partition", table.path),
+            )),
+            (None, Some(_)) => {
+                Err(Error::new(ErrorKind::InvalidArgument, format!("table {} is not partitioned", table.path)))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Upserts (`delete == false`: full rows) or deletes (the key columns suffice) rows of a primary-key table's
+    /// bucket: the changelog they cause is appended to the bucket's log, durably, then applied to its state.
+    pub fn put_kv(
+        &self,
+        table_id: i64,
+        partition_name: Option<&str>,
+        bucket: i32,
+        records: Bytes,
+        delete: bool,
+    ) -> Result<Appended> {
+        let table = self.table_by_id(table_id)?;
+        check_bucket(&table, bucket)?;
+        if !table.descriptor.has_primary_key() {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("table {} has no primary key: append to it with ProduceLog", table.path),
+            ));
+        }
+        let batches = crate::rpc::ipc::decode(&records)?;
+        if !delete {
+            validate_records(&table, partition_name, &records)?;
+        }
+        let partition_id = self.partition_for(&table, partition_name)?;
+        let id = BucketId { table_id, partition_id, bucket };
+        let kv = self.kv_bucket(&table, id)?;
+        let mut kv = lock(&kv);
+        let mut changelogs = Vec::new();
+        for batch in &batches {
+            if let Some(changes) = kv.changelog(batch, delete)? {
+                // Later batches of the request see the changes of earlier ones.
+                kv.apply(&changes)?;
+                changelogs.push(changes);
+            }
+        }
+        let changes: usize = changelogs.iter().map(|c| c.num_rows()).sum();
+        let log = self.log(id)?;
+        let mut log = lock(&log);
+        if changes == 0 {
+            return Ok(Appended { partition_id, base_offset: log.end_offset(), record_count: 0 });
+        }
+        let encoded = crate::rpc::ipc::encode(&changelogs)?;
+        let record_count = u32::try_from(changes)
+            .map_err(|_| Error::new(ErrorKind::InvalidArgument, "too many changes in one request"))?;
+        let base_offset = match log.append(&encoded, record_count, now_ms()) {
+            Ok(offset) => offset,
+            Err(e) => {
+                // Not durable: the state must not keep changes the log refused. Rebuild it from disk.
+                drop(kv);
+                lock(&self.kv).remove(&id);
+                return Err(e);
+            }
+        };
+        kv.note_changes(u64::from(record_count), log.end_offset())?;
+        self.coordinator().note_data(table_id);
+        self.produced.fetch_add(u64::from(record_count), std::sync::atomic::Ordering::Relaxed);
+        Ok(Appended { partition_id, base_offset, record_count })
+    }
+
+    /// The latest KV snapshot of every bucket of a primary-key table (of one partition); `None` where none was taken.
+    pub fn latest_kv_snapshots(&self, table_id: i64, partition_id: Option<i64>) -> Result<Vec<Option<KvSnapshot>>> {
+        let table = self.table_by_id(table_id)?;
+        if !table.descriptor.has_primary_key() {
+            return Ok(vec![None; table.descriptor.buckets as usize]);
+        }
+        (0..table.descriptor.buckets as i32)
+            .map(|bucket| {
+                let id = BucketId { table_id, partition_id, bucket };
+                self.existing_log(id)?;
+                let kv = self.kv_bucket(&table, id)?;
+                let latest = lock(&kv).latest_snapshot();
+                Ok(latest)
+            })
+            .collect()
+    }
+
+    /// Takes a KV snapshot of every bucket of a primary-key table now (for tests and operators).
+    pub fn snapshot_kv(&self, table_id: i64, partition_id: Option<i64>) -> Result<Vec<KvSnapshot>> {
+        let table = self.table_by_id(table_id)?;
+        (0..table.descriptor.buckets as i32)
+            .map(|bucket| {
+                let id = BucketId { table_id, partition_id, bucket };
+                let log = self.existing_log(id)?;
+                let kv = self.kv_bucket(&table, id)?;
+                let mut kv = lock(&kv);
+                let end = lock(&log).end_offset();
+                kv.snapshot(end)
+            })
+            .collect()
+    }
+
+    /// One batch of a KV snapshot, and how many batches it has.
+    pub fn fetch_kv_snapshot(&self, id: BucketId, snapshot_id: i64, index: i32) -> Result<(RecordBatch, i32)> {
+        self.existing_log(id)?;
+        kv::read_snapshot_batch(&self.kv_dir(id), snapshot_id, index)
+    }
+
+    fn kv_dir(&self, id: BucketId) -> PathBuf {
+        self.bucket_dir("kv", id)
+    }
+
+    /// The state of a primary-key bucket, recovered from its snapshot and log on first use.
+    fn kv_bucket(&self, table: &TableInfo, id: BucketId) -> Result<Arc<Mutex<KvBucket>>> {
+        if let Some(kv) = lock(&self.kv).get(&id) {
+            return Ok(Arc::clone(kv));
+        }
+        let log = self.log(id)?;
+        let log = lock(&log);
+        let mut all = lock(&self.kv);
+        if let Some(kv) = all.get(&id) {
+            return Ok(Arc::clone(kv));
+        }
+        let kv = KvBucket::open(&self.kv_dir(id), &table.descriptor, &log, self.config.kv_snapshot_every)?;
+        let kv = Arc::new(Mutex::new(kv));
+        all.insert(id, Arc::clone(&kv));
+        Ok(kv)
     }
 
     /// Reads stored batches from `offset` on, up to `max_bytes` (at least one batch when there is one).
@@ -308,20 +444,23 @@ impl Cluster {
         self.log(id)
     }
 
+    /// `DATA_DIR/{kind}/t{table}/p{partition}/b{bucket}`.
+    fn bucket_dir(&self, kind: &str, id: BucketId) -> PathBuf {
+        let partition = id.partition_id.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+        self.config
+            .data_dir
+            .join(kind)
+            .join(format!("t{}", id.table_id))
+            .join(format!("p{partition}"))
+            .join(format!("b{}", id.bucket))
+    }
+
     fn log(&self, id: BucketId) -> Result<Arc<Mutex<BucketLog>>> {
         let mut logs = lock(&self.logs);
         if let Some(log) = logs.get(&id) {
             return Ok(Arc::clone(log));
         }
-        let partition = id.partition_id.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
-        let dir = self
-            .config
-            .data_dir
-            .join("log")
-            .join(format!("t{}", id.table_id))
-            .join(format!("p{partition}"))
-            .join(format!("b{}", id.bucket));
-        let log = Arc::new(Mutex::new(BucketLog::open(&dir, self.config.segment_bytes)?));
+        let log = Arc::new(Mutex::new(BucketLog::open(&self.bucket_dir("log", id), self.config.segment_bytes)?));
         logs.insert(id, Arc::clone(&log));
         Ok(log)
     }

@@ -23,6 +23,19 @@ impl ClusterService {
     }
 
     /// Runs `f` on the blocking pool (disk I/O, fsync) and turns its error into a status.
+    async fn kv_write(&self, req: proto::PutKvRequest, delete: bool) -> Result<Response<proto::PutKvResponse>, Status> {
+        let bucket_id = req.bucket_id;
+        let appended = self
+            .blocking(move |c| c.put_kv(req.table_id, req.partition_name.as_deref(), bucket_id, req.records, delete))
+            .await?;
+        Ok(Response::new(proto::PutKvResponse {
+            partition_id: appended.partition_id,
+            bucket_id,
+            base_offset: appended.base_offset,
+            changes: i64::from(appended.record_count),
+        }))
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Cluster) -> Result<T> + Send + 'static,
@@ -341,16 +354,48 @@ impl TabletService for ClusterService {
         &self,
         req: Request<proto::GetLatestKvSnapshotsRequest>,
     ) -> Result<Response<proto::GetLatestKvSnapshotsResponse>, Status> {
-        let path = table_path(req.into_inner().table_path)?;
+        let req = req.into_inner();
+        let path = table_path(req.table_path)?;
         let table = self.cluster.table_by_path(&path)?;
+        let partition_id = match &req.partition_name {
+            Some(name) => Some(*table.partitions.get(name).ok_or_else(|| {
+                Error::new(ErrorKind::UnknownTableOrBucket, format!("table {path} has no partition {name:?}"))
+            })?),
+            None => None,
+        };
+        let table_id = table.table_id;
         // Log tables have no KV state: every bucket answers "no snapshot", as Fluss does.
-        let latest_snapshots = (0..table.descriptor.buckets as i32)
-            .map(|bucket_id| proto::PbKvSnapshot { bucket_id, snapshot_id: None, log_offset: None })
+        let latest = self.blocking(move |c| c.latest_kv_snapshots(table_id, partition_id)).await?;
+        let latest_snapshots = latest
+            .into_iter()
+            .enumerate()
+            .map(|(bucket, s)| proto::PbKvSnapshot {
+                bucket_id: bucket as i32,
+                snapshot_id: s.map(|s| s.snapshot_id),
+                log_offset: s.map(|s| s.log_offset),
+                row_count: s.map(|s| s.row_count).unwrap_or(0),
+                batch_count: s.map(|s| s.batch_count).unwrap_or(0),
+            })
             .collect();
-        Ok(Response::new(proto::GetLatestKvSnapshotsResponse {
-            table_id: table.table_id,
-            partition_id: None,
-            latest_snapshots,
-        }))
+        Ok(Response::new(proto::GetLatestKvSnapshotsResponse { table_id, partition_id, latest_snapshots }))
+    }
+
+    async fn put_kv(&self, req: Request<proto::PutKvRequest>) -> Result<Response<proto::PutKvResponse>, Status> {
+        self.kv_write(req.into_inner(), false).await
+    }
+
+    async fn delete_kv(&self, req: Request<proto::PutKvRequest>) -> Result<Response<proto::PutKvResponse>, Status> {
+        self.kv_write(req.into_inner(), true).await
+    }
+
+    async fn fetch_kv_snapshot(
+        &self,
+        req: Request<proto::FetchKvSnapshotRequest>,
+    ) -> Result<Response<proto::FetchKvSnapshotResponse>, Status> {
+        let req = req.into_inner();
+        let id = BucketId { table_id: req.table_id, partition_id: req.partition_id, bucket: req.bucket_id };
+        let (batch, batch_count) =
+            self.blocking(move |c| c.fetch_kv_snapshot(id, req.snapshot_id, req.batch_index)).await?;
+        Ok(Response::new(proto::FetchKvSnapshotResponse { records: crate::rpc::ipc::encode(&[batch])?, batch_count }))
     }
 }

@@ -258,6 +258,15 @@ impl TableDescriptor {
                 ));
             }
         }
+        if let Some(key) = &self.partition_key
+            && self.has_primary_key()
+            && !self.primary_key.contains(key)
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("the primary key of a partitioned table must include the partition key {key:?}"),
+            ));
+        }
         self.freshness()?;
         self.datalake_enabled()?;
         Ok(())

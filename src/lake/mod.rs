@@ -12,6 +12,7 @@
 //! restarted job reads its offsets back from the lake alone.
 
 pub mod iceberg;
+pub mod paimon;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -204,9 +205,14 @@ pub async fn factory(
 ) -> Result<Arc<dyn LakeTieringFactory>> {
     match format {
         "iceberg" => Ok(Arc::new(iceberg::IcebergFactory::open(warehouse, catalog, options).await?)),
+        "paimon" if catalog.is_some() => Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "--catalog names an Iceberg SQL catalog; Paimon's filesystem catalog lives in the warehouse itself",
+        )),
+        "paimon" => Ok(Arc::new(paimon::PaimonFactory::open(warehouse).await?)),
         other => Err(Error::new(
             ErrorKind::InvalidArgument,
-            format!("unknown lake format {other:?}: this build supports iceberg (paimon is not implemented yet)"),
+            format!("unknown lake format {other:?}: choose paimon or iceberg"),
         )),
     }
 }

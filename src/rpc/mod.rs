@@ -162,6 +162,59 @@ impl ClusterClient {
         self.produce_ipc(table_id, partition_name, bucket, ipc::encode(batches)?).await
     }
 
+    /// Upserts full rows (`delete == false`) or deletes rows by key in one bucket of a primary-key table.
+    pub async fn put_kv(
+        &self,
+        table_id: i64,
+        partition_name: Option<&str>,
+        bucket: i32,
+        batches: &[RecordBatch],
+        delete: bool,
+    ) -> Result<proto::PutKvResponse> {
+        let req = proto::PutKvRequest {
+            table_id,
+            partition_name: partition_name.map(str::to_string),
+            bucket_id: bucket,
+            records: ipc::encode(batches)?,
+        };
+        let mut tablet = self.tablet.clone();
+        let resp = if delete { tablet.delete_kv(req).await? } else { tablet.put_kv(req).await? };
+        Ok(resp.into_inner())
+    }
+
+    /// The latest KV snapshot of each bucket (of one partition) of a table, in bucket order.
+    pub async fn latest_kv_snapshots(
+        &self,
+        path: &TablePath,
+        partition_name: Option<&str>,
+    ) -> Result<Vec<proto::PbKvSnapshot>> {
+        let req = proto::GetLatestKvSnapshotsRequest {
+            table_path: Some(pb_path(path)),
+            partition_name: partition_name.map(str::to_string),
+        };
+        Ok(self.tablet.clone().get_latest_kv_snapshots(req).await?.into_inner().latest_snapshots)
+    }
+
+    /// Batch `index` of a KV snapshot, with the snapshot's batch count.
+    pub async fn fetch_kv_snapshot(
+        &self,
+        table_id: i64,
+        partition_id: Option<i64>,
+        bucket: i32,
+        snapshot_id: i64,
+        index: i32,
+    ) -> Result<(Vec<RecordBatch>, i32)> {
+        let req = proto::FetchKvSnapshotRequest {
+            table_id,
+            partition_id,
+            bucket_id: bucket,
+            snapshot_id,
+            batch_index: index,
+        };
+        let resp = self.tablet.clone().fetch_kv_snapshot(req).await?.into_inner();
+        Ok((ipc::decode(&resp.records)?, resp.batch_count))
+    }
+
     pub async fn fetch(
         &self,
         table_id: i64,

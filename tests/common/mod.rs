@@ -1,5 +1,5 @@
 //! Shared pieces of the end-to-end tests: a cluster with a mix of tables, the `tier` command as a subprocess, and
-//! the lake read back by pyiceberg (not by our code) and checked row by row against the generator.
+//! the lake read back by pypaimon or pyiceberg (not by our code) and checked row by row against the generator.
 
 #![allow(dead_code)]
 
@@ -123,7 +123,7 @@ pub fn assert_success(out: &Output) {
     );
 }
 
-/// A lake table as pyiceberg reads it.
+/// A lake table as pypaimon or pyiceberg reads it.
 pub struct LakeTable {
     pub rows: RecordBatch,
     pub snapshots: u64,
@@ -136,11 +136,11 @@ pub fn python() -> PathBuf {
         return PathBuf::from(p);
     }
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(venv.exists(), "pyiceberg is not installed: run `bash .ci/run` once (it creates .venv)");
+    assert!(venv.exists(), "the lake readers are not installed: run `bash .ci/run` once (it creates .venv)");
     venv
 }
 
-/// Reads `table` from the lake in `warehouse` with pyiceberg.
+/// Reads `table` from the lake in `warehouse` with pypaimon or pyiceberg, whichever format the warehouse holds.
 pub fn read_lake(warehouse: &Path, table: &TablePath) -> LakeTable {
     let dump = tempfile::NamedTempFile::new().expect("tempfile");
     let out = Command::new(python())
@@ -150,7 +150,7 @@ pub fn read_lake(warehouse: &Path, table: &TablePath) -> LakeTable {
         .arg(dump.path())
         .output()
         .expect("run python");
-    assert!(out.status.success(), "pyiceberg failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the lake reader failed: {}", String::from_utf8_lossy(&out.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json summary");
     let file = std::fs::File::open(dump.path()).expect("open dump");
     let reader = arrow::ipc::reader::FileReader::try_new(file, None).expect("ipc file");

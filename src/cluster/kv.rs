@@ -1,0 +1,344 @@
+//! Primary-key tables: the state of each bucket by key, its changelog in the bucket's log, and KV snapshots.
+//!
+//! ```text
+//!   PutKv / DeleteKv (rows by key) ──▶ changelog: +I | -U,+U | -D rows with `_change_type`
+//!                                         ──▶ bucket log (durable, fsync)   ──▶ state: key → row
+//!   every `snapshot_every` changes  ──▶ snapshot: every row of the bucket as of a log offset
+//!                                         DATA_DIR/kv/t{id}/p{partition}/b{bucket}/snapshot-{id}.arrow + latest.json
+//!   open: state = latest snapshot + the log after its offset, replayed
+//! ```
+//!
+//! The log is the source of truth; snapshots only shorten recovery and give a tiering job a starting point that
+//! does not need the whole changelog. Rows and keys are kept in Arrow's row format: compact, comparable bytes that
+//! convert back to columns exactly.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int8Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::row::{RowConverter, SortField};
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::log::{BucketLog, sync_dir};
+use crate::cluster::persist;
+use crate::cluster::table::TableDescriptor;
+use crate::error::{Error, ErrorKind, Result};
+use crate::rpc::ipc;
+
+/// The changelog column of a primary-key table's log.
+pub const CHANGE_TYPE_COLUMN: &str = "_change_type";
+
+/// Fluss's change types, with Paimon's row-kind numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i8)]
+pub enum ChangeType {
+    Insert = 0,
+    UpdateBefore = 1,
+    UpdateAfter = 2,
+    Delete = 3,
+}
+
+impl ChangeType {
+    pub fn from_i8(v: i8) -> Result<Self> {
+        Ok(match v {
+            0 => ChangeType::Insert,
+            1 => ChangeType::UpdateBefore,
+            2 => ChangeType::UpdateAfter,
+            3 => ChangeType::Delete,
+            other => return Err(Error::new(ErrorKind::CorruptMessage, format!("unknown change type {other}"))),
+        })
+    }
+
+    /// Whether the row is the key's value after the change (+I, +U), not before it (-U, -D).
+    pub fn is_addition(self) -> bool {
+        matches!(self, ChangeType::Insert | ChangeType::UpdateAfter)
+    }
+}
+
+/// Rows per batch of a snapshot file (a snapshot is read back one batch per request).
+pub const SNAPSHOT_BATCH_ROWS: usize = 8192;
+
+/// The log schema of a primary-key table: its columns, then the change type.
+pub fn changelog_schema(descriptor: &TableDescriptor) -> SchemaRef {
+    let mut fields: Vec<Field> = descriptor.arrow_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(CHANGE_TYPE_COLUMN, DataType::Int8, false));
+    Arc::new(Schema::new(fields))
+}
+
+/// A durable snapshot of one bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvSnapshot {
+    pub snapshot_id: i64,
+    /// Every change below this log offset is in the snapshot, none at or above it.
+    pub log_offset: i64,
+    pub row_count: i64,
+    pub batch_count: i32,
+}
+
+/// Converts between columns and Arrow's row format for a fixed set of columns.
+struct Rows {
+    converter: RowConverter,
+}
+
+impl Rows {
+    fn new(types: impl IntoIterator<Item = DataType>) -> Result<Self> {
+        let converter = RowConverter::new(types.into_iter().map(SortField::new).collect())
+            .map_err(|e| Error::new(ErrorKind::Internal, "row converter").with_source(e))?;
+        Ok(Rows { converter })
+    }
+
+    fn encode(&self, columns: &[ArrayRef]) -> Result<Vec<Vec<u8>>> {
+        let rows = self
+            .converter
+            .convert_columns(columns)
+            .map_err(|e| Error::new(ErrorKind::InvalidArgument, "rows cannot be encoded").with_source(e))?;
+        Ok(rows.iter().map(|r| r.as_ref().to_vec()).collect())
+    }
+
+    fn decode<'a>(&self, rows: impl IntoIterator<Item = &'a [u8]>) -> Result<Vec<ArrayRef>> {
+        let parser = self.converter.parser();
+        self.converter
+            .convert_rows(rows.into_iter().map(|r| parser.parse(r)))
+            .map_err(|e| Error::new(ErrorKind::Internal, "rows cannot be decoded").with_source(e))
+    }
+}
+
+/// One bucket of a primary-key table: its rows by key, kept in step with its log.
+pub struct KvBucket {
+    dir: PathBuf,
+    schema: SchemaRef,
+    changelog_schema: SchemaRef,
+    key_indices: Vec<usize>,
+    rows: Rows,
+    keys: Rows,
+    /// key → row, both in row format.
+    state: HashMap<Vec<u8>, Vec<u8>>,
+    snapshot_every: u64,
+    changes_since_snapshot: u64,
+    latest: Option<KvSnapshot>,
+}
+
+impl KvBucket {
+    /// Opens a bucket's state in `dir`: its latest snapshot, then its log replayed from the snapshot's offset.
+    pub fn open(dir: &Path, descriptor: &TableDescriptor, log: &BucketLog, snapshot_every: u64) -> Result<Self> {
+        let schema = descriptor.arrow_schema();
+        let key_indices = descriptor
+            .primary_key
+            .iter()
+            .map(|k| schema.index_of(k).map_err(|_| Error::new(ErrorKind::Internal, format!("key column {k} is gone"))))
+            .collect::<Result<Vec<_>>>()?;
+        let rows = Rows::new(schema.fields().iter().map(|f| f.data_type().clone()))?;
+        let keys = Rows::new(key_indices.iter().map(|&i| schema.field(i).data_type().clone()))?;
+        let mut bucket = KvBucket {
+            dir: dir.to_path_buf(),
+            changelog_schema: changelog_schema(descriptor),
+            schema,
+            key_indices,
+            rows,
+            keys,
+            state: HashMap::new(),
+            snapshot_every: snapshot_every.max(1),
+            changes_since_snapshot: 0,
+            latest: persist::read_json(&dir.join("latest.json"))?,
+        };
+        let mut offset = 0;
+        if let Some(s) = bucket.latest {
+            bucket.load_snapshot(s)?;
+            offset = s.log_offset;
+        }
+        while offset < log.end_offset() {
+            let batches = log.plan_read(offset, 8 << 20)?.execute()?;
+            let Some(last) = batches.last() else { break };
+            offset = last.base_offset + i64::from(last.record_count);
+            for stored in batches {
+                for batch in ipc::decode(&stored.records)? {
+                    bucket.apply(&batch)?;
+                    bucket.changes_since_snapshot += batch.num_rows() as u64;
+                }
+            }
+        }
+        Ok(bucket)
+    }
+
+    /// The latest snapshot, if one was taken.
+    pub fn latest_snapshot(&self) -> Option<KvSnapshot> {
+        self.latest
+    }
+
+    /// Rows in the bucket now.
+    pub fn len(&self) -> usize {
+        self.state.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.state.is_empty()
+    }
+
+    fn key_columns(&self, batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
+        self.key_indices
+            .iter()
+            .map(|&i| {
+                let name = self.schema.field(i).name();
+                batch.column_by_name(name).cloned().ok_or_else(|| {
+                    Error::new(ErrorKind::SchemaMismatch, format!("records lack primary-key column {name}"))
+                })
+            })
+            .collect()
+    }
+
+    /// The changelog that upserting (`delete == false`) or deleting the rows of `batch` causes; `None` when nothing
+    /// changes (deleting absent keys). Upserts need full rows; deletes need the key columns.
+    pub fn changelog(&self, batch: &RecordBatch, delete: bool) -> Result<Option<RecordBatch>> {
+        let keys = self.keys.encode(&self.key_columns(batch)?)?;
+        if keys.iter().any(|k| k.is_empty()) {
+            return Err(Error::new(ErrorKind::InvalidArgument, "a primary key is empty"));
+        }
+        let key_arrays = self.key_columns(batch)?;
+        if key_arrays.iter().any(|c| c.null_count() > 0) {
+            return Err(Error::new(ErrorKind::InvalidArgument, "primary-key columns must not be null"));
+        }
+        let new_rows = if delete { Vec::new() } else { self.rows.encode(batch.columns())? };
+        // Rows of earlier entries of this same batch count as the state for later ones.
+        let mut pending: HashMap<&[u8], Option<&[u8]>> = HashMap::new();
+        let mut out: Vec<(&[u8], ChangeType)> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let before: Option<&[u8]> = match pending.get(key.as_slice()) {
+                Some(v) => *v,
+                None => self.state.get(key).map(Vec::as_slice),
+            };
+            if delete {
+                if let Some(old) = before {
+                    out.push((old, ChangeType::Delete));
+                    pending.insert(key, None);
+                }
+            } else {
+                let new = new_rows[i].as_slice();
+                match before {
+                    Some(old) => {
+                        out.push((old, ChangeType::UpdateBefore));
+                        out.push((new, ChangeType::UpdateAfter));
+                    }
+                    None => out.push((new, ChangeType::Insert)),
+                }
+                pending.insert(key, Some(new));
+            }
+        }
+        if out.is_empty() {
+            return Ok(None);
+        }
+        let mut columns = self.rows.decode(out.iter().map(|(r, _)| *r))?;
+        columns.push(Arc::new(Int8Array::from_iter_values(out.iter().map(|(_, t)| *t as i8))));
+        RecordBatch::try_new(Arc::clone(&self.changelog_schema), columns)
+            .map(Some)
+            .map_err(|e| Error::new(ErrorKind::Internal, "building the changelog").with_source(e))
+    }
+
+    /// Applies changelog rows (after they are durable in the log).
+    pub fn apply(&mut self, changelog: &RecordBatch) -> Result<()> {
+        let types = changelog
+            .column_by_name(CHANGE_TYPE_COLUMN)
+            .and_then(|c| c.as_any().downcast_ref::<Int8Array>())
+            .ok_or_else(|| Error::new(ErrorKind::CorruptMessage, "changelog without change types"))?;
+        let user_columns: Vec<ArrayRef> = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| changelog.column_by_name(f.name()).cloned())
+            .collect::<Option<_>>()
+            .ok_or_else(|| Error::new(ErrorKind::CorruptMessage, "changelog columns do not match the table"))?;
+        let keys =
+            self.keys.encode(&self.key_indices.iter().map(|&i| Arc::clone(&user_columns[i])).collect::<Vec<_>>())?;
+        let rows = self.rows.encode(&user_columns)?;
+        for ((key, row), t) in keys.into_iter().zip(rows).zip(types.values().iter()) {
+            match ChangeType::from_i8(*t)? {
+                ChangeType::Insert | ChangeType::UpdateAfter => {
+                    self.state.insert(key, row);
+                }
+                ChangeType::Delete => {
+                    self.state.remove(&key);
+                }
+                ChangeType::UpdateBefore => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts changes just appended and applied; takes a snapshot at `log_offset` (the log's end) when due.
+    pub fn note_changes(&mut self, changes: u64, log_offset: i64) -> Result<()> {
+        self.changes_since_snapshot += changes;
+        if self.changes_since_snapshot >= self.snapshot_every {
+            self.snapshot(log_offset)?;
+        }
+        Ok(())
+    }
+
+    /// Writes every row of the bucket as snapshot `latest + 1` at `log_offset`, durably, and keeps the previous
+    /// snapshot for readers still on it.
+    pub fn snapshot(&mut self, log_offset: i64) -> Result<KvSnapshot> {
+        let snapshot_id = self.latest.map(|s| s.snapshot_id + 1).unwrap_or(1);
+        fs::create_dir_all(&self.dir).map_err(|e| Error::io(format!("creating {}", self.dir.display()), e))?;
+        let path = self.dir.join(format!("snapshot-{snapshot_id}.arrow"));
+        let tmp = path.with_extension("tmp");
+        let file = fs::File::create(&tmp).map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
+        let fail = |e| Error::new(ErrorKind::Storage, "writing a KV snapshot").with_source(e);
+        let mut writer = arrow::ipc::writer::FileWriter::try_new(file, &self.schema).map_err(fail)?;
+        let rows: Vec<&[u8]> = self.state.values().map(Vec::as_slice).collect();
+        let mut batch_count = 0;
+        for chunk in rows.chunks(SNAPSHOT_BATCH_ROWS) {
+            let columns = self.rows.decode(chunk.iter().copied())?;
+            let batch = RecordBatch::try_new(Arc::clone(&self.schema), columns)
+                .map_err(|e| Error::new(ErrorKind::Internal, "building a snapshot batch").with_source(e))?;
+            writer.write(&batch).map_err(fail)?;
+            batch_count += 1;
+        }
+        writer.finish().map_err(fail)?;
+        let file = writer.into_inner().map_err(fail)?;
+        file.sync_all().map_err(|e| Error::io(format!("syncing {}", tmp.display()), e))?;
+        fs::rename(&tmp, &path).map_err(|e| Error::io(format!("renaming {}", tmp.display()), e))?;
+        sync_dir(&self.dir)?;
+        let snapshot = KvSnapshot { snapshot_id, log_offset, row_count: rows.len() as i64, batch_count };
+        persist::write_json(&self.dir.join("latest.json"), &snapshot)?;
+        if snapshot_id > 2 {
+            let _ = fs::remove_file(self.dir.join(format!("snapshot-{}.arrow", snapshot_id - 2)));
+        }
+        self.latest = Some(snapshot);
+        self.changes_since_snapshot = 0;
+        tracing::debug!(dir = %self.dir.display(), snapshot_id, log_offset, rows = rows.len(), "KV snapshot taken");
+        Ok(snapshot)
+    }
+
+    fn load_snapshot(&mut self, s: KvSnapshot) -> Result<()> {
+        for index in 0..s.batch_count {
+            let batch = read_snapshot_batch(&self.dir, s.snapshot_id, index)?.0;
+            let keys =
+                self.keys.encode(&self.key_indices.iter().map(|&i| Arc::clone(batch.column(i))).collect::<Vec<_>>())?;
+            let rows = self.rows.encode(batch.columns())?;
+            self.state.extend(keys.into_iter().zip(rows));
+        }
+        Ok(())
+    }
+}
+
+/// Batch `index` of snapshot `snapshot_id` in `dir`, and how many batches the snapshot has.
+pub fn read_snapshot_batch(dir: &Path, snapshot_id: i64, index: i32) -> Result<(RecordBatch, i32)> {
+    let path = dir.join(format!("snapshot-{snapshot_id}.arrow"));
+    let file = fs::File::open(&path).map_err(|e| {
+        Error::new(ErrorKind::KvSnapshotNotExist, format!("KV snapshot {snapshot_id} is gone ({})", path.display()))
+            .with_source(e)
+    })?;
+    let fail = |e| Error::new(ErrorKind::Storage, format!("reading {}", path.display())).with_source(e);
+    let mut reader = arrow::ipc::reader::FileReader::try_new(file, None).map_err(fail)?;
+    let count = reader.num_batches() as i32;
+    if index < 0 || index >= count {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!("KV snapshot {snapshot_id} has batches 0..{count}, not {index}"),
+        ));
+    }
+    reader.set_index(index as usize).map_err(fail)?;
+    let batch = reader.next().ok_or_else(|| Error::new(ErrorKind::Storage, "snapshot batch missing"))?.map_err(fail)?;
+    Ok((batch, count))
+}

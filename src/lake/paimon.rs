@@ -1,0 +1,455 @@
+//! Apache Paimon through the `paimon` crate: a filesystem catalog on the warehouse directory (database = Fluss
+//! database, table = Fluss table name). Log tables become append tables (bucket-unaware); primary-key tables become
+//! primary-key tables with the same key, bucket count and partition key, each Fluss bucket written as the Paimon
+//! bucket of the same number. Both carry the system columns.
+//!
+//! Exactly once, Paimon's way: every commit of a table is made by one commit user ([`COMMIT_USER`]) with the round's
+//! tiering epoch as commit identifier. The coordinator hands out a new, larger epoch with every assignment, so
+//! identifiers grow, and Paimon refuses (filters) an identifier at or below one already committed: a job that lost
+//! its table cannot commit after the job that took it over. Before committing, the committer also checks that the
+//! table's latest tiering snapshot is still the one the round was planned from.
+//!
+//! Paimon snapshots have no room for our marker, so the marker (round id, epoch, offsets) is written first to
+//! `TABLE/fluss-offsets/IDENTIFIER.json`, and believed only when a snapshot of our commit user with that identifier
+//! exists: the lake alone still says where tiering got to.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::compute::cast;
+use arrow::datatypes::{Field, Schema as ArrowSchema, SchemaRef as ArrowSchemaRef};
+use async_trait::async_trait;
+use paimon::catalog::Identifier;
+use paimon::spec::{
+    BigIntType, BooleanType, DataType, DateType, DecimalType, DoubleType, FloatType, IntType, LocalZonedTimestampType,
+    Schema, SchemaChange, Snapshot, TimestampType, VarBinaryType, VarCharType,
+};
+use paimon::table::{COMMIT_MESSAGE_SERIALIZER_VERSION, CommitMessage, Table, TableCommit, TableWrite};
+use paimon::{Catalog, CatalogFactory, CatalogOptions, Options};
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::table::{ColumnType, TableDescriptor};
+use crate::error::{Error, ErrorKind, Result};
+use crate::failpoint;
+use crate::lake::{
+    BUCKET_COLUMN, CommitMarker, LakeCommitter, LakeTieringFactory, LakeWriter, OFFSET_COLUMN, TABLE_PROP_TABLE_ID,
+    TIMESTAMP_COLUMN, TableContext, TieredSnapshot, WriterContext, WrittenData,
+};
+
+/// The commit user of every tiering commit.
+pub const COMMIT_USER: &str = "fluss-tiering";
+/// Where the markers live, inside the table's directory.
+const MARKER_DIR: &str = "fluss-offsets";
+
+fn lake_err(context: impl Into<String>) -> impl FnOnce(paimon::Error) -> Error {
+    let context = context.into();
+    move |e| Error::new(ErrorKind::Lake, context).with_source(e)
+}
+
+/// The Paimon format.
+pub struct PaimonFactory {
+    catalog: Arc<dyn Catalog>,
+}
+
+impl PaimonFactory {
+    /// Opens the filesystem catalog on `warehouse`.
+    pub async fn open(warehouse: &Path) -> Result<Self> {
+        std::fs::create_dir_all(warehouse).map_err(|e| {
+            Error::new(ErrorKind::Lake, format!("creating warehouse {}", warehouse.display())).with_source(e)
+        })?;
+        let path = warehouse.canonicalize().map_err(|e| {
+            Error::new(ErrorKind::Lake, format!("resolving warehouse {}", warehouse.display())).with_source(e)
+        })?;
+        let mut options = Options::new();
+        options.set(CatalogOptions::WAREHOUSE, format!("file://{}", path.display()));
+        let catalog = CatalogFactory::create(options).await.map_err(lake_err("opening the Paimon catalog"))?;
+        Ok(PaimonFactory { catalog })
+    }
+
+    async fn load(&self, t: &TableContext) -> Result<Table> {
+        self.catalog.get_table(&ident(t)).await.map_err(lake_err(format!("loading lake table {}", t.path)))
+    }
+
+    async fn load_or_create(&self, t: &TableContext) -> Result<Table> {
+        match self.catalog.get_table(&ident(t)).await {
+            Ok(table) => return Ok(table),
+            Err(paimon::Error::TableNotExist { .. } | paimon::Error::DatabaseNotExist { .. }) => {}
+            Err(e) => return Err(lake_err(format!("loading lake table {}", t.path))(e)),
+        }
+        self.catalog
+            .create_database(&t.path.database, true, HashMap::new())
+            .await
+            .map_err(lake_err(format!("creating database {}", t.path.database)))?;
+        tracing::info!(table = %t.path, primary_key = ?t.descriptor.primary_key, "creating Paimon table");
+        match self.catalog.create_table(&ident(t), paimon_schema(t)?, false).await {
+            Ok(()) | Err(paimon::Error::TableAlreadyExist { .. }) => self.load(t).await,
+            Err(e) => Err(lake_err(format!("creating lake table {}", t.path))(e)),
+        }
+    }
+
+    /// Adds to the lake table the columns the Fluss table gained since (nullable: older files read them as null).
+    async fn evolve(&self, t: &TableContext, table: Table) -> Result<Table> {
+        let existing: Vec<&str> = table.schema().fields().iter().map(|f| f.name()).collect();
+        let changes: Vec<SchemaChange> = t
+            .descriptor
+            .columns
+            .iter()
+            .filter(|c| !existing.contains(&c.name.as_str()))
+            .map(|c| {
+                Ok(SchemaChange::AddColumn {
+                    field_names: vec![c.name.clone()],
+                    data_type: paimon_type(c.data_type, true)?,
+                    comment: None,
+                    column_move: None,
+                })
+            })
+            .collect::<Result<_>>()?;
+        if changes.is_empty() {
+            return Ok(table);
+        }
+        tracing::info!(table = %t.path, columns = changes.len(), "evolving the lake table's schema");
+        self.catalog
+            .alter_table(&ident(t), changes, false)
+            .await
+            .map_err(lake_err(format!("evolving the schema of {}", t.path)))?;
+        self.load(t).await
+    }
+}
+
+fn ident(t: &TableContext) -> Identifier {
+    Identifier::new(t.path.database.clone(), t.path.table.clone())
+}
+
+fn paimon_type(ty: ColumnType, nullable: bool) -> Result<DataType> {
+    let bad = |e: paimon::Error| Error::new(ErrorKind::SchemaMismatch, "no Paimon type for a column").with_source(e);
+    Ok(match ty {
+        ColumnType::Bool => DataType::Boolean(BooleanType::with_nullable(nullable)),
+        ColumnType::Int32 => DataType::Int(IntType::with_nullable(nullable)),
+        ColumnType::Int64 => DataType::BigInt(BigIntType::with_nullable(nullable)),
+        ColumnType::Float32 => DataType::Float(FloatType::with_nullable(nullable)),
+        ColumnType::Float64 => DataType::Double(DoubleType::with_nullable(nullable)),
+        ColumnType::Decimal { precision, scale } => DataType::Decimal(
+            DecimalType::with_nullable(nullable, u32::from(precision), scale.max(0) as u32).map_err(bad)?,
+        ),
+        ColumnType::String => {
+            DataType::VarChar(VarCharType::with_nullable(nullable, VarCharType::MAX_LENGTH).map_err(bad)?)
+        }
+        ColumnType::Binary => {
+            DataType::VarBinary(VarBinaryType::try_new(nullable, VarBinaryType::MAX_LENGTH).map_err(bad)?)
+        }
+        ColumnType::Date => DataType::Date(DateType::with_nullable(nullable)),
+        ColumnType::Timestamp => DataType::Timestamp(TimestampType::with_nullable(nullable, 6).map_err(bad)?),
+    })
+}
+
+/// The Fluss schema plus the system columns; the key, bucket count and partition key of the Fluss table.
+fn paimon_schema(t: &TableContext) -> Result<Schema> {
+    let d: &TableDescriptor = &t.descriptor;
+    let mut builder = Schema::builder();
+    for c in &d.columns {
+        let in_key = d.primary_key.contains(&c.name) || d.partition_key.as_ref() == Some(&c.name);
+        builder = builder.column(c.name.clone(), paimon_type(c.data_type, !in_key)?);
+    }
+    let ts = LocalZonedTimestampType::with_nullable(false, 6)
+        .map_err(|e| Error::new(ErrorKind::Internal, "timestamp type").with_source(e))?;
+    builder = builder
+        .column(BUCKET_COLUMN, DataType::Int(IntType::with_nullable(false)))
+        .column(OFFSET_COLUMN, DataType::BigInt(BigIntType::with_nullable(false)))
+        .column(TIMESTAMP_COLUMN, DataType::LocalZonedTimestamp(ts))
+        .option(TABLE_PROP_TABLE_ID, t.table_id.to_string())
+        .option("file.format", "parquet");
+    if let Some(key) = &d.partition_key {
+        builder = builder.partition_keys([key.clone()]);
+    }
+    builder = if d.primary_key.is_empty() {
+        builder.option("bucket", "-1")
+    } else {
+        builder.primary_key(d.primary_key.clone()).option("bucket", d.buckets.to_string())
+    };
+    builder.build().map_err(lake_err(format!("building the Paimon schema of {}", t.path)))
+}
+
+/// The lake table must belong to this Fluss table (not to a dropped one of the same name).
+fn check_owner(t: &TableContext, table: &Table) -> Result<()> {
+    let owner = table.schema().options().get(TABLE_PROP_TABLE_ID).cloned();
+    if owner.as_deref() != Some(t.table_id.to_string().as_str()) {
+        return Err(Error::new(
+            ErrorKind::TableNotExist,
+            format!(
+                "lake table {} belongs to Fluss table id {}, not {}: was the table dropped and re-created?",
+                t.path,
+                owner.as_deref().unwrap_or("(none)"),
+                t.table_id
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The arrow schema the table's writer expects: its fields, in its order.
+fn write_schema(table: &Table) -> Result<ArrowSchemaRef> {
+    let fields = table
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| {
+            let ty = paimon::arrow::paimon_type_to_arrow(f.data_type()).map_err(lake_err("arrow type"))?;
+            Ok(Field::new(f.name(), ty, f.data_type().is_nullable()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Arc::new(ArrowSchema::new(fields)))
+}
+
+#[async_trait]
+impl LakeTieringFactory for PaimonFactory {
+    async fn prepare_table(&self, t: &TableContext) -> Result<Option<TieredSnapshot>> {
+        let table = self.evolve(t, self.load_or_create(t).await?).await?;
+        check_owner(t, &table)?;
+        Ok(tiered_ancestry(&table, true).await?.into_iter().next())
+    }
+
+    async fn create_writer(&self, t: &TableContext, ctx: WriterContext) -> Result<Box<dyn LakeWriter>> {
+        let table = self.load(t).await?;
+        check_owner(t, &table)?;
+        let target_schema = write_schema(&table)?;
+        let write = table
+            .new_write_builder()
+            .with_commit_user(COMMIT_USER)
+            .and_then(|b| b.new_write())
+            .map_err(lake_err(format!("opening a writer on {}", t.path)))?;
+        let bucket = (!t.descriptor.primary_key.is_empty()).then_some(ctx.bucket);
+        Ok(Box::new(PaimonWriter { write, target_schema, bucket, rows: 0 }))
+    }
+
+    async fn create_committer(&self, t: &TableContext) -> Result<Box<dyn LakeCommitter>> {
+        Ok(Box::new(PaimonCommitter { catalog: Arc::clone(&self.catalog), table: t.clone() }))
+    }
+}
+
+struct PaimonWriter {
+    write: TableWrite,
+    target_schema: ArrowSchemaRef,
+    /// The Fluss bucket, written as the Paimon bucket of a primary-key table; `None` for an append table.
+    bucket: Option<i32>,
+    rows: u64,
+}
+
+/// The serialized commit messages of one writer.
+#[derive(Serialize, Deserialize)]
+struct Messages(Vec<Vec<u8>>);
+
+#[async_trait]
+impl LakeWriter for PaimonWriter {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        let n = batch.num_rows();
+        let columns = self
+            .target_schema
+            .fields()
+            .iter()
+            .map(|f| match batch.column_by_name(f.name()) {
+                Some(c) if c.data_type() == f.data_type() => Ok(Arc::clone(c)),
+                Some(c) => cast(c, f.data_type()),
+                None => Ok(arrow::array::new_null_array(f.data_type(), n)),
+            })
+            .collect::<std::result::Result<Vec<ArrayRef>, _>>()
+            .map_err(|e| Error::new(ErrorKind::SchemaMismatch, "records do not fit the lake schema").with_source(e))?;
+        let batch = RecordBatch::try_new(Arc::clone(&self.target_schema), columns)
+            .map_err(|e| Error::new(ErrorKind::SchemaMismatch, "records do not fit the lake schema").with_source(e))?;
+        self.rows += n as u64;
+        self.write.write_arrow(&[batch], self.bucket).await.map_err(lake_err("writing Paimon files"))
+    }
+
+    async fn complete(mut self: Box<Self>) -> Result<WrittenData> {
+        let messages = self.write.prepare_commit().await.map_err(lake_err("closing Paimon files"))?;
+        let files = messages.iter().flat_map(|m| &m.new_files);
+        let (count, file_bytes) = files.fold((0u64, 0u64), |(n, b), f| (n + 1, b + f.file_size.max(0) as u64));
+        let bytes = messages.iter().map(CommitMessage::serialize).collect::<paimon::Result<Vec<_>>>();
+        let payload = serde_json::to_vec(&Messages(bytes.map_err(lake_err("serializing commit messages"))?))
+            .map_err(|e| Error::new(ErrorKind::Internal, "serializing commit messages").with_source(e))?;
+        Ok(WrittenData { payload, files: count, file_bytes, rows: self.rows })
+    }
+}
+
+fn messages(written: &[WrittenData]) -> Result<Vec<CommitMessage>> {
+    let mut out = Vec::new();
+    for w in written {
+        let Messages(bytes) = serde_json::from_slice(&w.payload).map_err(|e| {
+            Error::new(ErrorKind::CorruptMessage, "write result is not Paimon commit messages").with_source(e)
+        })?;
+        for b in bytes {
+            out.push(
+                CommitMessage::deserialize(COMMIT_MESSAGE_SERIALIZER_VERSION, &b)
+                    .map_err(lake_err("reading a commit message"))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn marker_path(table: &Table, identifier: i64) -> String {
+    format!("{}/{MARKER_DIR}/{identifier}.json", table.location().trim_end_matches('/'))
+}
+
+async fn read_marker(table: &Table, snapshot: &Snapshot) -> Result<CommitMarker> {
+    let path = marker_path(table, snapshot.commit_identifier());
+    let input = table.file_io().new_input(&path).map_err(lake_err(format!("opening {path}")))?;
+    let bytes = input.read().await.map_err(|e| {
+        Error::new(
+            ErrorKind::Lake,
+            format!(
+                "snapshot {} was committed by tiering but its offsets file {path} cannot be read: the tiered offsets \
+                 cannot be recovered from the lake (refusing to guess)",
+                snapshot.id()
+            ),
+        )
+        .with_source(e)
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::new(ErrorKind::Lake, format!("offsets file {path} is malformed")).with_source(e))
+}
+
+/// The tiering snapshots (our commit user's), newest first; with `first_only`, the walk stops at the first one.
+/// A history cut by expiry before any tiering snapshot is found is an error, as for Iceberg.
+async fn tiered_ancestry(table: &Table, first_only: bool) -> Result<Vec<TieredSnapshot>> {
+    let snapshots = table.snapshot_manager();
+    let Some(latest) = snapshots.get_latest_snapshot_id().await.map_err(lake_err("listing snapshots"))? else {
+        return Ok(Vec::new());
+    };
+    let earliest = snapshots.earliest_snapshot_id().await.map_err(lake_err("listing snapshots"))?.unwrap_or(1);
+    let mut found = Vec::new();
+    for id in (earliest..=latest).rev() {
+        let snapshot = snapshots.get_snapshot(id).await.map_err(lake_err(format!("reading snapshot {id}")))?;
+        if snapshot.commit_user() != COMMIT_USER {
+            continue;
+        }
+        let marker = read_marker(table, &snapshot).await?;
+        found.push(TieredSnapshot { snapshot_id: id, committed_at_ms: snapshot.time_millis() as i64, marker });
+        if first_only {
+            return Ok(found);
+        }
+    }
+    if found.is_empty() && earliest > 1 {
+        return Err(Error::new(
+            ErrorKind::Lake,
+            format!(
+                "snapshots before {earliest} of the lake table have expired and no tiering snapshot is left: the \
+                 tiered offsets cannot be recovered from the lake (refusing to guess)"
+            ),
+        ));
+    }
+    Ok(found)
+}
+
+struct PaimonCommitter {
+    catalog: Arc<dyn Catalog>,
+    table: TableContext,
+}
+
+impl PaimonCommitter {
+    async fn load(&self) -> Result<Table> {
+        self.catalog
+            .get_table(&ident(&self.table))
+            .await
+            .map_err(lake_err(format!("loading lake table {}", self.table.path)))
+    }
+
+    fn commit_handle(table: &Table) -> Result<TableCommit> {
+        Ok(table.new_write_builder().with_commit_user(COMMIT_USER).map_err(lake_err("commit user"))?.new_commit())
+    }
+
+    /// The snapshot our commit user made with `identifier`, if there is one. Identifiers only grow, so the walk back
+    /// stops at the first of our snapshots with a smaller one.
+    async fn committed_as(&self, identifier: i64) -> Result<Option<i64>> {
+        let table = self.load().await?;
+        let snapshots = table.snapshot_manager();
+        let Some(latest) = snapshots.get_latest_snapshot_id().await.map_err(lake_err("listing snapshots"))? else {
+            return Ok(None);
+        };
+        let earliest = snapshots.earliest_snapshot_id().await.map_err(lake_err("listing snapshots"))?.unwrap_or(1);
+        for id in (earliest..=latest).rev() {
+            let snapshot = snapshots.get_snapshot(id).await.map_err(lake_err(format!("reading snapshot {id}")))?;
+            if snapshot.commit_user() != COMMIT_USER {
+                continue;
+            }
+            if snapshot.commit_identifier() == identifier {
+                return Ok(Some(id));
+            }
+            if snapshot.commit_identifier() < identifier {
+                break;
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[async_trait]
+impl LakeCommitter for PaimonCommitter {
+    async fn latest(&self) -> Result<Option<TieredSnapshot>> {
+        Ok(tiered_ancestry(&self.load().await?, true).await?.into_iter().next())
+    }
+
+    async fn history(&self) -> Result<Vec<TieredSnapshot>> {
+        let mut newest_first = tiered_ancestry(&self.load().await?, false).await?;
+        newest_first.reverse();
+        Ok(newest_first)
+    }
+
+    async fn commit(&self, written: Vec<WrittenData>, marker: &CommitMarker, base: Option<i64>) -> Result<i64> {
+        let table = self.load().await?;
+        check_owner(&self.table, &table)?;
+        let latest = tiered_ancestry(&table, true).await?.into_iter().next();
+        if latest.as_ref().map(|l| l.snapshot_id) != base {
+            let moved_to = latest.map(|l| format!("{} ({})", l.snapshot_id, l.marker.round_id));
+            return Err(Error::new(
+                ErrorKind::FencedTieringEpoch,
+                format!("the lake table moved from snapshot {base:?} to {moved_to:?} since the round was planned"),
+            ));
+        }
+        let identifier = marker.tiering_epoch;
+        // The marker first: a snapshot with this identifier is only ever read together with it.
+        let body = serde_json::to_vec(marker)
+            .map_err(|e| Error::new(ErrorKind::Internal, "serializing the marker").with_source(e))?;
+        let path = marker_path(&table, identifier);
+        table
+            .file_io()
+            .new_output(&path)
+            .map_err(lake_err(format!("creating {path}")))?
+            .write(body.into())
+            .await
+            .map_err(lake_err(format!("writing {path}")))?;
+        let messages = messages(&written)?;
+        failpoint::hit("before-lake-commit");
+        let committed = Self::commit_handle(&table)?.filter_and_commit_with_identifier(messages, identifier).await;
+        // Paimon filters an identifier at or below one already committed and returns Ok: only the lake can say
+        // whether this round's snapshot is there.
+        match (committed, self.committed_as(identifier).await) {
+            (_, Ok(Some(snapshot_id))) => Ok(snapshot_id),
+            (Ok(()), Ok(None)) => Err(Error::new(
+                ErrorKind::FencedTieringEpoch,
+                format!(
+                    "Paimon filtered commit identifier {identifier} of {}: a newer tiering epoch committed first",
+                    self.table.path
+                ),
+            )),
+            (Err(e), Ok(None)) => {
+                Err(Error::new(ErrorKind::Lake, format!("committing to lake table {}", self.table.path)).with_source(e))
+            }
+            (committed, Err(reload_err)) => Err(Error::new(
+                ErrorKind::CommitOutcomeUnknown,
+                format!(
+                    "commit to lake table {} ended with {:?} and the table cannot be reloaded to check it",
+                    self.table.path,
+                    committed.err().map(|e| e.to_string())
+                ),
+            )
+            .with_source(reload_err)),
+        }
+    }
+
+    async fn abort(&self, written: Vec<WrittenData>) -> Result<()> {
+        let table = self.load().await?;
+        Self::commit_handle(&table)?.abort(&messages(&written)?).await.map_err(lake_err("deleting uncommitted files"))
+    }
+}

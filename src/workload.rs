@@ -7,6 +7,11 @@
 //!   integers and `2026-01-01 + k days` for dates;
 //! - row `r` goes to bucket `r % buckets`;
 //! - other values come from [`value_hash`]; about one in 17 of them is null.
+//!
+//! Primary-key tables (key `id`, with the partition column if partitioned): row `r` is an operation ([`KvOp`]):
+//! an insert of key `r`, or, as often as [`KvMix`] says, an update or a delete of an earlier key. An upsert of key
+//! `k` by row `r` carries row `r`'s values with `id = k` and the partition of row `k`; key `k` lives in bucket
+//! `k % buckets`. [`Workload::kv_state`] replays the operations: the table's final state, key by key.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -176,6 +181,92 @@ impl Workload {
     }
 }
 
+/// How a primary-key workload mixes operations: the shares of rows that update and delete an earlier key.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct KvMix {
+    pub update: f64,
+    pub delete: f64,
+}
+
+/// What row `r` of a primary-key workload does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvOp {
+    /// Insert or update `key` with the row's values.
+    Upsert {
+        key: u64,
+    },
+    Delete {
+        key: u64,
+    },
+}
+
+impl KvOp {
+    pub fn key(self) -> u64 {
+        match self {
+            KvOp::Upsert { key } | KvOp::Delete { key } => key,
+        }
+    }
+}
+
+impl Workload {
+    /// The operation of `row`.
+    pub fn kv_op(&self, row: u64, mix: KvMix) -> KvOp {
+        let h = splitmix64(self.seed ^ 0x005E_ED0F_0935 ^ row.wrapping_mul(0x9E37_79B9));
+        let u = (h >> 11) as f64 / (1u64 << 53) as f64;
+        let earlier = || splitmix64(h) % row.max(1);
+        if row > 0 && u < mix.delete {
+            KvOp::Delete { key: earlier() }
+        } else if row > 0 && u < mix.delete + mix.update {
+            KvOp::Upsert { key: earlier() }
+        } else {
+            KvOp::Upsert { key: row }
+        }
+    }
+
+    /// The state after rows `0..rows`: each live key with the row that last upserted it.
+    pub fn kv_state(&self, rows: u64, mix: KvMix) -> std::collections::BTreeMap<u64, u64> {
+        let mut state = std::collections::BTreeMap::new();
+        for r in 0..rows {
+            match self.kv_op(r, mix) {
+                KvOp::Upsert { key } => state.insert(key, r),
+                KvOp::Delete { key } => state.remove(&key),
+            };
+        }
+        state
+    }
+
+    /// The rows that upsert `(row, key)` pairs: row `row`'s values, with `id = key` and the partition of `key`.
+    pub fn kv_batch(&self, table: &TableDescriptor, ops: &[(u64, u64)]) -> Result<RecordBatch> {
+        let rows: Vec<u64> = ops.iter().map(|(r, _)| *r).collect();
+        let keys: Vec<u64> = ops.iter().map(|(_, k)| *k).collect();
+        let (values, of_keys) = (self.batch(table, &rows)?, self.batch(table, &keys)?);
+        let columns = table
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let keyed = c.name == "id" || table.partition_key.as_deref() == Some(c.name.as_str());
+                Arc::clone(if keyed { of_keys.column(i) } else { values.column(i) })
+            })
+            .collect();
+        RecordBatch::try_new(table.arrow_schema(), columns)
+            .map_err(|e| Error::new(ErrorKind::Internal, "building a generated batch").with_source(e))
+    }
+}
+
+/// The generator drives primary-key tables keyed by `id` (and the partition column): check a table is one.
+fn check_kv_table(table: &TableDescriptor) -> Result<()> {
+    let id_key = table.column("id").is_some_and(|c| c.data_type == ColumnType::Int64);
+    let allowed = |k: &String| k == "id" || table.partition_key.as_ref() == Some(k);
+    if !id_key || !table.primary_key.contains(&"id".to_string()) || !table.primary_key.iter().all(allowed) {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "the generator writes primary-key tables keyed by an int64 column `id` (plus the partition column)",
+        ));
+    }
+    Ok(())
+}
+
 /// What one produce run did.
 #[derive(Debug, Clone, Default)]
 pub struct ProduceReport {
@@ -196,6 +287,8 @@ pub struct ProduceOptions {
     pub rate: Option<f64>,
     /// Requests in flight at once.
     pub concurrency: usize,
+    /// Primary-key tables: how rows mix inserts, updates and deletes.
+    pub kv: KvMix,
 }
 
 /// Produces rows `[start_row, start_row + rows)` of `workload` into a table.
@@ -209,6 +302,22 @@ pub async fn produce(
     if opts.batch == 0 {
         return Err(Error::new(ErrorKind::InvalidArgument, "--batch must be at least 1"));
     }
+    let ratios = [opts.kv.update, opts.kv.delete];
+    if ratios.iter().any(|r| !(0.0..=1.0).contains(r)) || opts.kv.update + opts.kv.delete > 1.0 {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "update and delete ratios must be in 0..=1, summing to at most 1",
+        ));
+    }
+    if table.has_primary_key() {
+        return produce_kv(client, table_id, table, workload, opts).await;
+    }
+    if opts.kv != KvMix::default() {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "update and delete ratios apply to primary-key tables only",
+        ));
+    }
     let key_type = table.partition_key.as_ref().and_then(|k| table.column(k)).map(|c| c.data_type);
     let started = Instant::now();
     let end = opts.start_row + opts.rows;
@@ -217,10 +326,7 @@ pub async fn produce(
     // Build requests chunk by chunk: one per (partition, bucket) group of the chunk.
     let requests = stream::iter(chunks)
         .then(|(lo, hi)| async move {
-            if let Some(rate) = opts.rate {
-                let due = started + Duration::from_secs_f64((lo - opts.start_row) as f64 / rate.max(1e-9));
-                tokio::time::sleep_until(due.into()).await;
-            }
+            pace(started, lo - opts.start_row, opts.rate).await;
             let mut groups: std::collections::BTreeMap<(u32, u32), Vec<u64>> = Default::default();
             for r in lo..hi {
                 let p = if key_type.is_some() { workload.partition_of(r) } else { 0 };
@@ -256,6 +362,62 @@ pub async fn produce(
     Ok(report)
 }
 
+/// Waits until `done` rows are due at `rate` rows per second since `started` (no wait without a rate).
+async fn pace(started: Instant, done: u64, rate: Option<f64>) {
+    if let Some(rate) = rate {
+        tokio::time::sleep_until((started + Duration::from_secs_f64(done as f64 / rate.max(1e-9))).into()).await;
+    }
+}
+
+/// `produce` for a primary-key table: chunk by chunk, each (partition, bucket) gets its operations in row order, as
+/// runs of upserts (PutKv) and deletes (DeleteKv); buckets of a chunk are written at once, chunks one after another,
+/// so every key sees its operations in order.
+async fn produce_kv(
+    client: &ClusterClient,
+    table_id: i64,
+    table: &TableDescriptor,
+    workload: &Workload,
+    opts: &ProduceOptions,
+) -> Result<ProduceReport> {
+    check_kv_table(table)?;
+    let key_type = table.partition_key.as_ref().and_then(|k| table.column(k)).map(|c| c.data_type);
+    let started = Instant::now();
+    let end = opts.start_row + opts.rows;
+    let mut report = ProduceReport::default();
+    for lo in (opts.start_row..end).step_by(opts.batch as usize) {
+        pace(started, lo - opts.start_row, opts.rate).await;
+        let mut groups: std::collections::BTreeMap<(u32, u32), Vec<(u64, KvOp)>> = Default::default();
+        for r in lo..(lo + opts.batch).min(end) {
+            let op = workload.kv_op(r, opts.kv);
+            let p = if key_type.is_some() { workload.partition_of(op.key()) } else { 0 };
+            groups.entry((p, (op.key() % u64::from(table.buckets)) as u32)).or_default().push((r, op));
+        }
+        let requests = groups.into_iter().map(|((p, bucket), ops)| {
+            let partition = key_type.map(|t| Workload::partition_name(p, t));
+            async move {
+                let mut sent = (0u64, 0u64);
+                for run in ops.chunk_by(|a, b| matches!(a.1, KvOp::Delete { .. }) == matches!(b.1, KvOp::Delete { .. }))
+                {
+                    let delete = matches!(run[0].1, KvOp::Delete { .. });
+                    let pairs: Vec<(u64, u64)> = run.iter().map(|(r, op)| (*r, op.key())).collect();
+                    let batch = workload.kv_batch(table, &pairs)?;
+                    sent.1 += batch.get_array_memory_size() as u64;
+                    client.put_kv(table_id, partition.as_deref(), bucket as i32, &[batch], delete).await?;
+                    sent.0 += 1;
+                }
+                Ok::<_, Error>((ops.len() as u64, sent))
+            }
+        });
+        for (rows, (requests, bytes)) in futures::future::try_join_all(requests).await? {
+            report.rows += rows;
+            report.requests += requests;
+            report.bytes += bytes;
+        }
+    }
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,5 +440,20 @@ mod tests {
         let other = Workload { seed: 8, partitions: 3 }.batch(&table, &[6]).expect("batch");
         assert_ne!(b, other, "another seed gives other values");
         assert_eq!(Workload::partition_name(2, ColumnType::Date), "2026-01-03");
+    }
+
+    #[test]
+    fn kv_operations_mix_as_asked_and_replay_to_a_state() {
+        let w = Workload { seed: 3, partitions: 1 };
+        let mix = KvMix { update: 0.5, delete: 0.2 };
+        let ops: Vec<KvOp> = (0..10_000).map(|r| w.kv_op(r, mix)).collect();
+        let deletes = ops.iter().filter(|o| matches!(o, KvOp::Delete { .. })).count();
+        let inserts = ops.iter().enumerate().filter(|(r, o)| **o == KvOp::Upsert { key: *r as u64 }).count();
+        assert!((1700..2300).contains(&deletes), "{deletes} deletes");
+        assert!((2700..3300).contains(&inserts), "{inserts} inserts");
+        assert!(ops.iter().enumerate().all(|(r, o)| o.key() <= r as u64), "only earlier keys are touched");
+        let state = w.kv_state(10_000, mix);
+        assert!(state.len() < inserts && state.iter().all(|(k, r)| k <= r));
+        assert_eq!(w.kv_state(10, KvMix::default()).len(), 10, "no updates or deletes: every row is a key");
     }
 }

@@ -2,13 +2,15 @@
 
 use std::time::Duration;
 
+use arrow::array::Array;
+
 use fluss_tiering::ErrorKind;
 use fluss_tiering::cluster::ClusterConfig;
 use fluss_tiering::cluster::server::EmbeddedCluster;
 use fluss_tiering::cluster::table::{TableDescriptor, TablePath, parse_schema};
 use fluss_tiering::rpc::proto::{self, LakeTieringHeartbeatRequest, PbHeartbeatReqForTable};
 use fluss_tiering::rpc::{ClusterClient, ipc};
-use fluss_tiering::workload::{ProduceOptions, Workload, produce};
+use fluss_tiering::workload::{KvMix, ProduceOptions, Workload, produce};
 
 fn descriptor(schema: &str, buckets: u32, partition_key: Option<&str>, freshness: &str) -> TableDescriptor {
     let mut d = TableDescriptor {
@@ -61,7 +63,7 @@ async fn read_ids(client: &ClusterClient, table_id: i64, partition_id: Option<i6
 }
 
 async fn produce_rows(client: &ClusterClient, table_id: i64, d: &TableDescriptor, start_row: u64, rows: u64) {
-    let opts = ProduceOptions { start_row, rows, batch: 97, rate: None, concurrency: 4 };
+    let opts = ProduceOptions { start_row, rows, batch: 97, rate: None, concurrency: 4, kv: KvMix::default() };
     let report = produce(client, table_id, d, &Workload { seed: 42, partitions: 3 }, &opts).await.expect("produce");
     assert_eq!(report.rows, rows);
 }
@@ -343,4 +345,125 @@ async fn tiering_state_machine_with_two_services() {
     assert_eq!(err.kind(), ErrorKind::FencedTieringEpoch);
     let lake = client.lake_snapshot(&path).await.expect("snapshot").expect("exists");
     assert_eq!(lake.snapshot_id, 22);
+}
+
+/// A bucket's changelog: `(id, name, change type)` in offset order.
+async fn read_changelog(
+    client: &ClusterClient,
+    table_id: i64,
+    bucket: i32,
+    from: i64,
+) -> Vec<(i64, Option<String>, i8)> {
+    let mut out = Vec::new();
+    let mut offset = from;
+    loop {
+        let resp = client.fetch(table_id, None, bucket, offset, 16 << 10).await.expect("fetch");
+        let Some(last) = resp.batches.last() else { return out };
+        offset = last.base_offset + last.record_count;
+        for b in resp.batches {
+            for x in ipc::decode(&b.records).expect("decode") {
+                let ids = x.column_by_name("id").expect("id").as_any().downcast_ref::<arrow::array::Int64Array>();
+                let names =
+                    x.column_by_name("name").expect("name").as_any().downcast_ref::<arrow::array::StringArray>();
+                let kinds = x.column_by_name("_change_type").expect("change type");
+                let kinds = kinds.as_any().downcast_ref::<arrow::array::Int8Array>().expect("int8");
+                let (ids, names) = (ids.expect("int64"), names.expect("strings"));
+                for i in 0..x.num_rows() {
+                    let name = (!names.is_null(i)).then(|| names.value(i).to_string());
+                    out.push((ids.value(i), name, kinds.value(i)));
+                }
+            }
+        }
+    }
+}
+
+/// Replays changelog entries onto a state, checking that every before-image (-U, -D) is the key's current row.
+fn replay(state: &mut std::collections::BTreeMap<i64, Option<String>>, log: &[(i64, Option<String>, i8)]) {
+    for (id, name, kind) in log {
+        match kind {
+            0 => assert!(state.insert(*id, name.clone()).is_none(), "+I of key {id}, which exists"),
+            1 | 3 => {
+                assert_eq!(state.get(id), Some(name), "before-image of key {id} is its current row");
+                if *kind == 3 {
+                    state.remove(id);
+                }
+            }
+            2 => assert!(state.insert(*id, name.clone()).is_some(), "+U of key {id}, which does not exist"),
+            other => panic!("change type {other}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_key_tables_keep_state_changelog_and_snapshots_across_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path());
+    cfg.kv_snapshot_every = 200;
+    let cluster = EmbeddedCluster::start(cfg.clone()).await.expect("start");
+    let client = ClusterClient::connect(&cluster.url()).await.expect("connect");
+    let mut d = descriptor("id:int64,name:string", 2, None, "1min");
+    d.primary_key = vec!["id".into()];
+    let path: TablePath = "db.kv".parse().expect("path");
+    let id = client.create_table(&path, &d, false).await.expect("create");
+    let workload = Workload { seed: 9, partitions: 1 };
+    let mix = KvMix { update: 0.4, delete: 0.2 };
+    let opts = ProduceOptions { start_row: 0, rows: 1500, batch: 100, rate: None, concurrency: 4, kv: mix };
+    assert_eq!(produce(&client, id, &d, &workload, &opts).await.expect("produce").rows, 1500);
+
+    // The expected state, as the generator replays it: key -> the `name` of the row that last upserted it.
+    let expected = |rows: u64| -> std::collections::BTreeMap<i64, Option<String>> {
+        let state = workload.kv_state(rows, mix);
+        let pairs: Vec<(u64, u64)> = state.iter().map(|(k, r)| (*r, *k)).collect();
+        let batch = workload.kv_batch(&d, &pairs).expect("batch");
+        let names = batch.column(1).as_any().downcast_ref::<arrow::array::StringArray>().expect("names");
+        pairs
+            .iter()
+            .enumerate()
+            .map(|(i, (_, k))| (*k as i64, (!names.is_null(i)).then(|| names.value(i).to_string())))
+            .collect()
+    };
+    let mut from_logs = std::collections::BTreeMap::new();
+    for bucket in 0..2 {
+        replay(&mut from_logs, &read_changelog(&client, id, bucket, 0).await);
+    }
+    assert_eq!(from_logs, expected(1500), "the changelog replays to the generator's state");
+
+    // Snapshots were taken (every 200 changes); snapshot + the log after it give the same state.
+    let snapshots = client.latest_kv_snapshots(&path, None).await.expect("snapshots");
+    let mut from_snapshots = std::collections::BTreeMap::new();
+    for s in &snapshots {
+        let (snapshot_id, log_offset) = (s.snapshot_id.expect("snapshot taken"), s.log_offset.expect("offset"));
+        assert!(log_offset > 0);
+        for index in 0..s.batch_count {
+            let (batches, count) =
+                client.fetch_kv_snapshot(id, None, s.bucket_id, snapshot_id, index).await.expect("snapshot batch");
+            assert_eq!(count, s.batch_count);
+            for b in batches {
+                let ids = b.column(0).as_any().downcast_ref::<arrow::array::Int64Array>().expect("ids");
+                let names = b.column(1).as_any().downcast_ref::<arrow::array::StringArray>().expect("names");
+                for i in 0..b.num_rows() {
+                    from_snapshots.insert(ids.value(i), (!names.is_null(i)).then(|| names.value(i).to_string()));
+                }
+            }
+        }
+        replay(&mut from_snapshots, &read_changelog(&client, id, s.bucket_id, log_offset).await);
+    }
+    assert_eq!(from_snapshots, expected(1500), "snapshot + changelog after it = the state");
+
+    // After a restart the state is recovered: more operations continue from it (their before-images check it).
+    cluster.shutdown().await.expect("shutdown");
+    let cluster = EmbeddedCluster::start(cfg).await.expect("restart");
+    let client = ClusterClient::connect(&cluster.url()).await.expect("connect");
+    let more = ProduceOptions { start_row: 1500, rows: 500, ..opts };
+    produce(&client, id, &d, &workload, &more).await.expect("produce more");
+    let mut after = std::collections::BTreeMap::new();
+    for bucket in 0..2 {
+        replay(&mut after, &read_changelog(&client, id, bucket, 0).await);
+    }
+    assert_eq!(after, expected(2000));
+    // Bad writes get clear errors.
+    let no_key =
+        Workload { seed: 1, partitions: 1 }.batch(&descriptor("name:string", 1, None, "1min"), &[1]).expect("b");
+    let err = client.put_kv(id, None, 0, &[no_key], true).await.expect_err("delete without the key column");
+    assert_eq!(err.kind(), ErrorKind::SchemaMismatch);
 }

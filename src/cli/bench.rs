@@ -18,7 +18,7 @@ use crate::cluster::table::{DATALAKE_FRESHNESS, TableDescriptor, TablePath, pars
 use crate::dataflows::{JobReport, PhaseSeconds};
 use crate::lake::{lake_schema, with_system_columns};
 use crate::rpc::{ClusterClient, ipc};
-use crate::workload::{ProduceOptions, Workload, produce};
+use crate::workload::{KvMix, ProduceOptions, Workload, produce};
 
 use super::tier::{print_summary, run_job, runtime};
 use super::{TierArgs, TimelyArgs, TuningArgs};
@@ -200,7 +200,14 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     let produce_started = Instant::now();
     for (id, _, descriptor) in &tables {
-        let opts = ProduceOptions { start_row: 0, rows: args.rows, batch: 8192, rate: None, concurrency: 8 };
+        let opts = ProduceOptions {
+            start_row: 0,
+            rows: args.rows,
+            batch: 8192,
+            rate: None,
+            concurrency: 8,
+            kv: KvMix::default(),
+        };
         runtime.block_on(produce(&client, *id, descriptor, &workload, &opts))?;
     }
     let total_rows = args.rows * u64::from(args.tables);

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::cluster::table::{DATALAKE_FRESHNESS, TableDescriptor, TablePath, parse_duration};
 use crate::lake::{self, LakeOptions, TableBucket, TableContext};
 use crate::rpc::ClusterClient;
-use crate::workload::{ProduceOptions, Workload, produce};
+use crate::workload::{KvMix, ProduceOptions, Workload, produce};
 
 use super::tier::{print_summary, run_job_with};
 use super::{TierArgs, TimelyArgs, TuningArgs};
@@ -100,7 +100,14 @@ pub fn measure(
             let result = handle.block_on(async {
                 // About 20 appends a second per table, each a batch per bucket.
                 let batch = ((rate / 20.0).ceil() as u64).max(1);
-                let opts = ProduceOptions { start_row: 0, rows, batch, rate: Some(rate), concurrency: 4 };
+                let opts = ProduceOptions {
+                    start_row: 0,
+                    rows,
+                    batch,
+                    rate: Some(rate),
+                    concurrency: 4,
+                    kv: KvMix::default(),
+                };
                 let producers =
                     tables.iter().map(|(id, _, descriptor)| produce(&client, *id, descriptor, &workload, &opts));
                 futures::future::try_join_all(producers).await?;

@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::cluster::table::{DATALAKE_FRESHNESS, TableDescriptor, TablePath, parse_duration, parse_schema};
 use crate::cluster::{Cluster, ClusterConfig, server};
 use crate::rpc::ClusterClient;
-use crate::workload::{ProduceOptions, Workload, produce};
+use crate::workload::{KvMix, ProduceOptions, Workload, produce};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -244,6 +244,12 @@ pub struct ProduceArgs {
     /// Distinct partitions for a partitioned table.
     #[arg(long, default_value_t = 3)]
     pub partitions: u32,
+    /// Primary-key tables: the share of rows that update an existing key (the rest insert new keys).
+    #[arg(long, default_value_t = 0.0)]
+    pub update_ratio: f64,
+    /// Primary-key tables: the share of rows that delete an existing key.
+    #[arg(long, default_value_t = 0.0)]
+    pub delete_ratio: f64,
 }
 
 /// Runs the parsed command.
@@ -372,6 +378,7 @@ async fn run_produce(args: ProduceArgs) -> anyhow::Result<()> {
         batch: args.batch,
         rate: args.rate,
         concurrency: 8,
+        kv: KvMix { update: args.update_ratio, delete: args.delete_ratio },
     };
     let report = produce(&client, table_id, &descriptor, &workload, &opts).await?;
     let secs = report.elapsed.as_secs_f64().max(1e-9);

@@ -11,7 +11,7 @@ use crate::cluster::table::{DATALAKE_FRESHNESS, TableDescriptor, TablePath, pars
 use crate::dataflows::{self, JobContext, JobReport, TierConfig};
 use crate::lake::{self, LakeOptions, TableContext};
 use crate::rpc::ClusterClient;
-use crate::workload::{ProduceOptions, Workload, produce};
+use crate::workload::{KvMix, ProduceOptions, Workload, produce};
 
 use super::{TierArgs, TimelyArgs, TuningArgs};
 
@@ -250,7 +250,8 @@ pub fn run_demo(args: super::DemoArgs) -> anyhow::Result<()> {
     for (step, (start_row, rows)) in [(0, args.rows), (args.rows, args.rows / 5)].into_iter().enumerate() {
         let workload = Workload { seed: 2026, partitions: 3 };
         for (id, path, descriptor) in &tables {
-            let opts = ProduceOptions { start_row, rows, batch: 10_000, rate: None, concurrency: 8 };
+            let opts =
+                ProduceOptions { start_row, rows, batch: 10_000, rate: None, concurrency: 8, kv: KvMix::default() };
             let report = runtime.block_on(produce(&client, *id, descriptor, &workload, &opts))?;
             println!("produced {} rows into {path}", report.rows);
         }

@@ -17,7 +17,7 @@ use fluss_tiering::cluster::ClusterConfig;
 use fluss_tiering::cluster::server::EmbeddedCluster;
 use fluss_tiering::cluster::table::{TableDescriptor, TablePath, parse_schema};
 use fluss_tiering::rpc::ClusterClient;
-use fluss_tiering::workload::{ProduceOptions, Workload, produce};
+use fluss_tiering::workload::{KvMix, ProduceOptions, Workload, produce};
 
 /// The generator every test produces with.
 pub const WORKLOAD: Workload = Workload { seed: 11, partitions: 3 };
@@ -65,7 +65,7 @@ pub async fn create_tables(client: &ClusterClient) -> Vec<TestTable> {
 /// Produces rows `[start_row, start_row + rows)` into every table.
 pub async fn produce_all(client: &ClusterClient, tables: &[TestTable], start_row: u64, rows: u64) {
     for t in tables {
-        let opts = ProduceOptions { start_row, rows, batch: 777, rate: None, concurrency: 4 };
+        let opts = ProduceOptions { start_row, rows, batch: 777, rate: None, concurrency: 4, kv: KvMix::default() };
         let report = produce(client, t.id, &t.descriptor, &WORKLOAD, &opts).await.expect("produce");
         assert_eq!(report.rows, rows);
     }

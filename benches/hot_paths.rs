@@ -60,6 +60,7 @@ fn bench(c: &mut Criterion) {
             partition_name: Some(format!("p{}", i / 100)),
             log_start: 0,
             high_watermark: 5_000 + i64::from(i),
+            kv_snapshot: None,
         })
         .collect();
     let lake: BTreeMap<TableBucket, i64> = buckets.iter().step_by(2).map(|b| (b.bucket, 4_000)).collect();
@@ -67,7 +68,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("split generation, 10k buckets", |b| {
         b.iter(|| {
             let r = ranges(&buckets, &lake).expect("ranges");
-            black_box(r.iter().map(|(_, s, e)| cut(*s, *e, 1_000).len()).sum::<usize>())
+            black_box(r.iter().map(|r| cut(r.start, r.stop, 1_000).len()).sum::<usize>())
         })
     });
 

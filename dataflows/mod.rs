@@ -20,6 +20,7 @@
 
 pub mod bridge;
 pub mod commit;
+pub mod consolidate;
 pub mod enumerator;
 pub mod read_write;
 pub mod split_generator;
@@ -126,6 +127,12 @@ impl PhaseSeconds {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct JobReport {
     pub rows: u64,
+    /// Primary-key changes read (consolidated into fewer rows written).
+    #[serde(default)]
+    pub changes_read: u64,
+    /// Splits that started from a KV snapshot.
+    #[serde(default)]
+    pub snapshot_splits: u64,
     pub files: u64,
     pub file_bytes: u64,
     pub splits: u64,
@@ -147,6 +154,10 @@ pub struct JobMetrics {
     pub file_bytes: AtomicU64,
     pub splits: AtomicU64,
     pub splits_in_flight: AtomicU64,
+    /// Primary-key changes (snapshot and changelog rows) read; `rows` counts what consolidation left of them.
+    pub changes_read: AtomicU64,
+    /// Splits that started from a KV snapshot.
+    pub snapshot_splits: AtomicU64,
     pub rounds_committed: AtomicU64,
     pub rounds_empty: AtomicU64,
     pub rounds_failed: AtomicU64,
@@ -220,6 +231,8 @@ impl JobMetrics {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         JobReport {
             rows: get(&self.rows),
+            changes_read: get(&self.changes_read),
+            snapshot_splits: get(&self.snapshot_splits),
             files: get(&self.files),
             file_bytes: get(&self.file_bytes),
             splits: get(&self.splits),
@@ -265,6 +278,11 @@ impl JobMetrics {
             ("fluss_tiering_files_total", "Lake files written.", &self.files),
             ("fluss_tiering_file_bytes_total", "Bytes of lake files written.", &self.file_bytes),
             ("fluss_tiering_splits_total", "Splits read and written.", &self.splits),
+            (
+                "fluss_tiering_kv_changes_read_total",
+                "Primary-key changes read, before consolidation.",
+                &self.changes_read,
+            ),
             ("fluss_tiering_rounds_committed_total", "Rounds committed to lake and cluster.", &self.rounds_committed),
             ("fluss_tiering_rounds_empty_total", "Rounds that found nothing new.", &self.rounds_empty),
             ("fluss_tiering_rounds_failed_total", "Rounds that failed.", &self.rounds_failed),

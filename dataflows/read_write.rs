@@ -28,6 +28,7 @@ use crate::rpc::ipc;
 use crate::rpc::proto::PbFetchedBatch;
 
 use super::bridge::CapabilityTasks;
+use super::consolidate::Consolidator;
 use super::types::{Split, WriteResult};
 use super::{JobContext, SplitWork};
 
@@ -115,6 +116,26 @@ async fn write_split(ctx: &JobContext, split: &Split, worker: usize) -> Result<(
     let (tx, mut rx) = tokio::sync::mpsc::channel(2);
     let fetcher = tokio::spawn(fetch_range(ctx.client.clone(), split.clone(), ctx.config.fetch_max_bytes, tx));
     lap(SplitWork::EncodeWrite);
+    // A primary-key split's changes are summed by key first; only the net effect is written, at the end.
+    let mut keyed = match split.table.descriptor.has_primary_key() {
+        true => Some(Consolidator::new(&split.table.descriptor)?),
+        false => None,
+    };
+    if let (Some(changes), Some(snapshot)) = (&mut keyed, split.snapshot) {
+        ctx.metrics.snapshot_splits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for index in 0..snapshot.batch_count {
+            let (table_id, partition_id) = (split.table.table_id, split.bucket.partition_id);
+            let (batches, _) = ctx
+                .client
+                .fetch_kv_snapshot(table_id, partition_id, split.bucket.bucket, snapshot.snapshot_id, index)
+                .await?;
+            lap(SplitWork::FetchWait);
+            for batch in &batches {
+                changes.add_snapshot(batch)?;
+            }
+            lap(SplitWork::EncodeWrite);
+        }
+    }
     let mut batches = 0u64;
     let mut reached = split.start;
     while let Some(stored) = rx.recv().await {
@@ -129,9 +150,14 @@ async fn write_split(ctx: &JobContext, split: &Split, worker: usize) -> Result<(
             let (lo, hi) = (reached.max(row_offset), split.stop.min(row_offset + rows));
             if lo < hi {
                 let slice = batch.slice((lo - row_offset) as usize, (hi - lo) as usize);
-                let with_columns =
-                    with_system_columns(&schema, &slice, split.bucket.bucket, lo, stored.append_timestamp)?;
-                writer.write(with_columns).await?;
+                match &mut keyed {
+                    Some(changes) => changes.add_changelog(&slice, lo, stored.append_timestamp)?,
+                    None => {
+                        let rows =
+                            with_system_columns(&schema, &slice, split.bucket.bucket, lo, stored.append_timestamp)?;
+                        writer.write(rows).await?;
+                    }
+                }
                 reached = hi;
             }
             row_offset += rows;
@@ -144,6 +170,12 @@ async fn write_split(ctx: &JobContext, split: &Split, worker: usize) -> Result<(
     }
     fetcher.await.map_err(|e| Error::new(ErrorKind::Internal, format!("fetch task failed: {e}")))??;
     lap(SplitWork::FetchWait);
+    if let Some(changes) = keyed {
+        ctx.metrics.changes_read.fetch_add(changes.changes(), std::sync::atomic::Ordering::Relaxed);
+        if let Some(net) = changes.finish(&split.table.descriptor, split.bucket.bucket)? {
+            writer.write(net).await?;
+        }
+    }
     let written = writer.complete().await?;
     lap(SplitWork::EncodeWrite);
     Ok((written, reached))

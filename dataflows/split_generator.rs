@@ -5,6 +5,11 @@
 //! none. Data that arrives later belongs to the next round. A range longer than `split_rows` is cut into contiguous
 //! sub-ranges, each its own split, so one busy bucket keeps several workers busy; the round still commits them all in
 //! one snapshot.
+//!
+//! Primary-key tables: a bucket the lake has never seen that has a KV snapshot starts from the snapshot — its split
+//! reads the snapshot, then the changelog from the snapshot's log offset (Fluss's snapshot split followed by a log
+//! split, here one split so one writer sees all of the bucket's changes). A primary-key bucket's range is never cut:
+//! its changes are consolidated by key before writing, and a Paimon bucket takes one writer per commit.
 
 use std::collections::BTreeMap;
 
@@ -12,7 +17,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::lake::{BucketOffset, TableBucket, TableContext, TieredSnapshot};
 use crate::rpc::ClusterClient;
 
-use super::types::{RoundPlan, Split};
+use super::types::{KvSnapshotRef, RoundPlan, Split};
 
 /// A bucket's place in the cluster's log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,16 +26,31 @@ pub struct BucketState {
     pub partition_name: Option<String>,
     pub log_start: i64,
     pub high_watermark: i64,
+    /// The latest KV snapshot of a primary-key bucket.
+    pub kv_snapshot: Option<KvSnapshotRef>,
 }
 
-/// A range to tier: `(bucket state, start, stop)`.
-pub type Range = (BucketState, i64, i64);
+/// A range to tier: the changelog `[start, stop)` of a bucket, after its KV snapshot when it starts from one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Range {
+    pub state: BucketState,
+    pub start: i64,
+    pub stop: i64,
+    pub snapshot: Option<KvSnapshotRef>,
+}
 
 /// The ranges to tier given what the lake holds. A lake ahead of the cluster means the cluster lost acknowledged
 /// data (or the lake belongs to another cluster): that is an error, never a silent skip.
 pub fn ranges(buckets: &[BucketState], lake: &BTreeMap<TableBucket, i64>) -> Result<Vec<Range>> {
     let mut out = Vec::new();
     for b in buckets {
+        // Never tiered, with a snapshot: the snapshot, then the changelog after it.
+        if let (None, Some(s)) = (lake.get(&b.bucket), b.kv_snapshot)
+            && s.log_offset <= b.high_watermark
+        {
+            out.push(Range { state: b.clone(), start: s.log_offset, stop: b.high_watermark, snapshot: Some(s) });
+            continue;
+        }
         let start = match lake.get(&b.bucket) {
             Some(&tiered) if tiered > b.high_watermark => {
                 return Err(Error::new(
@@ -49,7 +69,7 @@ pub fn ranges(buckets: &[BucketState], lake: &BTreeMap<TableBucket, i64>) -> Res
             None => b.log_start,
         };
         if start < b.high_watermark {
-            out.push((b.clone(), start, b.high_watermark));
+            out.push(Range { state: b.clone(), start, stop: b.high_watermark, snapshot: None });
         }
     }
     Ok(out)
@@ -136,12 +156,24 @@ pub async fn plan_round(
     for (partition_id, partition_name) in partitions {
         let ends = client.list_offsets(table_id, partition_id, &bucket_ids, true).await?;
         let starts = client.list_offsets(table_id, partition_id, &bucket_ids, false).await?;
-        for ((bucket, log_start), high_watermark) in bucket_ids.iter().zip(starts).zip(ends) {
+        let snapshots: Vec<Option<KvSnapshotRef>> = if table.descriptor.has_primary_key() {
+            let latest = client.latest_kv_snapshots(&path, partition_name.as_deref()).await?;
+            bucket_ids
+                .iter()
+                .map(|b| latest.iter().find(|s| s.bucket_id == *b).and_then(KvSnapshotRef::from_pb))
+                .collect()
+        } else {
+            vec![None; bucket_ids.len()]
+        };
+        for (((bucket, log_start), high_watermark), kv_snapshot) in
+            bucket_ids.iter().zip(starts).zip(ends).zip(snapshots)
+        {
             states.push(BucketState {
                 bucket: TableBucket { partition_id, bucket: *bucket },
                 partition_name: partition_name.clone(),
                 log_start,
                 high_watermark,
+                kv_snapshot,
             });
         }
     }
@@ -155,30 +187,36 @@ pub async fn plan_round(
     let cluster_snapshot = client.lake_snapshot(&path).await?.map(|s| s.snapshot_id);
     let lake_offsets = base.as_ref().map(|b| b.marker.offset_map()).unwrap_or_default();
     let ranges = ranges(&states, &lake_offsets)?;
+    let keyed = table.descriptor.has_primary_key();
     let splits: Vec<Split> = ranges
         .iter()
-        .flat_map(|(b, start, stop)| cut(*start, *stop, split_rows).into_iter().map(move |piece| (b, piece)))
+        .flat_map(|r| {
+            let pieces = if keyed { vec![(r.start, r.stop)] } else { cut(r.start, r.stop, split_rows) };
+            // Only the first piece of a bucket reads its snapshot (a keyed bucket has one piece).
+            pieces.into_iter().enumerate().map(move |(n, piece)| (r, piece, if n == 0 { r.snapshot } else { None }))
+        })
         .enumerate()
-        .map(|(i, (b, (start, stop)))| Split {
+        .map(|(i, (r, (start, stop), snapshot))| Split {
             table: table.clone(),
             tiering_epoch,
             round_id: round_id.clone(),
             index: i as u32,
-            partition_name: b.partition_name.clone(),
-            bucket: b.bucket,
+            partition_name: r.state.partition_name.clone(),
+            bucket: r.state.bucket,
             start,
             stop,
+            snapshot,
             deadline_ms,
             route: route_base + i as u64,
         })
         .collect();
     let buckets = ranges
         .iter()
-        .map(|(b, _, stop)| BucketOffset {
-            partition_id: b.bucket.partition_id,
-            partition_name: b.partition_name.clone(),
-            bucket: b.bucket.bucket,
-            offset: *stop,
+        .map(|r| BucketOffset {
+            partition_id: r.state.bucket.partition_id,
+            partition_name: r.state.partition_name.clone(),
+            bucket: r.state.bucket.bucket,
+            offset: r.stop,
         })
         .collect();
     let cluster_behind = base.as_ref().is_some_and(|b| Some(b.snapshot_id) != cluster_snapshot);
@@ -199,6 +237,7 @@ mod tests {
             partition_name: None,
             log_start,
             high_watermark,
+            kv_snapshot: None,
         }
     }
 
@@ -231,7 +270,7 @@ mod tests {
                     (start < b.high_watermark).then_some((b.bucket.bucket, start, b.high_watermark))
                 })
                 .collect();
-            let got: Vec<(i32, i64, i64)> = got.iter().map(|(b, s, e)| (b.bucket.bucket, *s, *e)).collect();
+            let got: Vec<(i32, i64, i64)> = got.iter().map(|r| (r.state.bucket.bucket, r.start, r.stop)).collect();
             assert_eq!(got, expected);
         }
     }
@@ -249,6 +288,21 @@ mod tests {
             assert_eq!(next, stop.max(start), "covers [{start}, {stop})");
         }
         assert_eq!(cut(0, 10, 3).len(), 4);
+    }
+
+    #[test]
+    fn a_keyed_bucket_new_to_the_lake_starts_from_its_snapshot() {
+        let snapshot = KvSnapshotRef { snapshot_id: 3, log_offset: 40, batch_count: 2 };
+        let with_snapshot = BucketState { kv_snapshot: Some(snapshot), ..state(0, 0, 50) };
+        let got = ranges(std::slice::from_ref(&with_snapshot), &BTreeMap::new()).expect("ranges");
+        assert_eq!((got[0].start, got[0].stop, got[0].snapshot), (40, 50, Some(snapshot)));
+        // Nothing changed since the snapshot: the snapshot alone is still to tier.
+        let idle = BucketState { kv_snapshot: Some(snapshot), ..state(0, 0, 40) };
+        assert_eq!(ranges(&[idle], &BTreeMap::new()).expect("ranges")[0].snapshot, Some(snapshot));
+        // Once the lake has the bucket, only the changelog after the lake's offset counts.
+        let lake = BTreeMap::from([(with_snapshot.bucket, 45)]);
+        let got = ranges(&[with_snapshot], &lake).expect("ranges");
+        assert_eq!((got[0].start, got[0].snapshot), (45, None));
     }
 
     #[test]

@@ -16,11 +16,29 @@ pub struct Split {
     pub bucket: TableBucket,
     pub start: i64,
     pub stop: i64,
+    /// A primary-key bucket new to the lake: read this KV snapshot first (`start` is its log offset).
+    pub snapshot: Option<KvSnapshotRef>,
     /// Wall-clock deadline (ms since the epoch) of the round: past it, the reader stops where it is and the split
     /// ends early (max round duration = the table's freshness).
     pub deadline_ms: i64,
     /// Routing key: the split goes to worker `route % peers`.
     pub route: u64,
+}
+
+/// A KV snapshot of one bucket, as the cluster serves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvSnapshotRef {
+    pub snapshot_id: i64,
+    /// The snapshot holds every change below this offset.
+    pub log_offset: i64,
+    pub batch_count: i32,
+}
+
+impl KvSnapshotRef {
+    /// The snapshot the cluster reports, if it reports one.
+    pub fn from_pb(s: &crate::rpc::proto::PbKvSnapshot) -> Option<Self> {
+        Some(KvSnapshotRef { snapshot_id: s.snapshot_id?, log_offset: s.log_offset?, batch_count: s.batch_count })
+    }
 }
 
 /// The outcome of one split: files written (not yet visible), or why it failed.

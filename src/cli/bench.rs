@@ -32,6 +32,16 @@ pub struct BenchArgs {
     pub tables: u32,
     #[arg(long, default_value_t = 4)]
     pub buckets: u32,
+    /// The share of the tables that have a primary key (`id`, plus `part` when partitioned), written with upserts
+    /// and deletes (`--update-ratio`, `--delete-ratio`) and consolidated by key before they reach the lake.
+    #[arg(long, default_value_t = 0.0)]
+    pub pk_ratio: f64,
+    /// Primary-key tables: the share of rows that update an earlier key.
+    #[arg(long, default_value_t = 0.5)]
+    pub update_ratio: f64,
+    /// Primary-key tables: the share of rows that delete an earlier key.
+    #[arg(long, default_value_t = 0.05)]
+    pub delete_ratio: f64,
     /// Partitions per table (more than 1 adds a string partition column `part`).
     #[arg(long, default_value_t = 1)]
     pub partitions: u32,
@@ -87,6 +97,8 @@ struct Run {
     arrow_mb_per_second: f64,
     ratio_to_baseline: f64,
     mean_file_bytes: f64,
+    /// Primary-key changes read; `rows` is what consolidation by key left of them (plus the log tables' rows).
+    changes_read: u64,
     /// CPU seconds the run used, the embedded cluster serving its fetches included: `cpu_seconds / wall_seconds` is
     /// how many cores it kept busy, which bounds what more workers can gain on this machine.
     cpu_seconds: f64,
@@ -163,6 +175,16 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         columns.extend(parse_schema("part:string")?);
     }
 
+    if !(0.0..=1.0).contains(&args.pk_ratio) {
+        bail!("--pk-ratio must be between 0 and 1");
+    }
+    let pk_tables = (f64::from(args.tables) * args.pk_ratio).round() as u32;
+    if pk_tables > 0 && args.format == "iceberg" {
+        bail!(
+            "primary-key tables tier to Paimon only (the iceberg crate cannot commit deletes): drop --format iceberg"
+        );
+    }
+    let kv = KvMix { update: args.update_ratio, delete: args.delete_ratio };
     let mut tables = Vec::new();
     for i in 0..args.tables {
         let path: TablePath = format!("bench.t{i}").parse()?;
@@ -170,7 +192,11 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             columns: columns.clone(),
             buckets: args.buckets,
             partition_key: partition_key.clone(),
-            primary_key: vec![],
+            primary_key: if i < pk_tables {
+                std::iter::once("id".to_string()).chain(partition_key.clone()).collect()
+            } else {
+                vec![]
+            },
             properties: Default::default(),
         };
         // Throughput runs want rounds to start at once; the freshness run measures against the table's own setting.
@@ -206,7 +232,7 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             batch: 8192,
             rate: None,
             concurrency: 8,
-            kv: KvMix::default(),
+            kv: if descriptor.has_primary_key() { kv } else { KvMix::default() },
         };
         runtime.block_on(produce(&client, *id, descriptor, &workload, &opts))?;
     }
@@ -228,6 +254,7 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         arrow_mb_per_second: baseline.arrow_bytes as f64 / 1e6 / baseline.took.as_secs_f64(),
         ratio_to_baseline: 1.0,
         mean_file_bytes: baseline.parquet_bytes as f64 / args.tables as f64,
+        changes_read: 0,
         cpu_seconds: baseline.cpu_seconds,
         rounds_committed: 0,
         phase_seconds: PhaseSeconds::default(),
@@ -277,6 +304,7 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             arrow_mb_per_second: baseline.arrow_bytes as f64 / 1e6 / secs,
             ratio_to_baseline: baseline.took.as_secs_f64() / secs,
             mean_file_bytes: report.file_bytes as f64 / report.files.max(1) as f64,
+            changes_read: report.changes_read,
             cpu_seconds: cpu_seconds() - cpu_before,
             rounds_committed: report.rounds_committed,
             phase_seconds: report.phases,

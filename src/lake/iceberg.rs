@@ -302,6 +302,17 @@ fn tiered_ancestry(table: &Table, first_only: bool) -> Result<Vec<TieredSnapshot
 #[async_trait]
 impl LakeTieringFactory for IcebergFactory {
     async fn prepare_table(&self, t: &TableContext) -> Result<Option<TieredSnapshot>> {
+        if t.descriptor.has_primary_key() {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "{} has a primary key: its Iceberg copy needs row-level deletes (equality deletes committed in a \
+                     row-delta snapshot), and the iceberg crate (0.10) cannot commit delete files; tier primary-key \
+                     tables with --format paimon",
+                    t.path
+                ),
+            ));
+        }
         let table = self.evolve(t, self.load_or_create(t).await?).await?;
         check_compatible(t, &table)?;
         latest_marker(&table)

@@ -226,6 +226,18 @@ pub fn lake_schema(descriptor: &TableDescriptor) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
+/// The columns of `batch` for `fields`, taken by name: a field the batch lacks (a column added after the batch was
+/// stored) reads as null.
+pub fn align_columns(fields: &[arrow::datatypes::FieldRef], batch: &RecordBatch) -> Vec<ArrayRef> {
+    fields
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) => Arc::clone(c),
+            None => arrow::array::new_null_array(f.data_type(), batch.num_rows()),
+        })
+        .collect()
+}
+
 /// Appends the system columns to a batch read from the cluster: `base_offset` is the offset of its first row,
 /// `append_timestamp_ms` the time its batch was appended. The batch's columns are taken by name, so a batch stored
 /// before a column was added reads that column as null.
@@ -238,13 +250,7 @@ pub fn with_system_columns(
 ) -> Result<RecordBatch> {
     let n = batch.num_rows();
     let user_fields = schema.fields().len() - 3;
-    let mut columns: Vec<ArrayRef> = schema.fields()[..user_fields]
-        .iter()
-        .map(|f| match batch.column_by_name(f.name()) {
-            Some(c) => Arc::clone(c),
-            None => arrow::array::new_null_array(f.data_type(), n),
-        })
-        .collect();
+    let mut columns = align_columns(&schema.fields()[..user_fields], batch);
     columns.push(Arc::new(Int32Array::from(vec![bucket; n])));
     columns.push(Arc::new(Int64Array::from_iter_values(base_offset..base_offset + n as i64)));
     columns.push(Arc::new(TimestampMicrosecondArray::from(vec![append_timestamp_ms * 1000; n]).with_timezone("UTC")));

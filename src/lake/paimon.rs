@@ -24,12 +24,13 @@ use async_trait::async_trait;
 use paimon::catalog::Identifier;
 use paimon::spec::{
     BigIntType, BooleanType, DataType, DateType, DecimalType, DoubleType, FloatType, IntType, LocalZonedTimestampType,
-    Schema, SchemaChange, Snapshot, TimestampType, VarBinaryType, VarCharType,
+    Schema, SchemaChange, Snapshot, TimestampType, VALUE_KIND_FIELD_NAME, VarBinaryType, VarCharType,
 };
 use paimon::table::{COMMIT_MESSAGE_SERIALIZER_VERSION, CommitMessage, Table, TableCommit, TableWrite};
 use paimon::{Catalog, CatalogFactory, CatalogOptions, Options};
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::kv::CHANGE_TYPE_COLUMN;
 use crate::cluster::table::{ColumnType, TableDescriptor};
 use crate::error::{Error, ErrorKind, Result};
 use crate::failpoint;
@@ -255,7 +256,16 @@ impl LakeWriter for PaimonWriter {
             })
             .collect::<std::result::Result<Vec<ArrayRef>, _>>()
             .map_err(|e| Error::new(ErrorKind::SchemaMismatch, "records do not fit the lake schema").with_source(e))?;
-        let batch = RecordBatch::try_new(Arc::clone(&self.target_schema), columns)
+        let mut columns = columns;
+        let mut schema = Arc::clone(&self.target_schema);
+        // A primary-key batch says per row whether it inserts, updates or deletes its key: Paimon's row kind.
+        if let Some(kinds) = batch.column_by_name(CHANGE_TYPE_COLUMN) {
+            let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields.push(Field::new(VALUE_KIND_FIELD_NAME, arrow::datatypes::DataType::Int8, false));
+            schema = Arc::new(ArrowSchema::new(fields));
+            columns.push(Arc::clone(kinds));
+        }
+        let batch = RecordBatch::try_new(schema, columns)
             .map_err(|e| Error::new(ErrorKind::SchemaMismatch, "records do not fit the lake schema").with_source(e))?;
         self.rows += n as u64;
         self.write.write_arrow(&[batch], self.bucket).await.map_err(lake_err("writing Paimon files"))

@@ -168,6 +168,9 @@ pub struct ClusterArgs {
     /// Segment size in bytes at which a bucket log rolls.
     #[arg(long, default_value_t = 64 << 20)]
     pub segment_bytes: u64,
+    /// A primary-key bucket takes a KV snapshot after this many changes.
+    #[arg(long, default_value_t = 100_000)]
+    pub kv_snapshot_every: u64,
     /// Serve Prometheus metrics on this address (GET /metrics).
     #[arg(long)]
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -300,6 +303,10 @@ async fn run_cluster(args: ClusterArgs) -> anyhow::Result<()> {
     config.heartbeat_timeout = parse_duration(&args.tiering_timeout)?;
     config.failure_backoff = parse_duration(&args.failure_backoff)?;
     config.segment_bytes = args.segment_bytes;
+    if args.kv_snapshot_every == 0 {
+        bail!("--kv-snapshot-every must be at least 1");
+    }
+    config.kv_snapshot_every = args.kv_snapshot_every;
     let cluster = Arc::new(tokio::task::spawn_blocking(move || Cluster::open(config)).await??);
     if let Some(addr) = args.metrics_addr {
         let for_metrics = Arc::clone(&cluster);

@@ -177,6 +177,9 @@ pub(super) fn print_summary(r: &JobReport, elapsed: Duration) {
         r.rounds_empty,
         r.rounds_failed,
     );
+    if r.changes_read > 0 {
+        println!("primary-key changes read: {} (consolidated by key before writing)", r.changes_read);
+    }
     let p = &r.phases;
     println!(
         "phases (s): schedule {:.2}, plan {:.2}, fetch {:.2}, decode {:.2}, encode/write {:.2}, lake commit {:.2}, cluster commit {:.2}",
@@ -184,12 +187,17 @@ pub(super) fn print_summary(r: &JobReport, elapsed: Duration) {
     );
 }
 
-/// The demo's tables: a bucketed one, a partitioned one, and one with every other type.
-const DEMO_TABLES: [(&str, &str, u32, Option<&str>); 3] = [
-    ("demo.orders", "id:int64,customer:string,amount:decimal(10,2),ts:timestamp", 4, None),
-    ("demo.clicks", "id:int64,region:string,url:string,ts:timestamp", 2, Some("region")),
-    ("demo.sensors", "id:int64,sensor:int32,reading:float64,ratio:float32,ok:bool,day:date,raw:binary", 3, None),
+/// The demo's tables: a bucketed one, a partitioned one, one with every other type, and (Paimon only) a primary-key
+/// table written with updates and deletes: `(name, schema, buckets, partition key, primary key)`.
+const DEMO_TABLES: [(&str, &str, u32, Option<&str>, bool); 4] = [
+    ("demo.orders", "id:int64,customer:string,amount:decimal(10,2),ts:timestamp", 4, None, false),
+    ("demo.clicks", "id:int64,region:string,url:string,ts:timestamp", 2, Some("region"), false),
+    ("demo.sensors", "id:int64,sensor:int32,reading:float64,ratio:float32,ok:bool,day:date,raw:binary", 3, None, false),
+    ("demo.accounts", "id:int64,owner:string,balance:decimal(12,2),updated:timestamp", 3, None, true),
 ];
+
+/// How the demo's primary-key table is written: half the rows update an earlier key, one in twenty deletes one.
+const DEMO_KV: KvMix = KvMix { update: 0.5, delete: 0.05 };
 
 pub fn run_demo(args: super::DemoArgs) -> anyhow::Result<()> {
     let dir = match &args.dir {
@@ -208,13 +216,17 @@ pub fn run_demo(args: super::DemoArgs) -> anyhow::Result<()> {
     let client = runtime.block_on(ClusterClient::connect(&url))?;
 
     let mut tables = Vec::new();
-    for (name, schema, buckets, partition_key) in DEMO_TABLES {
+    for (name, schema, buckets, partition_key, keyed) in DEMO_TABLES {
+        if keyed && args.format == "iceberg" {
+            println!("skipping {name}: primary-key tables tier to Paimon only");
+            continue;
+        }
         let path: TablePath = name.parse()?;
         let mut descriptor = TableDescriptor {
             columns: parse_schema(schema)?,
             buckets,
             partition_key: partition_key.map(str::to_string),
-            primary_key: vec![],
+            primary_key: if keyed { vec!["id".into()] } else { vec![] },
             properties: Default::default(),
         };
         descriptor.properties.insert(DATALAKE_FRESHNESS.into(), "1s".into());
@@ -238,7 +250,7 @@ pub fn run_demo(args: super::DemoArgs) -> anyhow::Result<()> {
         tuning: TuningArgs {
             poll_interval: "200ms".into(),
             target_file_size: 128 << 20,
-            max_tables: 3,
+            max_tables: 4,
             max_splits_per_worker: 2,
             split_rows: 1_000_000,
             fetch_max_bytes: 8 << 20,
@@ -250,8 +262,8 @@ pub fn run_demo(args: super::DemoArgs) -> anyhow::Result<()> {
     for (step, (start_row, rows)) in [(0, args.rows), (args.rows, args.rows / 5)].into_iter().enumerate() {
         let workload = Workload { seed: 2026, partitions: 3 };
         for (id, path, descriptor) in &tables {
-            let opts =
-                ProduceOptions { start_row, rows, batch: 10_000, rate: None, concurrency: 8, kv: KvMix::default() };
+            let kv = if descriptor.has_primary_key() { DEMO_KV } else { KvMix::default() };
+            let opts = ProduceOptions { start_row, rows, batch: 10_000, rate: None, concurrency: 8, kv };
             let report = runtime.block_on(produce(&client, *id, descriptor, &workload, &opts))?;
             println!("produced {} rows into {path}", report.rows);
         }

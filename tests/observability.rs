@@ -65,13 +65,14 @@ async fn metrics_show_the_lag_falling_to_zero() {
     );
 }
 
-#[test]
-fn bench_writes_one_json_document_per_run() {
-    const ROWS: u64 = 100_000;
+/// Runs `fluss-tiering bench ARGS --json FILE` in a temporary directory; returns its JSON documents.
+fn bench(args: &[&str]) -> Vec<serde_json::Value> {
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("runs.jsonl");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_fluss-tiering"))
-        .args(["bench", "--rows", &ROWS.to_string(), "--buckets", "2", "--workers", "1,2", "--json"])
+        .arg("bench")
+        .args(args)
+        .arg("--json")
         .arg(&json)
         .arg("--dir")
         .arg(dir.path().join("work"))
@@ -80,8 +81,13 @@ fn bench_writes_one_json_document_per_run() {
         .expect("bench");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = std::fs::read_to_string(&json).expect("json file");
-    let runs: Vec<serde_json::Value> =
-        text.lines().map(|l| serde_json::from_str(l).expect("one JSON document per line")).collect();
+    text.lines().map(|l| serde_json::from_str(l).expect("one JSON document per line")).collect()
+}
+
+#[test]
+fn bench_writes_one_json_document_per_run() {
+    const ROWS: u64 = 100_000;
+    let runs = bench(&["--rows", &ROWS.to_string(), "--buckets", "2", "--workers", "1,2"]);
     assert_eq!(runs.len(), 3, "the baseline, then one run per worker count");
     assert!(runs[0]["kind"].as_str().expect("kind").starts_with("baseline"));
     assert_eq!(runs.iter().skip(1).map(|r| r["workers"].as_u64().expect("workers")).collect::<Vec<_>>(), vec![1, 2]);
@@ -111,20 +117,8 @@ fn bench_writes_one_json_document_per_run() {
 
 #[test]
 fn bench_runs_the_job_as_several_processes() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let json = dir.path().join("runs.jsonl");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fluss-tiering"))
-        .args(["bench", "--rows", "30000", "--buckets", "3", "--partitions", "2", "--workers", "1", "--processes", "2"])
-        .arg("--json")
-        .arg(&json)
-        .arg("--dir")
-        .arg(dir.path().join("work"))
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("bench");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = std::fs::read_to_string(&json).expect("json file");
-    let run: serde_json::Value = serde_json::from_str(text.lines().nth(1).expect("a tiering run")).expect("JSON");
+    let runs = bench(&["--rows", "30000", "--buckets", "3", "--partitions", "2", "--workers", "1", "--processes", "2"]);
+    let run = &runs[1];
     assert_eq!(run["processes"].as_u64(), Some(2));
     assert_eq!(run["rows"].as_u64(), Some(30_000), "the two processes together tier every row once");
     // 2 partitions x 3 buckets, each written by one of the processes.
@@ -133,20 +127,18 @@ fn bench_runs_the_job_as_several_processes() {
 
 #[test]
 fn freshness_run_reports_append_to_visible_lag_per_table() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let json = dir.path().join("freshness.jsonl");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fluss-tiering"))
-        .args(["bench", "--freshness-for", "3s", "--rate", "2000", "--table-freshness", "500ms", "--tables", "2"])
-        .args(["--workers", "2", "--json"])
-        .arg(&json)
-        .arg("--dir")
-        .arg(dir.path().join("work"))
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("bench");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = std::fs::read_to_string(&json).expect("json file");
-    let tables: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).expect("JSON")).collect();
+    let tables = bench(&[
+        "--freshness-for",
+        "3s",
+        "--rate",
+        "2000",
+        "--table-freshness",
+        "500ms",
+        "--tables",
+        "2",
+        "--workers",
+        "2",
+    ]);
     assert_eq!(tables.len(), 2, "one document per table");
     for t in &tables {
         assert_eq!(t["kind"], "freshness");
@@ -162,4 +154,18 @@ fn freshness_run_reports_append_to_visible_lag_per_table() {
         );
         assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{t}");
     }
+}
+
+#[test]
+fn bench_reports_what_consolidation_saves_on_a_primary_key_workload() {
+    use fluss_tiering::workload::{KvMix, Workload};
+    let runs =
+        bench(&["--rows", "40000", "--buckets", "2", "--pk-ratio", "1", "--update-ratio", "0.8", "--workers", "1"]);
+    let run = &runs[1];
+    let (changes, rows) = (run["changes_read"].as_u64().expect("changes"), run["rows"].as_u64().expect("rows"));
+    // 80% of the rows update an earlier key, each update two changes (-U, +U): one round (bench rounds are not cut
+    // short) writes exactly one row per key alive at the end, whatever happened to it on the way.
+    let live = Workload { seed: 7, partitions: 1 }.kv_state(40_000, KvMix { update: 0.8, delete: 0.05 }).len();
+    assert_eq!(rows, live as u64, "one row per live key: {run}");
+    assert!(changes > 40_000 && rows * 2 < changes, "consolidation writes a fraction of the changes: {run}");
 }

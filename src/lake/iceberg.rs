@@ -37,7 +37,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::failpoint;
 use crate::lake::{
     BUCKET_COLUMN, CommitMarker, LakeCommitter, LakeOptions, LakeTieringFactory, LakeWriter, OFFSET_COLUMN,
-    TABLE_PROP_TABLE_ID, TIMESTAMP_COLUMN, TableContext, TieredSnapshot, WriterContext, WrittenData,
+    TABLE_PROP_TABLE_ID, TIMESTAMP_COLUMN, TableContext, TieredSnapshot, WriterContext, WrittenData, fit_columns,
 };
 
 /// The catalog name every Iceberg client uses to find our tables.
@@ -380,21 +380,8 @@ struct DataFiles {
 #[async_trait]
 impl LakeWriter for IcebergLakeWriter {
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
-        // Columns by name (the lake's order can differ after schema evolution); types may differ in representation
-        // only (Binary vs LargeBinary, time zone spelling); the field ids Iceberg needs ride in the target schema.
-        let n = batch.num_rows();
-        let columns = self
-            .target_schema
-            .fields()
-            .iter()
-            .map(|f| match batch.column_by_name(f.name()) {
-                Some(c) if c.data_type() == f.data_type() => Ok(Arc::clone(c)),
-                Some(c) => cast(c, f.data_type()),
-                // A column the lake has and the Fluss table does not (added outside): null.
-                None => Ok(arrow::array::new_null_array(f.data_type(), n)),
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| Error::new(ErrorKind::SchemaMismatch, "records do not fit the lake schema").with_source(e))?;
+        // The field ids Iceberg needs ride in the target schema.
+        let columns = fit_columns(&batch, &self.target_schema)?;
         let batch = RecordBatch::try_new(Arc::clone(&self.target_schema), columns)
             .map_err(|e| Error::new(ErrorKind::SchemaMismatch, "records do not fit the lake schema").with_source(e))?;
         self.rows += batch.num_rows() as u64;

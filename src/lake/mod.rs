@@ -238,6 +238,22 @@ pub fn align_columns(fields: &[arrow::datatypes::FieldRef], batch: &RecordBatch)
         .collect()
 }
 
+/// The columns of `batch` for a lake writer's `target` schema, by name (the lake's order can differ after schema
+/// evolution): cast where only the representation differs (Binary vs LargeBinary, time-zone spelling), null for a
+/// column the lake has and the batch does not (added outside).
+pub fn fit_columns(batch: &RecordBatch, target: &SchemaRef) -> Result<Vec<ArrayRef>> {
+    target
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => Ok(Arc::clone(c)),
+            Some(c) => arrow::compute::cast(c, f.data_type()),
+            None => Ok(arrow::array::new_null_array(f.data_type(), batch.num_rows())),
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::new(ErrorKind::SchemaMismatch, "records do not fit the lake schema").with_source(e))
+}
+
 /// Appends the system columns to a batch read from the cluster: `base_offset` is the offset of its first row,
 /// `append_timestamp_ms` the time its batch was appended. The batch's columns are taken by name, so a batch stored
 /// before a column was added reads that column as null.

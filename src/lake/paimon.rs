@@ -17,8 +17,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch};
-use arrow::compute::cast;
+use arrow::array::RecordBatch;
 use arrow::datatypes::{Field, Schema as ArrowSchema, SchemaRef as ArrowSchemaRef};
 use async_trait::async_trait;
 use paimon::catalog::Identifier;
@@ -36,7 +35,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::failpoint;
 use crate::lake::{
     BUCKET_COLUMN, CommitMarker, LakeCommitter, LakeTieringFactory, LakeWriter, OFFSET_COLUMN, TABLE_PROP_TABLE_ID,
-    TIMESTAMP_COLUMN, TableContext, TieredSnapshot, WriterContext, WrittenData,
+    TIMESTAMP_COLUMN, TableContext, TieredSnapshot, WriterContext, WrittenData, fit_columns,
 };
 
 /// The commit user of every tiering commit.
@@ -245,18 +244,7 @@ struct Messages(Vec<Vec<u8>>);
 impl LakeWriter for PaimonWriter {
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
         let n = batch.num_rows();
-        let columns = self
-            .target_schema
-            .fields()
-            .iter()
-            .map(|f| match batch.column_by_name(f.name()) {
-                Some(c) if c.data_type() == f.data_type() => Ok(Arc::clone(c)),
-                Some(c) => cast(c, f.data_type()),
-                None => Ok(arrow::array::new_null_array(f.data_type(), n)),
-            })
-            .collect::<std::result::Result<Vec<ArrayRef>, _>>()
-            .map_err(|e| Error::new(ErrorKind::SchemaMismatch, "records do not fit the lake schema").with_source(e))?;
-        let mut columns = columns;
+        let mut columns = fit_columns(&batch, &self.target_schema)?;
         let mut schema = Arc::clone(&self.target_schema);
         // A primary-key batch says per row whether it inserts, updates or deletes its key: Paimon's row kind.
         if let Some(kinds) = batch.column_by_name(CHANGE_TYPE_COLUMN) {

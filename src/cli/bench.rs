@@ -239,7 +239,12 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     let total_rows = args.rows * u64::from(args.tables);
     println!("produced {total_rows} rows in {:.2}s", produce_started.elapsed().as_secs_f64());
 
-    let baseline = runtime.block_on(baseline(&client, &tables, &dir))?;
+    // The baseline compresses as the lake's writer does: zstd for Paimon (its default), snappy for our Iceberg writer.
+    let codec = match args.format.as_str() {
+        "paimon" => Compression::ZSTD(Default::default()),
+        _ => Compression::SNAPPY,
+    };
+    let baseline = runtime.block_on(baseline(&client, &tables, &dir, codec))?;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut runs = vec![Run {
         kind: "baseline: arrow-rs Parquet encode",
@@ -417,6 +422,7 @@ async fn baseline(
     client: &ClusterClient,
     tables: &[(i64, TablePath, TableDescriptor)],
     dir: &std::path::Path,
+    codec: Compression,
 ) -> anyhow::Result<Baseline> {
     let mut per_table = Vec::new();
     let mut arrow_bytes = 0u64;
@@ -450,7 +456,7 @@ async fn baseline(
     for (i, (schema, batches)) in per_table.iter().enumerate() {
         let path = dir.join(format!("baseline-{i}.parquet"));
         let file = std::fs::File::create(&path)?;
-        let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+        let props = WriterProperties::builder().set_compression(codec).build();
         let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props))?;
         for b in batches {
             writer.write(b)?;

@@ -276,34 +276,26 @@ impl Cluster {
         }
         let partition_id = self.partition_for(&table, partition_name)?;
         let id = BucketId { table_id, partition_id, bucket };
+        let Some(first) = batches.first() else {
+            return Err(Error::new(ErrorKind::InvalidArgument, "records hold no rows"));
+        };
+        // One batch, so that later rows of the request see the changes of earlier ones.
+        let batch = arrow::compute::concat_batches(&first.schema(), &batches).map_err(|e| {
+            Error::new(ErrorKind::CorruptMessage, "records hold batches of different schemas").with_source(e)
+        })?;
         let kv = self.kv_bucket(&table, id)?;
         let mut kv = lock(&kv);
-        let mut changelogs = Vec::new();
-        for batch in &batches {
-            if let Some(changes) = kv.changelog(batch, delete)? {
-                // Later batches of the request see the changes of earlier ones.
-                kv.apply(&changes)?;
-                changelogs.push(changes);
-            }
-        }
-        let changes: usize = changelogs.iter().map(|c| c.num_rows()).sum();
         let log = self.log(id)?;
         let mut log = lock(&log);
-        if changes == 0 {
+        let Some(changelog) = kv.changelog(&batch, delete)? else {
             return Ok(Appended { partition_id, base_offset: log.end_offset(), record_count: 0 });
-        }
-        let encoded = crate::rpc::ipc::encode(&changelogs)?;
-        let record_count = u32::try_from(changes)
-            .map_err(|_| Error::new(ErrorKind::InvalidArgument, "too many changes in one request"))?;
-        let base_offset = match log.append(&encoded, record_count, now_ms()) {
-            Ok(offset) => offset,
-            Err(e) => {
-                // Not durable: the state must not keep changes the log refused. Rebuild it from disk.
-                drop(kv);
-                lock(&self.kv).remove(&id);
-                return Err(e);
-            }
         };
+        let record_count = u32::try_from(changelog.num_rows())
+            .map_err(|_| Error::new(ErrorKind::InvalidArgument, "too many changes in one request"))?;
+        // Durable first, then applied: the state never holds a change the log does not.
+        let base_offset =
+            log.append(&crate::rpc::ipc::encode(std::slice::from_ref(&changelog))?, record_count, now_ms())?;
+        kv.apply(&changelog)?;
         kv.note_changes(u64::from(record_count), log.end_offset())?;
         self.coordinator().note_data(table_id);
         self.produced.fetch_add(u64::from(record_count), std::sync::atomic::Ordering::Relaxed);

@@ -209,7 +209,7 @@ pub async fn factory(
             ErrorKind::InvalidArgument,
             "--catalog names an Iceberg SQL catalog; Paimon's filesystem catalog lives in the warehouse itself",
         )),
-        "paimon" => Ok(Arc::new(paimon::PaimonFactory::open(warehouse).await?)),
+        "paimon" => Ok(Arc::new(paimon::PaimonFactory::open(warehouse, options).await?)),
         other => Err(Error::new(
             ErrorKind::InvalidArgument,
             format!("unknown lake format {other:?}: choose paimon or iceberg"),

@@ -34,7 +34,7 @@ use crate::cluster::table::{ColumnType, TableDescriptor};
 use crate::error::{Error, ErrorKind, Result};
 use crate::failpoint;
 use crate::lake::{
-    BUCKET_COLUMN, CommitMarker, LakeCommitter, LakeTieringFactory, LakeWriter, OFFSET_COLUMN, TABLE_PROP_TABLE_ID,
+    BUCKET_COLUMN, CommitMarker, LakeCommitter, LakeOptions, LakeTieringFactory, LakeWriter, OFFSET_COLUMN, TABLE_PROP_TABLE_ID,
     TIMESTAMP_COLUMN, TableContext, TieredSnapshot, WriterContext, WrittenData, fit_columns,
 };
 
@@ -51,21 +51,23 @@ fn lake_err(context: impl Into<String>) -> impl FnOnce(paimon::Error) -> Error {
 /// The Paimon format.
 pub struct PaimonFactory {
     catalog: Arc<dyn Catalog>,
+    options: LakeOptions,
 }
 
 impl PaimonFactory {
     /// Opens the filesystem catalog on `warehouse`.
-    pub async fn open(warehouse: &Path) -> Result<Self> {
+    pub async fn open(warehouse: &Path, options: LakeOptions) -> Result<Self> {
         std::fs::create_dir_all(warehouse).map_err(|e| {
             Error::new(ErrorKind::Lake, format!("creating warehouse {}", warehouse.display())).with_source(e)
         })?;
         let path = warehouse.canonicalize().map_err(|e| {
             Error::new(ErrorKind::Lake, format!("resolving warehouse {}", warehouse.display())).with_source(e)
         })?;
-        let mut options = Options::new();
-        options.set(CatalogOptions::WAREHOUSE, format!("file://{}", path.display()));
-        let catalog = CatalogFactory::create(options).await.map_err(lake_err("opening the Paimon catalog"))?;
-        Ok(PaimonFactory { catalog })
+        let mut catalog_options = Options::new();
+        catalog_options.set(CatalogOptions::WAREHOUSE, format!("file://{}", path.display()));
+        let catalog =
+            CatalogFactory::create(catalog_options).await.map_err(lake_err("opening the Paimon catalog"))?;
+        Ok(PaimonFactory { catalog, options })
     }
 
     async fn load(&self, t: &TableContext) -> Result<Table> {
@@ -213,6 +215,9 @@ impl LakeTieringFactory for PaimonFactory {
     async fn create_writer(&self, t: &TableContext, ctx: WriterContext) -> Result<Box<dyn LakeWriter>> {
         let table = self.load(t).await?;
         check_owner(t, &table)?;
+        // A writer rolls to a new file at the job's target size (a per-writer option, not the table's).
+        let size = HashMap::from([("target-file-size".to_string(), self.options.target_file_size.to_string())]);
+        let table = table.copy_with_options(size);
         let target_schema = write_schema(&table)?;
         let write = table
             .new_write_builder()

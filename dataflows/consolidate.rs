@@ -16,9 +16,9 @@ use arrow::row::{RowConverter, SortField};
 use differential_dataflow::consolidation::consolidate;
 
 use crate::cluster::kv::{CHANGE_TYPE_COLUMN, ChangeType};
-use crate::cluster::table::TableDescriptor;
+use crate::cluster::table::{TableDescriptor, align_columns};
 use crate::error::{Error, ErrorKind, Result};
-use crate::lake::{align_columns, lake_schema};
+use crate::lake::lake_schema;
 
 /// Offset given to rows that come from a KV snapshot (it records no per-row offsets).
 pub const SNAPSHOT_OFFSET: i64 = -1;

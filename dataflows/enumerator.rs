@@ -132,14 +132,7 @@ pub fn enumerator<'scope>(
         };
         if state.base.is_some() && state.ctx.config.once {
             let client = state.ctx.client.clone();
-            state.tasks.spawn(async move {
-                let tables = client.list_tables().await.and_then(|ts| {
-                    ts.into_iter()
-                        .filter_map(|t| t.descriptor.datalake_enabled().map(|on| on.then_some(t.table_id)).transpose())
-                        .collect()
-                });
-                Event::Tables(tables)
-            });
+            state.tasks.spawn(async move { Event::Tables(tables_to_catch_up(&client).await) });
         }
         move |_frontiers| {
             let mut outcomes = Vec::new();
@@ -186,6 +179,20 @@ pub fn enumerator<'scope>(
         }
     });
     (splits, plans)
+}
+
+/// `--once`: the lake-enabled tables that hold data now (a table never written to has nothing to catch up, and
+/// the coordinator never hands it out).
+async fn tables_to_catch_up(client: &crate::rpc::ClusterClient) -> Result<BTreeSet<i64>> {
+    let mut out = BTreeSet::new();
+    for t in client.list_tables().await? {
+        if t.descriptor.datalake_enabled()?
+            && client.end_offsets(t.table_id, &t.path, &t.descriptor).await?.iter().any(|(_, end)| *end > 0)
+        {
+            out.insert(t.table_id);
+        }
+    }
+    Ok(out)
 }
 
 impl Enumerator {

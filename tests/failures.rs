@@ -286,3 +286,18 @@ async fn an_added_column_evolves_the_lake_table_and_old_rows_read_null() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paimon_table_whose_creation_was_cut_short_is_created_again() {
+    let Setup { dir: _dir, warehouse, cluster, client, tables } = setup().await;
+    produce_all(&client, &tables, 0, 700).await;
+    // What a crash in the middle of the catalog's create-table leaves behind: the database, the table's directory
+    // and an empty schema file, no snapshot.
+    let schema_dir = warehouse.join("db.db").join("orders").join("schema");
+    std::fs::create_dir_all(&schema_dir).expect("dirs");
+    std::fs::write(schema_dir.join("schema-0"), b"").expect("torn schema file");
+    let out = tier(&cluster.url(), &warehouse, &[], &[]).await;
+    assert_success(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("half-created"), "the repair is logged");
+    check_lake_and_cluster(&client, &warehouse, &tables, 700).await;
+}

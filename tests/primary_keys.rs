@@ -74,6 +74,12 @@ async fn upsert_all(client: &ClusterClient, tables: &[TestTable], start_row: u64
 /// The lake table (read merged by pypaimon) equals the generator's state after `rows` rows: the same keys, and for
 /// each key the values of the row that last upserted it, in the bucket of its key.
 fn check_state(warehouse: &std::path::Path, t: &TestTable, rows: u64) {
+    check_state_added(warehouse, t, rows, None);
+}
+
+/// `check_state`, where `added = (column, row)` names a column added when row `row` was produced: keys last written
+/// before then read it as null.
+fn check_state_added(warehouse: &std::path::Path, t: &TestTable, rows: u64, added: Option<(&str, u64)>) {
     let lake = read_lake(warehouse, &t.path);
     let state: BTreeMap<u64, u64> = WORKLOAD.kv_state(rows, MIX);
     let batch = &lake.rows;
@@ -99,7 +105,13 @@ fn check_state(warehouse: &std::path::Path, t: &TestTable, rows: u64) {
     let expected = WORKLOAD.kv_batch(&t.descriptor, &pairs).expect("expected rows");
     for (i, field) in expected.schema().fields().iter().enumerate() {
         let got = cast(sorted.column_by_name(field.name()).expect("column"), field.data_type()).expect("cast");
-        assert_eq!(got.as_ref(), expected.column(i).as_ref(), "{}: column {} key by key", t.path, field.name());
+        let mut want = expected.column(i).clone();
+        if let Some((column, since)) = added.filter(|(c, _)| *c == field.name()) {
+            let before: arrow::array::BooleanArray = pairs.iter().map(|(r, _)| Some(*r < since)).collect();
+            want = arrow::compute::nullif(&want, &before).expect("nullif");
+            assert!(want.null_count() > 0 && want.null_count() < want.len(), "{column}: old and new rows both");
+        }
+        assert_eq!(got.as_ref(), want.as_ref(), "{}: column {} key by key", t.path, field.name());
     }
 }
 
@@ -184,6 +196,26 @@ async fn kv_crash_between_lake_commit_and_cluster_commit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_crash_after_cluster_commit() {
     kv_crash_then_recover(failpoint::POINTS[3]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_added_column_reaches_the_primary_key_lake_table_and_older_keys_read_null() {
+    let KvSetup { dir: _dir, warehouse, cluster, client, tables } = kv_setup().await;
+    let users = &tables[0];
+    upsert_all(&client, std::slice::from_ref(users), 0, 1200).await;
+    assert_success(&tier(&cluster.url(), &warehouse, &[], &[]).await);
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fluss-tiering"))
+        .args(["alter-table", "--cluster", &cluster.url(), "--table", "db.users", "--add-column", "note:string"])
+        .output()
+        .expect("alter-table");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (_, descriptor) = client.table_info(&users.path).await.expect("info");
+    let evolved = TestTable { id: users.id, path: users.path.clone(), descriptor };
+    // The cluster rebuilds the buckets' state in the new schema; updates of old keys carry the new column.
+    upsert_all(&client, std::slice::from_ref(&evolved), 1200, 800).await;
+    assert_success(&tier(&cluster.url(), &warehouse, &[], &[]).await);
+    check_state_added(&warehouse, &evolved, 2000, Some(("note", 1200)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

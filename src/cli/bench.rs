@@ -429,7 +429,7 @@ async fn baseline(
     for (id, path, descriptor) in tables {
         let schema = lake_schema(descriptor);
         let mut batches = Vec::new();
-        for ((partition, bucket), _) in super::end_offsets(client, *id, path, descriptor).await? {
+        for ((partition, bucket), _) in client.end_offsets(*id, path, descriptor).await? {
             let mut offset = 0;
             loop {
                 let resp = client.fetch(*id, partition, bucket, offset, 8 << 20).await?;

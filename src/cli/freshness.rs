@@ -134,7 +134,7 @@ pub fn measure(
                 history.iter().map(|s| (s.committed_at_ms, s.marker.offset_map())).collect();
             let mut lags: Vec<(i64, u64)> = Vec::new();
             let mut not_visible = 0u64;
-            for ((partition_id, bucket), _) in super::end_offsets(client, *id, path, descriptor).await? {
+            for ((partition_id, bucket), _) in client.end_offsets(*id, path, descriptor).await? {
                 let key = TableBucket { partition_id, bucket };
                 for (base, count, appended) in stored_batches(client, *id, partition_id, bucket).await? {
                     let end = base + count;
@@ -191,7 +191,7 @@ async fn wait_caught_up(client: &ClusterClient, tables: &[(i64, TablePath, Table
     let deadline = Instant::now() + CATCH_UP;
     for (id, path, descriptor) in tables {
         loop {
-            let ends = super::end_offsets(client, *id, path, descriptor).await?;
+            let ends = client.end_offsets(*id, path, descriptor).await?;
             let tiered: std::collections::HashMap<(Option<i64>, i32), i64> = match client.lake_snapshot(path).await? {
                 Some(s) => s
                     .bucket_snapshots

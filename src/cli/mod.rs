@@ -401,27 +401,6 @@ async fn run_produce(args: ProduceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// End offsets of every bucket of a table: `(partition id, bucket) → high watermark`.
-pub(crate) async fn end_offsets(
-    client: &ClusterClient,
-    table_id: i64,
-    path: &TablePath,
-    descriptor: &TableDescriptor,
-) -> anyhow::Result<Vec<((Option<i64>, i32), i64)>> {
-    let buckets: Vec<i32> = (0..descriptor.buckets as i32).collect();
-    let partitions: Vec<Option<i64>> = if descriptor.is_partitioned() {
-        client.list_partitions(path).await?.into_iter().map(|(id, _)| Some(id)).collect()
-    } else {
-        vec![None]
-    };
-    let mut out = Vec::new();
-    for p in partitions {
-        let ends = client.list_offsets(table_id, p, &buckets, true).await?;
-        out.extend(buckets.iter().zip(ends).map(|(b, e)| ((p, *b), e)));
-    }
-    Ok(out)
-}
-
 pub(crate) async fn print_tables(client: &ClusterClient) -> anyhow::Result<()> {
     let tables = client.list_tables().await?;
     println!(
@@ -430,7 +409,7 @@ pub(crate) async fn print_tables(client: &ClusterClient) -> anyhow::Result<()> {
     );
     for t in tables {
         let partitions = if t.descriptor.is_partitioned() { client.list_partitions(&t.path).await?.len() } else { 0 };
-        let end: i64 = end_offsets(client, t.table_id, &t.path, &t.descriptor).await?.iter().map(|(_, e)| e).sum();
+        let end: i64 = client.end_offsets(t.table_id, &t.path, &t.descriptor).await?.iter().map(|(_, e)| e).sum();
         println!(
             "{:<6} {:<28} {:>7} {:>10} {:>12} {:<10} {:>6} {:>20}",
             t.table_id,
@@ -453,7 +432,7 @@ async fn print_status(client: &ClusterClient) -> anyhow::Result<()> {
         "table", "state", "epoch", "lake snapshot", "tiered", "end", "lag", "last tiered", "failures"
     );
     for t in client.list_tables().await? {
-        let ends = end_offsets(client, t.table_id, &t.path, &t.descriptor).await?;
+        let ends = client.end_offsets(t.table_id, &t.path, &t.descriptor).await?;
         let lake: std::collections::HashMap<(Option<i64>, i32), i64> = match client.lake_snapshot(&t.path).await? {
             Some(s) => {
                 s.bucket_snapshots.iter().map(|b| ((b.partition_id, b.bucket_id), b.log_offset.unwrap_or(0))).collect()

@@ -300,7 +300,7 @@ async fn print_lake(
         let ctx = TableContext { table_id: *id, path: path.clone(), descriptor: descriptor.clone() };
         let latest = lake.create_committer(&ctx).await?.latest().await?;
         let in_lake: i64 = latest.as_ref().map(|l| l.marker.offsets.iter().map(|o| o.offset).sum()).unwrap_or(0);
-        let end: i64 = super::end_offsets(client, *id, path, descriptor).await?.iter().map(|(_, e)| e).sum();
+        let end: i64 = client.end_offsets(*id, path, descriptor).await?.iter().map(|(_, e)| e).sum();
         println!(
             "{:<14} {:>20} {:>12} {:>12} {:>8}",
             path.to_string(),

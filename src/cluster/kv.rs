@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::log::{BucketLog, sync_dir};
 use crate::cluster::persist;
-use crate::cluster::table::TableDescriptor;
+use crate::cluster::table::{TableDescriptor, align_columns};
 use crate::error::{Error, ErrorKind, Result};
 use crate::rpc::ipc;
 
@@ -242,13 +242,8 @@ impl KvBucket {
             .column_by_name(CHANGE_TYPE_COLUMN)
             .and_then(|c| c.as_any().downcast_ref::<Int8Array>())
             .ok_or_else(|| Error::new(ErrorKind::CorruptMessage, "changelog without change types"))?;
-        let user_columns: Vec<ArrayRef> = self
-            .schema
-            .fields()
-            .iter()
-            .map(|f| changelog.column_by_name(f.name()).cloned())
-            .collect::<Option<_>>()
-            .ok_or_else(|| Error::new(ErrorKind::CorruptMessage, "changelog columns do not match the table"))?;
+        // By name: changes logged before a column was added read it as null.
+        let user_columns = align_columns(self.schema.fields(), changelog);
         let keys =
             self.keys.encode(&self.key_indices.iter().map(|&i| Arc::clone(&user_columns[i])).collect::<Vec<_>>())?;
         let rows = self.rows.encode(&user_columns)?;
@@ -312,10 +307,10 @@ impl KvBucket {
 
     fn load_snapshot(&mut self, s: KvSnapshot) -> Result<()> {
         for index in 0..s.batch_count {
-            let batch = read_snapshot_batch(&self.dir, s.snapshot_id, index)?.0;
+            let columns = align_columns(self.schema.fields(), &read_snapshot_batch(&self.dir, s.snapshot_id, index)?.0);
             let keys =
-                self.keys.encode(&self.key_indices.iter().map(|&i| Arc::clone(batch.column(i))).collect::<Vec<_>>())?;
-            let rows = self.rows.encode(batch.columns())?;
+                self.keys.encode(&self.key_indices.iter().map(|&i| Arc::clone(&columns[i])).collect::<Vec<_>>())?;
+            let rows = self.rows.encode(&columns)?;
             self.state.extend(keys.into_iter().zip(rows));
         }
         Ok(())

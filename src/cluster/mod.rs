@@ -31,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arrow::array::{Array, RecordBatch, StringArray};
 use arrow::compute::cast;
-use arrow::datatypes::DataType;
+use arrow::datatypes::{DataType, SchemaRef};
 use arrow::ipc::reader::StreamReader;
 use bytes::Bytes;
 
@@ -98,7 +98,8 @@ pub struct Cluster {
     metadata: Mutex<Metadata>,
     coordinator: Mutex<Coordinator>,
     logs: Mutex<HashMap<BucketId, Arc<Mutex<BucketLog>>>>,
-    kv: Mutex<HashMap<BucketId, Arc<Mutex<KvBucket>>>>,
+    /// Primary-key buckets in use, with the schema each one's state is kept in.
+    kv: Mutex<HashMap<BucketId, (SchemaRef, Arc<Mutex<KvBucket>>)>>,
     /// Records acknowledged since start.
     produced: std::sync::atomic::AtomicU64,
 }
@@ -283,10 +284,14 @@ impl Cluster {
         let batch = arrow::compute::concat_batches(&first.schema(), &batches).map_err(|e| {
             Error::new(ErrorKind::CorruptMessage, "records hold batches of different schemas").with_source(e)
         })?;
-        let kv = self.kv_bucket(&table, id)?;
-        let mut kv = lock(&kv);
-        let log = self.log(id)?;
-        let mut log = lock(&log);
+        let (kv, log) = (self.kv_bucket(&table, id)?, self.log(id)?);
+        let (mut kv_state, mut log) = (lock(&kv), lock(&log));
+        if !lock(&self.kv).get(&id).is_some_and(|(_, current)| Arc::ptr_eq(current, &kv)) {
+            // The state was rebuilt (a column was added) while this request waited: it must not write through the
+            // old one.
+            return Err(Error::new(ErrorKind::SchemaMismatch, "the table's schema changed during the request: retry"));
+        }
+        let kv = &mut kv_state;
         let Some(changelog) = kv.changelog(&batch, delete)? else {
             return Ok(Appended { partition_id, base_offset: log.end_offset(), record_count: 0 });
         };
@@ -345,19 +350,26 @@ impl Cluster {
     }
 
     /// The state of a primary-key bucket, recovered from its snapshot and log on first use.
+    /// After a column was added, the state is rebuilt in the new schema (from the snapshot and the log, whose older
+    /// rows read the new column as null).
     fn kv_bucket(&self, table: &TableInfo, id: BucketId) -> Result<Arc<Mutex<KvBucket>>> {
-        if let Some(kv) = lock(&self.kv).get(&id) {
-            return Ok(Arc::clone(kv));
+        let schema = table.descriptor.arrow_schema();
+        let cached = |all: &HashMap<BucketId, (SchemaRef, Arc<Mutex<KvBucket>>)>| {
+            all.get(&id).filter(|(s, _)| *s == schema).map(|(_, kv)| Arc::clone(kv))
+        };
+        if let Some(kv) = cached(&lock(&self.kv)) {
+            return Ok(kv);
         }
+        // Lock order: a bucket's log, then the map (a writer holds its bucket's state, then its log).
         let log = self.log(id)?;
         let log = lock(&log);
         let mut all = lock(&self.kv);
-        if let Some(kv) = all.get(&id) {
-            return Ok(Arc::clone(kv));
+        if let Some(kv) = cached(&all) {
+            return Ok(kv);
         }
         let kv = KvBucket::open(&self.kv_dir(id), &table.descriptor, &log, self.config.kv_snapshot_every)?;
         let kv = Arc::new(Mutex::new(kv));
-        all.insert(id, Arc::clone(&kv));
+        all.insert(id, (schema, Arc::clone(&kv)));
         Ok(kv)
     }
 

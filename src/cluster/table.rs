@@ -205,6 +205,21 @@ pub fn parse_schema(spec: &str) -> Result<Vec<Column>> {
     Ok(columns)
 }
 
+/// The columns of `batch` for `fields`, taken by name: a field the batch lacks (a column added after the batch was
+/// stored) reads as null.
+pub fn align_columns(
+    fields: &[arrow::datatypes::FieldRef],
+    batch: &arrow::array::RecordBatch,
+) -> Vec<arrow::array::ArrayRef> {
+    fields
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) => Arc::clone(c),
+            None => arrow::array::new_null_array(f.data_type(), batch.num_rows()),
+        })
+        .collect()
+}
+
 /// Everything needed to create a table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TableDescriptor {

@@ -22,7 +22,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::table::{TableDescriptor, TablePath};
+use crate::cluster::table::{TableDescriptor, TablePath, align_columns};
 use crate::error::{Error, ErrorKind, Result};
 
 /// System column: the Fluss bucket a row came from.
@@ -224,18 +224,6 @@ pub fn lake_schema(descriptor: &TableDescriptor) -> SchemaRef {
     fields.push(Field::new(OFFSET_COLUMN, DataType::Int64, false));
     fields.push(Field::new(TIMESTAMP_COLUMN, DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false));
     Arc::new(Schema::new(fields))
-}
-
-/// The columns of `batch` for `fields`, taken by name: a field the batch lacks (a column added after the batch was
-/// stored) reads as null.
-pub fn align_columns(fields: &[arrow::datatypes::FieldRef], batch: &RecordBatch) -> Vec<ArrayRef> {
-    fields
-        .iter()
-        .map(|f| match batch.column_by_name(f.name()) {
-            Some(c) => Arc::clone(c),
-            None => arrow::array::new_null_array(f.data_type(), batch.num_rows()),
-        })
-        .collect()
 }
 
 /// The columns of `batch` for a lake writer's `target` schema, by name (the lake's order can differ after schema

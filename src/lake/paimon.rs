@@ -34,8 +34,8 @@ use crate::cluster::table::{ColumnType, TableDescriptor};
 use crate::error::{Error, ErrorKind, Result};
 use crate::failpoint;
 use crate::lake::{
-    BUCKET_COLUMN, CommitMarker, LakeCommitter, LakeOptions, LakeTieringFactory, LakeWriter, OFFSET_COLUMN, TABLE_PROP_TABLE_ID,
-    TIMESTAMP_COLUMN, TableContext, TieredSnapshot, WriterContext, WrittenData, fit_columns,
+    BUCKET_COLUMN, CommitMarker, LakeCommitter, LakeOptions, LakeTieringFactory, LakeWriter, OFFSET_COLUMN,
+    TABLE_PROP_TABLE_ID, TIMESTAMP_COLUMN, TableContext, TieredSnapshot, WriterContext, WrittenData, fit_columns,
 };
 
 /// The commit user of every tiering commit.
@@ -51,6 +51,7 @@ fn lake_err(context: impl Into<String>) -> impl FnOnce(paimon::Error) -> Error {
 /// The Paimon format.
 pub struct PaimonFactory {
     catalog: Arc<dyn Catalog>,
+    warehouse: std::path::PathBuf,
     options: LakeOptions,
 }
 
@@ -65,9 +66,8 @@ impl PaimonFactory {
         })?;
         let mut catalog_options = Options::new();
         catalog_options.set(CatalogOptions::WAREHOUSE, format!("file://{}", path.display()));
-        let catalog =
-            CatalogFactory::create(catalog_options).await.map_err(lake_err("opening the Paimon catalog"))?;
-        Ok(PaimonFactory { catalog, options })
+        let catalog = CatalogFactory::create(catalog_options).await.map_err(lake_err("opening the Paimon catalog"))?;
+        Ok(PaimonFactory { catalog, warehouse: path, options })
     }
 
     async fn load(&self, t: &TableContext) -> Result<Table> {
@@ -78,6 +78,14 @@ impl PaimonFactory {
         match self.catalog.get_table(&ident(t)).await {
             Ok(table) => return Ok(table),
             Err(paimon::Error::TableNotExist { .. } | paimon::Error::DatabaseNotExist { .. }) => {}
+            Err(e) if self.half_created(t) => {
+                // The catalog writes a new table's schema file in place: a crash while creating it leaves a table
+                // that cannot be loaded. It never got a snapshot, so nothing is lost by creating it again.
+                tracing::warn!(table = %t.path, error = %e, "lake table left half-created; creating it again");
+                let dir = self.table_dir(t);
+                std::fs::remove_dir_all(&dir)
+                    .map_err(|e| Error::new(ErrorKind::Lake, format!("removing {}", dir.display())).with_source(e))?;
+            }
             Err(e) => return Err(lake_err(format!("loading lake table {}", t.path))(e)),
         }
         self.catalog
@@ -89,6 +97,19 @@ impl PaimonFactory {
             Ok(()) | Err(paimon::Error::TableAlreadyExist { .. }) => self.load(t).await,
             Err(e) => Err(lake_err(format!("creating lake table {}", t.path))(e)),
         }
+    }
+
+    fn table_dir(&self, t: &TableContext) -> std::path::PathBuf {
+        self.warehouse.join(format!("{}.db", t.path.database)).join(&t.path.table)
+    }
+
+    /// Whether the table's directory exists without a single snapshot: a creation that did not finish.
+    fn half_created(&self, t: &TableContext) -> bool {
+        let dir = self.table_dir(t);
+        let snapshots = std::fs::read_dir(dir.join("snapshot"))
+            .map(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with("snapshot-")))
+            .unwrap_or(false);
+        dir.is_dir() && !snapshots
     }
 
     /// Adds to the lake table the columns the Fluss table gained since (nullable: older files read them as null).

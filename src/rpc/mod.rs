@@ -162,6 +162,27 @@ impl ClusterClient {
         self.produce_ipc(table_id, partition_name, bucket, ipc::encode(batches)?).await
     }
 
+    /// End offsets of every bucket of a table: `(partition id, bucket) → high watermark`.
+    pub async fn end_offsets(
+        &self,
+        table_id: i64,
+        path: &TablePath,
+        descriptor: &TableDescriptor,
+    ) -> Result<Vec<((Option<i64>, i32), i64)>> {
+        let buckets: Vec<i32> = (0..descriptor.buckets as i32).collect();
+        let partitions: Vec<Option<i64>> = if descriptor.is_partitioned() {
+            self.list_partitions(path).await?.into_iter().map(|(id, _)| Some(id)).collect()
+        } else {
+            vec![None]
+        };
+        let mut out = Vec::new();
+        for p in partitions {
+            let ends = self.list_offsets(table_id, p, &buckets, true).await?;
+            out.extend(buckets.iter().zip(ends).map(|(b, e)| ((p, *b), e)));
+        }
+        Ok(out)
+    }
+
     /// Upserts full rows (`delete == false`) or deletes rows by key in one bucket of a primary-key table.
     pub async fn put_kv(
         &self,

@@ -92,6 +92,9 @@ pub struct Fetched {
     pub batches: Vec<StoredBatch>,
 }
 
+/// A primary-key bucket's state, with the schema it is kept in.
+type KvEntry = (SchemaRef, Arc<Mutex<KvBucket>>);
+
 /// One cluster's state. All methods may block on disk: call them off the async runtime.
 pub struct Cluster {
     config: ClusterConfig,
@@ -99,7 +102,7 @@ pub struct Cluster {
     coordinator: Mutex<Coordinator>,
     logs: Mutex<HashMap<BucketId, Arc<Mutex<BucketLog>>>>,
     /// Primary-key buckets in use, with the schema each one's state is kept in.
-    kv: Mutex<HashMap<BucketId, (SchemaRef, Arc<Mutex<KvBucket>>)>>,
+    kv: Mutex<HashMap<BucketId, KvEntry>>,
     /// Records acknowledged since start.
     produced: std::sync::atomic::AtomicU64,
 }
@@ -354,7 +357,7 @@ impl Cluster {
     /// rows read the new column as null).
     fn kv_bucket(&self, table: &TableInfo, id: BucketId) -> Result<Arc<Mutex<KvBucket>>> {
         let schema = table.descriptor.arrow_schema();
-        let cached = |all: &HashMap<BucketId, (SchemaRef, Arc<Mutex<KvBucket>>)>| {
+        let cached = |all: &HashMap<BucketId, KvEntry>| {
             all.get(&id).filter(|(s, _)| *s == schema).map(|(_, kv)| Arc::clone(kv))
         };
         if let Some(kv) = cached(&lock(&self.kv)) {

@@ -117,10 +117,8 @@ async fn write_split(ctx: &JobContext, split: &Split, worker: usize) -> Result<(
     let fetcher = tokio::spawn(fetch_range(ctx.client.clone(), split.clone(), ctx.config.fetch_max_bytes, tx));
     lap(SplitWork::EncodeWrite);
     // A primary-key split's changes are summed by key first; only the net effect is written, at the end.
-    let mut keyed = match split.table.descriptor.has_primary_key() {
-        true => Some(Consolidator::new(&split.table.descriptor)?),
-        false => None,
-    };
+    let mut keyed =
+        split.table.descriptor.has_primary_key().then(|| Consolidator::new(&split.table.descriptor)).transpose()?;
     if let (Some(changes), Some(snapshot)) = (&mut keyed, split.snapshot) {
         ctx.metrics.snapshot_splits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         for index in 0..snapshot.batch_count {

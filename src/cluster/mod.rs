@@ -357,9 +357,8 @@ impl Cluster {
     /// rows read the new column as null).
     fn kv_bucket(&self, table: &TableInfo, id: BucketId) -> Result<Arc<Mutex<KvBucket>>> {
         let schema = table.descriptor.arrow_schema();
-        let cached = |all: &HashMap<BucketId, KvEntry>| {
-            all.get(&id).filter(|(s, _)| *s == schema).map(|(_, kv)| Arc::clone(kv))
-        };
+        let cached =
+            |all: &HashMap<BucketId, KvEntry>| all.get(&id).filter(|(s, _)| *s == schema).map(|(_, kv)| Arc::clone(kv));
         if let Some(kv) = cached(&lock(&self.kv)) {
             return Ok(kv);
         }

@@ -1,7 +1,8 @@
 //! Crash points for tests. `FLUSS_TIERING_FAILPOINT=NAME` makes the process exit with code [`EXIT_CODE`] the first
 //! time it reaches the point called `NAME`, as if it had been killed there; `NAME:pause` stops the process instead
-//! (SIGSTOP), as if it had hung there, until someone sends it SIGCONT. Without the variable a point costs one load of
-//! a cached value; points sit on per-split and per-round paths, never per row.
+//! (SIGSTOP), as if it had hung there, until someone sends it SIGCONT; `NAME:error` makes the call at an error point
+//! fail once (see [`injected_error`]). Without the variable a point costs one load of a cached value; points sit on
+//! per-split and per-round paths, never per row.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,22 +15,42 @@ pub const EXIT_CODE: i32 = 86;
 /// Every point, in the order a round passes them.
 pub const POINTS: [&str; 4] = ["mid-split", "before-lake-commit", "after-lake-commit", "after-cluster-commit"];
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Exit,
+    Pause,
+    Error,
+}
+
+/// The armed point and what it does, from the environment.
+fn armed() -> Option<&'static (String, Mode)> {
+    static ARMED: OnceLock<Option<(String, Mode)>> = OnceLock::new();
+    ARMED
+        .get_or_init(|| {
+            std::env::var(ENV).ok().map(|v| {
+                if let Some(point) = v.strip_suffix(":pause") {
+                    (point.to_string(), Mode::Pause)
+                } else if let Some(point) = v.strip_suffix(":error") {
+                    (point.to_string(), Mode::Error)
+                } else {
+                    (v, Mode::Exit)
+                }
+            })
+        })
+        .as_ref()
+}
+
+/// Whether the armed point has acted already (points act once).
+static FIRED: AtomicBool = AtomicBool::new(false);
+
 /// Acts if `name` is the armed point, the first time only: exits, or stops the process until it is continued.
 pub fn hit(name: &str) {
-    static FIRED: AtomicBool = AtomicBool::new(false);
-    static ARMED: OnceLock<Option<(String, bool)>> = OnceLock::new();
-    let armed = ARMED.get_or_init(|| {
-        std::env::var(ENV).ok().map(|v| match v.strip_suffix(":pause") {
-            Some(point) => (point.to_string(), true),
-            None => (v, false),
-        })
-    });
-    match armed {
-        Some((point, false)) if point == name => {
+    match armed() {
+        Some((point, Mode::Exit)) if point == name => {
             eprintln!("failpoint {name} reached: exiting with code {EXIT_CODE}");
             std::process::exit(EXIT_CODE);
         }
-        Some((point, true)) if point == name && !FIRED.swap(true, Ordering::Relaxed) => {
+        Some((point, Mode::Pause)) if point == name && !FIRED.swap(true, Ordering::Relaxed) => {
             eprintln!("failpoint {name} reached: pausing (SIGSTOP)");
             // SAFETY: raise only sends a signal to this process.
             unsafe { libc::raise(libc::SIGSTOP) };
@@ -37,6 +58,12 @@ pub fn hit(name: &str) {
         }
         _ => {}
     }
+}
+
+/// Whether the call at error point `name` must fail, as armed by `NAME:error` (once): e.g. `lake-commit-reply`, a
+/// lake commit that lands but whose reply is lost.
+pub fn injected_error(name: &str) -> bool {
+    matches!(armed(), Some((point, Mode::Error)) if point == name && !FIRED.swap(true, Ordering::Relaxed))
 }
 
 /// The variable that slows lake commits down: `db.table=MILLIS[,db.other=MILLIS…]`.

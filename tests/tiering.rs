@@ -181,3 +181,16 @@ async fn stale_job_is_fenced(format: &str) {
     let log = zombie_resumes_after_takeover("after-lake-commit", format).await;
     assert!(log.contains("is fenced"), "the zombie's cluster commit was refused under its stale epoch:\n{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paimon_commit_whose_reply_is_lost_is_found_in_the_lake_not_repeated() {
+    let Setup { dir: _dir, warehouse, cluster, client, tables } = setup().await;
+    produce_all(&client, &tables, 0, 1000).await;
+    // The first lake commit lands, then reports an error, as if its reply had been lost.
+    let out =
+        tier(&cluster.url(), &warehouse, &["--max-tables", "1"], &[(failpoint::ENV, "lake-commit-reply:error")]).await;
+    assert_success(&out);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("commit reported an error but landed"), "the committer looked in the lake:\n{log}");
+    check_lake_and_cluster(&client, &warehouse, &tables, 1000).await;
+}

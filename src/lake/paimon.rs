@@ -445,11 +445,22 @@ impl LakeCommitter for PaimonCommitter {
             .map_err(lake_err(format!("writing {path}")))?;
         let messages = messages(&written)?;
         failpoint::hit("before-lake-commit");
-        let committed = Self::commit_handle(&table)?.filter_and_commit_with_identifier(messages, identifier).await;
+        let committed = Self::commit_handle(&table)?
+            .filter_and_commit_with_identifier(messages, identifier)
+            .await
+            .map_err(lake_err(format!("committing to lake table {}", self.table.path)))
+            .and_then(|()| match failpoint::injected_error("lake-commit-reply") {
+                true => Err(Error::new(ErrorKind::Lake, "injected: the commit landed but its reply was lost")),
+                false => Ok(()),
+            });
         // Paimon filters an identifier at or below one already committed and returns Ok: only the lake can say
         // whether this round's snapshot is there.
         match (committed, self.committed_as(identifier).await) {
-            (_, Ok(Some(snapshot_id))) => Ok(snapshot_id),
+            (Err(e), Ok(Some(snapshot_id))) => {
+                tracing::warn!(table = %self.table.path, error = %e, "commit reported an error but landed");
+                Ok(snapshot_id)
+            }
+            (Ok(()), Ok(Some(snapshot_id))) => Ok(snapshot_id),
             (Ok(()), Ok(None)) => Err(Error::new(
                 ErrorKind::FencedTieringEpoch,
                 format!(
@@ -457,9 +468,7 @@ impl LakeCommitter for PaimonCommitter {
                     self.table.path
                 ),
             )),
-            (Err(e), Ok(None)) => {
-                Err(Error::new(ErrorKind::Lake, format!("committing to lake table {}", self.table.path)).with_source(e))
-            }
+            (Err(e), Ok(None)) => Err(e),
             (committed, Err(reload_err)) => Err(Error::new(
                 ErrorKind::CommitOutcomeUnknown,
                 format!(

@@ -384,7 +384,17 @@ fn run_processes(job: &TierArgs, dir: &std::path::Path) -> anyhow::Result<JobRep
             let report = dir.join(format!("report-w{}-p{p}.json", job.timely.workers));
             let mut cmd = std::process::Command::new(&exe);
             cmd.arg("tier").arg("--cluster").arg(&job.cluster).arg("--warehouse").arg(&job.warehouse);
-            cmd.args(["--once", "--poll-interval", &t.poll_interval, "--split-rows", &t.split_rows.to_string()]);
+            // The same job as the in-process runs: every setting of `job` goes on the command line.
+            cmd.args(["--once", "--format", &job.format, "--poll-interval", &t.poll_interval]);
+            cmd.args([
+                "--split-rows",
+                &t.split_rows.to_string(),
+                "--target-file-size",
+                &t.target_file_size.to_string(),
+            ]);
+            cmd.args(["--max-tables", &t.max_tables.to_string()]);
+            cmd.args(["--max-splits-per-worker", &t.max_splits_per_worker.to_string()]);
+            cmd.args(["--fetch-max-bytes", &t.fetch_max_bytes.to_string()]);
             cmd.args(["--max-round-duration", t.max_round_duration.as_deref().unwrap_or("1h")]);
             cmd.args(["-w", &job.timely.workers.to_string(), "-n", &n.to_string(), "-p", &p.to_string()]);
             cmd.arg("-h").arg(&hostfile).arg("--report-json").arg(&report);

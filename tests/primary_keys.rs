@@ -228,6 +228,7 @@ async fn iceberg_refuses_primary_key_tables_with_a_clear_error_while_log_tables_
     let out = tier(&cluster.url(), &warehouse, &["--format", "iceberg", "--max-tables", "4"], &[]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a --once job cannot catch up a table it cannot tier");
+    assert!(stderr.contains("its rounds will fail"), "the job says so at start:\n{stderr}");
     assert!(stderr.contains("cannot commit delete files"), "the error says why:\n{stderr}");
     assert!(stderr.contains("--format paimon"), "and what to do:\n{stderr}");
     for t in &logs {

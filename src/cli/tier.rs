@@ -88,6 +88,13 @@ pub(super) fn run_job_with(args: &TierArgs, started: impl FnOnce(&Arc<JobContext
     let (client, lake) = runtime.block_on(async {
         let client = ClusterClient::connect(&args.cluster).await?;
         let lake = lake::factory(&args.format, &args.warehouse, args.catalog.as_deref(), options).await?;
+        if args.format == "iceberg" {
+            // Said at start, not only when their rounds fail: these tables will not reach an Iceberg lake.
+            for t in client.list_tables().await?.iter().filter(|t| t.descriptor.has_primary_key()) {
+                tracing::warn!(table = %t.path, "primary-key table: Iceberg cannot take its deletes (the iceberg \
+                    crate cannot commit delete files); its rounds will fail; tier it with --format paimon");
+            }
+        }
         Ok::<_, crate::Error>((client, lake))
     })?;
     let ctx = Arc::new(JobContext::new(runtime.handle().clone(), client, lake, config));

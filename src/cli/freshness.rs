@@ -192,14 +192,7 @@ async fn wait_caught_up(client: &ClusterClient, tables: &[(i64, TablePath, Table
     for (id, path, descriptor) in tables {
         loop {
             let ends = client.end_offsets(*id, path, descriptor).await?;
-            let tiered: std::collections::HashMap<(Option<i64>, i32), i64> = match client.lake_snapshot(path).await? {
-                Some(s) => s
-                    .bucket_snapshots
-                    .iter()
-                    .map(|b| ((b.partition_id, b.bucket_id), b.log_offset.unwrap_or(0)))
-                    .collect(),
-                None => Default::default(),
-            };
+            let tiered = client.tiered_offsets(path).await?;
             if ends.iter().all(|(k, end)| tiered.get(k).copied().unwrap_or(0) >= *end) {
                 break;
             }

@@ -433,12 +433,7 @@ async fn print_status(client: &ClusterClient) -> anyhow::Result<()> {
     );
     for t in client.list_tables().await? {
         let ends = client.end_offsets(t.table_id, &t.path, &t.descriptor).await?;
-        let lake: std::collections::HashMap<(Option<i64>, i32), i64> = match client.lake_snapshot(&t.path).await? {
-            Some(s) => {
-                s.bucket_snapshots.iter().map(|b| ((b.partition_id, b.bucket_id), b.log_offset.unwrap_or(0))).collect()
-            }
-            None => Default::default(),
-        };
+        let lake = client.tiered_offsets(&t.path).await?;
         let end: i64 = ends.iter().map(|(_, e)| e).sum();
         let tiered: i64 = ends.iter().map(|(k, _)| lake.get(k).copied().unwrap_or(0)).sum();
         println!(

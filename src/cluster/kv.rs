@@ -168,15 +168,12 @@ impl KvBucket {
         self.latest
     }
 
-    /// Rows in the bucket now.
-    pub fn len(&self) -> usize {
-        self.state.len()
+    /// The keys of rows given as the table's columns, in schema order.
+    fn keys_of(&self, columns: &[ArrayRef]) -> Result<Vec<Vec<u8>>> {
+        self.keys.encode(&self.key_indices.iter().map(|&i| Arc::clone(&columns[i])).collect::<Vec<_>>())
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.state.is_empty()
-    }
-
+    /// The key columns of a request's batch, by name (a delete may carry only them).
     fn key_columns(&self, batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
         self.key_indices
             .iter()
@@ -192,14 +189,11 @@ impl KvBucket {
     /// The changelog that upserting (`delete == false`) or deleting the rows of `batch` causes; `None` when nothing
     /// changes (deleting absent keys). Upserts need full rows; deletes need the key columns.
     pub fn changelog(&self, batch: &RecordBatch, delete: bool) -> Result<Option<RecordBatch>> {
-        let keys = self.keys.encode(&self.key_columns(batch)?)?;
-        if keys.iter().any(|k| k.is_empty()) {
-            return Err(Error::new(ErrorKind::InvalidArgument, "a primary key is empty"));
-        }
         let key_arrays = self.key_columns(batch)?;
         if key_arrays.iter().any(|c| c.null_count() > 0) {
             return Err(Error::new(ErrorKind::InvalidArgument, "primary-key columns must not be null"));
         }
+        let keys = self.keys.encode(&key_arrays)?;
         let new_rows = if delete { Vec::new() } else { self.rows.encode(batch.columns())? };
         // Rows of earlier entries of this same batch count as the state for later ones.
         let mut pending: HashMap<&[u8], Option<&[u8]>> = HashMap::new();
@@ -244,8 +238,7 @@ impl KvBucket {
             .ok_or_else(|| Error::new(ErrorKind::CorruptMessage, "changelog without change types"))?;
         // By name: changes logged before a column was added read it as null.
         let user_columns = align_columns(self.schema.fields(), changelog);
-        let keys =
-            self.keys.encode(&self.key_indices.iter().map(|&i| Arc::clone(&user_columns[i])).collect::<Vec<_>>())?;
+        let keys = self.keys_of(&user_columns)?;
         let rows = self.rows.encode(&user_columns)?;
         for ((key, row), t) in keys.into_iter().zip(rows).zip(types.values().iter()) {
             match ChangeType::from_i8(*t)? {
@@ -308,8 +301,7 @@ impl KvBucket {
     fn load_snapshot(&mut self, s: KvSnapshot) -> Result<()> {
         for index in 0..s.batch_count {
             let columns = align_columns(self.schema.fields(), &read_snapshot_batch(&self.dir, s.snapshot_id, index)?.0);
-            let keys =
-                self.keys.encode(&self.key_indices.iter().map(|&i| Arc::clone(&columns[i])).collect::<Vec<_>>())?;
+            let keys = self.keys_of(&columns)?;
             let rows = self.rows.encode(&columns)?;
             self.state.extend(keys.into_iter().zip(rows));
         }

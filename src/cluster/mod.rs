@@ -230,7 +230,7 @@ impl Cluster {
                 format!("table {} has a primary key: write it with PutKv and DeleteKv, not ProduceLog", table.path),
             ));
         }
-        let record_count = validate_records(&table, partition_name, &records)?;
+        let (record_count, _) = validate_records(&table, partition_name, &records)?;
         let partition_id = self.partition_for(&table, partition_name)?;
         let log = self.log(BucketId { table_id, partition_id, bucket })?;
         let base_offset = lock(&log).append(&records, record_count, now_ms())?;
@@ -274,10 +274,11 @@ impl Cluster {
                 format!("table {} has no primary key: append to it with ProduceLog", table.path),
             ));
         }
-        let batches = crate::rpc::ipc::decode(&records)?;
-        if !delete {
-            validate_records(&table, partition_name, &records)?;
-        }
+        // Deletes need only the key columns: the full-schema check is for upserts.
+        let batches = match delete {
+            true => crate::rpc::ipc::decode(&records)?,
+            false => validate_records(&table, partition_name, &records)?.1,
+        };
         let partition_id = self.partition_for(&table, partition_name)?;
         let id = BucketId { table_id, partition_id, bucket };
         let Some(first) = batches.first() else {
@@ -323,21 +324,6 @@ impl Cluster {
                 let kv = self.kv_bucket(&table, id)?;
                 let latest = lock(&kv).latest_snapshot();
                 Ok(latest)
-            })
-            .collect()
-    }
-
-    /// Takes a KV snapshot of every bucket of a primary-key table now (for tests and operators).
-    pub fn snapshot_kv(&self, table_id: i64, partition_id: Option<i64>) -> Result<Vec<KvSnapshot>> {
-        let table = self.table_by_id(table_id)?;
-        (0..table.descriptor.buckets as i32)
-            .map(|bucket| {
-                let id = BucketId { table_id, partition_id, bucket };
-                let log = self.existing_log(id)?;
-                let kv = self.kv_bucket(&table, id)?;
-                let mut kv = lock(&kv);
-                let end = lock(&log).end_offset();
-                kv.snapshot(end)
             })
             .collect()
     }
@@ -493,8 +479,12 @@ fn check_bucket(table: &TableInfo, bucket: i32) -> Result<()> {
     Ok(())
 }
 
-/// Decodes a produced IPC stream to check it (schema, partition column) and count its rows.
-fn validate_records(table: &TableInfo, partition_name: Option<&str>, records: &Bytes) -> Result<u32> {
+/// Decodes a produced IPC stream to check it (schema, partition column); returns its row count and batches.
+fn validate_records(
+    table: &TableInfo,
+    partition_name: Option<&str>,
+    records: &Bytes,
+) -> Result<(u32, Vec<RecordBatch>)> {
     let reader = StreamReader::try_new(Cursor::new(records.as_ref()), None)
         .map_err(|e| Error::new(ErrorKind::CorruptMessage, "records are not an Arrow IPC stream").with_source(e))?;
     let expected = table.descriptor.arrow_schema();
@@ -513,6 +503,7 @@ fn validate_records(table: &TableInfo, partition_name: Option<&str>, records: &B
     }
     let key_index = table.descriptor.partition_key.as_ref().and_then(|k| expected.index_of(k).ok());
     let mut rows: u64 = 0;
+    let mut batches = Vec::new();
     for batch in reader {
         let batch = batch
             .map_err(|e| Error::new(ErrorKind::CorruptMessage, "records hold a malformed batch").with_source(e))?;
@@ -531,10 +522,11 @@ fn validate_records(table: &TableInfo, partition_name: Option<&str>, records: &B
                 ));
             }
         }
+        batches.push(batch);
     }
     match u32::try_from(rows) {
         Ok(0) => Err(Error::new(ErrorKind::InvalidArgument, "records hold no rows")),
-        Ok(n) => Ok(n),
+        Ok(n) => Ok((n, batches)),
         Err(_) => Err(Error::new(ErrorKind::InvalidArgument, "too many rows in one produce request")),
     }
 }

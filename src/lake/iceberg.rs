@@ -90,7 +90,7 @@ impl IcebergFactory {
     }
 
     async fn load(&self, t: &TableContext) -> Result<Table> {
-        self.catalog.load_table(&ident(t)).await.map_err(lake_err(format!("loading lake table {}", t.path)))
+        load_table(self.catalog.as_ref(), t).await
     }
 
     async fn load_or_create(&self, t: &TableContext) -> Result<Table> {
@@ -157,6 +157,11 @@ impl IcebergFactory {
         let tx = action.apply(tx).map_err(lake_err("building the schema change"))?;
         tx.commit(self.catalog.as_ref()).await.map_err(lake_err(format!("evolving the schema of {}", t.path)))
     }
+}
+
+/// The lake table of `t`, as the catalog has it now.
+async fn load_table(catalog: &dyn Catalog, t: &TableContext) -> Result<Table> {
+    catalog.load_table(&ident(t)).await.map_err(lake_err(format!("loading lake table {}", t.path)))
 }
 
 fn ident(t: &TableContext) -> TableIdent {
@@ -412,10 +417,7 @@ struct IcebergCommitter {
 
 impl IcebergCommitter {
     async fn load(&self) -> Result<Table> {
-        self.catalog
-            .load_table(&ident(&self.table))
-            .await
-            .map_err(lake_err(format!("loading lake table {}", self.table.path)))
+        load_table(self.catalog.as_ref(), &self.table).await
     }
 
     fn data_files(table: &Table, written: &[WrittenData]) -> Result<Vec<DataFile>> {

@@ -71,7 +71,7 @@ impl PaimonFactory {
     }
 
     async fn load(&self, t: &TableContext) -> Result<Table> {
-        self.catalog.get_table(&ident(t)).await.map_err(lake_err(format!("loading lake table {}", t.path)))
+        load_table(self.catalog.as_ref(), t).await
     }
 
     async fn load_or_create(&self, t: &TableContext) -> Result<Table> {
@@ -139,6 +139,11 @@ impl PaimonFactory {
             .map_err(lake_err(format!("evolving the schema of {}", t.path)))?;
         self.load(t).await
     }
+}
+
+/// The lake table of `t`, as the catalog has it now.
+async fn load_table(catalog: &dyn Catalog, t: &TableContext) -> Result<Table> {
+    catalog.get_table(&ident(t)).await.map_err(lake_err(format!("loading lake table {}", t.path)))
 }
 
 fn ident(t: &TableContext) -> Identifier {
@@ -373,10 +378,7 @@ struct PaimonCommitter {
 
 impl PaimonCommitter {
     async fn load(&self) -> Result<Table> {
-        self.catalog
-            .get_table(&ident(&self.table))
-            .await
-            .map_err(lake_err(format!("loading lake table {}", self.table.path)))
+        load_table(self.catalog.as_ref(), &self.table).await
     }
 
     fn commit_handle(table: &Table) -> Result<TableCommit> {

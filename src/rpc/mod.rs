@@ -298,6 +298,17 @@ impl ClusterClient {
         }
     }
 
+    /// The tiered offset of every bucket as the cluster recorded it with the table's latest lake snapshot:
+    /// `(partition id, bucket) → offset`; empty when the table was never tiered.
+    pub async fn tiered_offsets(&self, path: &TablePath) -> Result<std::collections::HashMap<(Option<i64>, i32), i64>> {
+        Ok(match self.lake_snapshot(path).await? {
+            Some(s) => {
+                s.bucket_snapshots.iter().map(|b| ((b.partition_id, b.bucket_id), b.log_offset.unwrap_or(0))).collect()
+            }
+            None => Default::default(),
+        })
+    }
+
     /// Records a lake snapshot with the coordinator; a per-table rejection (fenced epoch, …) is an error.
     pub async fn commit_lake_snapshot(&self, info: proto::PbLakeTableSnapshotInfo) -> Result<()> {
         let req = proto::CommitLakeTableSnapshotRequest { tables_req: vec![info] };

@@ -30,13 +30,7 @@ impl<T: Send + 'static> Tasks<T> {
         let tx = self.tx.clone();
         let activator = self.activator.clone();
         self.runtime.spawn(async move {
-            let result = AssertUnwindSafe(future).catch_unwind().await.map_err(|panic| {
-                panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "task panicked".to_string())
-            });
+            let result = AssertUnwindSafe(future).catch_unwind().await.map_err(panic_message);
             // The operator may be gone when the job shuts down; nothing is waiting for the result then.
             let _ = tx.send(result);
             let _ = activator.activate();
@@ -57,44 +51,56 @@ impl<T: Send + 'static> Tasks<T> {
 }
 
 /// Tasks whose results are emitted at a time held for each of them: the operator's output frontier cannot pass that
-/// time until the task's result is out.
+/// time until the task's result is out. A task that panics still yields a result (made by its `on_panic`), so no
+/// capability is released without one and no other task's result is lost.
 pub struct CapabilityTasks<T> {
-    tasks: Tasks<(u64, T)>,
-    held: std::collections::BTreeMap<u64, timely::dataflow::operators::Capability<u64>>,
+    tasks: Tasks<(u64, Result<T, String>)>,
+    held: std::collections::BTreeMap<u64, Held<T>>,
     next: u64,
 }
+
+type Held<T> = (timely::dataflow::operators::Capability<u64>, Box<dyn FnOnce(String) -> T>);
 
 impl<T: Send + 'static> CapabilityTasks<T> {
     pub fn new(runtime: Handle, activator: SyncActivator) -> Self {
         CapabilityTasks { tasks: Tasks::new(runtime, activator), held: Default::default(), next: 0 }
     }
 
-    /// Runs `future`, holding `cap` until its result is taken.
+    /// Runs `future`, holding `cap` until its result is taken; a panic becomes `on_panic(message)`.
     pub fn spawn(
         &mut self,
         cap: timely::dataflow::operators::Capability<u64>,
         future: impl Future<Output = T> + Send + 'static,
+        on_panic: impl FnOnce(String) -> T + 'static,
     ) {
         let id = self.next;
         self.next += 1;
-        self.held.insert(id, cap);
-        self.tasks.spawn(async move { (id, future.await) });
+        self.held.insert(id, (cap, Box::new(on_panic)));
+        self.tasks.spawn(async move { (id, AssertUnwindSafe(future).catch_unwind().await.map_err(panic_message)) });
     }
 
-    /// Finished results with the capabilities to emit them at. A panicked task cannot be matched to its capability:
-    /// every capability is released and the panic returned, for the job to stop on.
-    pub fn ready(&mut self) -> Result<Vec<(timely::dataflow::operators::Capability<u64>, T)>, String> {
+    /// Finished results with the capabilities to emit them at.
+    pub fn ready(&mut self) -> Vec<(timely::dataflow::operators::Capability<u64>, T)> {
         let mut done = Vec::new();
         for result in self.tasks.ready() {
-            let (id, value) = result.inspect_err(|_| self.held.clear())?;
-            if let Some(cap) = self.held.remove(&id) {
-                done.push((cap, value));
+            // The outer wrapper cannot panic (the future's panic is caught inside it).
+            let Ok((id, value)) = result else { continue };
+            if let Some((cap, on_panic)) = self.held.remove(&id) {
+                done.push((cap, value.unwrap_or_else(on_panic)));
             }
         }
-        Ok(done)
+        done
     }
 
     pub fn in_flight(&self) -> usize {
         self.tasks.in_flight()
     }
+}
+
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "task panicked".to_string())
 }

@@ -9,8 +9,15 @@
 //! ```
 //!
 //! If (1) lands and (2) does not, the round fails; the next round of the table finds the newer snapshot in the lake
-//! (the source of truth), tiers from its offsets and brings the cluster up to date. Files of a round that fails
-//! before (1) are deleted.
+//! (the source of truth), tiers from its offsets and brings the cluster up to date. What (1) did is decided by
+//! [`crate::lake::outcome`]: a round's files are deleted only when the lake, walked back to the round's base, does
+//! not hold it; an unknown outcome keeps them.
+//!
+//! Invariants:
+//! 1. A round enters (1) only if the enumerator has not fenced it ([`super::rounds::Rounds::begin_commit`]).
+//! 2. One table never has two rounds committing here at once: a second one fails (a bug upstream, said loudly).
+//! 3. A round that read anything commits a snapshot, files or not: a round whose changes net to zero still records
+//!    its offsets (a marker-only snapshot), so the next round does not read the same range again.
 //!
 //! Frontier contract: a round's plan holds a capability at its time `t` until the round's outcome is emitted. Rounds
 //! of different tables commit concurrently; one table has at most one round in flight, so its rounds stay ordered.
@@ -32,7 +39,7 @@ use crate::lake::{BucketOffset, CommitMarker, LakeCommitter, TableBucket, Writte
 use crate::rpc::proto;
 
 use super::bridge::CapabilityTasks;
-use super::types::{RoundOutcome, RoundPlan, RoundStats, WriteResult};
+use super::types::{Failure, RoundOutcome, RoundPlan, RoundStats, WriteResult};
 use super::{JobContext, Phase};
 
 #[derive(Default)]
@@ -58,6 +65,8 @@ pub fn commit<'scope>(
             let mut tasks: CapabilityTasks<RoundOutcome> =
                 CapabilityTasks::new(ctx.runtime.clone(), scope.worker().sync_activator_for(info.address.to_vec()));
             let mut rounds: BTreeMap<u64, Round> = BTreeMap::new();
+            // Table id -> the round committing (invariant 2).
+            let mut committing: BTreeMap<i64, String> = BTreeMap::new();
             move |(plans_in, plans_frontier), (results_in, results_frontier), output| {
                 plans_in.for_each(|cap, data| {
                     let Some(cap) = cap.retain_least(0) else {
@@ -86,13 +95,30 @@ pub fn commit<'scope>(
                         continue;
                     };
                     ctx.metrics.add_phase(Phase::ReadWrite, sent.elapsed());
+                    let (table_id, round_id) = (plan.table.table_id, plan.round_id.clone());
+                    if let Some(other) = committing.get(&table_id) {
+                        let message = format!("table {table_id}: round {round_id} while round {other} is committing");
+                        tracing::error!(%message, "two rounds of one table in flight");
+                        let failure = Failure::new(ErrorKind::Internal, message);
+                        output.session(&cap).give(RoundOutcome { table_id, round_id, result: Err(failure) });
+                        continue;
+                    }
+                    committing.insert(table_id, round_id.clone());
+                    let on_panic = move |panic: String| {
+                        tracing::error!(%panic, round = %round_id, "a commit task panicked");
+                        let failure = Failure::new(ErrorKind::Internal, format!("the commit task panicked: {panic}"));
+                        RoundOutcome { table_id, round_id, result: Err(failure) }
+                    };
                     let ctx = Arc::clone(&ctx);
                     let span = round_span(&plan.table.path, plan.tiering_epoch, &plan.round_id);
-                    tasks.spawn(cap, async move { commit_round(&ctx, plan, round.results).await }.instrument(span));
+                    let commit = async move { commit_round(&ctx, plan, round.results).await }.instrument(span);
+                    tasks.spawn(cap, commit, on_panic);
                 }
-                match tasks.ready() {
-                    Ok(done) => done.into_iter().for_each(|(cap, outcome)| output.session(&cap).give(outcome)),
-                    Err(panic) => ctx.record_error(format!("a commit task panicked: {panic}")),
+                for (cap, outcome) in tasks.ready() {
+                    if committing.get(&outcome.table_id) == Some(&outcome.round_id) {
+                        committing.remove(&outcome.table_id);
+                    }
+                    output.session(&cap).give(outcome);
                 }
             }
         },
@@ -119,12 +145,12 @@ async fn commit_round(ctx: &JobContext, plan: RoundPlan, results: Vec<WriteResul
             tracing::warn!(error = %e, "round not committed")
         }
     }
-    RoundOutcome { table_id, round_id, result: result.map_err(|e| e.to_string()) }
+    RoundOutcome { table_id, round_id, result: result.map_err(|e| Failure::from(&e)) }
 }
 
 async fn try_commit(ctx: &JobContext, plan: &RoundPlan, results: Vec<WriteResult>) -> Result<RoundStats> {
     let started = Instant::now();
-    let committer = ctx.lake.create_committer(&plan.table).await?;
+    let committer = ctx.bounded("opening the lake committer", ctx.lake.create_committer(&plan.table)).await?;
     let gathered = gather(plan, results);
     let (all_files, beyond_gap) = (gathered.all_files(), gathered.beyond_gap.clone());
     let mut stats = gathered.stats.clone();
@@ -134,14 +160,14 @@ async fn try_commit(ctx: &JobContext, plan: &RoundPlan, results: Vec<WriteResult
         Ok(committed) => committed,
         Err(e) if e.kind() == ErrorKind::CommitOutcomeUnknown => return Err(e),
         Err(e) => {
-            if let Err(cleanup) = committer.abort(all_files).await {
+            if let Err(cleanup) = ctx.bounded("deleting a failed round's files", committer.abort(all_files)).await {
                 tracing::warn!(error = %cleanup, "could not delete the files of a failed round");
             }
             return Err(e);
         }
     };
     if !beyond_gap.is_empty()
-        && let Err(cleanup) = committer.abort(beyond_gap).await
+        && let Err(cleanup) = ctx.bounded("deleting files past a gap", committer.abort(beyond_gap)).await
     {
         tracing::warn!(error = %cleanup, "could not delete files written past a deadline gap");
     }
@@ -166,8 +192,8 @@ pub struct Gathered {
     /// Where each bucket read this round gets to.
     pub reached: BTreeMap<TableBucket, i64>,
     pub stats: RoundStats,
-    /// Why the round cannot be committed, if it cannot.
-    pub problem: Option<String>,
+    /// Why the round cannot be committed, if it cannot (the first failed split's failure, kind kept).
+    pub problem: Option<Failure>,
 }
 
 impl Gathered {
@@ -185,14 +211,11 @@ pub fn gather(plan: &RoundPlan, results: Vec<WriteResult>) -> Gathered {
     let complete = results.len() == plan.splits as usize
         && indexes.len() == results.len()
         && results.iter().all(|r| r.round_id == plan.round_id);
-    let mut problem = results.iter().find_map(|r| r.written.as_ref().err().map(|e| format!("a split failed: {e}")));
+    let mut problem = results.iter().find_map(|r| r.written.as_ref().err().cloned());
     if problem.is_none() && !complete {
-        problem = Some(format!(
-            "round {} gathered {} distinct results for {} splits",
-            plan.round_id,
-            indexes.len(),
-            plan.splits
-        ));
+        let message =
+            format!("round {} gathered {} distinct results for {} splits", plan.round_id, indexes.len(), plan.splits);
+        problem = Some(Failure::new(ErrorKind::Internal, message));
     }
     let mut g = Gathered {
         written: Vec::new(),
@@ -242,7 +265,7 @@ async fn lake_commit(
     g: Gathered,
 ) -> Result<Option<(i64, CommitMarker)>> {
     if let Some(problem) = g.problem {
-        return Err(Error::new(ErrorKind::Lake, problem));
+        return Err(Error::new(problem.kind(), format!("a split failed: {}", problem.message)));
     }
     // A table dropped (and maybe re-created under the same name) since the round was planned gets nothing.
     let (current_id, _) = ctx.client.table_info(&plan.table.path).await?;
@@ -275,14 +298,26 @@ async fn lake_commit(
         tiering_epoch: plan.tiering_epoch,
         offsets: merged.into_values().collect(),
     };
-    if g.written.iter().all(|w| w.files == 0) {
-        // Nothing new: this round only brings the cluster up to the lake's latest snapshot, if there is one.
+    let base_offsets = plan.base.as_ref().map(|b| b.marker.offset_map()).unwrap_or_default();
+    if g.written.iter().all(|w| w.files == 0) && marker.offset_map() == base_offsets {
+        // Nothing read: this round only brings the cluster up to the lake's latest snapshot, if there is one.
         return Ok(plan.base.as_ref().map(|base| (base.snapshot_id, base.marker.clone())));
     }
     failpoint::slow_commit(&plan.table.path.to_string()).await;
+    // Invariant 1: a round the enumerator fenced (its epoch superseded, the job stopping) goes no further.
+    ctx.rounds.begin_commit(plan.table.table_id, &plan.round_id)?;
     // Conditional on the lake still being where the round started: otherwise another writer (a zombie job, a job
     // that took the table over) committed in between, and committing on top would duplicate its rows.
-    let snapshot_id = committer.commit(g.written, &marker, base_id).await?;
+    let snapshot_id =
+        match tokio::time::timeout(ctx.config.lake_timeout, committer.commit(g.written, &marker, base_id)).await {
+            Ok(committed) => committed?,
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::CommitOutcomeUnknown,
+                    format!("the lake commit took longer than {:?}: its outcome is unknown", ctx.config.lake_timeout),
+                ));
+            }
+        };
     Ok(Some((snapshot_id, marker)))
 }
 

@@ -12,6 +12,16 @@
 //!   which is what keeps the loop from livelocking.
 //! - All capabilities are dropped when the job stops (`--once` caught up, SIGINT, or a fatal error), which ends
 //!   the dataflow once in-flight rounds are committed.
+//!
+//! Invariants (with [`super::rounds::Rounds`]):
+//! 1. A table has at most one round in flight. When the coordinator hands out a table this job still holds (its
+//!    epoch was superseded: a coordinator restart, a heartbeat time-out), the old round is fenced and the new
+//!    assignment waits until the old round's outcome is back.
+//! 2. A round the coordinator rejects (fenced epoch, stale coordinator, table gone) is fenced: it never reaches its
+//!    lake commit, and it is neither heartbeated nor reported any more (its epoch is dead).
+//! 3. Stopping: no new table is asked for; rounds not yet in their lake commit are fenced and reported failed at
+//!    once (another job may take them); rounds in their lake commit are waited for (each lake call is bounded by
+//!    the lake time-out) and reported as they end. No table is reported failed while its commit may still land.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
@@ -32,8 +42,9 @@ use crate::error::{ErrorKind, Result};
 use crate::rpc::proto::{self, LakeTieringHeartbeatRequest, LakeTieringHeartbeatResponse, PbHeartbeatReqForTable};
 
 use super::bridge::Tasks;
+use super::rounds::Fence;
 use super::split_generator::{Planned, RoundRequest, plan_round};
-use super::types::{RoundOutcome, RoundPlan, Split};
+use super::types::{Failure, RoundOutcome, RoundPlan, Split};
 use super::{JobContext, Phase};
 
 /// A failed round to report: `(table_id, tiering_epoch, reason)`.
@@ -47,6 +58,10 @@ struct Held {
     tiering_epoch: i64,
     round_id: String,
     assigned_at: Instant,
+    /// The round was fenced (invariant 2): its outcome is only waited for.
+    fenced: bool,
+    /// A newer assignment of the table, waiting for this round's outcome (invariant 1).
+    next: Option<proto::PbLakeTieringTableInfo>,
 }
 
 enum Event {
@@ -202,10 +217,16 @@ impl Enumerator {
             tracing::debug!(table_id = o.table_id, round = %o.round_id, "outcome of a round no longer held");
             return;
         }
-        let Some(held) = self.held.remove(&o.table_id) else {
+        let Some(held) = self.release(o.table_id) else {
             return;
         };
         match o.result {
+            Ok(stats) if held.fenced => {
+                // Committed to the lake before the fence came (the lake's conditional commit allowed it); the
+                // coordinator refused or will refuse its epoch, and the next round brings the cluster up to date.
+                tracing::info!(table_id = o.table_id, round = %o.round_id, snapshot = ?stats.snapshot_id,
+                    "a fenced round ended after its lake commit");
+            }
             Ok(stats) => {
                 tracing::info!(table_id = o.table_id, round = %o.round_id, rows = stats.rows, files = stats.files,
                     snapshot = ?stats.snapshot_id, "round committed");
@@ -218,8 +239,41 @@ impl Enumerator {
                     self.caught_up(o.table_id);
                 }
             }
-            Err(reason) => self.round_failed(o.table_id, held.tiering_epoch, &reason),
+            Err(failure) if held.fenced => {
+                self.ctx.metrics.add_failed_round();
+                tracing::info!(table_id = o.table_id, round = %o.round_id, reason = %failure, "fenced round ended");
+            }
+            Err(failure) => self.round_failed(o.table_id, held.tiering_epoch, &failure),
         }
+    }
+
+    /// Drops the table's round (its outcome is in, or it never got going) and starts the assignment that waited for
+    /// it, if any.
+    fn release(&mut self, table_id: i64) -> Option<Held> {
+        let mut held = self.held.remove(&table_id)?;
+        self.ctx.rounds.close(table_id, &held.round_id);
+        if let Some(next) = held.next.take() {
+            if self.stopping {
+                self.failed.push((next.table_id, next.tiering_epoch, "the tiering job stopped".to_string()));
+            } else {
+                self.start_round(next);
+            }
+        }
+        Some(held)
+    }
+
+    /// Fences the table's round (invariant 2); says whether it can still reach the lake.
+    fn fence(&mut self, table_id: i64, reason: &str) -> Fence {
+        let Some(held) = self.held.get_mut(&table_id) else { return Fence::NotInFlight };
+        if held.fenced {
+            return Fence::NotInFlight;
+        }
+        let fence = self.ctx.rounds.fence(table_id, reason);
+        if fence == Fence::Fenced {
+            held.fenced = true;
+            tracing::warn!(table_id, round = %held.round_id, reason, "round fenced: it will not be committed");
+        }
+        fence
     }
 
     fn on_heartbeat(
@@ -258,21 +312,47 @@ impl Enumerator {
             tracing::warn!(epoch = resp.coordinator_epoch, "the coordinator restarted; re-registering");
         }
         self.coordinator_epoch = Some(resp.coordinator_epoch);
-        for r in resp.tiering_table_resp.iter().chain(&resp.finished_table_resp).chain(&resp.failed_table_resp) {
+        for r in &resp.tiering_table_resp {
             if let Some(err) = &r.error {
-                // A fenced or vanished table: whatever this job still does with it cannot commit to the cluster, and
-                // its lake commit is conditional on the snapshot it started from.
+                // The epoch this job heartbeats for the table is dead (superseded, a new coordinator, the table gone):
+                // its round must not reach the lake (invariant 2).
                 tracing::warn!(table_id = r.table_id, code = err.error_code, message = ?err.error_message,
-                    "coordinator rejected a table entry");
-                if ErrorKind::from_code(err.error_code) == ErrorKind::InvalidCoordinator {
+                    "coordinator rejected a table in progress");
+                let kind = ErrorKind::from_code(err.error_code);
+                if kind == ErrorKind::InvalidCoordinator {
                     self.next_heartbeat = now;
+                }
+                let reason =
+                    format!("the coordinator rejected its epoch: {}", err.error_message.as_deref().unwrap_or(""));
+                if self.fence(r.table_id, &reason) == Fence::TooLate {
+                    tracing::warn!(table_id = r.table_id, "the rejected round is in its lake commit already");
                 }
             }
         }
+        for r in resp.finished_table_resp.iter().chain(&resp.failed_table_resp) {
+            if let Some(err) = &r.error {
+                tracing::warn!(table_id = r.table_id, code = err.error_code, message = ?err.error_message,
+                    "coordinator rejected a finished or failed report");
+            }
+        }
         if let Some(table) = resp.tiering_table {
-            self.start_round(table);
+            self.assigned(table);
             // Ask again right away while there is room for more tables.
             self.next_heartbeat = now;
+        }
+    }
+
+    /// A table handed out by the coordinator: a round starts now, or once the table's old round is over.
+    fn assigned(&mut self, table: proto::PbLakeTieringTableInfo) {
+        let table_id = table.table_id;
+        if !self.held.contains_key(&table_id) {
+            return self.start_round(table);
+        }
+        // Handed out again under a new epoch: the round still held is stale (invariant 1).
+        self.fence(table_id, &format!("the table was handed out again under tiering epoch {}", table.tiering_epoch));
+        tracing::info!(table_id, epoch = table.tiering_epoch, "re-assigned while its old round is in flight; waiting");
+        if let Some(held) = self.held.get_mut(&table_id) {
+            held.next = Some(table);
         }
     }
 
@@ -299,11 +379,22 @@ impl Enumerator {
         }
         self.planning.insert(time, caps);
         let round_id = format!("{}-t{}-e{}-r{}", self.ctx.job_id, table.table_id, table.tiering_epoch, time);
+        if let Err(e) = self.ctx.rounds.open(table.table_id, &round_id) {
+            // Cannot happen while `assigned` defers re-assignments: a bug, said loudly, and the table handed back.
+            tracing::error!(error = %e, "a second round of one table");
+            self.planning.remove(&time);
+            self.failed.push((table.table_id, table.tiering_epoch, e.to_string()));
+            return;
+        }
         tracing::info!(table = %path, table_id = table.table_id, epoch = table.tiering_epoch, round = %round_id, "tiering round started");
-        self.held.insert(
-            table.table_id,
-            Held { tiering_epoch: table.tiering_epoch, round_id: round_id.clone(), assigned_at: Instant::now() },
-        );
+        let held = Held {
+            tiering_epoch: table.tiering_epoch,
+            round_id: round_id.clone(),
+            assigned_at: Instant::now(),
+            fenced: false,
+            next: None,
+        };
+        self.held.insert(table.table_id, held);
         let ctx = Arc::clone(&self.ctx);
         let (table_id, epoch) = (table.table_id, table.tiering_epoch);
         let span = super::commit::round_span(&path, epoch, &round_id);
@@ -333,11 +424,16 @@ impl Enumerator {
     /// Returns what to emit for a planned round, if anything.
     fn on_planned(&mut self, table_id: i64, planned: Result<Planned>) -> Option<(Vec<Split>, RoundPlan)> {
         let held = self.held.get(&table_id)?;
-        let epoch = held.tiering_epoch;
+        let (epoch, fenced) = (held.tiering_epoch, held.fenced);
         match planned {
+            _ if fenced => {
+                // Fenced while planning: nothing to read, nothing to report (its epoch is dead).
+                self.release(table_id);
+                None
+            }
             Ok(p) if p.splits.is_empty() && !p.cluster_behind => {
                 tracing::info!(table_id, "nothing new to tier; round finished without a commit");
-                self.held.remove(&table_id);
+                self.release(table_id);
                 self.finished.push((table_id, epoch, false));
                 self.ctx.metrics.add_empty_round();
                 self.caught_up(table_id);
@@ -346,8 +442,9 @@ impl Enumerator {
             Ok(p) if p.plan.round_id == held.round_id => Some((p.splits, p.plan)),
             Ok(_) => None,
             Err(e) => {
-                self.held.remove(&table_id);
-                self.round_failed(table_id, epoch, &format!("planning failed: {e}"));
+                self.release(table_id);
+                let failure = Failure::new(e.kind(), format!("planning failed: {e}"));
+                self.round_failed(table_id, epoch, &failure);
                 None
             }
         }
@@ -360,10 +457,16 @@ impl Enumerator {
         }
     }
 
-    fn round_failed(&mut self, table_id: i64, epoch: i64, reason: &str) {
-        tracing::warn!(table_id, reason, "tiering round failed");
+    fn round_failed(&mut self, table_id: i64, epoch: i64, failure: &Failure) {
+        let reason = &failure.message;
+        tracing::warn!(table_id, reason, kind = ?failure.kind(), "tiering round failed");
         self.ctx.metrics.add_failed_round();
         self.failed.push((table_id, epoch, reason.to_string()));
+        if failure.kind() == ErrorKind::FencedTieringEpoch {
+            // Another round got there first: the table is making progress, only not through this round. It does not
+            // count towards `--once` giving up.
+            return;
+        }
         let failures = self.failures.entry(table_id).or_default();
         *failures += 1;
         if self.ctx.config.once && *failures >= self.ctx.config.max_round_failures {
@@ -381,13 +484,23 @@ impl Enumerator {
 
     fn maybe_stop(&mut self) {
         if !self.stopping && self.ctx.shutdown_requested() {
-            tracing::info!("shutdown requested: reporting held tables as failed and stopping");
+            tracing::info!("shutdown requested: stopping rounds not yet committing, waiting for the others");
             self.stopping = true;
         }
         if self.stopping {
-            let held = std::mem::take(&mut self.held);
-            self.failed
-                .extend(held.into_iter().map(|(id, h)| (id, h.tiering_epoch, "the tiering job stopped".to_string())));
+            // Invariant 3: what has not reached its lake commit is handed back now; the rest ends on its own.
+            let open: Vec<(i64, i64)> =
+                self.held.iter().filter(|(_, h)| !h.fenced).map(|(id, h)| (*id, h.tiering_epoch)).collect();
+            for (table_id, epoch) in open {
+                if self.fence(table_id, "the tiering job is stopping") == Fence::Fenced {
+                    self.failed.push((table_id, epoch, "the tiering job stopped".to_string()));
+                }
+            }
+            for (table_id, held) in &mut self.held {
+                if let Some(next) = held.next.take() {
+                    self.failed.push((*table_id, next.tiering_epoch, "the tiering job stopped".to_string()));
+                }
+            }
         }
         let caught_up = self.remaining.as_ref().is_some_and(BTreeSet::is_empty);
         let quiet = self.held.is_empty()
@@ -422,7 +535,16 @@ impl Enumerator {
         let finished = std::mem::take(&mut self.finished);
         let failed = std::mem::take(&mut self.failed);
         let req = LakeTieringHeartbeatRequest {
-            tiering_tables: self.held.iter().map(|(id, h)| entry((*id, h.tiering_epoch))).collect(),
+            // Invariant 2: a fenced round's epoch is dead; a deferred assignment's epoch is alive.
+            tiering_tables: self
+                .held
+                .iter()
+                .flat_map(|(id, h)| {
+                    let current = (!h.fenced).then_some((*id, h.tiering_epoch));
+                    current.into_iter().chain(h.next.as_ref().map(|n| (*id, n.tiering_epoch)))
+                })
+                .map(entry)
+                .collect(),
             finished_tables: finished.iter().map(|(id, epoch, _)| entry((*id, *epoch))).collect(),
             failed_tables: failed
                 .iter()

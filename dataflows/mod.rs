@@ -23,6 +23,7 @@ pub mod commit;
 pub mod consolidate;
 pub mod enumerator;
 pub mod read_write;
+pub mod rounds;
 pub mod split_generator;
 pub mod types;
 
@@ -59,6 +60,8 @@ pub struct TierConfig {
     pub max_round_failures: u32,
     /// `--once`: consecutive failed heartbeats before the job gives up.
     pub max_rpc_failures: u32,
+    /// How long one lake call may take (a commit that takes longer has an unknown outcome).
+    pub lake_timeout: Duration,
 }
 
 impl Default for TierConfig {
@@ -73,6 +76,7 @@ impl Default for TierConfig {
             max_round_duration: None,
             max_round_failures: 5,
             max_rpc_failures: 60,
+            lake_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -364,6 +368,8 @@ pub struct JobContext {
     pub metrics: JobMetrics,
     /// When the job started: the first wait for a table counts from here.
     pub started: Instant,
+    /// The rounds in flight (enumerator and committer, process 0).
+    pub rounds: rounds::Rounds,
     shutdown: AtomicBool,
     errors: Mutex<Vec<String>>,
 }
@@ -384,6 +390,7 @@ impl JobContext {
             job_id: format!("job-{}", &id[..12]),
             metrics: JobMetrics::default(),
             started: Instant::now(),
+            rounds: rounds::Rounds::default(),
             shutdown: AtomicBool::new(false),
             errors: Mutex::new(Vec::new()),
         }
@@ -400,6 +407,17 @@ impl JobContext {
 
     fn record_error(&self, message: String) {
         self.errors.lock().unwrap_or_else(|p| p.into_inner()).push(message);
+    }
+
+    /// Runs a lake call with the job's lake time-out: a call that takes longer fails as a lake error.
+    pub async fn bounded<T>(&self, what: &str, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        match tokio::time::timeout(self.config.lake_timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::new(
+                ErrorKind::Lake,
+                format!("{what} took longer than the lake time-out ({:?})", self.config.lake_timeout),
+            )),
+        }
     }
 
     /// Errors that stopped the job.

@@ -29,7 +29,7 @@ use crate::rpc::proto::PbFetchedBatch;
 
 use super::bridge::CapabilityTasks;
 use super::consolidate::Consolidator;
-use super::types::{Split, WriteResult};
+use super::types::{Failure, Split, WriteResult};
 use super::{JobContext, SplitWork};
 
 /// Reads and writes the splits of `splits`; emits one write result per split.
@@ -54,9 +54,8 @@ pub fn read_write<'scope>(
                         }
                     }
                 });
-                match tasks.ready() {
-                    Ok(done) => done.into_iter().for_each(|(cap, result)| output.session(&cap).give(result)),
-                    Err(panic) => ctx.record_error(format!("a split task panicked: {panic}")),
+                for (cap, result) in tasks.ready() {
+                    output.session(&cap).give(result);
                 }
                 // Start queued splits only after taking finished ones: a finished split frees a slot, and no
                 // other wake-up may come to fill it.
@@ -67,11 +66,23 @@ pub fn read_write<'scope>(
                     let ctx = Arc::clone(&ctx);
                     let span = tracing::info_span!("split", table = %split.table.path, epoch = split.tiering_epoch,
                         partition = ?split.partition_name, bucket = split.bucket.bucket, start = split.start);
-                    tasks.spawn(cap, async move { tier_split(&ctx, split, worker).await }.instrument(span));
+                    let failed = failed_split(&split);
+                    tasks.spawn(cap, async move { tier_split(&ctx, split, worker).await }.instrument(span), failed);
                 }
             }
         },
     )
+}
+
+/// The result of a split whose task panicked (a bug: the round fails, its other files are still accounted for).
+fn failed_split(split: &Split) -> impl FnOnce(String) -> WriteResult + 'static {
+    let (round_id, index, bucket, start, stop) =
+        (split.round_id.clone(), split.index, split.bucket, split.start, split.stop);
+    move |panic| {
+        tracing::error!(%panic, round = %round_id, index, "a split task panicked");
+        let failure = Failure::new(ErrorKind::Internal, format!("the split task panicked: {panic}"));
+        WriteResult { round_id, index, bucket, start, stop, written: Err(failure) }
+    }
 }
 
 /// Reads one split and writes it into the lake.
@@ -86,7 +97,7 @@ async fn tier_split(ctx: &JobContext, split: Split, worker: usize) -> WriteResul
     }
     let written = outcome.map_err(|e| {
         tracing::warn!(error = %e, "split failed");
-        e.to_string()
+        Failure::from(&e)
     });
     WriteResult {
         round_id: split.round_id,
@@ -102,16 +113,35 @@ async fn tier_split(ctx: &JobContext, split: Split, worker: usize) -> WriteResul
 ///
 /// The loop's time is split three ways in the job's metrics: waiting for the fetch task, decoding, encoding.
 async fn write_split(ctx: &JobContext, split: &Split, worker: usize) -> Result<(WrittenData, i64)> {
-    let metrics = &ctx.metrics;
-    let mut clock = Instant::now();
-    let mut lap =
-        |work: SplitWork| metrics.add_split_work(work, std::mem::replace(&mut clock, Instant::now()).elapsed());
     let writer_ctx = WriterContext {
         partition_name: split.partition_name.clone(),
         bucket: split.bucket.bucket,
         file_prefix: format!("{}-s{}-w{worker}-{}", split.round_id, split.index, uuid::Uuid::new_v4().simple()),
     };
-    let mut writer = ctx.lake.create_writer(&split.table, writer_ctx).await?;
+    let mut writer = ctx.bounded("opening a lake writer", ctx.lake.create_writer(&split.table, writer_ctx)).await?;
+    match fill(ctx, split, writer.as_mut()).await {
+        Ok(reached) => {
+            let closing = Instant::now();
+            let written = ctx.bounded("closing lake files", writer.complete()).await?;
+            ctx.metrics.add_split_work(SplitWork::EncodeWrite, closing.elapsed());
+            Ok((written, reached))
+        }
+        Err(e) => {
+            // Files of a failed split are never committed: delete them now rather than leave them to the sweep.
+            if let Err(cleanup) = ctx.bounded("deleting a failed split's files", writer.abort()).await {
+                tracing::warn!(error = %cleanup, "could not delete the files of a failed split");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Reads `[split.start, stop)` into `writer`; returns the offset reached.
+async fn fill(ctx: &JobContext, split: &Split, writer: &mut dyn crate::lake::LakeWriter) -> Result<i64> {
+    let metrics = &ctx.metrics;
+    let mut clock = Instant::now();
+    let mut lap =
+        |work: SplitWork| metrics.add_split_work(work, std::mem::replace(&mut clock, Instant::now()).elapsed());
     let schema = lake_schema(&split.table.descriptor);
     let (tx, mut rx) = tokio::sync::mpsc::channel(2);
     let fetcher = tokio::spawn(fetch_range(ctx.client.clone(), split.clone(), ctx.config.fetch_max_bytes, tx));
@@ -139,6 +169,18 @@ async fn write_split(ctx: &JobContext, split: &Split, worker: usize) -> Result<(
     while let Some(stored) = rx.recv().await {
         let stored = stored?;
         lap(SplitWork::FetchWait);
+        if stored.base_offset > reached {
+            return Err(Error::new(
+                ErrorKind::OffsetOutOfRange,
+                format!(
+                    "bucket {:?}: the cluster returned a batch at offset {} where offset {reached} was expected (a gap)",
+                    split.bucket, stored.base_offset
+                ),
+            ));
+        }
+        if ctx.rounds.is_fenced(split.table.table_id, &split.round_id) {
+            return Err(Error::new(ErrorKind::FencedTieringEpoch, "the round was fenced; its split stops early"));
+        }
         let decoded = ipc::decode(&stored.records)?;
         lap(SplitWork::Decode);
         let mut row_offset = stored.base_offset;
@@ -153,7 +195,7 @@ async fn write_split(ctx: &JobContext, split: &Split, worker: usize) -> Result<(
                     None => {
                         let rows =
                             with_system_columns(&schema, &slice, split.bucket.bucket, lo, stored.append_timestamp)?;
-                        writer.write(rows).await?;
+                        ctx.bounded("writing lake files", writer.write(rows)).await?;
                     }
                 }
                 reached = hi;
@@ -171,12 +213,11 @@ async fn write_split(ctx: &JobContext, split: &Split, worker: usize) -> Result<(
     if let Some(changes) = keyed {
         ctx.metrics.changes_read.fetch_add(changes.changes(), std::sync::atomic::Ordering::Relaxed);
         if let Some(net) = changes.finish(&split.table.descriptor, split.bucket.bucket)? {
-            writer.write(net).await?;
+            ctx.bounded("writing lake files", writer.write(net)).await?;
         }
     }
-    let written = writer.complete().await?;
     lap(SplitWork::EncodeWrite);
-    Ok((written, reached))
+    Ok(reached)
 }
 
 /// Fetches the stored batches that hold `[start, stop)`, in order, as the cluster sent them.

@@ -40,7 +40,8 @@ pub struct Range {
 }
 
 /// The ranges to tier given what the lake holds. A lake ahead of the cluster means the cluster lost acknowledged
-/// data (or the lake belongs to another cluster): that is an error, never a silent skip.
+/// data (or the lake belongs to another cluster), and a log start past the lake's offset means records were
+/// removed before they were tiered: both are errors, never silent skips.
 pub fn ranges(buckets: &[BucketState], lake: &BTreeMap<TableBucket, i64>) -> Result<Vec<Range>> {
     let mut out = Vec::new();
     for b in buckets {
@@ -62,8 +63,19 @@ pub fn ranges(buckets: &[BucketState], lake: &BTreeMap<TableBucket, i64>) -> Res
                 ));
             }
             Some(&tiered) if tiered < b.log_start => {
-                tracing::warn!(bucket = ?b.bucket, tiered, log_start = b.log_start, "log start passed the lake offset");
-                b.log_start
+                // Records the cluster removed (retention) before they reached the lake: tiering on from the log
+                // start would skip them silently.
+                return Err(Error::new(
+                    ErrorKind::OffsetOutOfRange,
+                    format!(
+                        "bucket {:?}{} lost offsets [{tiered}, {}) ({} records): the cluster removed them before they \
+                         reached the lake",
+                        b.bucket,
+                        b.partition_name.as_deref().map(|p| format!(" of partition {p}")).unwrap_or_default(),
+                        b.log_start,
+                        b.log_start - tiered
+                    ),
+                ));
             }
             Some(&tiered) => tiered,
             None => b.log_start,
@@ -303,6 +315,16 @@ mod tests {
         let lake = BTreeMap::from([(with_snapshot.bucket, 45)]);
         let got = ranges(&[with_snapshot], &lake).expect("ranges");
         assert_eq!((got[0].start, got[0].snapshot), (45, None));
+    }
+
+    #[test]
+    fn a_log_start_past_the_lake_offset_is_an_error_naming_the_lost_range() {
+        let lake = BTreeMap::from([(TableBucket { partition_id: None, bucket: 0 }, 10)]);
+        let err = ranges(&[state(0, 25, 40)], &lake).expect_err("records were lost");
+        assert_eq!(err.kind(), ErrorKind::OffsetOutOfRange);
+        assert!(err.to_string().contains("[10, 25) (15 records)"), "{err}");
+        // A log start at the lake's offset loses nothing.
+        assert_eq!(ranges(&[state(0, 10, 40)], &lake).expect("nothing lost")[0].start, 10);
     }
 
     #[test]

@@ -2,7 +2,45 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Error, ErrorKind};
 use crate::lake::{BucketOffset, TableBucket, TableContext, TieredSnapshot, WrittenData};
+
+/// Why a split or a round failed, as it crosses workers: the error's kind survives (fenced, retryable or not).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// The kind's Fluss error code ([`ErrorKind::code`]).
+    pub code: i32,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::from_code(self.code)
+    }
+
+    /// A failure of `kind`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Failure { code: kind.code(), message: message.into() }
+    }
+}
+
+impl From<&Error> for Failure {
+    fn from(e: &Error) -> Self {
+        Failure::new(e.kind(), e.to_string())
+    }
+}
+
+impl From<Failure> for Error {
+    fn from(f: Failure) -> Self {
+        Error::new(f.kind(), f.message)
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
 
 /// One contiguous offset range `[start, stop)` of one bucket, to be read and written by one worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,7 +89,7 @@ pub struct WriteResult {
     pub stop: i64,
     /// The files, and the offset reached: every offset in `[start, reached)` is in them; `reached < stop` when the
     /// round's deadline cut the split short.
-    pub written: Result<(WrittenData, i64), String>,
+    pub written: Result<(WrittenData, i64), Failure>,
 }
 
 /// Everything the committer needs to know about a round besides its write results.
@@ -75,7 +113,7 @@ pub struct RoundPlan {
 pub struct RoundOutcome {
     pub table_id: i64,
     pub round_id: String,
-    pub result: Result<RoundStats, String>,
+    pub result: Result<RoundStats, Failure>,
 }
 
 /// What a committed round added.

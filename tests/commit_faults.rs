@@ -256,7 +256,10 @@ async fn randomized_rounds_under_faults_stay_exactly_once() {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
         let client = runtime.block_on(fluss_tiering::rpc::ClusterClient::connect(&url)).expect("connect");
-        let lake = Arc::new(IcebergFactory::with_catalog(lake_catalog, LakeOptions { target_file_size: 65536 }));
+        let lake = Arc::new(IcebergFactory::with_catalog(
+            lake_catalog,
+            LakeOptions { target_file_size: 65536, ..LakeOptions::default() },
+        ));
         let config =
             TierConfig { poll_interval: Duration::from_millis(50), max_tables_in_flight: 3, ..TierConfig::default() };
         let ctx = Arc::new(JobContext::new(runtime.handle().clone(), client, lake, config));

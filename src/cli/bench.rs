@@ -279,13 +279,10 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             timely: TimelyArgs { workers, processes: args.processes, process: 0, hostfile: None },
             tuning: TuningArgs {
                 poll_interval: "100ms".into(),
-                target_file_size: 128 << 20,
-                max_tables: 2,
-                max_splits_per_worker: 2,
                 split_rows: args.split_rows,
-                fetch_max_bytes: 8 << 20,
                 // The tables' freshness is short so rounds start at once; rounds must not be cut short by it.
                 max_round_duration: Some("1h".into()),
+                ..TuningArgs::default()
             },
             help: None,
         };

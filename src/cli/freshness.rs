@@ -71,15 +71,7 @@ pub fn measure(
         once: false,
         report_json: None,
         timely: TimelyArgs { workers: e.workers, processes: 1, process: 0, hostfile: None },
-        tuning: TuningArgs {
-            poll_interval: "200ms".into(),
-            target_file_size: 128 << 20,
-            max_tables: 2,
-            max_splits_per_worker: 2,
-            split_rows: 1_000_000,
-            fetch_max_bytes: 8 << 20,
-            max_round_duration: None,
-        },
+        tuning: TuningArgs { poll_interval: "200ms".into(), ..TuningArgs::default() },
         help: None,
     };
     let rows = (e.rate * e.duration.as_secs_f64()).ceil() as u64;

@@ -123,6 +123,30 @@ pub struct TuningArgs {
     /// freshness, as in Fluss).
     #[arg(long)]
     pub max_round_duration: Option<String>,
+    /// A call to the cluster that takes longer fails (and is retried by the next heartbeat or round).
+    #[arg(long, default_value = "30s")]
+    pub rpc_timeout: String,
+    /// A lake call that takes longer fails; a lake commit that takes longer has an unknown outcome (its files are
+    /// kept), and its claim on the lake table lasts twice this long.
+    #[arg(long, default_value = "60s")]
+    pub lake_timeout: String,
+}
+
+impl Default for TuningArgs {
+    /// The command line's defaults (for the runs `demo`, `bench` and the freshness run make themselves).
+    fn default() -> Self {
+        TuningArgs {
+            poll_interval: "1s".into(),
+            target_file_size: 128 << 20,
+            max_tables: 2,
+            max_splits_per_worker: 2,
+            split_rows: 1_000_000,
+            fetch_max_bytes: 8 << 20,
+            max_round_duration: None,
+            rpc_timeout: "30s".into(),
+            lake_timeout: "60s".into(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -63,6 +63,7 @@ fn tier_config(tuning: &TuningArgs, once: bool) -> anyhow::Result<TierConfig> {
         split_rows: tuning.split_rows,
         fetch_max_bytes: tuning.fetch_max_bytes.max(1),
         max_round_duration: tuning.max_round_duration.as_deref().map(parse_duration).transpose()?,
+        lake_timeout: parse_duration(&tuning.lake_timeout)?,
         ..TierConfig::default()
     })
 }
@@ -84,9 +85,10 @@ pub(super) fn run_job_with(args: &TierArgs, started: impl FnOnce(&Arc<JobContext
         bail!("--target-file-size must be at least 1024 bytes");
     }
     let runtime = runtime("tier-io", args.timely.workers + 1)?;
-    let options = LakeOptions { target_file_size: args.tuning.target_file_size };
+    let options = LakeOptions { target_file_size: args.tuning.target_file_size, commit_timeout: config.lake_timeout };
+    let rpc_timeout = parse_duration(&args.tuning.rpc_timeout)?;
     let (client, lake) = runtime.block_on(async {
-        let client = ClusterClient::connect(&args.cluster).await?;
+        let client = ClusterClient::connect_with_timeout(&args.cluster, rpc_timeout).await?;
         let lake = lake::factory(&args.format, &args.warehouse, args.catalog.as_deref(), options).await?;
         if args.format == "iceberg" {
             // Said at start, not only when their rounds fail: these tables will not reach an Iceberg lake.
@@ -254,15 +256,7 @@ pub fn run_demo(args: super::DemoArgs) -> anyhow::Result<()> {
         once: true,
         report_json: None,
         timely,
-        tuning: TuningArgs {
-            poll_interval: "200ms".into(),
-            target_file_size: 128 << 20,
-            max_tables: 4,
-            max_splits_per_worker: 2,
-            split_rows: 1_000_000,
-            fetch_max_bytes: 8 << 20,
-            max_round_duration: None,
-        },
+        tuning: TuningArgs { poll_interval: "200ms".into(), max_tables: 4, ..TuningArgs::default() },
         help: None,
     };
 

@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::table::{ColumnType, TableDescriptor};
 use crate::error::{Error, ErrorKind, Result};
 use crate::failpoint;
+use crate::lake::outcome::{CommitCall, settle};
 use crate::lake::{
     BUCKET_COLUMN, CommitMarker, LakeCommitter, LakeOptions, LakeTieringFactory, LakeWriter, OFFSET_COLUMN,
     TABLE_PROP_TABLE_ID, TIMESTAMP_COLUMN, TableContext, TieredSnapshot, WriterContext, WrittenData, fit_columns,
@@ -304,6 +305,27 @@ fn tiered_ancestry(table: &Table, first_only: bool) -> Result<Vec<TieredSnapshot
     Ok(found)
 }
 
+/// The snapshot carrying round `round_id`, looked for from the current snapshot back to `base` (exclusive): the
+/// round, planned from `base`, can only have landed above it. A history cut before `base` is reached is an error.
+fn find_round(table: &Table, round_id: &str, base: Option<i64>) -> Result<Option<i64>> {
+    let metadata = table.metadata();
+    let mut next = metadata.current_snapshot_id();
+    while let Some(id) = next {
+        if Some(id) == base {
+            return Ok(None);
+        }
+        let snapshot = metadata.snapshot_by_id(id).ok_or_else(|| {
+            Error::new(ErrorKind::Lake, format!("snapshot {id} expired before the walk back to {base:?} ended"))
+        })?;
+        let props = &snapshot.summary().additional_properties;
+        if props.get(crate::lake::PROP_ROUND).map(String::as_str) == Some(round_id) {
+            return Ok(Some(id));
+        }
+        next = snapshot.parent_snapshot_id();
+    }
+    Ok(None)
+}
+
 #[async_trait]
 impl LakeTieringFactory for IcebergFactory {
     async fn prepare_table(&self, t: &TableContext) -> Result<Option<TieredSnapshot>> {
@@ -351,6 +373,7 @@ impl LakeTieringFactory for IcebergFactory {
             DataFileWriterBuilder::new(rolling).build(partition_key).await.map_err(lake_err("data file writer"))?;
         Ok(Box::new(IcebergLakeWriter {
             inner,
+            file_io: table.file_io().clone(),
             target_schema,
             partition_type,
             spec_id: spec.spec_id(),
@@ -368,6 +391,8 @@ type Inner = DataFileWriter<ParquetWriterBuilder, DefaultLocationGenerator, Defa
 
 struct IcebergLakeWriter {
     inner: Inner,
+    /// For deleting the files of an aborted writer.
+    file_io: iceberg::io::FileIO,
     target_schema: ArrowSchemaRef,
     partition_type: iceberg::spec::StructType,
     spec_id: i32,
@@ -407,6 +432,13 @@ impl LakeWriter for IcebergLakeWriter {
         let payload = serde_json::to_vec(&DataFiles { spec_id: self.spec_id, files })
             .map_err(|e| Error::new(ErrorKind::Internal, "serializing data files").with_source(e))?;
         Ok(WrittenData { payload, files: count, file_bytes, rows: self.rows })
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<()> {
+        for f in self.inner.close().await.map_err(lake_err("closing Parquet files"))? {
+            self.file_io.delete(f.file_path()).await.map_err(lake_err(format!("deleting {}", f.file_path())))?;
+        }
+        Ok(())
     }
 }
 
@@ -483,32 +515,17 @@ impl LakeCommitter for IcebergCommitter {
                 .metadata()
                 .current_snapshot_id()
                 .ok_or_else(|| Error::new(ErrorKind::Internal, "commit left no current snapshot")),
-            // Refused by the fence, or by the catalog's compare-and-swap: nothing was committed.
-            Err(e) if e.message().starts_with(MOVED) || e.kind() == iceberg::ErrorKind::CatalogCommitConflicts => {
-                Err(Error::new(
-                    ErrorKind::FencedTieringEpoch,
-                    format!("the lake table moved while committing to {}", self.table.path),
-                )
-                .with_source(e))
-            }
-            Err(commit_err) => {
-                // Ambiguous: the commit may have landed before the error. Only the lake can say.
-                match self.latest().await {
-                    Ok(Some(s)) if s.marker.round_id == marker.round_id => {
-                        tracing::warn!(table = %self.table.path, error = %commit_err, "commit reported an error but landed");
-                        Ok(s.snapshot_id)
-                    }
-                    Ok(_) => Err(Error::new(ErrorKind::Lake, format!("committing to lake table {}", self.table.path))
-                        .with_source(commit_err)),
-                    Err(reload_err) => Err(Error::new(
-                        ErrorKind::CommitOutcomeUnknown,
-                        format!(
-                            "commit to lake table {} failed ({commit_err}) and the table cannot be reloaded to check it",
-                            self.table.path
-                        ),
-                    )
-                    .with_source(reload_err)),
-                }
+            Err(e) => {
+                // Refused by the fence or by the catalog's compare-and-swap (nothing applied), or failed in a way
+                // that does not say: either way only the lake, walked back to the base, can say what happened.
+                let refused = e.message().starts_with(MOVED) || e.kind() == iceberg::ErrorKind::CatalogCommitConflicts;
+                let call = if refused { CommitCall::Refused } else { CommitCall::Failed };
+                let lookup = match self.load().await {
+                    Ok(table) => find_round(&table, &marker.round_id, base),
+                    Err(e) => Err(e),
+                };
+                let path = self.table.path.to_string();
+                settle(&path, call, Some(lake_err(format!("committing to lake table {path}"))(e)), lookup)
             }
         }
     }

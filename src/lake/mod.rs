@@ -12,6 +12,7 @@
 //! restarted job reads its offsets back from the lake alone.
 
 pub mod iceberg;
+pub mod outcome;
 pub mod paimon;
 
 use std::collections::BTreeMap;
@@ -150,11 +151,13 @@ pub struct WrittenData {
 pub struct LakeOptions {
     /// A writer rolls to a new file once the current one reaches this size.
     pub target_file_size: usize,
+    /// How long one lake commit may take before its outcome counts as unknown.
+    pub commit_timeout: std::time::Duration,
 }
 
 impl Default for LakeOptions {
     fn default() -> Self {
-        LakeOptions { target_file_size: 128 << 20 }
+        LakeOptions { target_file_size: 128 << 20, commit_timeout: std::time::Duration::from_secs(60) }
     }
 }
 
@@ -177,6 +180,8 @@ pub trait LakeWriter: Send {
     async fn write(&mut self, batch: RecordBatch) -> Result<()>;
     /// Closes the files and describes them.
     async fn complete(self: Box<Self>) -> Result<WrittenData>;
+    /// Closes and deletes the files written so far: the split failed and they will never be committed.
+    async fn abort(self: Box<Self>) -> Result<()>;
 }
 
 /// Commits a round's files atomically, once.
@@ -228,19 +233,23 @@ pub fn lake_schema(descriptor: &TableDescriptor) -> SchemaRef {
 
 /// The columns of `batch` for a lake writer's `target` schema, by name (the lake's order can differ after schema
 /// evolution): cast where only the representation differs (Binary vs LargeBinary, time-zone spelling), null for a
-/// column the lake has and the batch does not (added outside).
+/// column the lake has and the batch does not (added outside). Casts are strict: a value that does not fit the lake
+/// column is an error, never a silent null.
 pub fn fit_columns(batch: &RecordBatch, target: &SchemaRef) -> Result<Vec<ArrayRef>> {
     target
         .fields()
         .iter()
         .map(|f| match batch.column_by_name(f.name()) {
             Some(c) if c.data_type() == f.data_type() => Ok(Arc::clone(c)),
-            Some(c) => arrow::compute::cast(c, f.data_type()),
+            Some(c) => arrow::compute::cast_with_options(c, f.data_type(), &STRICT),
             None => Ok(arrow::array::new_null_array(f.data_type(), batch.num_rows())),
         })
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| Error::new(ErrorKind::SchemaMismatch, "records do not fit the lake schema").with_source(e))
 }
+
+const STRICT: arrow::compute::CastOptions<'static> =
+    arrow::compute::CastOptions { safe: false, format_options: arrow::util::display::FormatOptions::new() };
 
 /// Appends the system columns to a batch read from the cluster: `base_offset` is the offset of its first row,
 /// `append_timestamp_ms` the time its batch was appended. The batch's columns are taken by name, so a batch stored

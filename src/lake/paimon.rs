@@ -33,10 +33,13 @@ use crate::cluster::kv::CHANGE_TYPE_COLUMN;
 use crate::cluster::table::{ColumnType, TableDescriptor};
 use crate::error::{Error, ErrorKind, Result};
 use crate::failpoint;
+use crate::lake::outcome::{CommitCall, settle};
 use crate::lake::{
     BUCKET_COLUMN, CommitMarker, LakeCommitter, LakeOptions, LakeTieringFactory, LakeWriter, OFFSET_COLUMN,
     TABLE_PROP_TABLE_ID, TIMESTAMP_COLUMN, TableContext, TieredSnapshot, WriterContext, WrittenData, fit_columns,
 };
+
+mod claim;
 
 /// The commit user of every tiering commit.
 pub const COMMIT_USER: &str = "fluss-tiering";
@@ -251,16 +254,22 @@ impl LakeTieringFactory for PaimonFactory {
             .and_then(|b| b.new_write())
             .map_err(lake_err(format!("opening a writer on {}", t.path)))?;
         let bucket = (!t.descriptor.primary_key.is_empty()).then_some(ctx.bucket);
-        Ok(Box::new(PaimonWriter { write, target_schema, bucket, rows: 0 }))
+        Ok(Box::new(PaimonWriter { write, table, target_schema, bucket, rows: 0 }))
     }
 
     async fn create_committer(&self, t: &TableContext) -> Result<Box<dyn LakeCommitter>> {
-        Ok(Box::new(PaimonCommitter { catalog: Arc::clone(&self.catalog), table: t.clone() }))
+        Ok(Box::new(PaimonCommitter {
+            catalog: Arc::clone(&self.catalog),
+            table: t.clone(),
+            claim_lease: self.options.commit_timeout.saturating_mul(2),
+        }))
     }
 }
 
 struct PaimonWriter {
     write: TableWrite,
+    /// The table written to, for deleting the files of an aborted writer.
+    table: Table,
     target_schema: ArrowSchemaRef,
     /// The Fluss bucket, written as the Paimon bucket of a primary-key table; `None` for an append table.
     bucket: Option<i32>,
@@ -298,6 +307,14 @@ impl LakeWriter for PaimonWriter {
         let payload = serde_json::to_vec(&Messages(bytes.map_err(lake_err("serializing commit messages"))?))
             .map_err(|e| Error::new(ErrorKind::Internal, "serializing commit messages").with_source(e))?;
         Ok(WrittenData { payload, files: count, file_bytes, rows: self.rows })
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<()> {
+        let messages = self.write.prepare_commit().await.map_err(lake_err("closing Paimon files"))?;
+        PaimonCommitter::commit_handle(&self.table)?
+            .abort(&messages)
+            .await
+            .map_err(lake_err("deleting the files of a failed split"))
     }
 }
 
@@ -339,41 +356,66 @@ async fn read_marker(table: &Table, snapshot: &Snapshot) -> Result<CommitMarker>
         .map_err(|e| Error::new(ErrorKind::Lake, format!("offsets file {path} is malformed")).with_source(e))
 }
 
-/// The tiering snapshots (our commit user's), newest first; with `first_only`, the walk stops at the first one.
-/// A history cut by expiry before any tiering snapshot is found is an error, as for Iceberg.
-async fn tiered_ancestry(table: &Table, first_only: bool) -> Result<Vec<TieredSnapshot>> {
+/// Our commit user's snapshots, newest first, above snapshot `above` (exclusive; `None`: all); with `first_only`,
+/// the walk stops at the first one. A history cut by expiry before the walk ends is an error: the tiered offsets
+/// cannot be recovered from a partial history (refusing to guess).
+async fn our_snapshots(table: &Table, above: Option<i64>, first_only: bool) -> Result<Vec<Snapshot>> {
     let snapshots = table.snapshot_manager();
     let Some(latest) = snapshots.get_latest_snapshot_id().await.map_err(lake_err("listing snapshots"))? else {
         return Ok(Vec::new());
     };
     let earliest = snapshots.earliest_snapshot_id().await.map_err(lake_err("listing snapshots"))?.unwrap_or(1);
+    let floor = above.map_or(1, |b| b + 1);
     let mut found = Vec::new();
-    for id in (earliest..=latest).rev() {
+    for id in (floor.max(earliest)..=latest).rev() {
         let snapshot = snapshots.get_snapshot(id).await.map_err(lake_err(format!("reading snapshot {id}")))?;
-        if snapshot.commit_user() != COMMIT_USER {
-            continue;
-        }
-        let marker = read_marker(table, &snapshot).await?;
-        found.push(TieredSnapshot { snapshot_id: id, committed_at_ms: snapshot.time_millis() as i64, marker });
-        if first_only {
-            return Ok(found);
+        if snapshot.commit_user() == COMMIT_USER {
+            found.push(snapshot);
+            if first_only {
+                return Ok(found);
+            }
         }
     }
-    if found.is_empty() && earliest > 1 {
+    if earliest > floor && (above.is_some() || found.is_empty()) {
         return Err(Error::new(
             ErrorKind::Lake,
             format!(
-                "snapshots before {earliest} of the lake table have expired and no tiering snapshot is left: the \
-                 tiered offsets cannot be recovered from the lake (refusing to guess)"
+                "snapshots before {earliest} of the lake table have expired before the walk back to {} ended: the \
+                 tiered offsets cannot be recovered from the lake (refusing to guess)",
+                floor - 1
             ),
         ));
     }
     Ok(found)
 }
 
+/// The tiering snapshots, newest first, each with its marker; with `first_only`, only the newest.
+async fn tiered_ancestry(table: &Table, first_only: bool) -> Result<Vec<TieredSnapshot>> {
+    let mut out = Vec::new();
+    for snapshot in our_snapshots(table, None, first_only).await? {
+        let marker = read_marker(table, &snapshot).await?;
+        out.push(TieredSnapshot { snapshot_id: snapshot.id(), committed_at_ms: snapshot.time_millis() as i64, marker });
+    }
+    Ok(out)
+}
+
+/// The snapshot of round `marker`, looked for above `base`, where a round planned from `base` lands.
+async fn find_round(table: &Table, marker: &CommitMarker, base: Option<i64>) -> Result<Option<i64>> {
+    for snapshot in our_snapshots(table, base, false).await? {
+        if snapshot.commit_identifier() == marker.tiering_epoch
+            && read_marker(table, &snapshot).await?.round_id == marker.round_id
+        {
+            return Ok(Some(snapshot.id()));
+        }
+    }
+    Ok(None)
+}
+
 struct PaimonCommitter {
     catalog: Arc<dyn Catalog>,
     table: TableContext,
+    /// How long a round's claim on the successor of its base lasts.
+    claim_lease: std::time::Duration,
 }
 
 impl PaimonCommitter {
@@ -381,32 +423,12 @@ impl PaimonCommitter {
         load_table(self.catalog.as_ref(), &self.table).await
     }
 
+    /// A single-attempt commit (Paimon's own retry rebases onto whatever it finds, unchecked) that publishes even
+    /// without files: a round whose changes net to zero still records its offsets.
     fn commit_handle(table: &Table) -> Result<TableCommit> {
-        Ok(table.new_write_builder().with_commit_user(COMMIT_USER).map_err(lake_err("commit user"))?.new_commit())
-    }
-
-    /// The snapshot our commit user made with `identifier`, if there is one. Identifiers only grow, so the walk back
-    /// stops at the first of our snapshots with a smaller one.
-    async fn committed_as(&self, identifier: i64) -> Result<Option<i64>> {
-        let table = self.load().await?;
-        let snapshots = table.snapshot_manager();
-        let Some(latest) = snapshots.get_latest_snapshot_id().await.map_err(lake_err("listing snapshots"))? else {
-            return Ok(None);
-        };
-        let earliest = snapshots.earliest_snapshot_id().await.map_err(lake_err("listing snapshots"))?.unwrap_or(1);
-        for id in (earliest..=latest).rev() {
-            let snapshot = snapshots.get_snapshot(id).await.map_err(lake_err(format!("reading snapshot {id}")))?;
-            if snapshot.commit_user() != COMMIT_USER {
-                continue;
-            }
-            if snapshot.commit_identifier() == identifier {
-                return Ok(Some(id));
-            }
-            if snapshot.commit_identifier() < identifier {
-                break;
-            }
-        }
-        Ok(None)
+        let table = table.copy_with_options(HashMap::from([("commit.max-retries".to_string(), "0".to_string())]));
+        let builder = table.new_write_builder().with_commit_user(COMMIT_USER).map_err(lake_err("commit user"))?;
+        Ok(builder.new_commit().with_ignore_empty_commit(false))
     }
 }
 
@@ -433,6 +455,10 @@ impl LakeCommitter for PaimonCommitter {
                 format!("the lake table moved from snapshot {base:?} to {moved_to:?} since the round was planned"),
             ));
         }
+        // The right to commit on top of `base`, exclusive among tiering rounds (the check above alone leaves a
+        // window in which another round planned from the same base commits first).
+        let claims = claim::Claims::of(&table)?;
+        let held = claims.take(base, &marker.round_id, marker.tiering_epoch, self.claim_lease)?;
         let identifier = marker.tiering_epoch;
         // The marker first: a snapshot with this identifier is only ever read together with it.
         let body = serde_json::to_vec(marker)
@@ -447,6 +473,8 @@ impl LakeCommitter for PaimonCommitter {
             .map_err(lake_err(format!("writing {path}")))?;
         let messages = messages(&written)?;
         failpoint::hit("before-lake-commit");
+        // A round that stalled past its lease gives way to the one that took the claim over.
+        claims.check(&held)?;
         let committed = Self::commit_handle(&table)?
             .filter_and_commit_with_identifier(messages, identifier)
             .await
@@ -457,30 +485,17 @@ impl LakeCommitter for PaimonCommitter {
             });
         // Paimon filters an identifier at or below one already committed and returns Ok: only the lake can say
         // whether this round's snapshot is there.
-        match (committed, self.committed_as(identifier).await) {
-            (Err(e), Ok(Some(snapshot_id))) => {
-                tracing::warn!(table = %self.table.path, error = %e, "commit reported an error but landed");
-                Ok(snapshot_id)
-            }
-            (Ok(()), Ok(Some(snapshot_id))) => Ok(snapshot_id),
-            (Ok(()), Ok(None)) => Err(Error::new(
-                ErrorKind::FencedTieringEpoch,
-                format!(
-                    "Paimon filtered commit identifier {identifier} of {}: a newer tiering epoch committed first",
-                    self.table.path
-                ),
-            )),
-            (Err(e), Ok(None)) => Err(e),
-            (committed, Err(reload_err)) => Err(Error::new(
-                ErrorKind::CommitOutcomeUnknown,
-                format!(
-                    "commit to lake table {} ended with {:?} and the table cannot be reloaded to check it",
-                    self.table.path,
-                    committed.err().map(|e| e.to_string())
-                ),
-            )
-            .with_source(reload_err)),
-        }
+        let (call, call_error) = match committed {
+            Ok(()) => (CommitCall::WentThrough, None),
+            Err(e) => (CommitCall::Failed, Some(e)),
+        };
+        let lookup = match self.load().await {
+            Ok(table) => find_round(&table, marker, base).await,
+            Err(e) => Err(e),
+        };
+        let landed = settle(&self.table.path.to_string(), call, call_error, lookup)?;
+        claims.clear_below(landed);
+        Ok(landed)
     }
 
     async fn abort(&self, written: Vec<WrittenData>) -> Result<()> {

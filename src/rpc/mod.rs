@@ -35,6 +35,9 @@ pub struct TableSummary {
     pub last_error: Option<String>,
 }
 
+/// How long a call to the cluster may take unless the caller says otherwise.
+pub const DEFAULT_RPC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A client of one cluster; cheap to clone (the connection is shared).
 #[derive(Clone)]
 pub struct ClusterClient {
@@ -52,11 +55,18 @@ fn pb_path(p: &TablePath) -> proto::PbTablePath {
 }
 
 impl ClusterClient {
-    /// Connects to `url` (`http://HOST:PORT`).
+    /// Connects to `url` (`http://HOST:PORT`); every call fails after [`DEFAULT_RPC_TIMEOUT`].
     pub async fn connect(url: &str) -> Result<Self> {
-        let endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| {
-            Error::new(ErrorKind::InvalidArgument, format!("invalid cluster URL {url:?}")).with_source(e)
-        })?;
+        Self::connect_with_timeout(url, DEFAULT_RPC_TIMEOUT).await
+    }
+
+    /// Connects to `url`; every call (and the connection itself) fails as a network error after `timeout`, so a
+    /// hung cluster stalls a round for at most that long.
+    pub async fn connect_with_timeout(url: &str, timeout: std::time::Duration) -> Result<Self> {
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| Error::new(ErrorKind::InvalidArgument, format!("invalid cluster URL {url:?}")).with_source(e))?
+            .connect_timeout(timeout)
+            .timeout(timeout);
         let channel = endpoint
             .connect()
             .await
@@ -270,6 +280,15 @@ impl ClusterClient {
             bucket_id: buckets.to_vec(),
         };
         let resp = self.tablet.clone().list_offsets(req).await?.into_inner();
+        // One answer per bucket asked for, in order: a short or reordered answer would shift every offset after it.
+        let asked: Vec<i32> = buckets.to_vec();
+        let answered: Vec<i32> = resp.buckets_resp.iter().map(|b| b.bucket_id).collect();
+        if answered != asked {
+            return Err(Error::new(
+                ErrorKind::CorruptMessage,
+                format!("ListOffsets of table {table_id}: asked for buckets {asked:?}, the answer is for {answered:?}"),
+            ));
+        }
         resp.buckets_resp
             .into_iter()
             .map(|b| match (b.offset, b.error_code) {

@@ -1,0 +1,145 @@
+//! What a lake commit did, decided in one place for every format.
+//!
+//! A commit call can answer three ways (it went through, the lake refused it, or it failed without saying whether
+//! it landed), and the lake can then be asked whether the round's snapshot is there, by walking the ancestry from the
+//! current snapshot back to the snapshot the round was planned from. [`decide`] combines the two:
+//!
+//! | commit \ look-up | found (snapshot `s`) | absent          | unreadable    |
+//! |------------------|----------------------|-----------------|---------------|
+//! | went through     | landed `s`           | fenced          | unknown       |
+//! | refused          | landed `s`           | fenced          | fenced        |
+//! | failed           | landed `s`           | not committed   | unknown       |
+//!
+//! Invariants:
+//! 1. The lake is the source of truth: whenever the look-up finds the round, it landed, whatever the call said.
+//! 2. A round's files are deleted only on `Fenced` or `NotCommitted`, i.e. only when a readable lake, walked back to
+//!    the round's base, does not hold the round (or the lake refused the commit outright). Never on `Unknown`.
+//! 3. "Went through" without the round in the lake means the lake filtered the commit (Paimon drops an identifier
+//!    at or below one already committed): someone else committed first.
+
+/// What the commit call answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitCall {
+    /// The call returned success.
+    WentThrough,
+    /// The lake refused the commit (a conflict, a failed condition): nothing of it was applied.
+    Refused,
+    /// The call failed in a way that does not say whether it was applied (a lost reply, a time-out).
+    Failed,
+}
+
+/// What walking the lake's ancestry back to the round's base found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// A snapshot carrying the round's marker.
+    Found(i64),
+    /// No snapshot between the current one and the base carries the round's marker.
+    Absent,
+    /// The lake could not be read.
+    Unreadable,
+}
+
+/// The round's fate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// The round's snapshot is in the lake.
+    Landed(i64),
+    /// Someone else committed first, or the lake refused: nothing of this round is in the lake.
+    Fenced,
+    /// The commit failed and the lake does not hold the round: its files can go.
+    NotCommitted,
+    /// Nobody can tell yet: the files must be kept, the next round (planned from the lake) will know.
+    Unknown,
+}
+
+/// Combines a commit call's answer with what the lake holds (see the module's table).
+pub fn decide(call: CommitCall, lookup: Lookup) -> Decision {
+    match (call, lookup) {
+        (_, Lookup::Found(snapshot_id)) => Decision::Landed(snapshot_id),
+        (CommitCall::WentThrough, Lookup::Absent) => Decision::Fenced,
+        (CommitCall::WentThrough, Lookup::Unreadable) => Decision::Unknown,
+        (CommitCall::Refused, Lookup::Absent | Lookup::Unreadable) => Decision::Fenced,
+        (CommitCall::Failed, Lookup::Absent) => Decision::NotCommitted,
+        (CommitCall::Failed, Lookup::Unreadable) => Decision::Unknown,
+    }
+}
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// The decision as the committer's result: the snapshot id when the round landed, otherwise an error whose kind
+/// says what to do with the files (`FencedTieringEpoch` or `Lake`: delete them; `CommitOutcomeUnknown`: keep them).
+/// `call_error` is what the commit call reported, `lookup` the walk of the lake back to the base.
+pub fn settle(table: &str, call: CommitCall, call_error: Option<Error>, lookup: Result<Option<i64>>) -> Result<i64> {
+    let (found, lookup_error) = match lookup {
+        Ok(Some(id)) => (Lookup::Found(id), None),
+        Ok(None) => (Lookup::Absent, None),
+        Err(e) => (Lookup::Unreadable, Some(e)),
+    };
+    let cause = |e: Option<Error>| e.map(|e| format!(": {e}")).unwrap_or_default();
+    match decide(call, found) {
+        Decision::Landed(id) => {
+            if let Some(e) = call_error {
+                tracing::warn!(table, error = %e, snapshot = id, "the commit reported an error but landed");
+            }
+            Ok(id)
+        }
+        Decision::Fenced => Err(Error::new(
+            ErrorKind::FencedTieringEpoch,
+            format!(
+                "another commit reached lake table {table} first; this round's was not applied{}",
+                cause(call_error)
+            ),
+        )),
+        Decision::NotCommitted => Err(Error::new(
+            ErrorKind::Lake,
+            format!("the commit to lake table {table} failed and the lake does not hold it{}", cause(call_error)),
+        )),
+        Decision::Unknown => Err(Error::new(
+            ErrorKind::CommitOutcomeUnknown,
+            format!(
+                "the commit to lake table {table} ended with {:?} and the lake cannot be read to tell whether it                  landed{}",
+                call_error.map(|e| e.to_string()),
+                cause(lookup_error)
+            ),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_case_of_the_table() {
+        use CommitCall::*;
+        use Decision::*;
+        use Lookup::*;
+        let table = [
+            (WentThrough, Found(7), Landed(7)),
+            (WentThrough, Absent, Fenced),
+            (WentThrough, Unreadable, Unknown),
+            (Refused, Found(7), Landed(7)),
+            (Refused, Absent, Fenced),
+            (Refused, Unreadable, Fenced),
+            (Failed, Found(7), Landed(7)),
+            (Failed, Absent, NotCommitted),
+            (Failed, Unreadable, Unknown),
+        ];
+        for (call, lookup, expected) in table {
+            assert_eq!(decide(call, lookup), expected, "{call:?} x {lookup:?}");
+        }
+    }
+
+    /// Invariant 2, stated over every case: files go only when a readable lake lacks the round or it was refused.
+    #[test]
+    fn files_are_deleted_only_when_the_lake_says_so() {
+        for call in [CommitCall::WentThrough, CommitCall::Refused, CommitCall::Failed] {
+            for lookup in [Lookup::Found(1), Lookup::Absent, Lookup::Unreadable] {
+                let deletes = matches!(decide(call, lookup), Decision::Fenced | Decision::NotCommitted);
+                let lake_says_absent =
+                    lookup == Lookup::Absent || (call == CommitCall::Refused && lookup != Lookup::Found(1));
+                assert_eq!(deletes, lake_says_absent, "{call:?} x {lookup:?}");
+            }
+        }
+    }
+}

@@ -303,9 +303,10 @@ async fn lake_commit(
         // Nothing read: this round only brings the cluster up to the lake's latest snapshot, if there is one.
         return Ok(plan.base.as_ref().map(|base| (base.snapshot_id, base.marker.clone())));
     }
-    failpoint::slow_commit(&plan.table.path.to_string()).await;
     // Invariant 1: a round the enumerator fenced (its epoch superseded, the job stopping) goes no further.
     ctx.rounds.begin_commit(plan.table.table_id, &plan.round_id)?;
+    tracing::info!(files = g.written.iter().map(|w| w.files).sum::<u64>(), "committing to the lake");
+    failpoint::slow_commit(&plan.table.path.to_string()).await;
     // Conditional on the lake still being where the round started: otherwise another writer (a zombie job, a job
     // that took the table over) committed in between, and committing on top would duplicate its rows.
     let snapshot_id =

@@ -132,6 +132,34 @@ async fn a_lost_reply_is_recognized_not_repeated() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_reply_with_another_commit_on_top_is_found_by_walking_back_to_the_base() {
+    // Ours lands, another tiering commit (the next round of a job that took over) lands on top, and our reply is
+    // lost. Only the newest marker is theirs: looking at it alone says "not committed", and deleting our files would
+    // break the snapshot below that references them.
+    let l = lake().await;
+    let ours = l.write(0, 100, 0).await;
+    let other = l.other_committer().await;
+    let theirs = l.write(100, 150, 0).await;
+    l.faulty.compete_after(Box::new(move || {
+        Box::pin(async move {
+            let base = other.latest().await.expect("latest").map(|s| s.snapshot_id);
+            other.commit(vec![theirs], &marker("theirs", 150), base).await.expect("the other commit lands on top");
+        })
+    }));
+    l.faulty.script(Fault::LostReplyThenCompetitor);
+    let committer = l.committer().await;
+    let id = committer.commit(vec![ours.clone()], &marker("ours", 100), None).await.expect("found by walking back");
+    let table = l.iceberg_table().await;
+    let snapshots: Vec<_> = table.metadata().snapshots().map(|s| (s.snapshot_id(), s.parent_snapshot_id())).collect();
+    let parent = table.metadata().current_snapshot().and_then(|s| s.parent_snapshot_id());
+    assert_eq!(Some(id), parent, "ours is the snapshot below theirs: {snapshots:?}");
+    for f in data_files(&table, &ours) {
+        assert!(std::path::Path::new(f.file_path().trim_start_matches("file:")).exists(), "{} is kept", f.file_path());
+    }
+    assert_eq!(l.rows(), 150, "both commits' rows are readable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_outcome_keeps_files_and_recovery_finds_the_commit_where_a_naive_retry_duplicates() {
     // Ours: the reply is lost and the reload that would tell fails too: the outcome is unknown, nothing is retried,
     // and the next round, planned from the lake, finds the commit and has nothing left to write.
@@ -139,8 +167,13 @@ async fn unknown_outcome_keeps_files_and_recovery_finds_the_commit_where_a_naive
     let committer = l.committer().await;
     l.faulty.script(Fault::LostReply);
     l.faulty.script(Fault::ReloadFails);
-    let err = committer.commit(vec![l.write(0, 100, 0).await], &marker("r1", 100), None).await.expect_err("unknown");
+    let written = l.write(0, 100, 0).await;
+    let err = committer.commit(vec![written.clone()], &marker("r1", 100), None).await.expect_err("unknown");
     assert_eq!(err.kind(), ErrorKind::CommitOutcomeUnknown);
+    for f in data_files(&l.iceberg_table().await, &written) {
+        let path = f.file_path().trim_start_matches("file:").to_string();
+        assert!(std::path::Path::new(&path).exists(), "{path} is kept while the outcome is unknown");
+    }
     let recovered = committer.latest().await.expect("latest").expect("landed");
     assert_eq!(recovered.marker.offset_map().values().copied().collect::<Vec<_>>(), vec![100]);
     assert_eq!(l.rows(), 100);

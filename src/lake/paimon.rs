@@ -447,6 +447,11 @@ impl LakeCommitter for PaimonCommitter {
     async fn commit(&self, written: Vec<WrittenData>, marker: &CommitMarker, base: Option<i64>) -> Result<i64> {
         let table = self.load().await?;
         check_owner(&self.table, &table)?;
+        // The right to commit on top of `base`, exclusive among tiering rounds, taken before the base is checked: a
+        // round that checked first could see the base unchanged, lose the race to another round's commit, and then
+        // commit on top of it with the same rows.
+        let claims = claim::Claims::of(&table)?;
+        let held = claims.take(base, &marker.round_id, marker.tiering_epoch, self.claim_lease)?;
         let latest = tiered_ancestry(&table, true).await?.into_iter().next();
         if latest.as_ref().map(|l| l.snapshot_id) != base {
             let moved_to = latest.map(|l| format!("{} ({})", l.snapshot_id, l.marker.round_id));
@@ -455,10 +460,6 @@ impl LakeCommitter for PaimonCommitter {
                 format!("the lake table moved from snapshot {base:?} to {moved_to:?} since the round was planned"),
             ));
         }
-        // The right to commit on top of `base`, exclusive among tiering rounds (the check above alone leaves a
-        // window in which another round planned from the same base commits first).
-        let claims = claim::Claims::of(&table)?;
-        let held = claims.take(base, &marker.round_id, marker.tiering_epoch, self.claim_lease)?;
         let identifier = marker.tiering_epoch;
         // The marker first: a snapshot with this identifier is only ever read together with it.
         let body = serde_json::to_vec(marker)

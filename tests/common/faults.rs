@@ -17,6 +17,9 @@ use iceberg::{Catalog, Namespace, NamespaceIdent, Result, TableCommit, TableCrea
 pub enum Fault {
     /// The commit lands, but the caller gets an error.
     LostReply,
+    /// The commit lands, the competitor set with [`FaultyCatalog::compete_after`] commits on top, and the caller gets
+    /// an error.
+    LostReplyThenCompetitor,
     /// The next table load fails.
     ReloadFails,
     /// Another writer changes the table (metadata only) right before the commit.
@@ -35,6 +38,7 @@ struct State {
     /// Seeded random faults: `(rng state, probability per load, probability per commit)`, in 1/1000.
     random: Option<(u64, u64, u64)>,
     competitor: Option<Competitor>,
+    after: Option<Competitor>,
     injected: BTreeMap<Fault, u64>,
 }
 
@@ -73,6 +77,11 @@ impl FaultyCatalog {
         self.state.lock().expect("lock").random = Some((seed | 1, load_per_mille, commit_per_mille));
     }
 
+    /// Runs `competitor` right after the next commit lands (with [`Fault::LostReplyThenCompetitor`]).
+    pub fn compete_after(&self, competitor: Competitor) {
+        self.state.lock().expect("lock").after = Some(competitor);
+    }
+
     pub fn calm(&self) {
         let mut s = self.state.lock().expect("lock");
         s.random = None;
@@ -94,8 +103,11 @@ impl FaultyCatalog {
             *rng ^= *rng >> 7;
             *rng ^= *rng << 17;
             let roll = *rng % 1000;
-            let pick = (*rng >> 20) as usize % allowed.len();
-            (roll < per_mille).then(|| allowed[pick])
+            // A competitor after the commit is set up by a test: never drawn at random.
+            let drawable: Vec<Fault> =
+                allowed.iter().copied().filter(|f| *f != Fault::LostReplyThenCompetitor).collect();
+            let pick = (*rng >> 20) as usize % drawable.len();
+            (roll < per_mille).then(|| drawable[pick])
         } else {
             None
         };
@@ -158,10 +170,23 @@ impl Catalog for FaultyCatalog {
         if let Some(compete) = competitor {
             compete().await;
         }
-        match self.next(&[Fault::LostReply, Fault::CompetingMetadataChange, Fault::Slow]) {
+        match self.next(&[
+            Fault::LostReply,
+            Fault::LostReplyThenCompetitor,
+            Fault::CompetingMetadataChange,
+            Fault::Slow,
+        ]) {
             Some(Fault::LostReply) => {
                 self.inner.update_table(commit).await?;
                 Err(injected("the commit landed but its reply was lost"))
+            }
+            Some(Fault::LostReplyThenCompetitor) => {
+                self.inner.update_table(commit).await?;
+                let after = self.state.lock().expect("lock").after.take();
+                if let Some(compete) = after {
+                    compete().await;
+                }
+                Err(injected("the commit landed, another landed on top, and the reply was lost"))
             }
             Some(Fault::CompetingMetadataChange) => {
                 let table = self.inner.load_table(commit.identifier()).await?;

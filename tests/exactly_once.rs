@@ -1,0 +1,181 @@
+//! The commit path's hard cases, each staged with real jobs (processes) frozen and thawed at chosen points, and the
+//! lake checked with readers that are not ours (pypaimon, pyiceberg) and in its raw snapshot files:
+//! - a round whose epoch the coordinator fenced never reaches the lake;
+//! - a zombie job that resumes after another job took its table over does not commit on top of it;
+//! - a clean stop (SIGTERM) lets a round in its lake commit finish and hands back nothing that may still land;
+//! - a primary-key round whose changes net to zero still records its offsets.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use fluss_tiering::failpoint;
+
+/// A Paimon snapshot as its JSON file says: (id, commit user, commit identifier).
+fn paimon_snapshots(
+    warehouse: &std::path::Path,
+    table: &fluss_tiering::cluster::table::TablePath,
+) -> Vec<(i64, String, i64)> {
+    let dir = warehouse.join(format!("{}.db", table.database)).join(&table.table).join("snapshot");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("snapshot dir").flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(id) = name.strip_prefix("snapshot-").and_then(|n| n.parse::<i64>().ok()) else { continue };
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(entry.path()).expect("read snapshot")).expect("snapshot json");
+        let user = json["commitUser"].as_str().expect("commitUser").to_string();
+        out.push((id, user, json["commitIdentifier"].as_i64().expect("commitIdentifier")));
+    }
+    out.sort();
+    out
+}
+
+async fn wait_for_log(stderr: &tempfile::NamedTempFile, needle: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !std::fs::read_to_string(stderr.path()).unwrap_or_default().contains(needle) {
+        assert!(Instant::now() < deadline, "the job never logged {needle:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn tiering_epoch(client: &fluss_tiering::rpc::ClusterClient, table_id: i64) -> i64 {
+    let tables = client.list_tables().await.expect("tables");
+    tables.iter().find(|t| t.table_id == table_id).expect("listed").tiering_epoch
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_whose_epoch_the_coordinator_fenced_never_reaches_the_lake() {
+    let Setup { dir: _dir, warehouse, cluster, client, tables } = setup().await;
+    let orders = &tables[0];
+    produce_all(&client, std::slice::from_ref(orders), 0, 20_000).await;
+
+    // The job freezes in its first split, past the tiering time-out: the coordinator takes the table back.
+    let stderr = tempfile::NamedTempFile::new().expect("stderr");
+    let env = [(failpoint::ENV, "mid-split:pause".to_string()), (failpoint::SLOW_FETCH_ENV, "30".to_string())];
+    let mut job =
+        spawn_tier(&cluster.url(), &warehouse, &["--max-tables", "2", "--fetch-max-bytes", "1"], &env, &stderr);
+    wait_stopped(&mut job, "mid-split").await;
+    let fenced_epoch = tiering_epoch(&client, orders.id).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    // Thawed, it heartbeats the dead epoch (refused), is handed the table again under a new one, and must not let
+    // the old round, which is ahead, commit.
+    signal(&job, libc::SIGCONT);
+    wait_tiered(&client, &[orders], Duration::from_secs(120)).await;
+    let log = stop_job(job, &stderr).await;
+    let snapshots = paimon_snapshots(&warehouse, &orders.path);
+    assert!(
+        snapshots.iter().all(|(_, _, identifier)| *identifier != fenced_epoch),
+        "no lake snapshot was committed under the fenced epoch {fenced_epoch}: {snapshots:?}"
+    );
+    assert!(log.contains("round fenced"), "the old round was fenced:\n{log}");
+    check_exactly_once(&read_lake(&warehouse, &orders.path), orders, &end_offsets(&client, orders).await, 20_000);
+}
+
+/// A job freezes right before its lake commit, the coordinator hands its table to a second job, which also gets
+/// right to its lake commit; then the first thaws and commits, then the second. Only one of them may land.
+async fn zombie_after_take_over(format: &str) {
+    let Setup { dir: _dir, warehouse, cluster, client, tables } = setup().await;
+    produce_all(&client, &tables[..1], 0, 2000).await;
+    let args = ["--format", format, "--max-tables", "1", "--lake-timeout", "1s"];
+    let pause = [(failpoint::ENV, "before-lake-commit:pause".to_string())];
+
+    let zombie_log = tempfile::NamedTempFile::new().expect("stderr");
+    let mut zombie = spawn_tier(&cluster.url(), &warehouse, &args, &pause, &zombie_log);
+    wait_stopped(&mut zombie, "the zombie's lake commit").await;
+    let taker_log = tempfile::NamedTempFile::new().expect("stderr");
+    let mut taker = spawn_tier(&cluster.url(), &warehouse, &args, &pause, &taker_log);
+    wait_stopped(&mut taker, "the second job's lake commit").await;
+
+    signal(&zombie, libc::SIGCONT);
+    wait_for_log(&zombie_log, "round not committed", Duration::from_secs(60)).await;
+    signal(&taker, libc::SIGCONT);
+    wait_tiered(&client, &[&tables[0]], Duration::from_secs(120)).await;
+    stop_job(taker, &taker_log).await;
+    stop_job(zombie, &zombie_log).await;
+    assert_success(&tier(&cluster.url(), &warehouse, &["--format", format], &[]).await);
+    check_lake_and_cluster(&client, &warehouse, &tables[..1], 2000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zombie_that_resumes_after_a_take_over_does_not_commit_on_top_paimon() {
+    zombie_after_take_over("paimon").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zombie_that_resumes_after_a_take_over_does_not_commit_on_top_iceberg() {
+    zombie_after_take_over("iceberg").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_lets_the_round_in_its_lake_commit_finish_and_reports_nothing_failed() {
+    let Setup { dir: _dir, warehouse, cluster, client, tables } = setup().await;
+    let orders = &tables[0];
+    produce_all(&client, std::slice::from_ref(orders), 0, 1000).await;
+    let stderr = tempfile::NamedTempFile::new().expect("stderr");
+    let slow = [(failpoint::SLOW_COMMIT_ENV, format!("{}=3000", orders.path))];
+    let job = spawn_tier(&cluster.url(), &warehouse, &["--max-tables", "1"], &slow, &stderr);
+
+    // Once the round's files are written its commit is under way (slowed down); SIGTERM arrives then.
+    let table_dir = warehouse.join("db.db").join("orders");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !walk(&table_dir).iter().any(|p| p.extension().is_some_and(|e| e == "parquet")) {
+        assert!(Instant::now() < deadline, "the round never wrote a file");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = stop_job(job, &stderr).await;
+
+    let listed = client.list_tables().await.expect("tables");
+    let state = listed.iter().find(|t| t.table_id == orders.id).expect("listed");
+    assert_eq!(state.failures, 0, "nothing was reported failed while its commit could still land:\n{log}");
+    check_lake_and_cluster(&client, &warehouse, std::slice::from_ref(orders), 1000).await;
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_key_round_whose_changes_net_to_zero_still_records_its_offsets() {
+    use fluss_tiering::cluster::table::{TableDescriptor, parse_schema};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cluster, client) = start_cluster(&dir.path().join("cluster")).await;
+    let warehouse = dir.path().join("warehouse");
+    let mut descriptor = TableDescriptor {
+        columns: parse_schema("id:int64,name:string").expect("schema"),
+        buckets: 1,
+        partition_key: None,
+        primary_key: vec!["id".into()],
+        properties: Default::default(),
+    };
+    descriptor.properties.insert("table.datalake.freshness".into(), "200ms".into());
+    let path: fluss_tiering::cluster::table::TablePath = "db.users".parse().expect("path");
+    let id = client.create_table(&path, &descriptor, false).await.expect("create");
+    let rows = |ids: &[u64]| WORKLOAD.batch(&descriptor, ids).expect("rows");
+    client.put_kv(id, None, 0, &[rows(&[1, 2, 3])], false).await.expect("upsert");
+    assert_success(&tier(&cluster.url(), &warehouse, &[], &[]).await);
+
+    // Keys inserted and deleted again: the changelog grows, the table's state does not change.
+    client.put_kv(id, None, 0, &[rows(&[10, 11])], false).await.expect("upsert");
+    client.put_kv(id, None, 0, &[rows(&[10, 11])], true).await.expect("delete");
+    assert_success(&tier(&cluster.url(), &warehouse, &[], &[]).await);
+
+    let end = client.list_offsets(id, None, &[0], true).await.expect("offsets")[0];
+    let lake = read_lake(&warehouse, &path);
+    let offsets: Vec<BTreeMap<String, serde_json::Value>> =
+        serde_json::from_str(lake.properties["fluss-offsets"].as_str().expect("offsets")).expect("json");
+    assert_eq!(offsets[0]["offset"].as_i64(), Some(end), "the lake's offsets reached the changelog's end");
+    assert_eq!(lake.rows.num_rows(), 3, "the net-zero changes left the table's rows as they were");
+    let recorded = client.lake_snapshot(&path).await.expect("snapshot").expect("recorded");
+    assert_eq!(Some(recorded.snapshot_id), lake.current_snapshot_id, "the cluster agrees with the lake");
+}

@@ -42,19 +42,43 @@ async fn a_table_dropped_and_recreated_mid_round_gets_nothing_while_others_keep_
     let log = stop_job(job, &stderr).await;
     assert!(resumed.elapsed() < Duration::from_secs(60));
 
-    // The old round failed and left no files; nothing reached the lake table of that name.
-    assert!(log.contains("does not exist") || log.contains("dropped and re-created"), "the old round failed:\n{log}");
+    // The old round (of the dropped table's id) failed and left no files; nothing reached the lake table of that name.
+    let log = plain(&log);
+    let old_failed = log
+        .lines()
+        .filter(|l| l.contains("tiering round failed") && l.contains(&format!("table_id={}", old.id)))
+        .find(|l| l.contains("dropped and re-created") || l.contains("does not exist"));
+    assert!(old_failed.is_some(), "the old round (table id {}) failed with the reason:\n{log}", old.id);
     let lake = read_lake(&warehouse, &old.path);
     assert_eq!(lake.rows.num_rows(), 0, "nothing was committed under {}", old.path);
-    let data_dir = warehouse.join("db").join(&old.path.table).join("data");
+    let table_dir = warehouse.join(format!("{}.db", old.path.database)).join(&old.path.table);
+    assert!(table_dir.is_dir(), "the Paimon table directory is where the check looks: {}", table_dir.display());
     let leftovers: Vec<_> =
-        walk(&data_dir).into_iter().filter(|p| p.extension().is_some_and(|e| e == "parquet")).collect();
+        walk(&table_dir).into_iter().filter(|p| p.extension().is_some_and(|e| e == "parquet")).collect();
     assert!(leftovers.is_empty(), "the failed round's files are removed: {leftovers:?}");
 
     // The other tables kept tiering, exactly once.
     for t in &tables[1..] {
         check_exactly_once(&read_lake(&warehouse, &t.path), t, &end_offsets(&client, t).await, 1000);
     }
+}
+
+/// A log without its terminal colour codes.
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

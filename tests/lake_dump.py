@@ -1,13 +1,15 @@
 """Reads a lake table with a reader that is not ours (pyiceberg or pypaimon) and dumps it for the Rust tests.
 
-usage: lake_dump.py WAREHOUSE DATABASE.TABLE OUT.arrow
+usage: lake_dump.py WAREHOUSE DATABASE.TABLE OUT.arrow [--raw]
 
 The format is the warehouse's: an Iceberg SQL catalog (WAREHOUSE/catalog.db) or a Paimon filesystem catalog.
 Writes every row of the table's current snapshot to OUT.arrow (Arrow IPC file) and prints one JSON line:
 {"format": F, "rows": N, "snapshots": N, "current_snapshot_id": ID, "properties": {...tiering marker...}}
 
 For Paimon, a primary-key table is read merged (its latest row per key), and the tiering marker is the offsets file
-the latest tiering snapshot names by its commit identifier.
+the latest tiering snapshot names by its commit identifier. With --raw, every row of every data file the current
+snapshot references is dumped as it sits in its file, unmerged: a change committed twice shows twice there, where a
+merged read would hide it.
 """
 import json
 import os
@@ -29,13 +31,27 @@ def read_iceberg(warehouse: str, table_name: str):
     }
 
 
-def read_paimon(warehouse: str, table_name: str):
+def read_paimon(warehouse: str, table_name: str, raw: bool):
     from pypaimon import CatalogFactory
 
     catalog = CatalogFactory.create({"warehouse": f"file://{warehouse}"})
     table = catalog.get_table(table_name)
     read_builder = table.new_read_builder()
-    data = read_builder.new_read().to_arrow(read_builder.new_scan().plan().splits())
+    splits = read_builder.new_scan().plan().splits()
+    if raw:
+        import pyarrow.parquet as pq
+
+        paths = [p for split in splits for p in split.file_paths]
+        # One file at a time: a dataset read would add partition columns from the path (region=…).
+        tables = [pq.ParquetFile(p[len("file://"):] if p.startswith("file://") else p).read() for p in paths]
+        keys = [c for c in table.partition_keys if c]
+        types = {"__bucket": pa.int32(), "__offset": pa.int64(), **{k: pa.string() for k in keys}}
+        columns = list(types)
+        # Files may store a partition column dictionary-encoded: every part is cast to one plain schema.
+        parts = [pa.table({c: t.column(c).cast(types[c]) for c in columns}) for t in tables]
+        data = pa.concat_tables(parts) if parts else pa.table({c: pa.array([], pa.int64()) for c in columns})
+    else:
+        data = read_builder.new_read().to_arrow(splits)
     database, name = table_name.split(".", 1)
     location = os.path.join(warehouse, f"{database}.db", name)
     snapshot_dir = os.path.join(location, "snapshot")
@@ -66,11 +82,13 @@ def read_paimon(warehouse: str, table_name: str):
 
 def main() -> None:
     warehouse, table_name, out = sys.argv[1], sys.argv[2], sys.argv[3]
+    raw = "--raw" in sys.argv[4:]
     warehouse = os.path.abspath(warehouse)
     if os.path.exists(os.path.join(warehouse, "catalog.db")):
+        # Iceberg tables here are append-only: a scan is already every committed row as written.
         fmt, (data, summary) = "iceberg", read_iceberg(warehouse, table_name)
     else:
-        fmt, (data, summary) = "paimon", read_paimon(warehouse, table_name)
+        fmt, (data, summary) = "paimon", read_paimon(warehouse, table_name, raw)
     with pa.OSFile(out, "wb") as sink:
         with pa.ipc.new_file(sink, data.schema) as writer:
             writer.write_table(data)

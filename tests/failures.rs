@@ -46,7 +46,8 @@ async fn a_table_dropped_and_recreated_mid_round_gets_nothing_while_others_keep_
     let log = plain(&log);
     let old_failed = log
         .lines()
-        .filter(|l| l.contains("tiering round failed") && l.contains(&format!("table_id={}", old.id)))
+        .filter(|l| l.contains("tiering round failed") || l.contains("fenced round ended"))
+        .filter(|l| l.contains(&format!("table_id={} ", old.id)))
         .find(|l| l.contains("dropped and re-created") || l.contains("does not exist"));
     assert!(old_failed.is_some(), "the old round (table id {}) failed with the reason:\n{log}", old.id);
     let lake = read_lake(&warehouse, &old.path);

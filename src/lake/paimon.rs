@@ -85,7 +85,7 @@ impl PaimonFactory {
                 // The catalog writes a new table's schema file in place: a crash while creating it leaves a table
                 // that cannot be loaded. It never got a snapshot, so nothing is lost by creating it again.
                 tracing::warn!(table = %t.path, error = %e, "lake table left half-created; creating it again");
-                let dir = self.table_dir(t);
+                let dir = self.table_dir(t).join("schema");
                 std::fs::remove_dir_all(&dir)
                     .map_err(|e| Error::new(ErrorKind::Lake, format!("removing {}", dir.display())).with_source(e))?;
             }
@@ -106,13 +106,17 @@ impl PaimonFactory {
         self.warehouse.join(format!("{}.db", t.path.database)).join(&t.path.table)
     }
 
-    /// Whether the table's directory exists without a single snapshot: a creation that did not finish.
+    /// Whether the table's creation did not finish: no snapshot, and a first schema file that is not JSON (the
+    /// catalog writes it in place). Any other load error is left alone: a table whose first round is still writing
+    /// has a good schema and no snapshot yet, and its files must stay.
     fn half_created(&self, t: &TableContext) -> bool {
         let dir = self.table_dir(t);
         let snapshots = std::fs::read_dir(dir.join("snapshot"))
             .map(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with("snapshot-")))
             .unwrap_or(false);
-        dir.is_dir() && !snapshots
+        let torn_schema = std::fs::read(dir.join("schema").join("schema-0"))
+            .is_ok_and(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).is_err());
+        !snapshots && torn_schema
     }
 
     /// Adds to the lake table the columns the Fluss table gained since (nullable: older files read them as null).
@@ -219,6 +223,38 @@ fn check_owner(t: &TableContext, table: &Table) -> Result<()> {
     Ok(())
 }
 
+/// Checks that every Fluss column has a lake column of the same type: a column retyped or dropped outside is a clear
+/// error, not values cast (or nulled) to fit.
+fn check_compatible(t: &TableContext, table: &Table) -> Result<()> {
+    let lake = write_schema(table)?;
+    for c in &t.descriptor.columns {
+        let expected =
+            paimon::arrow::paimon_type_to_arrow(&paimon_type(c.data_type, true)?).map_err(lake_err("arrow type"))?;
+        match lake.field_with_name(&c.name) {
+            Ok(f) if *f.data_type() == expected => {}
+            Ok(f) => {
+                return Err(Error::new(
+                    ErrorKind::SchemaMismatch,
+                    format!(
+                        "lake table {}: column {} has type {} but the Fluss column is {} ({expected})",
+                        t.path,
+                        c.name,
+                        f.data_type(),
+                        c.data_type
+                    ),
+                ));
+            }
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::SchemaMismatch,
+                    format!("lake table {}: column {} is missing", t.path, c.name),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The arrow schema the table's writer expects: its fields, in its order.
 fn write_schema(table: &Table) -> Result<ArrowSchemaRef> {
     let fields = table
@@ -238,6 +274,7 @@ impl LakeTieringFactory for PaimonFactory {
     async fn prepare_table(&self, t: &TableContext) -> Result<Option<TieredSnapshot>> {
         let table = self.evolve(t, self.load_or_create(t).await?).await?;
         check_owner(t, &table)?;
+        check_compatible(t, &table)?;
         Ok(tiered_ancestry(&table, true).await?.into_iter().next())
     }
 

@@ -17,7 +17,7 @@
 //! - [`rpc`]: the wire protocol (`proto/fluss_api.proto`), a typed client and the Arrow IPC framing.
 //! - [`dataflows`]: the tiering job, one timely graph (enumerator → read+write → commit), in the top-level
 //!   `dataflows/` directory.
-//! - [`lake`]: the lake formats behind `LakeTieringFactory`; Apache Iceberg first.
+//! - [`lake`]: the lake formats behind `LakeTieringFactory`; Apache Paimon (the default) and Apache Iceberg.
 //! - [`failpoint`]: crash, pause and slow-down points that the tests arm through environment variables.
 //! - [`metrics`]: the Prometheus `/metrics` endpoint of the job and of the cluster.
 //! - [`workload`]: a deterministic load generator whose rows a checker can recompute.

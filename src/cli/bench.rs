@@ -102,6 +102,9 @@ struct Run {
     /// CPU seconds the run used, the embedded cluster serving its fetches included: `cpu_seconds / wall_seconds` is
     /// how many cores it kept busy, which bounds what more workers can gain on this machine.
     cpu_seconds: f64,
+    /// CPU seconds per million rows written: per-core efficiency, comparable between a one-thread baseline and a
+    /// job that keeps several cores busy (the wall-time ratio is not).
+    cpu_seconds_per_million_rows: f64,
     rounds_committed: u64,
     /// Where the time went (zero for the baseline, which is all encoding).
     phase_seconds: PhaseSeconds,
@@ -261,6 +264,7 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         mean_file_bytes: baseline.parquet_bytes as f64 / args.tables as f64,
         changes_read: 0,
         cpu_seconds: baseline.cpu_seconds,
+        cpu_seconds_per_million_rows: baseline.cpu_seconds * 1e6 / total_rows.max(1) as f64,
         rounds_committed: 0,
         phase_seconds: PhaseSeconds::default(),
         cores,
@@ -290,7 +294,7 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(200));
         let (started, cpu_before) = (Instant::now(), cpu_seconds());
         let report = if args.processes == 1 { run_job(&job)?.metrics.report() } else { run_processes(&job, &dir)? };
-        let took = started.elapsed();
+        let (took, cpu) = (started.elapsed(), cpu_seconds() - cpu_before);
         print_summary(&report, took);
         let secs = took.as_secs_f64();
         runs.push(Run {
@@ -307,7 +311,8 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             ratio_to_baseline: baseline.took.as_secs_f64() / secs,
             mean_file_bytes: report.file_bytes as f64 / report.files.max(1) as f64,
             changes_read: report.changes_read,
-            cpu_seconds: cpu_seconds() - cpu_before,
+            cpu_seconds: cpu,
+            cpu_seconds_per_million_rows: cpu * 1e6 / report.rows.max(1) as f64,
             rounds_committed: report.rounds_committed,
             phase_seconds: report.phases,
             cores,
@@ -318,12 +323,12 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     runtime.block_on(cluster.shutdown())?;
 
     println!(
-        "\n{:<36} {:>9} {:>10} {:>9} {:>12} {:>10} {:>12} {:>8} {:>10}",
-        "run", "workers", "rows", "seconds", "rows/s", "Arrow MB/s", "Parquet MB", "ratio", "cores busy"
+        "\n{:<36} {:>9} {:>10} {:>9} {:>12} {:>10} {:>12} {:>8} {:>10} {:>12}",
+        "run", "workers", "rows", "seconds", "rows/s", "Arrow MB/s", "Parquet MB", "ratio", "cores busy", "CPU s/M rows"
     );
     for r in &runs {
         println!(
-            "{:<36} {:>9} {:>10} {:>9.2} {:>12.0} {:>10.1} {:>12.1} {:>8.2} {:>10.2}",
+            "{:<36} {:>9} {:>10} {:>9.2} {:>12.0} {:>10.1} {:>12.1} {:>8.2} {:>10.2} {:>12.2}",
             r.kind,
             format!("{}x{}", r.processes, r.workers),
             r.rows,
@@ -332,11 +337,13 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             r.arrow_mb_per_second,
             r.parquet_bytes as f64 / 1e6,
             r.ratio_to_baseline,
-            r.cpu_seconds / r.wall_seconds
+            r.cpu_seconds / r.wall_seconds,
+            r.cpu_seconds_per_million_rows
         );
     }
     println!(
-        "(ratio = baseline time / run time; {cores} cores, {}; peak RSS {:.0} MB)",
+        "(ratio = baseline time / run time, wall clock; CPU s/M rows = CPU seconds per million rows written, per-core \
+         efficiency; a primary-key run's rows are what consolidation left of its changes; {cores} cores, {}; peak RSS {:.0} MB)",
         cpu_model(),
         peak_rss() as f64 / 1e6
     );

@@ -324,7 +324,16 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
 
     println!(
         "\n{:<36} {:>9} {:>10} {:>9} {:>12} {:>10} {:>12} {:>8} {:>10} {:>12}",
-        "run", "workers", "rows", "seconds", "rows/s", "Arrow MB/s", "Parquet MB", "ratio", "cores busy", "CPU s/M rows"
+        "run",
+        "workers",
+        "rows",
+        "seconds",
+        "rows/s",
+        "Arrow MB/s",
+        "Parquet MB",
+        "ratio",
+        "cores busy",
+        "CPU s/M rows"
     );
     for r in &runs {
         println!(

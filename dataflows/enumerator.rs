@@ -410,6 +410,7 @@ impl Enumerator {
                     split_rows: ctx.config.split_rows,
                     started_ms: crate::cluster::now_ms(),
                     max_duration: ctx.config.max_round_duration,
+                    lake_timeout: ctx.config.lake_timeout,
                 };
                 let planned = plan_round(&ctx.client, ctx.lake.as_ref(), request).await;
                 if let Ok(p) = &planned {
@@ -440,7 +441,10 @@ impl Enumerator {
                 None
             }
             Ok(p) if p.plan.round_id == held.round_id => Some((p.splits, p.plan)),
-            Ok(_) => None,
+            Ok(_) => {
+                self.release(table_id);
+                None
+            }
             Err(e) => {
                 self.release(table_id);
                 let failure = Failure::new(e.kind(), format!("planning failed: {e}"));
@@ -475,7 +479,7 @@ impl Enumerator {
         }
     }
 
-    /// Stops the job with an error: held tables are reported failed so another job can take them at once.
+    /// Stops the job with an error: held rounds not yet committing are handed back at once (invariant 3).
     fn fatal(&mut self, message: String) {
         tracing::error!(%message, "tiering job stopping");
         self.ctx.record_error(message);

@@ -11,7 +11,8 @@
 //! 1. A table has at most one round in flight in a job: `open` refuses a second one.
 //! 2. A round reaches its lake commit only through `begin_commit`, which refuses a fenced round. Once it began, a
 //!    round cannot be fenced here any more (`fence` answers `TooLate`): its fate is the lake's conditional commit.
-//! 3. A round leaves only by `close`, when the enumerator has its outcome.
+//! 3. A round leaves only by `close`, when the enumerator is done with it: its outcome is back, or its planning
+//!    failed or found nothing to do.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

@@ -126,6 +126,8 @@ pub struct RoundRequest {
     /// later when the job sets one.
     pub started_ms: i64,
     pub max_duration: Option<std::time::Duration>,
+    /// How long preparing the lake table may take.
+    pub lake_timeout: std::time::Duration,
 }
 
 /// Plans one round: reads offsets, prepares the lake table (unless the table never had data), cuts splits.
@@ -144,6 +146,7 @@ pub async fn plan_round(
         split_rows,
         started_ms,
         max_duration,
+        lake_timeout,
     } = req;
     let (current_id, descriptor) = client.table_info(&path).await?;
     if current_id != table_id {
@@ -195,7 +198,15 @@ pub async fn plan_round(
             RoundPlan { table, tiering_epoch, coordinator_epoch, round_id, splits: 0, base: None, buckets: vec![] };
         return Ok(Planned { plan, splits: vec![], cluster_behind: false, end_total: 0, tiered_total: 0 });
     }
-    let base: Option<TieredSnapshot> = lake.prepare_table(&table).await?;
+    let base: Option<TieredSnapshot> = match tokio::time::timeout(lake_timeout, lake.prepare_table(&table)).await {
+        Ok(prepared) => prepared?,
+        Err(_) => {
+            return Err(Error::new(
+                ErrorKind::Lake,
+                format!("preparing lake table {path} took longer than the lake time-out ({lake_timeout:?})"),
+            ));
+        }
+    };
     let cluster_snapshot = client.lake_snapshot(&path).await?.map(|s| s.snapshot_id);
     let lake_offsets = base.as_ref().map(|b| b.marker.offset_map()).unwrap_or_default();
     let ranges = ranges(&states, &lake_offsets)?;

@@ -127,7 +127,7 @@ pub struct TuningArgs {
     #[arg(long, default_value = "30s")]
     pub rpc_timeout: String,
     /// A lake call that takes longer fails; a lake commit that takes longer has an unknown outcome (its files are
-    /// kept), and its claim on the lake table lasts twice this long.
+    /// kept), and its claim on the lake table lasts this long.
     #[arg(long, default_value = "60s")]
     pub lake_timeout: String,
 }

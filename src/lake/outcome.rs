@@ -7,13 +7,14 @@
 //! | commit \ look-up | found (snapshot `s`) | absent          | unreadable    |
 //! |------------------|----------------------|-----------------|---------------|
 //! | went through     | landed `s`           | fenced          | unknown       |
-//! | refused          | landed `s`           | fenced          | fenced        |
+//! | refused          | landed `s`           | fenced          | unknown       |
 //! | failed           | landed `s`           | not committed   | unknown       |
 //!
 //! Invariants:
 //! 1. The lake is the source of truth: whenever the look-up finds the round, it landed, whatever the call said.
 //! 2. A round's files are deleted only on `Fenced` or `NotCommitted`, i.e. only when a readable lake, walked back to
-//!    the round's base, does not hold the round (or the lake refused the commit outright). Never on `Unknown`.
+//!    the round's base, does not hold the round. Never on `Unknown`: a refusal alone is not proof, since a library
+//!    that retried may have landed an earlier attempt.
 //! 3. "Went through" without the round in the lake means the lake filtered the commit (Paimon drops an identifier
 //!    at or below one already committed): someone else committed first.
 
@@ -58,7 +59,8 @@ pub fn decide(call: CommitCall, lookup: Lookup) -> Decision {
         (_, Lookup::Found(snapshot_id)) => Decision::Landed(snapshot_id),
         (CommitCall::WentThrough, Lookup::Absent) => Decision::Fenced,
         (CommitCall::WentThrough, Lookup::Unreadable) => Decision::Unknown,
-        (CommitCall::Refused, Lookup::Absent | Lookup::Unreadable) => Decision::Fenced,
+        (CommitCall::Refused, Lookup::Absent) => Decision::Fenced,
+        (CommitCall::Refused, Lookup::Unreadable) => Decision::Unknown,
         (CommitCall::Failed, Lookup::Absent) => Decision::NotCommitted,
         (CommitCall::Failed, Lookup::Unreadable) => Decision::Unknown,
     }
@@ -97,7 +99,7 @@ pub fn settle(table: &str, call: CommitCall, call_error: Option<Error>, lookup: 
         Decision::Unknown => Err(Error::new(
             ErrorKind::CommitOutcomeUnknown,
             format!(
-                "the commit to lake table {table} ended with {:?} and the lake cannot be read to tell whether it                  landed{}",
+                "the commit to lake table {table} ended with {:?} and the lake cannot be read to tell whether it landed{}",
                 call_error.map(|e| e.to_string()),
                 cause(lookup_error)
             ),
@@ -120,7 +122,7 @@ mod tests {
             (WentThrough, Unreadable, Unknown),
             (Refused, Found(7), Landed(7)),
             (Refused, Absent, Fenced),
-            (Refused, Unreadable, Fenced),
+            (Refused, Unreadable, Unknown),
             (Failed, Found(7), Landed(7)),
             (Failed, Absent, NotCommitted),
             (Failed, Unreadable, Unknown),
@@ -130,14 +132,13 @@ mod tests {
         }
     }
 
-    /// Invariant 2, stated over every case: files go only when a readable lake lacks the round or it was refused.
+    /// Invariant 2, stated over every case: files go only when a readable lake lacks the round.
     #[test]
     fn files_are_deleted_only_when_the_lake_says_so() {
         for call in [CommitCall::WentThrough, CommitCall::Refused, CommitCall::Failed] {
             for lookup in [Lookup::Found(1), Lookup::Absent, Lookup::Unreadable] {
                 let deletes = matches!(decide(call, lookup), Decision::Fenced | Decision::NotCommitted);
-                let lake_says_absent =
-                    lookup == Lookup::Absent || (call == CommitCall::Refused && lookup != Lookup::Found(1));
+                let lake_says_absent = lookup == Lookup::Absent;
                 assert_eq!(deletes, lake_says_absent, "{call:?} x {lookup:?}");
             }
         }

@@ -298,7 +298,7 @@ impl LakeTieringFactory for PaimonFactory {
         Ok(Box::new(PaimonCommitter {
             catalog: Arc::clone(&self.catalog),
             table: t.clone(),
-            claim_lease: self.options.commit_timeout.saturating_mul(2),
+            claim_lease: self.options.commit_timeout,
         }))
     }
 }

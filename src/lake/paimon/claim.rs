@@ -15,7 +15,7 @@
 //!    committer checks the base first), so they are removed after each commit.
 //!
 //! What is left: a holder that stalls *between* its last check and Paimon's publication for longer than the lease
-//! (the lease is twice the lake commit time-out), and Paimon's own publication, which checks for the snapshot file
+//! (the lease is the lake commit time-out, which also abandons the commit), and Paimon's own publication, which checks for the snapshot file
 //! and then renames onto it (not atomic). Wall-clock leases assume the hosts' clocks agree to well within a lease.
 
 use std::path::{Path, PathBuf};

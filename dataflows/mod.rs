@@ -409,20 +409,26 @@ impl JobContext {
         self.errors.lock().unwrap_or_else(|p| p.into_inner()).push(message);
     }
 
-    /// Runs a lake call with the job's lake time-out: a call that takes longer fails as a lake error.
+    /// Runs a lake call with the job's lake time-out (see [`bounded`]).
     pub async fn bounded<T>(&self, what: &str, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-        match tokio::time::timeout(self.config.lake_timeout, call).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::new(
-                ErrorKind::Lake,
-                format!("{what} took longer than the lake time-out ({:?})", self.config.lake_timeout),
-            )),
-        }
+        bounded(self.config.lake_timeout, what, call).await
     }
 
     /// Errors that stopped the job.
     pub fn errors(&self) -> Vec<String> {
         self.errors.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Runs a lake call for at most `timeout`: a call that takes longer fails as a lake error.
+pub async fn bounded<T>(
+    timeout: Duration,
+    what: &str,
+    call: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::new(ErrorKind::Lake, format!("{what} took longer than the lake time-out ({timeout:?})"))),
     }
 }
 

@@ -198,15 +198,8 @@ pub async fn plan_round(
             RoundPlan { table, tiering_epoch, coordinator_epoch, round_id, splits: 0, base: None, buckets: vec![] };
         return Ok(Planned { plan, splits: vec![], cluster_behind: false, end_total: 0, tiered_total: 0 });
     }
-    let base: Option<TieredSnapshot> = match tokio::time::timeout(lake_timeout, lake.prepare_table(&table)).await {
-        Ok(prepared) => prepared?,
-        Err(_) => {
-            return Err(Error::new(
-                ErrorKind::Lake,
-                format!("preparing lake table {path} took longer than the lake time-out ({lake_timeout:?})"),
-            ));
-        }
-    };
+    let what = format!("preparing lake table {path}");
+    let base: Option<TieredSnapshot> = super::bounded(lake_timeout, &what, lake.prepare_table(&table)).await?;
     let cluster_snapshot = client.lake_snapshot(&path).await?.map(|s| s.snapshot_id);
     let lake_offsets = base.as_ref().map(|b| b.marker.offset_map()).unwrap_or_default();
     let ranges = ranges(&states, &lake_offsets)?;

@@ -14,7 +14,9 @@
 //! not hold it; an unknown outcome keeps them.
 //!
 //! Invariants:
-//! 1. A round enters (1) only if the enumerator has not fenced it ([`super::rounds::Rounds::begin_commit`]).
+//! 1. A round enters (1) only if the coordinator confirmed its tiering epoch just before (a job frozen past the
+//!    coordinator's heartbeat time-out learns here that its table went to another job, before touching the lake) and
+//!    the enumerator has not fenced it since ([`super::rounds::Rounds::begin_commit`]).
 //! 2. One table never has two rounds committing here at once: a second one fails (a bug upstream, said loudly).
 //! 3. A round that read anything commits a snapshot, files or not: a round whose changes net to zero still records
 //!    its offsets (a marker-only snapshot), so the next round does not read the same range again.
@@ -303,7 +305,9 @@ async fn lake_commit(
         // Nothing read: this round only brings the cluster up to the lake's latest snapshot, if there is one.
         return Ok(plan.base.as_ref().map(|base| (base.snapshot_id, base.marker.clone())));
     }
-    // Invariant 1: a round the enumerator fenced (its epoch superseded, the job stopping) goes no further.
+    // Invariant 1: a round whose epoch is dead, or that the enumerator fenced (the job stopping), goes no further.
+    failpoint::hit("before-epoch-check");
+    confirm_epoch(ctx, plan).await?;
     ctx.rounds.begin_commit(plan.table.table_id, &plan.round_id)?;
     tracing::info!(files = g.written.iter().map(|w| w.files).sum::<u64>(), "committing to the lake");
     failpoint::slow_commit(&plan.table.path.to_string()).await;
@@ -320,6 +324,40 @@ async fn lake_commit(
             }
         };
     Ok(Some((snapshot_id, marker)))
+}
+
+/// Asks the coordinator whether it still holds the round's tiering epoch (a heartbeat of this table alone); a
+/// rejection fences the round. What is left (the epoch expiring during the lake commit) is the lake's conditional
+/// commit's to catch.
+async fn confirm_epoch(ctx: &JobContext, plan: &RoundPlan) -> Result<()> {
+    let table_id = plan.table.table_id;
+    let entry = proto::PbHeartbeatReqForTable {
+        table_id,
+        coordinator_epoch: plan.coordinator_epoch,
+        tiering_epoch: plan.tiering_epoch,
+        lake_tiering_stats: None,
+        fail_reason: None,
+    };
+    let request =
+        proto::LakeTieringHeartbeatRequest { tiering_tables: vec![entry], request_table: Some(false), ..Default::default() };
+    let response = ctx.client.heartbeat(request).await?;
+    match response.tiering_table_resp.as_slice() {
+        [answer] if answer.table_id == table_id => match &answer.error {
+            None => Ok(()),
+            Some(err) => Err(Error::new(
+                ErrorKind::FencedTieringEpoch,
+                format!(
+                    "the coordinator no longer holds tiering epoch {} ({}): not committing",
+                    plan.tiering_epoch,
+                    err.error_message.as_deref().unwrap_or("no message")
+                ),
+            )),
+        },
+        other => Err(Error::new(
+            ErrorKind::Internal,
+            format!("the coordinator answered a one-table heartbeat with {} answers", other.len()),
+        )),
+    }
 }
 
 /// Phase 2: tell the cluster, under the round's tiering epoch.

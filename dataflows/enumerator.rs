@@ -18,7 +18,9 @@
 //!    epoch was superseded: a coordinator restart, a heartbeat time-out), the old round is fenced and the new
 //!    assignment waits until the old round's outcome is back.
 //! 2. A round the coordinator rejects (fenced epoch, stale coordinator, table gone) is fenced: it never reaches its
-//!    lake commit, and it is neither heartbeated nor reported any more (its epoch is dead).
+//!    lake commit, and it is neither heartbeated nor reported any more (its epoch is dead). Rejections are matched to
+//!    the epoch heartbeated, not only the table. (A job frozen past the heartbeat time-out may reach its commit before
+//!    its next heartbeat: the committer confirms the epoch itself first.)
 //! 3. Stopping: no new table is asked for; rounds not yet in their lake commit are fenced and reported failed at
 //!    once (another job may take them); rounds in their lake commit are waited for (each lake call is bounded by
 //!    the lake time-out) and reported as they end. No table is reported failed while its commit may still land.
@@ -38,7 +40,7 @@ use timely::progress::Antichain;
 use tracing::Instrument;
 
 use crate::cluster::table::TablePath;
-use crate::error::{ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::rpc::proto::{self, LakeTieringHeartbeatRequest, LakeTieringHeartbeatResponse, PbHeartbeatReqForTable};
 
 use super::bridge::Tasks;
@@ -66,6 +68,8 @@ struct Held {
 
 enum Event {
     Heartbeat {
+        /// The `(table_id, tiering_epoch)` heartbeated as in progress, in request order (the response's order).
+        sent: Vec<(i64, i64)>,
         finished: Vec<Finished>,
         failed: Vec<Failed>,
         response: Result<LakeTieringHeartbeatResponse>,
@@ -147,7 +151,9 @@ pub fn enumerator<'scope>(
         };
         if state.base.is_some() && state.ctx.config.once {
             let client = state.ctx.client.clone();
-            state.tasks.spawn(async move { Event::Tables(tables_to_catch_up(&client).await) });
+            state.tasks.spawn(async move { Event::Tables(tables_to_catch_up(&client).await) }, |panic| {
+                Event::Tables(Err(Error::new(ErrorKind::Internal, format!("listing tables panicked: {panic}"))))
+            });
         }
         move |_frontiers| {
             let mut outcomes = Vec::new();
@@ -160,12 +166,12 @@ pub fn enumerator<'scope>(
             }
             let mut emitted_splits = splits_out.activate();
             let mut emitted_plans = plans_out.activate();
-            for event in state.tasks.ready() {
+            for (_, event) in state.tasks.ready() {
                 match event {
-                    Ok(Event::Heartbeat { finished, failed, response }) => {
-                        state.on_heartbeat(finished, failed, response)
+                    Event::Heartbeat { sent, finished, failed, response } => {
+                        state.on_heartbeat(sent, finished, failed, response)
                     }
-                    Ok(Event::Planned { table_id, time, planned }) => {
+                    Event::Planned { table_id, time, planned } => {
                         let Some([split_cap, plan_cap]) = state.planning.remove(&time) else {
                             continue;
                         };
@@ -177,9 +183,8 @@ pub fn enumerator<'scope>(
                             emitted_plans.session(&plan_cap).give(plan);
                         }
                     }
-                    Ok(Event::Tables(Ok(tables))) => state.remaining = Some(tables),
-                    Ok(Event::Tables(Err(e))) => state.fatal(format!("cannot list tables: {e}")),
-                    Err(panic) => state.fatal(format!("enumerator task panicked: {panic}")),
+                    Event::Tables(Ok(tables)) => state.remaining = Some(tables),
+                    Event::Tables(Err(e)) => state.fatal(format!("cannot list tables: {e}")),
                 }
             }
             if state.held.is_empty() && state.idle_since.is_none() {
@@ -276,8 +281,21 @@ impl Enumerator {
         fence
     }
 
+    /// The coordinator rejected `epoch` of `table_id`: fence the round of that epoch, or drop the deferred assignment
+    /// of that epoch (it will not be handed out as such again).
+    fn rejected(&mut self, table_id: i64, epoch: i64, reason: &str) {
+        let Some(held) = self.held.get_mut(&table_id) else { return };
+        if held.next.as_ref().is_some_and(|n| n.tiering_epoch == epoch) {
+            tracing::info!(table_id, epoch, "a deferred assignment was rejected; dropping it");
+            held.next = None;
+        } else if held.tiering_epoch == epoch && self.fence(table_id, reason) == Fence::TooLate {
+            tracing::warn!(table_id, "the rejected round is in its lake commit already");
+        }
+    }
+
     fn on_heartbeat(
         &mut self,
+        sent: Vec<(i64, i64)>,
         finished: Vec<Finished>,
         failed: Vec<Failed>,
         response: Result<LakeTieringHeartbeatResponse>,
@@ -312,22 +330,28 @@ impl Enumerator {
             tracing::warn!(epoch = resp.coordinator_epoch, "the coordinator restarted; re-registering");
         }
         self.coordinator_epoch = Some(resp.coordinator_epoch);
-        for r in &resp.tiering_table_resp {
-            if let Some(err) = &r.error {
-                // The epoch this job heartbeats for the table is dead (superseded, a new coordinator, the table gone):
-                // its round must not reach the lake (invariant 2).
-                tracing::warn!(table_id = r.table_id, code = err.error_code, message = ?err.error_message,
-                    "coordinator rejected a table in progress");
-                let kind = ErrorKind::from_code(err.error_code);
-                if kind == ErrorKind::InvalidCoordinator {
-                    self.next_heartbeat = now;
-                }
-                let reason =
-                    format!("the coordinator rejected its epoch: {}", err.error_message.as_deref().unwrap_or(""));
-                if self.fence(r.table_id, &reason) == Fence::TooLate {
-                    tracing::warn!(table_id = r.table_id, "the rejected round is in its lake commit already");
-                }
+        if resp.tiering_table_resp.len() != sent.len() {
+            tracing::warn!(sent = sent.len(), answered = resp.tiering_table_resp.len(),
+                "the coordinator answered a different number of tables in progress than were sent");
+        }
+        for (r, &(table_id, epoch)) in resp.tiering_table_resp.iter().zip(&sent) {
+            let Some(err) = &r.error else { continue };
+            if r.table_id != table_id {
+                tracing::warn!(sent = table_id, answered = r.table_id, "heartbeat answers out of order; ignored");
+                continue;
             }
+            // The epoch this job heartbeated for the table is dead (superseded, a new coordinator, the table gone):
+            // its round must not reach the lake (invariant 2).
+            tracing::warn!(table_id, epoch, code = err.error_code, message = ?err.error_message,
+                "coordinator rejected a table in progress");
+            if ErrorKind::from_code(err.error_code) == ErrorKind::InvalidCoordinator {
+                self.next_heartbeat = now;
+            }
+            let reason = format!(
+                "the coordinator rejected tiering epoch {epoch}: {}",
+                err.error_message.as_deref().unwrap_or("")
+            );
+            self.rejected(table_id, epoch, &reason);
         }
         for r in resp.finished_table_resp.iter().chain(&resp.failed_table_resp) {
             if let Some(err) = &r.error {
@@ -357,6 +381,11 @@ impl Enumerator {
     }
 
     fn start_round(&mut self, table: proto::PbLakeTieringTableInfo) {
+        if self.stopping {
+            // Handed out by a heartbeat sent before the stop: handed back at once (invariant 3).
+            self.failed.push((table.table_id, table.tiering_epoch, "the tiering job stopped".to_string()));
+            return;
+        }
         let (Some(base), Some(coordinator_epoch)) = (&mut self.base, self.coordinator_epoch) else {
             return;
         };
@@ -398,6 +427,11 @@ impl Enumerator {
         let ctx = Arc::clone(&self.ctx);
         let (table_id, epoch) = (table.table_id, table.tiering_epoch);
         let span = super::commit::round_span(&path, epoch, &round_id);
+        let on_panic = move |panic: String| Event::Planned {
+            table_id,
+            time,
+            planned: Err(Error::new(ErrorKind::Internal, format!("planning panicked: {panic}"))),
+        };
         self.tasks.spawn(
             async move {
                 let request = RoundRequest {
@@ -419,6 +453,7 @@ impl Enumerator {
                 Event::Planned { table_id, time, planned }
             }
             .instrument(span),
+            on_panic,
         );
     }
 
@@ -538,17 +573,17 @@ impl Enumerator {
         };
         let finished = std::mem::take(&mut self.finished);
         let failed = std::mem::take(&mut self.failed);
+        // Invariant 2: a fenced round's epoch is dead; a deferred assignment's epoch is alive.
+        let sent: Vec<(i64, i64)> = self
+            .held
+            .iter()
+            .flat_map(|(id, h)| {
+                let current = (!h.fenced).then_some((*id, h.tiering_epoch));
+                current.into_iter().chain(h.next.as_ref().map(|n| (*id, n.tiering_epoch)))
+            })
+            .collect();
         let req = LakeTieringHeartbeatRequest {
-            // Invariant 2: a fenced round's epoch is dead; a deferred assignment's epoch is alive.
-            tiering_tables: self
-                .held
-                .iter()
-                .flat_map(|(id, h)| {
-                    let current = (!h.fenced).then_some((*id, h.tiering_epoch));
-                    current.into_iter().chain(h.next.as_ref().map(|n| (*id, n.tiering_epoch)))
-                })
-                .map(entry)
-                .collect(),
+            tiering_tables: sent.iter().copied().map(entry).collect(),
             finished_tables: finished.iter().map(|(id, epoch, _)| entry((*id, *epoch))).collect(),
             failed_tables: failed
                 .iter()
@@ -562,9 +597,20 @@ impl Enumerator {
         };
         self.heartbeat_in_flight = true;
         let client = self.ctx.client.clone();
-        self.tasks.spawn(async move {
-            let response = client.heartbeat(req).await;
-            Event::Heartbeat { finished, failed, response }
-        });
+        // A panic loses no report: they go out again with the next heartbeat.
+        let (sent_again, finished_again, failed_again) = (sent.clone(), finished.clone(), failed.clone());
+        let on_panic = move |panic: String| Event::Heartbeat {
+            sent: sent_again,
+            finished: finished_again,
+            failed: failed_again,
+            response: Err(Error::new(ErrorKind::Internal, format!("the heartbeat task panicked: {panic}"))),
+        };
+        self.tasks.spawn(
+            async move {
+                let response = client.heartbeat(req).await;
+                Event::Heartbeat { sent, finished, failed, response }
+            },
+            on_panic,
+        );
     }
 }

@@ -13,7 +13,8 @@ pub const ENV: &str = "FLUSS_TIERING_FAILPOINT";
 pub const EXIT_CODE: i32 = 86;
 
 /// Every point, in the order a round passes them.
-pub const POINTS: [&str; 4] = ["mid-split", "before-lake-commit", "after-lake-commit", "after-cluster-commit"];
+pub const POINTS: [&str; 5] =
+    ["mid-split", "before-epoch-check", "before-lake-commit", "after-lake-commit", "after-cluster-commit"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {

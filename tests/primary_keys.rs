@@ -216,17 +216,17 @@ async fn kv_crash_mid_split() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_crash_before_lake_commit() {
-    kv_crash_then_recover(failpoint::POINTS[1]).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kv_crash_between_lake_commit_and_cluster_commit() {
     kv_crash_then_recover(failpoint::POINTS[2]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kv_crash_after_cluster_commit() {
+async fn kv_crash_between_lake_commit_and_cluster_commit() {
     kv_crash_then_recover(failpoint::POINTS[3]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_crash_after_cluster_commit() {
+    kv_crash_then_recover(failpoint::POINTS[4]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -136,12 +136,12 @@ async fn crash_then_recover(point: &str, format: &str) {
 }
 
 for_each_format!(crash_mid_split, |f| super::crash_then_recover(super::failpoint::POINTS[0], f));
-for_each_format!(crash_after_files_before_lake_commit, |f| super::crash_then_recover(super::failpoint::POINTS[1], f));
+for_each_format!(crash_after_files_before_lake_commit, |f| super::crash_then_recover(super::failpoint::POINTS[2], f));
 for_each_format!(crash_between_lake_commit_and_cluster_commit, |f| super::crash_then_recover(
-    super::failpoint::POINTS[2],
+    super::failpoint::POINTS[3],
     f
 ));
-for_each_format!(crash_after_cluster_commit, |f| super::crash_then_recover(super::failpoint::POINTS[3], f));
+for_each_format!(crash_after_cluster_commit, |f| super::crash_then_recover(super::failpoint::POINTS[4], f));
 
 /// A job frozen at `point` past the heartbeat time-out (a zombie), while a second job takes its tables over and
 /// tiers everything; then the zombie resumes. Returns the zombie's stderr.

@@ -467,6 +467,61 @@ impl PaimonCommitter {
         let builder = table.new_write_builder().with_commit_user(COMMIT_USER).map_err(lake_err("commit user"))?;
         Ok(builder.new_commit().with_ignore_empty_commit(false))
     }
+
+    /// The commit proper, with the claim on the successor of `base` held.
+    async fn commit_claimed(
+        &self,
+        table: &Table,
+        claims: &claim::Claims,
+        held: &claim::Held,
+        written: Vec<WrittenData>,
+        marker: &CommitMarker,
+        base: Option<i64>,
+    ) -> Result<i64> {
+        let latest = tiered_ancestry(table, true).await?.into_iter().next();
+        if latest.as_ref().map(|l| l.snapshot_id) != base {
+            let moved_to = latest.map(|l| format!("{} ({})", l.snapshot_id, l.marker.round_id));
+            return Err(Error::new(
+                ErrorKind::FencedTieringEpoch,
+                format!("the lake table moved from snapshot {base:?} to {moved_to:?} since the round was planned"),
+            ));
+        }
+        let identifier = marker.tiering_epoch;
+        // The marker first: a snapshot with this identifier is only ever read together with it.
+        let body = serde_json::to_vec(marker)
+            .map_err(|e| Error::new(ErrorKind::Internal, "serializing the marker").with_source(e))?;
+        let path = marker_path(table, identifier);
+        table
+            .file_io()
+            .new_output(&path)
+            .map_err(lake_err(format!("creating {path}")))?
+            .write(body.into())
+            .await
+            .map_err(lake_err(format!("writing {path}")))?;
+        let messages = messages(&written)?;
+        failpoint::hit("before-lake-commit");
+        // A round that stalled past its lease gives way to the one that took the claim over.
+        claims.check(held)?;
+        let committed = Self::commit_handle(table)?
+            .filter_and_commit_with_identifier(messages, identifier)
+            .await
+            .map_err(lake_err(format!("committing to lake table {}", self.table.path)))
+            .and_then(|()| match failpoint::injected_error("lake-commit-reply") {
+                true => Err(Error::new(ErrorKind::Lake, "injected: the commit landed but its reply was lost")),
+                false => Ok(()),
+            });
+        // Paimon filters an identifier at or below one already committed and returns Ok: only the lake can say
+        // whether this round's snapshot is there.
+        let (call, call_error) = match committed {
+            Ok(()) => (CommitCall::WentThrough, None),
+            Err(e) => (CommitCall::Failed, Some(e)),
+        };
+        let lookup = match self.load().await {
+            Ok(table) => find_round(&table, marker, base).await,
+            Err(e) => Err(e),
+        };
+        settle(&self.table.path.to_string(), call, call_error, lookup)
+    }
 }
 
 #[async_trait]
@@ -489,51 +544,14 @@ impl LakeCommitter for PaimonCommitter {
         // commit on top of it with the same rows.
         let claims = claim::Claims::of(&table)?;
         let held = claims.take(base, &marker.round_id, marker.tiering_epoch, self.claim_lease)?;
-        let latest = tiered_ancestry(&table, true).await?.into_iter().next();
-        if latest.as_ref().map(|l| l.snapshot_id) != base {
-            let moved_to = latest.map(|l| format!("{} ({})", l.snapshot_id, l.marker.round_id));
-            return Err(Error::new(
-                ErrorKind::FencedTieringEpoch,
-                format!("the lake table moved from snapshot {base:?} to {moved_to:?} since the round was planned"),
-            ));
+        let result = self.commit_claimed(&table, &claims, &held, written, marker, base).await;
+        match &result {
+            Ok(landed) => claims.clear_below(*landed),
+            // Not landed, and never will: the next round from this base need not wait out the lease.
+            Err(e) if e.kind() != ErrorKind::CommitOutcomeUnknown => claims.release(&held),
+            Err(_) => {}
         }
-        let identifier = marker.tiering_epoch;
-        // The marker first: a snapshot with this identifier is only ever read together with it.
-        let body = serde_json::to_vec(marker)
-            .map_err(|e| Error::new(ErrorKind::Internal, "serializing the marker").with_source(e))?;
-        let path = marker_path(&table, identifier);
-        table
-            .file_io()
-            .new_output(&path)
-            .map_err(lake_err(format!("creating {path}")))?
-            .write(body.into())
-            .await
-            .map_err(lake_err(format!("writing {path}")))?;
-        let messages = messages(&written)?;
-        failpoint::hit("before-lake-commit");
-        // A round that stalled past its lease gives way to the one that took the claim over.
-        claims.check(&held)?;
-        let committed = Self::commit_handle(&table)?
-            .filter_and_commit_with_identifier(messages, identifier)
-            .await
-            .map_err(lake_err(format!("committing to lake table {}", self.table.path)))
-            .and_then(|()| match failpoint::injected_error("lake-commit-reply") {
-                true => Err(Error::new(ErrorKind::Lake, "injected: the commit landed but its reply was lost")),
-                false => Ok(()),
-            });
-        // Paimon filters an identifier at or below one already committed and returns Ok: only the lake can say
-        // whether this round's snapshot is there.
-        let (call, call_error) = match committed {
-            Ok(()) => (CommitCall::WentThrough, None),
-            Err(e) => (CommitCall::Failed, Some(e)),
-        };
-        let lookup = match self.load().await {
-            Ok(table) => find_round(&table, marker, base).await,
-            Err(e) => Err(e),
-        };
-        let landed = settle(&self.table.path.to_string(), call, call_error, lookup)?;
-        claims.clear_below(landed);
-        Ok(landed)
+        result
     }
 
     async fn abort(&self, written: Vec<WrittenData>) -> Result<()> {

@@ -159,6 +159,15 @@ impl Claims {
         }
     }
 
+    /// Gives `held` up: its round did not land and never will (its files are deleted), so the next round from the same
+    /// base need not wait for the lease to run out. Best effort: an expired claim is taken over anyway.
+    pub fn release(&self, held: &Held) {
+        if matches!(self.newest(held.base), Ok(Some((generation, c))) if generation == held.generation && c.round_id == held.round_id)
+        {
+            let _ = std::fs::remove_file(self.path(held.base, held.generation));
+        }
+    }
+
     /// Removes the claims on bases below `snapshot_id` (invariant 3); best effort.
     pub fn clear_below(&self, snapshot_id: i64) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
@@ -205,5 +214,9 @@ mod tests {
         assert_eq!(c.check(&a).expect_err("a gives way").kind(), ErrorKind::FencedTieringEpoch);
         c.check(&b).expect("b holds it");
         assert_eq!(b.generation, a.generation + 1);
+        c.release(&a);
+        c.check(&b).expect("a stale holder's release does not touch the new holder's claim");
+        c.release(&b);
+        c.take(None, "c", 3, Duration::from_secs(60)).expect("a released claim is free at once");
     }
 }

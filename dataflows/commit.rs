@@ -338,8 +338,11 @@ async fn confirm_epoch(ctx: &JobContext, plan: &RoundPlan) -> Result<()> {
         lake_tiering_stats: None,
         fail_reason: None,
     };
-    let request =
-        proto::LakeTieringHeartbeatRequest { tiering_tables: vec![entry], request_table: Some(false), ..Default::default() };
+    let request = proto::LakeTieringHeartbeatRequest {
+        tiering_tables: vec![entry],
+        request_table: Some(false),
+        ..Default::default()
+    };
     let response = ctx.client.heartbeat(request).await?;
     match response.tiering_table_resp.as_slice() {
         [answer] if answer.table_id == table_id => match &answer.error {

@@ -331,8 +331,11 @@ impl Enumerator {
         }
         self.coordinator_epoch = Some(resp.coordinator_epoch);
         if resp.tiering_table_resp.len() != sent.len() {
-            tracing::warn!(sent = sent.len(), answered = resp.tiering_table_resp.len(),
-                "the coordinator answered a different number of tables in progress than were sent");
+            tracing::warn!(
+                sent = sent.len(),
+                answered = resp.tiering_table_resp.len(),
+                "the coordinator answered a different number of tables in progress than were sent"
+            );
         }
         for (r, &(table_id, epoch)) in resp.tiering_table_resp.iter().zip(&sent) {
             let Some(err) = &r.error else { continue };

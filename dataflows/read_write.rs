@@ -178,8 +178,8 @@ async fn fill(ctx: &JobContext, split: &Split, writer: &mut dyn crate::lake::Lak
                 ),
             ));
         }
-        if ctx.rounds.is_fenced(split.table.table_id, &split.round_id) {
-            return Err(Error::new(ErrorKind::FencedTieringEpoch, "the round was fenced; its split stops early"));
+        if let Some(reason) = ctx.rounds.fenced(split.table.table_id, &split.round_id) {
+            return Err(Error::new(ErrorKind::FencedTieringEpoch, format!("the split stops early: {reason}")));
         }
         let decoded = ipc::decode(&stored.records)?;
         lap(SplitWork::Decode);

@@ -109,9 +109,12 @@ impl Rounds {
         }
     }
 
-    /// Whether round `round_id` was fenced: its readers can stop early.
-    pub fn is_fenced(&self, table_id: i64, round_id: &str) -> bool {
-        self.lock().get(&table_id).is_some_and(|e| e.round_id == round_id && matches!(e.stage, Stage::Fenced(_)))
+    /// Why round `round_id` was fenced, if it was: its readers can stop early, saying why.
+    pub fn fenced(&self, table_id: i64, round_id: &str) -> Option<String> {
+        match self.lock().get(&table_id) {
+            Some(Entry { round_id: r, stage: Stage::Fenced(reason) }) if r == round_id => Some(reason.clone()),
+            _ => None,
+        }
     }
 
     /// The round's outcome is back: the table is free for its next round (invariant 3).
@@ -134,7 +137,7 @@ mod tests {
         assert_eq!(rounds.open(1, "b").expect_err("second round").kind(), ErrorKind::Internal);
         rounds.open(2, "c").expect("another table");
         assert_eq!(rounds.fence(1, "coordinator said so"), Fence::Fenced);
-        assert!(rounds.is_fenced(1, "a"));
+        assert_eq!(rounds.fenced(1, "a").as_deref(), Some("coordinator said so"));
         assert_eq!(rounds.begin_commit(1, "a").expect_err("fenced").kind(), ErrorKind::FencedTieringEpoch);
         assert_eq!(rounds.fence(1, "again"), Fence::NotInFlight);
         rounds.close(1, "a");

@@ -184,3 +184,94 @@ async fn a_primary_key_round_whose_changes_net_to_zero_still_records_its_offsets
     let recorded = client.lake_snapshot(&path).await.expect("snapshot").expect("recorded");
     assert_eq!(Some(recorded.snapshot_id), lake.current_snapshot_id, "the cluster agrees with the lake");
 }
+
+/// A tiny seeded generator (splitmix64) for the stress schedule: a failing seed replays.
+struct Dice(u64);
+
+impl Dice {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) % below
+    }
+}
+
+/// Two continuous jobs on one cluster and one lake while a producer writes: jobs frozen (SIGSTOP) past the tiering
+/// time-out and thawed, killed (SIGKILL) and restarted, stopped cleanly (SIGTERM) and restarted, at random moments.
+/// Then one `--once` run: the outside reader sees every produced offset exactly once, and the cluster agrees.
+async fn two_jobs_under_chaos(format: &str) {
+    let seed: u64 = std::env::var("FLUSS_TIERING_STRESS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(7)
+    });
+    // At least this many disruptions (more while the producer runs); FLUSS_TIERING_STRESS_STEPS for a longer run.
+    let steps: usize = std::env::var("FLUSS_TIERING_STRESS_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(6);
+    println!("stress seed {seed} (replay with FLUSS_TIERING_STRESS_SEED={seed}), {steps} steps");
+    let mut dice = Dice(seed);
+    let Setup { dir: _dir, warehouse, cluster, client, tables } = setup().await;
+    let url = cluster.url();
+    let args = ["--format", format, "--max-tables", "2"];
+
+    const CHUNKS: u64 = 12;
+    const CHUNK: u64 = 400;
+    let produced = std::cell::Cell::new(false);
+    let producer = async {
+        for chunk in 0..CHUNKS {
+            produce_all(&client, &tables, chunk * CHUNK, CHUNK).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        produced.set(true);
+    };
+    let start = || {
+        let log = tempfile::NamedTempFile::new().expect("log");
+        (spawn_tier(&url, &warehouse, &args, &[], &log), log)
+    };
+    let mut jobs = vec![start(), start()];
+    let mut done = Vec::new();
+    let chaos = async {
+        while !produced.get() || done.len() < steps {
+            tokio::time::sleep(Duration::from_millis(200 + dice.next(800))).await;
+            let i = dice.next(2) as usize;
+            // A signal before the job installed its handlers would end it with the default action.
+            wait_for_log(&jobs[i].1, "tiering job started", Duration::from_secs(60)).await;
+            match dice.next(3) {
+                0 => {
+                    signal(&jobs[i].0, libc::SIGSTOP);
+                    tokio::time::sleep(Duration::from_millis(2000)).await;
+                    signal(&jobs[i].0, libc::SIGCONT);
+                    done.push(format!("froze job {i}"));
+                }
+                1 => {
+                    let (killed, _log) = std::mem::replace(&mut jobs[i], start());
+                    signal(&killed, libc::SIGKILL);
+                    wait_exit(killed, Duration::from_secs(30)).await;
+                    done.push(format!("killed job {i}"));
+                }
+                _ => {
+                    let (stopped, log) = std::mem::replace(&mut jobs[i], start());
+                    stop_job(stopped, &log).await;
+                    done.push(format!("stopped job {i}"));
+                }
+            }
+        }
+    };
+    tokio::join!(producer, chaos);
+    println!("seed {seed}: {done:?}");
+    for (job, log) in jobs {
+        wait_for_log(&log, "tiering job started", Duration::from_secs(60)).await;
+        stop_job(job, &log).await;
+    }
+    assert_success(&tier(&url, &warehouse, &["--format", format], &[]).await);
+    check_lake_and_cluster(&client, &warehouse, &tables, CHUNKS * CHUNK).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_jobs_frozen_killed_and_restarted_under_a_producer_tier_every_offset_once_paimon() {
+    two_jobs_under_chaos("paimon").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_jobs_frozen_killed_and_restarted_under_a_producer_tier_every_offset_once_iceberg() {
+    two_jobs_under_chaos("iceberg").await;
+}

@@ -348,28 +348,35 @@ async fn run_cluster(args: ClusterArgs) -> anyhow::Result<()> {
 }
 
 /// Resolves on the first SIGINT or SIGTERM; a second one exits the process at once (for a job that cannot wind down).
-pub async fn shutdown_signal() {
-    wait_for_signal().await;
-    tokio::spawn(async {
-        wait_for_signal().await;
-        eprintln!("second signal: exiting now");
-        std::process::exit(130);
-    });
+/// The handlers are registered when this is called (inside a runtime), not when first polled: a signal in between
+/// would kill the process with the default action.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    let first = signals();
+    async move {
+        match first {
+            Ok(first) => first.await,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch for SIGINT/SIGTERM");
+                std::future::pending::<()>().await
+            }
+        }
+        if let Ok(second) = signals() {
+            tokio::spawn(async move {
+                second.await;
+                eprintln!("second signal: exiting now");
+                std::process::exit(130);
+            });
+        }
+    }
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+/// Registers for SIGINT and SIGTERM now; the future resolves on the first of them.
+fn signals() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut interrupt, mut terminate) = (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
+    Ok(async move {
+        tokio::select! { _ = interrupt.recv() => {}, _ = terminate.recv() => {} }
+    })
 }
 
 pub(crate) async fn create_table(args: CreateTableArgs) -> anyhow::Result<()> {

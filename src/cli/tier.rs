@@ -106,10 +106,15 @@ pub(super) fn run_job_with(args: &TierArgs, started: impl FnOnce(&Arc<JobContext
         tracing::info!(%bound, "serving metrics");
     }
     let on_signal = Arc::clone(&ctx);
+    let signal = {
+        let _runtime = runtime.enter();
+        super::shutdown_signal()
+    };
     runtime.spawn(async move {
-        super::shutdown_signal().await;
+        signal.await;
         on_signal.request_shutdown();
     });
+    tracing::info!(job = %ctx.job_id, format = %args.format, once = args.once, "tiering job started");
     started(&ctx);
     let bar = args.once.then(|| progress_bar(Arc::clone(&ctx)));
     let result = dataflows::run(timely_config, Arc::clone(&ctx));

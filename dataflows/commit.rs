@@ -182,7 +182,28 @@ async fn try_commit(ctx: &JobContext, plan: &RoundPlan, results: Vec<WriteResult
     committed?;
     failpoint::hit("after-cluster-commit");
     ctx.metrics.committed(&plan.table.path.to_string(), marker.offsets.iter().map(|o| o.offset).sum());
+    sweep_if_due(ctx, committer.as_ref(), plan.table.table_id).await;
     Ok(stats)
+}
+
+/// Sweeps the table's orphan files after its first commit in this job, then at most once per orphan age; a sweep
+/// that fails is only logged (the round is committed).
+async fn sweep_if_due(ctx: &JobContext, committer: &dyn LakeCommitter, table_id: i64) {
+    let due = {
+        let mut swept = ctx.swept.lock().unwrap_or_else(|p| p.into_inner());
+        let due = swept.get(&table_id).is_none_or(|at| at.elapsed() >= ctx.config.orphan_age);
+        if due {
+            swept.insert(table_id, Instant::now());
+        }
+        due
+    };
+    if !due {
+        return;
+    }
+    match ctx.bounded("sweeping orphan files", committer.sweep(ctx.config.orphan_age)).await {
+        Ok(swept) => ctx.metrics.add_swept(swept.files, swept.bytes),
+        Err(e) => tracing::warn!(error = %e, "the orphan-file sweep failed; the next one tries again"),
+    }
 }
 
 /// A round's write results, checked and summed up.

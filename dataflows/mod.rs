@@ -62,6 +62,8 @@ pub struct TierConfig {
     pub max_rpc_failures: u32,
     /// How long one lake call may take (a commit that takes longer has an unknown outcome).
     pub lake_timeout: Duration,
+    /// Unreferenced lake files older than this are deleted (see [`crate::lake::sweep`]).
+    pub orphan_age: Duration,
 }
 
 impl Default for TierConfig {
@@ -77,6 +79,7 @@ impl Default for TierConfig {
             max_round_failures: 5,
             max_rpc_failures: 60,
             lake_timeout: Duration::from_secs(60),
+            orphan_age: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -165,6 +168,9 @@ pub struct JobMetrics {
     pub rounds_committed: AtomicU64,
     pub rounds_empty: AtomicU64,
     pub rounds_failed: AtomicU64,
+    /// Orphan files (and their bytes) the sweep deleted.
+    pub orphans_deleted: AtomicU64,
+    pub orphan_bytes_deleted: AtomicU64,
     pub commit_micros: AtomicU64,
     /// Commits per latency bucket (`COMMIT_BUCKETS`, then +Inf).
     commit_buckets: [AtomicU64; 9],
@@ -205,6 +211,10 @@ impl JobMetrics {
     }
     fn add_failed_round(&self) {
         self.rounds_failed.fetch_add(1, Ordering::Relaxed);
+    }
+    fn add_swept(&self, files: u64, bytes: u64) {
+        self.orphans_deleted.fetch_add(files, Ordering::Relaxed);
+        self.orphan_bytes_deleted.fetch_add(bytes, Ordering::Relaxed);
     }
     pub(crate) fn add_phase(&self, phase: Phase, took: Duration) {
         self.phase_nanos[phase as usize].fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
@@ -290,6 +300,12 @@ impl JobMetrics {
             ("fluss_tiering_rounds_committed_total", "Rounds committed to lake and cluster.", &self.rounds_committed),
             ("fluss_tiering_rounds_empty_total", "Rounds that found nothing new.", &self.rounds_empty),
             ("fluss_tiering_rounds_failed_total", "Rounds that failed.", &self.rounds_failed),
+            ("fluss_tiering_orphan_files_deleted_total", "Unreferenced lake files deleted.", &self.orphans_deleted),
+            (
+                "fluss_tiering_orphan_bytes_deleted_total",
+                "Bytes of unreferenced lake files deleted.",
+                &self.orphan_bytes_deleted,
+            ),
         ];
         for (name, help, value) in counters {
             let _ =
@@ -370,6 +386,8 @@ pub struct JobContext {
     pub started: Instant,
     /// The rounds in flight (enumerator and committer, process 0).
     pub rounds: rounds::Rounds,
+    /// When this job last swept each table's orphan files (committer, process 0).
+    pub swept: Mutex<std::collections::BTreeMap<i64, Instant>>,
     shutdown: AtomicBool,
     errors: Mutex<Vec<String>>,
 }
@@ -391,6 +409,7 @@ impl JobContext {
             metrics: JobMetrics::default(),
             started: Instant::now(),
             rounds: rounds::Rounds::default(),
+            swept: Mutex::new(Default::default()),
             shutdown: AtomicBool::new(false),
             errors: Mutex::new(Vec::new()),
         }

@@ -82,17 +82,6 @@ fn plain(log: &str) -> String {
     out
 }
 
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_commit_of_one_table_does_not_delay_the_others() {
     let Setup { dir: _dir, warehouse, cluster, client, tables } = setup().await;

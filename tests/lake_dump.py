@@ -4,7 +4,8 @@ usage: lake_dump.py WAREHOUSE DATABASE.TABLE OUT.arrow [--raw]
 
 The format is the warehouse's: an Iceberg SQL catalog (WAREHOUSE/catalog.db) or a Paimon filesystem catalog.
 Writes every row of the table's current snapshot to OUT.arrow (Arrow IPC file) and prints one JSON line:
-{"format": F, "rows": N, "snapshots": N, "current_snapshot_id": ID, "properties": {...tiering marker...}}
+{"format": F, "rows": N, "snapshots": N, "current_snapshot_id": ID, "properties": {...tiering marker...},
+ "files": [data file paths the current snapshot references]}
 
 For Paimon, a primary-key table is read merged (its latest row per key), and the tiering marker is the offsets file
 the latest tiering snapshot names by its commit identifier. With --raw, every row of every data file the current
@@ -25,6 +26,7 @@ def read_iceberg(warehouse: str, table_name: str):
     table = catalog.load_table(table_name)
     current = table.current_snapshot()
     return table.scan().to_arrow(), {
+        "files": [task.file.file_path for task in table.scan().plan_files()],
         "snapshots": len(table.snapshots()),
         "current_snapshot_id": current.snapshot_id if current else None,
         "properties": dict(current.summary.additional_properties) if current else {},
@@ -74,6 +76,7 @@ def read_paimon(warehouse: str, table_name: str, raw: bool):
         }
         break
     return data, {
+        "files": [p for split in splits for p in split.file_paths],
         "snapshots": len(ids),
         "current_snapshot_id": ids[-1] if ids else None,
         "properties": properties,

@@ -130,6 +130,11 @@ pub struct TuningArgs {
     /// kept), and its claim on the lake table lasts this long.
     #[arg(long, default_value = "60s")]
     pub lake_timeout: String,
+    /// Files no lake snapshot references are deleted once older than this (left by killed jobs and fenced rounds);
+    /// a table is swept after its first commit in a job, then at most once per this period. Keep it well above the
+    /// longest round plus the heartbeat and lake time-outs.
+    #[arg(long, default_value = "24h")]
+    pub orphan_age: String,
 }
 
 impl Default for TuningArgs {
@@ -145,6 +150,7 @@ impl Default for TuningArgs {
             max_round_duration: None,
             rpc_timeout: "30s".into(),
             lake_timeout: "60s".into(),
+            orphan_age: "24h".into(),
         }
     }
 }

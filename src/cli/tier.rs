@@ -64,6 +64,7 @@ fn tier_config(tuning: &TuningArgs, once: bool) -> anyhow::Result<TierConfig> {
         fetch_max_bytes: tuning.fetch_max_bytes.max(1),
         max_round_duration: tuning.max_round_duration.as_deref().map(parse_duration).transpose()?,
         lake_timeout: parse_duration(&tuning.lake_timeout)?,
+        orphan_age: parse_duration(&tuning.orphan_age)?,
         ..TierConfig::default()
     })
 }

@@ -5,7 +5,7 @@
 //! loop reloads the table and re-applies the append on top of whatever it finds, which after a lost reply adds the
 //! same files twice. After a failed attempt the committer reloads and looks for its own round marker instead.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -16,8 +16,9 @@ use async_trait::async_trait;
 use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::io::LocalFsStorageFactory;
 use iceberg::spec::{
-    DataFile, DataFileFormat, Literal, NestedField, PartitionKey, PrimitiveType, Schema, Struct, TableProperties,
-    Transform, Type, UnboundPartitionSpec, deserialize_data_file_from_json, serialize_data_file_to_json,
+    DataFile, DataFileFormat, Literal, ManifestList, NestedField, PartitionKey, PrimitiveType, Schema, Struct,
+    TableProperties, Transform, Type, UnboundPartitionSpec, deserialize_data_file_from_json,
+    serialize_data_file_to_json,
 };
 use iceberg::table::Table;
 use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
@@ -39,6 +40,7 @@ use crate::lake::outcome::{CommitCall, settle};
 use crate::lake::{
     BUCKET_COLUMN, CommitMarker, LakeCommitter, LakeOptions, LakeTieringFactory, LakeWriter, OFFSET_COLUMN,
     TABLE_PROP_TABLE_ID, TIMESTAMP_COLUMN, TableContext, TieredSnapshot, WriterContext, WrittenData, fit_columns,
+    sweep,
 };
 
 /// The catalog name every Iceberg client uses to find our tables.
@@ -537,6 +539,52 @@ impl LakeCommitter for IcebergCommitter {
         }
         Ok(())
     }
+
+    async fn sweep(&self, min_age: std::time::Duration) -> Result<sweep::Swept> {
+        let table = self.load().await?;
+        let Some(root) = sweep::local_dir(table.metadata().location()).map(Path::to_path_buf) else {
+            return Ok(sweep::Swept::default());
+        };
+        // Data files, manifests and manifest lists; never metadata files (the catalog's history).
+        let candidate = |p: &Path| {
+            p.starts_with("data") || (p.starts_with("metadata") && p.extension().is_some_and(|e| e == "avro"))
+        };
+        let candidates = sweep::old_candidates(&root, candidate, min_age)?;
+        if candidates.is_empty() {
+            return Ok(sweep::Swept::default());
+        }
+        // Reloaded after the listing (invariant 2 of the sweep).
+        let table = self.load().await?;
+        let referenced = referenced_files(&table).await?;
+        Ok(sweep::delete_unreferenced(&self.table.path.to_string(), candidates, &referenced))
+    }
+}
+
+/// The names of the manifest lists, manifests and data files of every snapshot of `table`.
+async fn referenced_files(table: &Table) -> Result<BTreeSet<String>> {
+    let metadata = table.metadata();
+    let io = table.file_io();
+    let mut names = BTreeSet::new();
+    let mut manifests = BTreeMap::new();
+    for snapshot in metadata.snapshots() {
+        let list = snapshot.manifest_list();
+        names.insert(sweep::file_name(list));
+        let bytes = io.new_input(list).map_err(lake_err(format!("opening {list}")))?.read().await;
+        let bytes = bytes.map_err(lake_err(format!("reading {list}")))?;
+        let list = ManifestList::parse_with_version(&bytes, metadata.format_version())
+            .map_err(lake_err(format!("parsing {list}")))?;
+        for manifest in list.entries() {
+            manifests.entry(manifest.manifest_path.clone()).or_insert_with(|| manifest.clone());
+        }
+    }
+    for (path, manifest) in manifests {
+        names.insert(sweep::file_name(&path));
+        let manifest = manifest.load_manifest(io).await.map_err(lake_err(format!("reading {path}")))?;
+        for entry in manifest.entries() {
+            names.insert(sweep::file_name(entry.data_file().file_path()));
+        }
+    }
+    Ok(names)
 }
 
 const MOVED: &str = "fluss-tiering: the table moved";

@@ -14,6 +14,7 @@
 pub mod iceberg;
 pub mod outcome;
 pub mod paimon;
+pub mod sweep;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -199,6 +200,9 @@ pub trait LakeCommitter: Send + Sync {
     async fn commit(&self, written: Vec<WrittenData>, marker: &CommitMarker, base: Option<i64>) -> Result<i64>;
     /// Deletes files that will never be committed.
     async fn abort(&self, written: Vec<WrittenData>) -> Result<()>;
+    /// Deletes the table's files that no snapshot references and that are older than `min_age` (see
+    /// [`sweep`]); a lake not on local disk is not swept.
+    async fn sweep(&self, min_age: std::time::Duration) -> Result<sweep::Swept>;
 }
 
 /// The factory of a format by name.

@@ -13,7 +13,7 @@
 //! `TABLE/fluss-offsets/IDENTIFIER.json`, and believed only when a snapshot of our commit user with that identifier
 //! exists: the lake alone still says where tiering got to.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -23,7 +23,8 @@ use async_trait::async_trait;
 use paimon::catalog::Identifier;
 use paimon::spec::{
     BigIntType, BooleanType, DataType, DateType, DecimalType, DoubleType, FloatType, IntType, LocalZonedTimestampType,
-    Schema, SchemaChange, Snapshot, TimestampType, VALUE_KIND_FIELD_NAME, VarBinaryType, VarCharType,
+    Manifest, ManifestList, Schema, SchemaChange, Snapshot, TimestampType, VALUE_KIND_FIELD_NAME, VarBinaryType,
+    VarCharType,
 };
 use paimon::table::{COMMIT_MESSAGE_SERIALIZER_VERSION, CommitMessage, Table, TableCommit, TableWrite};
 use paimon::{Catalog, CatalogFactory, CatalogOptions, Options};
@@ -37,6 +38,7 @@ use crate::lake::outcome::{CommitCall, settle};
 use crate::lake::{
     BUCKET_COLUMN, CommitMarker, LakeCommitter, LakeOptions, LakeTieringFactory, LakeWriter, OFFSET_COLUMN,
     TABLE_PROP_TABLE_ID, TIMESTAMP_COLUMN, TableContext, TieredSnapshot, WriterContext, WrittenData, fit_columns,
+    sweep,
 };
 
 mod claim;
@@ -448,6 +450,50 @@ async fn find_round(table: &Table, marker: &CommitMarker, base: Option<i64>) -> 
     Ok(None)
 }
 
+/// What the sweep may delete (table-relative): files in bucket directories, manifests and manifest lists, round
+/// markers, and claims.
+fn is_sweep_candidate(relative: &Path) -> bool {
+    let parent = relative.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = relative.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    parent.starts_with("bucket-")
+        || (parent == "manifest" && name.starts_with("manifest-"))
+        || (parent == MARKER_DIR && relative.parent() == Some(Path::new(MARKER_DIR)) && name.ends_with(".json"))
+        || parent == "claims"
+}
+
+/// The names of every file a live snapshot needs: data files (and their extra files) named by any manifest entry,
+/// the manifests, the manifest lists, the index manifest, and the round marker of its commit identifier.
+async fn referenced_files(table: &Table) -> Result<BTreeSet<String>> {
+    let snapshots = table.snapshot_manager();
+    let io = table.file_io();
+    let mut names = BTreeSet::new();
+    let mut lists = BTreeSet::new();
+    for snapshot in snapshots.list_all().await.map_err(lake_err("listing snapshots"))? {
+        lists.insert(snapshot.base_manifest_list().to_string());
+        lists.insert(snapshot.delta_manifest_list().to_string());
+        lists.extend(snapshot.changelog_manifest_list().map(str::to_string));
+        names.extend(snapshot.index_manifest().map(str::to_string));
+        names.insert(format!("{}.json", snapshot.commit_identifier()));
+    }
+    let mut manifests = BTreeSet::new();
+    for list in &lists {
+        let path = snapshots.manifest_path(list);
+        for meta in ManifestList::read(io, &path).await.map_err(lake_err(format!("reading {path}")))? {
+            manifests.insert(meta.file_name().to_string());
+        }
+    }
+    for manifest in &manifests {
+        let path = snapshots.manifest_path(manifest);
+        for entry in Manifest::read(io, &path).await.map_err(lake_err(format!("reading {path}")))? {
+            names.insert(entry.file().file_name.clone());
+            names.extend(entry.file().extra_files.iter().cloned());
+        }
+    }
+    names.extend(lists);
+    names.extend(manifests);
+    Ok(names)
+}
+
 struct PaimonCommitter {
     catalog: Arc<dyn Catalog>,
     table: TableContext,
@@ -552,6 +598,19 @@ impl LakeCommitter for PaimonCommitter {
             Err(_) => {}
         }
         result
+    }
+
+    async fn sweep(&self, min_age: std::time::Duration) -> Result<sweep::Swept> {
+        let table = self.load().await?;
+        let Some(root) = sweep::local_dir(table.location()).map(Path::to_path_buf) else {
+            return Ok(sweep::Swept::default());
+        };
+        let candidates = sweep::old_candidates(&root, is_sweep_candidate, min_age)?;
+        if candidates.is_empty() {
+            return Ok(sweep::Swept::default());
+        }
+        let referenced = referenced_files(&table).await?;
+        Ok(sweep::delete_unreferenced(&self.table.path.to_string(), candidates, &referenced))
     }
 
     async fn abort(&self, written: Vec<WrittenData>) -> Result<()> {

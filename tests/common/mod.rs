@@ -136,6 +136,8 @@ pub struct LakeTable {
     pub snapshots: u64,
     pub current_snapshot_id: Option<i64>,
     pub properties: serde_json::Map<String, serde_json::Value>,
+    /// The data files the current snapshot references (local paths: `file://` or `file:` taken off).
+    pub files: Vec<PathBuf>,
 }
 
 pub fn python() -> PathBuf {
@@ -179,6 +181,15 @@ fn dump_lake(warehouse: &Path, table: &TablePath, raw: bool) -> LakeTable {
         snapshots: summary["snapshots"].as_u64().expect("snapshots"),
         current_snapshot_id: summary["current_snapshot_id"].as_i64(),
         properties: summary["properties"].as_object().cloned().unwrap_or_default(),
+        files: summary["files"]
+            .as_array()
+            .expect("files")
+            .iter()
+            .map(|f| {
+                let f = f.as_str().expect("path");
+                PathBuf::from(f.strip_prefix("file://").or_else(|| f.strip_prefix("file:")).unwrap_or(f))
+            })
+            .collect(),
     }
 }
 
@@ -396,4 +407,16 @@ pub async fn setup() -> Setup {
     let (cluster, client) = start_cluster(&dir.path().join("cluster")).await;
     let tables = create_tables(&client).await;
     Setup { warehouse: dir.path().join("warehouse"), dir, cluster, client, tables }
+}
+
+/// Every file under `dir`, recursively.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+        }
+    }
+    out
 }

@@ -1,16 +1,18 @@
-//! The committer under catalog faults: lost replies, failed reloads, competing writers, expired history. Each case
-//! runs our committer, and where a naive protocol would go wrong, the naive protocol too, to show the difference.
-//! Lakes are read back with pyiceberg.
+//! The committers under lake faults: lost replies, failed reloads, competing writers, slow commits, expired history.
+//! Each case runs our committer, and where a naive protocol would go wrong, the naive protocol too, to show the
+//! difference. Iceberg faults act in its catalog, Paimon faults in its catalog and its snapshot publication; lakes
+//! are read back with pyiceberg and pypaimon.
 
 mod common;
 
 use std::sync::Arc;
 
-use common::faults::{Fault, FaultyCatalog};
+use common::faults::{Fault, Faults, FaultyCatalog, FaultyPaimon};
 use common::{WORKLOAD, read_lake};
 use fluss_tiering::ErrorKind;
 use fluss_tiering::cluster::table::{TableDescriptor, TablePath, parse_schema};
 use fluss_tiering::lake::iceberg::IcebergFactory;
+use fluss_tiering::lake::paimon::{PaimonFactory, PaimonPublish, Publish};
 use fluss_tiering::lake::{
     BucketOffset, CommitMarker, LakeCommitter, LakeOptions, LakeTieringFactory, TableContext, WriterContext,
     WrittenData, lake_schema, with_system_columns,
@@ -34,6 +36,13 @@ async fn lake() -> Lake {
     let inner = IcebergFactory::open_catalog(&warehouse).await.expect("catalog");
     let faulty = FaultyCatalog::new(inner);
     let factory = IcebergFactory::with_catalog(faulty.clone(), LakeOptions::default());
+    let table = test_table();
+    assert!(factory.prepare_table(&table).await.expect("create").is_none());
+    Lake { _dir: dir, warehouse, faulty, factory, table }
+}
+
+/// The test table: `db.t`, one bucket, `id:int64,name:string`.
+fn test_table() -> TableContext {
     let descriptor = TableDescriptor {
         columns: parse_schema("id:int64,name:string").expect("schema"),
         buckets: 1,
@@ -41,28 +50,33 @@ async fn lake() -> Lake {
         primary_key: vec![],
         properties: Default::default(),
     };
-    let table = TableContext { table_id: 1, path: "db.t".parse::<TablePath>().expect("path"), descriptor };
-    assert!(factory.prepare_table(&table).await.expect("create").is_none());
-    Lake { _dir: dir, warehouse, faulty, factory, table }
+    TableContext { table_id: 1, path: "db.t".parse::<TablePath>().expect("path"), descriptor }
+}
+
+/// Lake files for rows `[from, to)` of bucket `bucket`.
+async fn write_rows(
+    factory: &dyn LakeTieringFactory,
+    table: &TableContext,
+    from: u64,
+    to: u64,
+    bucket: i32,
+) -> WrittenData {
+    let ctx =
+        WriterContext { partition_name: None, bucket, file_prefix: format!("test-{}", uuid::Uuid::new_v4().simple()) };
+    let mut writer = factory.create_writer(table, ctx).await.expect("writer");
+    let ids: Vec<u64> = (from..to).collect();
+    let batch = WORKLOAD.batch(&table.descriptor, &ids).expect("rows");
+    let schema = lake_schema(&table.descriptor);
+    writer
+        .write(with_system_columns(&schema, &batch, bucket, from as i64, 0).expect("system columns"))
+        .await
+        .expect("write");
+    writer.complete().await.expect("complete")
 }
 
 impl Lake {
-    /// Lake files for rows `[from, to)` of bucket `bucket`.
     async fn write(&self, from: u64, to: u64, bucket: i32) -> WrittenData {
-        let ctx = WriterContext {
-            partition_name: None,
-            bucket,
-            file_prefix: format!("test-{}", uuid::Uuid::new_v4().simple()),
-        };
-        let mut writer = self.factory.create_writer(&self.table, ctx).await.expect("writer");
-        let ids: Vec<u64> = (from..to).collect();
-        let batch = WORKLOAD.batch(&self.table.descriptor, &ids).expect("rows");
-        let schema = lake_schema(&self.table.descriptor);
-        writer
-            .write(with_system_columns(&schema, &batch, bucket, from as i64, 0).expect("system columns"))
-            .await
-            .expect("write");
-        writer.complete().await.expect("complete")
+        write_rows(&self.factory, &self.table, from, to, bucket).await
     }
 
     async fn committer(&self) -> Box<dyn LakeCommitter> {
@@ -263,11 +277,10 @@ async fn the_marker_is_found_below_foreign_snapshots_and_its_expiry_fails_closed
     assert!(err.to_string().contains("expired"), "{err}");
 }
 
-/// Many rounds of the real job over the 3-table mix, with faults drawn at random at every catalog commit and load,
-/// then the oracle: pyiceberg sees every produced row exactly once. `FLUSS_TIERING_FAULT_SEED` replays a run,
-/// `FLUSS_TIERING_FAULT_ROUNDS` (default 200) makes it longer.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn randomized_rounds_under_faults_stay_exactly_once() {
+/// Many rounds of the real job over the 3-table mix, with faults drawn at random at every lake commit and load,
+/// then the oracle: pyiceberg or pypaimon sees every produced row exactly once. `FLUSS_TIERING_FAULT_SEED` replays a
+/// run, `FLUSS_TIERING_FAULT_ROUNDS` (default 200) makes it longer.
+async fn randomized_rounds_under_faults(format: &str) {
     use fluss_tiering::dataflows::{self, JobContext, TierConfig};
     use std::sync::atomic::Ordering;
     use std::time::{Duration, Instant};
@@ -276,25 +289,36 @@ async fn randomized_rounds_under_faults_stay_exactly_once() {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
     });
     let rounds: u64 = std::env::var("FLUSS_TIERING_FAULT_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
-    println!("fault seed {seed} (replay with FLUSS_TIERING_FAULT_SEED={seed}), {rounds} rounds");
+    println!("{format}: fault seed {seed} (replay with FLUSS_TIERING_FAULT_SEED={seed}), {rounds} rounds");
 
     let common::Setup { dir: _dir, warehouse, cluster, client, tables } = common::setup().await;
-    let inner = IcebergFactory::open_catalog(&warehouse).await.expect("catalog");
-    let faulty = FaultyCatalog::new(inner);
-    faulty.randomize(seed, 20, 400);
+    let options = LakeOptions { target_file_size: 65536, ..LakeOptions::default() };
+    let (lake, faults): (Arc<dyn LakeTieringFactory>, Arc<Faults>) = match format {
+        "iceberg" => {
+            let faulty = FaultyCatalog::new(IcebergFactory::open_catalog(&warehouse).await.expect("catalog"));
+            (Arc::new(IcebergFactory::with_catalog(faulty.clone(), options)), faulty.faults())
+        }
+        _ => {
+            let faulty = FaultyPaimon::new(PaimonFactory::open_catalog(&warehouse).await.expect("catalog"));
+            let factory = PaimonFactory::with_catalog(faulty.clone(), &warehouse, faulty.clone(), options);
+            (Arc::new(factory.expect("paimon")), faulty.faults())
+        }
+    };
+    faults.randomize(seed, 20, 400);
 
     let (ctx_tx, ctx_rx) = std::sync::mpsc::channel();
-    let (url, lake_catalog) = (cluster.url(), faulty.clone());
+    let url = cluster.url();
     let job = std::thread::spawn(move || {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
         let client = runtime.block_on(fluss_tiering::rpc::ClusterClient::connect(&url)).expect("connect");
-        let lake = Arc::new(IcebergFactory::with_catalog(
-            lake_catalog,
-            LakeOptions { target_file_size: 65536, ..LakeOptions::default() },
-        ));
-        let config =
-            TierConfig { poll_interval: Duration::from_millis(50), max_tables_in_flight: 3, ..TierConfig::default() };
+        // A short lake time-out: a Paimon claim left by a round whose outcome stayed unknown expires soon.
+        let config = TierConfig {
+            poll_interval: Duration::from_millis(50),
+            max_tables_in_flight: 3,
+            lake_timeout: Duration::from_secs(2),
+            ..TierConfig::default()
+        };
         let ctx = Arc::new(JobContext::new(runtime.handle().clone(), client, lake, config));
         ctx_tx.send(Arc::clone(&ctx)).expect("send");
         dataflows::run(timely::Config::process(2), ctx)
@@ -314,8 +338,8 @@ async fn randomized_rounds_under_faults_stay_exactly_once() {
         produced += 40;
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let injected = faulty.injected();
-    faulty.calm();
+    let injected = faults.injected();
+    faults.calm();
 
     // Without faults the job catches up: the cluster's record of the lake reaches every end offset.
     common::wait_tiered(&client, &tables.iter().collect::<Vec<_>>(), Duration::from_secs(120)).await;
@@ -328,7 +352,7 @@ async fn randomized_rounds_under_faults_stay_exactly_once() {
     job.join().expect("job thread").expect("job");
 
     println!(
-        "seed {seed}: {} rounds committed, {} failed, faults injected: {injected:?}",
+        "{format} seed {seed}: {} rounds committed, {} failed, faults injected: {injected:?}",
         ctx.metrics.rounds_committed.load(Ordering::Relaxed),
         ctx.metrics.rounds_failed.load(Ordering::Relaxed)
     );
@@ -338,4 +362,159 @@ async fn randomized_rounds_under_faults_stay_exactly_once() {
         let lake = read_lake(&warehouse, &t.path);
         common::check_exactly_once(&lake, t, &common::end_offsets(&client, t).await, produced);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn randomized_rounds_under_faults_stay_exactly_once() {
+    randomized_rounds_under_faults("iceberg").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn randomized_rounds_under_faults_stay_exactly_once_paimon() {
+    randomized_rounds_under_faults("paimon").await;
+}
+
+/// A Paimon lake on a [`FaultyPaimon`], with the test table created.
+struct PaimonLake {
+    _dir: tempfile::TempDir,
+    warehouse: std::path::PathBuf,
+    faulty: Arc<FaultyPaimon>,
+    factory: PaimonFactory,
+    table: TableContext,
+}
+
+async fn paimon_lake() -> PaimonLake {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = dir.path().join("warehouse");
+    let faulty = FaultyPaimon::new(PaimonFactory::open_catalog(&warehouse).await.expect("catalog"));
+    let factory = PaimonFactory::with_catalog(faulty.clone(), &warehouse, faulty.clone(), LakeOptions::default())
+        .expect("paimon");
+    let table = test_table();
+    assert!(factory.prepare_table(&table).await.expect("create").is_none());
+    PaimonLake { _dir: dir, warehouse, faulty, factory, table }
+}
+
+impl PaimonLake {
+    async fn write(&self, from: u64, to: u64) -> WrittenData {
+        write_rows(&self.factory, &self.table, from, to, 0).await
+    }
+
+    async fn committer(&self) -> Box<dyn LakeCommitter> {
+        self.factory.create_committer(&self.table).await.expect("committer")
+    }
+
+    /// A committer straight on the filesystem catalog, as a second job would have.
+    async fn other_committer(&self) -> Box<dyn LakeCommitter> {
+        PaimonFactory::with_catalog(
+            self.faulty.catalog.clone(),
+            &self.warehouse,
+            Arc::new(PaimonPublish),
+            LakeOptions::default(),
+        )
+        .expect("paimon")
+        .create_committer(&self.table)
+        .await
+        .expect("committer")
+    }
+
+    fn rows(&self) -> usize {
+        read_lake(&self.warehouse, &self.table.path).rows.num_rows()
+    }
+
+    /// The table's data files on disk.
+    fn data_files(&self) -> Vec<std::path::PathBuf> {
+        common::walk(&self.warehouse).into_iter().filter(|p| p.extension().is_some_and(|e| e == "parquet")).collect()
+    }
+}
+
+/// A marker with its own tiering epoch: Paimon's commit identifier, which it filters when not increasing.
+fn epoch_marker(round: &str, end: i64, epoch: i64) -> CommitMarker {
+    CommitMarker { tiering_epoch: epoch, ..marker(round, end) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paimon_a_lost_reply_is_recognized_not_repeated() {
+    let l = paimon_lake().await;
+    let committer = l.committer().await;
+    l.faulty.script(Fault::LostReply);
+    let id = committer.commit(vec![l.write(0, 100).await], &epoch_marker("r1", 100, 1), None).await.expect("landed");
+    let latest = committer.latest().await.expect("latest").expect("a marker");
+    assert_eq!((latest.snapshot_id, latest.marker.round_id.as_str()), (id, "r1"));
+    assert_eq!(l.faulty.injected().get(&Fault::LostReply), Some(&1));
+    assert_eq!(l.rows(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paimon_a_lost_reply_with_another_commit_on_top_is_found_by_walking_back_to_the_base() {
+    let l = paimon_lake().await;
+    let ours = l.write(0, 100).await;
+    let theirs = l.write(100, 150).await;
+    let other = l.other_committer().await;
+    l.faulty.compete_after(Box::new(move || {
+        Box::pin(async move {
+            let base = other.latest().await.expect("latest").map(|s| s.snapshot_id);
+            other.commit(vec![theirs], &epoch_marker("theirs", 150, 2), base).await.expect("lands on top");
+        })
+    }));
+    l.faulty.script(Fault::LostReplyThenCompetitor);
+    let committer = l.committer().await;
+    let id = committer.commit(vec![ours], &epoch_marker("ours", 100, 1), None).await.expect("found by walking back");
+    let latest = committer.latest().await.expect("latest").expect("marker");
+    assert_eq!(latest.marker.round_id, "theirs");
+    assert!(latest.snapshot_id > id, "ours ({id}) is below theirs ({})", latest.snapshot_id);
+    assert_eq!(l.rows(), 150, "both commits' rows are readable: our files were kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paimon_unknown_outcome_keeps_files_and_recovery_finds_the_commit() {
+    let l = paimon_lake().await;
+    let committer = l.committer().await;
+    l.faulty.script(Fault::LostReply);
+    l.faulty.script(Fault::ReloadFails);
+    let err =
+        committer.commit(vec![l.write(0, 100).await], &epoch_marker("r1", 100, 1), None).await.expect_err("unknown");
+    assert_eq!(err.kind(), ErrorKind::CommitOutcomeUnknown, "{err}");
+    let files = l.data_files();
+    assert!(!files.is_empty() && files.iter().all(|f| f.exists()), "files are kept while the outcome is unknown");
+    let recovered = committer.latest().await.expect("latest").expect("landed");
+    assert_eq!(recovered.marker.round_id, "r1");
+    assert_eq!(l.rows(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paimon_a_competing_tiering_commit_during_ours_is_refused_where_plain_publication_duplicates() {
+    // Another job (one that took the table over, planned from the same base) commits the same rows while our
+    // publication is under way: our claim on the successor of the base refuses it.
+    let l = paimon_lake().await;
+    let theirs = l.write(0, 100).await;
+    let other = l.other_committer().await;
+    let refused = Arc::new(std::sync::Mutex::new(None));
+    let seen = Arc::clone(&refused);
+    l.faulty.compete(Box::new(move || {
+        Box::pin(async move {
+            let result = other.commit(vec![theirs], &epoch_marker("theirs", 100, 2), None).await;
+            *seen.lock().expect("lock") = Some(result.map_err(|e| e.kind()));
+        })
+    }));
+    let committer = l.committer().await;
+    committer.commit(vec![l.write(0, 100).await], &epoch_marker("ours", 100, 1), None).await.expect("ours lands");
+    let theirs = refused.lock().expect("lock").take().expect("the competitor ran");
+    assert_eq!(theirs, Err(ErrorKind::FencedTieringEpoch), "the competitor is refused by our claim");
+    assert_eq!(l.rows(), 100);
+
+    // Plain publication (Paimon's own commit, no claim, no base check): both land, every row twice.
+    let n = paimon_lake().await;
+    let table = n.faulty.catalog.get_table(&paimon::catalog::Identifier::new("db", "t")).await.expect("table");
+    for (written, epoch) in [(n.write(0, 100).await, 1), (n.write(0, 100).await, 2)] {
+        let messages: Vec<paimon::table::CommitMessage> = serde_json::from_slice::<Vec<Vec<u8>>>(&written.payload)
+            .expect("messages")
+            .iter()
+            .map(|b| {
+                paimon::table::CommitMessage::deserialize(paimon::table::COMMIT_MESSAGE_SERIALIZER_VERSION, b)
+                    .expect("message")
+            })
+            .collect();
+        PaimonPublish.publish(&table, messages, epoch).await.expect("plain publication");
+    }
+    assert_eq!(n.rows(), 200, "plain publication duplicates every row");
 }

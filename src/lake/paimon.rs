@@ -56,13 +56,50 @@ fn lake_err(context: impl Into<String>) -> impl FnOnce(paimon::Error) -> Error {
 /// The Paimon format.
 pub struct PaimonFactory {
     catalog: Arc<dyn Catalog>,
+    publish: Arc<dyn Publish>,
     warehouse: std::path::PathBuf,
     options: LakeOptions,
+}
+
+/// Publishes a round's snapshot: the one step of a commit that changes the table, beneath everything the committer
+/// decides (claims, the base check, the look-up after an error). Paimon's own filesystem commit
+/// ([`PaimonPublish`]) by default; a seam for tests that make it fail as a file system or a concurrent writer can,
+/// and for stores that offer a conditional put.
+#[async_trait]
+pub trait Publish: Send + Sync + 'static {
+    async fn publish(&self, table: &Table, messages: Vec<CommitMessage>, identifier: i64) -> Result<()>;
+}
+
+/// Paimon's single-attempt commit (its own retry rebases onto whatever it finds, unchecked), publishing even without
+/// files: a round whose changes net to zero still records its offsets.
+pub struct PaimonPublish;
+
+#[async_trait]
+impl Publish for PaimonPublish {
+    async fn publish(&self, table: &Table, messages: Vec<CommitMessage>, identifier: i64) -> Result<()> {
+        table_commit(table)?
+            .filter_and_commit_with_identifier(messages, identifier)
+            .await
+            .map_err(lake_err(format!("committing to lake table at {}", table.location())))
+    }
+}
+
+/// A single-attempt commit handle that publishes even without files (also what aborts go through).
+fn table_commit(table: &Table) -> Result<TableCommit> {
+    let table = table.copy_with_options(HashMap::from([("commit.max-retries".to_string(), "0".to_string())]));
+    let builder = table.new_write_builder().with_commit_user(COMMIT_USER).map_err(lake_err("commit user"))?;
+    Ok(builder.new_commit().with_ignore_empty_commit(false))
 }
 
 impl PaimonFactory {
     /// Opens the filesystem catalog on `warehouse`.
     pub async fn open(warehouse: &Path, options: LakeOptions) -> Result<Self> {
+        let catalog = Self::open_catalog(warehouse).await?;
+        Self::with_catalog(catalog, warehouse, Arc::new(PaimonPublish), options)
+    }
+
+    /// The filesystem catalog on `warehouse` (created if missing).
+    pub async fn open_catalog(warehouse: &Path) -> Result<Arc<dyn Catalog>> {
         std::fs::create_dir_all(warehouse).map_err(|e| {
             Error::new(ErrorKind::Lake, format!("creating warehouse {}", warehouse.display())).with_source(e)
         })?;
@@ -71,8 +108,21 @@ impl PaimonFactory {
         })?;
         let mut catalog_options = Options::new();
         catalog_options.set(CatalogOptions::WAREHOUSE, format!("file://{}", path.display()));
-        let catalog = CatalogFactory::create(catalog_options).await.map_err(lake_err("opening the Paimon catalog"))?;
-        Ok(PaimonFactory { catalog, warehouse: path, options })
+        CatalogFactory::create(catalog_options).await.map_err(lake_err("opening the Paimon catalog"))
+    }
+
+    /// The format over `catalog` (the filesystem catalog on `warehouse`, or a wrapper around it), publishing with
+    /// `publish`.
+    pub fn with_catalog(
+        catalog: Arc<dyn Catalog>,
+        warehouse: &Path,
+        publish: Arc<dyn Publish>,
+        options: LakeOptions,
+    ) -> Result<Self> {
+        let warehouse = warehouse.canonicalize().map_err(|e| {
+            Error::new(ErrorKind::Lake, format!("resolving warehouse {}", warehouse.display())).with_source(e)
+        })?;
+        Ok(PaimonFactory { catalog, publish, warehouse, options })
     }
 
     async fn load(&self, t: &TableContext) -> Result<Table> {
@@ -299,6 +349,7 @@ impl LakeTieringFactory for PaimonFactory {
     async fn create_committer(&self, t: &TableContext) -> Result<Box<dyn LakeCommitter>> {
         Ok(Box::new(PaimonCommitter {
             catalog: Arc::clone(&self.catalog),
+            publish: Arc::clone(&self.publish),
             table: t.clone(),
             claim_lease: self.options.commit_timeout,
         }))
@@ -350,10 +401,7 @@ impl LakeWriter for PaimonWriter {
 
     async fn abort(mut self: Box<Self>) -> Result<()> {
         let messages = self.write.prepare_commit().await.map_err(lake_err("closing Paimon files"))?;
-        PaimonCommitter::commit_handle(&self.table)?
-            .abort(&messages)
-            .await
-            .map_err(lake_err("deleting the files of a failed split"))
+        table_commit(&self.table)?.abort(&messages).await.map_err(lake_err("deleting the files of a failed split"))
     }
 }
 
@@ -496,6 +544,7 @@ async fn referenced_files(table: &Table) -> Result<BTreeSet<String>> {
 
 struct PaimonCommitter {
     catalog: Arc<dyn Catalog>,
+    publish: Arc<dyn Publish>,
     table: TableContext,
     /// How long a round's claim on the successor of its base lasts.
     claim_lease: std::time::Duration,
@@ -504,14 +553,6 @@ struct PaimonCommitter {
 impl PaimonCommitter {
     async fn load(&self) -> Result<Table> {
         load_table(self.catalog.as_ref(), &self.table).await
-    }
-
-    /// A single-attempt commit (Paimon's own retry rebases onto whatever it finds, unchecked) that publishes even
-    /// without files: a round whose changes net to zero still records its offsets.
-    fn commit_handle(table: &Table) -> Result<TableCommit> {
-        let table = table.copy_with_options(HashMap::from([("commit.max-retries".to_string(), "0".to_string())]));
-        let builder = table.new_write_builder().with_commit_user(COMMIT_USER).map_err(lake_err("commit user"))?;
-        Ok(builder.new_commit().with_ignore_empty_commit(false))
     }
 
     /// The commit proper, with the claim on the successor of `base` held.
@@ -548,14 +589,12 @@ impl PaimonCommitter {
         failpoint::hit("before-lake-commit");
         // A round that stalled past its lease gives way to the one that took the claim over.
         claims.check(held)?;
-        let committed = Self::commit_handle(table)?
-            .filter_and_commit_with_identifier(messages, identifier)
-            .await
-            .map_err(lake_err(format!("committing to lake table {}", self.table.path)))
-            .and_then(|()| match failpoint::injected_error("lake-commit-reply") {
+        let committed = self.publish.publish(table, messages, identifier).await.and_then(|()| {
+            match failpoint::injected_error("lake-commit-reply") {
                 true => Err(Error::new(ErrorKind::Lake, "injected: the commit landed but its reply was lost")),
                 false => Ok(()),
-            });
+            }
+        });
         // Paimon filters an identifier at or below one already committed and returns Ok: only the lake can say
         // whether this round's snapshot is there.
         let (call, call_error) = match committed {
@@ -615,6 +654,6 @@ impl LakeCommitter for PaimonCommitter {
 
     async fn abort(&self, written: Vec<WrittenData>) -> Result<()> {
         let table = self.load().await?;
-        Self::commit_handle(&table)?.abort(&messages(&written)?).await.map_err(lake_err("deleting uncommitted files"))
+        table_commit(&table)?.abort(&messages(&written)?).await.map_err(lake_err("deleting uncommitted files"))
     }
 }

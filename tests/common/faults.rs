@@ -1,5 +1,7 @@
-//! A fault-injecting Iceberg catalog: wraps the SQL catalog and, on command or at random, loses the reply of a commit
-//! that landed, fails a reload, lets a competing writer in just before a commit, or slows a commit down.
+//! Fault injection beneath our committers: a schedule of faults ([`Faults`], scripted or seeded at random) and two
+//! wrappers that act on it: around Iceberg's SQL catalog ([`FaultyCatalog`]) and around Paimon's filesystem catalog
+//! and its snapshot publication ([`FaultyPaimon`]). On command or at random they lose the reply of a commit that
+//! landed, fail a reload, let a competing writer in just before a commit (or right after, on top), or slow a commit.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
@@ -42,9 +44,22 @@ struct State {
     injected: BTreeMap<Fault, u64>,
 }
 
+/// The faults to inject, shared by the wrappers.
+#[derive(Default)]
+pub struct Faults {
+    state: Mutex<State>,
+}
+
 pub struct FaultyCatalog {
     pub inner: Arc<dyn Catalog>,
-    state: Mutex<State>,
+    faults: Arc<Faults>,
+}
+
+impl std::ops::Deref for FaultyCatalog {
+    type Target = Faults;
+    fn deref(&self) -> &Faults {
+        &self.faults
+    }
 }
 
 impl std::fmt::Debug for FaultyCatalog {
@@ -59,9 +74,16 @@ fn injected(message: &str) -> iceberg::Error {
 
 impl FaultyCatalog {
     pub fn new(inner: Arc<dyn Catalog>) -> Arc<Self> {
-        Arc::new(FaultyCatalog { inner, state: Mutex::new(State::default()) })
+        Arc::new(FaultyCatalog { inner, faults: Arc::default() })
     }
 
+    /// The schedule, to steer while the catalog is in use.
+    pub fn faults(&self) -> Arc<Faults> {
+        Arc::clone(&self.faults)
+    }
+}
+
+impl Faults {
     pub fn script(&self, fault: Fault) {
         self.state.lock().expect("lock").scripted.push_back(fault);
     }
@@ -90,6 +112,22 @@ impl FaultyCatalog {
 
     pub fn injected(&self) -> BTreeMap<Fault, u64> {
         self.state.lock().expect("lock").injected.clone()
+    }
+
+    /// Runs the competitor set for before the next commit, if any.
+    async fn run_competitor(&self) {
+        let competitor = self.state.lock().expect("lock").competitor.take();
+        if let Some(compete) = competitor {
+            compete().await;
+        }
+    }
+
+    /// Runs the competitor set for after the next commit, if any.
+    async fn run_after(&self) {
+        let after = self.state.lock().expect("lock").after.take();
+        if let Some(compete) = after {
+            compete().await;
+        }
     }
 
     /// The next fault for an operation that can suffer `allowed`.
@@ -166,10 +204,7 @@ impl Catalog for FaultyCatalog {
         self.inner.register_table(t, l).await
     }
     async fn update_table(&self, commit: TableCommit) -> Result<Table> {
-        let competitor = self.state.lock().expect("lock").competitor.take();
-        if let Some(compete) = competitor {
-            compete().await;
-        }
+        self.run_competitor().await;
         match self.next(&[
             Fault::LostReply,
             Fault::LostReplyThenCompetitor,
@@ -182,10 +217,7 @@ impl Catalog for FaultyCatalog {
             }
             Some(Fault::LostReplyThenCompetitor) => {
                 self.inner.update_table(commit).await?;
-                let after = self.state.lock().expect("lock").after.take();
-                if let Some(compete) = after {
-                    compete().await;
-                }
+                self.run_after().await;
                 Err(injected("the commit landed, another landed on top, and the reply was lost"))
             }
             Some(Fault::CompetingMetadataChange) => {
@@ -203,6 +235,126 @@ impl Catalog for FaultyCatalog {
                 self.inner.update_table(commit).await
             }
             _ => self.inner.update_table(commit).await,
+        }
+    }
+}
+
+/// Paimon's filesystem catalog (loads can fail) and its snapshot publication (replies can be lost, competitors can
+/// commit first or on top, commits can be slow), on one schedule.
+pub struct FaultyPaimon {
+    pub catalog: Arc<dyn paimon::Catalog>,
+    faults: Arc<Faults>,
+}
+
+impl std::ops::Deref for FaultyPaimon {
+    type Target = Faults;
+    fn deref(&self) -> &Faults {
+        &self.faults
+    }
+}
+
+impl FaultyPaimon {
+    pub fn new(catalog: Arc<dyn paimon::Catalog>) -> Arc<Self> {
+        Arc::new(FaultyPaimon { catalog, faults: Arc::default() })
+    }
+
+    /// The schedule, to steer while the lake is in use.
+    pub fn faults(&self) -> Arc<Faults> {
+        Arc::clone(&self.faults)
+    }
+}
+
+fn paimon_injected(message: &str) -> paimon::Error {
+    paimon::Error::DataInvalid { message: format!("injected fault: {message}"), source: None }
+}
+
+#[async_trait]
+impl paimon::Catalog for FaultyPaimon {
+    async fn list_databases(&self) -> paimon::Result<Vec<String>> {
+        self.catalog.list_databases().await
+    }
+    async fn create_database(
+        &self,
+        name: &str,
+        ignore_if_exists: bool,
+        properties: HashMap<String, String>,
+    ) -> paimon::Result<()> {
+        self.catalog.create_database(name, ignore_if_exists, properties).await
+    }
+    async fn get_database(&self, name: &str) -> paimon::Result<paimon::catalog::Database> {
+        self.catalog.get_database(name).await
+    }
+    async fn drop_database(&self, name: &str, ignore_if_not_exists: bool, cascade: bool) -> paimon::Result<()> {
+        self.catalog.drop_database(name, ignore_if_not_exists, cascade).await
+    }
+    async fn get_table(&self, identifier: &paimon::catalog::Identifier) -> paimon::Result<paimon::table::Table> {
+        if self.next(&[Fault::ReloadFails]).is_some() {
+            return Err(paimon_injected("reload fails"));
+        }
+        self.catalog.get_table(identifier).await
+    }
+    async fn list_tables(&self, database_name: &str) -> paimon::Result<Vec<String>> {
+        self.catalog.list_tables(database_name).await
+    }
+    async fn create_table(
+        &self,
+        identifier: &paimon::catalog::Identifier,
+        creation: paimon::spec::Schema,
+        ignore_if_exists: bool,
+    ) -> paimon::Result<()> {
+        self.catalog.create_table(identifier, creation, ignore_if_exists).await
+    }
+    async fn drop_table(
+        &self,
+        identifier: &paimon::catalog::Identifier,
+        ignore_if_not_exists: bool,
+    ) -> paimon::Result<()> {
+        self.catalog.drop_table(identifier, ignore_if_not_exists).await
+    }
+    async fn rename_table(
+        &self,
+        from: &paimon::catalog::Identifier,
+        to: &paimon::catalog::Identifier,
+        ignore_if_not_exists: bool,
+    ) -> paimon::Result<()> {
+        self.catalog.rename_table(from, to, ignore_if_not_exists).await
+    }
+    async fn alter_table(
+        &self,
+        identifier: &paimon::catalog::Identifier,
+        changes: Vec<paimon::spec::SchemaChange>,
+        ignore_if_not_exists: bool,
+    ) -> paimon::Result<()> {
+        self.catalog.alter_table(identifier, changes, ignore_if_not_exists).await
+    }
+}
+
+#[async_trait]
+impl fluss_tiering::lake::paimon::Publish for FaultyPaimon {
+    async fn publish(
+        &self,
+        table: &paimon::table::Table,
+        messages: Vec<paimon::table::CommitMessage>,
+        identifier: i64,
+    ) -> fluss_tiering::Result<()> {
+        use fluss_tiering::lake::paimon::PaimonPublish;
+        let lost = |what: &str| fluss_tiering::Error::new(fluss_tiering::ErrorKind::Lake, format!("injected: {what}"));
+        self.run_competitor().await;
+        match self.next(&[Fault::LostReply, Fault::LostReplyThenCompetitor, Fault::Slow]) {
+            Some(Fault::LostReply) => {
+                PaimonPublish.publish(table, messages, identifier).await?;
+                Err(lost("the commit landed but its reply was lost"))
+            }
+            Some(Fault::LostReplyThenCompetitor) => {
+                PaimonPublish.publish(table, messages, identifier).await?;
+                self.run_after().await;
+                Err(lost("the commit landed, another landed on top, and the reply was lost"))
+            }
+            Some(Fault::Slow) => {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                PaimonPublish.publish(table, messages, identifier).await
+            }
+            _ => PaimonPublish.publish(table, messages, identifier).await,
         }
     }
 }

@@ -473,3 +473,22 @@ pub fn run(timely_config: timely::Config, ctx: Arc<JobContext>) -> Result<()> {
     errors.extend(panics.into_iter().map(|p| format!("a worker panicked: {p}")));
     if errors.is_empty() { Ok(()) } else { Err(Error::new(ErrorKind::Internal, errors.join("; "))) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_lake_call_past_its_time_out_fails_as_a_lake_error() {
+        let slow = async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok(())
+        };
+        let started = Instant::now();
+        let err = bounded(Duration::from_millis(20), "a slow call", slow).await.expect_err("times out");
+        assert_eq!(err.kind(), ErrorKind::Lake);
+        assert!(err.to_string().contains("a slow call took longer"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(bounded(Duration::from_secs(5), "a quick call", async { Ok(7) }).await.expect("in time"), 7);
+    }
+}

@@ -467,3 +467,25 @@ async fn primary_key_tables_keep_state_changelog_and_snapshots_across_a_restart(
     let err = client.put_kv(id, None, 0, &[no_key], true).await.expect_err("delete without the key column");
     assert_eq!(err.kind(), ErrorKind::SchemaMismatch);
 }
+
+/// A cluster that accepts connections and never answers: every call gives up after the client's time-out, as a
+/// network error, instead of hanging a round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_cluster_fails_calls_after_the_rpc_time_out() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket); // read nothing, write nothing, close nothing
+        }
+    });
+    let started = std::time::Instant::now();
+    let timeout = Duration::from_millis(300);
+    let err = match ClusterClient::connect_with_timeout(&url, timeout).await {
+        Ok(client) => client.list_tables().await.expect_err("no answer"),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind(), ErrorKind::Network, "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "bounded by the time-out: {:?}", started.elapsed());
+}

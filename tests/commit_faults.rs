@@ -518,3 +518,21 @@ async fn paimon_a_competing_tiering_commit_during_ours_is_refused_where_plain_pu
     }
     assert_eq!(n.rows(), 200, "plain publication duplicates every row");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paimon_a_column_retyped_outside_fails_the_table_with_the_reason() {
+    let l = paimon_lake().await;
+    let change = paimon::spec::SchemaChange::UpdateColumnType {
+        field_names: vec!["id".into()],
+        new_data_type: paimon::spec::DataType::Double(paimon::spec::DoubleType::new()),
+        keep_nullability: true,
+    };
+    l.faulty
+        .catalog
+        .alter_table(&paimon::catalog::Identifier::new("db", "t"), vec![change], false)
+        .await
+        .expect("retype outside");
+    let err = l.factory.prepare_table(&l.table).await.expect_err("the lake column no longer fits");
+    assert_eq!(err.kind(), ErrorKind::SchemaMismatch);
+    assert!(err.to_string().contains("column id has type"), "{err}");
+}

@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::table::{ColumnType, TableDescriptor};
 use crate::error::{Error, ErrorKind, Result};
 use crate::failpoint;
-use crate::lake::outcome::{CommitCall, settle};
+use crate::lake::outcome::{CommitCall, check_base, settle};
 use crate::lake::{
     BUCKET_COLUMN, CommitMarker, LakeCommitter, LakeOptions, LakeTieringFactory, LakeWriter, OFFSET_COLUMN,
     TABLE_PROP_TABLE_ID, TIMESTAMP_COLUMN, TableContext, TieredSnapshot, WriterContext, WrittenData, fit_columns,
@@ -492,13 +492,7 @@ impl LakeCommitter for IcebergCommitter {
     async fn commit(&self, written: Vec<WrittenData>, marker: &CommitMarker, base: Option<i64>) -> Result<i64> {
         let table = self.load().await?;
         let latest = latest_marker(&table)?;
-        if latest.as_ref().map(|l| l.snapshot_id) != base {
-            let moved_to = latest.map(|l| format!("{} ({})", l.snapshot_id, l.marker.round_id));
-            return Err(Error::new(
-                ErrorKind::FencedTieringEpoch,
-                format!("the lake table moved from snapshot {base:?} to {moved_to:?} since the round was planned"),
-            ));
-        }
+        check_base(latest.as_ref(), base)?;
         // From here on the commit is conditional on the table being exactly as just read.
         let fenced = FencedCatalog {
             inner: Arc::clone(&self.catalog),

@@ -274,3 +274,29 @@ pub fn with_system_columns(
     RecordBatch::try_new(Arc::clone(schema), columns)
         .map_err(|e| Error::new(ErrorKind::SchemaMismatch, "records do not match the table schema").with_source(e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+
+    #[test]
+    fn fitting_columns_casts_strictly_never_to_null() {
+        let batch = RecordBatch::try_from_iter([
+            ("n", Arc::new(Int64Array::from(vec![1, 1 << 40])) as ArrayRef),
+            ("s", Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef),
+        ])
+        .expect("batch");
+        let fits = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, true),
+            Field::new("s", DataType::LargeUtf8, true),
+            Field::new("added", DataType::Int32, true),
+        ]));
+        let columns = fit_columns(&batch, &fits).expect("representation-only casts and added columns fit");
+        assert_eq!(columns[1].data_type(), &DataType::LargeUtf8);
+        assert_eq!(columns[2].null_count(), 2, "a column the batch lacks reads as null");
+        let narrow = Arc::new(Schema::new(vec![Field::new("n", DataType::Int32, true)]));
+        let err = fit_columns(&batch, &narrow).expect_err("2^40 does not fit an Int32");
+        assert_eq!(err.kind(), ErrorKind::SchemaMismatch);
+    }
+}

@@ -107,6 +107,20 @@ pub fn settle(table: &str, call: CommitCall, call_error: Option<Error>, lookup: 
     }
 }
 
+/// Fails unless the lake's latest tiering snapshot is still the round's `base`: otherwise another writer (a zombie
+/// job, a job that took the table over) committed since the round was planned, and committing on top would
+/// duplicate its rows. Nothing is committed, so the round's files can go.
+pub fn check_base(latest: Option<&crate::lake::TieredSnapshot>, base: Option<i64>) -> Result<()> {
+    if latest.map(|l| l.snapshot_id) == base {
+        return Ok(());
+    }
+    let moved_to = latest.map(|l| format!("{} ({})", l.snapshot_id, l.marker.round_id));
+    Err(Error::new(
+        ErrorKind::FencedTieringEpoch,
+        format!("the lake table moved from snapshot {base:?} to {moved_to:?} since the round was planned"),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,7 +34,7 @@ use crate::cluster::kv::CHANGE_TYPE_COLUMN;
 use crate::cluster::table::{ColumnType, TableDescriptor};
 use crate::error::{Error, ErrorKind, Result};
 use crate::failpoint;
-use crate::lake::outcome::{CommitCall, settle};
+use crate::lake::outcome::{CommitCall, check_base, settle};
 use crate::lake::{
     BUCKET_COLUMN, CommitMarker, LakeCommitter, LakeOptions, LakeTieringFactory, LakeWriter, OFFSET_COLUMN,
     TABLE_PROP_TABLE_ID, TIMESTAMP_COLUMN, TableContext, TieredSnapshot, WriterContext, WrittenData, fit_columns,
@@ -566,13 +566,7 @@ impl PaimonCommitter {
         base: Option<i64>,
     ) -> Result<i64> {
         let latest = tiered_ancestry(table, true).await?.into_iter().next();
-        if latest.as_ref().map(|l| l.snapshot_id) != base {
-            let moved_to = latest.map(|l| format!("{} ({})", l.snapshot_id, l.marker.round_id));
-            return Err(Error::new(
-                ErrorKind::FencedTieringEpoch,
-                format!("the lake table moved from snapshot {base:?} to {moved_to:?} since the round was planned"),
-            ));
-        }
+        check_base(latest.as_ref(), base)?;
         let identifier = marker.tiering_epoch;
         // The marker first: a snapshot with this identifier is only ever read together with it.
         let body = serde_json::to_vec(marker)

@@ -536,3 +536,25 @@ async fn paimon_a_column_retyped_outside_fails_the_table_with_the_reason() {
     assert_eq!(err.kind(), ErrorKind::SchemaMismatch);
     assert!(err.to_string().contains("column id has type"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_names_its_offsets_file_so_its_metadata_does_not_grow_with_buckets() {
+    let l = lake().await;
+    let committer = l.committer().await;
+    let offsets: Vec<BucketOffset> = (0..2000)
+        .map(|bucket| BucketOffset { partition_id: None, partition_name: None, bucket, offset: 10 + i64::from(bucket) })
+        .collect();
+    let marker = CommitMarker { offsets, ..marker("wide", 0) };
+    committer.commit(vec![l.write(0, 10, 0).await], &marker, None).await.expect("commit");
+    let table = l.iceberg_table().await;
+    let summary = &table.metadata().current_snapshot().expect("snapshot").summary().additional_properties;
+    let property = summary.get("fluss-offsets").expect("offsets property");
+    assert!(property.len() < 300, "a path, not 2000 buckets inline: {} bytes", property.len());
+    let read = committer.latest().await.expect("latest").expect("marker");
+    assert_eq!(read.marker.offsets, marker.offsets, "the offsets come back from the file");
+    // The outside reader follows the path too.
+    let lake = read_lake(&l.warehouse, &l.table.path);
+    let outside: Vec<serde_json::Value> =
+        serde_json::from_str(lake.properties["fluss-offsets"].as_str().expect("offsets")).expect("json");
+    assert_eq!(outside.len(), 2000);
+}

@@ -7,7 +7,8 @@ Writes every row of the table's current snapshot to OUT.arrow (Arrow IPC file) a
 {"format": F, "rows": N, "snapshots": N, "current_snapshot_id": ID, "properties": {...tiering marker...},
  "files": [data file paths the current snapshot references]}
 
-For Paimon, a primary-key table is read merged (its latest row per key), and the tiering marker is the offsets file
+For Iceberg, the marker's offsets are read from the offsets file its `fluss-offsets` property names (shown as
+`fluss-offsets-file`). For Paimon, a primary-key table is read merged (its latest row per key), and the tiering marker is the offsets file
 the latest tiering snapshot names by its commit identifier. With --raw, every row of every data file the current
 snapshot references is dumped as it sits in its file, unmerged: a change committed twice shows twice there, where a
 merged read would hide it.
@@ -25,11 +26,18 @@ def read_iceberg(warehouse: str, table_name: str):
     catalog = SqlCatalog("fluss", uri=f"sqlite:///{warehouse}/catalog.db", warehouse=f"file://{warehouse}")
     table = catalog.load_table(table_name)
     current = table.current_snapshot()
+    properties = dict(current.summary.additional_properties) if current else {}
+    offsets = properties.get("fluss-offsets")
+    if offsets is not None and not offsets.lstrip().startswith("["):
+        # The snapshot names the file that holds its offsets.
+        properties["fluss-offsets-file"] = offsets
+        with table.io.new_input(offsets).open() as f:
+            properties["fluss-offsets"] = f.read().decode()
     return table.scan().to_arrow(), {
         "files": [task.file.file_path for task in table.scan().plan_files()],
         "snapshots": len(table.snapshots()),
         "current_snapshot_id": current.snapshot_id if current else None,
-        "properties": dict(current.summary.additional_properties) if current else {},
+        "properties": properties,
     }
 
 

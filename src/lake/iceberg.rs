@@ -38,7 +38,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::failpoint;
 use crate::lake::outcome::{CommitCall, check_base, settle};
 use crate::lake::{
-    BUCKET_COLUMN, CommitMarker, LakeCommitter, LakeOptions, LakeTieringFactory, LakeWriter, OFFSET_COLUMN,
+    BUCKET_COLUMN, CommitMarker, LakeCommitter, LakeOptions, LakeTieringFactory, LakeWriter, OFFSET_COLUMN, OffsetsRef,
     TABLE_PROP_TABLE_ID, TIMESTAMP_COLUMN, TableContext, TieredSnapshot, WriterContext, WrittenData, fit_columns,
     sweep,
 };
@@ -274,14 +274,14 @@ fn partition_literal(d: &TableDescriptor, name: &str) -> Result<Literal> {
 }
 
 /// Walks the history back from the current snapshot to the newest one with a tiering marker.
-fn latest_marker(table: &Table) -> Result<Option<TieredSnapshot>> {
-    Ok(tiered_ancestry(table, true)?.into_iter().next())
+async fn latest_marker(table: &Table) -> Result<Option<TieredSnapshot>> {
+    Ok(tiered_ancestry(table, true).await?.into_iter().next())
 }
 
-/// The tiering snapshots among the current snapshot and its ancestors, newest first; with `first_only`, the walk
-/// stops at the first one found. A chain cut by expiry before the walk ends is an error: the offsets cannot be
-/// recovered from a partial history (refusing to guess).
-fn tiered_ancestry(table: &Table, first_only: bool) -> Result<Vec<TieredSnapshot>> {
+/// The tiering snapshots among the current snapshot and its ancestors, newest first, with their offsets loaded; with
+/// `first_only`, the walk stops at the first one found. A chain cut by expiry before the walk ends is an error: the
+/// offsets cannot be recovered from a partial history (refusing to guess).
+async fn tiered_ancestry(table: &Table, first_only: bool) -> Result<Vec<TieredSnapshot>> {
     let metadata = table.metadata();
     let mut found = Vec::new();
     let mut next = metadata.current_snapshot_id();
@@ -296,7 +296,11 @@ fn tiered_ancestry(table: &Table, first_only: bool) -> Result<Vec<TieredSnapshot
             ));
         };
         let props = &snapshot.summary().additional_properties;
-        if let Some(marker) = CommitMarker::from_properties(|k| props.get(k).cloned())? {
+        if let Some((mut marker, offsets)) = CommitMarker::from_properties(|k| props.get(k).cloned())? {
+            marker.offsets = match offsets {
+                OffsetsRef::Inline(offsets) => offsets,
+                OffsetsRef::File(path) => read_offsets(table, &path).await?,
+            };
             found.push(TieredSnapshot { snapshot_id: id, committed_at_ms: snapshot.timestamp_ms(), marker });
             if first_only {
                 break;
@@ -305,6 +309,23 @@ fn tiered_ancestry(table: &Table, first_only: bool) -> Result<Vec<TieredSnapshot
         next = snapshot.parent_snapshot_id();
     }
     Ok(found)
+}
+
+/// Where a round's offsets file goes: beside the table's metadata, named by the round.
+fn offsets_path(table: &Table, round_id: &str) -> String {
+    format!("{}/metadata/{round_id}.{OFFSETS_EXTENSION}", table.metadata().location().trim_end_matches('/'))
+}
+
+/// Offsets files end so; the sweep knows them by it.
+const OFFSETS_EXTENSION: &str = "offsets";
+
+async fn read_offsets(table: &Table, path: &str) -> Result<Vec<crate::lake::BucketOffset>> {
+    let input = table.file_io().new_input(path).map_err(lake_err(format!("opening {path}")))?;
+    let bytes = input.read().await.map_err(lake_err(format!("reading the offsets file {path}")))?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|e| Error::new(ErrorKind::Lake, format!("offsets file {path} is not UTF-8")).with_source(e))?;
+    CommitMarker::parse_offsets(text)
+        .map_err(|e| Error::new(ErrorKind::Lake, format!("offsets file {path} is malformed")).with_source(e))
 }
 
 /// The snapshot carrying round `round_id`, looked for from the current snapshot back to `base` (exclusive): the
@@ -344,7 +365,7 @@ impl LakeTieringFactory for IcebergFactory {
         }
         let table = self.evolve(t, self.load_or_create(t).await?).await?;
         check_compatible(t, &table)?;
-        latest_marker(&table)
+        latest_marker(&table).await
     }
 
     async fn create_writer(&self, t: &TableContext, ctx: WriterContext) -> Result<Box<dyn LakeWriter>> {
@@ -480,19 +501,28 @@ impl IcebergCommitter {
 #[async_trait]
 impl LakeCommitter for IcebergCommitter {
     async fn latest(&self) -> Result<Option<TieredSnapshot>> {
-        latest_marker(&self.load().await?)
+        latest_marker(&self.load().await?).await
     }
 
     async fn history(&self) -> Result<Vec<TieredSnapshot>> {
-        let mut newest_first = tiered_ancestry(&self.load().await?, false)?;
+        let mut newest_first = tiered_ancestry(&self.load().await?, false).await?;
         newest_first.reverse();
         Ok(newest_first)
     }
 
     async fn commit(&self, written: Vec<WrittenData>, marker: &CommitMarker, base: Option<i64>) -> Result<i64> {
         let table = self.load().await?;
-        let latest = latest_marker(&table)?;
+        let latest = latest_marker(&table).await?;
         check_base(latest.as_ref(), base)?;
+        // The offsets first: a snapshot naming the file is only ever read after it was written.
+        let offsets_file = offsets_path(&table, &marker.round_id);
+        table
+            .file_io()
+            .new_output(&offsets_file)
+            .map_err(lake_err(format!("creating {offsets_file}")))?
+            .write(marker.offsets_json()?.into())
+            .await
+            .map_err(lake_err(format!("writing {offsets_file}")))?;
         // From here on the commit is conditional on the table being exactly as just read.
         let fenced = FencedCatalog {
             inner: Arc::clone(&self.catalog),
@@ -503,7 +533,7 @@ impl LakeCommitter for IcebergCommitter {
         let action = tx
             .fast_append()
             .add_data_files(files)
-            .set_snapshot_properties(marker.to_properties()?.into_iter().collect());
+            .set_snapshot_properties(marker.to_properties(&offsets_file).into_iter().collect());
         let tx = action.apply(tx).map_err(lake_err("building the append"))?;
         failpoint::hit("before-lake-commit");
         match tx.commit(&fenced as &dyn Catalog).await {
@@ -539,9 +569,10 @@ impl LakeCommitter for IcebergCommitter {
         let Some(root) = sweep::local_dir(table.metadata().location()).map(Path::to_path_buf) else {
             return Ok(sweep::Swept::default());
         };
-        // Data files, manifests and manifest lists; never metadata files (the catalog's history).
+        // Data files, manifests, manifest lists and offsets files; never metadata files (the catalog's history).
         let candidate = |p: &Path| {
-            p.starts_with("data") || (p.starts_with("metadata") && p.extension().is_some_and(|e| e == "avro"))
+            p.starts_with("data")
+                || (p.starts_with("metadata") && p.extension().is_some_and(|e| e == "avro" || e == OFFSETS_EXTENSION))
         };
         let candidates = sweep::old_candidates(&root, candidate, min_age)?;
         if candidates.is_empty() {
@@ -561,6 +592,9 @@ async fn referenced_files(table: &Table) -> Result<BTreeSet<String>> {
     let mut names = BTreeSet::new();
     let mut manifests = BTreeMap::new();
     for snapshot in metadata.snapshots() {
+        names.extend(
+            snapshot.summary().additional_properties.get(crate::lake::PROP_OFFSETS).map(|p| sweep::file_name(p)),
+        );
         let list = snapshot.manifest_list();
         names.insert(sweep::file_name(list));
         let bytes = io.new_input(list).map_err(lake_err(format!("opening {list}")))?.read().await;

@@ -84,32 +84,54 @@ impl CommitMarker {
             .collect()
     }
 
-    /// The snapshot properties that carry this marker.
-    pub fn to_properties(&self) -> Result<Vec<(String, String)>> {
-        let offsets = serde_json::to_string(&self.offsets)
-            .map_err(|e| Error::new(ErrorKind::Internal, "serializing offsets").with_source(e))?;
-        Ok(vec![
-            (PROP_OFFSETS.to_string(), offsets),
+    /// The snapshot properties that carry this marker, its offsets in the file at `offsets_file` (so a snapshot's
+    /// metadata stays the same size however many buckets the table has, as in Fluss 0.9).
+    pub fn to_properties(&self, offsets_file: &str) -> Vec<(String, String)> {
+        vec![
+            (PROP_OFFSETS.to_string(), offsets_file.to_string()),
             (PROP_TIERING_EPOCH.to_string(), self.tiering_epoch.to_string()),
             (PROP_ROUND.to_string(), self.round_id.clone()),
             (PROP_TABLE_ID.to_string(), self.table_id.to_string()),
-        ])
+        ]
     }
 
-    /// Reads a marker back from snapshot properties; `None` when the snapshot was not made by tiering.
-    pub fn from_properties(get: impl Fn(&str) -> Option<String>) -> Result<Option<Self>> {
+    /// Reads a marker back from snapshot properties, its offsets still to load from the file named; `None` when the
+    /// snapshot was not made by tiering.
+    pub fn from_properties(get: impl Fn(&str) -> Option<String>) -> Result<Option<(Self, OffsetsRef)>> {
         let Some(offsets) = get(PROP_OFFSETS) else {
             return Ok(None);
         };
         let bad = |what: &str| Error::new(ErrorKind::Lake, format!("snapshot property {what} is malformed"));
-        let offsets: Vec<BucketOffset> =
-            serde_json::from_str(&offsets).map_err(|e| bad(PROP_OFFSETS).with_source(e))?;
+        // Snapshots of earlier versions carry the offsets inline (a JSON array).
+        let offsets = match offsets.trim_start().starts_with('[') {
+            true => OffsetsRef::Inline(Self::parse_offsets(&offsets).map_err(|e| bad(PROP_OFFSETS).with_source(e))?),
+            false => OffsetsRef::File(offsets),
+        };
         let tiering_epoch =
             get(PROP_TIERING_EPOCH).and_then(|v| v.parse().ok()).ok_or_else(|| bad(PROP_TIERING_EPOCH))?;
         let table_id = get(PROP_TABLE_ID).and_then(|v| v.parse().ok()).ok_or_else(|| bad(PROP_TABLE_ID))?;
         let round_id = get(PROP_ROUND).ok_or_else(|| bad(PROP_ROUND))?;
-        Ok(Some(CommitMarker { round_id, table_id, tiering_epoch, offsets }))
+        Ok(Some((CommitMarker { round_id, table_id, tiering_epoch, offsets: Vec::new() }, offsets)))
     }
+
+    /// The offsets as stored in an offsets file (or inline): a JSON array of [`BucketOffset`].
+    pub fn offsets_json(&self) -> Result<Vec<u8>> {
+        serde_json::to_vec(&self.offsets)
+            .map_err(|e| Error::new(ErrorKind::Internal, "serializing offsets").with_source(e))
+    }
+
+    /// Parses [`CommitMarker::offsets_json`].
+    pub fn parse_offsets(json: &str) -> std::result::Result<Vec<BucketOffset>, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+}
+
+/// Where a snapshot's offsets are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OffsetsRef {
+    Inline(Vec<BucketOffset>),
+    /// The path of an offsets file.
+    File(String),
 }
 
 /// The latest snapshot made by tiering.

@@ -20,6 +20,9 @@
 //! 2. One table never has two rounds committing here at once: a second one fails (a bug upstream, said loudly).
 //! 3. A round that read anything commits a snapshot, files or not: a round whose changes net to zero still records
 //!    its offsets (a marker-only snapshot), so the next round does not read the same range again.
+//! 4. A round begins its lake commit within half the orphan age of its splits going out, and the lake time-out is
+//!    at most half the orphan age: a file the sweep finds older than the orphan age belongs to a round that has
+//!    landed (it is referenced) or never will ([`crate::lake::sweep`]).
 //!
 //! Frontier contract: a round's plan holds a capability at its time `t` until the round's outcome is emitted. Rounds
 //! of different tables commit concurrently; one table has at most one round in flight, so its rounds stay ordered.
@@ -113,7 +116,7 @@ pub fn commit<'scope>(
                     };
                     let ctx = Arc::clone(&ctx);
                     let span = round_span(&plan.table.path, plan.tiering_epoch, &plan.round_id);
-                    let commit = async move { commit_round(&ctx, plan, round.results).await }.instrument(span);
+                    let commit = async move { commit_round(&ctx, plan, round.results, sent).await }.instrument(span);
                     tasks.spawn(cap, commit, on_panic);
                 }
                 for (cap, outcome) in tasks.ready() {
@@ -133,10 +136,16 @@ pub(crate) fn round_span(table: &crate::cluster::table::TablePath, epoch: i64, r
 }
 
 /// Commits one round and says how it went.
-async fn commit_round(ctx: &JobContext, plan: RoundPlan, results: Vec<WriteResult>) -> RoundOutcome {
+/// `read_started`: when the round's splits went out (no file of the round is older).
+async fn commit_round(
+    ctx: &JobContext,
+    plan: RoundPlan,
+    results: Vec<WriteResult>,
+    read_started: Instant,
+) -> RoundOutcome {
     let started = std::time::Instant::now();
     let (table_id, round_id) = (plan.table.table_id, plan.round_id.clone());
-    let result = try_commit(ctx, &plan, results).await;
+    let result = try_commit(ctx, &plan, results, read_started).await;
     match &result {
         Ok(stats) => {
             ctx.metrics.add_committed_round(started.elapsed());
@@ -150,13 +159,18 @@ async fn commit_round(ctx: &JobContext, plan: RoundPlan, results: Vec<WriteResul
     RoundOutcome { table_id, round_id, result: result.map_err(|e| Failure::from(&e)) }
 }
 
-async fn try_commit(ctx: &JobContext, plan: &RoundPlan, results: Vec<WriteResult>) -> Result<RoundStats> {
+async fn try_commit(
+    ctx: &JobContext,
+    plan: &RoundPlan,
+    results: Vec<WriteResult>,
+    read_started: Instant,
+) -> Result<RoundStats> {
     let started = Instant::now();
     let committer = ctx.bounded("opening the lake committer", ctx.lake.create_committer(&plan.table)).await?;
     let gathered = gather(plan, results);
     let (all_files, beyond_gap) = (gathered.all_files(), gathered.beyond_gap.clone());
     let mut stats = gathered.stats.clone();
-    let committed = lake_commit(ctx, committer.as_ref(), plan, gathered).await;
+    let committed = lake_commit(ctx, committer.as_ref(), plan, gathered, read_started).await;
     ctx.metrics.add_phase(Phase::LakeCommit, started.elapsed());
     let committed = match committed {
         Ok(committed) => committed,
@@ -202,7 +216,10 @@ async fn sweep_if_due(ctx: &JobContext, committer: &dyn LakeCommitter, table_id:
     }
     match ctx.bounded("sweeping orphan files", committer.sweep(ctx.config.orphan_age)).await {
         Ok(swept) => ctx.metrics.add_swept(swept.files, swept.bytes),
-        Err(e) => tracing::warn!(error = %e, "the orphan-file sweep failed; the next one tries again"),
+        Err(e) => {
+            tracing::warn!(error = %e, "the orphan-file sweep failed; the table's next commit tries again");
+            ctx.swept.lock().unwrap_or_else(|p| p.into_inner()).remove(&table_id);
+        }
     }
 }
 
@@ -286,6 +303,7 @@ async fn lake_commit(
     committer: &dyn LakeCommitter,
     plan: &RoundPlan,
     g: Gathered,
+    read_started: Instant,
 ) -> Result<Option<(i64, CommitMarker)>> {
     if let Some(problem) = g.problem {
         return Err(Error::new(problem.kind(), format!("a split failed: {}", problem.message)));
@@ -328,6 +346,18 @@ async fn lake_commit(
     }
     // Invariant 1: a round whose epoch is dead, or that the enumerator fenced (the job stopping), goes no further.
     failpoint::hit("before-epoch-check");
+    // The sweep's premise (invariant 4): no round commits files older than half the orphan age.
+    let age = read_started.elapsed();
+    if age > ctx.config.orphan_age / 2 {
+        return Err(Error::new(
+            ErrorKind::Lake,
+            format!(
+                "the round has run for {age:?}, more than half of the orphan age ({:?}): its oldest files may be \
+                 swept, so it is not committed (raise --orphan-age, or lower the round's duration)",
+                ctx.config.orphan_age
+            ),
+        ));
+    }
     confirm_epoch(ctx, plan).await?;
     ctx.rounds.begin_commit(plan.table.table_id, &plan.round_id)?;
     tracing::info!(files = g.written.iter().map(|w| w.files).sum::<u64>(), "committing to the lake");
@@ -364,7 +394,19 @@ async fn confirm_epoch(ctx: &JobContext, plan: &RoundPlan) -> Result<()> {
         request_table: Some(false),
         ..Default::default()
     };
-    let response = ctx.client.heartbeat(request).await?;
+    // A network error is not a rejection: a few tries (each bounded by the RPC time-out) before the round gives up.
+    let mut attempt = 0u32;
+    let response = loop {
+        match ctx.client.heartbeat(request.clone()).await {
+            Ok(response) => break response,
+            Err(e) if e.kind() == ErrorKind::Network && attempt < 3 => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "confirming the tiering epoch failed; trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(250 * u64::from(attempt))).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     match response.tiering_table_resp.as_slice() {
         [answer] if answer.table_id == table_id => match &answer.error {
             None => Ok(()),

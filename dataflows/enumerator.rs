@@ -303,6 +303,18 @@ impl Enumerator {
         self.heartbeat_in_flight = false;
         let now = Instant::now();
         self.next_heartbeat = now + self.ctx.config.poll_interval;
+        // One answer per table sent, in order: anything else could hide a rejection, so it counts as a failure.
+        let response = response.and_then(|resp| {
+            let answered: Vec<i64> = resp.tiering_table_resp.iter().map(|r| r.table_id).collect();
+            let asked: Vec<i64> = sent.iter().map(|(table_id, _)| *table_id).collect();
+            match answered == asked {
+                true => Ok(resp),
+                false => Err(Error::new(
+                    ErrorKind::CorruptMessage,
+                    format!("the heartbeat answer is for tables {answered:?}, not the tables sent {asked:?}"),
+                )),
+            }
+        });
         let resp = match response {
             Ok(resp) => resp,
             Err(e) => {
@@ -330,19 +342,8 @@ impl Enumerator {
             tracing::warn!(epoch = resp.coordinator_epoch, "the coordinator restarted; re-registering");
         }
         self.coordinator_epoch = Some(resp.coordinator_epoch);
-        if resp.tiering_table_resp.len() != sent.len() {
-            tracing::warn!(
-                sent = sent.len(),
-                answered = resp.tiering_table_resp.len(),
-                "the coordinator answered a different number of tables in progress than were sent"
-            );
-        }
         for (r, &(table_id, epoch)) in resp.tiering_table_resp.iter().zip(&sent) {
             let Some(err) = &r.error else { continue };
-            if r.table_id != table_id {
-                tracing::warn!(sent = table_id, answered = r.table_id, "heartbeat answers out of order; ignored");
-                continue;
-            }
             // The epoch this job heartbeated for the table is dead (superseded, a new coordinator, the table gone):
             // its round must not reach the lake (invariant 2).
             tracing::warn!(table_id, epoch, code = err.error_code, message = ?err.error_message,

@@ -1,6 +1,6 @@
 """Reads a lake table with a reader that is not ours (pyiceberg or pypaimon) and dumps it for the Rust tests.
 
-usage: lake_dump.py WAREHOUSE DATABASE.TABLE OUT.arrow [--raw]
+usage: lake_dump.py WAREHOUSE DATABASE.TABLE OUT.arrow [--raw] [--allow-missing-markers]
 
 The format is the warehouse's: an Iceberg SQL catalog (WAREHOUSE/catalog.db) or a Paimon filesystem catalog.
 Writes every row of the table's current snapshot to OUT.arrow (Arrow IPC file) and prints one JSON line:
@@ -41,7 +41,7 @@ def read_iceberg(warehouse: str, table_name: str):
     }
 
 
-def read_paimon(warehouse: str, table_name: str, raw: bool):
+def read_paimon(warehouse: str, table_name: str, raw: bool, allow_missing_markers: bool):
     from pypaimon import CatalogFactory
 
     catalog = CatalogFactory.create({"warehouse": f"file://{warehouse}"})
@@ -75,7 +75,7 @@ def read_paimon(warehouse: str, table_name: str, raw: bool):
         if snapshot.get("commitUser") != "fluss-tiering":
             continue
         marker_path = os.path.join(location, "fluss-offsets", f"{snapshot['commitIdentifier']}.json")
-        if not os.path.exists(marker_path):
+        if allow_missing_markers and not os.path.exists(marker_path):
             continue  # published by hand (a test's naive protocol): no marker to report
         with open(marker_path) as f:
             marker = json.load(f)
@@ -97,12 +97,13 @@ def read_paimon(warehouse: str, table_name: str, raw: bool):
 def main() -> None:
     warehouse, table_name, out = sys.argv[1], sys.argv[2], sys.argv[3]
     raw = "--raw" in sys.argv[4:]
+    allow_missing_markers = "--allow-missing-markers" in sys.argv[4:]
     warehouse = os.path.abspath(warehouse)
     if os.path.exists(os.path.join(warehouse, "catalog.db")):
         # Iceberg tables here are append-only: a scan is already every committed row as written.
         fmt, (data, summary) = "iceberg", read_iceberg(warehouse, table_name)
     else:
-        fmt, (data, summary) = "paimon", read_paimon(warehouse, table_name, raw)
+        fmt, (data, summary) = "paimon", read_paimon(warehouse, table_name, raw, allow_missing_markers)
     with pa.OSFile(out, "wb") as sink:
         with pa.ipc.new_file(sink, data.schema) as writer:
             writer.write_table(data)

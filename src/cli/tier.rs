@@ -55,6 +55,11 @@ fn tier_config(tuning: &TuningArgs, once: bool) -> anyhow::Result<TierConfig> {
     if tuning.max_tables == 0 || tuning.max_splits_per_worker == 0 || tuning.split_rows == 0 {
         bail!("--max-tables, --max-splits-per-worker and --split-rows must be at least 1");
     }
+    let (lake_timeout, orphan_age) = (parse_duration(&tuning.lake_timeout)?, parse_duration(&tuning.orphan_age)?);
+    if orphan_age < lake_timeout * 2 {
+        // The sweep's premise: a round commits within half the orphan age, and a commit takes at most the time-out.
+        bail!("--orphan-age ({orphan_age:?}) must be at least twice --lake-timeout ({lake_timeout:?})");
+    }
     Ok(TierConfig {
         once,
         poll_interval: parse_duration(&tuning.poll_interval)?,
@@ -63,8 +68,8 @@ fn tier_config(tuning: &TuningArgs, once: bool) -> anyhow::Result<TierConfig> {
         split_rows: tuning.split_rows,
         fetch_max_bytes: tuning.fetch_max_bytes.max(1),
         max_round_duration: tuning.max_round_duration.as_deref().map(parse_duration).transpose()?,
-        lake_timeout: parse_duration(&tuning.lake_timeout)?,
-        orphan_age: parse_duration(&tuning.orphan_age)?,
+        lake_timeout,
+        orphan_age,
         ..TierConfig::default()
     })
 }
@@ -318,4 +323,18 @@ async fn print_lake(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_orphan_age_below_twice_the_lake_time_out_is_refused() {
+        let tuning = TuningArgs { orphan_age: "90s".into(), lake_timeout: "60s".into(), ..TuningArgs::default() };
+        let err = tier_config(&tuning, false).expect_err("refused");
+        assert!(err.to_string().contains("--orphan-age"), "{err}");
+        let tuning = TuningArgs { orphan_age: "2min".into(), ..tuning };
+        assert_eq!(tier_config(&tuning, false).expect("accepted").orphan_age, Duration::from_secs(120));
+    }
 }

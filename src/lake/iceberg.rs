@@ -566,23 +566,22 @@ impl LakeCommitter for IcebergCommitter {
 
     async fn sweep(&self, min_age: std::time::Duration) -> Result<sweep::Swept> {
         let table = self.load().await?;
-        let Some(root) = sweep::local_dir(table.metadata().location()).map(Path::to_path_buf) else {
+        let Some(root) = sweep::local_dir(table.metadata().location()) else {
             return Ok(sweep::Swept::default());
         };
-        // Data files, manifests, manifest lists and offsets files; never metadata files (the catalog's history).
-        let candidate = |p: &Path| {
-            p.starts_with("data")
-                || (p.starts_with("metadata") && p.extension().is_some_and(|e| e == "avro" || e == OFFSETS_EXTENSION))
-        };
-        let candidates = sweep::old_candidates(&root, candidate, min_age)?;
-        if candidates.is_empty() {
-            return Ok(sweep::Swept::default());
-        }
-        // Reloaded after the listing (invariant 2 of the sweep).
-        let table = self.load().await?;
-        let referenced = referenced_files(&table).await?;
-        Ok(sweep::delete_unreferenced(&self.table.path.to_string(), candidates, &referenced))
+        let path = self.table.path.to_string();
+        // References from the table reloaded after the listing (invariant 2 of the sweep).
+        let referenced = || async { referenced_files(&self.load().await?).await };
+        sweep::sweep_dir(path, root, is_sweep_candidate, min_age, referenced).await
     }
+}
+
+/// What the sweep may delete (table-relative): data files, manifests, manifest lists and offsets files; never
+/// metadata files (the catalog's history).
+fn is_sweep_candidate(relative: &Path) -> bool {
+    relative.starts_with("data")
+        || (relative.starts_with("metadata")
+            && relative.extension().is_some_and(|e| e == "avro" || e == OFFSETS_EXTENSION))
 }
 
 /// The names of the manifest lists, manifests and data files of every snapshot of `table`.

@@ -501,12 +501,13 @@ async fn find_round(table: &Table, marker: &CommitMarker, base: Option<i64>) -> 
 /// What the sweep may delete (table-relative): files in bucket directories, manifests and manifest lists, round
 /// markers, and claims.
 fn is_sweep_candidate(relative: &Path) -> bool {
-    let parent = relative.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy()).unwrap_or_default();
+    let parent = relative.parent().unwrap_or(Path::new(""));
+    let parent_name = parent.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
     let name = relative.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
-    parent.starts_with("bucket-")
-        || (parent == "manifest" && name.starts_with("manifest-"))
-        || (parent == MARKER_DIR && relative.parent() == Some(Path::new(MARKER_DIR)) && name.ends_with(".json"))
-        || parent == "claims"
+    parent_name.starts_with("bucket-")
+        || (parent == Path::new("manifest") && name.starts_with("manifest-"))
+        || (parent == Path::new(MARKER_DIR) && name.ends_with(".json"))
+        || parent == Path::new(MARKER_DIR).join("claims")
 }
 
 /// The names of every file a live snapshot needs: data files (and their extra files) named by any manifest entry,
@@ -635,15 +636,17 @@ impl LakeCommitter for PaimonCommitter {
 
     async fn sweep(&self, min_age: std::time::Duration) -> Result<sweep::Swept> {
         let table = self.load().await?;
-        let Some(root) = sweep::local_dir(table.location()).map(Path::to_path_buf) else {
+        let Some(root) = sweep::local_dir(table.location()) else {
             return Ok(sweep::Swept::default());
         };
-        let candidates = sweep::old_candidates(&root, is_sweep_candidate, min_age)?;
-        if candidates.is_empty() {
+        // Invariant 1 of the sweep: tags, branches and long-lived changelogs hold snapshots the sweep does not read.
+        let busy = |dir: &str| std::fs::read_dir(root.join(dir)).is_ok_and(|mut entries| entries.next().is_some());
+        if let Some(dir) = ["tag", "branch", "changelog"].into_iter().find(|d| busy(d)) {
+            tracing::info!(table = %self.table.path, dir, "the lake table has tags, branches or a changelog: not swept");
             return Ok(sweep::Swept::default());
         }
-        let referenced = referenced_files(&table).await?;
-        Ok(sweep::delete_unreferenced(&self.table.path.to_string(), candidates, &referenced))
+        let path = self.table.path.to_string();
+        sweep::sweep_dir(path, root, is_sweep_candidate, min_age, || referenced_files(&table)).await
     }
 
     async fn abort(&self, written: Vec<WrittenData>) -> Result<()> {

@@ -4,11 +4,13 @@
 //!
 //! Invariants:
 //! 1. Only files the format names as candidates are considered (data files, manifests, tiering bookkeeping), never
-//!    table metadata, schemas or snapshots.
-//! 2. A file is deleted only if its name is referenced by no live snapshot (read after the listing, so a file
-//!    committed meanwhile is seen as referenced or is too young) and it is older than `min_age`. `min_age` must
-//!    exceed the longest round (its maximum duration, plus the heartbeat and lake time-outs): a round that old has
-//!    lost its epoch, and its commit is refused.
+//!    table metadata, schemas or snapshots; a table with tags or branches (snapshots we do not read) is not swept.
+//! 2. A file is deleted only if no live snapshot references its name and it is older than `min_age` (the orphan
+//!    age). Candidates are listed before references are read, so a file committed in between is seen as referenced.
+//! 3. No round commits files older than half the orphan age, and a commit is bounded by the lake time-out, at most
+//!    half the orphan age (`dataflows::commit`, invariant 4; `tier` refuses other settings). So a file older than
+//!    the orphan age is referenced by a round that landed, or belongs to one that never will. What is left: a commit
+//!    frozen inside its publication for longer than the orphan age (the same window as Paimon's claim lease).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -23,13 +25,37 @@ pub struct Swept {
     pub bytes: u64,
 }
 
-/// A local path for a lake location (`file://` or a plain path); other schemes are not swept (yet).
-pub fn local_dir(location: &str) -> Option<&Path> {
-    match location.split_once("://") {
-        Some(("file", path)) => Some(Path::new(path)),
-        Some(_) => None,
-        None => Some(Path::new(location)),
+/// A local path for a lake location (`file://…`, `file:/…` or a plain path); other schemes are not swept (yet).
+pub fn local_dir(location: &str) -> Option<PathBuf> {
+    let path = match location.strip_prefix("file://").or_else(|| location.strip_prefix("file:")) {
+        Some(path) => path,
+        None if location.contains("://") => return None,
+        None => location,
+    };
+    Some(PathBuf::from(path))
+}
+
+/// [`old_candidates`] and [`delete_unreferenced`] off the async threads (file-system walks block).
+pub async fn sweep_dir<F, R>(
+    table: String,
+    root: PathBuf,
+    is_candidate: fn(&Path) -> bool,
+    min_age: Duration,
+    referenced: F,
+) -> Result<Swept>
+where
+    F: FnOnce() -> R,
+    R: std::future::Future<Output = Result<BTreeSet<String>>>,
+{
+    let listing = tokio::task::spawn_blocking(move || old_candidates(&root, is_candidate, min_age));
+    let candidates =
+        listing.await.map_err(|e| Error::new(ErrorKind::Internal, "the sweep's listing").with_source(e))??;
+    if candidates.is_empty() {
+        return Ok(Swept::default());
     }
+    let referenced = referenced().await?;
+    let deleting = tokio::task::spawn_blocking(move || delete_unreferenced(&table, candidates, &referenced));
+    deleting.await.map_err(|e| Error::new(ErrorKind::Internal, "the sweep's deletes").with_source(e))
 }
 
 /// The files under `root` that `is_candidate` accepts (it sees the path relative to `root`) and that were last
@@ -46,7 +72,7 @@ pub fn old_candidates(
     while let Some(dir) = dirs.pop() {
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != root => continue,
             Err(e) => {
                 return Err(Error::new(ErrorKind::Lake, format!("listing {}", dir.display())).with_source(e));
             }

@@ -7,12 +7,12 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use fluss_tiering::cluster::table::{TableDescriptor, TablePath, parse_schema};
 use fluss_tiering::dataflows::commit::gather;
 use fluss_tiering::dataflows::split_generator::{BucketState, cut, ranges};
 use fluss_tiering::dataflows::types::{RoundPlan, WriteResult};
 use fluss_tiering::lake::{BucketOffset, TableBucket, TableContext, WrittenData, lake_schema, with_system_columns};
-use fluss_tiering::rpc::ipc;
+use fluss_tiering::model::ipc;
+use fluss_tiering::model::table::{TableDescriptor, TablePath, parse_schema};
 use fluss_tiering::workload::Workload;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;

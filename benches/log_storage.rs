@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use fluss_tiering::cluster::ClusterConfig;
-use fluss_tiering::cluster::server::EmbeddedCluster;
-use fluss_tiering::cluster::table::{TableDescriptor, parse_schema};
-use fluss_tiering::rpc::{ClusterClient, ipc};
+use fluss_tiering::model::ipc;
+use fluss_tiering::model::table::{TableDescriptor, parse_schema};
+use fluss_tiering::rpc::ClusterClient;
+use fluss_tiering::serve::EmbeddedCluster;
 use fluss_tiering::workload::Workload;
 
 const ROWS_PER_BATCH: u64 = 8192;

@@ -131,7 +131,7 @@ pub fn commit<'scope>(
 }
 
 /// The span of everything done for one round: its planning and its commit.
-pub(crate) fn round_span(table: &crate::cluster::table::TablePath, epoch: i64, round: &str) -> tracing::Span {
+pub(crate) fn round_span(table: &crate::model::table::TablePath, epoch: i64, round: &str) -> tracing::Span {
     tracing::info_span!("round", table = %table, epoch, round)
 }
 
@@ -443,7 +443,7 @@ async fn cluster_commit(ctx: &JobContext, plan: &RoundPlan, snapshot_id: i64, ma
             table_id: plan.table.table_id,
             snapshot_id,
             buckets_req,
-            table_path: Some(crate::cluster::service::pb_path(&plan.table.path)),
+            table_path: Some(crate::rpc::pb_path(&plan.table.path)),
             tiering_epoch: plan.tiering_epoch,
             coordinator_epoch: plan.coordinator_epoch,
         })

@@ -15,10 +15,10 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use differential_dataflow::consolidation::consolidate;
 
-use crate::cluster::kv::{CHANGE_TYPE_COLUMN, ChangeType};
-use crate::cluster::table::{TableDescriptor, align_columns};
 use crate::error::{Error, ErrorKind, Result};
 use crate::lake::lake_schema;
+use crate::model::change::{CHANGE_TYPE_COLUMN, ChangeType};
+use crate::model::table::{TableDescriptor, align_columns};
 
 /// Offset given to rows that come from a KV snapshot (it records no per-row offsets).
 pub const SNAPSHOT_OFFSET: i64 = -1;
@@ -165,7 +165,7 @@ pub fn with_change_type(schema: &SchemaRef) -> SchemaRef {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::table::parse_schema;
+    use crate::model::table::parse_schema;
 
     fn table() -> TableDescriptor {
         TableDescriptor {

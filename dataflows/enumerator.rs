@@ -39,8 +39,8 @@ use timely::dataflow::{Scope, Stream};
 use timely::progress::Antichain;
 use tracing::Instrument;
 
-use crate::cluster::table::TablePath;
 use crate::error::{Error, ErrorKind, Result};
+use crate::model::table::TablePath;
 use crate::rpc::proto::{self, LakeTieringHeartbeatRequest, LakeTieringHeartbeatResponse, PbHeartbeatReqForTable};
 
 use super::bridge::Tasks;
@@ -446,7 +446,7 @@ impl Enumerator {
                     round_id,
                     route_base: time * 7919,
                     split_rows: ctx.config.split_rows,
-                    started_ms: crate::cluster::now_ms(),
+                    started_ms: crate::model::now_ms(),
                     max_duration: ctx.config.max_round_duration,
                     lake_timeout: ctx.config.lake_timeout,
                 };

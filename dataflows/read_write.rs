@@ -24,7 +24,7 @@ use tracing::Instrument;
 use crate::error::{Error, ErrorKind, Result};
 use crate::failpoint;
 use crate::lake::{WriterContext, WrittenData, lake_schema, with_system_columns};
-use crate::rpc::ipc;
+use crate::model::ipc;
 use crate::rpc::proto::PbFetchedBatch;
 
 use super::bridge::CapabilityTasks;
@@ -229,7 +229,7 @@ async fn fetch_range(
 ) -> Result<()> {
     let mut offset = split.start;
     while offset < split.stop {
-        if crate::cluster::now_ms() >= split.deadline_ms {
+        if crate::model::now_ms() >= split.deadline_ms {
             // The round's time is up: the split ends here, at `offset`.
             return Ok(());
         }

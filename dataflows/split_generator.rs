@@ -115,7 +115,7 @@ pub fn cut(start: i64, stop: i64, split_rows: u64) -> Vec<(i64, i64)> {
 /// Who plans a round, and how.
 pub struct RoundRequest {
     pub table_id: i64,
-    pub path: crate::cluster::table::TablePath,
+    pub path: crate::model::table::TablePath,
     pub tiering_epoch: i64,
     pub coordinator_epoch: i32,
     pub round_id: String,

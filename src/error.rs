@@ -1,7 +1,7 @@
 //! One error type for the library, with a kind that says what went wrong and whether a retry can help.
 //!
-//! Kinds map one to one onto Fluss's error codes (`Errors.java`) so a kind survives the trip through gRPC: the
-//! server puts the code in the `fluss-error-code` metadata of its status, the client rebuilds the kind from it.
+//! Kinds map one to one onto Fluss's error codes (`Errors.java`), so a kind survives any wire that carries the code
+//! (the gRPC mapping is in `rpc::status`).
 
 use std::fmt;
 
@@ -97,25 +97,6 @@ impl ErrorKind {
     pub fn is_retryable(self) -> bool {
         matches!(self, ErrorKind::Network | ErrorKind::Storage | ErrorKind::Lake)
     }
-
-    fn grpc_code(self) -> tonic::Code {
-        use tonic::Code;
-        match self {
-            ErrorKind::Network => Code::Unavailable,
-            ErrorKind::TableNotExist
-            | ErrorKind::UnknownTableOrBucket
-            | ErrorKind::LakeSnapshotNotExist
-            | ErrorKind::KvSnapshotNotExist => Code::NotFound,
-            ErrorKind::TableAlreadyExist => Code::AlreadyExists,
-            ErrorKind::InvalidArgument | ErrorKind::SchemaMismatch | ErrorKind::CorruptMessage => Code::InvalidArgument,
-            ErrorKind::OffsetOutOfRange => Code::OutOfRange,
-            ErrorKind::InvalidCoordinator | ErrorKind::FencedTieringEpoch => Code::FailedPrecondition,
-            ErrorKind::Unsupported => Code::Unimplemented,
-            ErrorKind::Storage | ErrorKind::Lake | ErrorKind::CommitOutcomeUnknown | ErrorKind::Internal => {
-                Code::Internal
-            }
-        }
-    }
 }
 
 /// An error with its kind, a message for people, and the underlying cause if there is one.
@@ -129,8 +110,6 @@ pub struct Error {
 
 /// The library's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-const CODE_HEADER: &str = "fluss-error-code";
 
 impl Error {
     /// A new error of `kind`.
@@ -172,34 +151,5 @@ impl fmt::Display for Error {
             write!(f, ": {source}")?;
         }
         Ok(())
-    }
-}
-
-impl From<Error> for tonic::Status {
-    fn from(err: Error) -> Self {
-        let mut status = tonic::Status::new(err.kind.grpc_code(), err.to_string());
-        if let Ok(value) = err.kind.code().to_string().parse() {
-            status.metadata_mut().insert(CODE_HEADER, value);
-        }
-        status
-    }
-}
-
-impl From<tonic::Status> for Error {
-    fn from(status: tonic::Status) -> Self {
-        let coded = status
-            .metadata()
-            .get(CODE_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<i32>().ok())
-            .map(ErrorKind::from_code);
-        let kind = coded.unwrap_or(match status.code() {
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => ErrorKind::Network,
-            tonic::Code::NotFound => ErrorKind::TableNotExist,
-            tonic::Code::InvalidArgument => ErrorKind::InvalidArgument,
-            tonic::Code::Unimplemented => ErrorKind::Unsupported,
-            _ => ErrorKind::Internal,
-        });
-        Error::new(kind, status.message().to_string())
     }
 }

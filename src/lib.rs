@@ -12,9 +12,11 @@
 //!                                                                                                 lake (src/lake)
 //! ```
 //!
-//! - [`cluster`]: the hot store: durable bucket logs, table catalog, and the coordinator that schedules tables for
-//!   tiering under fenced epochs. Served over gRPC, standalone or embedded.
-//! - [`rpc`]: the wire protocol (`proto/fluss_api.proto`), a typed client and the Arrow IPC framing.
+//! - [`model`]: the vocabulary every layer shares (tables, changes, time, the Arrow IPC record format).
+//! - [`cluster`]: the hot store's service core: durable bucket logs, table catalog, and the coordinator that
+//!   schedules tables for tiering under fenced epochs.
+//! - [`serve`]: the cluster's front doors (gRPC today), standalone or embedded.
+//! - [`rpc`]: the gRPC wire (`proto/fluss_api.proto`) and its typed client.
 //! - [`dataflows`]: the tiering job, one timely graph (enumerator → read+write → commit), in the top-level
 //!   `dataflows/` directory.
 //! - [`lake`]: the lake formats behind `LakeTieringFactory`; Apache Paimon (the default) and Apache Iceberg.
@@ -31,7 +33,9 @@ pub mod error;
 pub mod failpoint;
 pub mod lake;
 pub mod metrics;
+pub mod model;
 pub mod rpc;
+pub mod serve;
 pub mod workload;
 
 pub use error::{Error, ErrorKind, Result};

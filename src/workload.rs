@@ -23,8 +23,8 @@ use arrow::array::{
 use arrow::record_batch::RecordBatch;
 use futures::stream::{self, StreamExt, TryStreamExt};
 
-use crate::cluster::table::{ColumnType, TableDescriptor};
 use crate::error::{Error, ErrorKind, Result};
+use crate::model::table::{ColumnType, TableDescriptor};
 use crate::rpc::ClusterClient;
 
 /// Days from 1970-01-01 to 2026-01-01.
@@ -337,7 +337,7 @@ pub async fn produce(
                 .map(|((p, bucket), rows)| {
                     let batch = workload.batch(table, &rows)?;
                     let partition = key_type.map(|t| Workload::partition_name(p, t));
-                    Ok((partition, bucket as i32, crate::rpc::ipc::encode(&[batch])?, rows.len() as u64))
+                    Ok((partition, bucket as i32, crate::model::ipc::encode(&[batch])?, rows.len() as u64))
                 })
                 .collect::<Result<Vec<_>>>();
             built.map(|v| stream::iter(v.into_iter().map(Ok::<_, Error>)))
@@ -421,7 +421,7 @@ async fn produce_kv(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::table::parse_schema;
+    use crate::model::table::parse_schema;
 
     #[test]
     fn rows_are_a_function_of_seed_and_row() {

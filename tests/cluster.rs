@@ -6,10 +6,11 @@ use arrow::array::Array;
 
 use fluss_tiering::ErrorKind;
 use fluss_tiering::cluster::ClusterConfig;
-use fluss_tiering::cluster::server::EmbeddedCluster;
-use fluss_tiering::cluster::table::{TableDescriptor, TablePath, parse_schema};
+use fluss_tiering::model::ipc;
+use fluss_tiering::model::table::{TableDescriptor, TablePath, parse_schema};
+use fluss_tiering::rpc::ClusterClient;
 use fluss_tiering::rpc::proto::{self, LakeTieringHeartbeatRequest, PbHeartbeatReqForTable};
-use fluss_tiering::rpc::{ClusterClient, ipc};
+use fluss_tiering::serve::EmbeddedCluster;
 use fluss_tiering::workload::{KvMix, ProduceOptions, Workload, produce};
 
 fn descriptor(schema: &str, buckets: u32, partition_key: Option<&str>, freshness: &str) -> TableDescriptor {
@@ -119,7 +120,7 @@ async fn partitions_are_created_on_demand() {
                 assert_eq!(
                     Workload::partition_name(
                         w.partition_of(*id as u64),
-                        fluss_tiering::cluster::table::ColumnType::String
+                        fluss_tiering::model::table::ColumnType::String
                     ),
                     name
                 );
@@ -131,8 +132,7 @@ async fn partitions_are_created_on_demand() {
     assert_eq!(total, 900);
     // Rows of one partition sent under another's name are refused.
     let batch = w.batch(&d, &[0]).expect("batch");
-    let wrong =
-        Workload::partition_name((w.partition_of(0) + 1) % 3, fluss_tiering::cluster::table::ColumnType::String);
+    let wrong = Workload::partition_name((w.partition_of(0) + 1) % 3, fluss_tiering::model::table::ColumnType::String);
     let err = client.produce(table_id, Some(&wrong), 0, &[batch]).await.expect_err("wrong partition");
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
 }

@@ -10,13 +10,13 @@ use std::sync::Arc;
 use common::faults::{Fault, Faults, FaultyCatalog, FaultyPaimon};
 use common::{WORKLOAD, read_lake};
 use fluss_tiering::ErrorKind;
-use fluss_tiering::cluster::table::{TableDescriptor, TablePath, parse_schema};
 use fluss_tiering::lake::iceberg::IcebergFactory;
 use fluss_tiering::lake::paimon::{PaimonFactory, PaimonPublish, Publish};
 use fluss_tiering::lake::{
     BucketOffset, CommitMarker, LakeCommitter, LakeOptions, LakeTieringFactory, TableContext, WriterContext,
     WrittenData, lake_schema, with_system_columns,
 };
+use fluss_tiering::model::table::{TableDescriptor, TablePath, parse_schema};
 use iceberg::spec::{DataFile, deserialize_data_file_from_json};
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};

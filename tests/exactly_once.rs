@@ -16,7 +16,7 @@ use fluss_tiering::failpoint;
 /// A Paimon snapshot as its JSON file says: (id, commit user, commit identifier).
 fn paimon_snapshots(
     warehouse: &std::path::Path,
-    table: &fluss_tiering::cluster::table::TablePath,
+    table: &fluss_tiering::model::table::TablePath,
 ) -> Vec<(i64, String, i64)> {
     let dir = warehouse.join(format!("{}.db", table.database)).join(&table.table).join("snapshot");
     let mut out = Vec::new();
@@ -152,7 +152,7 @@ async fn a_clean_stop_lets_the_round_in_its_lake_commit_finish_and_reports_nothi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_key_round_whose_changes_net_to_zero_still_records_its_offsets() {
-    use fluss_tiering::cluster::table::{TableDescriptor, parse_schema};
+    use fluss_tiering::model::table::{TableDescriptor, parse_schema};
     let dir = tempfile::tempdir().expect("tempdir");
     let (cluster, client) = start_cluster(&dir.path().join("cluster")).await;
     let warehouse = dir.path().join("warehouse");
@@ -164,7 +164,7 @@ async fn a_primary_key_round_whose_changes_net_to_zero_still_records_its_offsets
         properties: Default::default(),
     };
     descriptor.properties.insert("table.datalake.freshness".into(), "200ms".into());
-    let path: fluss_tiering::cluster::table::TablePath = "db.users".parse().expect("path");
+    let path: fluss_tiering::model::table::TablePath = "db.users".parse().expect("path");
     let id = client.create_table(&path, &descriptor, false).await.expect("create");
     let rows = |ids: &[u64]| WORKLOAD.batch(&descriptor, ids).expect("rows");
     client.put_kv(id, None, 0, &[rows(&[1, 2, 3])], false).await.expect("upsert");

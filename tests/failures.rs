@@ -7,8 +7,8 @@ use std::time::Duration;
 use arrow::array::Array;
 
 use common::*;
-use fluss_tiering::cluster::table::TableDescriptor;
 use fluss_tiering::failpoint;
+use fluss_tiering::model::table::TableDescriptor;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_dropped_and_recreated_mid_round_gets_nothing_while_others_keep_tiering() {
@@ -123,7 +123,7 @@ async fn the_job_survives_a_coordinator_restart_mid_round() {
     let mut config = fluss_tiering::cluster::ClusterConfig::new(&data);
     config.heartbeat_timeout = Duration::from_millis(1500);
     config.failure_backoff = Duration::from_millis(200);
-    let _cluster = fluss_tiering::cluster::server::EmbeddedCluster::start_at(config, addr).await.expect("restart");
+    let _cluster = fluss_tiering::serve::EmbeddedCluster::start_at(config, addr).await.expect("restart");
     let client = fluss_tiering::rpc::ClusterClient::connect(&format!("http://{addr}")).await.expect("reconnect");
 
     signal(&job, libc::SIGCONT);

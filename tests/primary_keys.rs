@@ -10,11 +10,11 @@ use arrow::array::{Array, Int32Array, Int64Array};
 use arrow::compute::{SortColumn, cast, lexsort_to_indices, take_record_batch};
 use common::*;
 use fluss_tiering::cluster::ClusterConfig;
-use fluss_tiering::cluster::server::EmbeddedCluster;
-use fluss_tiering::cluster::table::{TableDescriptor, TablePath, parse_schema};
 use fluss_tiering::dataflows::JobReport;
 use fluss_tiering::failpoint;
+use fluss_tiering::model::table::{TableDescriptor, TablePath, parse_schema};
 use fluss_tiering::rpc::ClusterClient;
+use fluss_tiering::serve::EmbeddedCluster;
 use fluss_tiering::workload::{KvMix, ProduceOptions, produce};
 
 const MIX: KvMix = KvMix { update: 0.4, delete: 0.15 };

@@ -13,11 +13,12 @@ use parquet::file::properties::WriterProperties;
 use serde::Serialize;
 
 use crate::cluster::ClusterConfig;
-use crate::cluster::server::EmbeddedCluster;
-use crate::cluster::table::{DATALAKE_FRESHNESS, TableDescriptor, TablePath, parse_duration, parse_schema};
 use crate::dataflows::{JobReport, PhaseSeconds};
 use crate::lake::{lake_schema, with_system_columns};
-use crate::rpc::{ClusterClient, ipc};
+use crate::model::ipc;
+use crate::model::table::{DATALAKE_FRESHNESS, TableDescriptor, TablePath, parse_duration, parse_schema};
+use crate::rpc::ClusterClient;
+use crate::serve::EmbeddedCluster;
 use crate::workload::{KvMix, ProduceOptions, Workload, produce};
 
 use super::tier::{print_summary, run_job, runtime};

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::cluster::table::{DATALAKE_FRESHNESS, TableDescriptor, TablePath, parse_duration};
 use crate::lake::{self, LakeOptions, TableBucket, TableContext};
+use crate::model::table::{DATALAKE_FRESHNESS, TableDescriptor, TablePath, parse_duration};
 use crate::rpc::ClusterClient;
 use crate::workload::{KvMix, ProduceOptions, Workload, produce};
 

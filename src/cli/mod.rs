@@ -10,9 +10,10 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
-use crate::cluster::table::{DATALAKE_FRESHNESS, TableDescriptor, TablePath, parse_duration, parse_schema};
-use crate::cluster::{Cluster, ClusterConfig, server};
+use crate::cluster::{Cluster, ClusterConfig};
+use crate::model::table::{DATALAKE_FRESHNESS, TableDescriptor, TablePath, parse_duration, parse_schema};
 use crate::rpc::ClusterClient;
+use crate::serve::server;
 use crate::workload::{KvMix, ProduceOptions, Workload, produce};
 
 #[derive(Debug, Parser)]
@@ -399,7 +400,7 @@ pub(crate) async fn create_table(args: CreateTableArgs) -> anyhow::Result<()> {
         descriptor.properties.insert(DATALAKE_FRESHNESS.into(), f);
     }
     if args.no_datalake {
-        descriptor.properties.insert(crate::cluster::table::DATALAKE_ENABLED.into(), "false".into());
+        descriptor.properties.insert(crate::model::table::DATALAKE_ENABLED.into(), "false".into());
     }
     descriptor.validate()?;
     let client = connect(&args.cluster).await?;
@@ -463,7 +464,7 @@ pub(crate) async fn print_tables(client: &ClusterClient) -> anyhow::Result<()> {
 }
 
 async fn print_status(client: &ClusterClient) -> anyhow::Result<()> {
-    let now = crate::cluster::now_ms();
+    let now = crate::model::now_ms();
     println!(
         "{:<24} {:<10} {:>6} {:>20} {:>12} {:>12} {:>10} {:>12} {:>8}  last error",
         "table", "state", "epoch", "lake snapshot", "tiered", "end", "lag", "last tiered", "failures"

@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use crate::cluster::ClusterConfig;
-use crate::cluster::server::EmbeddedCluster;
-use crate::cluster::table::{DATALAKE_FRESHNESS, TableDescriptor, TablePath, parse_duration, parse_schema};
 use crate::dataflows::{self, JobContext, JobReport, TierConfig};
 use crate::lake::{self, LakeOptions, TableContext};
+use crate::model::table::{DATALAKE_FRESHNESS, TableDescriptor, TablePath, parse_duration, parse_schema};
 use crate::rpc::ClusterClient;
+use crate::serve::EmbeddedCluster;
 use crate::workload::{KvMix, ProduceOptions, Workload, produce};
 
 use super::{TierArgs, TimelyArgs, TuningArgs};

@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::metadata::TableInfo;
 use crate::cluster::persist::{read_json, write_json};
-use crate::cluster::table::TablePath;
 use crate::error::{Error, ErrorKind, Result};
+use crate::model::table::TableInfo;
+use crate::model::table::TablePath;
 
 /// Fluss's `TIERING_SERVICE_TIMEOUT_MS`.
 pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(120);

@@ -24,39 +24,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::log::{BucketLog, sync_dir};
 use crate::cluster::persist;
-use crate::cluster::table::{TableDescriptor, align_columns};
 use crate::error::{Error, ErrorKind, Result};
-use crate::rpc::ipc;
-
-/// The changelog column of a primary-key table's log.
-pub const CHANGE_TYPE_COLUMN: &str = "_change_type";
-
-/// Fluss's change types, with Paimon's row-kind numbers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(i8)]
-pub enum ChangeType {
-    Insert = 0,
-    UpdateBefore = 1,
-    UpdateAfter = 2,
-    Delete = 3,
-}
-
-impl ChangeType {
-    pub fn from_i8(v: i8) -> Result<Self> {
-        Ok(match v {
-            0 => ChangeType::Insert,
-            1 => ChangeType::UpdateBefore,
-            2 => ChangeType::UpdateAfter,
-            3 => ChangeType::Delete,
-            other => return Err(Error::new(ErrorKind::CorruptMessage, format!("unknown change type {other}"))),
-        })
-    }
-
-    /// Whether the row is the key's value after the change (+I, +U), not before it (-U, -D).
-    pub fn is_addition(self) -> bool {
-        matches!(self, ChangeType::Insert | ChangeType::UpdateAfter)
-    }
-}
+use crate::model::change::{CHANGE_TYPE_COLUMN, ChangeType};
+use crate::model::ipc;
+use crate::model::table::{TableDescriptor, align_columns};
 
 /// Rows per batch of a snapshot file (a snapshot is read back one batch per request).
 pub const SNAPSHOT_BATCH_ROWS: usize = 8192;

@@ -6,21 +6,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::persist::{read_json, write_json};
-use crate::cluster::table::{Column, TableDescriptor, TablePath};
 use crate::error::{Error, ErrorKind, Result};
-
-/// A table as the cluster knows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TableInfo {
-    pub table_id: i64,
-    pub path: TablePath,
-    pub descriptor: TableDescriptor,
-    pub created_ms: i64,
-    pub modified_ms: i64,
-    /// Partition name → partition id, for partitioned tables.
-    #[serde(default)]
-    pub partitions: BTreeMap<String, i64>,
-}
+use crate::model::table::{Column, TableDescriptor, TableInfo, TablePath};
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct State {

@@ -1,7 +1,8 @@
-//! The Fluss-compatible cluster: table catalog, durable bucket logs and the tiering coordinator, served over gRPC.
+//! The Fluss-shaped cluster: table catalog, durable bucket logs and the tiering coordinator. This is the service
+//! core only; its front doors (the wire protocols) are the `serve` module, and it imports none of them.
 //!
 //! ```text
-//!   gRPC (service.rs) ──▶ Cluster ──┬── Metadata     tables, partitions          DATA_DIR/meta/tables.json
+//!   serve (gRPC)      ──▶ Cluster ──┬── Metadata     tables, partitions          DATA_DIR/meta/tables.json
 //!                                   ├── Coordinator  tiering states, epochs,     DATA_DIR/meta/coordinator.json
 //!                                   │                lake snapshots
 //!                                   ├── BucketLog×N  Arrow IPC segments          DATA_DIR/log/t{id}/p{partition}/b{bucket}/
@@ -12,22 +13,19 @@
 //! deletes cause (see [`kv`]).
 //!
 //! The same `Cluster` runs as a standalone server (`fluss-tiering cluster`) or embedded in the tiering job's process
-//! (`server::EmbeddedCluster`); both serve it on a TCP port, so clients cannot tell them apart.
+//! (`serve::EmbeddedCluster`); both serve it on a TCP port, so clients cannot tell them apart.
 
 pub mod coordinator;
 pub mod kv;
 pub mod log;
 pub mod metadata;
 pub mod persist;
-pub mod server;
-pub mod service;
-pub mod table;
 
 use std::collections::HashMap;
 use std::io::Cursor;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use arrow::array::{Array, RecordBatch, StringArray};
 use arrow::compute::cast;
@@ -38,9 +36,10 @@ use bytes::Bytes;
 use crate::cluster::coordinator::{Coordinator, DEFAULT_FAILURE_BACKOFF, DEFAULT_HEARTBEAT_TIMEOUT, TieringStatus};
 use crate::cluster::kv::{KvBucket, KvSnapshot};
 use crate::cluster::log::{BucketLog, StoredBatch};
-use crate::cluster::metadata::{Metadata, TableInfo};
-use crate::cluster::table::{TableDescriptor, TablePath};
+use crate::cluster::metadata::Metadata;
 use crate::error::{Error, ErrorKind, Result};
+use crate::model::now_ms;
+use crate::model::table::{TableDescriptor, TableInfo, TablePath};
 
 /// How a cluster stores and schedules.
 #[derive(Debug, Clone)]
@@ -107,11 +106,6 @@ pub struct Cluster {
     produced: std::sync::atomic::AtomicU64,
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a lock leaves plain data behind, never a half-applied disk change: keep serving.
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -169,7 +163,7 @@ impl Cluster {
     }
 
     /// Adds a nullable column to a table: later produces carry it; batches stored before read it as null.
-    pub fn add_column(&self, path: &TablePath, column: table::Column) -> Result<i32> {
+    pub fn add_column(&self, path: &TablePath, column: crate::model::table::Column) -> Result<i32> {
         let schema_id = lock(&self.metadata).add_column(path, column, now_ms())?;
         tracing::info!(table = %path, schema_id, "added a column");
         Ok(schema_id)
@@ -276,7 +270,7 @@ impl Cluster {
         }
         // Deletes need only the key columns: the full-schema check is for upserts.
         let batches = match delete {
-            true => crate::rpc::ipc::decode(&records)?,
+            true => crate::model::ipc::decode(&records)?,
             false => validate_records(&table, partition_name, &records)?.1,
         };
         let partition_id = self.partition_for(&table, partition_name)?;
@@ -303,7 +297,7 @@ impl Cluster {
             .map_err(|_| Error::new(ErrorKind::InvalidArgument, "too many changes in one request"))?;
         // Durable first, then applied: the state never holds a change the log does not.
         let base_offset =
-            log.append(&crate::rpc::ipc::encode(std::slice::from_ref(&changelog))?, record_count, now_ms())?;
+            log.append(&crate::model::ipc::encode(std::slice::from_ref(&changelog))?, record_count, now_ms())?;
         kv.apply(&changelog)?;
         kv.note_changes(u64::from(record_count), log.end_offset())?;
         self.coordinator().note_data(table_id);

@@ -33,7 +33,6 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::table::{ColumnType, TableDescriptor};
 use crate::error::{Error, ErrorKind, Result};
 use crate::failpoint;
 use crate::lake::outcome::{CommitCall, check_base, settle};
@@ -42,6 +41,7 @@ use crate::lake::{
     TABLE_PROP_TABLE_ID, TIMESTAMP_COLUMN, TableContext, TieredSnapshot, WriterContext, WrittenData, fit_columns,
     sweep,
 };
+use crate::model::table::{ColumnType, TableDescriptor};
 
 /// The catalog name every Iceberg client uses to find our tables.
 pub const CATALOG_NAME: &str = "fluss";

@@ -24,8 +24,8 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::table::{TableDescriptor, TablePath, align_columns};
 use crate::error::{Error, ErrorKind, Result};
+use crate::model::table::{TableDescriptor, TablePath, align_columns};
 
 /// System column: the Fluss bucket a row came from.
 pub const BUCKET_COLUMN: &str = "__bucket";

@@ -30,8 +30,6 @@ use paimon::table::{COMMIT_MESSAGE_SERIALIZER_VERSION, CommitMessage, Table, Tab
 use paimon::{Catalog, CatalogFactory, CatalogOptions, Options};
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::kv::CHANGE_TYPE_COLUMN;
-use crate::cluster::table::{ColumnType, TableDescriptor};
 use crate::error::{Error, ErrorKind, Result};
 use crate::failpoint;
 use crate::lake::outcome::{CommitCall, check_base, settle};
@@ -40,6 +38,8 @@ use crate::lake::{
     TABLE_PROP_TABLE_ID, TIMESTAMP_COLUMN, TableContext, TieredSnapshot, WriterContext, WrittenData, fit_columns,
     sweep,
 };
+use crate::model::change::CHANGE_TYPE_COLUMN;
+use crate::model::table::{ColumnType, TableDescriptor};
 
 mod claim;
 

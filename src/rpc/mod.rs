@@ -1,16 +1,17 @@
 //! The wire: code generated from `proto/fluss_api.proto`, a typed client, and the Arrow IPC framing of records.
 
-pub mod ipc;
-
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::cluster::table::{TableDescriptor, TablePath};
 use crate::error::{Error, ErrorKind, Result};
+use crate::model::ipc;
+use crate::model::table::{TableDescriptor, TablePath};
 
 /// Generated messages and services (package `fluss`).
 #[allow(clippy::all, missing_docs)]
+pub mod status;
+
 pub mod proto {
     tonic::include_proto!("fluss");
 }
@@ -50,8 +51,9 @@ fn descriptor(json: &[u8]) -> Result<TableDescriptor> {
         .map_err(|e| Error::new(ErrorKind::CorruptMessage, "table_json is not a descriptor").with_source(e))
 }
 
-fn pb_path(p: &TablePath) -> proto::PbTablePath {
-    crate::cluster::service::pb_path(p)
+/// A table path as the wire spells it.
+pub fn pb_path(p: &TablePath) -> proto::PbTablePath {
+    proto::PbTablePath { database_name: p.database.clone(), table_name: p.table.clone() }
 }
 
 impl ClusterClient {

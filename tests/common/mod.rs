@@ -14,9 +14,9 @@ use arrow::array::{Array, Int32Array, Int64Array, RecordBatch, StringArray};
 use arrow::compute::{cast, concat_batches};
 use arrow::datatypes::DataType;
 use fluss_tiering::cluster::ClusterConfig;
-use fluss_tiering::cluster::server::EmbeddedCluster;
-use fluss_tiering::cluster::table::{TableDescriptor, TablePath, parse_schema};
+use fluss_tiering::model::table::{TableDescriptor, TablePath, parse_schema};
 use fluss_tiering::rpc::ClusterClient;
+use fluss_tiering::serve::EmbeddedCluster;
 use fluss_tiering::workload::{KvMix, ProduceOptions, Workload, produce};
 
 /// The generator every test produces with.

@@ -95,7 +95,7 @@ impl Claims {
     /// Takes the claim on the successor of `base` (`None`: an empty lake) for `lease`, or says who holds it.
     pub fn take(&self, base: Option<i64>, round_id: &str, tiering_epoch: i64, lease: Duration) -> Result<Held> {
         let base = base.unwrap_or(0);
-        let now = crate::cluster::now_ms();
+        let now = crate::model::now_ms();
         let generation = match self.newest(base)? {
             Some((generation, c)) if c.round_id == round_id => {
                 return Ok(Held { base, generation, round_id: round_id.to_string() });
@@ -146,7 +146,7 @@ impl Claims {
             Some((generation, c))
                 if generation == held.generation
                     && c.round_id == held.round_id
-                    && c.expires_at_ms > crate::cluster::now_ms() =>
+                    && c.expires_at_ms > crate::model::now_ms() =>
             {
                 Ok(())
             }

@@ -348,6 +348,19 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
     Ok(d)
 }
 
+/// A table as the cluster knows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableInfo {
+    pub table_id: i64,
+    pub path: TablePath,
+    pub descriptor: TableDescriptor,
+    pub created_ms: i64,
+    pub modified_ms: i64,
+    /// Partition name → partition id, for partitioned tables.
+    #[serde(default)]
+    pub partitions: BTreeMap<String, i64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

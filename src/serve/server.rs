@@ -10,12 +10,12 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::cluster::service::ClusterService;
 use crate::cluster::{Cluster, ClusterConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::rpc::MAX_MESSAGE_BYTES;
 use crate::rpc::proto::coordinator_service_server::CoordinatorServiceServer;
 use crate::rpc::proto::tablet_service_server::TabletServiceServer;
+use crate::serve::grpc::ClusterService;
 
 /// How often the coordinator promotes due tables and expires silent jobs.
 const TICK: Duration = Duration::from_millis(100);

@@ -6,9 +6,11 @@ use std::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::cluster::coordinator::{Heartbeat, HeartbeatEntry, LakeBucketOffset};
-use crate::cluster::table::{TableDescriptor, TablePath};
-use crate::cluster::{BucketId, Cluster, now_ms};
+use crate::cluster::{BucketId, Cluster};
 use crate::error::{Error, ErrorKind, Result};
+use crate::model::now_ms;
+use crate::model::table::{TableDescriptor, TablePath};
+use crate::rpc::pb_path;
 use crate::rpc::proto::{self, coordinator_service_server::CoordinatorService, tablet_service_server::TabletService};
 
 /// Serves both gRPC services from one cluster.
@@ -51,10 +53,6 @@ impl ClusterService {
 pub(crate) fn table_path(p: Option<proto::PbTablePath>) -> Result<TablePath> {
     let p = p.ok_or_else(|| Error::new(ErrorKind::InvalidArgument, "missing table_path"))?;
     TablePath::new(p.database_name, p.table_name)
-}
-
-pub(crate) fn pb_path(p: &TablePath) -> proto::PbTablePath {
-    proto::PbTablePath { database_name: p.database.clone(), table_name: p.table.clone() }
 }
 
 fn table_json(d: &TableDescriptor) -> Result<Vec<u8>> {
@@ -108,7 +106,7 @@ impl CoordinatorService for ClusterService {
     ) -> Result<Response<proto::AlterTableAddColumnResponse>, Status> {
         let req = req.into_inner();
         let path = table_path(req.table_path)?;
-        let column = crate::cluster::table::Column { name: req.column_name, data_type: req.column_type.parse()? };
+        let column = crate::model::table::Column { name: req.column_name, data_type: req.column_type.parse()? };
         let schema_id = self.blocking(move |c| c.add_column(&path, column)).await?;
         Ok(Response::new(proto::AlterTableAddColumnResponse { schema_id }))
     }
@@ -396,6 +394,6 @@ impl TabletService for ClusterService {
         let id = BucketId { table_id: req.table_id, partition_id: req.partition_id, bucket: req.bucket_id };
         let (batch, batch_count) =
             self.blocking(move |c| c.fetch_kv_snapshot(id, req.snapshot_id, req.batch_index)).await?;
-        Ok(Response::new(proto::FetchKvSnapshotResponse { records: crate::rpc::ipc::encode(&[batch])?, batch_count }))
+        Ok(Response::new(proto::FetchKvSnapshotResponse { records: crate::model::ipc::encode(&[batch])?, batch_count }))
     }
 }

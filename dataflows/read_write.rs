@@ -25,7 +25,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::failpoint;
 use crate::lake::{WriterContext, WrittenData, lake_schema, with_system_columns};
 use crate::model::ipc;
-use crate::rpc::proto::PbFetchedBatch;
+use crate::model::log::LogBatch;
+use crate::rpc::LogReader;
 
 use super::bridge::CapabilityTasks;
 use super::consolidate::Consolidator;
@@ -169,15 +170,6 @@ async fn fill(ctx: &JobContext, split: &Split, writer: &mut dyn crate::lake::Lak
     while let Some(stored) = rx.recv().await {
         let stored = stored?;
         lap(SplitWork::FetchWait);
-        if stored.base_offset > reached {
-            return Err(Error::new(
-                ErrorKind::OffsetOutOfRange,
-                format!(
-                    "bucket {:?}: the cluster returned a batch at offset {} where offset {reached} was expected (a gap)",
-                    split.bucket, stored.base_offset
-                ),
-            ));
-        }
         if let Some(reason) = ctx.rounds.fenced(split.table.table_id, &split.round_id) {
             return Err(Error::new(ErrorKind::FencedTieringEpoch, format!("the split stops early: {reason}")));
         }
@@ -202,6 +194,18 @@ async fn fill(ctx: &JobContext, split: &Split, writer: &mut dyn crate::lake::Lak
             }
             row_offset += rows;
         }
+        if Some(row_offset) != stored.end_offset() {
+            return Err(Error::new(
+                ErrorKind::CorruptMessage,
+                format!(
+                    "bucket {:?}: the batch at offset {} says {} records but holds {}",
+                    split.bucket,
+                    stored.base_offset,
+                    stored.record_count,
+                    row_offset - stored.base_offset
+                ),
+            ));
+        }
         lap(SplitWork::EncodeWrite);
         batches += 1;
         if batches == 1 {
@@ -220,56 +224,33 @@ async fn fill(ctx: &JobContext, split: &Split, writer: &mut dyn crate::lake::Lak
     Ok(reached)
 }
 
-/// Fetches the stored batches that hold `[start, stop)`, in order, as the cluster sent them.
+/// Fetches the stored batches that hold `[start, stop)`, in order, as the cluster sent them, ahead of the writer.
 async fn fetch_range(
     client: crate::rpc::ClusterClient,
     split: Split,
     max_bytes: i32,
-    tx: tokio::sync::mpsc::Sender<Result<PbFetchedBatch>>,
+    tx: tokio::sync::mpsc::Sender<Result<LogBatch>>,
 ) -> Result<()> {
-    let mut offset = split.start;
-    while offset < split.stop {
+    let bucket = (split.table.table_id, split.bucket.partition_id, split.bucket.bucket);
+    let mut reader = LogReader::new(client, bucket, split.start, Some(split.stop), max_bytes);
+    loop {
         if crate::model::now_ms() >= split.deadline_ms {
-            // The round's time is up: the split ends here, at `offset`.
+            // The round's time is up: the split ends where it is.
             return Ok(());
         }
         failpoint::slow_fetch().await;
-        let resp = match client
-            .fetch(split.table.table_id, split.bucket.partition_id, split.bucket.bucket, offset, max_bytes)
-            .await
-        {
-            Ok(r) => r,
+        let batches = match reader.next().await {
+            Ok(Some(batches)) => batches,
+            Ok(None) => return Ok(()),
             Err(e) => {
                 let _ = tx.send(Err(e)).await;
                 return Ok(());
             }
         };
-        let Some(last) = resp.batches.last() else {
-            let e = Error::new(
-                ErrorKind::OffsetOutOfRange,
-                format!(
-                    "bucket {:?} ends at {} before the split's stop offset {}",
-                    split.bucket, resp.high_watermark, split.stop
-                ),
-            );
-            let _ = tx.send(Err(e)).await;
-            return Ok(());
-        };
-        let next = last.base_offset + last.record_count;
-        if next <= offset {
-            let e = Error::new(ErrorKind::Internal, format!("fetch at offset {offset} made no progress"));
-            let _ = tx.send(Err(e)).await;
-            return Ok(());
-        }
-        offset = next;
-        for stored in resp.batches {
-            if stored.base_offset >= split.stop {
-                break;
-            }
-            if tx.send(Ok(stored)).await.is_err() {
+        for batch in batches {
+            if tx.send(Ok(batch)).await.is_err() {
                 return Ok(()); // the writer failed and stopped listening
             }
         }
     }
-    Ok(())
 }

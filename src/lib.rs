@@ -12,11 +12,11 @@
 //!                                                                                                 lake (src/lake)
 //! ```
 //!
-//! - [`model`]: the vocabulary every layer shares (tables, changes, time, the Arrow IPC record format).
+//! - [`model`]: the vocabulary every layer shares (tables, changes, log batches, time, the Arrow IPC format).
 //! - [`cluster`]: the hot store's service core: durable bucket logs, table catalog, and the coordinator that
 //!   schedules tables for tiering under fenced epochs.
 //! - [`serve`]: the cluster's front doors (gRPC today), standalone or embedded.
-//! - [`rpc`]: the gRPC wire (`proto/fluss_api.proto`) and its typed client.
+//! - [`rpc`]: the gRPC wire (`proto/fluss_api.proto`), its typed client and `LogReader`, the one log-reading loop.
 //! - [`dataflows`]: the tiering job, one timely graph (enumerator → read+write → commit), in the top-level
 //!   `dataflows/` directory.
 //! - [`lake`]: the lake formats behind `LakeTieringFactory`; Apache Paimon (the default) and Apache Iceberg.

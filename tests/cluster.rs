@@ -355,12 +355,9 @@ async fn read_changelog(
     from: i64,
 ) -> Vec<(i64, Option<String>, i8)> {
     let mut out = Vec::new();
-    let mut offset = from;
-    loop {
-        let resp = client.fetch(table_id, None, bucket, offset, 16 << 10).await.expect("fetch");
-        let Some(last) = resp.batches.last() else { return out };
-        offset = last.base_offset + last.record_count;
-        for b in resp.batches {
+    let mut reader = fluss_tiering::rpc::LogReader::new(client.clone(), (table_id, None, bucket), from, None, 16 << 10);
+    while let Some(batches) = reader.next().await.expect("fetch") {
+        for b in batches {
             for x in ipc::decode(&b.records).expect("decode") {
                 let ids = x.column_by_name("id").expect("id").as_any().downcast_ref::<arrow::array::Int64Array>();
                 let names =
@@ -375,6 +372,7 @@ async fn read_changelog(
             }
         }
     }
+    out
 }
 
 /// Replays changelog entries onto a state, checking that every before-image (-U, -D) is the key's current row.

@@ -17,7 +17,7 @@ use crate::dataflows::{JobReport, PhaseSeconds};
 use crate::lake::{lake_schema, with_system_columns};
 use crate::model::ipc;
 use crate::model::table::{DATALAKE_FRESHNESS, TableDescriptor, TablePath, parse_duration, parse_schema};
-use crate::rpc::ClusterClient;
+use crate::rpc::{ClusterClient, LogReader};
 use crate::serve::EmbeddedCluster;
 use crate::workload::{KvMix, ProduceOptions, Workload, produce};
 
@@ -453,14 +453,10 @@ async fn baseline(
     for (id, path, descriptor) in tables {
         let schema = lake_schema(descriptor);
         let mut batches = Vec::new();
-        for ((partition, bucket), _) in client.end_offsets(*id, path, descriptor).await? {
-            let mut offset = 0;
-            loop {
-                let resp = client.fetch(*id, partition, bucket, offset, 8 << 20).await?;
-                if resp.batches.is_empty() {
-                    break;
-                }
-                for stored in resp.batches {
+        for ((partition, bucket), end) in client.end_offsets(*id, path, descriptor).await? {
+            let mut reader = LogReader::new(client.clone(), (*id, partition, bucket), 0, Some(end), 8 << 20);
+            while let Some(stored_batches) = reader.next().await? {
+                for stored in stored_batches {
                     let mut first = stored.base_offset;
                     for b in ipc::decode(&stored.records)? {
                         let rows = b.num_rows() as i64;
@@ -469,7 +465,6 @@ async fn baseline(
                         batches.push(b);
                         first += rows;
                     }
-                    offset = first;
                 }
             }
         }

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::lake::{self, LakeOptions, TableBucket, TableContext};
 use crate::model::table::{DATALAKE_FRESHNESS, TableDescriptor, TablePath, parse_duration};
-use crate::rpc::ClusterClient;
+use crate::rpc::{ClusterClient, LogReader};
 use crate::workload::{KvMix, ProduceOptions, Workload, produce};
 
 use super::tier::{print_summary, run_job_with};
@@ -205,13 +205,11 @@ async fn stored_batches(
     bucket: i32,
 ) -> anyhow::Result<Vec<(i64, i64, i64)>> {
     let mut out = Vec::new();
-    let mut offset = 0;
-    loop {
-        let resp = client.fetch(table_id, partition_id, bucket, offset, 8 << 20).await.context("fetching")?;
-        let Some(last) = resp.batches.last() else { return Ok(out) };
-        offset = last.base_offset + last.record_count;
-        out.extend(resp.batches.iter().map(|b| (b.base_offset, b.record_count, b.append_timestamp)));
+    let mut reader = LogReader::new(client.clone(), (table_id, partition_id, bucket), 0, None, 8 << 20);
+    while let Some(batches) = reader.next().await.context("fetching")? {
+        out.extend(batches.iter().map(|b| (b.base_offset, b.record_count, b.append_timestamp)));
     }
+    Ok(out)
 }
 
 /// The `q`-quantile in seconds of lags in ms weighted by rows, sorted by lag.

@@ -1,9 +1,10 @@
 //! The vocabulary every layer shares, depending on none of them: tables (paths, ids, descriptors, column types),
-//! the changes of a primary-key table, time, and the record format (Arrow IPC streams). The cluster, the wire, the
-//! tiering job and the lakes all speak it; it imports nothing from them.
+//! the changes of a primary-key table, log batches, time, and the record format (Arrow IPC streams). The cluster,
+//! the wire, the tiering job and the lakes all speak it; it imports nothing from them.
 
 pub mod change;
 pub mod ipc;
+pub mod log;
 pub mod table;
 
 use std::time::{SystemTime, UNIX_EPOCH};

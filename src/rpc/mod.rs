@@ -1,4 +1,5 @@
-//! The wire: code generated from `proto/fluss_api.proto`, a typed client, and the Arrow IPC framing of records.
+//! The gRPC wire: code generated from `proto/fluss_api.proto`, a typed client, [`LogReader`] (the one loop that reads
+//! a bucket's log), and errors as statuses ([`status`]).
 
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
@@ -6,12 +7,13 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::ipc;
+use crate::model::log::LogBatch;
 use crate::model::table::{TableDescriptor, TablePath};
+
+pub mod status;
 
 /// Generated messages and services (package `fluss`).
 #[allow(clippy::all, missing_docs)]
-pub mod status;
-
 pub mod proto {
     tonic::include_proto!("fluss");
 }
@@ -341,5 +343,91 @@ impl ClusterClient {
             },
             None => Err(Error::new(ErrorKind::CorruptMessage, "commit response without a table entry")),
         }
+    }
+}
+
+/// Reads one bucket's log from an offset on, one fetch per [`LogReader::next`]: the one fetch loop of the code base.
+/// Every answer is checked to continue exactly where the previous one ended (no gap, progress), and reading stops at
+/// `stop` (batches that start at or past it are not returned; the last one may stick out past it).
+pub struct LogReader {
+    client: ClusterClient,
+    table_id: i64,
+    partition_id: Option<i64>,
+    bucket: i32,
+    offset: i64,
+    stop: Option<i64>,
+    max_bytes: i32,
+}
+
+impl LogReader {
+    /// A reader of `[from, stop)` (`stop: None`: up to the log's end as it is when reached).
+    pub fn new(
+        client: ClusterClient,
+        (table_id, partition_id, bucket): (i64, Option<i64>, i32),
+        from: i64,
+        stop: Option<i64>,
+        max_bytes: i32,
+    ) -> Self {
+        LogReader { client, table_id, partition_id, bucket, offset: from, stop, max_bytes }
+    }
+
+    /// The next batches (at least one), or `None` once `stop` is reached (or, without a stop, the log's end). A log
+    /// that ends before `stop` is an `OffsetOutOfRange` error.
+    pub async fn next(&mut self) -> Result<Option<Vec<LogBatch>>> {
+        if self.stop.is_some_and(|stop| self.offset >= stop) {
+            return Ok(None);
+        }
+        let resp =
+            self.client.fetch(self.table_id, self.partition_id, self.bucket, self.offset, self.max_bytes).await?;
+        if resp.batches.is_empty() {
+            return match self.stop {
+                None => Ok(None),
+                Some(stop) => Err(Error::new(
+                    ErrorKind::OffsetOutOfRange,
+                    format!(
+                        "bucket {} of table {} ends at {} before the stop offset {stop}",
+                        self.bucket, self.table_id, resp.high_watermark
+                    ),
+                )),
+            };
+        }
+        let mut expected = self.offset;
+        let mut out = Vec::with_capacity(resp.batches.len());
+        let (table_id, partition_id, bucket) = (self.table_id, self.partition_id, self.bucket);
+        let corrupt = |what: String| {
+            Error::new(
+                ErrorKind::CorruptMessage,
+                format!("bucket {bucket} (partition {partition_id:?}) of table {table_id}: {what}"),
+            )
+        };
+        for b in resp.batches {
+            // Contiguity first: a batch past the expected offset is a gap even when it also lies past the stop.
+            if b.base_offset > expected {
+                return Err(Error::new(
+                    ErrorKind::OffsetOutOfRange,
+                    format!(
+                        "bucket {bucket} (partition {partition_id:?}) of table {table_id}: the cluster returned a \
+                         batch at offset {} where offset {expected} was expected (a gap)",
+                        b.base_offset
+                    ),
+                ));
+            }
+            if expected >= self.stop.unwrap_or(i64::MAX) {
+                break;
+            }
+            let batch = LogBatch {
+                base_offset: b.base_offset,
+                record_count: b.record_count,
+                append_timestamp: b.append_timestamp,
+                records: b.records,
+            };
+            expected = match batch.end_offset() {
+                Some(end) if end > expected => end,
+                _ => return Err(corrupt(format!("a batch at offset {} makes no progress", b.base_offset))),
+            };
+            out.push(batch);
+        }
+        self.offset = expected;
+        Ok(Some(out))
     }
 }

@@ -487,3 +487,38 @@ async fn a_silent_cluster_fails_calls_after_the_rpc_time_out() {
     assert_eq!(err.kind(), ErrorKind::Network, "{err}");
     assert!(started.elapsed() < Duration::from_secs(5), "bounded by the time-out: {:?}", started.elapsed());
 }
+
+/// The one log-reading loop: from an offset inside a batch to a stop inside another, to the end, and past the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_reader_reads_ranges_and_refuses_to_read_past_the_end() {
+    use fluss_tiering::rpc::LogReader;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = descriptor("id:int64,name:string", 1, None, "1h");
+    let (_cluster, client) = start(dir.path()).await;
+    let table_id = client.create_table(&"db.reader".parse().expect("path"), &d, false).await.expect("create");
+    for chunk in 0..5u64 {
+        let ids: Vec<u64> = (chunk * 10..chunk * 10 + 10).collect();
+        let batch = Workload { seed: 0, partitions: 1 }.batch(&d, &ids).expect("batch");
+        client.produce(table_id, None, 0, &[batch]).await.expect("produce");
+    }
+    // Small fetches, so that a range takes several answers.
+    let read = |from: i64, stop: Option<i64>| {
+        let client = client.clone();
+        async move {
+            let mut reader = LogReader::new(client, (table_id, None, 0), from, stop, 1);
+            let mut batches = Vec::new();
+            while let Some(answer) = reader.next().await? {
+                assert!(!answer.is_empty(), "an answer holds at least one batch");
+                batches.extend(answer.into_iter().map(|b| (b.base_offset, b.record_count)));
+            }
+            Ok::<_, fluss_tiering::Error>(batches)
+        }
+    };
+    assert_eq!(read(0, None).await.expect("all"), vec![(0, 10), (10, 10), (20, 10), (30, 10), (40, 10)]);
+    // The first batch holds the start, the last one the stop: both stick out of [15, 25).
+    assert_eq!(read(15, Some(25)).await.expect("range"), vec![(10, 10), (20, 10)]);
+    assert_eq!(read(20, Some(20)).await.expect("empty range"), vec![]);
+    let err = read(40, Some(60)).await.expect_err("the log ends at 50");
+    assert_eq!(err.kind(), ErrorKind::OffsetOutOfRange);
+    assert!(err.to_string().contains("before the stop offset 60"), "{err}");
+}

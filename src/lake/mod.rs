@@ -210,11 +210,20 @@ pub trait LakeWriter: Send {
 /// Commits a round's files atomically, once.
 #[async_trait]
 pub trait LakeCommitter: Send + Sync {
-    /// The latest snapshot made by tiering, found by walking the history back from the current snapshot. Fails
-    /// closed when the history is cut before a marker is found.
-    async fn latest(&self) -> Result<Option<TieredSnapshot>>;
-    /// Every snapshot made by tiering, oldest first (for measuring freshness); fails closed like `latest`.
-    async fn history(&self) -> Result<Vec<TieredSnapshot>>;
+    /// The snapshots made by tiering among the current snapshot and its ancestors, newest first, markers loaded;
+    /// with `first_only`, the walk stops at the first one. Fails closed when the history is cut before the walk ends
+    /// (the offsets cannot be recovered from a partial history).
+    async fn tiered_ancestry(&self, first_only: bool) -> Result<Vec<TieredSnapshot>>;
+    /// The latest snapshot made by tiering.
+    async fn latest(&self) -> Result<Option<TieredSnapshot>> {
+        Ok(self.tiered_ancestry(true).await?.into_iter().next())
+    }
+    /// Every snapshot made by tiering, oldest first (for measuring freshness).
+    async fn history(&self) -> Result<Vec<TieredSnapshot>> {
+        let mut newest_first = self.tiered_ancestry(false).await?;
+        newest_first.reverse();
+        Ok(newest_first)
+    }
     /// Commits the files in one snapshot carrying `marker`, if and only if the table's latest tiering snapshot is
     /// still `base` and nothing was committed since (no retry that rebases onto a table that moved). After an
     /// ambiguous failure it looks for `marker` before answering. Returns the snapshot id. Errors: the table moved

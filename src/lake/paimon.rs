@@ -606,14 +606,8 @@ impl PaimonCommitter {
 
 #[async_trait]
 impl LakeCommitter for PaimonCommitter {
-    async fn latest(&self) -> Result<Option<TieredSnapshot>> {
-        Ok(tiered_ancestry(&self.load().await?, true).await?.into_iter().next())
-    }
-
-    async fn history(&self) -> Result<Vec<TieredSnapshot>> {
-        let mut newest_first = tiered_ancestry(&self.load().await?, false).await?;
-        newest_first.reverse();
-        Ok(newest_first)
+    async fn tiered_ancestry(&self, first_only: bool) -> Result<Vec<TieredSnapshot>> {
+        tiered_ancestry(&self.load().await?, first_only).await
     }
 
     async fn commit(&self, written: Vec<WrittenData>, marker: &CommitMarker, base: Option<i64>) -> Result<i64> {

@@ -560,7 +560,7 @@ impl LakeCommitter for IcebergCommitter {
 
     async fn sweep(&self, min_age: std::time::Duration) -> Result<sweep::Swept> {
         let table = self.load().await?;
-        let Some(root) = sweep::local_dir(table.metadata().location()) else {
+        let Some(root) = super::local_dir(table.metadata().location()) else {
             return Ok(sweep::Swept::default());
         };
         let path = self.table.path.to_string();

@@ -257,6 +257,17 @@ pub async fn factory(
     }
 }
 
+/// The local path of a lake location (`file://…`, `file:/…` or a plain path); `None` for other schemes (object
+/// storage), where what needs local files (commit claims, the orphan sweep) does not work yet.
+pub fn local_dir(location: &str) -> Option<std::path::PathBuf> {
+    let path = match location.strip_prefix("file://").or_else(|| location.strip_prefix("file:")) {
+        Some(path) => path,
+        None if location.contains("://") => return None,
+        None => location,
+    };
+    Some(std::path::PathBuf::from(path))
+}
+
 /// The schema of the lake rows: the table's columns, then the system columns.
 pub fn lake_schema(descriptor: &TableDescriptor) -> SchemaRef {
     let mut fields: Vec<Field> = descriptor.arrow_schema().fields().iter().map(|f| f.as_ref().clone()).collect();

@@ -630,7 +630,7 @@ impl LakeCommitter for PaimonCommitter {
 
     async fn sweep(&self, min_age: std::time::Duration) -> Result<sweep::Swept> {
         let table = self.load().await?;
-        let Some(root) = sweep::local_dir(table.location()) else {
+        let Some(root) = super::local_dir(table.location()) else {
             return Ok(sweep::Swept::default());
         };
         // Invariant 1 of the sweep: tags, branches and long-lived changelogs hold snapshots the sweep does not read.

@@ -25,16 +25,6 @@ pub struct Swept {
     pub bytes: u64,
 }
 
-/// A local path for a lake location (`file://…`, `file:/…` or a plain path); other schemes are not swept (yet).
-pub fn local_dir(location: &str) -> Option<PathBuf> {
-    let path = match location.strip_prefix("file://").or_else(|| location.strip_prefix("file:")) {
-        Some(path) => path,
-        None if location.contains("://") => return None,
-        None => location,
-    };
-    Some(PathBuf::from(path))
-}
-
 /// [`old_candidates`] and [`delete_unreferenced`] off the async threads (file-system walks block).
 pub async fn sweep_dir<F, R>(
     table: String,

@@ -18,7 +18,7 @@
 //! (the lease is the lake commit time-out, which also abandons the commit), and Paimon's own publication, which checks for the snapshot file
 //! and then renames onto it (not atomic). Wall-clock leases assume the hosts' clocks agree to well within a lease.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use paimon::table::Table;
@@ -57,11 +57,15 @@ fn fenced(message: String) -> Error {
 }
 
 impl Claims {
-    /// The claims directory of `table` (a local warehouse).
+    /// The claims directory of `table`: a local warehouse only (claims are hard links).
     pub fn of(table: &Table) -> Result<Self> {
-        let location = table.location();
-        let dir = location.strip_prefix("file://").unwrap_or(location);
-        Ok(Claims { dir: Path::new(dir).join(super::MARKER_DIR).join("claims") })
+        let dir = crate::lake::local_dir(table.location()).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unsupported,
+                format!("lake table at {}: commit claims need a local warehouse", table.location()),
+            )
+        })?;
+        Ok(Claims { dir: dir.join(super::MARKER_DIR).join("claims") })
     }
 
     fn path(&self, base: i64, generation: u64) -> PathBuf {
@@ -185,7 +189,7 @@ impl Claims {
 mod tests {
     use super::*;
 
-    fn claims(dir: &Path) -> Claims {
+    fn claims(dir: &std::path::Path) -> Claims {
         Claims { dir: dir.join("claims") }
     }
 

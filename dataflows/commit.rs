@@ -382,13 +382,7 @@ async fn lake_commit(
 /// commit's to catch.
 async fn confirm_epoch(ctx: &JobContext, plan: &RoundPlan) -> Result<()> {
     let table_id = plan.table.table_id;
-    let entry = proto::PbHeartbeatReqForTable {
-        table_id,
-        coordinator_epoch: plan.coordinator_epoch,
-        tiering_epoch: plan.tiering_epoch,
-        lake_tiering_stats: None,
-        fail_reason: None,
-    };
+    let entry = crate::rpc::tiering_entry(table_id, plan.coordinator_epoch, plan.tiering_epoch);
     let request = proto::LakeTieringHeartbeatRequest {
         tiering_tables: vec![entry],
         request_table: Some(false),

@@ -55,13 +55,14 @@ type Failed = (i64, i64, String);
 /// the table re-queued at once.
 type Finished = (i64, i64, bool);
 
+/// Why a table is handed back when the job stops.
+const STOPPED: &str = "the tiering job stopped";
+
 /// A table this job holds: assigned, and not yet reported finished or failed.
 struct Held {
     tiering_epoch: i64,
     round_id: String,
     assigned_at: Instant,
-    /// The round was fenced (invariant 2): its outcome is only waited for.
-    fenced: bool,
     /// A newer assignment of the table, waiting for this round's outcome (invariant 1).
     next: Option<proto::PbLakeTieringTableInfo>,
 }
@@ -222,11 +223,13 @@ impl Enumerator {
             tracing::debug!(table_id = o.table_id, round = %o.round_id, "outcome of a round no longer held");
             return;
         }
+        // Whether the round was fenced (invariant 2), asked before `release` closes it.
+        let fenced = self.ctx.rounds.fenced(o.table_id, &o.round_id).is_some();
         let Some(held) = self.release(o.table_id) else {
             return;
         };
         match o.result {
-            Ok(stats) if held.fenced => {
+            Ok(stats) if fenced => {
                 // Committed to the lake before the fence came (the lake's conditional commit allowed it); the
                 // coordinator refused or will refuse its epoch, and the next round brings the cluster up to date.
                 tracing::info!(table_id = o.table_id, round = %o.round_id, snapshot = ?stats.snapshot_id,
@@ -244,7 +247,7 @@ impl Enumerator {
                     self.caught_up(o.table_id);
                 }
             }
-            Err(failure) if held.fenced => {
+            Err(failure) if fenced => {
                 self.ctx.metrics.add_failed_round();
                 tracing::info!(table_id = o.table_id, round = %o.round_id, reason = %failure, "fenced round ended");
             }
@@ -258,24 +261,16 @@ impl Enumerator {
         let mut held = self.held.remove(&table_id)?;
         self.ctx.rounds.close(table_id, &held.round_id);
         if let Some(next) = held.next.take() {
-            if self.stopping {
-                self.failed.push((next.table_id, next.tiering_epoch, "the tiering job stopped".to_string()));
-            } else {
-                self.start_round(next);
-            }
+            self.start_round(next); // handed back at once if the job is stopping
         }
         Some(held)
     }
 
     /// Fences the table's round (invariant 2); says whether it can still reach the lake.
     fn fence(&mut self, table_id: i64, reason: &str) -> Fence {
-        let Some(held) = self.held.get_mut(&table_id) else { return Fence::NotInFlight };
-        if held.fenced {
-            return Fence::NotInFlight;
-        }
+        let Some(held) = self.held.get(&table_id) else { return Fence::NotInFlight };
         let fence = self.ctx.rounds.fence(table_id, reason);
         if fence == Fence::Fenced {
-            held.fenced = true;
             tracing::warn!(table_id, round = %held.round_id, reason, "round fenced: it will not be committed");
         }
         fence
@@ -387,7 +382,7 @@ impl Enumerator {
     fn start_round(&mut self, table: proto::PbLakeTieringTableInfo) {
         if self.stopping {
             // Handed out by a heartbeat sent before the stop: handed back at once (invariant 3).
-            self.failed.push((table.table_id, table.tiering_epoch, "the tiering job stopped".to_string()));
+            self.failed.push((table.table_id, table.tiering_epoch, STOPPED.to_string()));
             return;
         }
         let (Some(base), Some(coordinator_epoch)) = (&mut self.base, self.coordinator_epoch) else {
@@ -424,7 +419,6 @@ impl Enumerator {
             tiering_epoch: table.tiering_epoch,
             round_id: round_id.clone(),
             assigned_at: Instant::now(),
-            fenced: false,
             next: None,
         };
         self.held.insert(table.table_id, held);
@@ -464,7 +458,7 @@ impl Enumerator {
     /// Returns what to emit for a planned round, if anything.
     fn on_planned(&mut self, table_id: i64, planned: Result<Planned>) -> Option<(Vec<Split>, RoundPlan)> {
         let held = self.held.get(&table_id)?;
-        let (epoch, fenced) = (held.tiering_epoch, held.fenced);
+        let (epoch, fenced) = (held.tiering_epoch, self.ctx.rounds.fenced(table_id, &held.round_id).is_some());
         match planned {
             _ if fenced => {
                 // Fenced while planning: nothing to read, nothing to report (its epoch is dead).
@@ -532,16 +526,16 @@ impl Enumerator {
         }
         if self.stopping {
             // Invariant 3: what has not reached its lake commit is handed back now; the rest ends on its own.
-            let open: Vec<(i64, i64)> =
-                self.held.iter().filter(|(_, h)| !h.fenced).map(|(id, h)| (*id, h.tiering_epoch)).collect();
-            for (table_id, epoch) in open {
+            // (A round fenced before answers `NotInFlight`, one in its lake commit `TooLate`.)
+            let held: Vec<(i64, i64)> = self.held.iter().map(|(id, h)| (*id, h.tiering_epoch)).collect();
+            for (table_id, epoch) in held {
                 if self.fence(table_id, "the tiering job is stopping") == Fence::Fenced {
-                    self.failed.push((table_id, epoch, "the tiering job stopped".to_string()));
+                    self.failed.push((table_id, epoch, STOPPED.to_string()));
                 }
             }
             for (table_id, held) in &mut self.held {
                 if let Some(next) = held.next.take() {
-                    self.failed.push((*table_id, next.tiering_epoch, "the tiering job stopped".to_string()));
+                    self.failed.push((*table_id, next.tiering_epoch, STOPPED.to_string()));
                 }
             }
         }
@@ -568,21 +562,16 @@ impl Enumerator {
         // The first heartbeat asks too: its response carries the coordinator epoch the assignment needs.
         let request_table = !self.stopping && want_more && self.held.len() < self.ctx.config.max_tables_in_flight;
         let ce = self.coordinator_epoch.unwrap_or(0);
-        let entry = |(table_id, tiering_epoch): (i64, i64)| PbHeartbeatReqForTable {
-            table_id,
-            coordinator_epoch: ce,
-            tiering_epoch,
-            lake_tiering_stats: None,
-            fail_reason: None,
-        };
+        let entry = |(table_id, tiering_epoch): (i64, i64)| crate::rpc::tiering_entry(table_id, ce, tiering_epoch);
         let finished = std::mem::take(&mut self.finished);
         let failed = std::mem::take(&mut self.failed);
         // Invariant 2: a fenced round's epoch is dead; a deferred assignment's epoch is alive.
+        let rounds = &self.ctx.rounds;
         let sent: Vec<(i64, i64)> = self
             .held
             .iter()
             .flat_map(|(id, h)| {
-                let current = (!h.fenced).then_some((*id, h.tiering_epoch));
+                let current = rounds.fenced(*id, &h.round_id).is_none().then_some((*id, h.tiering_epoch));
                 current.into_iter().chain(h.next.as_ref().map(|n| (*id, n.tiering_epoch)))
             })
             .collect();

@@ -53,6 +53,17 @@ fn descriptor(json: &[u8]) -> Result<TableDescriptor> {
         .map_err(|e| Error::new(ErrorKind::CorruptMessage, "table_json is not a descriptor").with_source(e))
 }
 
+/// A heartbeat's entry for one table held under `tiering_epoch` (in progress, finished or failed).
+pub fn tiering_entry(table_id: i64, coordinator_epoch: i32, tiering_epoch: i64) -> proto::PbHeartbeatReqForTable {
+    proto::PbHeartbeatReqForTable {
+        table_id,
+        coordinator_epoch,
+        tiering_epoch,
+        lake_tiering_stats: None,
+        fail_reason: None,
+    }
+}
+
 /// A table path as the wire spells it.
 pub fn pb_path(p: &TablePath) -> proto::PbTablePath {
     proto::PbTablePath { database_name: p.database.clone(), table_name: p.table.clone() }

@@ -560,3 +560,28 @@ async fn a_snapshot_names_its_offsets_file_so_its_metadata_does_not_grow_with_bu
         serde_json::from_str(lake.properties["fluss-offsets"].as_str().expect("offsets")).expect("json");
     assert_eq!(outside.len(), 2000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paimon_the_sweep_deletes_unreferenced_old_files_but_leaves_a_tagged_table_alone() {
+    let l = paimon_lake().await;
+    let committer = l.committer().await;
+    committer.commit(vec![l.write(0, 10).await], &epoch_marker("r1", 10, 1), None).await.expect("commit");
+    let live = l.data_files();
+    l.write(10, 20).await; // written, never committed: an orphan
+    let all = l.data_files();
+    assert!(all.len() > live.len());
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let min_age = std::time::Duration::from_millis(20);
+
+    // A tag holds snapshots the sweep does not read: nothing is deleted.
+    let tag_dir = l.warehouse.join("db.db").join("t").join("tag");
+    std::fs::create_dir_all(&tag_dir).expect("tag dir");
+    std::fs::write(tag_dir.join("tag-1"), b"{}").expect("tag");
+    assert_eq!(committer.sweep(min_age).await.expect("sweep").files, 0, "a tagged table is not swept");
+    assert_eq!(l.data_files(), all);
+
+    std::fs::remove_dir_all(&tag_dir).expect("untag");
+    assert!(committer.sweep(min_age).await.expect("sweep").files > 0, "the orphan is deleted");
+    assert_eq!(l.data_files(), live, "only the committed files are left");
+    assert_eq!(l.rows(), 10);
+}

@@ -11,7 +11,7 @@ use fluss_tiering::dataflows::commit::gather;
 use fluss_tiering::dataflows::split_generator::{BucketState, cut, ranges};
 use fluss_tiering::dataflows::types::{RoundPlan, WriteResult};
 use fluss_tiering::lake::{BucketOffset, TableBucket, TableContext, WrittenData, lake_schema, with_system_columns};
-use fluss_tiering::model::ipc;
+use fluss_tiering::model::record;
 use fluss_tiering::model::table::{TableDescriptor, TablePath, parse_schema};
 use fluss_tiering::workload::Workload;
 use parquet::arrow::ArrowWriter;
@@ -35,13 +35,15 @@ fn bench(c: &mut Criterion) {
     let d = table();
     let rows: Vec<u64> = (0..ROWS).collect();
     let batch = Workload { seed: 1, partitions: 1 }.batch(&d, &rows).expect("batch");
-    let stored = ipc::encode(std::slice::from_ref(&batch)).expect("encode");
+    let stored = record::encode_all(std::slice::from_ref(&batch)).expect("encode");
     let schema = lake_schema(&d);
     let with_system = with_system_columns(&schema, &batch, 0, 0, 0).expect("system columns");
 
     let mut g = c.benchmark_group("round");
     g.throughput(Throughput::Elements(ROWS));
-    g.bench_function("decode a fetched batch", |b| b.iter(|| black_box(ipc::decode(&stored).expect("decode"))));
+    g.bench_function("decode a fetched batch (ZSTD)", |b| {
+        b.iter(|| black_box(record::LogRecordBatch::parse(stored.clone()).and_then(|x| x.read(&d)).expect("decode")))
+    });
     g.bench_function("append system columns", |b| {
         b.iter(|| black_box(with_system_columns(&schema, &batch, 3, 1000, 1).expect("append")))
     });

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use fluss_tiering::cluster::ClusterConfig;
-use fluss_tiering::model::ipc;
+use fluss_tiering::model::record;
 use fluss_tiering::model::table::{TableDescriptor, parse_schema};
 use fluss_tiering::rpc::ClusterClient;
 use fluss_tiering::serve::EmbeddedCluster;
@@ -35,7 +35,7 @@ fn bench(c: &mut Criterion) {
         let payloads: Vec<_> = (0..BATCHES)
             .map(|i| {
                 let rows: Vec<u64> = (i * ROWS_PER_BATCH..(i + 1) * ROWS_PER_BATCH).collect();
-                ipc::encode(&[w.batch(&d, &rows).expect("batch")]).expect("encode")
+                record::encode_all(&[w.batch(&d, &rows).expect("batch")]).expect("encode")
             })
             .collect();
         (cluster, client, table_id, payloads)
@@ -50,7 +50,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             runtime.block_on(async {
                 for p in &payloads {
-                    black_box(client.produce_ipc(table_id, None, 0, p.clone()).await.expect("produce"));
+                    black_box(client.produce_records(table_id, None, 0, p.clone()).await.expect("produce"));
                 }
             })
         })

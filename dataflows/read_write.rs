@@ -24,7 +24,6 @@ use tracing::Instrument;
 use crate::error::{Error, ErrorKind, Result};
 use crate::failpoint;
 use crate::lake::{WriterContext, WrittenData, lake_schema, with_system_columns};
-use crate::model::ipc;
 use crate::model::log::LogBatch;
 use crate::rpc::LogReader;
 
@@ -173,38 +172,24 @@ async fn fill(ctx: &JobContext, split: &Split, writer: &mut dyn crate::lake::Lak
         if let Some(reason) = ctx.rounds.fenced(split.table.table_id, &split.round_id) {
             return Err(Error::new(ErrorKind::FencedTieringEpoch, format!("the split stops early: {reason}")));
         }
-        let decoded = ipc::decode(&stored.records)?;
+        let batch = stored.read(&split.table.descriptor)?;
         lap(SplitWork::Decode);
-        let mut row_offset = stored.base_offset;
-        for batch in decoded {
-            let rows = batch.num_rows() as i64;
-            // Only the split's own rows: the first and last stored batches may stick out of its range.
-            let (lo, hi) = (reached.max(row_offset), split.stop.min(row_offset + rows));
-            if lo < hi {
-                let slice = batch.slice((lo - row_offset) as usize, (hi - lo) as usize);
-                match &mut keyed {
-                    Some(changes) => changes.add_changelog(&slice, lo, stored.append_timestamp)?,
-                    None => {
-                        let rows =
-                            with_system_columns(&schema, &slice, split.bucket.bucket, lo, stored.append_timestamp)?;
-                        ctx.bounded("writing lake files", writer.write(rows)).await?;
-                    }
+        let row_offset = stored.base_offset;
+        let rows = batch.num_rows() as i64;
+        // Only the split's own rows: the first and last stored batches may stick out of its range.
+        let (lo, hi) = (reached.max(row_offset), split.stop.min(row_offset + rows));
+        if lo < hi {
+            let slice = batch.slice((lo - row_offset) as usize, (hi - lo) as usize);
+            match &mut keyed {
+                Some(changes) => changes.add_changelog(&slice, lo, stored.append_timestamp)?,
+                None => {
+                    let rows = with_system_columns(&schema, &slice, split.bucket.bucket, lo, stored.append_timestamp)?;
+                    ctx.bounded("writing lake files", writer.write(rows)).await?;
                 }
-                reached = hi;
             }
-            row_offset += rows;
         }
-        if Some(row_offset) != stored.end_offset() {
-            return Err(Error::new(
-                ErrorKind::CorruptMessage,
-                format!(
-                    "bucket {:?}: the batch at offset {} says {} records but holds {}",
-                    split.bucket,
-                    stored.base_offset,
-                    stored.record_count,
-                    row_offset - stored.base_offset
-                ),
-            ));
+        if let Some(end) = stored.end_offset() {
+            reached = reached.max(end.min(split.stop));
         }
         lap(SplitWork::EncodeWrite);
         batches += 1;

@@ -11,32 +11,55 @@ use std::fmt;
 pub enum ErrorKind {
     /// The network or the remote service failed; the call may be retried.
     Network,
+    /// The request's api key or version is not served.
+    UnsupportedVersion,
+    /// A request that cannot be read: a malformed frame or message, a required field missing.
+    CorruptMessage,
+    /// Records whose crc or framing is wrong: nothing of them is stored.
+    CorruptRecord,
+    DatabaseNotExist,
+    DatabaseNotEmpty,
+    DatabaseAlreadyExist,
     /// No table at that path or with that id.
     TableNotExist,
     /// A table with that path exists already.
     TableAlreadyExist,
-    /// The bucket (or partition) does not exist in the table.
-    UnknownTableOrBucket,
-    /// A request or a configuration value is malformed.
-    InvalidArgument,
-    /// Records whose schema is not the table's.
-    SchemaMismatch,
-    /// Records that are not a readable Arrow IPC stream.
-    CorruptMessage,
+    /// Records or a request name a schema id the table never had.
+    SchemaNotExist,
+    /// A table definition the cluster cannot serve (a type, a key, an option).
+    InvalidTable,
     /// An offset outside `[log_start_offset, high_watermark]`.
     OffsetOutOfRange,
+    /// The bucket (or partition) does not exist in the table.
+    UnknownTableOrBucket,
     /// The caller's coordinator epoch is not the coordinator's current one.
     InvalidCoordinator,
+    /// A request took longer than its time-out.
+    RequestTimeOut,
+    /// Local storage failed (I/O, a corrupt file).
+    Storage,
+    /// An idempotent writer's batch does not follow its previous one.
+    OutOfOrderSequence,
+    /// An idempotent writer the cluster does not know.
+    UnknownWriterId,
+    PartitionNotExists,
+    TableNotPartitioned,
+    /// A configuration value is malformed.
+    InvalidConfig,
+    /// A KV snapshot asked for is not (or no longer) there.
+    KvSnapshotNotExist,
+    PartitionAlreadyExists,
+    PartitionSpecInvalid,
     /// The caller's tiering epoch was superseded: another job (or a later round) owns the table.
     FencedTieringEpoch,
     /// The table has no lake snapshot yet.
     LakeSnapshotNotExist,
-    /// A KV snapshot asked for is not (or no longer) there.
-    KvSnapshotNotExist,
+    /// A request or a value is malformed (Fluss has no code of its own for this).
+    InvalidArgument,
+    /// Records whose schema is not the table's.
+    SchemaMismatch,
     /// The request is valid but not supported (yet).
     Unsupported,
-    /// Local storage failed (I/O, a corrupt file).
-    Storage,
     /// The lake (catalog, files) failed.
     Lake,
     /// A commit may or may not have landed, and the lake could not be read to tell: its files must be kept.
@@ -46,56 +69,87 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    const ALL: [ErrorKind; 32] = [
+        ErrorKind::Network,
+        ErrorKind::UnsupportedVersion,
+        ErrorKind::CorruptMessage,
+        ErrorKind::CorruptRecord,
+        ErrorKind::DatabaseNotExist,
+        ErrorKind::DatabaseNotEmpty,
+        ErrorKind::DatabaseAlreadyExist,
+        ErrorKind::TableNotExist,
+        ErrorKind::TableAlreadyExist,
+        ErrorKind::SchemaNotExist,
+        ErrorKind::InvalidTable,
+        ErrorKind::OffsetOutOfRange,
+        ErrorKind::UnknownTableOrBucket,
+        ErrorKind::InvalidCoordinator,
+        ErrorKind::RequestTimeOut,
+        ErrorKind::Storage,
+        ErrorKind::OutOfOrderSequence,
+        ErrorKind::UnknownWriterId,
+        ErrorKind::PartitionNotExists,
+        ErrorKind::TableNotPartitioned,
+        ErrorKind::InvalidConfig,
+        ErrorKind::KvSnapshotNotExist,
+        ErrorKind::PartitionAlreadyExists,
+        ErrorKind::PartitionSpecInvalid,
+        ErrorKind::FencedTieringEpoch,
+        ErrorKind::LakeSnapshotNotExist,
+        ErrorKind::InvalidArgument,
+        ErrorKind::SchemaMismatch,
+        ErrorKind::Unsupported,
+        ErrorKind::Lake,
+        ErrorKind::CommitOutcomeUnknown,
+        ErrorKind::Internal,
+    ];
+
     /// Fluss's numeric error code for this kind (`Errors.java`); kinds Fluss lacks use codes from 1000 on.
     pub fn code(self) -> i32 {
         match self {
+            ErrorKind::Internal => -1,
             ErrorKind::Network => 1,
+            ErrorKind::UnsupportedVersion => 2,
             ErrorKind::CorruptMessage => 3,
+            ErrorKind::DatabaseNotExist => 4,
+            ErrorKind::DatabaseNotEmpty => 5,
+            ErrorKind::DatabaseAlreadyExist => 6,
             ErrorKind::TableNotExist => 7,
-            ErrorKind::TableAlreadyExist => 6,
-            ErrorKind::InvalidArgument => 20,
+            ErrorKind::TableAlreadyExist => 8,
+            ErrorKind::SchemaNotExist => 9,
+            ErrorKind::CorruptRecord => 14,
+            ErrorKind::InvalidTable => 15,
+            ErrorKind::OffsetOutOfRange => 19,
             ErrorKind::UnknownTableOrBucket => 21,
             ErrorKind::InvalidCoordinator => 23,
-            ErrorKind::OffsetOutOfRange => 8,
-            ErrorKind::SchemaMismatch => 1001,
+            ErrorKind::RequestTimeOut => 25,
+            ErrorKind::Storage => 26,
+            ErrorKind::OutOfOrderSequence => 31,
+            ErrorKind::UnknownWriterId => 33,
+            ErrorKind::PartitionNotExists => 36,
+            ErrorKind::TableNotPartitioned => 37,
+            ErrorKind::InvalidConfig => 39,
+            ErrorKind::KvSnapshotNotExist => 41,
+            ErrorKind::PartitionAlreadyExists => 42,
+            ErrorKind::PartitionSpecInvalid => 43,
             ErrorKind::FencedTieringEpoch => 50,
             ErrorKind::LakeSnapshotNotExist => 53,
+            ErrorKind::InvalidArgument => 1000,
+            ErrorKind::SchemaMismatch => 1001,
             ErrorKind::Unsupported => 1002,
-            ErrorKind::Storage => 1003,
             ErrorKind::Lake => 1004,
             ErrorKind::CommitOutcomeUnknown => 1005,
-            ErrorKind::KvSnapshotNotExist => 41,
-            ErrorKind::Internal => -1,
         }
     }
 
     /// The kind for a Fluss error code; unknown codes are `Internal`.
     pub fn from_code(code: i32) -> ErrorKind {
-        const ALL: [ErrorKind; 17] = [
-            ErrorKind::Network,
-            ErrorKind::CorruptMessage,
-            ErrorKind::TableNotExist,
-            ErrorKind::TableAlreadyExist,
-            ErrorKind::InvalidArgument,
-            ErrorKind::UnknownTableOrBucket,
-            ErrorKind::InvalidCoordinator,
-            ErrorKind::OffsetOutOfRange,
-            ErrorKind::SchemaMismatch,
-            ErrorKind::FencedTieringEpoch,
-            ErrorKind::LakeSnapshotNotExist,
-            ErrorKind::KvSnapshotNotExist,
-            ErrorKind::Unsupported,
-            ErrorKind::Storage,
-            ErrorKind::Lake,
-            ErrorKind::CommitOutcomeUnknown,
-            ErrorKind::Internal,
-        ];
-        ALL.into_iter().find(|k| k.code() == code).unwrap_or(ErrorKind::Internal)
+        Self::ALL.into_iter().find(|k| k.code() == code).unwrap_or(ErrorKind::Internal)
     }
 
     /// Whether trying the same call again later can succeed.
     pub fn is_retryable(self) -> bool {
-        matches!(self, ErrorKind::Network | ErrorKind::Storage | ErrorKind::Lake)
+        matches!(self, ErrorKind::Network | ErrorKind::RequestTimeOut | ErrorKind::Storage | ErrorKind::Lake)
     }
 }
 
@@ -151,5 +205,17 @@ impl fmt::Display for Error {
             write!(f, ": {source}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_its_own_code() {
+        for kind in ErrorKind::ALL {
+            assert_eq!(ErrorKind::from_code(kind.code()), kind, "{kind:?}");
+        }
     }
 }

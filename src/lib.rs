@@ -12,10 +12,12 @@
 //!                                                                                                 lake (src/lake)
 //! ```
 //!
-//! - [`model`]: the vocabulary every layer shares (tables, changes, log batches, time, the Arrow IPC format).
+//! - [`model`]: the vocabulary every layer shares (tables, changes, time, and Fluss's log batch format, which is
+//!   also how the cluster stores records).
 //! - [`cluster`]: the hot store's service core: durable bucket logs, table catalog, and the coordinator that
 //!   schedules tables for tiering under fenced epochs.
-//! - [`serve`]: the cluster's front doors (gRPC today), standalone or embedded.
+//! - [`serve`]: the cluster's front doors (gRPC, and Apache Fluss's own protocol), standalone or embedded.
+//! - [`fluss`]: Apache Fluss's wire protocol: frames, api keys, messages, JSON descriptors.
 //! - [`rpc`]: the gRPC wire (`proto/fluss_api.proto`), its typed client and `LogReader`, the one log-reading loop.
 //! - [`dataflows`]: the tiering job, one timely graph (enumerator → read+write → commit), in the top-level
 //!   `dataflows/` directory.
@@ -31,6 +33,7 @@ pub mod cluster;
 pub mod dataflows;
 pub mod error;
 pub mod failpoint;
+pub mod fluss;
 pub mod lake;
 pub mod metrics;
 pub mod model;

@@ -337,7 +337,7 @@ pub async fn produce(
                 .map(|((p, bucket), rows)| {
                     let batch = workload.batch(table, &rows)?;
                     let partition = key_type.map(|t| Workload::partition_name(p, t));
-                    Ok((partition, bucket as i32, crate::model::ipc::encode(&[batch])?, rows.len() as u64))
+                    Ok((partition, bucket as i32, crate::model::record::encode_all(&[batch])?, rows.len() as u64))
                 })
                 .collect::<Result<Vec<_>>>();
             built.map(|v| stream::iter(v.into_iter().map(Ok::<_, Error>)))
@@ -347,7 +347,7 @@ pub async fn produce(
             let client = client.clone();
             async move {
                 let n = bytes.len() as u64;
-                client.produce_ipc(table_id, partition.as_deref(), bucket, bytes).await?;
+                client.produce_records(table_id, partition.as_deref(), bucket, bytes).await?;
                 Ok::<_, Error>((rows, n))
             }
         })

@@ -6,7 +6,6 @@ use arrow::array::Array;
 
 use fluss_tiering::ErrorKind;
 use fluss_tiering::cluster::ClusterConfig;
-use fluss_tiering::model::ipc;
 use fluss_tiering::model::table::{TableDescriptor, TablePath, parse_schema};
 use fluss_tiering::rpc::ClusterClient;
 use fluss_tiering::rpc::proto::{self, LakeTieringHeartbeatRequest, PbHeartbeatReqForTable};
@@ -40,7 +39,13 @@ async fn start(dir: &std::path::Path) -> (EmbeddedCluster, ClusterClient) {
 }
 
 /// Every `id` stored in a bucket, in offset order, checking that offsets are dense from 0.
-async fn read_ids(client: &ClusterClient, table_id: i64, partition_id: Option<i64>, bucket: i32) -> Vec<i64> {
+async fn read_ids(
+    client: &ClusterClient,
+    descriptor: &TableDescriptor,
+    table_id: i64,
+    partition_id: Option<i64>,
+    bucket: i32,
+) -> Vec<i64> {
     let mut ids = Vec::new();
     let mut offset = 0;
     loop {
@@ -51,13 +56,13 @@ async fn read_ids(client: &ClusterClient, table_id: i64, partition_id: Option<i6
         }
         for b in resp.batches {
             assert_eq!(b.base_offset, offset, "batches are contiguous");
-            let batches = ipc::decode(&b.records).expect("stored records decode");
-            let rows: usize = batches.iter().map(|x| x.num_rows()).sum();
-            assert_eq!(rows as i64, b.record_count);
-            for x in batches {
-                let col = x.column(0).as_any().downcast_ref::<arrow::array::Int64Array>().expect("id column");
-                ids.extend(col.values().iter().copied());
-            }
+            let batch = fluss_tiering::model::record::LogRecordBatch::parse(b.records.clone()).expect("a Fluss batch");
+            batch.check_crc().expect("stored batches keep their crc");
+            assert_eq!(batch.header().base_offset, b.base_offset, "the stored batch carries its offset");
+            let x = batch.decode(&descriptor.arrow_schema()).expect("stored records decode").records;
+            assert_eq!(x.num_rows() as i64, b.record_count);
+            let col = x.column(0).as_any().downcast_ref::<arrow::array::Int64Array>().expect("id column");
+            ids.extend(col.values().iter().copied());
             offset += b.record_count;
         }
     }
@@ -85,7 +90,7 @@ async fn produce_fetch_round_trip_and_restart() {
         assert_eq!(sorted, expected, "bucket {bucket} holds exactly its rows");
     };
     for b in 0..4 {
-        check(read_ids(&client, table_id, None, b).await, i64::from(b), 3000);
+        check(read_ids(&client, &d, table_id, None, b).await, i64::from(b), 3000);
     }
     let ends = client.list_offsets(table_id, None, &[0, 1, 2, 3], true).await.expect("offsets");
     assert_eq!(ends.iter().sum::<i64>(), 3000);
@@ -96,7 +101,7 @@ async fn produce_fetch_round_trip_and_restart() {
     assert_eq!(client.list_offsets(table_id, None, &[0, 1, 2, 3], true).await.expect("offsets"), ends);
     produce_rows(&client, table_id, &d, 3000, 1000).await;
     for b in 0..4 {
-        check(read_ids(&client, table_id, None, b).await, i64::from(b), 4000);
+        check(read_ids(&client, &d, table_id, None, b).await, i64::from(b), 4000);
     }
     cluster.shutdown().await.expect("shutdown");
 }
@@ -115,7 +120,7 @@ async fn partitions_are_created_on_demand() {
     let mut total = 0;
     for (pid, name) in partitions {
         for b in 0..2 {
-            let ids = read_ids(&client, table_id, Some(pid), b).await;
+            let ids = read_ids(&client, &d, table_id, Some(pid), b).await;
             for id in &ids {
                 assert_eq!(
                     Workload::partition_name(
@@ -161,7 +166,7 @@ async fn torn_tail_is_truncated_on_restart() {
 
     let (_cluster, client) = start(dir.path()).await;
     assert_eq!(client.list_offsets(table_id, None, &[0], true).await.expect("offsets"), vec![8]);
-    assert_eq!(read_ids(&client, table_id, None, 0).await, (0..8).collect::<Vec<_>>());
+    assert_eq!(read_ids(&client, &d, table_id, None, 0).await, (0..8).collect::<Vec<_>>());
     let batch = w.batch(&d, &[100]).expect("batch");
     let appended = client.produce(table_id, None, 0, &[batch]).await.expect("produce");
     assert_eq!(appended.base_offset, 8, "offsets continue after the torn tail");
@@ -192,9 +197,11 @@ async fn bad_input_gets_clear_errors() {
     let err = client.produce(table_id, None, 7, std::slice::from_ref(&good)).await.expect_err("invalid bucket");
     assert_eq!(err.kind(), ErrorKind::UnknownTableOrBucket);
 
-    let err =
-        client.produce_ipc(table_id, None, 0, bytes::Bytes::from_static(b"not arrow")).await.expect_err("malformed");
-    assert_eq!(err.kind(), ErrorKind::CorruptMessage);
+    let err = client
+        .produce_records(table_id, None, 0, bytes::Bytes::from_static(b"not arrow"))
+        .await
+        .expect_err("malformed");
+    assert_eq!(err.kind(), ErrorKind::CorruptRecord);
 
     client.produce(table_id, None, 0, &[good]).await.expect("produce");
     let err = client.fetch(table_id, None, 0, 3, 1024).await.expect_err("out of range");
@@ -350,6 +357,7 @@ async fn tiering_state_machine_with_two_services() {
 /// A bucket's changelog: `(id, name, change type)` in offset order.
 async fn read_changelog(
     client: &ClusterClient,
+    descriptor: &TableDescriptor,
     table_id: i64,
     bucket: i32,
     from: i64,
@@ -358,7 +366,7 @@ async fn read_changelog(
     let mut reader = fluss_tiering::rpc::LogReader::new(client.clone(), (table_id, None, bucket), from, None, 16 << 10);
     while let Some(batches) = reader.next().await.expect("fetch") {
         for b in batches {
-            for x in ipc::decode(&b.records).expect("decode") {
+            for x in [b.read(descriptor).expect("decode")] {
                 let ids = x.column_by_name("id").expect("id").as_any().downcast_ref::<arrow::array::Int64Array>();
                 let names =
                     x.column_by_name("name").expect("name").as_any().downcast_ref::<arrow::array::StringArray>();
@@ -422,7 +430,7 @@ async fn primary_key_tables_keep_state_changelog_and_snapshots_across_a_restart(
     };
     let mut from_logs = std::collections::BTreeMap::new();
     for bucket in 0..2 {
-        replay(&mut from_logs, &read_changelog(&client, id, bucket, 0).await);
+        replay(&mut from_logs, &read_changelog(&client, &d, id, bucket, 0).await);
     }
     assert_eq!(from_logs, expected(1500), "the changelog replays to the generator's state");
 
@@ -444,7 +452,7 @@ async fn primary_key_tables_keep_state_changelog_and_snapshots_across_a_restart(
                 }
             }
         }
-        replay(&mut from_snapshots, &read_changelog(&client, id, s.bucket_id, log_offset).await);
+        replay(&mut from_snapshots, &read_changelog(&client, &d, id, s.bucket_id, log_offset).await);
     }
     assert_eq!(from_snapshots, expected(1500), "snapshot + changelog after it = the state");
 
@@ -456,7 +464,7 @@ async fn primary_key_tables_keep_state_changelog_and_snapshots_across_a_restart(
     produce(&client, id, &d, &workload, &more).await.expect("produce more");
     let mut after = std::collections::BTreeMap::new();
     for bucket in 0..2 {
-        replay(&mut after, &read_changelog(&client, id, bucket, 0).await);
+        replay(&mut after, &read_changelog(&client, &d, id, bucket, 0).await);
     }
     assert_eq!(after, expected(2000));
     // Bad writes get clear errors.

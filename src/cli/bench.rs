@@ -15,7 +15,6 @@ use serde::Serialize;
 use crate::cluster::ClusterConfig;
 use crate::dataflows::{JobReport, PhaseSeconds};
 use crate::lake::{lake_schema, with_system_columns};
-use crate::model::ipc;
 use crate::model::table::{DATALAKE_FRESHNESS, TableDescriptor, TablePath, parse_duration, parse_schema};
 use crate::rpc::{ClusterClient, LogReader};
 use crate::serve::EmbeddedCluster;
@@ -457,14 +456,10 @@ async fn baseline(
             let mut reader = LogReader::new(client.clone(), (*id, partition, bucket), 0, Some(end), 8 << 20);
             while let Some(stored_batches) = reader.next().await? {
                 for stored in stored_batches {
-                    let mut first = stored.base_offset;
-                    for b in ipc::decode(&stored.records)? {
-                        let rows = b.num_rows() as i64;
-                        let b = with_system_columns(&schema, &b, bucket, first, stored.append_timestamp)?;
-                        arrow_bytes += arrow_size(&b);
-                        batches.push(b);
-                        first += rows;
-                    }
+                    let b = stored.read(descriptor)?;
+                    let b = with_system_columns(&schema, &b, bucket, stored.base_offset, stored.append_timestamp)?;
+                    arrow_bytes += arrow_size(&b);
+                    batches.push(b);
                 }
             }
         }

@@ -190,6 +190,13 @@ pub struct ClusterArgs {
     /// Address to serve gRPC on.
     #[arg(long, default_value = "127.0.0.1:9123")]
     pub listen: String,
+    /// Also serve Apache Fluss's own protocol (PLAINTEXT) here, for Fluss clients such as pyfluss
+    /// (`bootstrap.servers`), e.g. 127.0.0.1:9124.
+    #[arg(long)]
+    pub fluss_listen: Option<String>,
+    /// The lake format tables created over Fluss's protocol get (`table.datalake.format`) unless they name one.
+    #[arg(long, default_value = "paimon")]
+    pub datalake_format: String,
     /// A tiering job that has not heartbeated for this long loses its tables (e.g. 2min, 30s).
     #[arg(long, default_value = "2min")]
     pub tiering_timeout: String,
@@ -338,6 +345,7 @@ async fn run_cluster(args: ClusterArgs) -> anyhow::Result<()> {
         bail!("--kv-snapshot-every must be at least 1");
     }
     config.kv_snapshot_every = args.kv_snapshot_every;
+    config.datalake_format = Some(args.datalake_format.clone());
     let cluster = Arc::new(tokio::task::spawn_blocking(move || Cluster::open(config)).await??);
     if let Some(addr) = args.metrics_addr {
         let for_metrics = Arc::clone(&cluster);
@@ -349,7 +357,15 @@ async fn run_cluster(args: ClusterArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     println!("cluster serving on http://{addr} (data in {})", args.data_dir.display());
-    server::serve(cluster, listener, shutdown_signal()).await?;
+    let fluss = match &args.fluss_listen {
+        Some(at) => {
+            let listener = tokio::net::TcpListener::bind(at).await.with_context(|| format!("cannot listen on {at}"))?;
+            println!("Fluss protocol on {} (bootstrap.servers)", listener.local_addr()?);
+            Some(listener)
+        }
+        None => None,
+    };
+    server::serve(cluster, listener, fluss, shutdown_signal()).await?;
     println!("cluster stopped");
     Ok(())
 }

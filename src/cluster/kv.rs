@@ -26,7 +26,7 @@ use crate::cluster::log::{BucketLog, sync_dir};
 use crate::cluster::persist;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::change::{CHANGE_TYPE_COLUMN, ChangeType};
-use crate::model::ipc;
+use crate::model::record::{self, BatchSpec, LogRecordBatch};
 use crate::model::table::{TableDescriptor, align_columns};
 
 /// Rows per batch of a snapshot file (a snapshot is read back one batch per request).
@@ -37,6 +37,23 @@ pub fn changelog_schema(descriptor: &TableDescriptor) -> SchemaRef {
     let mut fields: Vec<Field> = descriptor.arrow_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.push(Field::new(CHANGE_TYPE_COLUMN, DataType::Int8, false));
     Arc::new(Schema::new(fields))
+}
+
+/// The log batch of a changelog (rows with a last `_change_type` column): the rows, with their change types as
+/// the batch's change-type vector.
+pub fn changelog_batch(spec: BatchSpec, changelog: &RecordBatch) -> Result<bytes::Bytes> {
+    let last =
+        changelog.num_columns().checked_sub(1).filter(|&i| changelog.schema().field(i).name() == CHANGE_TYPE_COLUMN);
+    let last = last.ok_or_else(|| Error::new(ErrorKind::Internal, "a changelog ends with its change-type column"))?;
+    let kinds = changelog
+        .column(last)
+        .as_any()
+        .downcast_ref::<Int8Array>()
+        .ok_or_else(|| Error::new(ErrorKind::Internal, "change types are int8"))?;
+    let types = kinds.values().iter().map(|&k| ChangeType::from_i8(k)).collect::<Result<Vec<_>>>()?;
+    let mut rows = changelog.clone();
+    rows.remove_column(last);
+    record::encode(spec, &rows, Some(&types))
 }
 
 /// A durable snapshot of one bucket.
@@ -125,10 +142,9 @@ impl KvBucket {
             let Some(last) = batches.last() else { break };
             offset = last.base_offset + i64::from(last.record_count);
             for stored in batches {
-                for batch in ipc::decode(&stored.records)? {
-                    bucket.apply(&batch)?;
-                    bucket.changes_since_snapshot += batch.num_rows() as u64;
-                }
+                let batch = LogRecordBatch::parse(stored.records)?.read(descriptor)?;
+                bucket.apply(&batch)?;
+                bucket.changes_since_snapshot += batch.num_rows() as u64;
             }
         }
         Ok(bucket)

@@ -7,13 +7,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::persist::{read_json, write_json};
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::table::{Column, TableDescriptor, TableInfo, TablePath};
+use crate::model::table::{Column, DatabaseInfo, TableDescriptor, TableInfo, TablePath};
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct State {
     next_table_id: i64,
     next_partition_id: i64,
     tables: BTreeMap<i64, TableInfo>,
+    /// Databases created explicitly; a database that only holds tables (created through the gRPC door) exists too.
+    #[serde(default)]
+    databases: BTreeMap<String, DatabaseInfo>,
+    /// The next idempotent writer id to hand out: ids are never reused, across restarts too.
+    #[serde(default)]
+    next_writer_id: i64,
 }
 
 /// The catalog. Every change is durable before it returns.
@@ -45,6 +51,61 @@ impl Metadata {
             .values()
             .find(|t| &t.path == path)
             .ok_or_else(|| Error::new(ErrorKind::TableNotExist, format!("table {path} does not exist")))
+    }
+
+    /// Every database: those created explicitly and those that hold tables.
+    pub fn databases(&self) -> Vec<DatabaseInfo> {
+        let mut all = self.state.databases.clone();
+        for t in self.state.tables.values() {
+            all.entry(t.path.database.clone()).or_insert_with(|| DatabaseInfo {
+                name: t.path.database.clone(),
+                comment: None,
+                created_ms: t.created_ms,
+                modified_ms: t.created_ms,
+            });
+        }
+        all.into_values().collect()
+    }
+
+    pub fn database(&self, name: &str) -> Result<DatabaseInfo> {
+        self.databases()
+            .into_iter()
+            .find(|d| d.name == name)
+            .ok_or_else(|| Error::new(ErrorKind::DatabaseNotExist, format!("database {name} does not exist")))
+    }
+
+    pub fn create_database(&mut self, info: DatabaseInfo, ignore_if_exists: bool) -> Result<()> {
+        TablePath::new(info.name.clone(), "t")
+            .map_err(|e| Error::new(ErrorKind::InvalidArgument, format!("database name: {}", e.message())))?;
+        if self.database(&info.name).is_ok() {
+            return match ignore_if_exists {
+                true => Ok(()),
+                false => {
+                    Err(Error::new(ErrorKind::DatabaseAlreadyExist, format!("database {} already exists", info.name)))
+                }
+            };
+        }
+        self.state.databases.insert(info.name.clone(), info);
+        self.save()
+    }
+
+    /// Forgets a database, which must hold no tables by now; `false` when there was none.
+    pub fn drop_database(&mut self, name: &str) -> Result<bool> {
+        if self.state.tables.values().any(|t| t.path.database == name) {
+            return Err(Error::new(ErrorKind::DatabaseNotEmpty, format!("database {name} still has tables")));
+        }
+        let existed = self.state.databases.remove(name).is_some();
+        self.save()?;
+        Ok(existed)
+    }
+
+    /// A new idempotent writer id, durable before it is handed out.
+    pub fn new_writer_id(&mut self) -> Result<i64> {
+        let id = self.state.next_writer_id;
+        self.state.next_writer_id =
+            id.checked_add(1).ok_or_else(|| Error::new(ErrorKind::Internal, "writer ids are exhausted"))?;
+        self.save()?;
+        Ok(id)
     }
 
     /// Creates a table; returns the existing one when it exists and `ignore_if_exists` is set.
@@ -111,6 +172,11 @@ impl Metadata {
 
     /// The id of a partition, creating it when it does not exist yet.
     pub fn partition_id_or_create(&mut self, table_id: i64, name: &str, now_ms: i64) -> Result<i64> {
+        self.create_partition(table_id, name, now_ms).map(|(id, _)| id)
+    }
+
+    /// Creates a partition unless it exists; returns its id and whether it is new.
+    pub fn create_partition(&mut self, table_id: i64, name: &str, now_ms: i64) -> Result<(i64, bool)> {
         if name.is_empty() || name.len() > 200 || name.contains(['/', '\\', '\0']) {
             return Err(Error::new(ErrorKind::InvalidArgument, format!("invalid partition name {name:?}")));
         }
@@ -121,13 +187,13 @@ impl Metadata {
             .get_mut(&table_id)
             .ok_or_else(|| Error::new(ErrorKind::TableNotExist, format!("no table with id {table_id}")))?;
         if let Some(id) = table.partitions.get(name) {
-            return Ok(*id);
+            return Ok((*id, false));
         }
         table.partitions.insert(name.to_string(), next);
         table.modified_ms = now_ms;
         self.state.next_partition_id += 1;
         self.save()?;
-        Ok(next)
+        Ok((next, true))
     }
 
     fn save(&self) -> Result<()> {

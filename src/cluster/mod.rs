@@ -22,7 +22,6 @@ pub mod metadata;
 pub mod persist;
 
 use std::collections::HashMap;
-use std::io::Cursor;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -30,7 +29,6 @@ use std::time::{Duration, Instant};
 use arrow::array::{Array, RecordBatch, StringArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, SchemaRef};
-use arrow::ipc::reader::StreamReader;
 use bytes::Bytes;
 
 use crate::cluster::coordinator::{Coordinator, DEFAULT_FAILURE_BACKOFF, DEFAULT_HEARTBEAT_TIMEOUT, TieringStatus};
@@ -39,7 +37,8 @@ use crate::cluster::log::{BucketLog, StoredBatch};
 use crate::cluster::metadata::Metadata;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::now_ms;
-use crate::model::table::{TableDescriptor, TableInfo, TablePath};
+use crate::model::record::{self, BatchSpec, LogRecordBatch};
+use crate::model::table::{DatabaseInfo, TableDescriptor, TableInfo, TablePath};
 
 /// How a cluster stores and schedules.
 #[derive(Debug, Clone)]
@@ -53,6 +52,9 @@ pub struct ClusterConfig {
     pub failure_backoff: Duration,
     /// A primary-key bucket takes a KV snapshot after this many changes.
     pub kv_snapshot_every: u64,
+    /// The lake format a table created over Fluss's protocol gets in `table.datalake.format` unless it names one
+    /// (a Fluss cluster's `datalake.format`).
+    pub datalake_format: Option<String>,
 }
 
 impl ClusterConfig {
@@ -63,6 +65,7 @@ impl ClusterConfig {
             heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
             failure_backoff: DEFAULT_FAILURE_BACKOFF,
             kv_snapshot_every: 100_000,
+            datalake_format: Some("paimon".into()),
         }
     }
 }
@@ -104,6 +107,7 @@ pub struct Cluster {
     kv: Mutex<HashMap<BucketId, KvEntry>>,
     /// Records acknowledged since start.
     produced: std::sync::atomic::AtomicU64,
+    appended: tokio::sync::Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -139,7 +143,12 @@ impl Cluster {
             logs: Mutex::new(HashMap::new()),
             kv: Mutex::new(HashMap::new()),
             produced: std::sync::atomic::AtomicU64::new(0),
+            appended: tokio::sync::Notify::new(),
         })
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
     }
 
     pub fn coordinator(&self) -> MutexGuard<'_, Coordinator> {
@@ -186,6 +195,64 @@ impl Cluster {
         Ok(())
     }
 
+    pub fn databases(&self) -> Vec<DatabaseInfo> {
+        lock(&self.metadata).databases()
+    }
+
+    pub fn database(&self, name: &str) -> Result<DatabaseInfo> {
+        lock(&self.metadata).database(name)
+    }
+
+    pub fn create_database(&self, name: &str, comment: Option<String>, ignore_if_exists: bool) -> Result<()> {
+        let now = now_ms();
+        let info = DatabaseInfo { name: name.to_string(), comment, created_ms: now, modified_ms: now };
+        lock(&self.metadata).create_database(info, ignore_if_exists)
+    }
+
+    /// Drops a database; with `cascade`, its tables first (otherwise a database with tables is refused).
+    pub fn drop_database(&self, name: &str, ignore_if_not_exists: bool, cascade: bool) -> Result<()> {
+        if let Err(e) = self.database(name) {
+            return if ignore_if_not_exists { Ok(()) } else { Err(e) };
+        }
+        let tables: Vec<TablePath> =
+            lock(&self.metadata).tables().filter(|t| t.path.database == name).map(|t| t.path.clone()).collect();
+        if !tables.is_empty() && !cascade {
+            return Err(Error::new(ErrorKind::DatabaseNotEmpty, format!("database {name} still has tables")));
+        }
+        for path in &tables {
+            self.drop_table(path, true)?;
+        }
+        lock(&self.metadata).drop_database(name)?;
+        tracing::info!(database = name, "dropped database");
+        Ok(())
+    }
+
+    /// A new idempotent writer id (Fluss's InitWriter).
+    pub fn new_writer_id(&self) -> Result<i64> {
+        lock(&self.metadata).new_writer_id()
+    }
+
+    /// Creates a partition of a partitioned table; refused when it exists unless `ignore_if_exists`.
+    pub fn create_partition(&self, path: &TablePath, name: &str, ignore_if_exists: bool) -> Result<i64> {
+        let table = self.table_by_path(path)?;
+        if !table.descriptor.is_partitioned() {
+            return Err(Error::new(ErrorKind::TableNotPartitioned, format!("table {path} is not partitioned")));
+        }
+        let (id, created) = lock(&self.metadata).create_partition(table.table_id, name, now_ms())?;
+        if !created && !ignore_if_exists {
+            return Err(Error::new(
+                ErrorKind::PartitionAlreadyExists,
+                format!("partition {name} of table {path} already exists"),
+            ));
+        }
+        Ok(id)
+    }
+
+    /// Wakes whoever waits for new records (a long-polling fetch) after every append.
+    pub fn appends(&self) -> &tokio::sync::Notify {
+        &self.appended
+    }
+
     pub fn table_by_path(&self, path: &TablePath) -> Result<TableInfo> {
         lock(&self.metadata).by_path(path).cloned()
     }
@@ -207,8 +274,10 @@ impl Cluster {
             .collect()
     }
 
-    /// Appends one Arrow IPC stream to a bucket, durably. The stream must carry the table's schema and, for a
-    /// partitioned table, only rows of the named partition (created on first use).
+    /// Appends Fluss log batches to a bucket, durably. Each batch is checked before any is stored: its crc, a
+    /// schema id the table has, an Arrow body that fits that schema and, for a partitioned table, only rows of the
+    /// named partition (created on first use). An idempotent writer's repeat is answered with the offset it got the
+    /// first time and stores nothing.
     pub fn produce(
         &self,
         table_id: i64,
@@ -224,12 +293,58 @@ impl Cluster {
                 format!("table {} has a primary key: write it with PutKv and DeleteKv, not ProduceLog", table.path),
             ));
         }
-        let (record_count, _) = validate_records(&table, partition_name, &records)?;
+        let batches = record::split(&records)?;
+        if batches.is_empty() {
+            return Err(Error::new(ErrorKind::InvalidArgument, "records hold no batch"));
+        }
+        let mut record_count = 0u32;
+        for batch in &batches {
+            batch.check_crc()?;
+            if !batch.header().append_only {
+                return Err(Error::new(ErrorKind::CorruptRecord, "a log table's batches must be append-only"));
+            }
+            let (got, current) = (batch.header().schema_id, table.descriptor.schema_id());
+            if got != current {
+                table.descriptor.arrow_schema_of(got)?;
+                return Err(Error::new(
+                    ErrorKind::SchemaMismatch,
+                    format!(
+                        "records were written for schema {got} of table {}, whose schema is now {current}: \
+                         refresh the table and write again",
+                        table.path
+                    ),
+                ));
+            }
+            let rows = batch.read(&table.descriptor)?;
+            check_partition(&table, partition_name, &rows)?;
+            record_count = record_count
+                .checked_add(u32::try_from(rows.num_rows()).unwrap_or(u32::MAX))
+                .ok_or_else(|| Error::new(ErrorKind::InvalidArgument, "too many rows in one produce request"))?;
+        }
+        if record_count == 0 {
+            return Err(Error::new(ErrorKind::InvalidArgument, "records hold no rows"));
+        }
         let partition_id = self.partition_for(&table, partition_name)?;
         let log = self.log(BucketId { table_id, partition_id, bucket })?;
-        let base_offset = lock(&log).append(&records, record_count, now_ms())?;
-        self.coordinator().note_data(table_id);
-        self.produced.fetch_add(u64::from(record_count), std::sync::atomic::Ordering::Relaxed);
+        let now = now_ms();
+        let mut log = lock(&log);
+        let mut first = None;
+        let mut stored = 0u32;
+        for batch in batches {
+            let rows = u32::try_from(batch.header().record_count).unwrap_or(0);
+            let appended = log.append(batch, now)?;
+            if matches!(appended, log::Appended::New { .. }) {
+                stored += rows;
+            }
+            first.get_or_insert(appended.base_offset());
+        }
+        drop(log);
+        let base_offset = first.ok_or_else(|| Error::new(ErrorKind::Internal, "no batch appended"))?;
+        if stored > 0 {
+            self.coordinator().note_data(table_id);
+            self.produced.fetch_add(u64::from(stored), std::sync::atomic::Ordering::Relaxed);
+            self.appended.notify_waiters();
+        }
         Ok(Appended { partition_id, base_offset, record_count })
     }
 
@@ -269,10 +384,10 @@ impl Cluster {
             ));
         }
         // Deletes need only the key columns: the full-schema check is for upserts.
-        let batches = match delete {
-            true => crate::model::ipc::decode(&records)?,
-            false => validate_records(&table, partition_name, &records)?.1,
-        };
+        let batches = crate::model::ipc::decode(&records)?;
+        if !delete {
+            check_upserts(&table, partition_name, &batches)?;
+        }
         let partition_id = self.partition_for(&table, partition_name)?;
         let id = BucketId { table_id, partition_id, bucket };
         let Some(first) = batches.first() else {
@@ -296,10 +411,16 @@ impl Cluster {
         let record_count = u32::try_from(changelog.num_rows())
             .map_err(|_| Error::new(ErrorKind::InvalidArgument, "too many changes in one request"))?;
         // Durable first, then applied: the state never holds a change the log does not.
-        let base_offset =
-            log.append(&crate::model::ipc::encode(std::slice::from_ref(&changelog))?, record_count, now_ms())?;
+        let spec = BatchSpec {
+            schema_id: table.descriptor.schema_id(),
+            writer: None,
+            compression: table.descriptor.log_compression()?,
+        };
+        let batch = LogRecordBatch::parse(kv::changelog_batch(spec, &changelog)?)?;
+        let base_offset = log.append(batch, now_ms())?.base_offset();
         kv.apply(&changelog)?;
         kv.note_changes(u64::from(record_count), log.end_offset())?;
+        self.appended.notify_waiters();
         self.coordinator().note_data(table_id);
         self.produced.fetch_add(u64::from(record_count), std::sync::atomic::Ordering::Relaxed);
         Ok(Appended { partition_id, base_offset, record_count })
@@ -363,6 +484,13 @@ impl Cluster {
             (log.plan_read(offset, max_bytes)?, log.end_offset(), log.start_offset())
         };
         Ok(Fetched { high_watermark, log_start_offset, batches: planned.execute()? })
+    }
+
+    /// The offset of the first batch appended at or after `timestamp` (ms); the end offset if none was.
+    pub fn offset_for_timestamp(&self, id: BucketId, timestamp: i64) -> Result<i64> {
+        let log = self.existing_log(id)?;
+        let log = lock(&log);
+        Ok(log.offset_for_timestamp(timestamp))
     }
 
     /// The earliest (`latest == false`) or latest offset of a bucket.
@@ -473,56 +601,42 @@ fn check_bucket(table: &TableInfo, bucket: i32) -> Result<()> {
     Ok(())
 }
 
-/// Decodes a produced IPC stream to check it (schema, partition column); returns its row count and batches.
-fn validate_records(
-    table: &TableInfo,
-    partition_name: Option<&str>,
-    records: &Bytes,
-) -> Result<(u32, Vec<RecordBatch>)> {
-    let reader = StreamReader::try_new(Cursor::new(records.as_ref()), None)
-        .map_err(|e| Error::new(ErrorKind::CorruptMessage, "records are not an Arrow IPC stream").with_source(e))?;
+/// Checks a PutKv request's full rows: the table's schema, the named partition's rows only.
+fn check_upserts(table: &TableInfo, partition_name: Option<&str>, batches: &[RecordBatch]) -> Result<()> {
     let expected = table.descriptor.arrow_schema();
-    let got = reader.schema();
-    let same = got.fields().len() == expected.fields().len()
-        && got
-            .fields()
-            .iter()
-            .zip(expected.fields())
-            .all(|(g, e)| g.name() == e.name() && g.data_type() == e.data_type());
-    if !same {
-        return Err(Error::new(
-            ErrorKind::SchemaMismatch,
-            format!("records have schema {} but table {} has {}", describe(&got), table.path, describe(&expected)),
-        ));
-    }
-    let key_index = table.descriptor.partition_key.as_ref().and_then(|k| expected.index_of(k).ok());
-    let mut rows: u64 = 0;
-    let mut batches = Vec::new();
-    for batch in reader {
-        let batch = batch
-            .map_err(|e| Error::new(ErrorKind::CorruptMessage, "records hold a malformed batch").with_source(e))?;
-        rows += batch.num_rows() as u64;
-        if let (Some(i), Some(name)) = (key_index, partition_name) {
-            let values = cast(batch.column(i), &DataType::Utf8)
-                .map_err(|e| Error::new(ErrorKind::Internal, "casting the partition column").with_source(e))?;
-            let values = values
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .ok_or_else(|| Error::new(ErrorKind::Internal, "cast did not give strings"))?;
-            if values.null_count() > 0 || values.iter().any(|v| v != Some(name)) {
-                return Err(Error::new(
-                    ErrorKind::InvalidArgument,
-                    format!("records hold rows outside partition {name:?}"),
-                ));
-            }
+    for batch in batches {
+        let got = batch.schema();
+        let same = got.fields().len() == expected.fields().len()
+            && got
+                .fields()
+                .iter()
+                .zip(expected.fields())
+                .all(|(g, e)| g.name() == e.name() && g.data_type() == e.data_type());
+        if !same {
+            return Err(Error::new(
+                ErrorKind::SchemaMismatch,
+                format!("records have schema {} but table {} has {}", describe(&got), table.path, describe(&expected)),
+            ));
         }
-        batches.push(batch);
+        check_partition(table, partition_name, batch)?;
     }
-    match u32::try_from(rows) {
-        Ok(0) => Err(Error::new(ErrorKind::InvalidArgument, "records hold no rows")),
-        Ok(n) => Ok((n, batches)),
-        Err(_) => Err(Error::new(ErrorKind::InvalidArgument, "too many rows in one produce request")),
+    Ok(())
+}
+
+/// Checks that every row of a partitioned table's batch belongs to the named partition.
+fn check_partition(table: &TableInfo, partition_name: Option<&str>, batch: &RecordBatch) -> Result<()> {
+    let key_index = table.descriptor.partition_key.as_ref().and_then(|k| batch.schema().index_of(k).ok());
+    let (Some(i), Some(name)) = (key_index, partition_name) else { return Ok(()) };
+    let values = cast(batch.column(i), &DataType::Utf8)
+        .map_err(|e| Error::new(ErrorKind::Internal, "casting the partition column").with_source(e))?;
+    let values = values
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or_else(|| Error::new(ErrorKind::Internal, "cast did not give strings"))?;
+    if values.null_count() > 0 || values.iter().any(|v| v != Some(name)) {
+        return Err(Error::new(ErrorKind::InvalidArgument, format!("records hold rows outside partition {name:?}")));
     }
+    Ok(())
 }
 
 fn describe(schema: &arrow::datatypes::Schema) -> String {

@@ -26,6 +26,27 @@ impl ChangeType {
         })
     }
 
+    /// Fluss's change-type byte (the changelog vector of a log batch): 0 +A, 1 +I, 2 -U, 3 +U, 4 -D. An append
+    /// (+A) reads as an insert.
+    pub fn from_fluss(v: u8) -> Result<Self> {
+        Ok(match v {
+            0 | 1 => ChangeType::Insert,
+            2 => ChangeType::UpdateBefore,
+            3 => ChangeType::UpdateAfter,
+            4 => ChangeType::Delete,
+            other => return Err(Error::new(ErrorKind::CorruptMessage, format!("unknown Fluss change type {other}"))),
+        })
+    }
+
+    pub fn to_fluss(self) -> u8 {
+        match self {
+            ChangeType::Insert => 1,
+            ChangeType::UpdateBefore => 2,
+            ChangeType::UpdateAfter => 3,
+            ChangeType::Delete => 4,
+        }
+    }
+
     /// Whether the row is the key's value after the change (+I, +U), not before it (-U, -D).
     pub fn is_addition(self) -> bool {
         matches!(self, ChangeType::Insert | ChangeType::UpdateAfter)

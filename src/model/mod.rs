@@ -5,6 +5,7 @@
 pub mod change;
 pub mod ipc;
 pub mod log;
+pub mod record;
 pub mod table;
 
 use std::time::{SystemTime, UNIX_EPOCH};

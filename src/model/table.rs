@@ -284,6 +284,7 @@ impl TableDescriptor {
         }
         self.freshness()?;
         self.datalake_enabled()?;
+        self.log_compression()?;
         Ok(())
     }
 
@@ -304,6 +305,35 @@ impl TableDescriptor {
         let fields: Vec<Field> =
             self.columns.iter().map(|c| Field::new(&c.name, c.data_type.to_arrow(), true)).collect();
         Arc::new(Schema::new(fields))
+    }
+
+    /// The id of the current schema: the column count (columns are only ever added, at the end, so schema `n` is
+    /// the first `n` columns).
+    pub fn schema_id(&self) -> i16 {
+        i16::try_from(self.columns.len()).unwrap_or(i16::MAX)
+    }
+
+    /// The Arrow schema of records written under `schema_id`.
+    pub fn arrow_schema_of(&self, schema_id: i16) -> Result<SchemaRef> {
+        let n =
+            usize::try_from(schema_id).ok().filter(|&n| (1..=self.columns.len()).contains(&n)).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::SchemaNotExist,
+                    format!("schema id {schema_id} does not exist (the current one is {})", self.schema_id()),
+                )
+            })?;
+        let schema = self.arrow_schema();
+        Ok(match n == schema.fields().len() {
+            true => schema,
+            false => Arc::new(Schema::new(schema.fields()[..n].to_vec())),
+        })
+    }
+
+    /// How log batches are compressed: `table.log.arrow.compression.type`, ZSTD unless set.
+    pub fn log_compression(&self) -> Result<crate::model::record::Compression> {
+        crate::model::record::Compression::from_property(
+            self.properties.get("table.log.arrow.compression.type").map(String::as_str),
+        )
     }
 
     /// `table.datalake.freshness`, 3 minutes unless set.
@@ -346,6 +376,16 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
         return Err(Error::new(ErrorKind::InvalidArgument, format!("duration {s:?} must be positive")));
     }
     Ok(d)
+}
+
+/// A database as the cluster knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseInfo {
+    pub name: String,
+    #[serde(default)]
+    pub comment: Option<String>,
+    pub created_ms: i64,
+    pub modified_ms: i64,
 }
 
 /// A table as the cluster knows it.

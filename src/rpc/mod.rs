@@ -8,6 +8,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::ipc;
 use crate::model::log::LogBatch;
+use crate::model::record;
 use crate::model::table::{TableDescriptor, TablePath};
 
 pub mod status;
@@ -159,8 +160,8 @@ impl ClusterClient {
         Ok(resp.partitions_info.into_iter().map(|p| (p.partition_id, p.partition_name)).collect())
     }
 
-    /// Appends one Arrow IPC stream to a bucket; acknowledged once durable.
-    pub async fn produce_ipc(
+    /// Appends Fluss log batches (back to back) to a bucket; acknowledged once durable.
+    pub async fn produce_records(
         &self,
         table_id: i64,
         partition_name: Option<&str>,
@@ -176,7 +177,8 @@ impl ClusterClient {
         Ok(self.tablet.clone().produce_log(req).await?.into_inner())
     }
 
-    /// Appends record batches to a bucket as one IPC stream.
+    /// Appends rows to a bucket, each batch as one Fluss log batch of the schema its columns are (schema `n` is
+    /// the table's first `n` columns), ZSTD-compressed.
     pub async fn produce(
         &self,
         table_id: i64,
@@ -184,7 +186,7 @@ impl ClusterClient {
         bucket: i32,
         batches: &[RecordBatch],
     ) -> Result<proto::ProduceLogResponse> {
-        self.produce_ipc(table_id, partition_name, bucket, ipc::encode(batches)?).await
+        self.produce_records(table_id, partition_name, bucket, record::encode_all(batches)?).await
     }
 
     /// End offsets of every bucket of a table: `(partition id, bucket) → high watermark`.

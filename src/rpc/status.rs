@@ -9,15 +9,32 @@ fn grpc_code(kind: ErrorKind) -> tonic::Code {
     use tonic::Code;
     match kind {
         ErrorKind::Network => Code::Unavailable,
+        ErrorKind::RequestTimeOut => Code::DeadlineExceeded,
         ErrorKind::TableNotExist
+        | ErrorKind::DatabaseNotExist
+        | ErrorKind::SchemaNotExist
+        | ErrorKind::PartitionNotExists
         | ErrorKind::UnknownTableOrBucket
+        | ErrorKind::UnknownWriterId
         | ErrorKind::LakeSnapshotNotExist
         | ErrorKind::KvSnapshotNotExist => Code::NotFound,
-        ErrorKind::TableAlreadyExist => Code::AlreadyExists,
-        ErrorKind::InvalidArgument | ErrorKind::SchemaMismatch | ErrorKind::CorruptMessage => Code::InvalidArgument,
+        ErrorKind::TableAlreadyExist | ErrorKind::DatabaseAlreadyExist | ErrorKind::PartitionAlreadyExists => {
+            Code::AlreadyExists
+        }
+        ErrorKind::InvalidArgument
+        | ErrorKind::InvalidConfig
+        | ErrorKind::InvalidTable
+        | ErrorKind::SchemaMismatch
+        | ErrorKind::CorruptMessage
+        | ErrorKind::CorruptRecord
+        | ErrorKind::PartitionSpecInvalid
+        | ErrorKind::TableNotPartitioned => Code::InvalidArgument,
         ErrorKind::OffsetOutOfRange => Code::OutOfRange,
-        ErrorKind::InvalidCoordinator | ErrorKind::FencedTieringEpoch => Code::FailedPrecondition,
-        ErrorKind::Unsupported => Code::Unimplemented,
+        ErrorKind::InvalidCoordinator
+        | ErrorKind::FencedTieringEpoch
+        | ErrorKind::DatabaseNotEmpty
+        | ErrorKind::OutOfOrderSequence => Code::FailedPrecondition,
+        ErrorKind::Unsupported | ErrorKind::UnsupportedVersion => Code::Unimplemented,
         ErrorKind::Storage | ErrorKind::Lake | ErrorKind::CommitOutcomeUnknown | ErrorKind::Internal => Code::Internal,
     }
 }

@@ -15,6 +15,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::rpc::MAX_MESSAGE_BYTES;
 use crate::rpc::proto::coordinator_service_server::CoordinatorServiceServer;
 use crate::rpc::proto::tablet_service_server::TabletServiceServer;
+use crate::serve::fluss::FlussDoor;
 use crate::serve::grpc::ClusterService;
 
 /// How often the coordinator promotes due tables and expires silent jobs.
@@ -22,12 +23,21 @@ const TICK: Duration = Duration::from_millis(100);
 /// How long a stopping server waits for clients to close their connections.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
-/// Serves `cluster` on `listener` until `shutdown` resolves.
+/// Serves `cluster` over gRPC on `listener`, and over Fluss's protocol on `fluss` when given, until `shutdown`
+/// resolves.
 pub async fn serve(
     cluster: Arc<Cluster>,
     listener: TcpListener,
+    fluss: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
+    let (stop_doors, doors_stopping) = tokio::sync::watch::channel(());
+    let fluss_door = fluss.map(|listener| {
+        let mut stopping = doors_stopping.clone();
+        tokio::spawn(FlussDoor::new(Arc::clone(&cluster)).serve(listener, async move {
+            let _ = stopping.changed().await;
+        }))
+    });
     let ticker = {
         let cluster = Arc::clone(&cluster);
         tokio::spawn(async move {
@@ -55,6 +65,7 @@ pub async fn serve(
         )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
             shutdown.await;
+            let _ = stop_doors.send(());
             let _ = stopping_tx.send(());
         });
     // A graceful stop waits for clients to close their connections; a client that hangs (or is stopped) would hold
@@ -74,12 +85,25 @@ pub async fn serve(
         }
     };
     ticker.abort();
+    if let Some(door) = fluss_door {
+        let _ = stop_doors.send(());
+        match door.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "the Fluss door failed"),
+            Err(e) => tracing::warn!(error = %e, "the Fluss door's task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     result
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| Error::new(ErrorKind::Network, format!("binding {addr}")).with_source(e))
 }
 
 /// A cluster served in this process, on a loopback port of its own; it stops when dropped or shut down.
 pub struct EmbeddedCluster {
     addr: SocketAddr,
+    fluss_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<()>>>,
 }
@@ -92,20 +116,34 @@ impl EmbeddedCluster {
 
     /// Like [`EmbeddedCluster::start`], on a given address (a restart on the address clients already know).
     pub async fn start_at(config: ClusterConfig, addr: SocketAddr) -> Result<Self> {
+        Self::start_with(config, addr, None).await
+    }
+
+    /// Like [`EmbeddedCluster::start_at`], with Fluss's protocol also served on `fluss` (port 0: any free one).
+    pub async fn start_with(config: ClusterConfig, addr: SocketAddr, fluss: Option<SocketAddr>) -> Result<Self> {
         let cluster = tokio::task::spawn_blocking(move || Cluster::open(config))
             .await
             .map_err(|e| Error::new(ErrorKind::Internal, format!("opening the cluster panicked: {e}")))??;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| Error::new(ErrorKind::Network, format!("binding {addr}")).with_source(e))?;
+        let listener = bind(addr).await?;
         let addr = listener
             .local_addr()
             .map_err(|e| Error::new(ErrorKind::Network, "reading the bound address").with_source(e))?;
+        let fluss = match fluss {
+            Some(at) => Some(bind(at).await?),
+            None => None,
+        };
+        let fluss_addr = match &fluss {
+            Some(l) => Some(
+                l.local_addr()
+                    .map_err(|e| Error::new(ErrorKind::Network, "reading the bound address").with_source(e))?,
+            ),
+            None => None,
+        };
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(serve(Arc::new(cluster), listener, async {
+        let task = tokio::spawn(serve(Arc::new(cluster), listener, fluss, async {
             let _ = stopped.await;
         }));
-        Ok(EmbeddedCluster { addr, stop: Some(stop), task: Some(task) })
+        Ok(EmbeddedCluster { addr, fluss_addr, stop: Some(stop), task: Some(task) })
     }
 
     /// The `http://127.0.0.1:PORT` URL clients connect to.
@@ -116,6 +154,11 @@ impl EmbeddedCluster {
     /// The address it serves on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address it serves Fluss's protocol on, when it does (pyfluss's `bootstrap.servers`).
+    pub fn fluss_addr(&self) -> Option<SocketAddr> {
+        self.fluss_addr
     }
 
     /// Stops serving and waits until the server has let go of the cluster's files.

@@ -1,0 +1,567 @@
+//! Fluss's RPC messages (`FlussApi.proto`, proto2, package `fluss`), written from their field numbers: only the ones
+//! this project serves or sends. `required` fields are always encoded, as a Java peer demands; on decode, prost reads
+//! an absent one as its default, so requests are also checked with [`missing_required`].
+
+use bytes::Bytes;
+
+/// The body of an ERROR_RESPONSE frame, and the per-table error of some responses.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ErrorResponse {
+    #[prost(int32, required, tag = "1")]
+    pub error_code: i32,
+    #[prost(string, optional, tag = "2")]
+    pub error_message: Option<String>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbTablePath {
+    #[prost(string, required, tag = "1")]
+    pub database_name: String,
+    #[prost(string, required, tag = "2")]
+    pub table_name: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbPhysicalTablePath {
+    #[prost(string, required, tag = "1")]
+    pub database_name: String,
+    #[prost(string, required, tag = "2")]
+    pub table_name: String,
+    #[prost(string, optional, tag = "3")]
+    pub partition_name: Option<String>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbKeyValue {
+    #[prost(string, required, tag = "1")]
+    pub key: String,
+    #[prost(string, required, tag = "2")]
+    pub value: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbPartitionSpec {
+    #[prost(message, repeated, tag = "1")]
+    pub partition_key_values: Vec<PbKeyValue>,
+}
+
+// ---- ApiVersions (1000) -------------------------------------------------------------------------------------------
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ApiVersionsRequest {
+    #[prost(string, required, tag = "1")]
+    pub client_software_name: String,
+    #[prost(string, required, tag = "2")]
+    pub client_software_version: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbApiVersion {
+    #[prost(int32, required, tag = "1")]
+    pub api_key: i32,
+    #[prost(int32, required, tag = "2")]
+    pub min_version: i32,
+    #[prost(int32, required, tag = "3")]
+    pub max_version: i32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ApiVersionsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub api_versions: Vec<PbApiVersion>,
+    #[prost(int32, optional, tag = "2")]
+    pub server_type: Option<i32>,
+}
+
+// ---- Databases ----------------------------------------------------------------------------------------------------
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CreateDatabaseRequest {
+    #[prost(string, required, tag = "1")]
+    pub database_name: String,
+    #[prost(bool, required, tag = "2")]
+    pub ignore_if_exists: bool,
+    #[prost(bytes = "bytes", optional, tag = "3")]
+    pub database_json: Option<Bytes>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DropDatabaseRequest {
+    #[prost(string, required, tag = "1")]
+    pub database_name: String,
+    #[prost(bool, required, tag = "2")]
+    pub ignore_if_not_exists: bool,
+    #[prost(bool, required, tag = "3")]
+    pub cascade: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListDatabasesRequest {
+    #[prost(bool, optional, tag = "1")]
+    pub include_summary: Option<bool>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListDatabasesResponse {
+    #[prost(string, repeated, tag = "1")]
+    pub database_name: Vec<String>,
+}
+
+/// DatabaseExists and GetDatabaseInfo requests, and ListTables: one database name.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DatabaseNameRequest {
+    #[prost(string, required, tag = "1")]
+    pub database_name: String,
+}
+
+/// DatabaseExists and TableExists responses.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ExistsResponse {
+    #[prost(bool, required, tag = "1")]
+    pub exists: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GetDatabaseInfoResponse {
+    #[prost(bytes = "vec", required, tag = "3")]
+    pub database_json: Vec<u8>,
+    #[prost(int64, required, tag = "4")]
+    pub created_time: i64,
+    #[prost(int64, required, tag = "5")]
+    pub modified_time: i64,
+}
+
+/// The response of the RPCs that answer nothing (CreateDatabase, CreateTable, DropTable, …).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EmptyResponse {}
+
+// ---- Tables -------------------------------------------------------------------------------------------------------
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CreateTableRequest {
+    #[prost(message, required, tag = "1")]
+    pub table_path: PbTablePath,
+    #[prost(bytes = "vec", required, tag = "2")]
+    pub table_json: Vec<u8>,
+    #[prost(bool, required, tag = "3")]
+    pub ignore_if_exists: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DropTableRequest {
+    #[prost(message, required, tag = "1")]
+    pub table_path: PbTablePath,
+    #[prost(bool, required, tag = "2")]
+    pub ignore_if_not_exists: bool,
+}
+
+/// GetTableInfo, TableExists and GetLakeSnapshot-like requests: one table path.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TablePathRequest {
+    #[prost(message, required, tag = "1")]
+    pub table_path: PbTablePath,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GetTableInfoResponse {
+    #[prost(int64, required, tag = "1")]
+    pub table_id: i64,
+    #[prost(int32, required, tag = "2")]
+    pub schema_id: i32,
+    #[prost(bytes = "vec", required, tag = "3")]
+    pub table_json: Vec<u8>,
+    #[prost(int64, required, tag = "4")]
+    pub created_time: i64,
+    #[prost(int64, required, tag = "5")]
+    pub modified_time: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListTablesResponse {
+    #[prost(string, repeated, tag = "1")]
+    pub table_name: Vec<String>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GetTableSchemaRequest {
+    #[prost(message, required, tag = "1")]
+    pub table_path: PbTablePath,
+    #[prost(int32, optional, tag = "2")]
+    pub schema_id: Option<i32>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GetTableSchemaResponse {
+    #[prost(int32, required, tag = "1")]
+    pub schema_id: i32,
+    #[prost(bytes = "vec", required, tag = "2")]
+    pub schema_json: Vec<u8>,
+}
+
+// ---- Partitions ---------------------------------------------------------------------------------------------------
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListPartitionInfosRequest {
+    #[prost(message, required, tag = "1")]
+    pub table_path: PbTablePath,
+    #[prost(message, optional, tag = "2")]
+    pub partial_partition_spec: Option<PbPartitionSpec>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbPartitionInfo {
+    #[prost(int64, required, tag = "1")]
+    pub partition_id: i64,
+    #[prost(message, required, tag = "2")]
+    pub partition_spec: PbPartitionSpec,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListPartitionInfosResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub partitions_info: Vec<PbPartitionInfo>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CreatePartitionRequest {
+    #[prost(message, required, tag = "1")]
+    pub table_path: PbTablePath,
+    #[prost(message, required, tag = "2")]
+    pub partition_spec: PbPartitionSpec,
+    #[prost(bool, required, tag = "3")]
+    pub ignore_if_not_exists: bool,
+}
+
+// ---- Metadata (1012) ----------------------------------------------------------------------------------------------
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MetadataRequest {
+    #[prost(message, repeated, tag = "1")]
+    pub table_path: Vec<PbTablePath>,
+    #[prost(message, repeated, tag = "2")]
+    pub partitions_path: Vec<PbPhysicalTablePath>,
+    #[prost(int64, repeated, packed = "true", tag = "3")]
+    pub partitions_id: Vec<i64>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbServerNode {
+    #[prost(int32, required, tag = "1")]
+    pub node_id: i32,
+    #[prost(string, required, tag = "2")]
+    pub host: String,
+    #[prost(int32, required, tag = "3")]
+    pub port: i32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbBucketMetadata {
+    #[prost(int32, required, tag = "1")]
+    pub bucket_id: i32,
+    #[prost(int32, optional, tag = "2")]
+    pub leader_id: Option<i32>,
+    #[prost(int32, repeated, packed = "true", tag = "3")]
+    pub replica_id: Vec<i32>,
+    #[prost(int32, optional, tag = "4")]
+    pub leader_epoch: Option<i32>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbTableMetadata {
+    #[prost(message, required, tag = "1")]
+    pub table_path: PbTablePath,
+    #[prost(int64, required, tag = "2")]
+    pub table_id: i64,
+    #[prost(int32, required, tag = "3")]
+    pub schema_id: i32,
+    #[prost(bytes = "vec", required, tag = "4")]
+    pub table_json: Vec<u8>,
+    #[prost(message, repeated, tag = "5")]
+    pub bucket_metadata: Vec<PbBucketMetadata>,
+    #[prost(int64, required, tag = "6")]
+    pub created_time: i64,
+    #[prost(int64, required, tag = "7")]
+    pub modified_time: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbPartitionMetadata {
+    #[prost(int64, required, tag = "1")]
+    pub table_id: i64,
+    #[prost(string, required, tag = "2")]
+    pub partition_name: String,
+    #[prost(int64, required, tag = "3")]
+    pub partition_id: i64,
+    #[prost(message, repeated, tag = "4")]
+    pub bucket_metadata: Vec<PbBucketMetadata>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MetadataResponse {
+    #[prost(message, optional, tag = "1")]
+    pub coordinator_server: Option<PbServerNode>,
+    #[prost(message, repeated, tag = "2")]
+    pub tablet_servers: Vec<PbServerNode>,
+    #[prost(message, repeated, tag = "3")]
+    pub table_metadata: Vec<PbTableMetadata>,
+    #[prost(message, repeated, tag = "4")]
+    pub partition_metadata: Vec<PbPartitionMetadata>,
+}
+
+// ---- Writers and the log ------------------------------------------------------------------------------------------
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InitWriterRequest {
+    #[prost(message, repeated, tag = "1")]
+    pub table_path: Vec<PbTablePath>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InitWriterResponse {
+    #[prost(int64, required, tag = "1")]
+    pub writer_id: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbProduceLogReqForBucket {
+    #[prost(int64, optional, tag = "1")]
+    pub partition_id: Option<i64>,
+    #[prost(int32, required, tag = "2")]
+    pub bucket_id: i32,
+    #[prost(bytes = "bytes", required, tag = "3")]
+    pub records: Bytes,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ProduceLogRequest {
+    #[prost(int32, required, tag = "1")]
+    pub acks: i32,
+    #[prost(int64, required, tag = "2")]
+    pub table_id: i64,
+    #[prost(int32, required, tag = "3")]
+    pub timeout_ms: i32,
+    #[prost(message, repeated, tag = "4")]
+    pub buckets_req: Vec<PbProduceLogReqForBucket>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbProduceLogRespForBucket {
+    #[prost(int64, optional, tag = "1")]
+    pub partition_id: Option<i64>,
+    #[prost(int32, required, tag = "2")]
+    pub bucket_id: i32,
+    #[prost(int32, optional, tag = "3")]
+    pub error_code: Option<i32>,
+    #[prost(string, optional, tag = "4")]
+    pub error_message: Option<String>,
+    #[prost(int64, optional, tag = "5")]
+    pub base_offset: Option<i64>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ProduceLogResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub buckets_resp: Vec<PbProduceLogRespForBucket>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbFetchLogReqForBucket {
+    #[prost(int64, optional, tag = "1")]
+    pub partition_id: Option<i64>,
+    #[prost(int32, required, tag = "2")]
+    pub bucket_id: i32,
+    #[prost(int64, required, tag = "3")]
+    pub fetch_offset: i64,
+    #[prost(int32, required, tag = "4")]
+    pub max_fetch_bytes: i32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbFetchLogReqForTable {
+    #[prost(int64, required, tag = "1")]
+    pub table_id: i64,
+    #[prost(bool, required, tag = "2")]
+    pub projection_pushdown_enabled: bool,
+    #[prost(int32, repeated, packed = "true", tag = "3")]
+    pub projected_fields: Vec<i32>,
+    #[prost(message, repeated, tag = "4")]
+    pub buckets_req: Vec<PbFetchLogReqForBucket>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FetchLogRequest {
+    #[prost(int32, required, tag = "1")]
+    pub follower_server_id: i32,
+    #[prost(int32, required, tag = "2")]
+    pub max_bytes: i32,
+    #[prost(message, repeated, tag = "3")]
+    pub tables_req: Vec<PbFetchLogReqForTable>,
+    #[prost(int32, optional, tag = "4")]
+    pub max_wait_ms: Option<i32>,
+    #[prost(int32, optional, tag = "5")]
+    pub min_bytes: Option<i32>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbFetchLogRespForBucket {
+    #[prost(int64, optional, tag = "1")]
+    pub partition_id: Option<i64>,
+    #[prost(int32, required, tag = "2")]
+    pub bucket_id: i32,
+    #[prost(int32, optional, tag = "3")]
+    pub error_code: Option<i32>,
+    #[prost(string, optional, tag = "4")]
+    pub error_message: Option<String>,
+    #[prost(int64, optional, tag = "5")]
+    pub high_watermark: Option<i64>,
+    #[prost(int64, optional, tag = "6")]
+    pub log_start_offset: Option<i64>,
+    #[prost(bytes = "bytes", optional, tag = "8")]
+    pub records: Option<Bytes>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbFetchLogRespForTable {
+    #[prost(int64, required, tag = "1")]
+    pub table_id: i64,
+    #[prost(message, repeated, tag = "2")]
+    pub buckets_resp: Vec<PbFetchLogRespForBucket>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FetchLogResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub tables_resp: Vec<PbFetchLogRespForTable>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListOffsetsRequest {
+    #[prost(int32, required, tag = "1")]
+    pub follower_server_id: i32,
+    #[prost(int32, required, tag = "2")]
+    pub offset_type: i32,
+    #[prost(int64, required, tag = "3")]
+    pub table_id: i64,
+    #[prost(int64, optional, tag = "4")]
+    pub partition_id: Option<i64>,
+    #[prost(int32, repeated, packed = "true", tag = "5")]
+    pub bucket_id: Vec<i32>,
+    #[prost(int64, optional, tag = "6")]
+    pub start_timestamp: Option<i64>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbListOffsetsRespForBucket {
+    #[prost(int32, required, tag = "1")]
+    pub bucket_id: i32,
+    #[prost(int32, optional, tag = "2")]
+    pub error_code: Option<i32>,
+    #[prost(string, optional, tag = "3")]
+    pub error_message: Option<String>,
+    #[prost(int64, optional, tag = "4")]
+    pub offset: Option<i64>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListOffsetsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub buckets_resp: Vec<PbListOffsetsRespForBucket>,
+}
+
+// ---- Security token and lake snapshot -----------------------------------------------------------------------------
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GetFileSystemSecurityTokenResponse {
+    #[prost(string, required, tag = "1")]
+    pub schema: String,
+    #[prost(bytes = "vec", required, tag = "2")]
+    pub token: Vec<u8>,
+    #[prost(int64, optional, tag = "3")]
+    pub expiration_time: Option<i64>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GetLakeSnapshotRequest {
+    #[prost(message, required, tag = "1")]
+    pub table_path: PbTablePath,
+    #[prost(int64, optional, tag = "2")]
+    pub snapshot_id: Option<i64>,
+    #[prost(bool, optional, tag = "3")]
+    pub readable: Option<bool>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbLakeSnapshotForBucket {
+    #[prost(int64, optional, tag = "1")]
+    pub partition_id: Option<i64>,
+    #[prost(int32, required, tag = "2")]
+    pub bucket_id: i32,
+    #[prost(int64, optional, tag = "3")]
+    pub log_offset: Option<i64>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GetLakeSnapshotResponse {
+    #[prost(int64, required, tag = "1")]
+    pub table_id: i64,
+    #[prost(int64, required, tag = "2")]
+    pub snapshot_id: i64,
+    #[prost(message, repeated, tag = "3")]
+    pub bucket_snapshots: Vec<PbLakeSnapshotForBucket>,
+}
+
+/// The first top-level field among `required` that `body` lacks, if any: prost reads an absent required field as its
+/// default, where a Java peer refuses the message.
+pub fn missing_required(body: &[u8], required: &[u32]) -> Option<u32> {
+    let mut seen = Vec::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let Some((key, n)) = varint(rest) else { break };
+        rest = &rest[n..];
+        let (field, wire_type) = ((key >> 3) as u32, key & 7);
+        seen.push(field);
+        let skip = match wire_type {
+            0 => varint(rest).map(|(_, n)| n),
+            1 => Some(8),
+            2 => varint(rest).and_then(|(len, n)| usize::try_from(len).ok().and_then(|l| l.checked_add(n))),
+            5 => Some(4),
+            _ => None,
+        };
+        match skip {
+            Some(s) if s <= rest.len() => rest = &rest[s..],
+            // A malformed body: prost's own decode reports it.
+            _ => break,
+        }
+    }
+    required.iter().copied().find(|f| !seen.contains(f))
+}
+
+fn varint(b: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, byte) in b.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7F) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+
+    #[test]
+    fn required_fields_are_encoded_and_checked() {
+        // A required field at its default value is still on the wire, as a Java peer needs.
+        let body = DropTableRequest { table_path: PbTablePath::default(), ignore_if_not_exists: false }.encode_to_vec();
+        assert_eq!(missing_required(&body, &[1, 2]), None);
+        let body = ListDatabasesRequest { include_summary: None }.encode_to_vec();
+        assert_eq!(missing_required(&body, &[1]), Some(1));
+        let body = ApiVersionsRequest { client_software_name: "x".into(), client_software_version: "1".into() };
+        let bytes = body.encode_to_vec();
+        assert_eq!(missing_required(&bytes[..3], &[1, 2]), Some(2), "the second field is cut off");
+    }
+}

@@ -1,0 +1,601 @@
+//! The Fluss door: Apache Fluss's own protocol ([`crate::fluss`]) over the same [`Cluster`] as the gRPC door, so
+//! the official clients (pyfluss, fluss-rs) create tables, write and read on it.
+//!
+//! ```text
+//!   connection ─▶ reader: frame ─▶ checks ─▶ handler (blocking pool) ─▶ writer task ─▶ connection
+//!                   checks: api key served (else UNSUPPORTED_VERSION), version, size (CORRUPT_MESSAGE, frame skipped),
+//!                           required fields (CORRUPT_MESSAGE); FetchLog runs on its own task (it may long-poll),
+//!                           every other request in arrival order, so one writer's batches reach a bucket in sequence
+//! ```
+//!
+//! One node in both roles, as `fluss-wire-protocol.md` §6.2 describes: ApiVersions lists every api key served and no
+//! server type; MetaData names coordinator 0 and tablet server 1, both on the address the client connected to, and
+//! server 1 leads every bucket. Log tables only: a primary-key table is refused at CreateTable (the gRPC door serves
+//! them). Records are stored as sent (Fluss log batches) and fetched without re-encoding.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use prost::Message;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::cluster::{BucketId, Cluster};
+use crate::error::{Error, ErrorKind, Result};
+use crate::fluss::frame::{self, Incoming, MAX_FRAME_BYTES, RequestHeader};
+use crate::fluss::json::{self, CreateDefaults};
+use crate::fluss::messages as m;
+use crate::fluss::{ApiKey, messages::missing_required};
+use crate::model::table::{TableInfo, TablePath};
+
+/// The longest a FetchLog may wait for `min_bytes` (a client's `max_wait_ms` above it is capped).
+const MAX_FETCH_WAIT: Duration = Duration::from_secs(30);
+/// The node ids of the one node's two roles.
+const COORDINATOR_ID: i32 = 0;
+const TABLET_SERVER_ID: i32 = 1;
+/// Answers queued for one connection before its reader waits for the writer.
+const QUEUED_ANSWERS: usize = 64;
+
+/// The Fluss door of one cluster.
+pub struct FlussDoor {
+    cluster: Arc<Cluster>,
+    defaults: CreateDefaults,
+    max_frame: usize,
+}
+
+impl FlussDoor {
+    pub fn new(cluster: Arc<Cluster>) -> Self {
+        let defaults = CreateDefaults { buckets: 1, datalake_format: cluster.config().datalake_format.clone() };
+        FlussDoor { cluster, defaults, max_frame: MAX_FRAME_BYTES }
+    }
+
+    /// Refuses frames longer than `bytes` (tests use a small limit).
+    pub fn with_max_frame(mut self, bytes: usize) -> Self {
+        self.max_frame = bytes;
+        self
+    }
+
+    /// Serves connections from `listener` until `shutdown` resolves.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        let door = Arc::new(self);
+        let mut connections = tokio::task::JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let door = Arc::clone(&door);
+                        connections.spawn(async move {
+                            if let Err(e) = door.connection(stream).await {
+                                tracing::debug!(%peer, error = %e, "Fluss connection closed");
+                            }
+                        });
+                    }
+                    Err(e) => tracing::warn!(error = %e, "accepting a Fluss connection failed"),
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+        connections.shutdown().await;
+        Ok(())
+    }
+
+    async fn connection(self: Arc<Self>, stream: TcpStream) -> Result<()> {
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().map_err(|e| Error::new(ErrorKind::Network, "local address").with_source(e))?;
+        let (mut reader, mut writer) = stream.into_split();
+        let (answers, mut outbox) = mpsc::channel::<Bytes>(QUEUED_ANSWERS);
+        let writing = tokio::spawn(async move {
+            while let Some(frame) = outbox.recv().await {
+                if writer.write_all(&frame).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let result = loop {
+            let (header, body) = match frame::read_request(&mut reader, self.max_frame).await {
+                Ok(Incoming::Request(header, body)) => (header, body),
+                Ok(Incoming::Oversize(header, len)) => {
+                    let err = Error::new(
+                        ErrorKind::CorruptMessage,
+                        format!("a request of {len} bytes exceeds the {} bytes a request may have", self.max_frame),
+                    );
+                    let _ = answers.send(frame::error(header.request_id, &err)).await;
+                    continue;
+                }
+                Ok(Incoming::Closed) => break Ok(()),
+                Err(e) => break Err(e),
+            };
+            let key = match check(header, &body) {
+                Ok(key) => key,
+                Err(e) => {
+                    let _ = answers.send(frame::error(header.request_id, &e)).await;
+                    continue;
+                }
+            };
+            if key == ApiKey::FetchLog {
+                let (door, answers) = (Arc::clone(&self), answers.clone());
+                tokio::spawn(async move {
+                    let answer = door.answer(key, header, body, local).await;
+                    let _ = answers.send(answer).await;
+                });
+            } else {
+                let answer = self.answer(key, header, body, local).await;
+                if answers.send(answer).await.is_err() {
+                    break Ok(());
+                }
+            }
+        };
+        drop(answers);
+        let _ = writing.await;
+        result
+    }
+
+    /// The response frame of one checked request.
+    async fn answer(&self, key: ApiKey, header: RequestHeader, body: Bytes, local: SocketAddr) -> Bytes {
+        match self.handle(key, body, local).await {
+            Ok(encoded) => frame::success_encoded(header.request_id, &encoded),
+            Err(e) => {
+                if !matches!(
+                    e.kind(),
+                    ErrorKind::TableNotExist | ErrorKind::DatabaseNotExist | ErrorKind::LakeSnapshotNotExist
+                ) {
+                    tracing::debug!(api = ?key, error = %e, "Fluss request failed");
+                }
+                frame::error(header.request_id, &e)
+            }
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Cluster) -> Result<T> + Send + 'static) -> Result<T> {
+        let cluster = Arc::clone(&self.cluster);
+        tokio::task::spawn_blocking(move || f(&cluster))
+            .await
+            .map_err(|e| Error::new(ErrorKind::Internal, format!("request task failed: {e}")))?
+    }
+
+    /// Handles one request; returns the encoded response body.
+    async fn handle(&self, key: ApiKey, body: Bytes, local: SocketAddr) -> Result<Vec<u8>> {
+        Ok(match key {
+            ApiKey::ApiVersions => {
+                decode::<m::ApiVersionsRequest>(body)?;
+                let api_versions = ApiKey::ALL
+                    .iter()
+                    .map(|k| m::PbApiVersion {
+                        api_key: i32::from(*k as i16),
+                        min_version: 0,
+                        max_version: i32::from(k.max_version()),
+                    })
+                    .collect();
+                // No server type: this one node is both, and a client checks the type against the role it expects.
+                m::ApiVersionsResponse { api_versions, server_type: None }.encode_to_vec()
+            }
+            ApiKey::CreateDatabase => {
+                let req: m::CreateDatabaseRequest = decode(body)?;
+                let comment = database_comment(req.database_json.as_deref())?;
+                self.blocking(move |c| c.create_database(&req.database_name, comment, req.ignore_if_exists)).await?;
+                m::EmptyResponse {}.encode_to_vec()
+            }
+            ApiKey::DropDatabase => {
+                let req: m::DropDatabaseRequest = decode(body)?;
+                self.blocking(move |c| c.drop_database(&req.database_name, req.ignore_if_not_exists, req.cascade))
+                    .await?;
+                m::EmptyResponse {}.encode_to_vec()
+            }
+            ApiKey::ListDatabases => {
+                decode::<m::ListDatabasesRequest>(body)?;
+                let names = self.cluster.databases().into_iter().map(|d| d.name).collect();
+                m::ListDatabasesResponse { database_name: names }.encode_to_vec()
+            }
+            ApiKey::DatabaseExists => {
+                let req: m::DatabaseNameRequest = decode(body)?;
+                m::ExistsResponse { exists: self.cluster.database(&req.database_name).is_ok() }.encode_to_vec()
+            }
+            ApiKey::GetDatabaseInfo => {
+                let req: m::DatabaseNameRequest = decode(body)?;
+                let info = self.cluster.database(&req.database_name)?;
+                let mut json = serde_json::json!({"version": 1, "custom_properties": {}});
+                if let Some(comment) = info.comment {
+                    json["comment"] = comment.into();
+                }
+                m::GetDatabaseInfoResponse {
+                    database_json: json.to_string().into_bytes(),
+                    created_time: info.created_ms,
+                    modified_time: info.modified_ms,
+                }
+                .encode_to_vec()
+            }
+            ApiKey::CreateTable => {
+                let req: m::CreateTableRequest = decode(body)?;
+                let path = table_path(&req.table_path)?;
+                let descriptor = json::parse_table(&req.table_json, &self.defaults)?;
+                self.blocking(move |c| {
+                    c.database(&path.database)?;
+                    c.create_table(path, descriptor, req.ignore_if_exists).map(drop)
+                })
+                .await?;
+                m::EmptyResponse {}.encode_to_vec()
+            }
+            ApiKey::DropTable => {
+                let req: m::DropTableRequest = decode(body)?;
+                let path = table_path(&req.table_path)?;
+                self.blocking(move |c| c.drop_table(&path, req.ignore_if_not_exists)).await?;
+                m::EmptyResponse {}.encode_to_vec()
+            }
+            ApiKey::GetTableInfo => {
+                let req: m::TablePathRequest = decode(body)?;
+                let t = self.cluster.table_by_path(&table_path(&req.table_path)?)?;
+                m::GetTableInfoResponse {
+                    table_id: t.table_id,
+                    schema_id: i32::from(t.descriptor.schema_id()),
+                    table_json: json::table_json(&t.descriptor)?,
+                    created_time: t.created_ms,
+                    modified_time: t.modified_ms,
+                }
+                .encode_to_vec()
+            }
+            ApiKey::ListTables => {
+                let req: m::DatabaseNameRequest = decode(body)?;
+                self.cluster.database(&req.database_name)?;
+                let names = self
+                    .cluster
+                    .list_tables()
+                    .into_iter()
+                    .filter(|(t, _)| t.path.database == req.database_name)
+                    .map(|(t, _)| t.path.table)
+                    .collect();
+                m::ListTablesResponse { table_name: names }.encode_to_vec()
+            }
+            ApiKey::TableExists => {
+                let req: m::TablePathRequest = decode(body)?;
+                let exists = self.cluster.table_by_path(&table_path(&req.table_path)?).is_ok();
+                m::ExistsResponse { exists }.encode_to_vec()
+            }
+            ApiKey::GetTableSchema => {
+                let req: m::GetTableSchemaRequest = decode(body)?;
+                let t = self.cluster.table_by_path(&table_path(&req.table_path)?)?;
+                let schema_id = match req.schema_id {
+                    None => t.descriptor.schema_id(),
+                    Some(id) => i16::try_from(id)
+                        .map_err(|_| Error::new(ErrorKind::SchemaNotExist, format!("schema id {id} does not exist")))?,
+                };
+                m::GetTableSchemaResponse {
+                    schema_id: i32::from(schema_id),
+                    schema_json: json::schema_json_of(&t.descriptor, schema_id)?,
+                }
+                .encode_to_vec()
+            }
+            ApiKey::ListPartitionInfos => {
+                let req: m::ListPartitionInfosRequest = decode(body)?;
+                let t = self.cluster.table_by_path(&table_path(&req.table_path)?)?;
+                let key = t.descriptor.partition_key.clone().ok_or_else(|| {
+                    Error::new(ErrorKind::TableNotPartitioned, format!("table {} is not partitioned", t.path))
+                })?;
+                let wanted = match req.partial_partition_spec {
+                    Some(spec) => partition_name(&t, &spec).ok(),
+                    None => None,
+                };
+                let partitions_info = t
+                    .partitions
+                    .iter()
+                    .filter(|(name, _)| wanted.as_ref().is_none_or(|w| w == *name))
+                    .map(|(name, id)| m::PbPartitionInfo {
+                        partition_id: *id,
+                        partition_spec: m::PbPartitionSpec {
+                            partition_key_values: vec![m::PbKeyValue { key: key.clone(), value: name.clone() }],
+                        },
+                    })
+                    .collect();
+                m::ListPartitionInfosResponse { partitions_info }.encode_to_vec()
+            }
+            ApiKey::CreatePartition => {
+                let req: m::CreatePartitionRequest = decode(body)?;
+                let path = table_path(&req.table_path)?;
+                let t = self.cluster.table_by_path(&path)?;
+                let name = partition_name(&t, &req.partition_spec)?;
+                self.blocking(move |c| c.create_partition(&path, &name, req.ignore_if_not_exists)).await?;
+                m::EmptyResponse {}.encode_to_vec()
+            }
+            ApiKey::GetMetadata => self.metadata(decode(body)?, local)?.encode_to_vec(),
+            ApiKey::InitWriter => {
+                decode::<m::InitWriterRequest>(body)?;
+                let writer_id = self.blocking(|c| c.new_writer_id()).await?;
+                m::InitWriterResponse { writer_id }.encode_to_vec()
+            }
+            ApiKey::ProduceLog => self.produce(decode(body)?).await?.encode_to_vec(),
+            ApiKey::FetchLog => self.fetch(decode(body)?).await?.encode_to_vec(),
+            ApiKey::ListOffsets => self.list_offsets(decode(body)?).await?.encode_to_vec(),
+            ApiKey::GetFileSystemSecurityToken => {
+                // The cluster's files are local: no credentials are needed to read them.
+                m::GetFileSystemSecurityTokenResponse {
+                    schema: "file".into(),
+                    token: Vec::new(),
+                    expiration_time: None,
+                }
+                .encode_to_vec()
+            }
+            ApiKey::GetLakeSnapshot => {
+                let req: m::GetLakeSnapshotRequest = decode(body)?;
+                if req.snapshot_id.is_some() && req.readable == Some(true) {
+                    return Err(Error::new(ErrorKind::InvalidArgument, "ask for a snapshot id or the readable one"));
+                }
+                let t = self.cluster.table_by_path(&table_path(&req.table_path)?)?;
+                let lake = self.cluster.coordinator().lake_snapshot(t.table_id)?.clone();
+                if req.snapshot_id.is_some_and(|id| id != lake.snapshot_id) {
+                    return Err(Error::new(
+                        ErrorKind::LakeSnapshotNotExist,
+                        format!("table {} keeps only its latest lake snapshot, {}", t.path, lake.snapshot_id),
+                    ));
+                }
+                m::GetLakeSnapshotResponse {
+                    table_id: t.table_id,
+                    snapshot_id: lake.snapshot_id,
+                    bucket_snapshots: lake
+                        .buckets
+                        .iter()
+                        .map(|b| m::PbLakeSnapshotForBucket {
+                            partition_id: b.partition_id,
+                            bucket_id: b.bucket,
+                            log_offset: Some(b.log_end_offset),
+                        })
+                        .collect(),
+                }
+                .encode_to_vec()
+            }
+        })
+    }
+
+    fn metadata(&self, req: m::MetadataRequest, local: SocketAddr) -> Result<m::MetadataResponse> {
+        let node = |node_id| m::PbServerNode { node_id, host: local.ip().to_string(), port: i32::from(local.port()) };
+        let buckets = |t: &TableInfo| -> Vec<m::PbBucketMetadata> {
+            (0..t.descriptor.buckets as i32)
+                .map(|bucket_id| m::PbBucketMetadata {
+                    bucket_id,
+                    leader_id: Some(TABLET_SERVER_ID),
+                    replica_id: vec![TABLET_SERVER_ID],
+                    leader_epoch: Some(0),
+                })
+                .collect()
+        };
+        let mut table_metadata = Vec::new();
+        for p in &req.table_path {
+            let t = self.cluster.table_by_path(&table_path(p)?)?;
+            table_metadata.push(m::PbTableMetadata {
+                table_path: p.clone(),
+                table_id: t.table_id,
+                schema_id: i32::from(t.descriptor.schema_id()),
+                table_json: json::table_json(&t.descriptor)?,
+                bucket_metadata: buckets(&t),
+                created_time: t.created_ms,
+                modified_time: t.modified_ms,
+            });
+        }
+        let mut partition_metadata = Vec::new();
+        let partition = |t: &TableInfo, name: &str, partition_id: i64| m::PbPartitionMetadata {
+            table_id: t.table_id,
+            partition_name: name.to_string(),
+            partition_id,
+            bucket_metadata: buckets(t),
+        };
+        for p in &req.partitions_path {
+            let t = self.cluster.table_by_path(&TablePath::new(p.database_name.clone(), p.table_name.clone())?)?;
+            let name = p.partition_name.as_deref().unwrap_or_default();
+            let id = t.partitions.get(name).copied().ok_or_else(|| {
+                Error::new(ErrorKind::PartitionNotExists, format!("table {} has no partition {name:?}", t.path))
+            })?;
+            partition_metadata.push(partition(&t, name, id));
+        }
+        if !req.partitions_id.is_empty() {
+            for (t, _) in self.cluster.list_tables() {
+                for (name, id) in &t.partitions {
+                    if req.partitions_id.contains(id) {
+                        partition_metadata.push(partition(&t, name, *id));
+                    }
+                }
+            }
+        }
+        Ok(m::MetadataResponse {
+            coordinator_server: Some(node(COORDINATOR_ID)),
+            tablet_servers: vec![node(TABLET_SERVER_ID)],
+            table_metadata,
+            partition_metadata,
+        })
+    }
+
+    async fn produce(&self, req: m::ProduceLogRequest) -> Result<m::ProduceLogResponse> {
+        let table = self.cluster.table_by_id(req.table_id)?;
+        let mut buckets_resp = Vec::with_capacity(req.buckets_req.len());
+        for b in req.buckets_req {
+            let (partition_id, bucket_id) = (b.partition_id, b.bucket_id);
+            let result = match partition_name_of(&table, partition_id) {
+                Ok(name) => {
+                    self.blocking(move |c| c.produce(req.table_id, name.as_deref(), bucket_id, b.records)).await
+                }
+                Err(e) => Err(e),
+            };
+            let (base_offset, error) = match result {
+                Ok(appended) => (Some(appended.base_offset), None),
+                Err(e) => (None, Some(e)),
+            };
+            buckets_resp.push(m::PbProduceLogRespForBucket {
+                partition_id,
+                bucket_id,
+                error_code: error.as_ref().map(|e| e.kind().code()),
+                error_message: error.map(|e| e.to_string()),
+                base_offset,
+            });
+        }
+        Ok(m::ProduceLogResponse { buckets_resp })
+    }
+
+    /// Reads every asked bucket; with less than `min_bytes` found, waits for appends up to `max_wait_ms`.
+    async fn fetch(&self, req: m::FetchLogRequest) -> Result<m::FetchLogResponse> {
+        let wait = Duration::from_millis(u64::try_from(req.max_wait_ms.unwrap_or(0)).unwrap_or(0)).min(MAX_FETCH_WAIT);
+        let min_bytes = usize::try_from(req.min_bytes.unwrap_or(1)).unwrap_or(0);
+        let max_bytes = usize::try_from(req.max_bytes).unwrap_or(0);
+        let deadline = Instant::now() + wait;
+        let req = Arc::new(req);
+        loop {
+            // Armed before reading, so an append between the read and the wait still wakes it.
+            let appended = self.cluster.appends().notified();
+            let request = Arc::clone(&req);
+            let (response, bytes) = self.blocking(move |c| Ok(read_buckets(c, &request, max_bytes))).await?;
+            let now = Instant::now();
+            if bytes >= min_bytes || now >= deadline {
+                return Ok(response);
+            }
+            let _ = tokio::time::timeout(deadline - now, appended).await;
+        }
+    }
+
+    async fn list_offsets(&self, req: m::ListOffsetsRequest) -> Result<m::ListOffsetsResponse> {
+        self.blocking(move |c| {
+            let buckets_resp = req
+                .bucket_id
+                .iter()
+                .map(|&bucket| {
+                    let id = BucketId { table_id: req.table_id, partition_id: req.partition_id, bucket };
+                    let offset = match req.offset_type {
+                        0 => c.list_offset(id, false),
+                        1 => c.list_offset(id, true),
+                        2 => match req.start_timestamp {
+                            Some(ts) => c.offset_for_timestamp(id, ts),
+                            None => {
+                                Err(Error::new(ErrorKind::InvalidArgument, "a timestamp offset needs startTimestamp"))
+                            }
+                        },
+                        other => Err(Error::new(ErrorKind::InvalidArgument, format!("unknown offset type {other}"))),
+                    };
+                    m::PbListOffsetsRespForBucket {
+                        bucket_id: bucket,
+                        error_code: offset.as_ref().err().map(|e| e.kind().code()),
+                        error_message: offset.as_ref().err().map(|e| e.to_string()),
+                        offset: offset.ok(),
+                    }
+                })
+                .collect();
+            Ok(m::ListOffsetsResponse { buckets_resp })
+        })
+        .await
+    }
+}
+
+/// One pass over a FetchLog's buckets: the stored batches, back to back as they sit in the log, and how many bytes.
+fn read_buckets(cluster: &Cluster, req: &m::FetchLogRequest, max_bytes: usize) -> (m::FetchLogResponse, usize) {
+    let mut total = 0usize;
+    let mut tables_resp = Vec::with_capacity(req.tables_req.len());
+    for table in &req.tables_req {
+        let mut buckets_resp = Vec::with_capacity(table.buckets_req.len());
+        for b in &table.buckets_req {
+            let id = BucketId { table_id: table.table_id, partition_id: b.partition_id, bucket: b.bucket_id };
+            let budget = usize::try_from(b.max_fetch_bytes).unwrap_or(0).min(max_bytes.saturating_sub(total));
+            let result = if table.projection_pushdown_enabled {
+                Err(Error::new(ErrorKind::Unsupported, "projection pushdown is not supported by this cluster yet"))
+            } else if total > 0 && budget == 0 {
+                // The request's byte budget is spent: the bucket answers empty and is fetched again.
+                cluster.list_offset(id, true).map(|hw| (hw, 0, Vec::new()))
+            } else {
+                let from = match b.fetch_offset {
+                    -2 => cluster.list_offset(id, false),
+                    offset => Ok(offset),
+                };
+                from.and_then(|from| cluster.fetch(id, from, budget.max(1)))
+                    .map(|f| (f.high_watermark, f.log_start_offset, f.batches))
+            };
+            buckets_resp.push(match result {
+                Ok((high_watermark, log_start_offset, batches)) => {
+                    let mut records = BytesMut::with_capacity(batches.iter().map(|s| s.records.len()).sum());
+                    for stored in &batches {
+                        records.extend_from_slice(&stored.records);
+                    }
+                    total += records.len();
+                    m::PbFetchLogRespForBucket {
+                        partition_id: b.partition_id,
+                        bucket_id: b.bucket_id,
+                        error_code: None,
+                        error_message: None,
+                        high_watermark: Some(high_watermark),
+                        log_start_offset: Some(log_start_offset),
+                        records: (!records.is_empty()).then(|| records.freeze()),
+                    }
+                }
+                Err(e) => m::PbFetchLogRespForBucket {
+                    partition_id: b.partition_id,
+                    bucket_id: b.bucket_id,
+                    error_code: Some(e.kind().code()),
+                    error_message: Some(e.to_string()),
+                    high_watermark: None,
+                    log_start_offset: None,
+                    records: None,
+                },
+            });
+        }
+        tables_resp.push(m::PbFetchLogRespForTable { table_id: table.table_id, buckets_resp });
+    }
+    (m::FetchLogResponse { tables_resp }, total)
+}
+
+/// Checks what can be checked before a request is decoded.
+fn check(header: RequestHeader, body: &[u8]) -> Result<ApiKey> {
+    let key = ApiKey::from_i16(header.api_key).ok_or_else(|| {
+        Error::new(ErrorKind::UnsupportedVersion, format!("api key {} is not served by this cluster", header.api_key))
+    })?;
+    if !(0..=key.max_version()).contains(&header.api_version) {
+        return Err(Error::new(
+            ErrorKind::UnsupportedVersion,
+            format!("{key:?} version {} is not served (versions 0..={})", header.api_version, key.max_version()),
+        ));
+    }
+    if let Some(field) = missing_required(body, key.required_fields()) {
+        return Err(Error::new(ErrorKind::CorruptMessage, format!("{key:?} request lacks its required field {field}")));
+    }
+    Ok(key)
+}
+
+fn decode<T: Message + Default>(body: Bytes) -> Result<T> {
+    T::decode(body).map_err(|e| {
+        Error::new(ErrorKind::CorruptMessage, format!("the request is not a valid {}", std::any::type_name::<T>()))
+            .with_source(e)
+    })
+}
+
+fn table_path(p: &m::PbTablePath) -> Result<TablePath> {
+    TablePath::new(p.database_name.clone(), p.table_name.clone())
+}
+
+/// The comment of a CreateDatabase `database_json` (`{"version":1,"comment"?,"custom_properties":{}}`).
+fn database_comment(json: Option<&[u8]>) -> Result<Option<String>> {
+    let Some(json) = json else { return Ok(None) };
+    let value: serde_json::Value = serde_json::from_slice(json)
+        .map_err(|e| Error::new(ErrorKind::InvalidArgument, format!("database_json is not JSON: {e}")))?;
+    if value.get("custom_properties").and_then(|p| p.as_object()).is_some_and(|p| !p.is_empty()) {
+        return Err(Error::new(ErrorKind::InvalidArgument, "database custom properties are not supported yet"));
+    }
+    Ok(value.get("comment").and_then(|c| c.as_str()).map(str::to_string))
+}
+
+/// The name of the partition a spec names (one key: the table's partition key).
+fn partition_name(t: &TableInfo, spec: &m::PbPartitionSpec) -> Result<String> {
+    match (spec.partition_key_values.as_slice(), &t.descriptor.partition_key) {
+        ([kv], Some(key)) if &kv.key == key => Ok(kv.value.clone()),
+        _ => Err(Error::new(
+            ErrorKind::PartitionSpecInvalid,
+            format!("table {} is partitioned by {:?}: name that one key", t.path, t.descriptor.partition_key),
+        )),
+    }
+}
+
+/// The name of a partition given by id (`None` for a table that is not partitioned).
+fn partition_name_of(t: &TableInfo, partition_id: Option<i64>) -> Result<Option<String>> {
+    match partition_id {
+        None => Ok(None),
+        Some(id) => t.partitions.iter().find(|(_, p)| **p == id).map(|(name, _)| Some(name.clone())).ok_or_else(|| {
+            Error::new(ErrorKind::PartitionNotExists, format!("table {} has no partition with id {id}", t.path))
+        }),
+    }
+}

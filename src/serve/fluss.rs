@@ -45,12 +45,20 @@ pub struct FlussDoor {
     cluster: Arc<Cluster>,
     defaults: CreateDefaults,
     max_frame: usize,
+    /// The address MetaData names for this node; by default the one each client connected to.
+    advertised: Option<SocketAddr>,
 }
 
 impl FlussDoor {
     pub fn new(cluster: Arc<Cluster>) -> Self {
         let defaults = CreateDefaults { buckets: 1, datalake_format: cluster.config().datalake_format.clone() };
-        FlussDoor { cluster, defaults, max_frame: MAX_FRAME_BYTES }
+        FlussDoor { cluster, defaults, max_frame: MAX_FRAME_BYTES, advertised: None }
+    }
+
+    /// Names `addr` in MetaData instead of the address a client connected to (a proxy or NAT in between).
+    pub fn advertise(mut self, addr: SocketAddr) -> Self {
+        self.advertised = Some(addr);
+        self
     }
 
     /// Refuses frames longer than `bytes` (tests use a small limit).
@@ -87,7 +95,10 @@ impl FlussDoor {
 
     async fn connection(self: Arc<Self>, stream: TcpStream) -> Result<()> {
         let _ = stream.set_nodelay(true);
-        let local = stream.local_addr().map_err(|e| Error::new(ErrorKind::Network, "local address").with_source(e))?;
+        let local = match self.advertised {
+            Some(addr) => addr,
+            None => stream.local_addr().map_err(|e| Error::new(ErrorKind::Network, "local address").with_source(e))?,
+        };
         let (mut reader, mut writer) = stream.into_split();
         let (answers, mut outbox) = mpsc::channel::<Bytes>(QUEUED_ANSWERS);
         let writing = tokio::spawn(async move {
@@ -325,7 +336,15 @@ impl FlussDoor {
                     return Err(Error::new(ErrorKind::InvalidArgument, "ask for a snapshot id or the readable one"));
                 }
                 let t = self.cluster.table_by_path(&table_path(&req.table_path)?)?;
-                let lake = self.cluster.coordinator().lake_snapshot(t.table_id)?.clone();
+                let lake =
+                    self.cluster.coordinator().lake_snapshot(t.table_id).cloned().map_err(|e| match e.kind() {
+                        // A table the coordinator does not schedule (tiering off) has no lake snapshot either.
+                        ErrorKind::TableNotExist => Error::new(
+                            ErrorKind::LakeSnapshotNotExist,
+                            format!("table {} has no lake snapshot", t.path),
+                        ),
+                        _ => e,
+                    })?;
                 if req.snapshot_id.is_some_and(|id| id != lake.snapshot_id) {
                     return Err(Error::new(
                         ErrorKind::LakeSnapshotNotExist,

@@ -1,0 +1,574 @@
+//! The cluster's Fluss door, driven by clients that are not ours: the official Python client (pyfluss, from PyPI)
+//! for everything a Fluss user does, and raw frames for the bad input a well-behaved client never sends.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arrow::array::{Array, ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow::compute::{cast, concat_batches, sort_to_indices, take};
+use bytes::{Buf, Bytes};
+use fluss_tiering::cluster::{Cluster, ClusterConfig};
+use fluss_tiering::fluss::frame::RequestHeader;
+use fluss_tiering::fluss::messages as m;
+use fluss_tiering::model::record::{self, BatchSpec, Compression};
+use fluss_tiering::serve::EmbeddedCluster;
+use fluss_tiering::serve::fluss::FlussDoor;
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use common::{assert_success, python, read_lake, tier};
+
+/// Runs one command of `tests/fluss_client.py` against `addr`; returns its JSON answer.
+fn pyfluss(addr: SocketAddr, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fluss_client.py"))
+        .arg(addr.to_string())
+        .args(args)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "pyfluss {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("one JSON line")
+}
+
+fn read_arrow(path: &Path) -> RecordBatch {
+    let reader = arrow::ipc::reader::FileReader::try_new(std::fs::File::open(path).expect("open"), None).expect("ipc");
+    let schema = reader.schema();
+    let batches: Vec<RecordBatch> = reader.map(|b| b.expect("batch")).collect();
+    concat_batches(&schema, &batches).expect("concat")
+}
+
+/// Rows sorted by `id`.
+fn by_id(batch: &RecordBatch) -> RecordBatch {
+    let order = sort_to_indices(batch.column_by_name("id").expect("id"), None, None).expect("sort");
+    let columns: Vec<ArrayRef> = batch.columns().iter().map(|c| take(c, &order, None).expect("take")).collect();
+    RecordBatch::try_new(batch.schema(), columns).expect("batch")
+}
+
+/// Asserts that `got` holds the rows of `written` (matched by id), every column of `written` equal.
+fn assert_same_rows(what: &str, written: &RecordBatch, got: &RecordBatch) {
+    let (written, got) = (by_id(written), by_id(got));
+    assert_eq!(got.num_rows(), written.num_rows(), "{what}: row count");
+    for field in written.schema().fields() {
+        let column = got.column_by_name(field.name()).unwrap_or_else(|| panic!("{what}: no column {}", field.name()));
+        let column = cast(column, field.data_type()).expect("cast to the written type");
+        let expected = written.column_by_name(field.name()).expect("written column");
+        assert_eq!(column.as_ref(), expected.as_ref(), "{what}: column {} equals what pyfluss wrote", field.name());
+    }
+}
+
+/// `(id, partition, bucket, offset)` of every row, sorted by id.
+fn positions(batch: &RecordBatch, partition_column: &str) -> Vec<(i64, String, i32, i64)> {
+    let batch = by_id(batch);
+    let ids = batch.column_by_name("id").expect("id").as_any().downcast_ref::<Int64Array>().expect("int64").clone();
+    let buckets =
+        cast(batch.column_by_name("__bucket").expect("__bucket"), &arrow::datatypes::DataType::Int32).expect("cast");
+    let buckets = buckets.as_any().downcast_ref::<Int32Array>().expect("int32").clone();
+    let offsets = batch.column_by_name("__offset").expect("__offset");
+    let offsets = offsets.as_any().downcast_ref::<Int64Array>().expect("int64");
+    let parts = cast(batch.column_by_name(partition_column).expect("partition"), &arrow::datatypes::DataType::Utf8)
+        .expect("cast");
+    let parts = parts.as_any().downcast_ref::<StringArray>().expect("strings");
+    (0..batch.num_rows())
+        .map(|i| {
+            let part = if parts.is_null(i) { String::new() } else { parts.value(i).to_string() };
+            (ids.value(i), part, buckets.value(i), offsets.value(i))
+        })
+        .collect()
+}
+
+/// Every (partition, bucket) holds offsets 0..n once each.
+fn assert_dense(what: &str, positions: &[(i64, String, i32, i64)]) {
+    let mut per_bucket: std::collections::BTreeMap<(String, i32), Vec<i64>> = Default::default();
+    for (_, p, b, o) in positions {
+        per_bucket.entry((p.clone(), *b)).or_default().push(*o);
+    }
+    for (bucket, mut offsets) in per_bucket {
+        offsets.sort_unstable();
+        assert_eq!(offsets, (0..offsets.len() as i64).collect::<Vec<_>>(), "{what}: bucket {bucket:?}, offsets once");
+    }
+}
+
+struct Files(tempfile::TempDir);
+
+impl Files {
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.path().join(name)
+    }
+    fn arg(&self, name: &str) -> String {
+        self.path(name).display().to_string()
+    }
+}
+
+async fn pyfluss_round_trip(format: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = Files(tempfile::tempdir().expect("tempdir"));
+    let config = ClusterConfig::new(dir.path().join("cluster"));
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let cluster = EmbeddedCluster::start_with(config.clone(), any, Some(any)).await.expect("start");
+    let (grpc, fluss) = (cluster.addr(), cluster.fluss_addr().expect("the Fluss door is open"));
+
+    let created = pyfluss(fluss, &["create", "fl.plain", "3"]);
+    assert_eq!(created["buckets"], 3);
+    assert_eq!(created["properties"]["table.datalake.format"], "paimon", "the server's default is applied");
+    pyfluss(fluss, &["create", "fl.parts", "2", "region"]);
+    pyfluss(fluss, &["write", "fl.plain", "0", "120", &files.arg("plain-0.arrow")]);
+    pyfluss(fluss, &["write", "fl.parts", "0", "50", &files.arg("parts-0.arrow"), "EU"]);
+    pyfluss(fluss, &["write", "fl.parts", "50", "80", &files.arg("parts-1.arrow"), "US"]);
+
+    let written = |prefix: &str, n: usize| -> RecordBatch {
+        let parts: Vec<RecordBatch> = (0..n).map(|i| read_arrow(&files.path(&format!("{prefix}-{i}.arrow")))).collect();
+        concat_batches(&parts[0].schema(), &parts).expect("concat")
+    };
+    pyfluss(fluss, &["scan", "fl.plain", "120", &files.arg("scan.arrow")]);
+    assert_same_rows("scan before the restart", &written("plain", 1), &read_arrow(&files.path("scan.arrow")));
+    let offsets = pyfluss(fluss, &["offsets", "fl.plain"]);
+    let latest: i64 =
+        offsets["latest"].as_object().expect("latest").values().map(|v| v.as_i64().expect("offset")).sum();
+    assert_eq!(latest, 120, "{offsets}");
+    assert!(offsets["earliest"].as_object().expect("earliest").values().all(|v| v == 0), "{offsets}");
+
+    // A restart on the same addresses keeps every acknowledged row, and writers go on.
+    cluster.shutdown().await.expect("shutdown");
+    let _cluster = EmbeddedCluster::start_with(config, grpc, Some(fluss)).await.expect("restart");
+    pyfluss(fluss, &["write", "fl.plain", "120", "200", &files.arg("plain-1.arrow")]);
+    pyfluss(fluss, &["write", "fl.parts", "80", "100", &files.arg("parts-2.arrow"), "EU"]);
+    let (plain_rows, parts_rows) = (written("plain", 2), written("parts", 3));
+    pyfluss(fluss, &["scan", "fl.plain", "200", &files.arg("scan.arrow")]);
+    let scanned = read_arrow(&files.path("scan.arrow"));
+    assert_same_rows("scan after the restart", &plain_rows, &scanned);
+    let cluster_positions = positions(&scanned, "__partition");
+    assert_dense("the log", &cluster_positions);
+    pyfluss(fluss, &["scan", "fl.parts", "100", &files.arg("scan-parts.arrow")]);
+    let scanned_parts = read_arrow(&files.path("scan-parts.arrow"));
+    assert_same_rows("partitioned scan", &parts_rows, &scanned_parts);
+
+    // Our job tiers what pyfluss wrote; readers that are not ours find every value, every offset once.
+    let warehouse = dir.path().join("lake");
+    assert_success(&tier(&format!("http://{grpc}"), &warehouse, &["--format", format], &[]).await);
+    let lake = read_lake(&warehouse, &"fl.plain".parse().expect("path"));
+    assert_same_rows("the lake", &plain_rows, &lake.rows);
+    let mut lake_positions = positions(&lake.rows, "region");
+    for p in &mut lake_positions {
+        p.1.clear();
+    }
+    let plain_positions: Vec<_> = cluster_positions.iter().map(|(i, _, b, o)| (*i, String::new(), *b, *o)).collect();
+    assert_eq!(lake_positions, plain_positions, "each row sits in the lake at the bucket and offset the log gave it");
+    let lake_parts = read_lake(&warehouse, &"fl.parts".parse().expect("path"));
+    assert_same_rows("the partitioned lake table", &parts_rows, &lake_parts.rows);
+    assert_eq!(positions(&lake_parts.rows, "region"), positions(&scanned_parts, "__partition"));
+
+    // pyfluss reads the tiered offsets back as the lake snapshot.
+    let snapshot = pyfluss(fluss, &["lake", "fl.plain"]);
+    let ends = pyfluss(fluss, &["offsets", "fl.plain"])["latest"].clone();
+    let tiered: std::collections::BTreeMap<String, i64> = snapshot["buckets"]
+        .as_object()
+        .expect("buckets")
+        .iter()
+        .map(|(k, v)| (k.trim_start_matches('/').to_string(), v.as_i64().expect("offset")))
+        .collect();
+    // Buckets that never held a row are not in the snapshot (nothing of them was tiered).
+    let latest: std::collections::BTreeMap<String, i64> = ends
+        .as_object()
+        .expect("latest")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_i64().expect("offset")))
+        .filter(|(_, end)| *end > 0)
+        .collect();
+    assert_eq!(tiered, latest, "the lake snapshot pyfluss reads names every bucket's end offset: {snapshot}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyfluss_writes_and_scans_through_a_restart_and_the_job_tiers_it_to_paimon() {
+    pyfluss_round_trip("paimon").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyfluss_writes_and_scans_through_a_restart_and_the_job_tiers_it_to_iceberg() {
+    pyfluss_round_trip("iceberg").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyfluss_admin_calls_get_the_answers_and_error_codes_of_a_java_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let cluster = EmbeddedCluster::start_with(ClusterConfig::new(dir.path()), any, Some(any)).await.expect("start");
+    let out = pyfluss(cluster.fluss_addr().expect("door"), &["admin"]);
+    let expect = |key: &str, value: serde_json::Value| assert_eq!(out[key], value, "{key}: {out}");
+    expect("duplicate_database", 6.into());
+    expect("databases", serde_json::json!(["adm"]));
+    expect("exists", serde_json::json!([true, false]));
+    expect("duplicate_table", 8.into());
+    expect("missing_database", 4.into());
+    expect("tables", serde_json::json!(["t1"]));
+    expect("table_exists", serde_json::json!([true, false]));
+    expect("unknown_table", 7.into());
+    expect("unsupported_type", 15.into());
+    expect("primary_key_table", 15.into());
+    expect("no_lake_snapshot", 53.into());
+    expect("not_empty", 5.into());
+    expect("tables_after_drop", serde_json::json!([]));
+    expect("database_after_drop", false.into());
+}
+
+// ---- Raw frames -------------------------------------------------------------------------------------------------
+
+struct Raw {
+    stream: TcpStream,
+    next_id: i32,
+}
+
+/// A response: its type (0 success, 1 error), request id and body.
+#[derive(Debug)]
+struct Answer {
+    kind: u8,
+    request_id: i32,
+    body: Bytes,
+}
+
+impl Answer {
+    fn error_code(&self) -> i32 {
+        assert_eq!(self.kind, 1, "an ERROR_RESPONSE");
+        m::ErrorResponse::decode(self.body.clone()).expect("error body").error_code
+    }
+    fn ok<T: Message + Default>(&self) -> T {
+        assert_eq!(self.kind, 0, "a SUCCESS_RESPONSE, got {:?}", m::ErrorResponse::decode(self.body.clone()));
+        T::decode(self.body.clone()).expect("response body")
+    }
+}
+
+impl Raw {
+    async fn connect(addr: SocketAddr) -> Raw {
+        Raw { stream: TcpStream::connect(addr).await.expect("connect"), next_id: 0 }
+    }
+
+    async fn send_frame(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// The next answer; `None` when the server closed the connection.
+    async fn answer(&mut self) -> Option<Answer> {
+        let len = match self.stream.read_i32().await {
+            Ok(len) => len,
+            Err(_) => return None,
+        };
+        let mut frame = vec![0u8; len as usize];
+        self.stream.read_exact(&mut frame).await.ok()?;
+        let mut frame = Bytes::from(frame);
+        let kind = frame.get_u8();
+        let request_id = frame.get_i32();
+        Some(Answer { kind, request_id, body: frame })
+    }
+
+    async fn call_raw(&mut self, api_key: i16, api_version: i16, body: &[u8]) -> Answer {
+        self.next_id += 1;
+        let header = RequestHeader { api_key, api_version, request_id: self.next_id };
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&((8 + body.len()) as i32).to_be_bytes());
+        bytes.extend_from_slice(&api_key.to_be_bytes());
+        bytes.extend_from_slice(&api_version.to_be_bytes());
+        bytes.extend_from_slice(&header.request_id.to_be_bytes());
+        bytes.extend_from_slice(body);
+        self.send_frame(&bytes).await;
+        let answer = self.answer().await.expect("an answer");
+        assert_eq!(answer.request_id, self.next_id, "answers carry their request's id");
+        answer
+    }
+
+    async fn call(&mut self, api_key: i16, body: &impl Message) -> Answer {
+        self.call_raw(api_key, 0, &body.encode_to_vec()).await
+    }
+}
+
+/// A cluster served only through a Fluss door with a 64 KiB frame limit.
+async fn door(dir: &Path) -> (SocketAddr, Arc<Cluster>, tokio::sync::oneshot::Sender<()>) {
+    let cluster = Arc::new(Cluster::open(ClusterConfig::new(dir)).expect("open"));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let door = FlussDoor::new(Arc::clone(&cluster)).with_max_frame(64 << 10);
+    tokio::spawn(door.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    (addr, cluster, stop)
+}
+
+const TABLE_JSON: &str = r#"{"version":1,"schema":{"version":1,"columns":[{"name":"id","data_type":{"type":"BIGINT"},"id":0},
+    {"name":"name","data_type":{"type":"STRING"},"id":1}],"highest_field_id":1},"partition_key":[],"bucket_key":[],
+    "bucket_count":2,"properties":{},"custom_properties":{}}"#;
+
+fn rows(ids: std::ops::Range<i64>) -> RecordBatch {
+    let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+        arrow::datatypes::Field::new("id", arrow::datatypes::DataType::Int64, true),
+        arrow::datatypes::Field::new("name", arrow::datatypes::DataType::Utf8, true),
+    ]));
+    let names: Vec<String> = ids.clone().map(|i| format!("n{i}")).collect();
+    RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from_iter_values(ids)), Arc::new(StringArray::from(names))])
+        .expect("batch")
+}
+
+fn batch(ids: std::ops::Range<i64>, schema_id: i16, writer: Option<(i64, i32)>) -> Bytes {
+    record::encode(BatchSpec { schema_id, writer, compression: Compression::Zstd }, &rows(ids), None).expect("encode")
+}
+
+fn produce(table_id: i64, bucket_id: i32, records: Bytes) -> m::ProduceLogRequest {
+    m::ProduceLogRequest {
+        acks: -1,
+        table_id,
+        timeout_ms: 30_000,
+        buckets_req: vec![m::PbProduceLogReqForBucket { partition_id: None, bucket_id, records }],
+    }
+}
+
+fn fetch(table_id: i64, bucket_id: i32, fetch_offset: i64, max_wait_ms: i32) -> m::FetchLogRequest {
+    m::FetchLogRequest {
+        follower_server_id: -1,
+        max_bytes: 1 << 20,
+        tables_req: vec![m::PbFetchLogReqForTable {
+            table_id,
+            projection_pushdown_enabled: false,
+            projected_fields: vec![],
+            buckets_req: vec![m::PbFetchLogReqForBucket {
+                partition_id: None,
+                bucket_id,
+                fetch_offset,
+                max_fetch_bytes: 1 << 20,
+            }],
+        }],
+        max_wait_ms: Some(max_wait_ms),
+        min_bytes: Some(1),
+    }
+}
+
+fn produced(answer: &Answer) -> (Option<i32>, Option<i64>) {
+    let resp: m::ProduceLogResponse = answer.ok();
+    assert_eq!(resp.buckets_resp.len(), 1, "one answer per bucket asked");
+    (resp.buckets_resp[0].error_code, resp.buckets_resp[0].base_offset)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_the_error_codes_of_a_java_server_and_the_connection_stays_usable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (addr, _cluster, _stop) = door(dir.path()).await;
+    let mut c = Raw::connect(addr).await;
+    let hello = m::ApiVersionsRequest { client_software_name: "test".into(), client_software_version: "0".into() };
+    let versions: m::ApiVersionsResponse = c.call(1000, &hello).await.ok();
+    assert!(versions.api_versions.iter().any(|v| v.api_key == 1014), "ProduceLog is listed");
+    assert_eq!(versions.server_type, None, "one node in both roles names no server type");
+
+    assert_eq!(c.call_raw(1999, 0, &[]).await.error_code(), 2, "an api key not served: UNSUPPORTED_VERSION");
+    assert_eq!(c.call_raw(1000, 7, &hello.encode_to_vec()).await.error_code(), 2, "a version not served");
+    assert_eq!(c.call_raw(1001, 0, &[]).await.error_code(), 3, "required fields missing: CORRUPT_MESSAGE");
+    assert_eq!(c.call_raw(1003, 0, &[0xFF, 0xFF, 0xFF]).await.error_code(), 3, "a body that is not protobuf");
+    assert_eq!(c.call_raw(1000, 0, &vec![0u8; 100 << 10]).await.error_code(), 3, "a frame over the limit");
+    let _: m::ApiVersionsResponse = c.call(1000, &hello).await.ok();
+
+    let db = m::CreateDatabaseRequest { database_name: "raw".into(), ignore_if_exists: false, database_json: None };
+    let _: m::EmptyResponse = c.call(1001, &db).await.ok();
+    let path = m::PbTablePath { database_name: "raw".into(), table_name: "t".into() };
+    let create = m::CreateTableRequest {
+        table_path: path.clone(),
+        table_json: TABLE_JSON.as_bytes().to_vec(),
+        ignore_if_exists: false,
+    };
+    let _: m::EmptyResponse = c.call(1005, &create).await.ok();
+    let info: m::GetTableInfoResponse = c.call(1007, &m::TablePathRequest { table_path: path.clone() }).await.ok();
+    let (table_id, schema_id) = (info.table_id, info.schema_id as i16);
+
+    let mut corrupt = batch(0..3, schema_id, None).to_vec();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0x55;
+    assert_eq!(
+        produced(&c.call(1014, &produce(table_id, 0, corrupt.into())).await).0,
+        Some(14),
+        "bad crc: CORRUPT_RECORD"
+    );
+    assert_eq!(
+        produced(&c.call(1014, &produce(table_id, 0, batch(0..3, 99, None))).await).0,
+        Some(9),
+        "SCHEMA_NOT_EXIST"
+    );
+    assert_eq!(produced(&c.call(1014, &produce(table_id, 5, batch(0..3, schema_id, None))).await).0, Some(21));
+    assert_eq!(c.call(1014, &produce(table_id + 9, 0, batch(0..3, schema_id, None))).await.error_code(), 7);
+    assert_eq!(
+        c.call(
+            1021,
+            &m::ListOffsetsRequest {
+                follower_server_id: -1,
+                offset_type: 1,
+                table_id,
+                partition_id: None,
+                bucket_id: vec![0],
+                start_timestamp: None
+            }
+        )
+        .await
+        .ok::<m::ListOffsetsResponse>()
+        .buckets_resp[0]
+            .offset,
+        Some(0),
+        "nothing of the refused batches was stored"
+    );
+    assert_eq!(produced(&c.call(1014, &produce(table_id, 0, batch(0..3, schema_id, None))).await), (None, Some(0)));
+
+    let fetched: m::FetchLogResponse = c.call(1015, &fetch(table_id, 0, 99, 0)).await.ok();
+    assert_eq!(fetched.tables_resp[0].buckets_resp[0].error_code, Some(19), "past the end: LOG_OFFSET_OUT_OF_RANGE");
+    let fetched: m::FetchLogResponse = c.call(1015, &fetch(table_id, 0, -2, 0)).await.ok();
+    let stored = fetched.tables_resp[0].buckets_resp[0].records.clone().expect("records");
+    let stored = record::split(&stored).expect("whole batches");
+    assert_eq!(stored.len(), 1);
+    stored[0].check_crc().expect("the stored batch keeps its crc");
+    assert_eq!(stored[0].header().base_offset, 0);
+
+    // A frame too short to hold a header cannot be answered: that connection closes, the server goes on.
+    c.send_frame(&3i32.to_be_bytes()).await;
+    c.send_frame(&[0, 0, 0]).await;
+    assert!(c.answer().await.is_none(), "the connection is closed");
+    let mut d = Raw::connect(addr).await;
+    let _: m::ApiVersionsResponse = d.call(1000, &hello).await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_writers_long_polling_fetches_and_timestamp_offsets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (addr, _cluster, _stop) = door(dir.path()).await;
+    let mut c = Raw::connect(addr).await;
+    let db = m::CreateDatabaseRequest { database_name: "raw".into(), ignore_if_exists: false, database_json: None };
+    let _: m::EmptyResponse = c.call(1001, &db).await.ok();
+    let path = m::PbTablePath { database_name: "raw".into(), table_name: "t".into() };
+    let create = m::CreateTableRequest {
+        table_path: path.clone(),
+        table_json: TABLE_JSON.as_bytes().to_vec(),
+        ignore_if_exists: false,
+    };
+    let _: m::EmptyResponse = c.call(1005, &create).await.ok();
+    let info: m::GetTableInfoResponse = c.call(1007, &m::TablePathRequest { table_path: path }).await.ok();
+    let (table_id, schema_id) = (info.table_id, info.schema_id as i16);
+
+    let writer =
+        c.call(1026, &m::InitWriterRequest { table_path: vec![] }).await.ok::<m::InitWriterResponse>().writer_id;
+    let again =
+        c.call(1026, &m::InitWriterRequest { table_path: vec![] }).await.ok::<m::InitWriterResponse>().writer_id;
+    assert_ne!(writer, again, "every InitWriter gets a new id");
+    let first = batch(0..4, schema_id, Some((writer, 0)));
+    assert_eq!(produced(&c.call(1014, &produce(table_id, 1, first.clone())).await), (None, Some(0)));
+    assert_eq!(produced(&c.call(1014, &produce(table_id, 1, first)).await), (None, Some(0)), "a repeat: same offset");
+    let gap = batch(4..6, schema_id, Some((writer, 2)));
+    assert_eq!(produced(&c.call(1014, &produce(table_id, 1, gap)).await).0, Some(31), "OUT_OF_ORDER_SEQUENCE");
+
+    // A fetch at the end waits for the next append (max_wait 20 s: it returns when the append lands).
+    let mut waiting = Raw::connect(addr).await;
+    let fetch_at_end = tokio::spawn(async move { waiting.call(1015, &fetch(table_id, 1, 4, 20_000)).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let before_second = fluss_tiering::model::now_ms();
+    let next = batch(4..6, schema_id, Some((writer, 1)));
+    assert_eq!(produced(&c.call(1014, &produce(table_id, 1, next)).await), (None, Some(4)));
+    let woken: m::FetchLogResponse = fetch_at_end.await.expect("task").ok();
+    let records = woken.tables_resp[0].buckets_resp[0].records.clone().expect("the append wakes the fetch");
+    assert_eq!(record::split(&records).expect("batches")[0].header().base_offset, 4);
+
+    let by_time = |ts| m::ListOffsetsRequest {
+        follower_server_id: -1,
+        offset_type: 2,
+        table_id,
+        partition_id: None,
+        bucket_id: vec![1],
+        start_timestamp: Some(ts),
+    };
+    let offset = |r: m::ListOffsetsResponse| r.buckets_resp[0].offset;
+    assert_eq!(offset(c.call(1021, &by_time(0)).await.ok()), Some(0));
+    assert_eq!(offset(c.call(1021, &by_time(before_second)).await.ok()), Some(4));
+    assert_eq!(offset(c.call(1021, &by_time(i64::MAX)).await.ok()), Some(6), "after every append: the end");
+}
+
+/// Forwards connections to `target`; the first ProduceLog answer it sees is dropped and its connection cut, as if
+/// the network failed after the server stored the batch.
+async fn lossy_proxy(target: SocketAddr) -> (SocketAddr, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let dropped = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&dropped);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let flag = Arc::clone(&flag);
+            tokio::spawn(async move {
+                let server = TcpStream::connect(target).await.expect("connect");
+                let (mut client_rd, mut client_wr) = client.into_split();
+                let (mut server_rd, mut server_wr) = server.into_split();
+                let produce_ids = Arc::new(std::sync::Mutex::new(Vec::<i32>::new()));
+                let ids = Arc::clone(&produce_ids);
+                let upstream = tokio::spawn(async move {
+                    while let Ok(len) = client_rd.read_i32().await {
+                        let mut frame = vec![0u8; len as usize];
+                        if client_rd.read_exact(&mut frame).await.is_err() {
+                            break;
+                        }
+                        if i16::from_be_bytes([frame[0], frame[1]]) == 1014 {
+                            ids.lock()
+                                .expect("lock")
+                                .push(i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]));
+                        }
+                        if server_wr.write_all(&len.to_be_bytes()).await.is_err()
+                            || server_wr.write_all(&frame).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+                while let Ok(len) = server_rd.read_i32().await {
+                    let mut frame = vec![0u8; len as usize];
+                    if server_rd.read_exact(&mut frame).await.is_err() {
+                        break;
+                    }
+                    let id = i32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]);
+                    let is_produce = produce_ids.lock().expect("lock").contains(&id);
+                    if is_produce && !flag.swap(true, Ordering::SeqCst) {
+                        // Stored, never acknowledged: cut both ways.
+                        upstream.abort();
+                        return;
+                    }
+                    if client_wr.write_all(&len.to_be_bytes()).await.is_err()
+                        || client_wr.write_all(&frame).await.is_err()
+                    {
+                        break;
+                    }
+                }
+                upstream.abort();
+            });
+        }
+    });
+    (addr, dropped)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_produce_whose_acknowledgement_is_lost_is_retried_by_pyfluss_and_stored_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = Files(tempfile::tempdir().expect("tempdir"));
+    let cluster = Arc::new(Cluster::open(ClusterConfig::new(dir.path())).expect("open"));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let door_addr = listener.local_addr().expect("addr");
+    let (proxy, dropped) = lossy_proxy(door_addr).await;
+    // The door names the proxy in MetaData, so every connection pyfluss opens goes through it.
+    let door = FlussDoor::new(Arc::clone(&cluster)).advertise(proxy);
+    tokio::spawn(door.serve(listener, std::future::pending()));
+
+    pyfluss(proxy, &["create", "lossy.t", "1"]);
+    pyfluss(proxy, &["write", "lossy.t", "0", "40", &files.arg("written.arrow")]);
+    assert!(dropped.load(Ordering::SeqCst), "an acknowledgement was lost on the way");
+    pyfluss(proxy, &["scan", "lossy.t", "40", &files.arg("scan.arrow")]);
+    let scanned = read_arrow(&files.path("scan.arrow"));
+    assert_same_rows("after the retry", &read_arrow(&files.path("written.arrow")), &scanned);
+    let offsets = pyfluss(proxy, &["offsets", "lossy.t"]);
+    assert_eq!(offsets["latest"]["0"], 40, "the retried batch took its offsets once: {offsets}");
+}

@@ -17,9 +17,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{
-    ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Float32Builder, Float64Builder,
-    Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+    ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, FixedSizeBinaryBuilder, Float32Builder,
+    Float64Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
 };
+use arrow::datatypes::DataType;
 use arrow::record_batch::RecordBatch;
 use futures::stream::{self, StreamExt, TryStreamExt};
 
@@ -167,10 +168,65 @@ impl Workload {
                         });
                         Arc::new(b.finish())
                     }
-                    ColumnType::Timestamp => {
+                    ColumnType::Timestamp { precision: 6 } => {
                         let mut b = TimestampMicrosecondBuilder::with_capacity(rows.len());
                         rows.iter().for_each(|&r| b.append_option((!null(r)).then(|| MICROS_2026 + r as i64 * 1000)));
                         Arc::new(b.finish())
+                    }
+                    ColumnType::Char { length } => {
+                        let mut b = StringBuilder::with_capacity(rows.len(), rows.len() * length as usize);
+                        rows.iter().for_each(|&r| {
+                            let text = format!("{:x}", h(r));
+                            b.append_option(
+                                (!null(r)).then(|| text.chars().cycle().take(length as usize).collect::<String>()),
+                            )
+                        });
+                        Arc::new(b.finish())
+                    }
+                    ColumnType::FixedBinary { length } => {
+                        let width = i32::try_from(length)
+                            .map_err(|_| Error::new(ErrorKind::InvalidArgument, "binary(N) is too wide"))?;
+                        let mut b = FixedSizeBinaryBuilder::with_capacity(rows.len(), width);
+                        for &r in rows {
+                            match null(r) {
+                                true => b.append_null(),
+                                false => {
+                                    let bytes: Vec<u8> =
+                                        h(r).to_le_bytes().into_iter().cycle().take(length as usize).collect();
+                                    b.append_value(bytes).map_err(|e| {
+                                        Error::new(ErrorKind::Internal, "binary(N) value").with_source(e)
+                                    })?;
+                                }
+                            }
+                        }
+                        Arc::new(b.finish())
+                    }
+                    // The rest are integers in another unit: generated as such and cast to the column's type.
+                    ty @ (ColumnType::Int8
+                    | ColumnType::Int16
+                    | ColumnType::Time { .. }
+                    | ColumnType::Timestamp { .. }
+                    | ColumnType::TimestampLtz { .. }) => {
+                        let arrow = ty.to_arrow();
+                        let value = |r: u64| -> i64 {
+                            match arrow {
+                                DataType::Int8 => (h(r) % 200) as i64 - 100,
+                                DataType::Int16 => (h(r) % 60_000) as i64 - 30_000,
+                                // Seconds, milliseconds, … of a day.
+                                DataType::Time32(unit) | DataType::Time64(unit) => {
+                                    (h(r) % 86_400) as i64 * per_second(unit)
+                                }
+                                DataType::Timestamp(unit, _) => (MICROS_2026 / 1_000_000 + r as i64) * per_second(unit),
+                                _ => 0,
+                            }
+                        };
+                        let mut b = Int64Builder::with_capacity(rows.len());
+                        rows.iter().for_each(|&r| b.append_option((!null(r)).then(|| value(r))));
+                        let ints: ArrayRef = Arc::new(b.finish());
+                        let as_i32 = matches!(arrow, DataType::Time32(_) | DataType::Int8 | DataType::Int16);
+                        let ints = if as_i32 { arrow::compute::cast(&ints, &DataType::Int32) } else { Ok(ints) };
+                        ints.and_then(|a| arrow::compute::cast(&a, &arrow))
+                            .map_err(|e| Error::new(ErrorKind::Internal, "generating a column").with_source(e))?
                     }
                 };
                 Ok(array)
@@ -178,6 +234,17 @@ impl Workload {
             .collect::<Result<_>>()?;
         RecordBatch::try_new(table.arrow_schema(), columns)
             .map_err(|e| Error::new(ErrorKind::Internal, "building a generated batch").with_source(e))
+    }
+}
+
+/// How many of `unit` make a second.
+fn per_second(unit: arrow::datatypes::TimeUnit) -> i64 {
+    use arrow::datatypes::TimeUnit::*;
+    match unit {
+        Second => 1,
+        Millisecond => 1_000,
+        Microsecond => 1_000_000,
+        Nanosecond => 1_000_000_000,
     }
 }
 

@@ -35,6 +35,13 @@ SCHEMA = pa.schema(
         ("blob", pa.binary()),
         ("day", pa.date32()),
         ("ts", pa.timestamp("us")),
+        ("tiny", pa.int8()),
+        ("short", pa.int16()),
+        ("key", pa.binary(6)),
+        ("at", pa.time32("ms")),
+        ("ms", pa.timestamp("ms")),
+        ("ns", pa.timestamp("ns")),
+        ("ltz", pa.timestamp("us", tz="UTC")),
         ("region", pa.string()),
     ]
 )
@@ -53,6 +60,14 @@ def row(i: int, partition: str) -> dict:
         "blob": bytes([i % 256, 1, 2]),
         "day": datetime.date(2024, 1, 1) + datetime.timedelta(days=i % 400),
         "ts": datetime.datetime(2024, 1, 2, 3, 4, 5, 678901) + datetime.timedelta(seconds=i),
+        "tiny": i % 200 - 100,
+        "short": None if i % 5 == 0 else i * 7 - 3000,
+        "key": bytes([i % 256]) * 6,
+        "at": datetime.time(i % 24, i % 60, i % 60, (i % 1000) * 1000),
+        "ms": datetime.datetime(2024, 5, 6, 7, 8, 9, 123000) + datetime.timedelta(minutes=i),
+        # Whole seconds: Iceberg keeps microseconds, Paimon nanoseconds; both hold these exactly.
+        "ns": datetime.datetime(2024, 7, 8, 9, 10, 11) + datetime.timedelta(hours=i),
+        "ltz": datetime.datetime(2025, 1, 1, 0, 0, 0, 5, tzinfo=datetime.timezone.utc) + datetime.timedelta(seconds=i),
         "region": partition,
     }
 

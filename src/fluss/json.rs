@@ -132,13 +132,24 @@ pub fn parse_table(json: &[u8], defaults: &CreateDefaults) -> Result<TableDescri
 fn column_type(name: &str, t: &DataTypeJson) -> Result<ColumnType> {
     let unsupported = || {
         invalid(format!(
-            "column {name}: type {} is not supported by this cluster yet (supported: BOOLEAN, INTEGER, BIGINT, FLOAT, \
-             DOUBLE, DECIMAL, STRING, BYTES, DATE, TIMESTAMP(6))",
+            "column {name}: type {} is not supported by this cluster (supported: BOOLEAN, TINYINT, SMALLINT, \
+             INTEGER, BIGINT, FLOAT, DOUBLE, DECIMAL, CHAR, STRING, BINARY, BYTES, DATE, TIME, TIMESTAMP, \
+             TIMESTAMP_LTZ)",
             describe(t)
         ))
     };
+    let needs = |what: &str| invalid(format!("column {name}: type {} needs a {what}", describe(t)));
+    let precision = || -> Result<u8> {
+        let p = t.precision.ok_or_else(|| needs("precision"))?;
+        u8::try_from(p)
+            .ok()
+            .filter(|p| *p <= 9)
+            .ok_or_else(|| invalid(format!("column {name}: {} has a precision outside 0 to 9", describe(t))))
+    };
     Ok(match t.type_name.as_str() {
         "BOOLEAN" => ColumnType::Bool,
+        "TINYINT" => ColumnType::Int8,
+        "SMALLINT" => ColumnType::Int16,
         "INTEGER" => ColumnType::Int32,
         "BIGINT" => ColumnType::Int64,
         "FLOAT" => ColumnType::Float32,
@@ -146,7 +157,11 @@ fn column_type(name: &str, t: &DataTypeJson) -> Result<ColumnType> {
         "STRING" => ColumnType::String,
         "BYTES" => ColumnType::Binary,
         "DATE" => ColumnType::Date,
-        "TIMESTAMP_WITHOUT_TIME_ZONE" if t.precision == Some(6) => ColumnType::Timestamp,
+        "CHAR" => ColumnType::Char { length: t.length.filter(|l| *l > 0).ok_or_else(|| needs("length"))? },
+        "BINARY" => ColumnType::FixedBinary { length: t.length.filter(|l| *l > 0).ok_or_else(|| needs("length"))? },
+        "TIME_WITHOUT_TIME_ZONE" => ColumnType::Time { precision: precision()? },
+        "TIMESTAMP_WITHOUT_TIME_ZONE" => ColumnType::Timestamp { precision: precision()? },
+        "TIMESTAMP_WITH_LOCAL_TIME_ZONE" => ColumnType::TimestampLtz { precision: precision()? },
         "DECIMAL" => {
             let precision = t.precision.and_then(|p| u8::try_from(p).ok()).filter(|p| (1..=38).contains(p));
             let scale = t.scale.unwrap_or(0);
@@ -178,6 +193,8 @@ fn type_json(t: ColumnType, nullable: bool) -> DataTypeJson {
     };
     match t {
         ColumnType::Bool => plain("BOOLEAN"),
+        ColumnType::Int8 => plain("TINYINT"),
+        ColumnType::Int16 => plain("SMALLINT"),
         ColumnType::Int32 => plain("INTEGER"),
         ColumnType::Int64 => plain("BIGINT"),
         ColumnType::Float32 => plain("FLOAT"),
@@ -185,7 +202,17 @@ fn type_json(t: ColumnType, nullable: bool) -> DataTypeJson {
         ColumnType::String => plain("STRING"),
         ColumnType::Binary => plain("BYTES"),
         ColumnType::Date => plain("DATE"),
-        ColumnType::Timestamp => DataTypeJson { precision: Some(6), ..plain("TIMESTAMP_WITHOUT_TIME_ZONE") },
+        ColumnType::Char { length } => DataTypeJson { length: Some(length), ..plain("CHAR") },
+        ColumnType::FixedBinary { length } => DataTypeJson { length: Some(length), ..plain("BINARY") },
+        ColumnType::Time { precision } => {
+            DataTypeJson { precision: Some(u32::from(precision)), ..plain("TIME_WITHOUT_TIME_ZONE") }
+        }
+        ColumnType::Timestamp { precision } => {
+            DataTypeJson { precision: Some(u32::from(precision)), ..plain("TIMESTAMP_WITHOUT_TIME_ZONE") }
+        }
+        ColumnType::TimestampLtz { precision } => {
+            DataTypeJson { precision: Some(u32::from(precision)), ..plain("TIMESTAMP_WITH_LOCAL_TIME_ZONE") }
+        }
         ColumnType::Decimal { precision, scale } => {
             DataTypeJson { precision: Some(u32::from(precision)), scale: Some(scale.max(0) as u32), ..plain("DECIMAL") }
         }
@@ -263,7 +290,7 @@ mod tests {
         assert_eq!(d.buckets, 4);
         assert_eq!(
             d.columns.iter().map(|c| c.data_type).collect::<Vec<_>>(),
-            vec![ColumnType::Int64, ColumnType::String, ColumnType::Timestamp]
+            vec![ColumnType::Int64, ColumnType::String, ColumnType::TIMESTAMP]
         );
         assert_eq!(d.properties.get("table.datalake.format").map(String::as_str), Some("paimon"));
         let out = String::from_utf8(table_json(&d).expect("json")).expect("utf-8");
@@ -284,10 +311,8 @@ mod tests {
     fn refuses_what_it_cannot_hold_by_name() {
         let with = |from: &str, to: &str| PYFLUSS_CREATE.replace(from, to);
         let cases = [
-            (
-                with(r#"{"type":"STRING"}"#, r#"{"type":"TIME_WITHOUT_TIME_ZONE","precision":3}"#),
-                "TIME_WITHOUT_TIME_ZONE(3)",
-            ),
+            (with(r#"{"type":"STRING"}"#, r#"{"type":"ARRAY","element_type":{"type":"INTEGER"}}"#), "type ARRAY"),
+            (with(r#"{"type":"STRING"}"#, r#"{"type":"TIME_WITHOUT_TIME_ZONE"}"#), "needs a precision"),
             (with(r#""partition_key":[]"#, r#""partition_key":["id","name"]"#), "several columns"),
             (with(r#""highest_field_id":2"#, r#""highest_field_id":2,"primary_key":["id"]"#), "primary-key tables"),
             ("{}".to_string(), "not a Fluss table descriptor"),

@@ -174,17 +174,22 @@ fn ident(t: &TableContext) -> TableIdent {
 fn primitive(ty: ColumnType) -> PrimitiveType {
     match ty {
         ColumnType::Bool => PrimitiveType::Boolean,
-        ColumnType::Int32 => PrimitiveType::Int,
+        // Iceberg has no narrower integers: TINYINT and SMALLINT widen to int.
+        ColumnType::Int8 | ColumnType::Int16 | ColumnType::Int32 => PrimitiveType::Int,
         ColumnType::Int64 => PrimitiveType::Long,
         ColumnType::Float32 => PrimitiveType::Float,
         ColumnType::Float64 => PrimitiveType::Double,
         ColumnType::Decimal { precision, scale } => {
             PrimitiveType::Decimal { precision: u32::from(precision), scale: scale.max(0) as u32 }
         }
-        ColumnType::String => PrimitiveType::String,
+        ColumnType::String | ColumnType::Char { .. } => PrimitiveType::String,
         ColumnType::Binary => PrimitiveType::Binary,
+        ColumnType::FixedBinary { length } => PrimitiveType::Fixed(u64::from(length)),
         ColumnType::Date => PrimitiveType::Date,
-        ColumnType::Timestamp => PrimitiveType::Timestamp,
+        // Iceberg (v2) keeps times and timestamps in microseconds: nanosecond digits are not kept.
+        ColumnType::Time { .. } => PrimitiveType::Time,
+        ColumnType::Timestamp { .. } => PrimitiveType::Timestamp,
+        ColumnType::TimestampLtz { .. } => PrimitiveType::Timestamptz,
     }
 }
 

@@ -22,9 +22,9 @@ use arrow::datatypes::{Field, Schema as ArrowSchema, SchemaRef as ArrowSchemaRef
 use async_trait::async_trait;
 use paimon::catalog::Identifier;
 use paimon::spec::{
-    BigIntType, BooleanType, DataType, DateType, DecimalType, DoubleType, FloatType, IntType, LocalZonedTimestampType,
-    Manifest, ManifestList, Schema, SchemaChange, Snapshot, TimestampType, VALUE_KIND_FIELD_NAME, VarBinaryType,
-    VarCharType,
+    BigIntType, BinaryType, BooleanType, CharType, DataType, DateType, DecimalType, DoubleType, FloatType, IntType,
+    LocalZonedTimestampType, Manifest, ManifestList, Schema, SchemaChange, SmallIntType, Snapshot, TimeType,
+    TimestampType, TinyIntType, VALUE_KIND_FIELD_NAME, VarBinaryType, VarCharType,
 };
 use paimon::table::{COMMIT_MESSAGE_SERIALIZER_VERSION, CommitMessage, Table, TableCommit, TableWrite};
 use paimon::{Catalog, CatalogFactory, CatalogOptions, Options};
@@ -227,7 +227,22 @@ fn paimon_type(ty: ColumnType, nullable: bool) -> Result<DataType> {
             DataType::VarBinary(VarBinaryType::try_new(nullable, VarBinaryType::MAX_LENGTH).map_err(bad)?)
         }
         ColumnType::Date => DataType::Date(DateType::with_nullable(nullable)),
-        ColumnType::Timestamp => DataType::Timestamp(TimestampType::with_nullable(nullable, 6).map_err(bad)?),
+        ColumnType::Int8 => DataType::TinyInt(TinyIntType::with_nullable(nullable)),
+        ColumnType::Int16 => DataType::SmallInt(SmallIntType::with_nullable(nullable)),
+        ColumnType::Char { length } => DataType::Char(CharType::with_nullable(nullable, length as usize).map_err(bad)?),
+        ColumnType::FixedBinary { length } => {
+            DataType::Binary(BinaryType::with_nullable(nullable, length as usize).map_err(bad)?)
+        }
+        // Paimon reads and writes TIME as milliseconds of the day: finer digits are not kept.
+        ColumnType::Time { precision } => {
+            DataType::Time(TimeType::with_nullable(nullable, u32::from(precision.min(3))).map_err(bad)?)
+        }
+        ColumnType::Timestamp { precision } => {
+            DataType::Timestamp(TimestampType::with_nullable(nullable, u32::from(precision)).map_err(bad)?)
+        }
+        ColumnType::TimestampLtz { precision } => DataType::LocalZonedTimestamp(
+            LocalZonedTimestampType::with_nullable(nullable, u32::from(precision)).map_err(bad)?,
+        ),
     })
 }
 

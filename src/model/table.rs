@@ -60,11 +60,15 @@ impl fmt::Display for TablePath {
     }
 }
 
-/// The column types a table may have, spelled as on the command line.
+/// The column types a table may have: Fluss's scalar types, spelled as on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ColumnType {
     Bool,
+    /// TINYINT.
+    Int8,
+    /// SMALLINT.
+    Int16,
     Int32,
     Int64,
     Float32,
@@ -74,28 +78,71 @@ pub enum ColumnType {
         scale: i8,
     },
     String,
+    /// CHAR(n): a string the writer pads or limits to `length` characters (stored as a string).
+    Char {
+        length: u32,
+    },
+    /// BYTES: variable-length bytes.
     Binary,
+    /// BINARY(n): exactly `length` bytes.
+    FixedBinary {
+        length: u32,
+    },
     Date,
-    /// Microseconds since the epoch, without a time zone.
-    Timestamp,
+    /// TIME(p): time of day, `precision` fractional digits (0 to 9).
+    Time {
+        precision: u8,
+    },
+    /// TIMESTAMP(p), without a time zone; `timestamp` alone is TIMESTAMP(6).
+    Timestamp {
+        precision: u8,
+    },
+    /// TIMESTAMP_LTZ(p): an instant, shown in the reader's time zone.
+    TimestampLtz {
+        precision: u8,
+    },
+}
+
+/// The Arrow unit of a fractional-seconds precision (Fluss's rule: 0 s, 1–3 ms, 4–6 µs, 7–9 ns).
+fn time_unit(precision: u8) -> TimeUnit {
+    match precision {
+        0 => TimeUnit::Second,
+        1..=3 => TimeUnit::Millisecond,
+        4..=6 => TimeUnit::Microsecond,
+        _ => TimeUnit::Nanosecond,
+    }
 }
 
 impl ColumnType {
+    /// TIMESTAMP(6), what `timestamp` means.
+    pub const TIMESTAMP: ColumnType = ColumnType::Timestamp { precision: 6 };
+
     pub fn to_arrow(self) -> DataType {
         match self {
             ColumnType::Bool => DataType::Boolean,
+            ColumnType::Int8 => DataType::Int8,
+            ColumnType::Int16 => DataType::Int16,
             ColumnType::Int32 => DataType::Int32,
             ColumnType::Int64 => DataType::Int64,
             ColumnType::Float32 => DataType::Float32,
             ColumnType::Float64 => DataType::Float64,
             ColumnType::Decimal { precision, scale } => DataType::Decimal128(precision, scale),
-            ColumnType::String => DataType::Utf8,
+            ColumnType::String | ColumnType::Char { .. } => DataType::Utf8,
             ColumnType::Binary => DataType::Binary,
+            ColumnType::FixedBinary { length } => DataType::FixedSizeBinary(length.min(i32::MAX as u32) as i32),
             ColumnType::Date => DataType::Date32,
-            ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
+            ColumnType::Time { precision } => match time_unit(precision) {
+                unit @ (TimeUnit::Second | TimeUnit::Millisecond) => DataType::Time32(unit),
+                unit => DataType::Time64(unit),
+            },
+            ColumnType::Timestamp { precision } => DataType::Timestamp(time_unit(precision), None),
+            ColumnType::TimestampLtz { precision } => DataType::Timestamp(time_unit(precision), Some("UTC".into())),
         }
     }
 }
+
+const TYPE_NAMES: &str = "bool, int8, int16, int32, int64, float32, float64, decimal(P,S), string, char(N), binary, \
+                          binary(N), date, time[(P)], timestamp[(P)] or timestamp_ltz[(P)]";
 
 impl FromStr for ColumnType {
     type Err = Error;
@@ -103,6 +150,8 @@ impl FromStr for ColumnType {
         let s = s.trim().to_ascii_lowercase();
         let plain = match s.as_str() {
             "bool" | "boolean" => Some(ColumnType::Bool),
+            "int8" | "tinyint" => Some(ColumnType::Int8),
+            "int16" | "smallint" => Some(ColumnType::Int16),
             "int32" | "int" => Some(ColumnType::Int32),
             "int64" | "bigint" => Some(ColumnType::Int64),
             "float32" | "float" => Some(ColumnType::Float32),
@@ -110,32 +159,52 @@ impl FromStr for ColumnType {
             "string" => Some(ColumnType::String),
             "binary" | "bytes" => Some(ColumnType::Binary),
             "date" => Some(ColumnType::Date),
-            "timestamp" => Some(ColumnType::Timestamp),
+            "time" => Some(ColumnType::Time { precision: 0 }),
+            "timestamp" => Some(ColumnType::TIMESTAMP),
+            "timestamp_ltz" => Some(ColumnType::TimestampLtz { precision: 6 }),
             _ => None,
         };
         if let Some(t) = plain {
             return Ok(t);
         }
-        let bad = || {
-            Error::new(
-                ErrorKind::InvalidArgument,
-                format!(
-                    "unknown column type {s:?}: expected bool, int32, int64, float32, float64, decimal(P,S), \
-                     string, binary, date or timestamp"
-                ),
-            )
+        let bad =
+            || Error::new(ErrorKind::InvalidArgument, format!("unknown column type {s:?}: expected {TYPE_NAMES}"));
+        let (name, args) = s.strip_suffix(')').and_then(|r| r.split_once('(')).ok_or_else(bad)?;
+        let number = |v: &str| v.trim().parse::<u32>().map_err(|_| bad());
+        let precision = |v: &str| {
+            let p = number(v)?;
+            u8::try_from(p)
+                .ok()
+                .filter(|p| *p <= 9)
+                .ok_or_else(|| Error::new(ErrorKind::InvalidArgument, format!("{s}: the precision must be 0 to 9")))
         };
-        let args = s.strip_prefix("decimal(").and_then(|r| r.strip_suffix(')')).ok_or_else(bad)?;
-        let (p, sc) = args.split_once(',').ok_or_else(bad)?;
-        let precision: u8 = p.trim().parse().map_err(|_| bad())?;
-        let scale: i8 = sc.trim().parse().map_err(|_| bad())?;
-        if !(1..=38).contains(&precision) || scale < 0 || scale as u8 > precision {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                format!("decimal({precision},{scale}): precision must be 1..=38 and 0 <= scale <= precision"),
-            ));
+        let length = |v: &str| {
+            let n = number(v)?;
+            if n == 0 {
+                return Err(Error::new(ErrorKind::InvalidArgument, format!("{s}: the length must be at least 1")));
+            }
+            Ok(n)
+        };
+        match name.trim() {
+            "char" => Ok(ColumnType::Char { length: length(args)? }),
+            "binary" => Ok(ColumnType::FixedBinary { length: length(args)? }),
+            "time" => Ok(ColumnType::Time { precision: precision(args)? }),
+            "timestamp" => Ok(ColumnType::Timestamp { precision: precision(args)? }),
+            "timestamp_ltz" => Ok(ColumnType::TimestampLtz { precision: precision(args)? }),
+            "decimal" => {
+                let (p, sc) = args.split_once(',').ok_or_else(bad)?;
+                let precision: u8 = p.trim().parse().map_err(|_| bad())?;
+                let scale: i8 = sc.trim().parse().map_err(|_| bad())?;
+                if !(1..=38).contains(&precision) || scale < 0 || scale as u8 > precision {
+                    return Err(Error::new(
+                        ErrorKind::InvalidArgument,
+                        format!("decimal({precision},{scale}): precision must be 1..=38 and 0 <= scale <= precision"),
+                    ));
+                }
+                Ok(ColumnType::Decimal { precision, scale })
+            }
+            _ => Err(bad()),
         }
-        Ok(ColumnType::Decimal { precision, scale })
     }
 }
 
@@ -143,15 +212,22 @@ impl fmt::Display for ColumnType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ColumnType::Bool => write!(f, "bool"),
+            ColumnType::Int8 => write!(f, "int8"),
+            ColumnType::Int16 => write!(f, "int16"),
             ColumnType::Int32 => write!(f, "int32"),
             ColumnType::Int64 => write!(f, "int64"),
             ColumnType::Float32 => write!(f, "float32"),
             ColumnType::Float64 => write!(f, "float64"),
             ColumnType::Decimal { precision, scale } => write!(f, "decimal({precision},{scale})"),
             ColumnType::String => write!(f, "string"),
+            ColumnType::Char { length } => write!(f, "char({length})"),
             ColumnType::Binary => write!(f, "binary"),
+            ColumnType::FixedBinary { length } => write!(f, "binary({length})"),
             ColumnType::Date => write!(f, "date"),
-            ColumnType::Timestamp => write!(f, "timestamp"),
+            ColumnType::Time { precision } => write!(f, "time({precision})"),
+            ColumnType::Timestamp { precision: 6 } => write!(f, "timestamp"),
+            ColumnType::Timestamp { precision } => write!(f, "timestamp({precision})"),
+            ColumnType::TimestampLtz { precision } => write!(f, "timestamp_ltz({precision})"),
         }
     }
 }
@@ -414,6 +490,32 @@ mod tests {
         assert!(parse_schema("id:uint8").is_err());
         assert!(parse_schema("__offset:int64").is_err());
         assert!(parse_schema("amount:decimal(50,2)").is_err());
+    }
+
+    #[test]
+    fn every_type_parses_prints_and_maps_to_arrow() {
+        let spec = "a:int8,b:int16,c:char(3),d:binary(4),e:time(3),f:timestamp(9),g:timestamp_ltz(3),h:timestamp,\
+                    i:time";
+        let cols = parse_schema(spec).expect("valid");
+        let printed: Vec<String> = cols.iter().map(|c| format!("{}:{}", c.name, c.data_type)).collect();
+        assert_eq!(parse_schema(&printed.join(",")).expect("printed types parse"), cols);
+        let arrow: Vec<DataType> = cols.iter().map(|c| c.data_type.to_arrow()).collect();
+        assert_eq!(
+            arrow,
+            vec![
+                DataType::Int8,
+                DataType::Int16,
+                DataType::Utf8,
+                DataType::FixedSizeBinary(4),
+                DataType::Time32(TimeUnit::Millisecond),
+                DataType::Timestamp(TimeUnit::Nanosecond, None),
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                DataType::Timestamp(TimeUnit::Microsecond, None),
+                DataType::Time32(TimeUnit::Second),
+            ]
+        );
+        assert!(parse_schema("t:time(10)").is_err());
+        assert!(parse_schema("c:char(0)").is_err());
     }
 
     #[test]

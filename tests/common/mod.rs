@@ -43,7 +43,13 @@ pub async fn create_tables(client: &ClusterClient) -> Vec<TestTable> {
     let specs = [
         ("db.orders", "id:int64,customer:string,amount:decimal(10,2),ts:timestamp", 4, None),
         ("db.clicks", "id:int64,region:string,url:string,ts:timestamp", 2, Some("region")),
-        ("db.sensors", "id:int64,sensor:int32,reading:float64,ratio:float32,ok:bool,day:date,raw:binary", 3, None),
+        (
+            "db.sensors",
+            "id:int64,sensor:int32,reading:float64,ratio:float32,ok:bool,day:date,raw:binary,tiny:int8,short:int16,\
+             code:char(4),key:binary(6),at:time(3),ms:timestamp(3),ns:timestamp(9),ltz:timestamp_ltz(6)",
+            3,
+            None,
+        ),
     ];
     let mut tables = Vec::new();
     for (name, schema, buckets, partition_key) in specs {

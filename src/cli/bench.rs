@@ -79,6 +79,10 @@ pub struct BenchArgs {
     /// Write one JSON document per run (one per line) to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Instead of tiering: produce `--rows` through each door of the cluster (gRPC and Fluss's protocol) and fetch
+    /// them back through each; reports rows/s, MB/s and CPU seconds per door and operation.
+    #[arg(long)]
+    pub doors: bool,
 }
 
 /// One measured run.
@@ -128,7 +132,7 @@ fn cpu_model() -> String {
 }
 
 /// CPU time (user + system) of this process and its waited-for children so far, in seconds.
-fn cpu_seconds() -> f64 {
+pub(super) fn cpu_seconds() -> f64 {
     let of = |who| {
         // SAFETY: getrusage only writes the struct it is given.
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -161,6 +165,9 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         || args.partitions == 0
     {
         bail!("--rows, --tables, --partitions, --processes and every --workers entry must be at least 1");
+    }
+    if args.doors {
+        return super::doors::run(&args);
     }
     let temp = tempfile::Builder::new().prefix("fluss-tiering-bench-").tempdir().context("creating a temp dir")?;
     let dir = args.dir.clone().unwrap_or_else(|| temp.path().to_path_buf());

@@ -1,6 +1,7 @@
 //! The `fluss-tiering` command line.
 
 mod bench;
+mod doors;
 mod freshness;
 mod tier;
 

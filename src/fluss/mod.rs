@@ -6,6 +6,7 @@
 //! Layering: `fluss` imports only `model` and the errors, so the cluster's Fluss door (`serve::fluss`) and, later, the
 //! job's Fluss transport share it.
 
+pub mod client;
 pub mod frame;
 pub mod json;
 pub mod messages;

@@ -200,7 +200,7 @@ async def admin_calls(conn):
     out["table_exists"] = [await admin.table_exists(fluss.TablePath("adm", "t1")),
                            await admin.table_exists(fluss.TablePath("adm", "t2"))]
     out["unknown_table"] = await code_of(admin.get_table_info(fluss.TablePath("adm", "t2")))
-    unsupported = fluss.TableDescriptor(fluss.Schema(pa.schema([("t", pa.time64("us"))])))
+    unsupported = fluss.TableDescriptor(fluss.Schema(pa.schema([("t", pa.list_(pa.int32()))])))
     out["unsupported_type"] = await code_of(admin.create_table(fluss.TablePath("adm", "t3"), unsupported))
     pk = fluss.TableDescriptor(fluss.Schema(pa.schema([pa.field("id", pa.int64(), nullable=False)]),
                                             primary_keys=["id"]))

@@ -371,6 +371,10 @@ async fn bad_input_gets_the_error_codes_of_a_java_server_and_the_connection_stay
     assert_eq!(c.call_raw(1000, 7, &hello.encode_to_vec()).await.error_code(), 2, "a version not served");
     assert_eq!(c.call_raw(1001, 0, &[]).await.error_code(), 3, "required fields missing: CORRUPT_MESSAGE");
     assert_eq!(c.call_raw(1003, 0, &[0xFF, 0xFF, 0xFF]).await.error_code(), 3, "a body that is not protobuf");
+    // A produce bucket without its records (field 3 of a field-4 message): a nested required field.
+    let mut nested = m::ProduceLogRequest { acks: -1, table_id: 0, timeout_ms: 1, buckets_req: vec![] }.encode_to_vec();
+    nested.extend([0x22, 0x02, 0x10, 0x00]);
+    assert_eq!(c.call_raw(1014, 0, &nested).await.error_code(), 3, "a nested required field missing");
     assert_eq!(c.call_raw(1000, 0, &vec![0u8; 100 << 10]).await.error_code(), 3, "a frame over the limit");
     let _: m::ApiVersionsResponse = c.call(1000, &hello).await.ok();
 

@@ -197,6 +197,35 @@ impl BucketLog {
         Ok(None)
     }
 
+    /// Checks a request's batches against their writers' sequences as a whole, before any is appended: a request
+    /// whose third batch is out of order stores none of them.
+    pub fn check_sequences(&self, batches: &[LogRecordBatch]) -> Result<()> {
+        let mut next: HashMap<i64, i32> = HashMap::new();
+        for batch in batches {
+            let Some((writer, sequence)) = batch.header().writer() else { continue };
+            let repeat = self.writers.get(&writer).is_some_and(|r| r.iter().any(|(s, _)| *s == sequence));
+            let expected = match next.get(&writer) {
+                Some(&n) => n,
+                None => self
+                    .writers
+                    .get(&writer)
+                    .and_then(|r| r.back())
+                    .map(|&(s, _)| s.wrapping_add(1) & i32::MAX)
+                    .unwrap_or(0),
+            };
+            if !repeat && sequence != expected {
+                return Err(Error::new(
+                    ErrorKind::OutOfOrderSequence,
+                    format!("writer {writer} sent batch sequence {sequence}; this bucket expects {expected}"),
+                ));
+            }
+            if !repeat {
+                next.insert(writer, sequence.wrapping_add(1) & i32::MAX);
+            }
+        }
+        Ok(())
+    }
+
     /// Appends one batch, placed at the log's end and stamped with `append_timestamp` (or the previous batch's, if
     /// the clock went back: append times never decrease), and makes it durable; a writer's repeat is answered
     /// without writing (invariant 5).
@@ -365,8 +394,9 @@ fn open_segment(path: &Path, base_offset: i64, is_newest: bool) -> Result<Segmen
             le_u32(&header, 40),
         );
         if magic == OLD_MAGIC {
+            // Not a storage failure a retry could mend: this data directory needs a binary of its own version.
             return Err(Error::new(
-                ErrorKind::Storage,
+                ErrorKind::Unsupported,
                 format!(
                     "segment {} was written by an earlier version of fluss-tiering (Arrow IPC entries); \
                      this version stores Fluss log batches: start the cluster on a new data directory",
@@ -508,5 +538,10 @@ mod tests {
         assert_eq!(kind(log.append(batch(9, 1, Some((7, 3))), 0)), Err(ErrorKind::OutOfOrderSequence), "a gap");
         assert_eq!(kind(log.append(batch(7, 1, Some((7, 2))), 0)), Ok(Appended::New { base_offset: 7 }));
         assert_eq!(log.end_offset(), 8);
+        // A request is checked as a whole: its second batch out of order refuses the first too.
+        let request = [batch(8, 1, Some((7, 3))), batch(9, 1, Some((7, 5)))];
+        assert_eq!(log.check_sequences(&request).map_err(|e| e.kind()), Err(ErrorKind::OutOfOrderSequence));
+        let request = [batch(8, 1, Some((7, 2))), batch(8, 1, Some((7, 3))), batch(9, 1, Some((7, 4)))];
+        assert!(log.check_sequences(&request).is_ok(), "a repeat, then the next two in order");
     }
 }

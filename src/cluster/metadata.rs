@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::persist::{read_json, write_json};
+use crate::cluster::persist::write_json;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::table::{Column, DatabaseInfo, TableDescriptor, TableInfo, TablePath};
 
@@ -30,7 +30,21 @@ pub struct Metadata {
 
 impl Metadata {
     pub fn open(file: PathBuf) -> Result<Self> {
-        let state = read_json(&file)?.unwrap_or_default();
+        let state = match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                // Most likely a data directory of an earlier version: a retry cannot help, a new directory can.
+                Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "{} cannot be read by this version of fluss-tiering ({e}); start the cluster on a new data \
+                         directory",
+                        file.display()
+                    ),
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
+            Err(e) => return Err(Error::io(format!("reading {}", file.display()), e)),
+        };
         Ok(Metadata { file, state })
     }
 

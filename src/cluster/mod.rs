@@ -274,10 +274,11 @@ impl Cluster {
             .collect()
     }
 
-    /// Appends Fluss log batches to a bucket, durably. Each batch is checked before any is stored: its crc, a
-    /// schema id the table has, an Arrow body that fits that schema and, for a partitioned table, only rows of the
-    /// named partition (created on first use). An idempotent writer's repeat is answered with the offset it got the
-    /// first time and stores nothing.
+    /// Appends Fluss log batches to a bucket, durably. Every batch is checked before any is stored: its crc, the
+    /// table's current schema id, an Arrow body that fits that schema, for a partitioned table only rows of the
+    /// named partition (created on first use), and its writer's sequence. An idempotent writer's repeat is answered
+    /// with the offset it got the first time and stores nothing. (A disk failure in the middle of a request of
+    /// several batches leaves the ones before it stored.)
     pub fn produce(
         &self,
         table_id: i64,
@@ -328,6 +329,7 @@ impl Cluster {
         let log = self.log(BucketId { table_id, partition_id, bucket })?;
         let now = now_ms();
         let mut log = lock(&log);
+        log.check_sequences(&batches)?;
         let mut first = None;
         let mut stored = 0u32;
         for batch in batches {

@@ -21,6 +21,8 @@ pub struct Connection {
     timeout: Duration,
     /// The api keys the server listed, with their highest version.
     versions: Vec<(i16, i16)>,
+    /// A call failed half-way (a time-out, a broken stream): the stream's position in its frames is lost.
+    broken: bool,
 }
 
 impl Connection {
@@ -31,7 +33,7 @@ impl Connection {
             .map_err(|_| Error::new(ErrorKind::RequestTimeOut, format!("connecting to {addr} timed out")))?
             .map_err(|e| Error::new(ErrorKind::Network, format!("connecting to {addr}")).with_source(e))?;
         let _ = stream.set_nodelay(true);
-        let mut conn = Connection { stream, addr, next_id: 0, timeout, versions: Vec::new() };
+        let mut conn = Connection { stream, addr, next_id: 0, timeout, versions: Vec::new(), broken: false };
         let hello = ApiVersionsRequest {
             client_software_name: "fluss-tiering".into(),
             client_software_version: env!("CARGO_PKG_VERSION").into(),
@@ -59,7 +61,15 @@ impl Connection {
     async fn send<T: Message + Default>(&mut self, key: ApiKey, request: &impl Message) -> Result<T> {
         self.next_id = self.next_id.wrapping_add(1) & i32::MAX;
         let header = RequestHeader { api_key: key as i16, api_version: 0, request_id: self.next_id };
-        let bytes = frame::request(header, request);
+        if self.broken {
+            return Err(Error::new(
+                ErrorKind::Network,
+                format!("the connection to {} broke in an earlier call: connect again", self.addr),
+            ));
+        }
+        let bytes = frame::request(header, request)?;
+        // Until the answer is read whole, the stream may be mid-frame: a failure leaves the connection unusable.
+        self.broken = true;
         let (addr, timeout) = (self.addr, self.timeout);
         let exchange = async {
             self.stream.write_all(&bytes).await?;
@@ -77,6 +87,7 @@ impl Connection {
             .map_err(|_| Error::new(ErrorKind::RequestTimeOut, format!("{key:?} to {addr} took over {timeout:?}")))?
             .map_err(|e| Error::new(ErrorKind::Network, format!("{key:?} to {addr}")).with_source(e))?;
         let (kind, id) = (answer.get_u8(), answer.get_i32());
+        self.broken = id != header.request_id;
         if id != header.request_id {
             return Err(Error::new(
                 ErrorKind::CorruptMessage,

@@ -72,31 +72,43 @@ pub async fn read_request(reader: &mut (impl AsyncRead + Unpin), max_frame: usiz
         }
         return Ok(Incoming::Oversize(header, len));
     }
-    let mut body = BytesMut::zeroed(body_len);
-    reader.read_exact(&mut body).await.map_err(|e| network("reading a request body", e))?;
-    Ok(Incoming::Request(header, body.freeze()))
+    // Read as it arrives, not allocated up front from the length a peer claims.
+    let mut body = Vec::with_capacity(body_len.min(64 << 10));
+    reader.take(body_len as u64).read_to_end(&mut body).await.map_err(|e| network("reading a request body", e))?;
+    if body.len() != body_len {
+        return Ok(Incoming::Closed);
+    }
+    Ok(Incoming::Request(header, Bytes::from(body)))
 }
 
-/// A request frame (for clients and tests).
-pub fn request(header: RequestHeader, body: &impl Message) -> Bytes {
+/// A request frame (for clients and tests); refused when it would exceed the frame limit.
+pub fn request(header: RequestHeader, body: &impl Message) -> Result<Bytes> {
     let body_len = body.encoded_len();
+    let len = frame_len(REQUEST_HEADER, body_len)?;
     let mut out = BytesMut::with_capacity(4 + REQUEST_HEADER + body_len);
-    out.put_i32((REQUEST_HEADER + body_len) as i32);
+    out.put_i32(len);
     out.put_i16(header.api_key);
     out.put_i16(header.api_version);
     out.put_i32(header.request_id);
     body.encode(&mut out).expect("a BytesMut grows");
-    out.freeze()
+    Ok(out.freeze())
 }
 
-/// A SUCCESS_RESPONSE frame around an encoded response.
-pub fn success_encoded(request_id: i32, body: &[u8]) -> Bytes {
+fn frame_len(header: usize, body: usize) -> Result<i32> {
+    header.checked_add(body).filter(|&n| n <= MAX_FRAME_BYTES).and_then(|n| i32::try_from(n).ok()).ok_or_else(|| {
+        Error::new(ErrorKind::InvalidArgument, format!("a message of {body} bytes does not fit a frame"))
+    })
+}
+
+/// A SUCCESS_RESPONSE frame around an encoded response; refused when it would exceed the frame limit.
+pub fn success_encoded(request_id: i32, body: &[u8]) -> Result<Bytes> {
+    let len = frame_len(5, body.len())?;
     let mut out = BytesMut::with_capacity(9 + body.len());
-    out.put_i32((5 + body.len()) as i32);
+    out.put_i32(len);
     out.put_u8(0);
     out.put_i32(request_id);
     out.put_slice(body);
-    out.freeze()
+    Ok(out.freeze())
 }
 
 /// An ERROR_RESPONSE frame carrying `err`'s Fluss code and message.
@@ -108,7 +120,8 @@ pub fn error(request_id: i32, err: &Error) -> Bytes {
 fn response(kind: u8, request_id: i32, body: &impl Message) -> Bytes {
     let body_len = body.encoded_len();
     let mut out = BytesMut::with_capacity(9 + body_len);
-    out.put_i32((5 + body_len) as i32);
+    // An error message is short; were one ever too long for a frame, its length saturates and the peer refuses it.
+    out.put_i32(i32::try_from(5 + body_len).unwrap_or(i32::MAX));
     out.put_u8(kind);
     out.put_i32(request_id);
     body.encode(&mut out).expect("a BytesMut grows");

@@ -117,6 +117,10 @@ pub fn parse_table(json: &[u8], defaults: &CreateDefaults) -> Result<TableDescri
         None => defaults.buckets,
         Some(n) => u32::try_from(n).map_err(|_| invalid(format!("bucket count {n} is not valid")))?,
     };
+    if t.properties.contains_key("table.statistics.columns") {
+        // With it, Fluss 1.0 writers send batches of magic 1 (with statistics), which this cluster does not read.
+        return Err(invalid("table.statistics.columns is not supported: this cluster reads log batches of magic 0"));
+    }
     let mut properties = t.properties;
     if let Some(format) = &defaults.datalake_format {
         properties.entry("table.datalake.format".into()).or_insert_with(|| format.clone());

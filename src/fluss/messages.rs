@@ -510,30 +510,66 @@ pub struct GetLakeSnapshotResponse {
     pub bucket_snapshots: Vec<PbLakeSnapshotForBucket>,
 }
 
-/// The first top-level field among `required` that `body` lacks, if any: prost reads an absent required field as its
-/// default, where a Java peer refuses the message.
-pub fn missing_required(body: &[u8], required: &[u32]) -> Option<u32> {
-    let mut seen = Vec::new();
+/// The required fields of a message (proto2), and those of the messages in its fields.
+#[derive(Debug)]
+pub struct Required {
+    pub fields: &'static [u32],
+    /// `(field, rule)`: every occurrence of that (message) field must satisfy the rule.
+    pub nested: &'static [(u32, Required)],
+}
+
+/// A message without required fields.
+pub const NOTHING_REQUIRED: Required = Required { fields: &[], nested: &[] };
+/// `PbTablePath` and `PbPhysicalTablePath`: database and table names.
+pub const TABLE_PATH: Required = Required { fields: &[1, 2], nested: &[] };
+
+/// The first required field `body` lacks, as a path of field numbers (`[4, 2]`: field 2 of a field-4 message), if
+/// any: prost reads an absent required field as its default, where a Java peer refuses the message.
+pub fn missing_required(body: &[u8], rule: &Required) -> Option<Vec<u32>> {
+    let fields = top_level_fields(body);
+    if let Some(f) = rule.fields.iter().find(|f| !fields.iter().any(|(n, _)| n == *f)) {
+        return Some(vec![*f]);
+    }
+    for (field, inner) in rule.nested {
+        for (_, value) in fields.iter().filter(|(n, _)| n == field) {
+            if let Some(mut path) = value.and_then(|v| missing_required(v, inner)) {
+                path.insert(0, *field);
+                return Some(path);
+            }
+        }
+    }
+    None
+}
+
+/// The top-level fields of a protobuf body: their numbers, and the bytes of the length-delimited ones. A malformed
+/// tail is left for prost's own decode to report.
+fn top_level_fields(body: &[u8]) -> Vec<(u32, Option<&[u8]>)> {
+    let mut out = Vec::new();
     let mut rest = body;
     while !rest.is_empty() {
         let Some((key, n)) = varint(rest) else { break };
         rest = &rest[n..];
         let (field, wire_type) = ((key >> 3) as u32, key & 7);
-        seen.push(field);
-        let skip = match wire_type {
-            0 => varint(rest).map(|(_, n)| n),
-            1 => Some(8),
-            2 => varint(rest).and_then(|(len, n)| usize::try_from(len).ok().and_then(|l| l.checked_add(n))),
-            5 => Some(4),
-            _ => None,
+        let (skip, value) = match wire_type {
+            0 => (varint(rest).map(|(_, n)| n), None),
+            1 => (Some(8), None),
+            2 => match varint(rest).and_then(|(len, n)| Some((usize::try_from(len).ok()?, n))) {
+                Some((len, n)) => match n.checked_add(len).filter(|&end| end <= rest.len()) {
+                    Some(end) => (Some(end), Some(&rest[n..end])),
+                    None => (None, None),
+                },
+                None => (None, None),
+            },
+            5 => (Some(4), None),
+            _ => (None, None),
         };
         match skip {
             Some(s) if s <= rest.len() => rest = &rest[s..],
-            // A malformed body: prost's own decode reports it.
             _ => break,
         }
+        out.push((field, value));
     }
-    required.iter().copied().find(|f| !seen.contains(f))
+    out
 }
 
 fn varint(b: &[u8]) -> Option<(u64, usize)> {
@@ -554,14 +590,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn required_fields_are_encoded_and_checked() {
+    fn required_fields_are_encoded_and_checked_nested_too() {
+        let rule = |fields| Required { fields, nested: &[] };
         // A required field at its default value is still on the wire, as a Java peer needs.
         let body = DropTableRequest { table_path: PbTablePath::default(), ignore_if_not_exists: false }.encode_to_vec();
-        assert_eq!(missing_required(&body, &[1, 2]), None);
+        assert_eq!(missing_required(&body, &rule(&[1, 2])), None);
         let body = ListDatabasesRequest { include_summary: None }.encode_to_vec();
-        assert_eq!(missing_required(&body, &[1]), Some(1));
+        assert_eq!(missing_required(&body, &rule(&[1])), Some(vec![1]));
         let body = ApiVersionsRequest { client_software_name: "x".into(), client_software_version: "1".into() };
         let bytes = body.encode_to_vec();
-        assert_eq!(missing_required(&bytes[..3], &[1, 2]), Some(2), "the second field is cut off");
+        assert_eq!(missing_required(&bytes[..3], &rule(&[1, 2])), Some(vec![2]), "the second field is cut off");
+        // A bucket of a produce request without its records: field 3 of a field-4 message.
+        let mut bucket =
+            PbProduceLogReqForBucket { partition_id: None, bucket_id: 0, records: Bytes::new() }.encode_to_vec();
+        bucket.truncate(2); // only bucket_id (tag 2, value 0)
+        let mut body = ProduceLogRequest { acks: -1, table_id: 1, timeout_ms: 1, buckets_req: vec![] }.encode_to_vec();
+        body.extend([0x22, bucket.len() as u8]);
+        body.extend(&bucket);
+        const PRODUCE: Required =
+            Required { fields: &[1, 2, 3], nested: &[(4, Required { fields: &[2, 3], nested: &[] })] };
+        assert_eq!(missing_required(&body, &PRODUCE), Some(vec![4, 3]));
     }
 }

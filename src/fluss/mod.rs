@@ -11,6 +11,8 @@ pub mod frame;
 pub mod json;
 pub mod messages;
 
+use messages::{NOTHING_REQUIRED, Required, TABLE_PATH};
+
 /// The api keys this project serves, each at version 0 (the only one Fluss 0.9 defines for them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(i16)]
@@ -72,23 +74,46 @@ impl ApiKey {
         0
     }
 
-    /// The request's top-level required fields (proto2), checked before a request is handled.
-    pub fn required_fields(self) -> &'static [u32] {
+    /// The request's required fields (proto2), nested messages' too, checked before a request is handled.
+    pub fn required_fields(self) -> &'static Required {
+        const fn rule(fields: &'static [u32]) -> Required {
+            Required { fields, nested: &[] }
+        }
+        const NAME: Required = rule(&[1]);
+        const PATH: Required = Required { fields: &[1], nested: &[(1, TABLE_PATH)] };
+        const PARTITION_SPEC: Required = Required { fields: &[], nested: &[(1, rule(&[1, 2]))] };
+        const API_VERSIONS: Required = rule(&[1, 2]);
+        const CREATE_DATABASE: Required = rule(&[1, 2]);
+        const DROP_DATABASE: Required = rule(&[1, 2, 3]);
+        const CREATE_TABLE: Required = Required { fields: &[1, 2, 3], nested: &[(1, TABLE_PATH)] };
+        const DROP_TABLE: Required = Required { fields: &[1, 2], nested: &[(1, TABLE_PATH)] };
+        const LIST_PARTITIONS: Required = Required { fields: &[1], nested: &[(1, TABLE_PATH), (2, PARTITION_SPEC)] };
+        const CREATE_PARTITION: Required =
+            Required { fields: &[1, 2, 3], nested: &[(1, TABLE_PATH), (2, PARTITION_SPEC)] };
+        const METADATA: Required = Required { fields: &[], nested: &[(1, TABLE_PATH), (2, TABLE_PATH)] };
+        const INIT_WRITER: Required = Required { fields: &[], nested: &[(1, TABLE_PATH)] };
+        const PRODUCE: Required = Required { fields: &[1, 2, 3], nested: &[(4, rule(&[2, 3]))] };
+        const FETCH: Required = Required {
+            fields: &[1, 2],
+            nested: &[(3, Required { fields: &[1, 2], nested: &[(4, rule(&[2, 3, 4]))] })],
+        };
+        const LIST_OFFSETS: Required = rule(&[1, 2, 3]);
         match self {
-            ApiKey::ApiVersions => &[1, 2],
-            ApiKey::CreateDatabase => &[1, 2],
-            ApiKey::DropDatabase => &[1, 2, 3],
-            ApiKey::ListDatabases | ApiKey::GetFileSystemSecurityToken | ApiKey::InitWriter => &[],
-            ApiKey::GetMetadata => &[],
-            ApiKey::DatabaseExists | ApiKey::GetDatabaseInfo | ApiKey::ListTables => &[1],
-            ApiKey::CreateTable => &[1, 2, 3],
-            ApiKey::DropTable => &[1, 2],
-            ApiKey::GetTableInfo | ApiKey::TableExists | ApiKey::GetTableSchema | ApiKey::GetLakeSnapshot => &[1],
-            ApiKey::ListPartitionInfos => &[1],
-            ApiKey::CreatePartition => &[1, 2, 3],
-            ApiKey::ProduceLog => &[1, 2, 3],
-            ApiKey::FetchLog => &[1, 2],
-            ApiKey::ListOffsets => &[1, 2, 3],
+            ApiKey::ApiVersions => &API_VERSIONS,
+            ApiKey::CreateDatabase => &CREATE_DATABASE,
+            ApiKey::DropDatabase => &DROP_DATABASE,
+            ApiKey::ListDatabases | ApiKey::GetFileSystemSecurityToken => &NOTHING_REQUIRED,
+            ApiKey::DatabaseExists | ApiKey::GetDatabaseInfo | ApiKey::ListTables => &NAME,
+            ApiKey::CreateTable => &CREATE_TABLE,
+            ApiKey::DropTable => &DROP_TABLE,
+            ApiKey::GetTableInfo | ApiKey::TableExists | ApiKey::GetTableSchema | ApiKey::GetLakeSnapshot => &PATH,
+            ApiKey::ListPartitionInfos => &LIST_PARTITIONS,
+            ApiKey::CreatePartition => &CREATE_PARTITION,
+            ApiKey::GetMetadata => &METADATA,
+            ApiKey::InitWriter => &INIT_WRITER,
+            ApiKey::ProduceLog => &PRODUCE,
+            ApiKey::FetchLog => &FETCH,
+            ApiKey::ListOffsets => &LIST_OFFSETS,
         }
     }
 }

@@ -39,6 +39,8 @@ pub const NO_SEQUENCE: i32 = -1;
 const MAGIC: u8 = 0;
 const APPEND_ONLY: u8 = 1;
 const CRC_FROM: usize = 25;
+/// The most one compressed Arrow buffer may claim to expand to (a batch is bounded by its request's frame anyway).
+const MAX_DECOMPRESSED_BUFFER: i64 = 256 << 20;
 
 /// How the Arrow body is compressed (`table.log.arrow.compression.type`; Fluss's default is ZSTD).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -291,13 +293,32 @@ fn decode_message(message: &Bytes, schema: &SchemaRef) -> Result<RecordBatch> {
             format!("the batch's Arrow body has {nodes} field nodes, which the table's schema of its id does not"),
         ));
     }
-    let body = Buffer::from(message.slice(body_at..body_end));
-    arrow::ipc::reader::read_record_batch(&body, batch, Arc::clone(schema), &HashMap::new(), None, &meta.version())
-        .map_err(|e| {
-            // The crc held, so the producer wrote these bytes: in another schema than the one its id names.
-            Error::new(ErrorKind::SchemaMismatch, "the batch's Arrow body does not fit the table's schema of its id")
-                .with_source(e)
-        })
+    let body = message.slice(body_at..body_end);
+    // The crc only says the producer wrote these bytes, not that they are sound: every buffer must lie inside the
+    // body, and a compressed one must not claim to expand past the limit (arrow-ipc allocates what it claims).
+    let compressed = batch.compression().is_some();
+    for b in batch.buffers().into_iter().flatten() {
+        let (offset, len) = (usize::try_from(b.offset()), usize::try_from(b.length()));
+        let (Ok(offset), Ok(len)) = (offset, len) else { return Err(fail("has a buffer at a negative position")) };
+        let end =
+            offset.checked_add(len).filter(|&e| e <= body.len()).ok_or_else(|| fail("has a buffer past its body"))?;
+        if compressed && len >= 8 {
+            let claimed = le_i64(&body[offset..end], 0);
+            if claimed > MAX_DECOMPRESSED_BUFFER {
+                return Err(fail(&format!("has a buffer that claims to decompress to {claimed} bytes")));
+            }
+        }
+    }
+    let body = Buffer::from(body);
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        arrow::ipc::reader::read_record_batch(&body, batch, Arc::clone(schema), &HashMap::new(), None, &meta.version())
+    }))
+    .map_err(|_| fail("cannot be read (the Arrow reader gave up on it)"))?;
+    read.map_err(|e| {
+        // The crc held, so the producer wrote these bytes: in another schema than the one its id names.
+        Error::new(ErrorKind::SchemaMismatch, "the batch's Arrow body does not fit the table's schema of its id")
+            .with_source(e)
+    })
 }
 
 /// How many field nodes an Arrow IPC record batch has for a column of `data_type` (one, plus its children's).
@@ -438,6 +459,24 @@ mod tests {
         assert!(LogRecordBatch::parse(bytes.slice(..20)).is_err());
         let wrong = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)]));
         assert!(LogRecordBatch::parse(bytes).expect("parse").decode(&wrong).is_err(), "a schema that does not fit");
+    }
+
+    #[test]
+    fn a_crafted_body_is_refused_not_a_panic() {
+        let spec = BatchSpec { schema_id: 1, writer: None, compression: Compression::Zstd };
+        let batch = rows();
+        let good = encode(spec, &batch, None).expect("encode").to_vec();
+        // Every byte of the Arrow message flipped in turn, crc recomputed: the batch is refused or read, never a
+        // panic or an abort.
+        for at in HEADER_LEN..good.len() {
+            let mut bad = good.clone();
+            bad[at] ^= 0xA5;
+            let crc = crc32c::crc32c(&bad[CRC_FROM..]);
+            bad[21..25].copy_from_slice(&crc.to_le_bytes());
+            if let Ok(parsed) = LogRecordBatch::parse(Bytes::from(bad)) {
+                let _ = parsed.decode(&batch.schema());
+            }
+        }
     }
 
     #[test]

@@ -39,6 +39,10 @@ const COORDINATOR_ID: i32 = 0;
 const TABLET_SERVER_ID: i32 = 1;
 /// Answers queued for one connection before its reader waits for the writer.
 const QUEUED_ANSWERS: usize = 64;
+/// FetchLog requests of one connection served at once (a client has one per server in flight).
+const MAX_FETCHES_PER_CONNECTION: usize = 8;
+/// A connection that sends nothing for this long is closed (Netty's `netty.connection.max-idle-time` default).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The Fluss door of one cluster.
 pub struct FlussDoor {
@@ -93,6 +97,8 @@ impl FlussDoor {
         Ok(())
     }
 
+    /// Serves one connection. Everything it started (its writer, its fetches) ends with it: the fetches run in a
+    /// set that is dropped, and so aborted, when the connection ends or the door stops.
     async fn connection(self: Arc<Self>, stream: TcpStream) -> Result<()> {
         let _ = stream.set_nodelay(true);
         let local = match self.advertised {
@@ -101,56 +107,72 @@ impl FlussDoor {
         };
         let (mut reader, mut writer) = stream.into_split();
         let (answers, mut outbox) = mpsc::channel::<Bytes>(QUEUED_ANSWERS);
-        let writing = tokio::spawn(async move {
+        let writing = async move {
             while let Some(frame) = outbox.recv().await {
                 if writer.write_all(&frame).await.is_err() {
                     break;
                 }
             }
-        });
-        let result = loop {
-            let (header, body) = match frame::read_request(&mut reader, self.max_frame).await {
-                Ok(Incoming::Request(header, body)) => (header, body),
-                Ok(Incoming::Oversize(header, len)) => {
-                    let err = Error::new(
-                        ErrorKind::CorruptMessage,
-                        format!("a request of {len} bytes exceeds the {} bytes a request may have", self.max_frame),
-                    );
-                    let _ = answers.send(frame::error(header.request_id, &err)).await;
-                    continue;
-                }
-                Ok(Incoming::Closed) => break Ok(()),
-                Err(e) => break Err(e),
-            };
-            let key = match check(header, &body) {
-                Ok(key) => key,
-                Err(e) => {
-                    let _ = answers.send(frame::error(header.request_id, &e)).await;
-                    continue;
-                }
-            };
-            if key == ApiKey::FetchLog {
-                let (door, answers) = (Arc::clone(&self), answers.clone());
-                tokio::spawn(async move {
-                    let answer = door.answer(key, header, body, local).await;
-                    let _ = answers.send(answer).await;
-                });
-            } else {
-                let answer = self.answer(key, header, body, local).await;
-                if answers.send(answer).await.is_err() {
-                    break Ok(());
-                }
-            }
         };
-        drop(answers);
-        let _ = writing.await;
+        let reading = async move {
+            let mut fetches = tokio::task::JoinSet::new();
+            let result = loop {
+                while fetches.try_join_next().is_some() {}
+                let incoming =
+                    match tokio::time::timeout(IDLE_TIMEOUT, frame::read_request(&mut reader, self.max_frame)).await {
+                        Ok(incoming) => incoming,
+                        // As a Java server does: a connection silent for this long is closed.
+                        Err(_) => break Ok(()),
+                    };
+                let (header, body) = match incoming {
+                    Ok(Incoming::Request(header, body)) => (header, body),
+                    Ok(Incoming::Oversize(header, len)) => {
+                        let err = Error::new(
+                            ErrorKind::CorruptMessage,
+                            format!("a request of {len} bytes exceeds the {} bytes a request may have", self.max_frame),
+                        );
+                        let _ = answers.send(frame::error(header.request_id, &err)).await;
+                        continue;
+                    }
+                    Ok(Incoming::Closed) => break Ok(()),
+                    Err(e) => break Err(e),
+                };
+                let key = match check(header, &body) {
+                    Ok(key) => key,
+                    Err(e) => {
+                        let _ = answers.send(frame::error(header.request_id, &e)).await;
+                        continue;
+                    }
+                };
+                if key == ApiKey::FetchLog {
+                    // Fetches may long-poll, so they run beside the other requests, a bounded number at a time.
+                    if fetches.len() >= MAX_FETCHES_PER_CONNECTION {
+                        fetches.join_next().await;
+                    }
+                    let (door, answers) = (Arc::clone(&self), answers.clone());
+                    fetches.spawn(async move {
+                        let answer = door.answer(key, header, body, local).await;
+                        let _ = answers.send(answer).await;
+                    });
+                } else {
+                    let answer = self.answer(key, header, body, local).await;
+                    if answers.send(answer).await.is_err() {
+                        break Ok(());
+                    }
+                }
+            };
+            drop(fetches);
+            result
+        };
+        let (result, ()) = tokio::join!(reading, writing);
         result
     }
 
     /// The response frame of one checked request.
     async fn answer(&self, key: ApiKey, header: RequestHeader, body: Bytes, local: SocketAddr) -> Bytes {
         match self.handle(key, body, local).await {
-            Ok(encoded) => frame::success_encoded(header.request_id, &encoded),
+            Ok(encoded) => frame::success_encoded(header.request_id, &encoded)
+                .unwrap_or_else(|e| frame::error(header.request_id, &e)),
             Err(e) => {
                 if !matches!(
                     e.kind(),
@@ -288,8 +310,8 @@ impl FlussDoor {
                     Error::new(ErrorKind::TableNotPartitioned, format!("table {} is not partitioned", t.path))
                 })?;
                 let wanted = match req.partial_partition_spec {
-                    Some(spec) => partition_name(&t, &spec).ok(),
-                    None => None,
+                    Some(spec) if !spec.partition_key_values.is_empty() => Some(partition_name(&t, &spec)?),
+                    _ => None,
                 };
                 let partitions_info = t
                     .partitions
@@ -456,7 +478,8 @@ impl FlussDoor {
     async fn fetch(&self, req: m::FetchLogRequest) -> Result<m::FetchLogResponse> {
         let wait = Duration::from_millis(u64::try_from(req.max_wait_ms.unwrap_or(0)).unwrap_or(0)).min(MAX_FETCH_WAIT);
         let min_bytes = usize::try_from(req.min_bytes.unwrap_or(1)).unwrap_or(0);
-        let max_bytes = usize::try_from(req.max_bytes).unwrap_or(0);
+        // A response must fit in a frame, whatever the client asks for.
+        let max_bytes = usize::try_from(req.max_bytes).unwrap_or(0).min(MAX_FRAME_BYTES / 2);
         let deadline = Instant::now() + wait;
         let req = Arc::new(req);
         loop {
@@ -570,8 +593,12 @@ fn check(header: RequestHeader, body: &[u8]) -> Result<ApiKey> {
             format!("{key:?} version {} is not served (versions 0..={})", header.api_version, key.max_version()),
         ));
     }
-    if let Some(field) = missing_required(body, key.required_fields()) {
-        return Err(Error::new(ErrorKind::CorruptMessage, format!("{key:?} request lacks its required field {field}")));
+    if let Some(path) = missing_required(body, key.required_fields()) {
+        let path: Vec<String> = path.iter().map(u32::to_string).collect();
+        return Err(Error::new(
+            ErrorKind::CorruptMessage,
+            format!("{key:?} request lacks its required field {}", path.join(".")),
+        ));
     }
     Ok(key)
 }

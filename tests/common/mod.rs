@@ -46,7 +46,8 @@ pub async fn create_tables(client: &ClusterClient) -> Vec<TestTable> {
         (
             "db.sensors",
             "id:int64,sensor:int32,reading:float64,ratio:float32,ok:bool,day:date,raw:binary,tiny:int8,short:int16,\
-             code:char(4),key:binary(6),at:time(3),ms:timestamp(3),ns:timestamp(9),ltz:timestamp_ltz(6)",
+             code:char(4),key:binary(6),at:time(3),ms:timestamp(3),ns:timestamp(9),ltz:timestamp_ltz(6),\
+             t0:time(0),t9:time(9),s0:timestamp(0),ltz3:timestamp_ltz(3),ltz9:timestamp_ltz(9)",
             3,
             None,
         ),

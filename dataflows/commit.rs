@@ -41,7 +41,7 @@ use tracing::Instrument;
 use crate::error::{Error, ErrorKind, Result};
 use crate::failpoint;
 use crate::lake::{BucketOffset, CommitMarker, LakeCommitter, TableBucket, WrittenData};
-use crate::rpc::proto;
+use crate::model::tiering::{HeartbeatRequest, LakeBucketOffset, LakeCommit, LakeSnapshot, TableEpoch};
 
 use super::bridge::CapabilityTasks;
 use super::types::{Failure, RoundOutcome, RoundPlan, RoundStats, WriteResult};
@@ -382,16 +382,12 @@ async fn lake_commit(
 /// commit's to catch.
 async fn confirm_epoch(ctx: &JobContext, plan: &RoundPlan) -> Result<()> {
     let table_id = plan.table.table_id;
-    let entry = crate::rpc::tiering_entry(table_id, plan.coordinator_epoch, plan.tiering_epoch);
-    let request = proto::LakeTieringHeartbeatRequest {
-        tiering_tables: vec![entry],
-        request_table: Some(false),
-        ..Default::default()
-    };
+    let entry = TableEpoch { table_id, coordinator_epoch: plan.coordinator_epoch, tiering_epoch: plan.tiering_epoch };
+    let request = HeartbeatRequest { tiering: vec![entry], ..Default::default() };
     // A network error is not a rejection: a few tries (each bounded by the RPC time-out) before the round gives up.
     let mut attempt = 0u32;
     let response = loop {
-        match ctx.client.heartbeat(request.clone()).await {
+        match ctx.client.heartbeat(&request).await {
             Ok(response) => break response,
             Err(e) if e.kind() == ErrorKind::Network && attempt < 3 => {
                 attempt += 1;
@@ -401,15 +397,14 @@ async fn confirm_epoch(ctx: &JobContext, plan: &RoundPlan) -> Result<()> {
             Err(e) => return Err(e),
         }
     };
-    match response.tiering_table_resp.as_slice() {
-        [answer] if answer.table_id == table_id => match &answer.error {
+    match response.tiering.as_slice() {
+        [answer] if answer.table_id == table_id => match &answer.rejection {
             None => Ok(()),
-            Some(err) => Err(Error::new(
+            Some((_, message)) => Err(Error::new(
                 ErrorKind::FencedTieringEpoch,
                 format!(
-                    "the coordinator no longer holds tiering epoch {} ({}): not committing",
-                    plan.tiering_epoch,
-                    err.error_message.as_deref().unwrap_or("no message")
+                    "the coordinator no longer holds tiering epoch {} ({message}): not committing",
+                    plan.tiering_epoch
                 ),
             )),
         },
@@ -422,27 +417,24 @@ async fn confirm_epoch(ctx: &JobContext, plan: &RoundPlan) -> Result<()> {
 
 /// Phase 2: tell the cluster, under the round's tiering epoch.
 async fn cluster_commit(ctx: &JobContext, plan: &RoundPlan, snapshot_id: i64, marker: &CommitMarker) -> Result<()> {
-    let buckets_req = marker
+    let buckets = marker
         .offsets
         .iter()
-        .map(|o| proto::PbLakeTableOffsetForBucket {
+        .map(|o| LakeBucketOffset {
             partition_id: o.partition_id,
-            bucket_id: o.bucket,
-            log_end_offset: Some(o.offset),
+            bucket: o.bucket,
+            log_end_offset: o.offset,
             max_timestamp: None,
         })
         .collect();
-    ctx.client
-        .commit_lake_snapshot(proto::PbLakeTableSnapshotInfo {
-            table_id: plan.table.table_id,
-            snapshot_id,
-            buckets_req,
-            table_path: Some(crate::rpc::pb_path(&plan.table.path)),
-            tiering_epoch: plan.tiering_epoch,
-            coordinator_epoch: plan.coordinator_epoch,
-        })
-        .await
-        .map_err(|e| {
-            Error::new(e.kind(), format!("lake snapshot {snapshot_id} committed, but the cluster commit failed: {e}"))
-        })
+    let commit = LakeCommit {
+        table_id: plan.table.table_id,
+        path: plan.table.path.clone(),
+        coordinator_epoch: plan.coordinator_epoch,
+        tiering_epoch: plan.tiering_epoch,
+        snapshot: LakeSnapshot { snapshot_id, buckets },
+    };
+    ctx.client.commit_lake_snapshot(&commit).await.map_err(|e| {
+        Error::new(e.kind(), format!("lake snapshot {snapshot_id} committed, but the cluster commit failed: {e}"))
+    })
 }

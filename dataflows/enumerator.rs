@@ -40,8 +40,7 @@ use timely::progress::Antichain;
 use tracing::Instrument;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::table::TablePath;
-use crate::rpc::proto::{self, LakeTieringHeartbeatRequest, LakeTieringHeartbeatResponse, PbHeartbeatReqForTable};
+use crate::model::tiering::{Assignment, HeartbeatRequest, HeartbeatResponse, TableEpoch, TieringCluster};
 
 use super::bridge::Tasks;
 use super::rounds::Fence;
@@ -64,7 +63,7 @@ struct Held {
     round_id: String,
     assigned_at: Instant,
     /// A newer assignment of the table, waiting for this round's outcome (invariant 1).
-    next: Option<proto::PbLakeTieringTableInfo>,
+    next: Option<Assignment>,
 }
 
 enum Event {
@@ -73,7 +72,7 @@ enum Event {
         sent: Vec<(i64, i64)>,
         finished: Vec<Finished>,
         failed: Vec<Failed>,
-        response: Result<LakeTieringHeartbeatResponse>,
+        response: Result<HeartbeatResponse>,
     },
     Planned {
         table_id: i64,
@@ -152,7 +151,7 @@ pub fn enumerator<'scope>(
         };
         if state.base.is_some() && state.ctx.config.once {
             let client = state.ctx.client.clone();
-            state.tasks.spawn(async move { Event::Tables(tables_to_catch_up(&client).await) }, |panic| {
+            state.tasks.spawn(async move { Event::Tables(tables_to_catch_up(client.as_ref()).await) }, |panic| {
                 Event::Tables(Err(Error::new(ErrorKind::Internal, format!("listing tables panicked: {panic}"))))
             });
         }
@@ -204,13 +203,13 @@ pub fn enumerator<'scope>(
 
 /// `--once`: the lake-enabled tables that hold data now (a table never written to has nothing to catch up, and
 /// the coordinator never hands it out).
-async fn tables_to_catch_up(client: &crate::rpc::ClusterClient) -> Result<BTreeSet<i64>> {
+async fn tables_to_catch_up(client: &dyn TieringCluster) -> Result<BTreeSet<i64>> {
     let mut out = BTreeSet::new();
-    for t in client.list_tables().await? {
-        if t.descriptor.datalake_enabled()?
-            && client.end_offsets(t.table_id, &t.path, &t.descriptor).await?.iter().any(|(_, end)| *end > 0)
+    for (table_id, path, descriptor) in client.tables().await? {
+        if descriptor.datalake_enabled()?
+            && client.end_offsets(table_id, &path, &descriptor).await?.iter().any(|(_, end)| *end > 0)
         {
-            out.insert(t.table_id);
+            out.insert(table_id);
         }
     }
     Ok(out)
@@ -293,14 +292,14 @@ impl Enumerator {
         sent: Vec<(i64, i64)>,
         finished: Vec<Finished>,
         failed: Vec<Failed>,
-        response: Result<LakeTieringHeartbeatResponse>,
+        response: Result<HeartbeatResponse>,
     ) {
         self.heartbeat_in_flight = false;
         let now = Instant::now();
         self.next_heartbeat = now + self.ctx.config.poll_interval;
         // One answer per table sent, in order: anything else could hide a rejection, so it counts as a failure.
         let response = response.and_then(|resp| {
-            let answered: Vec<i64> = resp.tiering_table_resp.iter().map(|r| r.table_id).collect();
+            let answered: Vec<i64> = resp.tiering.iter().map(|r| r.table_id).collect();
             let asked: Vec<i64> = sent.iter().map(|(table_id, _)| *table_id).collect();
             match answered == asked {
                 true => Ok(resp),
@@ -337,28 +336,28 @@ impl Enumerator {
             tracing::warn!(epoch = resp.coordinator_epoch, "the coordinator restarted; re-registering");
         }
         self.coordinator_epoch = Some(resp.coordinator_epoch);
-        for (r, &(table_id, epoch)) in resp.tiering_table_resp.iter().zip(&sent) {
-            let Some(err) = &r.error else { continue };
+        for (r, &(table_id, epoch)) in resp.tiering.iter().zip(&sent) {
+            let Some((kind, message)) = &r.rejection else { continue };
             // The epoch this job heartbeated for the table is dead (superseded, a new coordinator, the table gone):
             // its round must not reach the lake (invariant 2).
-            tracing::warn!(table_id, epoch, code = err.error_code, message = ?err.error_message,
-                "coordinator rejected a table in progress");
-            if ErrorKind::from_code(err.error_code) == ErrorKind::InvalidCoordinator {
+            tracing::warn!(table_id, epoch, ?kind, message, "coordinator rejected a table in progress");
+            if *kind == ErrorKind::InvalidCoordinator {
                 self.next_heartbeat = now;
             }
-            let reason = format!(
-                "the coordinator rejected tiering epoch {epoch}: {}",
-                err.error_message.as_deref().unwrap_or("")
-            );
+            let reason = format!("the coordinator rejected tiering epoch {epoch}: {message}");
             self.rejected(table_id, epoch, &reason);
         }
-        for r in resp.finished_table_resp.iter().chain(&resp.failed_table_resp) {
-            if let Some(err) = &r.error {
-                tracing::warn!(table_id = r.table_id, code = err.error_code, message = ?err.error_message,
-                    "coordinator rejected a finished or failed report");
+        for r in resp.finished.iter().chain(&resp.failed) {
+            if let Some((kind, message)) = &r.rejection {
+                tracing::warn!(
+                    table_id = r.table_id,
+                    ?kind,
+                    message,
+                    "coordinator rejected a finished or failed report"
+                );
             }
         }
-        if let Some(table) = resp.tiering_table {
+        if let Some(table) = resp.assignment {
             self.assigned(table);
             // Ask again right away while there is room for more tables.
             self.next_heartbeat = now;
@@ -366,7 +365,7 @@ impl Enumerator {
     }
 
     /// A table handed out by the coordinator: a round starts now, or once the table's old round is over.
-    fn assigned(&mut self, table: proto::PbLakeTieringTableInfo) {
+    fn assigned(&mut self, table: Assignment) {
         let table_id = table.table_id;
         if !self.held.contains_key(&table_id) {
             return self.start_round(table);
@@ -379,7 +378,7 @@ impl Enumerator {
         }
     }
 
-    fn start_round(&mut self, table: proto::PbLakeTieringTableInfo) {
+    fn start_round(&mut self, table: Assignment) {
         if self.stopping {
             // Handed out by a heartbeat sent before the stop: handed back at once (invariant 3).
             self.failed.push((table.table_id, table.tiering_epoch, STOPPED.to_string()));
@@ -388,14 +387,7 @@ impl Enumerator {
         let (Some(base), Some(coordinator_epoch)) = (&mut self.base, self.coordinator_epoch) else {
             return;
         };
-        let path = match table.table_path.map(|p| TablePath::new(p.database_name, p.table_name)) {
-            Some(Ok(path)) => path,
-            _ => {
-                tracing::error!(table_id = table.table_id, "assignment without a valid table path");
-                self.failed.push((table.table_id, table.tiering_epoch, "assignment without a valid table path".into()));
-                return;
-            }
-        };
+        let path = table.path.clone();
         if let Some(since) = self.idle_since.take() {
             self.ctx.metrics.add_phase(Phase::Schedule, since.elapsed());
         }
@@ -444,7 +436,7 @@ impl Enumerator {
                     max_duration: ctx.config.max_round_duration,
                     lake_timeout: ctx.config.lake_timeout,
                 };
-                let planned = plan_round(&ctx.client, ctx.lake.as_ref(), request).await;
+                let planned = plan_round(ctx.client.as_ref(), ctx.lake.as_ref(), request).await;
                 if let Ok(p) = &planned {
                     ctx.metrics.planned(&p.plan.table.path.to_string(), p.end_total, p.tiered_total);
                 }
@@ -561,8 +553,8 @@ impl Enumerator {
         let want_more = self.remaining.as_ref().is_none_or(|r| !r.is_empty());
         // The first heartbeat asks too: its response carries the coordinator epoch the assignment needs.
         let request_table = !self.stopping && want_more && self.held.len() < self.ctx.config.max_tables_in_flight;
-        let ce = self.coordinator_epoch.unwrap_or(0);
-        let entry = |(table_id, tiering_epoch): (i64, i64)| crate::rpc::tiering_entry(table_id, ce, tiering_epoch);
+        let coordinator_epoch = self.coordinator_epoch.unwrap_or(0);
+        let entry = |(table_id, tiering_epoch): (i64, i64)| TableEpoch { table_id, coordinator_epoch, tiering_epoch };
         let finished = std::mem::take(&mut self.finished);
         let failed = std::mem::take(&mut self.failed);
         // Invariant 2: a fenced round's epoch is dead; a deferred assignment's epoch is alive.
@@ -575,18 +567,12 @@ impl Enumerator {
                 current.into_iter().chain(h.next.as_ref().map(|n| (*id, n.tiering_epoch)))
             })
             .collect();
-        let req = LakeTieringHeartbeatRequest {
-            tiering_tables: sent.iter().copied().map(entry).collect(),
-            finished_tables: finished.iter().map(|(id, epoch, _)| entry((*id, *epoch))).collect(),
-            failed_tables: failed
-                .iter()
-                .map(|(id, epoch, reason)| PbHeartbeatReqForTable {
-                    fail_reason: Some(reason.clone()),
-                    ..entry((*id, *epoch))
-                })
-                .collect(),
-            request_table: Some(request_table),
-            force_finished_tables: finished.iter().filter(|(_, _, forced)| *forced).map(|(id, _, _)| *id).collect(),
+        let req = HeartbeatRequest {
+            tiering: sent.iter().copied().map(entry).collect(),
+            finished: finished.iter().map(|(id, epoch, _)| entry((*id, *epoch))).collect(),
+            failed: failed.iter().map(|(id, epoch, reason)| (entry((*id, *epoch)), reason.clone())).collect(),
+            request_table,
+            force_finished: finished.iter().filter(|(_, _, forced)| *forced).map(|(id, _, _)| *id).collect(),
         };
         self.heartbeat_in_flight = true;
         let client = self.ctx.client.clone();
@@ -600,7 +586,7 @@ impl Enumerator {
         };
         self.tasks.spawn(
             async move {
-                let response = client.heartbeat(req).await;
+                let response = client.heartbeat(&req).await;
                 Event::Heartbeat { sent, finished, failed, response }
             },
             on_panic,

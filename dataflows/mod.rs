@@ -36,7 +36,7 @@ use timely::dataflow::operators::{ConnectLoop, Feedback};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::lake::LakeTieringFactory;
-use crate::rpc::ClusterClient;
+use crate::model::tiering::TieringCluster;
 
 pub use metrics::{JobMetrics, JobReport, Phase, PhaseSeconds, SplitWork};
 
@@ -111,7 +111,8 @@ impl Default for TierConfig {
 /// What every operator of a process shares.
 pub struct JobContext {
     pub runtime: tokio::runtime::Handle,
-    pub client: ClusterClient,
+    /// The cluster, as the job sees it (gRPC today).
+    pub client: Arc<dyn TieringCluster>,
     pub lake: Arc<dyn LakeTieringFactory>,
     pub config: TierConfig,
     /// Unique per run: names rounds and files.
@@ -130,7 +131,7 @@ pub struct JobContext {
 impl JobContext {
     pub fn new(
         runtime: tokio::runtime::Handle,
-        client: ClusterClient,
+        client: Arc<dyn TieringCluster>,
         lake: Arc<dyn LakeTieringFactory>,
         config: TierConfig,
     ) -> Self {

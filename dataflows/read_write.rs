@@ -25,7 +25,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::failpoint;
 use crate::lake::{WriterContext, WrittenData, lake_schema, with_system_columns};
 use crate::model::log::LogBatch;
-use crate::rpc::LogReader;
+use crate::model::tiering::{LogReader, TieringCluster};
 
 use super::bridge::CapabilityTasks;
 use super::consolidate::Consolidator;
@@ -153,10 +153,8 @@ async fn fill(ctx: &JobContext, split: &Split, writer: &mut dyn crate::lake::Lak
         ctx.metrics.snapshot_splits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         for index in 0..snapshot.batch_count {
             let (table_id, partition_id) = (split.table.table_id, split.bucket.partition_id);
-            let (batches, _) = ctx
-                .client
-                .fetch_kv_snapshot(table_id, partition_id, split.bucket.bucket, snapshot.snapshot_id, index)
-                .await?;
+            let bucket = (table_id, partition_id, split.bucket.bucket);
+            let (batches, _) = ctx.client.kv_snapshot_batch(bucket, snapshot.snapshot_id, index).await?;
             lap(SplitWork::FetchWait);
             for batch in &batches {
                 changes.add_snapshot(batch)?;
@@ -211,7 +209,7 @@ async fn fill(ctx: &JobContext, split: &Split, writer: &mut dyn crate::lake::Lak
 
 /// Fetches the stored batches that hold `[start, stop)`, in order, as the cluster sent them, ahead of the writer.
 async fn fetch_range(
-    client: crate::rpc::ClusterClient,
+    client: std::sync::Arc<dyn TieringCluster>,
     split: Split,
     max_bytes: i32,
     tx: tokio::sync::mpsc::Sender<Result<LogBatch>>,

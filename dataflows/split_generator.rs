@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::lake::{BucketOffset, TableBucket, TableContext, TieredSnapshot};
-use crate::rpc::ClusterClient;
+use crate::model::tiering::TieringCluster;
 
 use super::types::{KvSnapshotRef, RoundPlan, Split};
 
@@ -132,7 +132,7 @@ pub struct RoundRequest {
 
 /// Plans one round: reads offsets, prepares the lake table (unless the table never had data), cuts splits.
 pub async fn plan_round(
-    client: &ClusterClient,
+    client: &dyn TieringCluster,
     lake: &dyn crate::lake::LakeTieringFactory,
     req: RoundRequest,
 ) -> Result<Planned> {
@@ -162,7 +162,7 @@ pub async fn plan_round(
     let deadline_ms = started_ms.saturating_add(max_duration.as_millis() as i64);
     let table = TableContext { table_id, path: path.clone(), descriptor };
     let partitions: Vec<(Option<i64>, Option<String>)> = if table.descriptor.is_partitioned() {
-        client.list_partitions(&path).await?.into_iter().map(|(id, name)| (Some(id), Some(name))).collect()
+        client.partitions(&path).await?.into_iter().map(|(id, name)| (Some(id), Some(name))).collect()
     } else {
         vec![(None, None)]
     };
@@ -172,11 +172,8 @@ pub async fn plan_round(
         let ends = client.list_offsets(table_id, partition_id, &bucket_ids, true).await?;
         let starts = client.list_offsets(table_id, partition_id, &bucket_ids, false).await?;
         let snapshots: Vec<Option<KvSnapshotRef>> = if table.descriptor.has_primary_key() {
-            let latest = client.latest_kv_snapshots(&path, partition_name.as_deref()).await?;
-            bucket_ids
-                .iter()
-                .map(|b| latest.iter().find(|s| s.bucket_id == *b).and_then(KvSnapshotRef::from_pb))
-                .collect()
+            let latest = client.kv_snapshots(&path, partition_name.as_deref()).await?;
+            bucket_ids.iter().map(|b| latest.iter().find(|(bucket, _)| bucket == b).and_then(|(_, s)| *s)).collect()
         } else {
             vec![None; bucket_ids.len()]
         };

@@ -63,21 +63,7 @@ pub struct Split {
     pub route: u64,
 }
 
-/// A KV snapshot of one bucket, as the cluster serves it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KvSnapshotRef {
-    pub snapshot_id: i64,
-    /// The snapshot holds every change below this offset.
-    pub log_offset: i64,
-    pub batch_count: i32,
-}
-
-impl KvSnapshotRef {
-    /// The snapshot the cluster reports, if it reports one.
-    pub fn from_pb(s: &crate::rpc::proto::PbKvSnapshot) -> Option<Self> {
-        Some(KvSnapshotRef { snapshot_id: s.snapshot_id?, log_offset: s.log_offset?, batch_count: s.batch_count })
-    }
-}
+pub use crate::model::tiering::KvSnapshotRef;
 
 /// The outcome of one split: files written (not yet visible), or why it failed.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -247,7 +247,7 @@ fn snapshot(
 
 async fn request(client: &ClusterClient) -> proto::LakeTieringHeartbeatResponse {
     client
-        .heartbeat(LakeTieringHeartbeatRequest { request_table: Some(true), ..Default::default() })
+        .lake_tiering_heartbeat(LakeTieringHeartbeatRequest { request_table: Some(true), ..Default::default() })
         .await
         .expect("heartbeat")
 }
@@ -285,7 +285,7 @@ async fn tiering_state_machine_with_two_services() {
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let resp = service_a
-            .heartbeat(LakeTieringHeartbeatRequest {
+            .lake_tiering_heartbeat(LakeTieringHeartbeatRequest {
                 tiering_tables: vec![req_for(table_id, ce, 1)],
                 ..Default::default()
             })
@@ -302,7 +302,7 @@ async fn tiering_state_machine_with_two_services() {
     let err = service_a.commit_lake_snapshot(snapshot(table_id, ce, 1, 11, 5)).await.expect_err("stale commit");
     assert_eq!(err.kind(), ErrorKind::FencedTieringEpoch);
     let resp = service_a
-        .heartbeat(LakeTieringHeartbeatRequest {
+        .lake_tiering_heartbeat(LakeTieringHeartbeatRequest {
             finished_tables: vec![req_for(table_id, ce, 1)],
             ..Default::default()
         })
@@ -315,7 +315,7 @@ async fn tiering_state_machine_with_two_services() {
     // The owner commits and finishes; the table is scheduled again and comes back under epoch 3.
     service_b.commit_lake_snapshot(snapshot(table_id, ce, 2, 22, 5)).await.expect("commit");
     let resp = service_b
-        .heartbeat(LakeTieringHeartbeatRequest {
+        .lake_tiering_heartbeat(LakeTieringHeartbeatRequest {
             finished_tables: vec![req_for(table_id, ce, 2)],
             ..Default::default()
         })
@@ -331,7 +331,7 @@ async fn tiering_state_machine_with_two_services() {
     let failed =
         PbHeartbeatReqForTable { fail_reason: Some("lake table is broken".into()), ..req_for(table_id, ce, 3) };
     service_a
-        .heartbeat(LakeTieringHeartbeatRequest { failed_tables: vec![failed], ..Default::default() })
+        .lake_tiering_heartbeat(LakeTieringHeartbeatRequest { failed_tables: vec![failed], ..Default::default() })
         .await
         .expect("heartbeat");
     let summary =
@@ -363,7 +363,10 @@ async fn read_changelog(
     from: i64,
 ) -> Vec<(i64, Option<String>, i8)> {
     let mut out = Vec::new();
-    let mut reader = fluss_tiering::rpc::LogReader::new(client.clone(), (table_id, None, bucket), from, None, 16 << 10);
+    let cluster: std::sync::Arc<dyn fluss_tiering::model::tiering::TieringCluster> =
+        std::sync::Arc::new(client.clone());
+    let mut reader =
+        fluss_tiering::model::tiering::LogReader::new(cluster, (table_id, None, bucket), from, None, 16 << 10);
     while let Some(batches) = reader.next().await.expect("fetch") {
         for b in batches {
             for x in [b.read(descriptor).expect("decode")] {
@@ -499,7 +502,7 @@ async fn a_silent_cluster_fails_calls_after_the_rpc_time_out() {
 /// The one log-reading loop: from an offset inside a batch to a stop inside another, to the end, and past the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_reader_reads_ranges_and_refuses_to_read_past_the_end() {
-    use fluss_tiering::rpc::LogReader;
+    use fluss_tiering::model::tiering::LogReader;
     let dir = tempfile::tempdir().expect("tempdir");
     let d = descriptor("id:int64,name:string", 1, None, "1h");
     let (_cluster, client) = start(dir.path()).await;
@@ -513,7 +516,7 @@ async fn the_log_reader_reads_ranges_and_refuses_to_read_past_the_end() {
     let read = |from: i64, stop: Option<i64>| {
         let client = client.clone();
         async move {
-            let mut reader = LogReader::new(client, (table_id, None, 0), from, stop, 1);
+            let mut reader = LogReader::new(std::sync::Arc::new(client), (table_id, None, 0), from, stop, 1);
             let mut batches = Vec::new();
             while let Some(answer) = reader.next().await? {
                 assert!(!answer.is_empty(), "an answer holds at least one batch");

@@ -319,7 +319,7 @@ async fn randomized_rounds_under_faults(format: &str) {
             lake_timeout: Duration::from_secs(2),
             ..TierConfig::default()
         };
-        let ctx = Arc::new(JobContext::new(runtime.handle().clone(), client, lake, config));
+        let ctx = Arc::new(JobContext::new(runtime.handle().clone(), Arc::new(client), lake, config));
         ctx_tx.send(Arc::clone(&ctx)).expect("send");
         dataflows::run(timely::Config::process(2), ctx)
     });

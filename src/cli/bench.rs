@@ -3,6 +3,7 @@
 //! run. The ratio tiering/baseline is the figure that matters; absolute numbers depend on the machine.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -16,7 +17,8 @@ use crate::cluster::ClusterConfig;
 use crate::dataflows::{JobReport, PhaseSeconds};
 use crate::lake::{lake_schema, with_system_columns};
 use crate::model::table::{DATALAKE_FRESHNESS, TableDescriptor, TablePath, parse_duration, parse_schema};
-use crate::rpc::{ClusterClient, LogReader};
+use crate::model::tiering::{LogReader, TieringCluster};
+use crate::rpc::ClusterClient;
 use crate::serve::EmbeddedCluster;
 use crate::workload::{KvMix, ProduceOptions, Workload, produce};
 
@@ -460,7 +462,8 @@ async fn baseline(
         let schema = lake_schema(descriptor);
         let mut batches = Vec::new();
         for ((partition, bucket), end) in client.end_offsets(*id, path, descriptor).await? {
-            let mut reader = LogReader::new(client.clone(), (*id, partition, bucket), 0, Some(end), 8 << 20);
+            let cluster: Arc<dyn TieringCluster> = Arc::new(client.clone());
+            let mut reader = LogReader::new(cluster, (*id, partition, bucket), 0, Some(end), 8 << 20);
             while let Some(stored_batches) = reader.next().await? {
                 for stored in stored_batches {
                     let b = stored.read(descriptor)?;

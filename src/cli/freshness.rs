@@ -14,7 +14,8 @@ use serde::Serialize;
 
 use crate::lake::{self, LakeOptions, TableBucket, TableContext};
 use crate::model::table::{DATALAKE_FRESHNESS, TableDescriptor, TablePath, parse_duration};
-use crate::rpc::{ClusterClient, LogReader};
+use crate::model::tiering::{LogReader, TieringCluster};
+use crate::rpc::ClusterClient;
 use crate::workload::{KvMix, ProduceOptions, Workload, produce};
 
 use super::tier::{print_summary, run_job_with};
@@ -205,7 +206,8 @@ async fn stored_batches(
     bucket: i32,
 ) -> anyhow::Result<Vec<(i64, i64, i64)>> {
     let mut out = Vec::new();
-    let mut reader = LogReader::new(client.clone(), (table_id, partition_id, bucket), 0, None, 8 << 20);
+    let cluster: std::sync::Arc<dyn TieringCluster> = std::sync::Arc::new(client.clone());
+    let mut reader = LogReader::new(cluster, (table_id, partition_id, bucket), 0, None, 8 << 20);
     while let Some(batches) = reader.next().await.context("fetching")? {
         out.extend(batches.iter().map(|b| (b.base_offset, b.record_count, b.append_timestamp)));
     }

@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::cluster::{Cluster, ClusterConfig};
 use crate::model::table::{DATALAKE_FRESHNESS, TableDescriptor, TablePath, parse_duration, parse_schema};
+use crate::model::tiering::TieringCluster;
 use crate::rpc::ClusterClient;
 use crate::serve::server;
 use crate::workload::{KvMix, ProduceOptions, Workload, produce};

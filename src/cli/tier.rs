@@ -9,6 +9,7 @@ use crate::cluster::ClusterConfig;
 use crate::dataflows::{self, JobContext, JobReport, TierConfig};
 use crate::lake::{self, LakeOptions, TableContext};
 use crate::model::table::{DATALAKE_FRESHNESS, TableDescriptor, TablePath, parse_duration, parse_schema};
+use crate::model::tiering::TieringCluster;
 use crate::rpc::ClusterClient;
 use crate::serve::EmbeddedCluster;
 use crate::workload::{KvMix, ProduceOptions, Workload, produce};
@@ -105,7 +106,7 @@ pub(super) fn run_job_with(args: &TierArgs, started: impl FnOnce(&Arc<JobContext
         }
         Ok::<_, crate::Error>((client, lake))
     })?;
-    let ctx = Arc::new(JobContext::new(runtime.handle().clone(), client, lake, config));
+    let ctx = Arc::new(JobContext::new(runtime.handle().clone(), Arc::new(client), lake, config));
     if let Some(addr) = args.metrics_addr {
         let for_metrics = Arc::clone(&ctx);
         let bound = runtime.block_on(crate::metrics::serve(addr, Arc::new(move || for_metrics.metrics.render())))?;

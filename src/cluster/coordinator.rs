@@ -73,21 +73,7 @@ impl TieringState {
     }
 }
 
-/// The tiered end offset of one bucket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LakeBucketOffset {
-    pub partition_id: Option<i64>,
-    pub bucket: i32,
-    pub log_end_offset: i64,
-    pub max_timestamp: Option<i64>,
-}
-
-/// The latest lake snapshot of a table: its id and every bucket's tiered offset, merged over all rounds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LakeSnapshot {
-    pub snapshot_id: i64,
-    pub buckets: Vec<LakeBucketOffset>,
-}
+pub use crate::model::tiering::{LakeBucketOffset, LakeSnapshot};
 
 /// A table handed to a tiering job.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,6 +7,7 @@ pub mod ipc;
 pub mod log;
 pub mod record;
 pub mod table;
+pub mod tiering;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

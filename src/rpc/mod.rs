@@ -1,5 +1,5 @@
-//! The gRPC wire: code generated from `proto/fluss_api.proto`, a typed client, [`LogReader`] (the one loop that reads
-//! a bucket's log), and errors as statuses ([`status`]).
+//! The gRPC wire: code generated from `proto/fluss_api.proto`, a typed client, that client as the job's
+//! [`crate::model::tiering::TieringCluster`] ([`tiering`]), and errors as statuses ([`status`]).
 
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
@@ -7,11 +7,11 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::ipc;
-use crate::model::log::LogBatch;
 use crate::model::record;
 use crate::model::table::{TableDescriptor, TablePath};
 
 pub mod status;
+pub mod tiering;
 
 /// Generated messages and services (package `fluss`).
 #[allow(clippy::all, missing_docs)]
@@ -52,17 +52,6 @@ pub struct ClusterClient {
 fn descriptor(json: &[u8]) -> Result<TableDescriptor> {
     serde_json::from_slice(json)
         .map_err(|e| Error::new(ErrorKind::CorruptMessage, "table_json is not a descriptor").with_source(e))
-}
-
-/// A heartbeat's entry for one table held under `tiering_epoch` (in progress, finished or failed).
-pub fn tiering_entry(table_id: i64, coordinator_epoch: i32, tiering_epoch: i64) -> proto::PbHeartbeatReqForTable {
-    proto::PbHeartbeatReqForTable {
-        table_id,
-        coordinator_epoch,
-        tiering_epoch,
-        lake_tiering_stats: None,
-        fail_reason: None,
-    }
 }
 
 /// A table path as the wire spells it.
@@ -189,27 +178,6 @@ impl ClusterClient {
         self.produce_records(table_id, partition_name, bucket, record::encode_all(batches)?).await
     }
 
-    /// End offsets of every bucket of a table: `(partition id, bucket) → high watermark`.
-    pub async fn end_offsets(
-        &self,
-        table_id: i64,
-        path: &TablePath,
-        descriptor: &TableDescriptor,
-    ) -> Result<Vec<((Option<i64>, i32), i64)>> {
-        let buckets: Vec<i32> = (0..descriptor.buckets as i32).collect();
-        let partitions: Vec<Option<i64>> = if descriptor.is_partitioned() {
-            self.list_partitions(path).await?.into_iter().map(|(id, _)| Some(id)).collect()
-        } else {
-            vec![None]
-        };
-        let mut out = Vec::new();
-        for p in partitions {
-            let ends = self.list_offsets(table_id, p, &buckets, true).await?;
-            out.extend(buckets.iter().zip(ends).map(|(b, e)| ((p, *b), e)));
-        }
-        Ok(out)
-    }
-
     /// Upserts full rows (`delete == false`) or deletes rows by key in one bucket of a primary-key table.
     pub async fn put_kv(
         &self,
@@ -315,7 +283,7 @@ impl ClusterClient {
             .collect()
     }
 
-    pub async fn heartbeat(
+    pub async fn lake_tiering_heartbeat(
         &self,
         req: proto::LakeTieringHeartbeatRequest,
     ) -> Result<proto::LakeTieringHeartbeatResponse> {
@@ -356,91 +324,5 @@ impl ClusterClient {
             },
             None => Err(Error::new(ErrorKind::CorruptMessage, "commit response without a table entry")),
         }
-    }
-}
-
-/// Reads one bucket's log from an offset on, one fetch per [`LogReader::next`]: the one fetch loop of the code base.
-/// Every answer is checked to continue exactly where the previous one ended (no gap, progress), and reading stops at
-/// `stop` (batches that start at or past it are not returned; the last one may stick out past it).
-pub struct LogReader {
-    client: ClusterClient,
-    table_id: i64,
-    partition_id: Option<i64>,
-    bucket: i32,
-    offset: i64,
-    stop: Option<i64>,
-    max_bytes: i32,
-}
-
-impl LogReader {
-    /// A reader of `[from, stop)` (`stop: None`: up to the log's end as it is when reached).
-    pub fn new(
-        client: ClusterClient,
-        (table_id, partition_id, bucket): (i64, Option<i64>, i32),
-        from: i64,
-        stop: Option<i64>,
-        max_bytes: i32,
-    ) -> Self {
-        LogReader { client, table_id, partition_id, bucket, offset: from, stop, max_bytes }
-    }
-
-    /// The next batches (at least one), or `None` once `stop` is reached (or, without a stop, the log's end). A log
-    /// that ends before `stop` is an `OffsetOutOfRange` error.
-    pub async fn next(&mut self) -> Result<Option<Vec<LogBatch>>> {
-        if self.stop.is_some_and(|stop| self.offset >= stop) {
-            return Ok(None);
-        }
-        let resp =
-            self.client.fetch(self.table_id, self.partition_id, self.bucket, self.offset, self.max_bytes).await?;
-        if resp.batches.is_empty() {
-            return match self.stop {
-                None => Ok(None),
-                Some(stop) => Err(Error::new(
-                    ErrorKind::OffsetOutOfRange,
-                    format!(
-                        "bucket {} of table {} ends at {} before the stop offset {stop}",
-                        self.bucket, self.table_id, resp.high_watermark
-                    ),
-                )),
-            };
-        }
-        let mut expected = self.offset;
-        let mut out = Vec::with_capacity(resp.batches.len());
-        let (table_id, partition_id, bucket) = (self.table_id, self.partition_id, self.bucket);
-        let corrupt = |what: String| {
-            Error::new(
-                ErrorKind::CorruptMessage,
-                format!("bucket {bucket} (partition {partition_id:?}) of table {table_id}: {what}"),
-            )
-        };
-        for b in resp.batches {
-            // Contiguity first: a batch past the expected offset is a gap even when it also lies past the stop.
-            if b.base_offset > expected {
-                return Err(Error::new(
-                    ErrorKind::OffsetOutOfRange,
-                    format!(
-                        "bucket {bucket} (partition {partition_id:?}) of table {table_id}: the cluster returned a \
-                         batch at offset {} where offset {expected} was expected (a gap)",
-                        b.base_offset
-                    ),
-                ));
-            }
-            if expected >= self.stop.unwrap_or(i64::MAX) {
-                break;
-            }
-            let batch = LogBatch {
-                base_offset: b.base_offset,
-                record_count: b.record_count,
-                append_timestamp: b.append_timestamp,
-                records: b.records,
-            };
-            expected = match batch.end_offset() {
-                Some(end) if end > expected => end,
-                _ => return Err(corrupt(format!("a batch at offset {} makes no progress", b.base_offset))),
-            };
-            out.push(batch);
-        }
-        self.offset = expected;
-        Ok(Some(out))
     }
 }

@@ -1,0 +1,192 @@
+//! Faults at the cluster boundary, driving the real dataflow: a second [`TieringCluster`] that wraps the gRPC client
+//! and loses replies, fails calls and shortens answers on cue, the way a network or a misbehaving coordinator would.
+//! The lake is read back by pypaimon.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use fluss_tiering::dataflows::{self, JobContext, TierConfig};
+use fluss_tiering::lake::LakeOptions;
+use fluss_tiering::model::table::{TableDescriptor, TablePath};
+use fluss_tiering::model::tiering::{
+    BucketAddr, FetchedLog, HeartbeatRequest, HeartbeatResponse, KvSnapshotRef, LakeCommit, LakeSnapshot,
+    TieringCluster,
+};
+use fluss_tiering::rpc::ClusterClient;
+use fluss_tiering::{Error, ErrorKind, Result};
+
+/// What to do wrong, and how often it was done.
+#[derive(Default)]
+struct Cues {
+    /// Heartbeats that carry tables in progress are answered without their answers.
+    short_answers: AtomicBool,
+    /// This many epoch confirmations (a heartbeat of one table in progress, nothing else) fail before being sent.
+    failed_confirmations: AtomicU32,
+    /// This many heartbeats that hand out a table lose their reply after the coordinator acted on them.
+    lost_assignments: AtomicU32,
+    /// This many cluster commits are refused as fenced before being sent.
+    fenced_commits: AtomicU32,
+    injected: AtomicU32,
+}
+
+impl Cues {
+    /// Takes one use of a countdown cue, if any is left.
+    fn take(&self, cue: &AtomicU32) -> bool {
+        let taken = cue.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+        if taken {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+        }
+        taken
+    }
+}
+
+struct FaultyCluster {
+    inner: ClusterClient,
+    cues: Arc<Cues>,
+}
+
+fn network(what: &str) -> Error {
+    Error::new(ErrorKind::Network, format!("injected: {what}"))
+}
+
+#[async_trait::async_trait]
+impl TieringCluster for FaultyCluster {
+    async fn heartbeat(&self, request: &HeartbeatRequest) -> Result<HeartbeatResponse> {
+        let confirmation = request.tiering.len() == 1
+            && request.finished.is_empty()
+            && request.failed.is_empty()
+            && !request.request_table;
+        if confirmation && self.cues.take(&self.cues.failed_confirmations) {
+            return Err(network("the epoch confirmation did not reach the coordinator"));
+        }
+        let mut response = self.inner.heartbeat(request).await?;
+        if response.assignment.is_some() && self.cues.take(&self.cues.lost_assignments) {
+            return Err(network("the reply that handed out a table was lost"));
+        }
+        if !request.tiering.is_empty() && self.cues.short_answers.load(Ordering::SeqCst) {
+            self.cues.injected.fetch_add(1, Ordering::SeqCst);
+            response.tiering.clear();
+        }
+        Ok(response)
+    }
+
+    async fn table_info(&self, path: &TablePath) -> Result<(i64, TableDescriptor)> {
+        TieringCluster::table_info(&self.inner, path).await
+    }
+
+    async fn tables(&self) -> Result<Vec<(i64, TablePath, TableDescriptor)>> {
+        self.inner.tables().await
+    }
+
+    async fn partitions(&self, path: &TablePath) -> Result<Vec<(i64, String)>> {
+        self.inner.partitions(path).await
+    }
+
+    async fn list_offsets(
+        &self,
+        table: i64,
+        partition: Option<i64>,
+        buckets: &[i32],
+        latest: bool,
+    ) -> Result<Vec<i64>> {
+        TieringCluster::list_offsets(&self.inner, table, partition, buckets, latest).await
+    }
+
+    async fn lake_snapshot(&self, path: &TablePath) -> Result<Option<LakeSnapshot>> {
+        TieringCluster::lake_snapshot(&self.inner, path).await
+    }
+
+    async fn kv_snapshots(
+        &self,
+        path: &TablePath,
+        partition: Option<&str>,
+    ) -> Result<Vec<(i32, Option<KvSnapshotRef>)>> {
+        self.inner.kv_snapshots(path, partition).await
+    }
+
+    async fn fetch(&self, bucket: BucketAddr, offset: i64, max_bytes: i32) -> Result<FetchedLog> {
+        TieringCluster::fetch(&self.inner, bucket, offset, max_bytes).await
+    }
+
+    async fn kv_snapshot_batch(&self, bucket: BucketAddr, id: i64, index: i32) -> Result<(Vec<RecordBatch>, i32)> {
+        self.inner.kv_snapshot_batch(bucket, id, index).await
+    }
+
+    async fn commit_lake_snapshot(&self, commit: &LakeCommit) -> Result<()> {
+        if self.cues.take(&self.cues.fenced_commits) {
+            return Err(Error::new(ErrorKind::FencedTieringEpoch, "injected: the coordinator refused the commit"));
+        }
+        TieringCluster::commit_lake_snapshot(&self.inner, commit).await
+    }
+}
+
+/// Runs a `--once` job in this process against `url` through a [`FaultyCluster`] with `cues`; returns its result
+/// and context.
+fn run_once(url: String, warehouse: std::path::PathBuf, cues: Arc<Cues>) -> (Result<()>, Arc<JobContext>) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let (cluster, lake) = runtime.block_on(async {
+        let client = ClusterClient::connect(&url).await.expect("connect");
+        let options = LakeOptions { target_file_size: 65536, ..LakeOptions::default() };
+        let lake = fluss_tiering::lake::factory("paimon", &warehouse, None, options).await.expect("lake");
+        (FaultyCluster { inner: client, cues }, lake)
+    });
+    let config = TierConfig {
+        once: true,
+        poll_interval: Duration::from_millis(50),
+        max_rpc_failures: 20,
+        lake_timeout: Duration::from_secs(5),
+        ..TierConfig::default()
+    };
+    let ctx = Arc::new(JobContext::new(runtime.handle().clone(), Arc::new(cluster), lake, config));
+    let result = dataflows::run(timely::Config::process(2), Arc::clone(&ctx));
+    (result, ctx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_replies_failed_confirmations_and_a_fenced_cluster_commit_still_tier_exactly_once() {
+    let common::Setup { dir: _dir, warehouse, cluster, client, tables } = common::setup().await;
+    common::produce_all(&client, &tables, 0, 1500).await;
+    let cues = Arc::new(Cues {
+        failed_confirmations: AtomicU32::new(2),
+        lost_assignments: AtomicU32::new(1),
+        fenced_commits: AtomicU32::new(1),
+        ..Cues::default()
+    });
+    let (url, lake_dir, job_cues) = (cluster.url(), warehouse.clone(), Arc::clone(&cues));
+    let started = Instant::now();
+    let (result, ctx) = tokio::task::spawn_blocking(move || run_once(url, lake_dir, job_cues)).await.expect("job");
+    result.expect("the job catches up despite the faults");
+    assert!(started.elapsed() < Duration::from_secs(120));
+    assert_eq!(cues.injected.load(Ordering::SeqCst), 4, "every cue was used");
+    for cue in [&cues.failed_confirmations, &cues.lost_assignments, &cues.fenced_commits] {
+        assert_eq!(cue.load(Ordering::SeqCst), 0);
+    }
+    assert!(ctx.metrics.rounds_committed.load(Ordering::Relaxed) >= 3);
+    // The table whose assignment was lost came back after the coordinator's time-out; the fenced cluster commit was
+    // caught up from the lake by the next round: the lake has every offset once and the cluster agrees with it.
+    common::wait_tiered(&client, &tables.iter().collect::<Vec<_>>(), Duration::from_secs(60)).await;
+    common::check_lake_and_cluster(&client, &warehouse, &tables, 1500).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_answers_that_leave_out_a_table_never_pass_for_acceptance() {
+    let common::Setup { dir: _dir, warehouse, cluster, client, tables } = common::setup().await;
+    common::produce_all(&client, &tables[..1], 0, 500).await;
+    let cues = Arc::new(Cues { short_answers: AtomicBool::new(true), ..Cues::default() });
+    let (url, lake_dir, job_cues) = (cluster.url(), warehouse.clone(), Arc::clone(&cues));
+    let (result, ctx) = tokio::task::spawn_blocking(move || run_once(url, lake_dir, job_cues)).await.expect("job");
+    assert!(cues.injected.load(Ordering::SeqCst) > 0, "answers were shortened");
+    // An answer that omits a table could hide its rejection: the round is never committed (its epoch check gets no
+    // answer for it) and the job gives up with the reason, instead of tiering as if accepted.
+    assert_eq!(ctx.metrics.rounds_committed.load(Ordering::Relaxed), 0, "nothing was committed");
+    let errors = ctx.errors().join("; ");
+    assert!(result.is_err() || !errors.is_empty(), "the job does not end as a success");
+    assert!(errors.contains("did not answer") || errors.contains("failed"), "{errors}");
+    let snapshots = warehouse.join("db.db").join(tables[0].path.table.clone()).join("snapshot");
+    let committed = std::fs::read_dir(&snapshots).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(committed, 0, "no Paimon snapshot in {}", snapshots.display());
+}

@@ -71,6 +71,7 @@ impl ClusterClient {
         let endpoint = Endpoint::from_shared(url.to_string())
             .map_err(|e| Error::new(ErrorKind::InvalidArgument, format!("invalid cluster URL {url:?}")).with_source(e))?
             .connect_timeout(timeout)
+            .tcp_nodelay(true)
             .timeout(timeout);
         let channel = endpoint
             .connect()

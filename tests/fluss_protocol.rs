@@ -308,6 +308,21 @@ const TABLE_JSON: &str = r#"{"version":1,"schema":{"version":1,"columns":[{"name
     {"name":"name","data_type":{"type":"STRING"},"id":1}],"highest_field_id":1},"partition_key":[],"bucket_key":[],
     "bucket_count":2,"properties":{},"custom_properties":{}}"#;
 
+/// Creates database `raw` and its table `t` (TABLE_JSON) through the door; returns the table id and schema id.
+async fn create_table(c: &mut Raw) -> (i64, i16) {
+    let db = m::CreateDatabaseRequest { database_name: "raw".into(), ignore_if_exists: false, database_json: None };
+    let _: m::EmptyResponse = c.call(1001, &db).await.ok();
+    let path = m::PbTablePath { database_name: "raw".into(), table_name: "t".into() };
+    let create = m::CreateTableRequest {
+        table_path: path.clone(),
+        table_json: TABLE_JSON.as_bytes().to_vec(),
+        ignore_if_exists: false,
+    };
+    let _: m::EmptyResponse = c.call(1005, &create).await.ok();
+    let info: m::GetTableInfoResponse = c.call(1007, &m::TablePathRequest { table_path: path }).await.ok();
+    (info.table_id, info.schema_id as i16)
+}
+
 fn rows(ids: std::ops::Range<i64>) -> RecordBatch {
     let schema = Arc::new(arrow::datatypes::Schema::new(vec![
         arrow::datatypes::Field::new("id", arrow::datatypes::DataType::Int64, true),
@@ -332,23 +347,7 @@ fn produce(table_id: i64, bucket_id: i32, records: Bytes) -> m::ProduceLogReques
 }
 
 fn fetch(table_id: i64, bucket_id: i32, fetch_offset: i64, max_wait_ms: i32) -> m::FetchLogRequest {
-    m::FetchLogRequest {
-        follower_server_id: -1,
-        max_bytes: 1 << 20,
-        tables_req: vec![m::PbFetchLogReqForTable {
-            table_id,
-            projection_pushdown_enabled: false,
-            projected_fields: vec![],
-            buckets_req: vec![m::PbFetchLogReqForBucket {
-                partition_id: None,
-                bucket_id,
-                fetch_offset,
-                max_fetch_bytes: 1 << 20,
-            }],
-        }],
-        max_wait_ms: Some(max_wait_ms),
-        min_bytes: Some(1),
-    }
+    m::FetchLogRequest::one_bucket(table_id, bucket_id, fetch_offset, 1 << 20, max_wait_ms)
 }
 
 fn produced(answer: &Answer) -> (Option<i32>, Option<i64>) {
@@ -378,17 +377,7 @@ async fn bad_input_gets_the_error_codes_of_a_java_server_and_the_connection_stay
     assert_eq!(c.call_raw(1000, 0, &vec![0u8; 100 << 10]).await.error_code(), 3, "a frame over the limit");
     let _: m::ApiVersionsResponse = c.call(1000, &hello).await.ok();
 
-    let db = m::CreateDatabaseRequest { database_name: "raw".into(), ignore_if_exists: false, database_json: None };
-    let _: m::EmptyResponse = c.call(1001, &db).await.ok();
-    let path = m::PbTablePath { database_name: "raw".into(), table_name: "t".into() };
-    let create = m::CreateTableRequest {
-        table_path: path.clone(),
-        table_json: TABLE_JSON.as_bytes().to_vec(),
-        ignore_if_exists: false,
-    };
-    let _: m::EmptyResponse = c.call(1005, &create).await.ok();
-    let info: m::GetTableInfoResponse = c.call(1007, &m::TablePathRequest { table_path: path.clone() }).await.ok();
-    let (table_id, schema_id) = (info.table_id, info.schema_id as i16);
+    let (table_id, schema_id) = create_table(&mut c).await;
 
     let mut corrupt = batch(0..3, schema_id, None).to_vec();
     let last = corrupt.len() - 1;
@@ -448,17 +437,7 @@ async fn idempotent_writers_long_polling_fetches_and_timestamp_offsets() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (addr, _cluster, _stop) = door(dir.path()).await;
     let mut c = Raw::connect(addr).await;
-    let db = m::CreateDatabaseRequest { database_name: "raw".into(), ignore_if_exists: false, database_json: None };
-    let _: m::EmptyResponse = c.call(1001, &db).await.ok();
-    let path = m::PbTablePath { database_name: "raw".into(), table_name: "t".into() };
-    let create = m::CreateTableRequest {
-        table_path: path.clone(),
-        table_json: TABLE_JSON.as_bytes().to_vec(),
-        ignore_if_exists: false,
-    };
-    let _: m::EmptyResponse = c.call(1005, &create).await.ok();
-    let info: m::GetTableInfoResponse = c.call(1007, &m::TablePathRequest { table_path: path }).await.ok();
-    let (table_id, schema_id) = (info.table_id, info.schema_id as i16);
+    let (table_id, schema_id) = create_table(&mut c).await;
 
     let writer =
         c.call(1026, &m::InitWriterRequest { table_path: vec![] }).await.ok::<m::InitWriterResponse>().writer_id;

@@ -153,7 +153,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 for bucket in 0..args.buckets as i32 {
                     let mut offset = 0;
                     loop {
-                        let req = fetch_request(fluss_table, bucket, offset);
+                        let req = m::FetchLogRequest::one_bucket(fluss_table, bucket, offset, FETCH_BYTES, 0);
                         let resp: m::FetchLogResponse = fluss.call(ApiKey::FetchLog, &req).await?;
                         requests += 1;
                         let answer = resp.tables_resp.first().and_then(|t| t.buckets_resp.first());
@@ -211,24 +211,4 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         cluster.shutdown().await?;
         Ok(())
     })
-}
-
-fn fetch_request(table_id: i64, bucket_id: i32, fetch_offset: i64) -> m::FetchLogRequest {
-    m::FetchLogRequest {
-        follower_server_id: -1,
-        max_bytes: 16 << 20,
-        tables_req: vec![m::PbFetchLogReqForTable {
-            table_id,
-            projection_pushdown_enabled: false,
-            projected_fields: vec![],
-            buckets_req: vec![m::PbFetchLogReqForBucket {
-                partition_id: None,
-                bucket_id,
-                fetch_offset,
-                max_fetch_bytes: FETCH_BYTES,
-            }],
-        }],
-        max_wait_ms: Some(0),
-        min_bytes: Some(1),
-    }
 }

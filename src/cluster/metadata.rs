@@ -56,7 +56,7 @@ impl Metadata {
         self.state
             .tables
             .get(&table_id)
-            .ok_or_else(|| Error::new(ErrorKind::TableNotExist, format!("no table with id {table_id}")))
+            .ok_or_else(|| Error::new(ErrorKind::TableNotExist, format!("table with id {table_id} does not exist")))
     }
 
     pub fn by_path(&self, path: &TablePath) -> Result<&TableInfo> {
@@ -195,11 +195,10 @@ impl Metadata {
             return Err(Error::new(ErrorKind::InvalidArgument, format!("invalid partition name {name:?}")));
         }
         let next = self.state.next_partition_id;
-        let table = self
-            .state
-            .tables
-            .get_mut(&table_id)
-            .ok_or_else(|| Error::new(ErrorKind::TableNotExist, format!("no table with id {table_id}")))?;
+        let table =
+            self.state.tables.get_mut(&table_id).ok_or_else(|| {
+                Error::new(ErrorKind::TableNotExist, format!("table with id {table_id} does not exist"))
+            })?;
         if let Some(id) = table.partitions.get(name) {
             return Ok((*id, false));
         }

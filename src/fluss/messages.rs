@@ -402,6 +402,36 @@ pub struct FetchLogRequest {
     pub min_bytes: Option<i32>,
 }
 
+impl FetchLogRequest {
+    /// A client's fetch of one bucket of a table that is not partitioned, whole rows, waiting up to `max_wait_ms`
+    /// for a first byte.
+    pub fn one_bucket(
+        table_id: i64,
+        bucket_id: i32,
+        fetch_offset: i64,
+        max_fetch_bytes: i32,
+        max_wait_ms: i32,
+    ) -> Self {
+        FetchLogRequest {
+            follower_server_id: -1,
+            max_bytes: max_fetch_bytes.saturating_mul(4),
+            tables_req: vec![PbFetchLogReqForTable {
+                table_id,
+                projection_pushdown_enabled: false,
+                projected_fields: vec![],
+                buckets_req: vec![PbFetchLogReqForBucket {
+                    partition_id: None,
+                    bucket_id,
+                    fetch_offset,
+                    max_fetch_bytes,
+                }],
+            }],
+            max_wait_ms: Some(max_wait_ms),
+            min_bytes: Some(1),
+        }
+    }
+}
+
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct PbFetchLogRespForBucket {
     #[prost(int64, optional, tag = "1")]

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use arrow::array::{Array, ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
 use arrow::compute::{cast, concat_batches, sort_to_indices, take};
 use bytes::{Buf, Bytes};
+use fluss_tiering::ErrorKind;
 use fluss_tiering::cluster::{Cluster, ClusterConfig};
 use fluss_tiering::fluss::frame::RequestHeader;
 use fluss_tiering::fluss::messages as m;
@@ -197,6 +198,61 @@ async fn pyfluss_writes_and_scans_through_a_restart_and_the_job_tiers_it_to_paim
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pyfluss_writes_and_scans_through_a_restart_and_the_job_tiers_it_to_iceberg() {
     pyfluss_round_trip("iceberg").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_tiers_over_fluss_protocol_with_prepare_and_commit_of_an_offsets_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = Files(tempfile::tempdir().expect("tempdir"));
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let data = dir.path().join("cluster");
+    let cluster = EmbeddedCluster::start_with(ClusterConfig::new(&data), any, Some(any)).await.expect("start");
+    let fluss = cluster.fluss_addr().expect("the Fluss door is open");
+    pyfluss(fluss, &["create", "wire.plain", "3"]);
+    pyfluss(fluss, &["create", "wire.parts", "2", "region"]);
+    pyfluss(fluss, &["write", "wire.plain", "0", "90", &files.arg("plain.arrow")]);
+    pyfluss(fluss, &["write", "wire.parts", "0", "30", &files.arg("parts-0.arrow"), "EU"]);
+    pyfluss(fluss, &["write", "wire.parts", "30", "50", &files.arg("parts-1.arrow"), "US"]);
+
+    // The job talks to the cluster only through Fluss's protocol: heartbeats, table info, offsets, fetches, and the
+    // commit as Fluss 0.9 makes it (PrepareLakeTableSnapshot → offsets file → CommitLakeTableSnapshot naming it).
+    let warehouse = dir.path().join("lake");
+    assert_success(&tier(&format!("fluss://{fluss}"), &warehouse, &[], &[]).await);
+    pyfluss(fluss, &["scan", "wire.plain", "90", &files.arg("scan.arrow")]);
+    let scanned = read_arrow(&files.path("scan.arrow"));
+    let lake = read_lake(&warehouse, &"wire.plain".parse().expect("path"));
+    assert_same_rows("the lake, tiered over Fluss's protocol", &read_arrow(&files.path("plain.arrow")), &lake.rows);
+    let mut lake_positions = positions(&lake.rows, "region");
+    for p in &mut lake_positions {
+        p.1.clear();
+    }
+    assert_eq!(
+        lake_positions,
+        positions(&scanned, "__partition"),
+        "every row at the bucket and offset the log gave it"
+    );
+    let parts = concat_batches(
+        &read_arrow(&files.path("parts-0.arrow")).schema(),
+        &[read_arrow(&files.path("parts-0.arrow")), read_arrow(&files.path("parts-1.arrow"))],
+    )
+    .expect("concat");
+    let lake_parts = read_lake(&warehouse, &"wire.parts".parse().expect("path"));
+    assert_same_rows("the partitioned table, tiered over Fluss's protocol", &parts, &lake_parts.rows);
+
+    let snapshot = pyfluss(fluss, &["lake", "wire.plain"]);
+    let tiered: i64 =
+        snapshot["buckets"].as_object().expect("buckets").values().map(|v| v.as_i64().expect("offset")).sum();
+    assert_eq!(tiered, 90, "the lake snapshot pyfluss reads: {snapshot}");
+    // The offsets files PrepareLakeTableSnapshot wrote, in Fluss's JSON.
+    let offsets: Vec<PathBuf> = common::walk(&data.join("remote/lake"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "offsets"))
+        .collect();
+    assert!(offsets.len() >= 2, "one offsets file per table at least: {offsets:?}");
+    let parsed: Vec<serde_json::Value> =
+        offsets.iter().map(|p| serde_json::from_slice(&std::fs::read(p).expect("read")).expect("json")).collect();
+    assert!(parsed.iter().any(|j| j["bucket_offsets"].is_array()), "{parsed:?}");
+    assert!(parsed.iter().any(|j| j["partition_offsets"].is_array()), "{parsed:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -423,6 +479,20 @@ async fn bad_input_gets_the_error_codes_of_a_java_server_and_the_connection_stay
     assert_eq!(stored.len(), 1);
     stored[0].check_crc().expect("the stored batch keeps its crc");
     assert_eq!(stored[0].header().base_offset, 0);
+
+    // A commit naming an offsets file this cluster did not write is refused, whatever the file holds.
+    let commit = m::CommitLakeTableSnapshotRequest {
+        tables_req: vec![],
+        lake_table_snapshot_metadata: vec![m::PbLakeTableSnapshotMetadata {
+            table_id,
+            snapshot_id: 1,
+            tiered_bucket_offsets_file_path: "/etc/hostname".into(),
+            readable_bucket_offsets_file_path: None,
+            earliest_snapshot_id_to_keep: None,
+        }],
+    };
+    let refused: m::CommitLakeTableSnapshotResponse = c.call(1030, &commit).await.ok();
+    assert_eq!(refused.table_resp[0].error_code, Some(ErrorKind::InvalidArgument.code()), "{refused:?}");
 
     // A frame too short to hold a header cannot be answered: that connection closes, the server goes on.
     c.send_frame(&3i32.to_be_bytes()).await;

@@ -66,7 +66,10 @@ def read_paimon(warehouse: str, table_name: str, raw: bool, allow_missing_marker
     location = os.path.join(warehouse, f"{database}.db", name)
     snapshot_dir = os.path.join(location, "snapshot")
     ids = sorted(
-        int(f[len("snapshot-"):]) for f in os.listdir(snapshot_dir) if f.startswith("snapshot-")
+        int(f[len("snapshot-"):])
+            for f in os.listdir(snapshot_dir)
+            # A job killed while Paimon published a snapshot leaves its temporary file (snapshot-N.tmp-…).
+            if f.startswith("snapshot-") and f[len("snapshot-"):].isdigit()
     ) if os.path.isdir(snapshot_dir) else []
     properties = {}
     for snapshot_id in reversed(ids):

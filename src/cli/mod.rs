@@ -56,6 +56,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 #[command(disable_help_flag = true)]
 pub struct TierArgs {
+    /// The cluster: `http://HOST:PORT` (its gRPC door) or `fluss://HOST:PORT` (Fluss's own protocol).
     #[arg(long)]
     pub cluster: String,
     /// The lake's warehouse directory.

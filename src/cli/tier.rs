@@ -95,18 +95,22 @@ pub(super) fn run_job_with(args: &TierArgs, started: impl FnOnce(&Arc<JobContext
     let options = LakeOptions { target_file_size: args.tuning.target_file_size, commit_timeout: config.lake_timeout };
     let rpc_timeout = parse_duration(&args.tuning.rpc_timeout)?;
     let (client, lake) = runtime.block_on(async {
-        let client = ClusterClient::connect_with_timeout(&args.cluster, rpc_timeout).await?;
+        // fluss://HOST:PORT speaks Fluss's own protocol; http://HOST:PORT the gRPC door.
+        let client: Arc<dyn TieringCluster> = match args.cluster.starts_with("fluss://") {
+            true => crate::fluss::transport::FlussCluster::connect(&args.cluster, rpc_timeout).await?,
+            false => Arc::new(ClusterClient::connect_with_timeout(&args.cluster, rpc_timeout).await?),
+        };
         let lake = lake::factory(&args.format, &args.warehouse, args.catalog.as_deref(), options).await?;
         if args.format == "iceberg" {
             // Said at start, not only when their rounds fail: these tables will not reach an Iceberg lake.
-            for t in client.list_tables().await?.iter().filter(|t| t.descriptor.has_primary_key()) {
-                tracing::warn!(table = %t.path, "primary-key table: Iceberg cannot take its deletes (the iceberg \
+            for (_, path, _) in client.tables().await?.iter().filter(|(_, _, d)| d.has_primary_key()) {
+                tracing::warn!(table = %path, "primary-key table: Iceberg cannot take its deletes (the iceberg \
                     crate cannot commit delete files); its rounds will fail; tier it with --format paimon");
             }
         }
         Ok::<_, crate::Error>((client, lake))
     })?;
-    let ctx = Arc::new(JobContext::new(runtime.handle().clone(), Arc::new(client), lake, config));
+    let ctx = Arc::new(JobContext::new(runtime.handle().clone(), client, lake, config));
     if let Some(addr) = args.metrics_addr {
         let for_metrics = Arc::clone(&ctx);
         let bound = runtime.block_on(crate::metrics::serve(addr, Arc::new(move || for_metrics.metrics.render())))?;

@@ -411,6 +411,23 @@ impl Coordinator {
         Ok(())
     }
 
+    /// The entry of the round that holds the table now. Fluss's CommitLakeTableSnapshot names no epoch: what can
+    /// be checked is that a round holds the table at all.
+    pub fn holder(&self, table_id: i64) -> Result<HeartbeatEntry> {
+        let table = self.table(table_id)?;
+        if table.state != TieringState::Tiering {
+            return Err(Error::new(
+                ErrorKind::FencedTieringEpoch,
+                format!("table {} is {}: no tiering round holds it", table.path, table.state.name()),
+            ));
+        }
+        Ok(HeartbeatEntry {
+            table_id,
+            coordinator_epoch: self.coordinator_epoch,
+            tiering_epoch: table.persisted.tiering_epoch,
+        })
+    }
+
     fn validate(&mut self, e: &HeartbeatEntry) -> Result<&mut TableTiering> {
         if e.coordinator_epoch != self.coordinator_epoch {
             return Err(Error::new(

@@ -21,7 +21,7 @@ pub mod log;
 pub mod metadata;
 pub mod persist;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -39,6 +39,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::model::now_ms;
 use crate::model::record::{self, BatchSpec, LogRecordBatch};
 use crate::model::table::{DatabaseInfo, TableDescriptor, TableInfo, TablePath};
+use crate::model::tiering::{LakeBucketOffset, OffsetsFile};
 
 /// How a cluster stores and schedules.
 #[derive(Debug, Clone)]
@@ -246,6 +247,57 @@ impl Cluster {
             ));
         }
         Ok(id)
+    }
+
+    /// Fluss's PrepareLakeTableSnapshot: merges `offsets` over the table's latest lake snapshot's (unless
+    /// `ignore_previous`), writes them as an offsets file under `DATA_DIR/remote/lake/DB/TABLE-ID/metadata/` and
+    /// returns its path. Nothing is recorded yet: CommitLakeTableSnapshot names the file.
+    pub fn prepare_lake_offsets(
+        &self,
+        table_id: i64,
+        offsets: &[LakeBucketOffset],
+        ignore_previous: bool,
+    ) -> Result<String> {
+        let table = self.table_by_id(table_id)?;
+        let mut merged: BTreeMap<(Option<i64>, i32), LakeBucketOffset> = BTreeMap::new();
+        if !ignore_previous && let Ok(previous) = self.coordinator().lake_snapshot(table_id) {
+            merged.extend(previous.buckets.iter().map(|b| ((b.partition_id, b.bucket), *b)));
+        }
+        merged.extend(offsets.iter().map(|b| ((b.partition_id, b.bucket), *b)));
+        let merged: Vec<LakeBucketOffset> = merged.into_values().collect();
+        let file = OffsetsFile::new(table_id, table.descriptor.is_partitioned(), &merged)?;
+        let dir = self
+            .remote_dir()
+            .join("lake")
+            .join(&table.path.database)
+            .join(format!("{}-{table_id}", table.path.table))
+            .join("metadata");
+        let path = dir.join(format!("{}.offsets", uuid::Uuid::new_v4()));
+        persist::write_json(&path, &file)?;
+        Ok(path.display().to_string())
+    }
+
+    /// An offsets file this cluster wrote (a path anywhere else is refused: a client names it).
+    pub fn read_lake_offsets(&self, path: &str) -> Result<OffsetsFile> {
+        let remote = self.remote_dir();
+        let path = std::path::Path::new(path);
+        let inside = match (path.canonicalize(), remote.canonicalize()) {
+            (Ok(p), Ok(r)) => p.starts_with(&r),
+            _ => false,
+        };
+        if !inside {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("{} is not an offsets file of this cluster (under {})", path.display(), remote.display()),
+            ));
+        }
+        persist::read_json(path)?
+            .ok_or_else(|| Error::new(ErrorKind::InvalidArgument, format!("offsets file {} is gone", path.display())))
+    }
+
+    /// Where the offsets files live (Fluss's `remote.data.dir`).
+    fn remote_dir(&self) -> PathBuf {
+        self.config.data_dir.join("remote")
     }
 
     /// Wakes whoever waits for new records (a long-polling fetch) after every append.

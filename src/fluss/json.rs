@@ -133,6 +133,34 @@ pub fn parse_table(json: &[u8], defaults: &CreateDefaults) -> Result<TableDescri
     Ok(descriptor)
 }
 
+/// Reads a descriptor a server answered (GetTableInfo): as it is, primary keys included, no defaults added; only
+/// what the model cannot hold at all (a type, several partition keys) is an error.
+pub fn read_table(json: &[u8]) -> Result<TableDescriptor> {
+    let t: TableJson = serde_json::from_slice(json).map_err(|e| {
+        Error::new(ErrorKind::CorruptMessage, format!("table_json is not a Fluss table descriptor: {e}"))
+    })?;
+    let partition_key = match t.partition_key.as_slice() {
+        [] => None,
+        [one] => Some(one.clone()),
+        more => return Err(invalid(format!("tables partitioned by several columns ({more:?}) are not supported"))),
+    };
+    let columns = t
+        .schema
+        .columns
+        .iter()
+        .map(|c| Ok(Column { name: c.name.clone(), data_type: column_type(&c.name, &c.data_type)? }))
+        .collect::<Result<Vec<_>>>()?;
+    let buckets = t.bucket_count.unwrap_or(1);
+    let buckets = u32::try_from(buckets).map_err(|_| invalid(format!("bucket count {buckets} is not valid")))?;
+    Ok(TableDescriptor {
+        columns,
+        buckets,
+        partition_key,
+        primary_key: t.schema.primary_key.unwrap_or_default(),
+        properties: t.properties,
+    })
+}
+
 fn column_type(name: &str, t: &DataTypeJson) -> Result<ColumnType> {
     let unsupported = || {
         invalid(format!(

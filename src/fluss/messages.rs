@@ -540,6 +540,172 @@ pub struct GetLakeSnapshotResponse {
     pub bucket_snapshots: Vec<PbLakeSnapshotForBucket>,
 }
 
+// ---- Tiering (private api keys: 1042 heartbeat, 1052 prepare, 1030 commit) -----------------------------------------
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbHeartbeatReqForTable {
+    #[prost(int64, required, tag = "1")]
+    pub table_id: i64,
+    #[prost(int32, required, tag = "2")]
+    pub coordinator_epoch: i32,
+    #[prost(int64, required, tag = "3")]
+    pub tiering_epoch: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LakeTieringHeartbeatRequest {
+    #[prost(message, repeated, tag = "1")]
+    pub tiering_tables: Vec<PbHeartbeatReqForTable>,
+    #[prost(message, repeated, tag = "2")]
+    pub finished_tables: Vec<PbHeartbeatReqForTable>,
+    #[prost(message, repeated, tag = "3")]
+    pub failed_tables: Vec<PbHeartbeatReqForTable>,
+    #[prost(bool, optional, tag = "4")]
+    pub request_table: Option<bool>,
+    #[prost(int64, repeated, packed = "false", tag = "5")]
+    pub force_finished_tables: Vec<i64>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbLakeTieringTableInfo {
+    #[prost(int64, required, tag = "1")]
+    pub table_id: i64,
+    #[prost(message, required, tag = "2")]
+    pub table_path: PbTablePath,
+    #[prost(int64, required, tag = "3")]
+    pub tiering_epoch: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbHeartbeatRespForTable {
+    #[prost(int64, required, tag = "1")]
+    pub table_id: i64,
+    #[prost(message, optional, tag = "2")]
+    pub error: Option<ErrorResponse>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LakeTieringHeartbeatResponse {
+    #[prost(int32, required, tag = "1")]
+    pub coordinator_epoch: i32,
+    #[prost(message, optional, tag = "2")]
+    pub tiering_table: Option<PbLakeTieringTableInfo>,
+    #[prost(message, repeated, tag = "3")]
+    pub tiering_table_resp: Vec<PbHeartbeatRespForTable>,
+    #[prost(message, repeated, tag = "4")]
+    pub finished_table_resp: Vec<PbHeartbeatRespForTable>,
+    #[prost(message, repeated, tag = "5")]
+    pub failed_table_resp: Vec<PbHeartbeatRespForTable>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbBucketOffset {
+    #[prost(int64, optional, tag = "1")]
+    pub partition_id: Option<i64>,
+    #[prost(int32, required, tag = "2")]
+    pub bucket_id: i32,
+    #[prost(int64, optional, tag = "4")]
+    pub log_end_offset: Option<i64>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbTableOffsets {
+    #[prost(int64, required, tag = "1")]
+    pub table_id: i64,
+    #[prost(message, required, tag = "2")]
+    pub table_path: PbTablePath,
+    #[prost(message, repeated, tag = "3")]
+    pub bucket_offsets: Vec<PbBucketOffset>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PrepareLakeTableSnapshotRequest {
+    #[prost(message, repeated, tag = "1")]
+    pub bucket_offsets: Vec<PbTableOffsets>,
+    #[prost(bool, optional, tag = "2")]
+    pub ignore_previous_table_offsets: Option<bool>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbPrepareLakeTableRespForTable {
+    #[prost(int32, optional, tag = "1")]
+    pub error_code: Option<i32>,
+    #[prost(string, optional, tag = "2")]
+    pub error_message: Option<String>,
+    #[prost(int64, optional, tag = "3")]
+    pub table_id: Option<i64>,
+    #[prost(string, optional, tag = "4")]
+    pub lake_table_offsets_path: Option<String>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PrepareLakeTableSnapshotResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub prepare_lake_table_resp: Vec<PbPrepareLakeTableRespForTable>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbLakeTableOffsetForBucket {
+    #[prost(int64, optional, tag = "1")]
+    pub partition_id: Option<i64>,
+    #[prost(int32, required, tag = "2")]
+    pub bucket_id: i32,
+    #[prost(int64, optional, tag = "4")]
+    pub log_end_offset: Option<i64>,
+    #[prost(int64, optional, tag = "6")]
+    pub max_timestamp: Option<i64>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbLakeTableSnapshotInfo {
+    #[prost(int64, optional, tag = "1")]
+    pub table_id: Option<i64>,
+    #[prost(int64, required, tag = "2")]
+    pub snapshot_id: i64,
+    #[prost(message, repeated, tag = "3")]
+    pub buckets_req: Vec<PbLakeTableOffsetForBucket>,
+    #[prost(message, optional, tag = "4")]
+    pub table_path: Option<PbTablePath>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbLakeTableSnapshotMetadata {
+    #[prost(int64, required, tag = "1")]
+    pub table_id: i64,
+    #[prost(int64, required, tag = "2")]
+    pub snapshot_id: i64,
+    #[prost(string, required, tag = "3")]
+    pub tiered_bucket_offsets_file_path: String,
+    #[prost(string, optional, tag = "4")]
+    pub readable_bucket_offsets_file_path: Option<String>,
+    #[prost(int64, optional, tag = "5")]
+    pub earliest_snapshot_id_to_keep: Option<i64>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CommitLakeTableSnapshotRequest {
+    #[prost(message, repeated, tag = "1")]
+    pub tables_req: Vec<PbLakeTableSnapshotInfo>,
+    #[prost(message, repeated, tag = "2")]
+    pub lake_table_snapshot_metadata: Vec<PbLakeTableSnapshotMetadata>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbCommitLakeTableSnapshotRespForTable {
+    #[prost(int32, optional, tag = "1")]
+    pub error_code: Option<i32>,
+    #[prost(string, optional, tag = "2")]
+    pub error_message: Option<String>,
+    #[prost(int64, required, tag = "3")]
+    pub table_id: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CommitLakeTableSnapshotResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub table_resp: Vec<PbCommitLakeTableSnapshotRespForTable>,
+}
+
 /// The required fields of a message (proto2), and those of the messages in its fields.
 #[derive(Debug)]
 pub struct Required {

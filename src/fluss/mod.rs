@@ -10,6 +10,7 @@ pub mod client;
 pub mod frame;
 pub mod json;
 pub mod messages;
+pub mod transport;
 
 use messages::{NOTHING_REQUIRED, Required, TABLE_PATH};
 
@@ -38,10 +39,14 @@ pub enum ApiKey {
     GetLakeSnapshot = 1032,
     GetDatabaseInfo = 1035,
     CreatePartition = 1036,
+    /// The tiering RPCs (private: not in the clients' own api key lists).
+    CommitLakeTableSnapshot = 1030,
+    LakeTieringHeartbeat = 1042,
+    PrepareLakeTableSnapshot = 1052,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 21] = [
+    pub const ALL: [ApiKey; 24] = [
         ApiKey::ApiVersions,
         ApiKey::CreateDatabase,
         ApiKey::DropDatabase,
@@ -63,6 +68,9 @@ impl ApiKey {
         ApiKey::GetLakeSnapshot,
         ApiKey::GetDatabaseInfo,
         ApiKey::CreatePartition,
+        ApiKey::CommitLakeTableSnapshot,
+        ApiKey::LakeTieringHeartbeat,
+        ApiKey::PrepareLakeTableSnapshot,
     ];
 
     pub fn from_i16(key: i16) -> Option<Self> {
@@ -98,6 +106,15 @@ impl ApiKey {
             nested: &[(3, Required { fields: &[1, 2], nested: &[(4, rule(&[2, 3, 4]))] })],
         };
         const LIST_OFFSETS: Required = rule(&[1, 2, 3]);
+        const HEARTBEAT_ENTRY: Required = rule(&[1, 2, 3]);
+        const HEARTBEAT: Required =
+            Required { fields: &[], nested: &[(1, HEARTBEAT_ENTRY), (2, HEARTBEAT_ENTRY), (3, HEARTBEAT_ENTRY)] };
+        const PREPARE: Required =
+            Required { fields: &[], nested: &[(1, Required { fields: &[1, 2], nested: &[(3, rule(&[2]))] })] };
+        const COMMIT: Required = Required {
+            fields: &[],
+            nested: &[(1, Required { fields: &[2], nested: &[(3, rule(&[2]))] }), (2, rule(&[1, 2, 3]))],
+        };
         match self {
             ApiKey::ApiVersions => &API_VERSIONS,
             ApiKey::CreateDatabase => &CREATE_DATABASE,
@@ -114,6 +131,9 @@ impl ApiKey {
             ApiKey::ProduceLog => &PRODUCE,
             ApiKey::FetchLog => &FETCH,
             ApiKey::ListOffsets => &LIST_OFFSETS,
+            ApiKey::LakeTieringHeartbeat => &HEARTBEAT,
+            ApiKey::PrepareLakeTableSnapshot => &PREPARE,
+            ApiKey::CommitLakeTableSnapshot => &COMMIT,
         }
     }
 }

@@ -81,6 +81,89 @@ pub struct LakeSnapshot {
     pub buckets: Vec<LakeBucketOffset>,
 }
 
+/// Fluss's lake offsets file (`TableBucketOffsetsJsonSerde`), what PrepareLakeTableSnapshot writes and a lake
+/// snapshot's `fluss-offsets` property names: every bucket's tiered end offset, the array index being the bucket
+/// (-1: unknown); a partitioned table's per partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffsetsFile {
+    pub version: i32,
+    pub table_id: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket_offsets: Option<Vec<i64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_offsets: Option<Vec<PartitionOffsets>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionOffsets {
+    pub partition_id: i64,
+    pub bucket_offsets: Vec<i64>,
+}
+
+impl OffsetsFile {
+    /// The file of `buckets` (all of one table; `partitioned` picks the layout).
+    pub fn new(table_id: i64, partitioned: bool, buckets: &[LakeBucketOffset]) -> Result<Self> {
+        let array = |of: &mut dyn Iterator<Item = &LakeBucketOffset>| -> Result<Vec<i64>> {
+            let mut out = Vec::new();
+            for b in of {
+                let i = usize::try_from(b.bucket)
+                    .map_err(|_| Error::new(ErrorKind::InvalidArgument, format!("bucket {} is negative", b.bucket)))?;
+                if out.len() <= i {
+                    out.resize(i + 1, -1);
+                }
+                out[i] = b.log_end_offset;
+            }
+            Ok(out)
+        };
+        if !partitioned {
+            if buckets.iter().any(|b| b.partition_id.is_some()) {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    "a partition's offsets for a table without partitions",
+                ));
+            }
+            let offsets = array(&mut buckets.iter())?;
+            return Ok(OffsetsFile { version: 1, table_id, bucket_offsets: Some(offsets), partition_offsets: None });
+        }
+        let mut ids: Vec<i64> = buckets.iter().filter_map(|b| b.partition_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if buckets.iter().any(|b| b.partition_id.is_none()) {
+            return Err(Error::new(ErrorKind::InvalidArgument, "a partitioned table's offsets need their partition"));
+        }
+        let partitions = ids
+            .into_iter()
+            .map(|p| {
+                let offsets = array(&mut buckets.iter().filter(|b| b.partition_id == Some(p)))?;
+                Ok(PartitionOffsets { partition_id: p, bucket_offsets: offsets })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(OffsetsFile { version: 1, table_id, bucket_offsets: None, partition_offsets: Some(partitions) })
+    }
+
+    /// The known offsets (-1 entries left out).
+    pub fn buckets(&self) -> Vec<LakeBucketOffset> {
+        let of = |partition_id: Option<i64>, offsets: &[i64]| -> Vec<LakeBucketOffset> {
+            offsets
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| **o >= 0)
+                .map(|(b, o)| LakeBucketOffset {
+                    partition_id,
+                    bucket: b as i32,
+                    log_end_offset: *o,
+                    max_timestamp: None,
+                })
+                .collect()
+        };
+        let mut out = self.bucket_offsets.as_deref().map(|o| of(None, o)).unwrap_or_default();
+        for p in self.partition_offsets.iter().flatten() {
+            out.extend(of(Some(p.partition_id), &p.bucket_offsets));
+        }
+        out
+    }
+}
+
 /// A lake snapshot to record with the coordinator, under the round's epochs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LakeCommit {
@@ -250,5 +333,33 @@ impl LogReader {
         }
         self.offset = expected;
         Ok(Some(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_files_are_fluss_json() {
+        let at = |partition_id, bucket, log_end_offset| LakeBucketOffset {
+            partition_id,
+            bucket,
+            log_end_offset,
+            max_timestamp: None,
+        };
+        let plain = OffsetsFile::new(7, false, &[at(None, 0, 10), at(None, 2, 5)]).expect("file");
+        assert_eq!(
+            serde_json::to_string(&plain).expect("json"),
+            r#"{"version":1,"table_id":7,"bucket_offsets":[10,-1,5]}"#
+        );
+        assert_eq!(plain.buckets(), vec![at(None, 0, 10), at(None, 2, 5)]);
+        let parts = OffsetsFile::new(7, true, &[at(Some(3), 1, 4), at(Some(1), 0, 2)]).expect("file");
+        assert_eq!(
+            serde_json::to_string(&parts).expect("json"),
+            r#"{"version":1,"table_id":7,"partition_offsets":[{"partition_id":1,"bucket_offsets":[2]},{"partition_id":3,"bucket_offsets":[-1,4]}]}"#
+        );
+        assert_eq!(parts.buckets(), vec![at(Some(1), 0, 2), at(Some(3), 1, 4)]);
+        assert!(OffsetsFile::new(7, false, &[at(Some(1), 0, 2)]).is_err());
     }
 }

@@ -24,6 +24,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use crate::cluster::coordinator::{Heartbeat, HeartbeatEntry};
 use crate::cluster::{BucketId, Cluster};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fluss::frame::{self, Incoming, MAX_FRAME_BYTES, RequestHeader};
@@ -31,6 +32,7 @@ use crate::fluss::json::{self, CreateDefaults};
 use crate::fluss::messages as m;
 use crate::fluss::{ApiKey, messages::missing_required};
 use crate::model::table::{TableInfo, TablePath};
+use crate::model::tiering::LakeBucketOffset;
 
 /// The longest a FetchLog may wait for `min_bytes` (a client's `max_wait_ms` above it is capped).
 const MAX_FETCH_WAIT: Duration = Duration::from_secs(30);
@@ -352,6 +354,9 @@ impl FlussDoor {
                 }
                 .encode_to_vec()
             }
+            ApiKey::LakeTieringHeartbeat => self.heartbeat(decode(body)?).await?.encode_to_vec(),
+            ApiKey::PrepareLakeTableSnapshot => self.prepare(decode(body)?).await?.encode_to_vec(),
+            ApiKey::CommitLakeTableSnapshot => self.commit(decode(body)?).await?.encode_to_vec(),
             ApiKey::GetLakeSnapshot => {
                 let req: m::GetLakeSnapshotRequest = decode(body)?;
                 if req.snapshot_id.is_some() && req.readable == Some(true) {
@@ -389,6 +394,134 @@ impl FlussDoor {
                 .encode_to_vec()
             }
         })
+    }
+
+    /// LakeTieringHeartbeat: the coordinator's tiering state machine, as over gRPC (Fluss sends no failure reason).
+    async fn heartbeat(&self, req: m::LakeTieringHeartbeatRequest) -> Result<m::LakeTieringHeartbeatResponse> {
+        let entry = |e: &m::PbHeartbeatReqForTable| HeartbeatEntry {
+            table_id: e.table_id,
+            coordinator_epoch: e.coordinator_epoch,
+            tiering_epoch: e.tiering_epoch,
+        };
+        let hb = Heartbeat {
+            tiering: req.tiering_tables.iter().map(entry).collect(),
+            finished: req.finished_tables.iter().map(entry).collect(),
+            failed: req.failed_tables.iter().map(|e| (entry(e), None)).collect(),
+            force_finished: req.force_finished_tables.clone(),
+            request_table: req.request_table.unwrap_or(false),
+        };
+        let out =
+            self.blocking(move |c| c.coordinator().heartbeat(&hb, Instant::now(), crate::model::now_ms())).await?;
+        let answers = |all: Vec<(i64, Result<()>)>| -> Vec<m::PbHeartbeatRespForTable> {
+            all.into_iter()
+                .map(|(table_id, r)| m::PbHeartbeatRespForTable {
+                    table_id,
+                    error: r
+                        .err()
+                        .map(|e| m::ErrorResponse { error_code: e.kind().code(), error_message: Some(e.to_string()) }),
+                })
+                .collect()
+        };
+        Ok(m::LakeTieringHeartbeatResponse {
+            coordinator_epoch: out.coordinator_epoch,
+            tiering_table: out.assignment.map(|a| m::PbLakeTieringTableInfo {
+                table_id: a.table_id,
+                table_path: m::PbTablePath { database_name: a.path.database, table_name: a.path.table },
+                tiering_epoch: a.tiering_epoch,
+            }),
+            tiering_table_resp: answers(out.tiering),
+            finished_table_resp: answers(out.finished),
+            failed_table_resp: answers(out.failed),
+        })
+    }
+
+    /// PrepareLakeTableSnapshot: per table, the merged offsets written to a file whose path is answered.
+    async fn prepare(&self, req: m::PrepareLakeTableSnapshotRequest) -> Result<m::PrepareLakeTableSnapshotResponse> {
+        let ignore_previous = req.ignore_previous_table_offsets.unwrap_or(false);
+        self.blocking(move |c| {
+            let prepare_lake_table_resp = req
+                .bucket_offsets
+                .iter()
+                .map(|t| {
+                    let offsets: Result<Vec<LakeBucketOffset>> = t.bucket_offsets.iter().map(bucket_offset).collect();
+                    let path = offsets.and_then(|o| c.prepare_lake_offsets(t.table_id, &o, ignore_previous));
+                    m::PbPrepareLakeTableRespForTable {
+                        error_code: path.as_ref().err().map(|e| e.kind().code()),
+                        error_message: path.as_ref().err().map(|e| e.to_string()),
+                        table_id: Some(t.table_id),
+                        lake_table_offsets_path: path.ok(),
+                    }
+                })
+                .collect();
+            Ok(m::PrepareLakeTableSnapshotResponse { prepare_lake_table_resp })
+        })
+        .await
+    }
+
+    /// CommitLakeTableSnapshot: with snapshot metadata (Fluss 0.9), the offsets are the tiered file's; without
+    /// (the legacy form), the request's own. The request names no tiering epoch: the table must be held by a round.
+    async fn commit(&self, req: m::CommitLakeTableSnapshotRequest) -> Result<m::CommitLakeTableSnapshotResponse> {
+        self.blocking(move |c| {
+            let commit_one = |table_id: i64, snapshot_id: i64, offsets: Result<Vec<LakeBucketOffset>>| {
+                let r = offsets.and_then(|o| {
+                    let mut coordinator = c.coordinator();
+                    let holder = coordinator.holder(table_id)?;
+                    coordinator.commit_lake_snapshot(&holder, snapshot_id, &o)
+                });
+                if let Err(e) = &r {
+                    tracing::warn!(table_id, error = %e, "rejected lake snapshot commit");
+                }
+                m::PbCommitLakeTableSnapshotRespForTable {
+                    error_code: r.as_ref().err().map(|e| e.kind().code()),
+                    error_message: r.err().map(|e| e.to_string()),
+                    table_id,
+                }
+            };
+            let table_resp = if req.lake_table_snapshot_metadata.is_empty() {
+                req.tables_req
+                    .iter()
+                    .map(|t| {
+                        let table_id = t.table_id.unwrap_or(-1);
+                        let offsets = t
+                            .buckets_req
+                            .iter()
+                            .map(|b| {
+                                Ok(LakeBucketOffset {
+                                    partition_id: b.partition_id,
+                                    bucket: b.bucket_id,
+                                    log_end_offset: b.log_end_offset.ok_or_else(|| {
+                                        Error::new(ErrorKind::InvalidArgument, "bucket offset without log_end_offset")
+                                    })?,
+                                    max_timestamp: b.max_timestamp,
+                                })
+                            })
+                            .collect();
+                        commit_one(table_id, t.snapshot_id, offsets)
+                    })
+                    .collect()
+            } else {
+                req.lake_table_snapshot_metadata
+                    .iter()
+                    .map(|meta| {
+                        let offsets = c.read_lake_offsets(&meta.tiered_bucket_offsets_file_path).and_then(|file| {
+                            match file.table_id == meta.table_id {
+                                true => Ok(file.buckets()),
+                                false => Err(Error::new(
+                                    ErrorKind::InvalidArgument,
+                                    format!(
+                                        "offsets file of table {} named for table {}",
+                                        file.table_id, meta.table_id
+                                    ),
+                                )),
+                            }
+                        });
+                        commit_one(meta.table_id, meta.snapshot_id, offsets)
+                    })
+                    .collect()
+            };
+            Ok(m::CommitLakeTableSnapshotResponse { table_resp })
+        })
+        .await
     }
 
     fn metadata(&self, req: m::MetadataRequest, local: SocketAddr) -> Result<m::MetadataResponse> {
@@ -580,6 +713,17 @@ fn read_buckets(cluster: &Cluster, req: &m::FetchLogRequest, max_bytes: usize) -
         tables_resp.push(m::PbFetchLogRespForTable { table_id: table.table_id, buckets_resp });
     }
     (m::FetchLogResponse { tables_resp }, total)
+}
+
+fn bucket_offset(b: &m::PbBucketOffset) -> Result<LakeBucketOffset> {
+    Ok(LakeBucketOffset {
+        partition_id: b.partition_id,
+        bucket: b.bucket_id,
+        log_end_offset: b.log_end_offset.ok_or_else(|| {
+            Error::new(ErrorKind::InvalidArgument, format!("bucket {} has no log_end_offset", b.bucket_id))
+        })?,
+        max_timestamp: None,
+    })
 }
 
 /// Checks what can be checked before a request is decoded.

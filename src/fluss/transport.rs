@@ -1,0 +1,361 @@
+//! The tiering job's Fluss transport: [`TieringCluster`] over Fluss's own protocol, so `tier --cluster fluss://…`
+//! talks to a cluster the way Fluss's Flink tiering job does (LakeTieringHeartbeat, GetTableInfo, GetLakeSnapshot,
+//! ListOffsets, FetchLog, then PrepareLakeTableSnapshot and CommitLakeTableSnapshot with the offsets file's path).
+//!
+//! A first slice: one server in both roles (this project's cluster; a Java cluster's coordinator and tablet servers
+//! are separate nodes, which MetaData would name), log tables only (KV snapshots of primary-key tables are not read
+//! over this protocol yet), and the lake commit does not carry the offsets file's path yet (the cluster commit
+//! prepares it). Connections are a small pool, each used by one call at a time, re-opened after a failure; every call
+//! is bounded by the time-out.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use tokio::sync::Mutex;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::fluss::ApiKey;
+use crate::fluss::client::Connection;
+use crate::fluss::json;
+use crate::fluss::messages as m;
+use crate::model::log::LogBatch;
+use crate::model::record;
+use crate::model::table::{TableDescriptor, TablePath};
+use crate::model::tiering::{
+    Assignment, BucketAddr, FetchedLog, HeartbeatRequest, HeartbeatResponse, KvSnapshotRef, LakeBucketOffset,
+    LakeCommit, LakeSnapshot, TableAnswer, TableEpoch, TieringCluster,
+};
+
+/// Connections kept to the server: fetches of several splits and the heartbeat run side by side.
+const POOL: usize = 4;
+
+pub struct FlussCluster {
+    addr: SocketAddr,
+    timeout: Duration,
+    pool: Vec<Mutex<Option<Connection>>>,
+    next: AtomicUsize,
+}
+
+impl FlussCluster {
+    /// Parses `fluss://HOST:PORT` and checks the server answers (ApiVersions).
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Arc<Self>> {
+        let bad = || Error::new(ErrorKind::InvalidArgument, format!("{url:?} is not fluss://HOST:PORT"));
+        let rest = url.strip_prefix("fluss://").ok_or_else(bad)?;
+        let first = rest.split(',').next().ok_or_else(bad)?;
+        let addr = tokio::time::timeout(timeout, tokio::net::lookup_host(first))
+            .await
+            .map_err(|_| Error::new(ErrorKind::RequestTimeOut, format!("resolving {first} timed out")))?
+            .map_err(|e| Error::new(ErrorKind::InvalidArgument, format!("cannot resolve {first}")).with_source(e))?
+            .next()
+            .ok_or_else(bad)?;
+        let cluster = FlussCluster {
+            addr,
+            timeout,
+            pool: (0..POOL).map(|_| Mutex::new(None)).collect(),
+            next: AtomicUsize::new(0),
+        };
+        let first = Connection::connect(addr, timeout).await?;
+        *cluster.pool[0].lock().await = Some(first);
+        Ok(Arc::new(cluster))
+    }
+
+    /// One call on a pooled connection; a connection that failed is dropped and the next call opens a new one.
+    async fn call<T: prost::Message + Default>(&self, key: ApiKey, request: &impl prost::Message) -> Result<T> {
+        let slot = &self.pool[self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len()];
+        let mut held = slot.lock().await;
+        let conn = match held.as_mut() {
+            Some(conn) => conn,
+            None => held.insert(Connection::connect(self.addr, self.timeout).await?),
+        };
+        let result = conn.call(key, request).await;
+        if result.as_ref().is_err_and(|e| matches!(e.kind(), ErrorKind::Network | ErrorKind::RequestTimeOut)) {
+            *held = None;
+        }
+        result
+    }
+
+    async fn table_json(&self, path: &TablePath) -> Result<m::GetTableInfoResponse> {
+        self.call(ApiKey::GetTableInfo, &m::TablePathRequest { table_path: pb_path(path) }).await
+    }
+}
+
+fn pb_path(p: &TablePath) -> m::PbTablePath {
+    m::PbTablePath { database_name: p.database.clone(), table_name: p.table.clone() }
+}
+
+fn entry(e: &TableEpoch) -> m::PbHeartbeatReqForTable {
+    m::PbHeartbeatReqForTable {
+        table_id: e.table_id,
+        coordinator_epoch: e.coordinator_epoch,
+        tiering_epoch: e.tiering_epoch,
+    }
+}
+
+fn answers(all: Vec<m::PbHeartbeatRespForTable>) -> Vec<TableAnswer> {
+    all.into_iter()
+        .map(|a| TableAnswer {
+            table_id: a.table_id,
+            rejection: a.error.map(|e| (ErrorKind::from_code(e.error_code), e.error_message.unwrap_or_default())),
+        })
+        .collect()
+}
+
+/// A per-bucket or per-table error of a response.
+fn check(code: Option<i32>, message: Option<String>) -> Result<()> {
+    match code {
+        None | Some(0) => Ok(()),
+        Some(code) => Err(Error::from_code(code, message)),
+    }
+}
+
+fn unsupported(what: &str) -> Error {
+    Error::new(ErrorKind::Unsupported, format!("{what} is not read over Fluss's protocol yet: use the gRPC door"))
+}
+
+#[async_trait::async_trait]
+impl TieringCluster for FlussCluster {
+    async fn heartbeat(&self, request: &HeartbeatRequest) -> Result<HeartbeatResponse> {
+        let req = m::LakeTieringHeartbeatRequest {
+            tiering_tables: request.tiering.iter().map(entry).collect(),
+            finished_tables: request.finished.iter().map(entry).collect(),
+            // Fluss's heartbeat carries no reason: the job's log and metrics keep it.
+            failed_tables: request.failed.iter().map(|(e, _)| entry(e)).collect(),
+            request_table: Some(request.request_table),
+            force_finished_tables: request.force_finished.clone(),
+        };
+        let resp: m::LakeTieringHeartbeatResponse = self.call(ApiKey::LakeTieringHeartbeat, &req).await?;
+        let assignment = match resp.tiering_table {
+            None => None,
+            Some(t) => Some(Assignment {
+                table_id: t.table_id,
+                path: TablePath::new(t.table_path.database_name, t.table_path.table_name)?,
+                tiering_epoch: t.tiering_epoch,
+            }),
+        };
+        Ok(HeartbeatResponse {
+            coordinator_epoch: resp.coordinator_epoch,
+            assignment,
+            tiering: answers(resp.tiering_table_resp),
+            finished: answers(resp.finished_table_resp),
+            failed: answers(resp.failed_table_resp),
+        })
+    }
+
+    async fn table_info(&self, path: &TablePath) -> Result<(i64, TableDescriptor)> {
+        let info = self.table_json(path).await?;
+        Ok((info.table_id, json::read_table(&info.table_json)?))
+    }
+
+    async fn tables(&self) -> Result<Vec<(i64, TablePath, TableDescriptor)>> {
+        let dbs: m::ListDatabasesResponse =
+            self.call(ApiKey::ListDatabases, &m::ListDatabasesRequest { include_summary: None }).await?;
+        let mut out = Vec::new();
+        for db in dbs.database_name {
+            let tables: m::ListTablesResponse =
+                self.call(ApiKey::ListTables, &m::DatabaseNameRequest { database_name: db.clone() }).await?;
+            for name in tables.table_name {
+                let path = TablePath::new(db.clone(), name)?;
+                match self.table_info(&path).await {
+                    Ok((id, descriptor)) => out.push((id, path, descriptor)),
+                    // A table the model cannot hold is not this job's to tier; it is said, not fatal.
+                    Err(e) if e.kind() == ErrorKind::InvalidTable => {
+                        tracing::warn!(table = %path, error = %e, "skipping a table this job cannot tier");
+                    }
+                    Err(e) if e.kind() == ErrorKind::TableNotExist => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn partitions(&self, path: &TablePath) -> Result<Vec<(i64, String)>> {
+        let req = m::ListPartitionInfosRequest { table_path: pb_path(path), partial_partition_spec: None };
+        let resp: m::ListPartitionInfosResponse = self.call(ApiKey::ListPartitionInfos, &req).await?;
+        Ok(resp
+            .partitions_info
+            .into_iter()
+            .map(|p| {
+                let name: Vec<String> = p.partition_spec.partition_key_values.into_iter().map(|kv| kv.value).collect();
+                (p.partition_id, name.join("$"))
+            })
+            .collect())
+    }
+
+    async fn list_offsets(
+        &self,
+        table_id: i64,
+        partition_id: Option<i64>,
+        buckets: &[i32],
+        latest: bool,
+    ) -> Result<Vec<i64>> {
+        let req = m::ListOffsetsRequest {
+            follower_server_id: -1,
+            offset_type: i32::from(latest),
+            table_id,
+            partition_id,
+            bucket_id: buckets.to_vec(),
+            start_timestamp: None,
+        };
+        let resp: m::ListOffsetsResponse = self.call(ApiKey::ListOffsets, &req).await?;
+        let answered: Vec<i32> = resp.buckets_resp.iter().map(|b| b.bucket_id).collect();
+        if answered != buckets {
+            return Err(Error::new(
+                ErrorKind::CorruptMessage,
+                format!(
+                    "ListOffsets of table {table_id}: asked for buckets {buckets:?}, the answer is for {answered:?}"
+                ),
+            ));
+        }
+        resp.buckets_resp
+            .into_iter()
+            .map(|b| {
+                check(b.error_code, b.error_message)?;
+                b.offset.ok_or_else(|| Error::new(ErrorKind::CorruptMessage, "a ListOffsets answer without an offset"))
+            })
+            .collect()
+    }
+
+    async fn lake_snapshot(&self, path: &TablePath) -> Result<Option<LakeSnapshot>> {
+        let req = m::GetLakeSnapshotRequest { table_path: pb_path(path), snapshot_id: None, readable: None };
+        match self.call::<m::GetLakeSnapshotResponse>(ApiKey::GetLakeSnapshot, &req).await {
+            Ok(s) => Ok(Some(LakeSnapshot {
+                snapshot_id: s.snapshot_id,
+                buckets: s
+                    .bucket_snapshots
+                    .into_iter()
+                    .filter_map(|b| {
+                        Some(LakeBucketOffset {
+                            partition_id: b.partition_id,
+                            bucket: b.bucket_id,
+                            log_end_offset: b.log_offset?,
+                            max_timestamp: None,
+                        })
+                    })
+                    .collect(),
+            })),
+            Err(e) if e.kind() == ErrorKind::LakeSnapshotNotExist => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn kv_snapshots(&self, _: &TablePath, _: Option<&str>) -> Result<Vec<(i32, Option<KvSnapshotRef>)>> {
+        Err(unsupported("a primary-key table's KV snapshots"))
+    }
+
+    async fn fetch(
+        &self,
+        (table_id, partition_id, bucket_id): BucketAddr,
+        offset: i64,
+        max_bytes: i32,
+    ) -> Result<FetchedLog> {
+        let mut req = m::FetchLogRequest::one_bucket(table_id, bucket_id, offset, max_bytes, 0);
+        req.tables_req[0].buckets_req[0].partition_id = partition_id;
+        let resp: m::FetchLogResponse = self.call(ApiKey::FetchLog, &req).await?;
+        let answer = resp
+            .tables_resp
+            .into_iter()
+            .find(|t| t.table_id == table_id)
+            .and_then(|t| {
+                t.buckets_resp.into_iter().find(|b| b.bucket_id == bucket_id && b.partition_id == partition_id)
+            })
+            .ok_or_else(|| {
+                Error::new(ErrorKind::CorruptMessage, format!("FetchLog answered without bucket {bucket_id}"))
+            })?;
+        check(answer.error_code, answer.error_message)?;
+        let high_watermark = answer
+            .high_watermark
+            .ok_or_else(|| Error::new(ErrorKind::CorruptMessage, "a FetchLog answer without a high watermark"))?;
+        let batches = match &answer.records {
+            Some(records) => record::split(records)?
+                .into_iter()
+                .map(|b| {
+                    let h = *b.header();
+                    LogBatch {
+                        base_offset: h.base_offset,
+                        record_count: h.offset_span(),
+                        append_timestamp: h.commit_timestamp,
+                        records: b.bytes().clone(),
+                    }
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok(FetchedLog { high_watermark, log_start_offset: answer.log_start_offset.unwrap_or(0), batches })
+    }
+
+    async fn kv_snapshot_batch(&self, _: BucketAddr, _: i64, _: i32) -> Result<(Vec<RecordBatch>, i32)> {
+        Err(unsupported("a primary-key table's KV snapshot"))
+    }
+
+    /// Fluss 0.9's contract: PrepareLakeTableSnapshot writes the offsets to a file and names it, then
+    /// CommitLakeTableSnapshot records the lake snapshot with that file (and, for the tablet servers' metrics, the
+    /// offsets themselves).
+    async fn commit_lake_snapshot(&self, commit: &LakeCommit) -> Result<()> {
+        let prepare = m::PrepareLakeTableSnapshotRequest {
+            bucket_offsets: vec![m::PbTableOffsets {
+                table_id: commit.table_id,
+                table_path: pb_path(&commit.path),
+                bucket_offsets: commit
+                    .snapshot
+                    .buckets
+                    .iter()
+                    .map(|b| m::PbBucketOffset {
+                        partition_id: b.partition_id,
+                        bucket_id: b.bucket,
+                        log_end_offset: Some(b.log_end_offset),
+                    })
+                    .collect(),
+            }],
+            ignore_previous_table_offsets: None,
+        };
+        let prepared: m::PrepareLakeTableSnapshotResponse =
+            self.call(ApiKey::PrepareLakeTableSnapshot, &prepare).await?;
+        let [answer] = prepared.prepare_lake_table_resp.as_slice() else {
+            return Err(Error::new(
+                ErrorKind::CorruptMessage,
+                "PrepareLakeTableSnapshot answered for other than one table",
+            ));
+        };
+        check(answer.error_code, answer.error_message.clone())?;
+        let path = answer
+            .lake_table_offsets_path
+            .clone()
+            .ok_or_else(|| Error::new(ErrorKind::CorruptMessage, "PrepareLakeTableSnapshot answered no path"))?;
+        let request = m::CommitLakeTableSnapshotRequest {
+            tables_req: vec![m::PbLakeTableSnapshotInfo {
+                table_id: Some(commit.table_id),
+                snapshot_id: commit.snapshot.snapshot_id,
+                buckets_req: commit
+                    .snapshot
+                    .buckets
+                    .iter()
+                    .map(|b| m::PbLakeTableOffsetForBucket {
+                        partition_id: b.partition_id,
+                        bucket_id: b.bucket,
+                        log_end_offset: Some(b.log_end_offset),
+                        max_timestamp: b.max_timestamp,
+                    })
+                    .collect(),
+                table_path: Some(pb_path(&commit.path)),
+            }],
+            lake_table_snapshot_metadata: vec![m::PbLakeTableSnapshotMetadata {
+                table_id: commit.table_id,
+                snapshot_id: commit.snapshot.snapshot_id,
+                tiered_bucket_offsets_file_path: path.clone(),
+                readable_bucket_offsets_file_path: Some(path),
+                earliest_snapshot_id_to_keep: None,
+            }],
+        };
+        let resp: m::CommitLakeTableSnapshotResponse = self.call(ApiKey::CommitLakeTableSnapshot, &request).await?;
+        match resp.table_resp.as_slice() {
+            [t] if t.table_id == commit.table_id => check(t.error_code, t.error_message.clone()),
+            _ => {
+                Err(Error::new(ErrorKind::CorruptMessage, "CommitLakeTableSnapshot answered for other than the table"))
+            }
+        }
+    }
+}

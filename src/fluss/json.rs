@@ -97,22 +97,11 @@ pub fn parse_table(json: &[u8], defaults: &CreateDefaults) -> Result<TableDescri
     if t.schema.auto_increment_column.as_ref().is_some_and(|c| !c.is_empty()) {
         return Err(invalid("auto-increment columns are not supported"));
     }
-    let partition_key = match t.partition_key.as_slice() {
-        [] => None,
-        [one] => Some(one.clone()),
-        more => return Err(invalid(format!("tables partitioned by several columns ({more:?}) are not supported"))),
-    };
-    let columns = t
-        .schema
-        .columns
-        .iter()
-        .map(|c| {
-            if c.agg_function.is_some() {
-                return Err(invalid(format!("column {}: aggregation functions are not supported", c.name)));
-            }
-            Ok(Column { name: c.name.clone(), data_type: column_type(&c.name, &c.data_type)? })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let partition_key = partition_key(&t)?;
+    if let Some(c) = t.schema.columns.iter().find(|c| c.agg_function.is_some()) {
+        return Err(invalid(format!("column {}: aggregation functions are not supported", c.name)));
+    }
+    let columns = columns(&t)?;
     let buckets = match t.bucket_count {
         None => defaults.buckets,
         Some(n) => u32::try_from(n).map_err(|_| invalid(format!("bucket count {n} is not valid")))?,
@@ -139,17 +128,8 @@ pub fn read_table(json: &[u8]) -> Result<TableDescriptor> {
     let t: TableJson = serde_json::from_slice(json).map_err(|e| {
         Error::new(ErrorKind::CorruptMessage, format!("table_json is not a Fluss table descriptor: {e}"))
     })?;
-    let partition_key = match t.partition_key.as_slice() {
-        [] => None,
-        [one] => Some(one.clone()),
-        more => return Err(invalid(format!("tables partitioned by several columns ({more:?}) are not supported"))),
-    };
-    let columns = t
-        .schema
-        .columns
-        .iter()
-        .map(|c| Ok(Column { name: c.name.clone(), data_type: column_type(&c.name, &c.data_type)? }))
-        .collect::<Result<Vec<_>>>()?;
+    let partition_key = partition_key(&t)?;
+    let columns = columns(&t)?;
     let buckets = t.bucket_count.unwrap_or(1);
     let buckets = u32::try_from(buckets).map_err(|_| invalid(format!("bucket count {buckets} is not valid")))?;
     Ok(TableDescriptor {
@@ -159,6 +139,24 @@ pub fn read_table(json: &[u8]) -> Result<TableDescriptor> {
         primary_key: t.schema.primary_key.unwrap_or_default(),
         properties: t.properties,
     })
+}
+
+/// The one partition key the model holds (several are refused).
+fn partition_key(t: &TableJson) -> Result<Option<String>> {
+    match t.partition_key.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one.clone())),
+        more => Err(invalid(format!("tables partitioned by several columns ({more:?}) are not supported"))),
+    }
+}
+
+/// The columns in the model's types (a type the model lacks is refused).
+fn columns(t: &TableJson) -> Result<Vec<Column>> {
+    t.schema
+        .columns
+        .iter()
+        .map(|c| Ok(Column { name: c.name.clone(), data_type: column_type(&c.name, &c.data_type)? }))
+        .collect()
 }
 
 fn column_type(name: &str, t: &DataTypeJson) -> Result<ColumnType> {

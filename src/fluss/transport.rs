@@ -26,7 +26,7 @@ use crate::model::record;
 use crate::model::table::{TableDescriptor, TablePath};
 use crate::model::tiering::{
     Assignment, BucketAddr, FetchedLog, HeartbeatRequest, HeartbeatResponse, KvSnapshotRef, LakeBucketOffset,
-    LakeCommit, LakeSnapshot, TableAnswer, TableEpoch, TieringCluster,
+    LakeCommit, LakeSnapshot, TableAnswer, TableEpoch, TieringCluster, offsets_in_order,
 };
 
 /// Connections kept to the server: fetches of several splits and the heartbeat run side by side.
@@ -201,22 +201,9 @@ impl TieringCluster for FlussCluster {
             start_timestamp: None,
         };
         let resp: m::ListOffsetsResponse = self.call(ApiKey::ListOffsets, &req).await?;
-        let answered: Vec<i32> = resp.buckets_resp.iter().map(|b| b.bucket_id).collect();
-        if answered != buckets {
-            return Err(Error::new(
-                ErrorKind::CorruptMessage,
-                format!(
-                    "ListOffsets of table {table_id}: asked for buckets {buckets:?}, the answer is for {answered:?}"
-                ),
-            ));
-        }
-        resp.buckets_resp
-            .into_iter()
-            .map(|b| {
-                check(b.error_code, b.error_message)?;
-                b.offset.ok_or_else(|| Error::new(ErrorKind::CorruptMessage, "a ListOffsets answer without an offset"))
-            })
-            .collect()
+        let answers =
+            resp.buckets_resp.into_iter().map(|b| (b.bucket_id, b.error_code, b.error_message, b.offset)).collect();
+        offsets_in_order(table_id, buckets, answers)
     }
 
     async fn lake_snapshot(&self, path: &TablePath) -> Result<Option<LakeSnapshot>> {

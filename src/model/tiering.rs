@@ -259,6 +259,33 @@ pub trait TieringCluster: Send + Sync {
     }
 }
 
+/// One entry of a ListOffsets answer: `(bucket, error code, error message, offset)`.
+pub type OffsetAnswer = (i32, Option<i32>, Option<String>, Option<i64>);
+
+/// A ListOffsets answer's entries, checked the same for every wire:
+/// one answer per bucket asked, in the order asked (a short or reordered answer would shift every offset after it),
+/// each an offset or an error.
+pub fn offsets_in_order(table_id: i64, asked: &[i32], answers: Vec<OffsetAnswer>) -> Result<Vec<i64>> {
+    let answered: Vec<i32> = answers.iter().map(|(bucket, ..)| *bucket).collect();
+    if answered != asked {
+        return Err(Error::new(
+            ErrorKind::CorruptMessage,
+            format!("ListOffsets of table {table_id}: asked for buckets {asked:?}, the answer is for {answered:?}"),
+        ));
+    }
+    answers
+        .into_iter()
+        .map(|(bucket, code, message, offset)| match (code, offset) {
+            (Some(code), _) if code != 0 => Err(Error::from_code(code, message)),
+            (_, Some(offset)) => Ok(offset),
+            _ => Err(Error::new(
+                ErrorKind::CorruptMessage,
+                format!("ListOffsets of table {table_id}: bucket {bucket} has neither an offset nor an error"),
+            )),
+        })
+        .collect()
+}
+
 /// Reads one bucket's log from an offset on, one fetch per [`LogReader::next`]: the one fetch loop of the code base.
 /// Every answer is checked to continue exactly where the previous one ended (no gap, progress), and reading stops at
 /// `stop` (batches that start at or past it are not returned; the last one may stick out past it).

@@ -266,22 +266,9 @@ impl ClusterClient {
             bucket_id: buckets.to_vec(),
         };
         let resp = self.tablet.clone().list_offsets(req).await?.into_inner();
-        // One answer per bucket asked for, in order: a short or reordered answer would shift every offset after it.
-        let asked: Vec<i32> = buckets.to_vec();
-        let answered: Vec<i32> = resp.buckets_resp.iter().map(|b| b.bucket_id).collect();
-        if answered != asked {
-            return Err(Error::new(
-                ErrorKind::CorruptMessage,
-                format!("ListOffsets of table {table_id}: asked for buckets {asked:?}, the answer is for {answered:?}"),
-            ));
-        }
-        resp.buckets_resp
-            .into_iter()
-            .map(|b| match (b.offset, b.error_code) {
-                (Some(o), None) => Ok(o),
-                (_, code) => Err(Error::from_code(code.unwrap_or(-1), b.error_message)),
-            })
-            .collect()
+        let answers =
+            resp.buckets_resp.into_iter().map(|b| (b.bucket_id, b.error_code, b.error_message, b.offset)).collect();
+        crate::model::tiering::offsets_in_order(table_id, buckets, answers)
     }
 
     pub async fn lake_tiering_heartbeat(

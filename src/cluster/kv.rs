@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::log::{BucketLog, sync_dir};
 use crate::cluster::persist;
 use crate::error::{Error, ErrorKind, Result};
+use crate::model::bucketing::PrimaryKeys;
 use crate::model::change::{CHANGE_TYPE_COLUMN, ChangeType};
 use crate::model::record::{self, BatchSpec, LogRecordBatch};
 use crate::model::table::{TableDescriptor, align_columns};
@@ -54,6 +55,14 @@ pub fn changelog_batch(spec: BatchSpec, changelog: &RecordBatch) -> Result<bytes
     let mut rows = changelog.clone();
     rows.remove_column(last);
     record::encode(spec, &rows, Some(&types))
+}
+
+/// One write of a PutKv request: a key as the table encodes it, and the index of its new row in the request's
+/// rows (`None` deletes the key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvWrite {
+    pub key: Vec<u8>,
+    pub row: Option<usize>,
 }
 
 /// A durable snapshot of one bucket.
@@ -99,10 +108,10 @@ pub struct KvBucket {
     dir: PathBuf,
     schema: SchemaRef,
     changelog_schema: SchemaRef,
-    key_indices: Vec<usize>,
     rows: Rows,
-    keys: Rows,
-    /// key → row, both in row format.
+    /// The primary key as the table encodes it (what Fluss clients send and look up).
+    keys: PrimaryKeys,
+    /// encoded key → row in Arrow's row format.
     state: HashMap<Vec<u8>, Vec<u8>>,
     snapshot_every: u64,
     changes_since_snapshot: u64,
@@ -113,18 +122,12 @@ impl KvBucket {
     /// Opens a bucket's state in `dir`: its latest snapshot, then its log replayed from the snapshot's offset.
     pub fn open(dir: &Path, descriptor: &TableDescriptor, log: &BucketLog, snapshot_every: u64) -> Result<Self> {
         let schema = descriptor.arrow_schema();
-        let key_indices = descriptor
-            .primary_key
-            .iter()
-            .map(|k| schema.index_of(k).map_err(|_| Error::new(ErrorKind::Internal, format!("key column {k} is gone"))))
-            .collect::<Result<Vec<_>>>()?;
         let rows = Rows::new(schema.fields().iter().map(|f| f.data_type().clone()))?;
-        let keys = Rows::new(key_indices.iter().map(|&i| schema.field(i).data_type().clone()))?;
+        let keys = PrimaryKeys::of(descriptor)?;
         let mut bucket = KvBucket {
             dir: dir.to_path_buf(),
             changelog_schema: changelog_schema(descriptor),
             schema,
-            key_indices,
             rows,
             keys,
             state: HashMap::new(),
@@ -155,56 +158,41 @@ impl KvBucket {
         self.latest
     }
 
-    /// The keys of rows given as the table's columns, in schema order.
-    fn keys_of(&self, columns: &[ArrayRef]) -> Result<Vec<Vec<u8>>> {
-        self.keys.encode(&self.key_indices.iter().map(|&i| Arc::clone(&columns[i])).collect::<Vec<_>>())
-    }
-
-    /// The key columns of a request's batch, by name (a delete may carry only them).
-    fn key_columns(&self, batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
-        self.key_indices
-            .iter()
-            .map(|&i| {
-                let name = self.schema.field(i).name();
-                batch.column_by_name(name).cloned().ok_or_else(|| {
-                    Error::new(ErrorKind::SchemaMismatch, format!("records lack primary-key column {name}"))
-                })
-            })
-            .collect()
-    }
-
-    /// The changelog that upserting (`delete == false`) or deleting the rows of `batch` causes; `None` when nothing
-    /// changes (deleting absent keys). Upserts need full rows; deletes need the key columns.
-    pub fn changelog(&self, batch: &RecordBatch, delete: bool) -> Result<Option<RecordBatch>> {
-        let key_arrays = self.key_columns(batch)?;
-        if key_arrays.iter().any(|c| c.null_count() > 0) {
-            return Err(Error::new(ErrorKind::InvalidArgument, "primary-key columns must not be null"));
-        }
-        let keys = self.keys.encode(&key_arrays)?;
-        let new_rows = if delete { Vec::new() } else { self.rows.encode(batch.columns())? };
-        // Rows of earlier entries of this same batch count as the state for later ones.
+    /// The changelog that `writes` cause, in order (later writes of a request see the changes of earlier ones);
+    /// `None` when nothing changes (deletes of absent keys, upserts of identical rows). `rows` holds the new rows
+    /// the upserts point at, in the table's current schema.
+    pub fn changelog(&self, writes: &[KvWrite], rows: &RecordBatch) -> Result<Option<RecordBatch>> {
+        let new_rows = self.rows.encode(align_columns(self.schema.fields(), rows).as_slice())?;
         let mut pending: HashMap<&[u8], Option<&[u8]>> = HashMap::new();
         let mut out: Vec<(&[u8], ChangeType)> = Vec::new();
-        for (i, key) in keys.iter().enumerate() {
-            let before: Option<&[u8]> = match pending.get(key.as_slice()) {
+        for write in writes {
+            let key = write.key.as_slice();
+            let before: Option<&[u8]> = match pending.get(key) {
                 Some(v) => *v,
                 None => self.state.get(key).map(Vec::as_slice),
             };
-            if delete {
-                if let Some(old) = before {
-                    out.push((old, ChangeType::Delete));
-                    pending.insert(key, None);
-                }
-            } else {
-                let new = new_rows[i].as_slice();
-                match before {
-                    Some(old) => {
-                        out.push((old, ChangeType::UpdateBefore));
-                        out.push((new, ChangeType::UpdateAfter));
+            match write.row {
+                None => {
+                    if let Some(old) = before {
+                        out.push((old, ChangeType::Delete));
+                        pending.insert(key, None);
                     }
-                    None => out.push((new, ChangeType::Insert)),
                 }
-                pending.insert(key, Some(new));
+                Some(i) => {
+                    let new = new_rows
+                        .get(i)
+                        .ok_or_else(|| Error::new(ErrorKind::Internal, format!("write of row {i} of {}", new_rows.len())))?
+                        .as_slice();
+                    match before {
+                        Some(old) if old == new => {}
+                        Some(old) => {
+                            out.push((old, ChangeType::UpdateBefore));
+                            out.push((new, ChangeType::UpdateAfter));
+                        }
+                        None => out.push((new, ChangeType::Insert)),
+                    }
+                    pending.insert(key, Some(new));
+                }
             }
         }
         if out.is_empty() {
@@ -217,6 +205,24 @@ impl KvBucket {
             .map_err(|e| Error::new(ErrorKind::Internal, "building the changelog").with_source(e))
     }
 
+    /// The current rows of `keys`: a batch of those found, and for each key its row in that batch.
+    pub fn lookup(&self, keys: &[&[u8]]) -> Result<(RecordBatch, Vec<Option<usize>>)> {
+        let mut found = Vec::new();
+        let index = keys
+            .iter()
+            .map(|k| {
+                self.state.get(*k).map(|row| {
+                    found.push(row.as_slice());
+                    found.len() - 1
+                })
+            })
+            .collect();
+        let columns = self.rows.decode(found)?;
+        let batch = RecordBatch::try_new(Arc::clone(&self.schema), columns)
+            .map_err(|e| Error::new(ErrorKind::Internal, "building looked-up rows").with_source(e))?;
+        Ok((batch, index))
+    }
+
     /// Applies changelog rows (after they are durable in the log).
     pub fn apply(&mut self, changelog: &RecordBatch) -> Result<()> {
         let types = changelog
@@ -225,7 +231,7 @@ impl KvBucket {
             .ok_or_else(|| Error::new(ErrorKind::CorruptMessage, "changelog without change types"))?;
         // By name: changes logged before a column was added read it as null.
         let user_columns = align_columns(self.schema.fields(), changelog);
-        let keys = self.keys_of(&user_columns)?;
+        let keys = self.keys.encode(&self.keys.columns_of(&user_columns))?;
         let rows = self.rows.encode(&user_columns)?;
         for ((key, row), t) in keys.into_iter().zip(rows).zip(types.values().iter()) {
             match ChangeType::from_i8(*t)? {
@@ -288,7 +294,7 @@ impl KvBucket {
     fn load_snapshot(&mut self, s: KvSnapshot) -> Result<()> {
         for index in 0..s.batch_count {
             let columns = align_columns(self.schema.fields(), &read_snapshot_batch(&self.dir, s.snapshot_id, index)?.0);
-            let keys = self.keys_of(&columns)?;
+            let keys = self.keys.encode(&self.keys.columns_of(&columns))?;
             let rows = self.rows.encode(&columns)?;
             self.state.extend(keys.into_iter().zip(rows));
         }

@@ -182,7 +182,7 @@ impl BucketLog {
 
     /// Checks an idempotent writer's next batch against the ones it already stored here (invariant 5): `Some` base
     /// offset for a repeat, `None` for the next in sequence.
-    fn check_sequence(&self, writer: i64, sequence: i32) -> Result<Option<i64>> {
+    pub fn check_sequence(&self, writer: i64, sequence: i32) -> Result<Option<i64>> {
         let recent = self.writers.get(&writer);
         if let Some(&(_, base)) = recent.and_then(|r| r.iter().find(|(s, _)| *s == sequence)) {
             return Ok(Some(base));

@@ -32,10 +32,13 @@ use arrow::datatypes::{DataType, SchemaRef};
 use bytes::Bytes;
 
 use crate::cluster::coordinator::{Coordinator, DEFAULT_FAILURE_BACKOFF, DEFAULT_HEARTBEAT_TIMEOUT, TieringStatus};
-use crate::cluster::kv::{KvBucket, KvSnapshot};
+use crate::cluster::kv::{KvBucket, KvSnapshot, KvWrite};
 use crate::cluster::log::{BucketLog, StoredBatch};
 use crate::cluster::metadata::Metadata;
 use crate::error::{Error, ErrorKind, Result};
+use crate::model::bucketing::{DATALAKE_FORMAT, KV_FORMAT_VERSION, PrimaryKeys};
+use crate::model::compacted;
+use crate::model::kv_record::KvRecordBatch;
 use crate::model::now_ms;
 use crate::model::record::{self, BatchSpec, LogRecordBatch};
 use crate::model::table::{DatabaseInfo, TableDescriptor, TableInfo, TablePath};
@@ -159,9 +162,18 @@ impl Cluster {
     pub fn create_table(
         &self,
         path: TablePath,
-        descriptor: TableDescriptor,
+        mut descriptor: TableDescriptor,
         ignore_if_exists: bool,
     ) -> Result<TableInfo> {
+        // As a Java coordinator configured for a lake: the table names the lake's format (its keys are then encoded
+        // and bucketed as that lake expects), and a primary-key table gets KV format version 2.
+        if let Some(format) = &self.config.datalake_format {
+            descriptor.properties.entry(DATALAKE_FORMAT.into()).or_insert_with(|| format.clone());
+        }
+        if descriptor.has_primary_key() {
+            descriptor.properties.entry(KV_FORMAT_VERSION.into()).or_insert_with(|| "2".into());
+            PrimaryKeys::of(&descriptor)?;
+        }
         let mut metadata = lock(&self.metadata);
         let existed = metadata.by_path(&path).is_ok();
         let info = metadata.create(path, descriptor, ignore_if_exists, now_ms())?;
@@ -419,8 +431,8 @@ impl Cluster {
         }
     }
 
-    /// Upserts (`delete == false`: full rows) or deletes (the key columns suffice) rows of a primary-key table's
-    /// bucket: the changelog they cause is appended to the bucket's log, durably, then applied to its state.
+    /// Upserts (or with `delete`, deletes) the rows of Arrow `records` in a primary-key bucket (the gRPC door).
+    /// Deletes need only the key columns; upserts need full rows of the current schema.
     pub fn put_kv(
         &self,
         table_id: i64,
@@ -429,6 +441,89 @@ impl Cluster {
         records: Bytes,
         delete: bool,
     ) -> Result<Appended> {
+        let table = self.kv_table(table_id, bucket)?;
+        let batches = crate::model::ipc::decode(&records)?;
+        if !delete {
+            check_upserts(&table, partition_name, &batches)?;
+        }
+        let Some(first) = batches.first() else {
+            return Err(Error::new(ErrorKind::InvalidArgument, "records hold no rows"));
+        };
+        // One batch, so that later rows of the request see the changes of earlier ones.
+        let batch = arrow::compute::concat_batches(&first.schema(), &batches).map_err(|e| {
+            Error::new(ErrorKind::CorruptMessage, "records hold batches of different schemas").with_source(e)
+        })?;
+        let keys = PrimaryKeys::of(&table.descriptor)?;
+        let key_columns = keys.columns_by_name(&batch)?;
+        let encoded = keys.encode(&key_columns)?;
+        if !delete {
+            check_buckets(&table, &keys, &key_columns, bucket)?;
+        }
+        let writes = encoded
+            .into_iter()
+            .enumerate()
+            .map(|(i, key)| KvWrite { key, row: (!delete).then_some(i) })
+            .collect::<Vec<_>>();
+        let rows = if delete { RecordBatch::new_empty(table.descriptor.arrow_schema()) } else { batch };
+        self.write_kv(&table, partition_name, bucket, KvRequest { writes, rows, writer: None })
+    }
+
+    /// Applies a Fluss KV record batch (PutKv on the Fluss door): CompactedRow values of the current schema, keys
+    /// as the table encodes them, each upsert's key matching its row and its bucket; idempotent by writer and
+    /// batch sequence.
+    pub fn put_kv_batch(&self, table_id: i64, partition_name: Option<&str>, bucket: i32, records: &[u8]) -> Result<Appended> {
+        let table = self.kv_table(table_id, bucket)?;
+        let batch = KvRecordBatch::parse(records)?;
+        let current = table.descriptor.schema_id();
+        if batch.schema_id != current {
+            table.descriptor.arrow_schema_of(batch.schema_id)?;
+            return Err(Error::new(
+                ErrorKind::SchemaMismatch,
+                format!(
+                    "records were written for schema {} of table {}, whose schema is now {current}: refresh the \
+                     table and write again",
+                    batch.schema_id, table.path
+                ),
+            ));
+        }
+        let types: Vec<_> = table.descriptor.columns.iter().map(|c| c.data_type).collect();
+        let rows = compacted::decode_rows(
+            batch.records.iter().filter_map(|r| r.value),
+            &table.descriptor.arrow_schema(),
+            &types,
+        )?;
+        check_partition(&table, partition_name, &rows)?;
+        let keys = PrimaryKeys::of(&table.descriptor)?;
+        let key_columns = keys.columns_of(rows.columns());
+        let expected = keys.encode(&key_columns)?;
+        check_buckets(&table, &keys, &key_columns, bucket)?;
+        let mut next_row = 0;
+        let mut writes = Vec::with_capacity(batch.records.len());
+        for record in &batch.records {
+            let row = record.value.map(|_| {
+                next_row += 1;
+                next_row - 1
+            });
+            if let Some(i) = row
+                && expected[i] != record.key
+            {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!(
+                        "record {} carries key bytes that are not its row's primary key as table {} encodes it ({})",
+                        writes.len(),
+                        table.path,
+                        keys.describe()
+                    ),
+                ));
+            }
+            writes.push(KvWrite { key: record.key.to_vec(), row });
+        }
+        self.write_kv(&table, partition_name, bucket, KvRequest { writes, rows, writer: batch.writer })
+    }
+
+    /// A primary-key table and one of its buckets, or why not.
+    fn kv_table(&self, table_id: i64, bucket: i32) -> Result<TableInfo> {
         let table = self.table_by_id(table_id)?;
         check_bucket(&table, bucket)?;
         if !table.descriptor.has_primary_key() {
@@ -437,37 +532,49 @@ impl Cluster {
                 format!("table {} has no primary key: append to it with ProduceLog", table.path),
             ));
         }
-        // Deletes need only the key columns: the full-schema check is for upserts.
-        let batches = crate::model::ipc::decode(&records)?;
-        if !delete {
-            check_upserts(&table, partition_name, &batches)?;
+        if !table.descriptor.properties.contains_key(KV_FORMAT_VERSION) {
+            // Such a table's rows were placed in buckets by another rule: mixing the two would split keys.
+            return Err(Error::new(
+                ErrorKind::InvalidTable,
+                format!(
+                    "table {} was created by an older version of this cluster that bucketed keys its own way: \
+                     recreate it",
+                    table.path
+                ),
+            ));
         }
-        let partition_id = self.partition_for(&table, partition_name)?;
-        let id = BucketId { table_id, partition_id, bucket };
-        let Some(first) = batches.first() else {
-            return Err(Error::new(ErrorKind::InvalidArgument, "records hold no rows"));
-        };
-        // One batch, so that later rows of the request see the changes of earlier ones.
-        let batch = arrow::compute::concat_batches(&first.schema(), &batches).map_err(|e| {
-            Error::new(ErrorKind::CorruptMessage, "records hold batches of different schemas").with_source(e)
-        })?;
-        let (kv, log) = (self.kv_bucket(&table, id)?, self.log(id)?);
+        Ok(table)
+    }
+
+    /// Writes to a primary-key bucket: the changelog the writes cause, durable in the log first (one batch, even
+    /// of no record, so a writer's sequence advances), then applied to the state. A writer's repeat of a batch it
+    /// already wrote answers that batch's offset and changes nothing.
+    fn write_kv(&self, table: &TableInfo, partition_name: Option<&str>, bucket: i32, request: KvRequest) -> Result<Appended> {
+        let partition_id = self.partition_for(table, partition_name)?;
+        let id = BucketId { table_id: table.table_id, partition_id, bucket };
+        let (kv, log) = (self.kv_bucket(table, id)?, self.log(id)?);
         let (mut kv_state, mut log) = (lock(&kv), lock(&log));
         if !lock(&self.kv).get(&id).is_some_and(|(_, current)| Arc::ptr_eq(current, &kv)) {
             // The state was rebuilt (a column was added) while this request waited: it must not write through the
             // old one.
             return Err(Error::new(ErrorKind::SchemaMismatch, "the table's schema changed during the request: retry"));
         }
+        if let Some((writer, sequence)) = request.writer
+            && let Some(base_offset) = log.check_sequence(writer, sequence)?
+        {
+            return Ok(Appended { partition_id, base_offset, record_count: 0 });
+        }
         let kv = &mut kv_state;
-        let Some(changelog) = kv.changelog(&batch, delete)? else {
-            return Ok(Appended { partition_id, base_offset: log.end_offset(), record_count: 0 });
+        let changelog = match kv.changelog(&request.writes, &request.rows)? {
+            Some(changelog) => changelog,
+            None => RecordBatch::new_empty(kv::changelog_schema(&table.descriptor)),
         };
         let record_count = u32::try_from(changelog.num_rows())
             .map_err(|_| Error::new(ErrorKind::InvalidArgument, "too many changes in one request"))?;
         // Durable first, then applied: the state never holds a change the log does not.
         let spec = BatchSpec {
             schema_id: table.descriptor.schema_id(),
-            writer: None,
+            writer: request.writer,
             compression: table.descriptor.log_compression()?,
         };
         let batch = LogRecordBatch::parse(kv::changelog_batch(spec, &changelog)?)?;
@@ -475,9 +582,24 @@ impl Cluster {
         kv.apply(&changelog)?;
         kv.note_changes(u64::from(record_count), log.end_offset())?;
         self.appended.notify_waiters();
-        self.coordinator().note_data(table_id);
+        if record_count > 0 {
+            self.coordinator().note_data(table.table_id);
+        }
         self.produced.fetch_add(u64::from(record_count), std::sync::atomic::Ordering::Relaxed);
         Ok(Appended { partition_id, base_offset, record_count })
+    }
+
+    /// The current values of `keys` (as the table encodes them) in a primary-key bucket, each as Fluss stores it:
+    /// `[schema id i16 LE][CompactedRow]`; `None` for a key that has no row.
+    pub fn lookup(&self, id: BucketId, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        let table = self.kv_table(id.table_id, id.bucket)?;
+        self.existing_log(id)?;
+        let kv = self.kv_bucket(&table, id)?;
+        let (rows, index) = lock(&kv).lookup(keys)?;
+        let types: Vec<_> = table.descriptor.columns.iter().map(|c| c.data_type).collect();
+        let encoded = compacted::encode_rows(&compacted::cells_of(&rows, &types)?, rows.num_rows())?;
+        let schema_id = table.descriptor.schema_id().to_le_bytes();
+        Ok(index.into_iter().map(|i| i.map(|i| [&schema_id[..], &encoded[i]].concat())).collect())
     }
 
     /// The latest KV snapshot of every bucket of a primary-key table (of one partition); `None` where none was taken.
@@ -643,6 +765,30 @@ fn has_records(data_dir: &std::path::Path, table_id: i64) -> bool {
         })
     }
     walk(&data_dir.join("log").join(format!("t{table_id}")))
+}
+
+/// The writes of one PutKv request, in order, and the new rows they point at.
+struct KvRequest {
+    writes: Vec<KvWrite>,
+    rows: RecordBatch,
+    writer: Option<(i64, i32)>,
+}
+
+/// Checks that every row of an upsert belongs in `bucket` by the table's bucketing of its key: a client that
+/// disagrees would split one key across two buckets.
+fn check_buckets(table: &TableInfo, keys: &PrimaryKeys, key_columns: &[arrow::array::ArrayRef], bucket: i32) -> Result<()> {
+    let buckets = keys.buckets(key_columns, table.descriptor.buckets)?;
+    if let Some((row, b)) = buckets.iter().enumerate().find(|(_, b)| **b as i32 != bucket) {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "row {row} belongs in bucket {b} of table {} by its key ({}), not in bucket {bucket}",
+                table.path,
+                keys.describe()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_bucket(table: &TableInfo, bucket: i32) -> Result<()> {

@@ -74,8 +74,6 @@ fn invalid(message: impl Into<String>) -> Error {
 pub struct CreateDefaults {
     /// `default.bucket.number`.
     pub buckets: u32,
-    /// The cluster's `datalake.format`, copied into `table.datalake.format` when the table does not set it.
-    pub datalake_format: Option<String>,
 }
 
 /// Parses a CreateTable `table_json` into the model's descriptor, with the server's defaults applied.
@@ -86,18 +84,27 @@ pub fn parse_table(json: &[u8], defaults: &CreateDefaults) -> Result<TableDescri
         return Err(invalid("table comments and custom properties are not supported by this cluster yet"));
     }
     let primary_key = t.schema.primary_key.clone().unwrap_or_default();
-    if !primary_key.is_empty() {
-        return Err(invalid(
-            "primary-key tables are not served over Fluss's protocol yet (use the gRPC door); create a log table",
-        ));
-    }
-    if t.bucket_key.as_ref().is_some_and(|k| !k.is_empty()) {
-        return Err(invalid("bucket keys on log tables are not supported by this cluster yet"));
-    }
     if t.schema.auto_increment_column.as_ref().is_some_and(|c| !c.is_empty()) {
         return Err(invalid("auto-increment columns are not supported"));
     }
     let partition_key = partition_key(&t)?;
+    // The bucket key a Fluss client sends for a primary-key table is the default one (its key less the partition
+    // key); other bucket keys are not served yet.
+    let default_bucket_key: Vec<String> =
+        primary_key.iter().filter(|k| partition_key.as_ref() != Some(*k)).cloned().collect();
+    match t.bucket_key.as_deref() {
+        None | Some([]) => {}
+        Some(key) if !primary_key.is_empty() && key == default_bucket_key.as_slice() => {}
+        Some(_) if primary_key.is_empty() => {
+            return Err(invalid("bucket keys on log tables are not supported by this cluster yet"));
+        }
+        Some(key) => {
+            return Err(invalid(format!(
+                "bucket key {key:?}: only the default bucket key of a primary-key table ({default_bucket_key:?}) is \
+                 supported"
+            )));
+        }
+    }
     if let Some(c) = t.schema.columns.iter().find(|c| c.agg_function.is_some()) {
         return Err(invalid(format!("column {}: aggregation functions are not supported", c.name)));
     }
@@ -111,9 +118,6 @@ pub fn parse_table(json: &[u8], defaults: &CreateDefaults) -> Result<TableDescri
         return Err(invalid("table.statistics.columns is not supported: this cluster reads log batches of magic 0"));
     }
     let mut properties = t.properties;
-    if let Some(format) = &defaults.datalake_format {
-        properties.entry("table.datalake.format".into()).or_insert_with(|| format.clone());
-    }
     properties.entry("table.replication.factor".into()).or_insert_with(|| "1".into());
     // Fluss tiers a table only when asked to; the model's default is the opposite, so the choice is written down.
     properties.entry("table.datalake.enabled".into()).or_insert_with(|| "false".into());
@@ -311,7 +315,7 @@ mod tests {
         "version":1}"#;
 
     fn defaults() -> CreateDefaults {
-        CreateDefaults { buckets: 1, datalake_format: Some("paimon".into()) }
+        CreateDefaults { buckets: 1 }
     }
 
     #[test]
@@ -322,7 +326,6 @@ mod tests {
             d.columns.iter().map(|c| c.data_type).collect::<Vec<_>>(),
             vec![ColumnType::Int64, ColumnType::String, ColumnType::TIMESTAMP]
         );
-        assert_eq!(d.properties.get("table.datalake.format").map(String::as_str), Some("paimon"));
         let out = String::from_utf8(table_json(&d).expect("json")).expect("utf-8");
         assert!(
             out.starts_with(
@@ -344,7 +347,12 @@ mod tests {
             (with(r#"{"type":"STRING"}"#, r#"{"type":"ARRAY","element_type":{"type":"INTEGER"}}"#), "type ARRAY"),
             (with(r#"{"type":"STRING"}"#, r#"{"type":"TIME_WITHOUT_TIME_ZONE"}"#), "needs a precision"),
             (with(r#""partition_key":[]"#, r#""partition_key":["id","name"]"#), "several columns"),
-            (with(r#""highest_field_id":2"#, r#""highest_field_id":2,"primary_key":["id"]"#), "primary-key tables"),
+            (
+                with(r#""highest_field_id":2"#, r#""highest_field_id":2,"primary_key":["id"]"#)
+                    .replace(r#""bucket_key":[]"#, r#""bucket_key":["name"]"#),
+                "only the default bucket key",
+            ),
+            (with(r#""bucket_key":[]"#, r#""bucket_key":["name"]"#), "bucket keys on log tables"),
             ("{}".to_string(), "not a Fluss table descriptor"),
         ];
         for (json, needle) in cases {

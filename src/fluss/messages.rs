@@ -498,6 +498,131 @@ pub struct ListOffsetsResponse {
     pub buckets_resp: Vec<PbListOffsetsRespForBucket>,
 }
 
+// ---- Primary-key tables ------------------------------------------------------------------------------------------
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbPutKvReqForBucket {
+    #[prost(int64, optional, tag = "1")]
+    pub partition_id: Option<i64>,
+    #[prost(int32, required, tag = "2")]
+    pub bucket_id: i32,
+    #[prost(bytes = "bytes", required, tag = "3")]
+    pub records: Bytes,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PutKvRequest {
+    #[prost(int32, required, tag = "1")]
+    pub acks: i32,
+    #[prost(int64, required, tag = "2")]
+    pub table_id: i64,
+    #[prost(int32, required, tag = "3")]
+    pub timeout_ms: i32,
+    /// Empty: every column (a partial update names the columns it writes).
+    #[prost(int32, repeated, packed = "true", tag = "4")]
+    pub target_columns: Vec<i32>,
+    #[prost(message, repeated, tag = "5")]
+    pub buckets_req: Vec<PbPutKvReqForBucket>,
+    #[prost(int32, optional, tag = "6")]
+    pub agg_mode: Option<i32>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbPutKvRespForBucket {
+    #[prost(int64, optional, tag = "1")]
+    pub partition_id: Option<i64>,
+    #[prost(int32, required, tag = "2")]
+    pub bucket_id: i32,
+    #[prost(int32, optional, tag = "3")]
+    pub error_code: Option<i32>,
+    #[prost(string, optional, tag = "4")]
+    pub error_message: Option<String>,
+    /// The changelog's end offset after the write.
+    #[prost(int64, optional, tag = "5")]
+    pub log_end_offset: Option<i64>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PutKvResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub buckets_resp: Vec<PbPutKvRespForBucket>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbLookupReqForBucket {
+    #[prost(int64, optional, tag = "1")]
+    pub partition_id: Option<i64>,
+    #[prost(int32, required, tag = "2")]
+    pub bucket_id: i32,
+    #[prost(bytes = "vec", repeated, tag = "3")]
+    pub keys: Vec<Vec<u8>>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LookupRequest {
+    #[prost(int64, required, tag = "1")]
+    pub table_id: i64,
+    #[prost(message, repeated, tag = "2")]
+    pub buckets_req: Vec<PbLookupReqForBucket>,
+    #[prost(bool, optional, tag = "3")]
+    pub insert_if_not_exists: Option<bool>,
+}
+
+/// A looked-up value: `[schema id i16 LE][CompactedRow]`, absent when the key has no row.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbValue {
+    #[prost(bytes = "vec", optional, tag = "1")]
+    pub values: Option<Vec<u8>>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbLookupRespForBucket {
+    #[prost(int64, optional, tag = "1")]
+    pub partition_id: Option<i64>,
+    #[prost(int32, required, tag = "2")]
+    pub bucket_id: i32,
+    #[prost(int32, optional, tag = "3")]
+    pub error_code: Option<i32>,
+    #[prost(string, optional, tag = "4")]
+    pub error_message: Option<String>,
+    #[prost(message, repeated, tag = "5")]
+    pub values: Vec<PbValue>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LookupResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub buckets_resp: Vec<PbLookupRespForBucket>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GetLatestKvSnapshotsRequest {
+    #[prost(message, required, tag = "1")]
+    pub table_path: PbTablePath,
+    #[prost(string, optional, tag = "2")]
+    pub partition_name: Option<String>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbKvSnapshot {
+    #[prost(int32, required, tag = "1")]
+    pub bucket_id: i32,
+    #[prost(int64, optional, tag = "2")]
+    pub snapshot_id: Option<i64>,
+    #[prost(int64, optional, tag = "3")]
+    pub log_offset: Option<i64>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GetLatestKvSnapshotsResponse {
+    #[prost(int64, required, tag = "1")]
+    pub table_id: i64,
+    #[prost(int64, optional, tag = "2")]
+    pub partition_id: Option<i64>,
+    #[prost(message, repeated, tag = "3")]
+    pub latest_snapshots: Vec<PbKvSnapshot>,
+}
+
 // ---- Security token and lake snapshot -----------------------------------------------------------------------------
 
 #[derive(Clone, PartialEq, prost::Message)]

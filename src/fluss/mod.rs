@@ -33,7 +33,10 @@ pub enum ApiKey {
     GetMetadata = 1012,
     ProduceLog = 1014,
     FetchLog = 1015,
+    PutKv = 1016,
+    Lookup = 1017,
     ListOffsets = 1021,
+    GetLatestKvSnapshots = 1023,
     GetFileSystemSecurityToken = 1025,
     InitWriter = 1026,
     GetLakeSnapshot = 1032,
@@ -46,7 +49,7 @@ pub enum ApiKey {
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 24] = [
+    pub const ALL: [ApiKey; 27] = [
         ApiKey::ApiVersions,
         ApiKey::CreateDatabase,
         ApiKey::DropDatabase,
@@ -62,7 +65,10 @@ impl ApiKey {
         ApiKey::GetMetadata,
         ApiKey::ProduceLog,
         ApiKey::FetchLog,
+        ApiKey::PutKv,
+        ApiKey::Lookup,
         ApiKey::ListOffsets,
+        ApiKey::GetLatestKvSnapshots,
         ApiKey::GetFileSystemSecurityToken,
         ApiKey::InitWriter,
         ApiKey::GetLakeSnapshot,
@@ -105,6 +111,8 @@ impl ApiKey {
             fields: &[1, 2],
             nested: &[(3, Required { fields: &[1, 2], nested: &[(4, rule(&[2, 3, 4]))] })],
         };
+        const PUT_KV: Required = Required { fields: &[1, 2, 3], nested: &[(5, rule(&[2, 3]))] };
+        const LOOKUP: Required = Required { fields: &[1], nested: &[(2, rule(&[2]))] };
         const LIST_OFFSETS: Required = rule(&[1, 2, 3]);
         const HEARTBEAT_ENTRY: Required = rule(&[1, 2, 3]);
         const HEARTBEAT: Required =
@@ -123,13 +131,19 @@ impl ApiKey {
             ApiKey::DatabaseExists | ApiKey::GetDatabaseInfo | ApiKey::ListTables => &NAME,
             ApiKey::CreateTable => &CREATE_TABLE,
             ApiKey::DropTable => &DROP_TABLE,
-            ApiKey::GetTableInfo | ApiKey::TableExists | ApiKey::GetTableSchema | ApiKey::GetLakeSnapshot => &PATH,
+            ApiKey::GetTableInfo
+            | ApiKey::TableExists
+            | ApiKey::GetTableSchema
+            | ApiKey::GetLakeSnapshot
+            | ApiKey::GetLatestKvSnapshots => &PATH,
             ApiKey::ListPartitionInfos => &LIST_PARTITIONS,
             ApiKey::CreatePartition => &CREATE_PARTITION,
             ApiKey::GetMetadata => &METADATA,
             ApiKey::InitWriter => &INIT_WRITER,
             ApiKey::ProduceLog => &PRODUCE,
             ApiKey::FetchLog => &FETCH,
+            ApiKey::PutKv => &PUT_KV,
+            ApiKey::Lookup => &LOOKUP,
             ApiKey::ListOffsets => &LIST_OFFSETS,
             ApiKey::LakeTieringHeartbeat => &HEARTBEAT,
             ApiKey::PrepareLakeTableSnapshot => &PREPARE,

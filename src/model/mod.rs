@@ -2,8 +2,11 @@
 //! the changes of a primary-key table, log batches, time, and the record format (Arrow IPC streams). The cluster,
 //! the wire, the tiering job and the lakes all speak it; it imports nothing from them.
 
+pub mod bucketing;
 pub mod change;
+pub mod compacted;
 pub mod ipc;
+pub mod kv_record;
 pub mod log;
 pub mod record;
 pub mod table;

@@ -10,8 +10,9 @@
 //!
 //! One node in both roles, as `fluss-wire-protocol.md` §6.2 describes: ApiVersions lists every api key served and no
 //! server type; MetaData names coordinator 0 and tablet server 1, both on the address the client connected to, and
-//! server 1 leads every bucket. Log tables only: a primary-key table is refused at CreateTable (the gRPC door serves
-//! them). Records are stored as sent (Fluss log batches) and fetched without re-encoding.
+//! server 1 leads every bucket. Log records are stored as sent (Fluss log batches) and fetched without re-encoding;
+//! primary-key writes (KV batches of CompactedRows) become the changelog the log stores, and lookups answer
+//! CompactedRows.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -57,7 +58,7 @@ pub struct FlussDoor {
 
 impl FlussDoor {
     pub fn new(cluster: Arc<Cluster>) -> Self {
-        let defaults = CreateDefaults { buckets: 1, datalake_format: cluster.config().datalake_format.clone() };
+        let defaults = CreateDefaults { buckets: 1 };
         FlussDoor { cluster, defaults, max_frame: MAX_FRAME_BYTES, advertised: None }
     }
 
@@ -344,6 +345,30 @@ impl FlussDoor {
             }
             ApiKey::ProduceLog => self.produce(decode(body)?).await?.encode_to_vec(),
             ApiKey::FetchLog => self.fetch(decode(body)?).await?.encode_to_vec(),
+            ApiKey::PutKv => self.put_kv(decode(body)?).await?.encode_to_vec(),
+            ApiKey::Lookup => self.lookup(decode(body)?).await?.encode_to_vec(),
+            ApiKey::GetLatestKvSnapshots => {
+                let req: m::GetLatestKvSnapshotsRequest = decode(body)?;
+                let t = self.cluster.table_by_path(&table_path(&req.table_path)?)?;
+                let partition_id = match &req.partition_name {
+                    None => None,
+                    Some(name) => Some(*t.partitions.get(name).ok_or_else(|| {
+                        Error::new(ErrorKind::PartitionNotExists, format!("table {} has no partition {name}", t.path))
+                    })?),
+                };
+                let table_id = t.table_id;
+                let latest = self.blocking(move |c| c.latest_kv_snapshots(table_id, partition_id)).await?;
+                let latest_snapshots = latest
+                    .into_iter()
+                    .enumerate()
+                    .map(|(bucket, s)| m::PbKvSnapshot {
+                        bucket_id: bucket as i32,
+                        snapshot_id: s.map(|s| s.snapshot_id),
+                        log_offset: s.map(|s| s.log_offset),
+                    })
+                    .collect();
+                m::GetLatestKvSnapshotsResponse { table_id, partition_id, latest_snapshots }.encode_to_vec()
+            }
             ApiKey::ListOffsets => self.list_offsets(decode(body)?).await?.encode_to_vec(),
             ApiKey::GetFileSystemSecurityToken => {
                 // The cluster's files are local: no credentials are needed to read them.
@@ -605,6 +630,76 @@ impl FlussDoor {
             });
         }
         Ok(m::ProduceLogResponse { buckets_resp })
+    }
+
+    /// Writes each bucket's KV batch in turn; a bucket's failure is its own (the others still apply). Partial
+    /// updates (`target_columns`) and aggregation modes are refused.
+    async fn put_kv(&self, req: m::PutKvRequest) -> Result<m::PutKvResponse> {
+        let table = self.cluster.table_by_id(req.table_id)?;
+        let refusal = match (req.target_columns.is_empty(), req.agg_mode.unwrap_or(0)) {
+            (false, _) => Some("partial updates (target columns) are not supported: write full rows"),
+            (true, 0) => None,
+            (true, _) => Some("aggregation modes are not supported"),
+        };
+        let mut buckets_resp = Vec::with_capacity(req.buckets_req.len());
+        for b in req.buckets_req {
+            let (partition_id, bucket_id) = (b.partition_id, b.bucket_id);
+            let result = match (refusal, partition_name_of(&table, partition_id)) {
+                (Some(why), _) => Err(Error::new(ErrorKind::InvalidArgument, why)),
+                (None, Ok(name)) => {
+                    self.blocking(move |c| {
+                        c.put_kv_batch(req.table_id, name.as_deref(), bucket_id, &b.records)?;
+                        c.list_offset(BucketId { table_id: req.table_id, partition_id, bucket: bucket_id }, true)
+                    })
+                    .await
+                }
+                (None, Err(e)) => Err(e),
+            };
+            let (log_end_offset, error) = match result {
+                Ok(end) => (Some(end), None),
+                Err(e) => (None, Some(e)),
+            };
+            buckets_resp.push(m::PbPutKvRespForBucket {
+                partition_id,
+                bucket_id,
+                error_code: error.as_ref().map(|e| e.kind().code()),
+                error_message: error.map(|e| e.to_string()),
+                log_end_offset,
+            });
+        }
+        Ok(m::PutKvResponse { buckets_resp })
+    }
+
+    /// Looks keys up bucket by bucket; a key without a row answers an empty value.
+    async fn lookup(&self, req: m::LookupRequest) -> Result<m::LookupResponse> {
+        if req.insert_if_not_exists == Some(true) {
+            return Err(Error::new(ErrorKind::InvalidArgument, "insert-if-not-exists lookups are not supported"));
+        }
+        let table_id = req.table_id;
+        self.blocking(move |c| {
+            let buckets_resp = req
+                .buckets_req
+                .into_iter()
+                .map(|b| {
+                    let id = BucketId { table_id, partition_id: b.partition_id, bucket: b.bucket_id };
+                    let keys: Vec<&[u8]> = b.keys.iter().map(Vec::as_slice).collect();
+                    let found = c.lookup(id, &keys);
+                    m::PbLookupRespForBucket {
+                        partition_id: b.partition_id,
+                        bucket_id: b.bucket_id,
+                        error_code: found.as_ref().err().map(|e| e.kind().code()),
+                        error_message: found.as_ref().err().map(|e| e.to_string()),
+                        values: found
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|values| m::PbValue { values })
+                            .collect(),
+                    }
+                })
+                .collect();
+            Ok(m::LookupResponse { buckets_resp })
+        })
+        .await
     }
 
     /// Reads every asked bucket; with less than `min_bytes` found, waits for appends up to `max_wait_ms`.

@@ -10,8 +10,8 @@
 //!
 //! Primary-key tables (key `id`, with the partition column if partitioned): row `r` is an operation ([`KvOp`]):
 //! an insert of key `r`, or, as often as [`KvMix`] says, an update or a delete of an earlier key. An upsert of key
-//! `k` by row `r` carries row `r`'s values with `id = k` and the partition of row `k`; key `k` lives in bucket
-//! `k % buckets`. [`Workload::kv_state`] replays the operations: the table's final state, key by key.
+//! `k` by row `r` carries row `r`'s values with `id = k` and the partition of row `k`; key `k` lives in the bucket
+//! the table's key bucketing gives it ([`crate::model::bucketing`]), as a Fluss client would place it. [`Workload::kv_state`] replays the operations: the table's final state, key by key.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +25,7 @@ use arrow::record_batch::RecordBatch;
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::model::bucketing::{KV_FORMAT_VERSION, PrimaryKeys};
 use crate::model::table::{ColumnType, TableDescriptor};
 use crate::rpc::ClusterClient;
 
@@ -447,17 +448,28 @@ async fn produce_kv(
     opts: &ProduceOptions,
 ) -> Result<ProduceReport> {
     check_kv_table(table)?;
+    if !table.properties.contains_key(KV_FORMAT_VERSION) {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "produce needs the table's descriptor as the cluster holds it (its options say how keys are bucketed)",
+        ));
+    }
+    let keys = PrimaryKeys::of(table)?;
     let key_type = table.partition_key.as_ref().and_then(|k| table.column(k)).map(|c| c.data_type);
     let started = Instant::now();
     let end = opts.start_row + opts.rows;
     let mut report = ProduceReport::default();
     for lo in (opts.start_row..end).step_by(opts.batch as usize) {
         pace(started, lo - opts.start_row, opts.rate).await;
+        let ops: Vec<(u64, KvOp)> = (lo..(lo + opts.batch).min(end)).map(|r| (r, workload.kv_op(r, opts.kv))).collect();
+        // Each key in the bucket the table's key bucketing gives it, as a Fluss client would place it.
+        let pairs: Vec<(u64, u64)> = ops.iter().map(|(r, op)| (*r, op.key())).collect();
+        let chunk = workload.kv_batch(table, &pairs)?;
+        let buckets = keys.buckets(&keys.columns_by_name(&chunk)?, table.buckets)?;
         let mut groups: std::collections::BTreeMap<(u32, u32), Vec<(u64, KvOp)>> = Default::default();
-        for r in lo..(lo + opts.batch).min(end) {
-            let op = workload.kv_op(r, opts.kv);
+        for ((r, op), bucket) in ops.into_iter().zip(buckets) {
             let p = if key_type.is_some() { workload.partition_of(op.key()) } else { 0 };
-            groups.entry((p, (op.key() % u64::from(table.buckets)) as u32)).or_default().push((r, op));
+            groups.entry((p, bucket)).or_default().push((r, op));
         }
         let requests = groups.into_iter().map(|((p, bucket), ops)| {
             let partition = key_type.map(|t| Workload::partition_name(p, t));

@@ -414,6 +414,8 @@ async fn primary_key_tables_keep_state_changelog_and_snapshots_across_a_restart(
     d.primary_key = vec!["id".into()];
     let path: TablePath = "db.kv".parse().expect("path");
     let id = client.create_table(&path, &d, false).await.expect("create");
+    // As the cluster holds it: with the options that say how its keys are bucketed.
+    let (_, d) = client.table_info(&path).await.expect("table info");
     let workload = Workload { seed: 9, partitions: 1 };
     let mix = KvMix { update: 0.4, delete: 0.2 };
     let opts = ProduceOptions { start_row: 0, rows: 1500, batch: 100, rate: None, concurrency: 4, kv: mix };

@@ -9,6 +9,7 @@ use std::time::Duration;
 use arrow::array::{Array, Int32Array, Int64Array};
 use arrow::compute::{SortColumn, cast, lexsort_to_indices, take_record_batch};
 use common::*;
+use fluss_tiering::model::bucketing::PrimaryKeys;
 use fluss_tiering::cluster::ClusterConfig;
 use fluss_tiering::dataflows::JobReport;
 use fluss_tiering::failpoint;
@@ -58,6 +59,8 @@ async fn kv_setup() -> KvSetup {
         descriptor.properties.insert("table.datalake.freshness".into(), "300ms".into());
         let path: TablePath = name.parse().expect("path");
         let id = client.create_table(&path, &descriptor, false).await.expect("create table");
+        // As the cluster holds it: with the options that say how its keys are bucketed.
+        let (_, descriptor) = client.table_info(&path).await.expect("table info");
         tables.push(TestTable { id, path, descriptor });
     }
     KvSetup { warehouse: dir.path().join("warehouse"), dir, cluster, client, tables }
@@ -94,12 +97,10 @@ fn check_state_added(warehouse: &std::path::Path, t: &TestTable, rows: u64, adde
     let keys: Vec<i64> = state.keys().map(|k| *k as i64).collect();
     assert_eq!(lake_ids.values().to_vec(), keys, "{}: the lake's keys are the live keys", t.path);
     let buckets = sorted.column_by_name("__bucket").expect("bucket").as_any().downcast_ref::<Int32Array>();
-    for (i, k) in keys.iter().enumerate() {
-        assert_eq!(
-            i64::from(buckets.expect("int32").value(i)),
-            k % i64::from(t.descriptor.buckets),
-            "key {k}'s bucket"
-        );
+    let pk = PrimaryKeys::of(&t.descriptor).expect("keys");
+    let expected_buckets = pk.buckets(&pk.columns_by_name(&sorted).expect("key columns"), t.descriptor.buckets);
+    for (i, (k, b)) in keys.iter().zip(expected_buckets.expect("buckets")).enumerate() {
+        assert_eq!(buckets.expect("int32").value(i), b as i32, "key {k}'s bucket");
     }
     let pairs: Vec<(u64, u64)> = state.iter().map(|(k, r)| (*r, *k)).collect();
     let expected = WORKLOAD.kv_batch(&t.descriptor, &pairs).expect("expected rows");

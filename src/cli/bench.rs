@@ -215,6 +215,8 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         let freshness = if args.freshness_for.is_some() { args.table_freshness.as_str() } else { "100ms" };
         descriptor.properties.insert(DATALAKE_FRESHNESS.into(), freshness.into());
         let id = runtime.block_on(client.create_table(&path, &descriptor, false))?;
+        // As the cluster holds it, with the options that say how its keys are bucketed.
+        let (_, descriptor) = runtime.block_on(client.table_info(&path))?;
         tables.push((id, path, descriptor));
     }
     if let Some(duration) = &args.freshness_for {

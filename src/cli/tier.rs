@@ -256,6 +256,8 @@ pub fn run_demo(args: super::DemoArgs) -> anyhow::Result<()> {
         };
         descriptor.properties.insert(DATALAKE_FRESHNESS.into(), "1s".into());
         let id = runtime.block_on(client.create_table(&path, &descriptor, true))?;
+        // As the cluster holds it, with the options that say how its keys are bucketed.
+        let (_, descriptor) = runtime.block_on(client.table_info(&path))?;
         tables.push((id, path, descriptor));
     }
     let timely = if args.timely.workers == 1 && args.timely.processes == 1 {

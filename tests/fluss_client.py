@@ -11,6 +11,15 @@ usage: fluss_client.py ADDR COMMAND ARGS…   (ADDR is bootstrap.servers, HOST:P
   lake DB.TABLE                                {"snapshot_id": N, "buckets": {"P/B": offset}} or {"error": code}
   admin                                        exercises the admin calls and the errors a client sees; prints JSON
 
+Primary-key tables (key (id, code), or (id) with KEY=id; the partition column joins the key when partitioned):
+  pk-create DB.TABLE BUCKETS KEY [PARTITION_KEY] create a primary-key table of every supported type
+  upsert DB.TABLE FROM TO VERSION [PARTITION]  upsert keys FROM..TO with the values of VERSION (pk_row), flush
+  delete DB.TABLE FROM TO [PARTITION]          delete keys FROM..TO, flush
+  lookup DB.TABLE FROM TO [PARTITION]          {"versions": {id: VERSION | null | "mismatch …"}}: which pk_row each
+                                               key's looked-up row equals, every column compared
+  changelog DB.TABLE RECORDS                   the changelog from the earliest offset, until RECORDS records:
+                                               {"records": [[partition, bucket, offset, change_type, id, version]]}
+
 Every command prints one JSON line on stdout.
 """
 import asyncio
@@ -72,6 +81,23 @@ def row(i: int, partition: str) -> dict:
     }
 
 
+PK_SCHEMA = pa.schema(
+    [pa.field("id", pa.int64(), nullable=False), pa.field("code", pa.string(), nullable=False)]
+    + [f for f in SCHEMA if f.name != "id"]
+)
+
+
+def pk_row(i: int, version: int, partition: str) -> dict:
+    """Key i's row at VERSION: every value column changes with the version; name says which it is."""
+    r = row(i + 1000 * version, partition)
+    r.update({"id": i, "code": f"c{i % 3}", "name": f"v{version}-{i}"})
+    return r
+
+
+def key_of(i: int, key: list, partition: str) -> dict:
+    return {k: v for k, v in pk_row(i, 0, partition).items() if k in key}
+
+
 def path_of(name: str) -> fluss.TablePath:
     db, table = name.split(".")
     return fluss.TablePath(db, table)
@@ -92,6 +118,99 @@ async def create(conn, name: str, buckets: str, partition_key: str = None):
     info = await admin.get_table_info(path)
     return {"table_id": info.table_id, "schema_id": info.schema_id, "buckets": info.num_buckets,
             "properties": info.get_properties(), "partition_keys": info.get_partition_keys()}
+
+
+async def pk_create(conn, name: str, buckets: str, key: str, partition_key: str = None):
+    admin = conn.get_admin()
+    path = path_of(name)
+    await admin.create_database(path.database_name, ignore_if_exists=True)
+    props = {"table.datalake.enabled": "true", "table.datalake.freshness": "1s"}
+    keys = ["id"] if key == "id" else ["id", "code"]
+    extra = {"partition_keys": [partition_key]} if partition_key else {}
+    if partition_key:
+        keys.append(partition_key)
+        schema = pa.schema([f.with_nullable(False) if f.name == partition_key else f for f in PK_SCHEMA])
+    else:
+        schema = PK_SCHEMA
+    desc = fluss.TableDescriptor(fluss.Schema(schema, primary_keys=keys), bucket_count=int(buckets),
+                                 properties=props, **extra)
+    await admin.create_table(path, desc, ignore_if_exists=False)
+    info = await admin.get_table_info(path)
+    return {"table_id": info.table_id, "buckets": info.num_buckets, "properties": info.get_properties(),
+            "primary_keys": info.get_primary_keys()}
+
+
+async def kv_writer(conn, name: str, partition: str):
+    path = path_of(name)
+    if partition:
+        await conn.get_admin().create_partition(path, {"region": partition}, ignore_if_exists=True)
+    table = await conn.get_table(path)
+    info = await conn.get_admin().get_table_info(path)
+    return table.new_upsert().create_writer(), info.get_primary_keys()
+
+
+async def upsert(conn, name: str, start: str, stop: str, version: str, partition: str = ""):
+    writer, _ = await kv_writer(conn, name, partition)
+    for i in range(int(start), int(stop)):
+        writer.upsert(pk_row(i, int(version), partition))
+    await writer.flush()
+    return {"rows": int(stop) - int(start)}
+
+
+async def delete(conn, name: str, start: str, stop: str, partition: str = ""):
+    writer, key = await kv_writer(conn, name, partition)
+    for i in range(int(start), int(stop)):
+        writer.delete(key_of(i, key, partition))
+    await writer.flush()
+    return {"rows": int(stop) - int(start)}
+
+
+def same_row(a: dict, b: dict, schema: pa.Schema) -> bool:
+    """Equal as Arrow values of the schema (so a naive and a UTC datetime of one instant are equal)."""
+    return pa.Table.from_pylist([a], schema=schema).equals(pa.Table.from_pylist([b], schema=schema))
+
+
+async def lookup(conn, name: str, start: str, stop: str, partition: str = ""):
+    path = path_of(name)
+    table = await conn.get_table(path)
+    key = (await conn.get_admin().get_table_info(path)).get_primary_keys()
+    lookuper = table.new_lookup().create_lookuper()
+    versions = {}
+    for i in range(int(start), int(stop)):
+        got = await lookuper.lookup(key_of(i, key, partition))
+        if got is None:
+            versions[i] = None
+            continue
+        match = [v for v in range(5) if same_row(got, pk_row(i, v, partition), PK_SCHEMA)]
+        versions[i] = match[0] if match else f"mismatch {got}"
+    return {"versions": versions}
+
+
+async def changelog(conn, name: str, want: str):
+    path = path_of(name)
+    table = await conn.get_table(path)
+    admin = conn.get_admin()
+    info = await admin.get_table_info(path)
+    scanner = await table.new_scan().create_log_scanner()
+    names = {}
+    if info.is_partitioned():
+        parts = await admin.list_partition_infos(path)
+        scanner.subscribe_partition_buckets({(p.partition_id, b): fluss.EARLIEST_OFFSET
+                                             for p in parts for b in range(info.num_buckets)})
+        names = {p.partition_id: p.partition_name for p in parts}
+    else:
+        scanner.subscribe_buckets({b: fluss.EARLIEST_OFFSET for b in range(info.num_buckets)})
+    records = []
+    loop = asyncio.get_event_loop()
+    deadline = loop.time() + 60
+    while len(records) < int(want) and loop.time() < deadline:
+        polled = await scanner.poll(500)
+        for bucket in polled.buckets():
+            for r in polled.records(bucket):
+                version = int(r.row["name"].split("-")[0][1:])
+                records.append([names.get(bucket.partition_id, ""), bucket.bucket_id, r.offset,
+                                int(r.change_type), r.row["id"], version])
+    return {"records": records}
 
 
 async def write(conn, name: str, start: str, stop: str, out: str, partition: str = ""):
@@ -205,9 +324,14 @@ async def admin_calls(conn):
     pk = fluss.TableDescriptor(fluss.Schema(pa.schema([pa.field("id", pa.int64(), nullable=False)]),
                                             primary_keys=["id"]))
     out["primary_key_table"] = await code_of(admin.create_table(fluss.TablePath("adm", "t4"), pk))
+    composite_iceberg = fluss.TableDescriptor(
+        fluss.Schema(pa.schema([pa.field("a", pa.int64(), nullable=False), pa.field("b", pa.int64(), nullable=False)]),
+                     primary_keys=["a", "b"]), properties={"table.datalake.format": "iceberg"})
+    out["iceberg_composite_key"] = await code_of(admin.create_table(fluss.TablePath("adm", "t5"), composite_iceberg))
     out["no_lake_snapshot"] = await code_of(admin.get_latest_lake_snapshot(fluss.TablePath("adm", "t1")))
     out["not_empty"] = await code_of(admin.drop_database("adm", ignore_if_not_exists=False, cascade=False))
     await admin.drop_table(fluss.TablePath("adm", "t1"))
+    await admin.drop_table(fluss.TablePath("adm", "t4"))
     out["tables_after_drop"] = await admin.list_tables("adm")
     await admin.drop_database("adm", ignore_if_not_exists=False, cascade=False)
     out["database_after_drop"] = await admin.database_exists("adm")
@@ -228,6 +352,16 @@ async def main(argv):
             result = await offsets(conn, *args)
         elif command == "lake":
             result = await lake(conn, *args)
+        elif command == "pk-create":
+            result = await pk_create(conn, *args)
+        elif command == "upsert":
+            result = await upsert(conn, *args)
+        elif command == "delete":
+            result = await delete(conn, *args)
+        elif command == "lookup":
+            result = await lookup(conn, *args)
+        elif command == "changelog":
+            result = await changelog(conn, *args)
         elif command == "admin":
             result = await admin_calls(conn)
         else:

@@ -546,9 +546,9 @@ async fn idempotent_writers_long_polling_fetches_and_timestamp_offsets() {
     assert_eq!(offset(c.call(1021, &by_time(i64::MAX)).await.ok()), Some(6), "after every append: the end");
 }
 
-/// Forwards connections to `target`; the first ProduceLog answer it sees is dropped and its connection cut, as if
-/// the network failed after the server stored the batch.
-async fn lossy_proxy(target: SocketAddr) -> (SocketAddr, Arc<AtomicBool>) {
+/// Forwards connections to `target`; the first answer to a request of `api_key` (ProduceLog, PutKv) is dropped and
+/// its connection cut, as if the network failed after the server stored the batch.
+async fn lossy_proxy(target: SocketAddr, api_key: i16) -> (SocketAddr, Arc<AtomicBool>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let dropped = Arc::new(AtomicBool::new(false));
@@ -568,7 +568,7 @@ async fn lossy_proxy(target: SocketAddr) -> (SocketAddr, Arc<AtomicBool>) {
                         if client_rd.read_exact(&mut frame).await.is_err() {
                             break;
                         }
-                        if i16::from_be_bytes([frame[0], frame[1]]) == 1014 {
+                        if i16::from_be_bytes([frame[0], frame[1]]) == api_key {
                             ids.lock()
                                 .expect("lock")
                                 .push(i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]));
@@ -612,7 +612,7 @@ async fn a_produce_whose_acknowledgement_is_lost_is_retried_by_pyfluss_and_store
     let cluster = Arc::new(Cluster::open(ClusterConfig::new(dir.path())).expect("open"));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let door_addr = listener.local_addr().expect("addr");
-    let (proxy, dropped) = lossy_proxy(door_addr).await;
+    let (proxy, dropped) = lossy_proxy(door_addr, 1014).await;
     // The door names the proxy in MetaData, so every connection pyfluss opens goes through it.
     let door = FlussDoor::new(Arc::clone(&cluster)).advertise(proxy);
     tokio::spawn(door.serve(listener, std::future::pending()));
@@ -665,10 +665,13 @@ fn changelog(addr: SocketAddr, table: &str, records: usize) -> Vec<Change> {
     changes
 }
 
+/// Per key (partition, id): its bucket and its changes.
+type ByKey<T> = std::collections::BTreeMap<(String, i64), (i64, Vec<T>)>;
+
 /// Per key (partition, id): its changes in log order, as (change type, version), after checking that each key's
 /// changes sit in one bucket and each bucket's offsets are unique.
-fn changes_by_key(changes: &[Change]) -> std::collections::BTreeMap<(String, i64), (i64, Vec<(i64, i64)>)> {
-    let mut by_key: std::collections::BTreeMap<(String, i64), (i64, Vec<(i64, i64, i64)>)> = Default::default();
+fn changes_by_key(changes: &[Change]) -> ByKey<(i64, i64)> {
+    let mut by_key: ByKey<(i64, i64, i64)> = Default::default();
     let mut seen = std::collections::BTreeSet::new();
     for c in changes {
         assert!(seen.insert((c.partition.clone(), c.bucket, c.offset)), "offset {c:?} once");
@@ -784,8 +787,8 @@ async fn pyfluss_primary_keys(format: &str) {
     let ids = lake.column_by_name("id").expect("id").as_any().downcast_ref::<Int64Array>().expect("ids").clone();
     let names = cast(lake.column_by_name("name").expect("name"), &arrow::datatypes::DataType::Utf8).expect("utf8");
     let names = names.as_any().downcast_ref::<StringArray>().expect("names");
-    let buckets = cast(lake.column_by_name("__bucket").expect("__bucket"), &arrow::datatypes::DataType::Int64)
-        .expect("cast");
+    let buckets =
+        cast(lake.column_by_name("__bucket").expect("__bucket"), &arrow::datatypes::DataType::Int64).expect("cast");
     let buckets = buckets.as_any().downcast_ref::<Int64Array>().expect("buckets");
     let live: Vec<i64> = (0..45).filter(|i| after[*i as usize].is_some()).collect();
     assert_eq!(ids.values().to_vec(), live, "the lake's keys are the live keys");
@@ -805,4 +808,150 @@ async fn pyfluss_upserts_deletes_and_looks_up_paimon_bucketed_keys_through_a_res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pyfluss_upserts_deletes_and_looks_up_iceberg_bucketed_keys_through_a_restart() {
     pyfluss_primary_keys("iceberg").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_kv_whose_acknowledgement_is_lost_is_retried_by_pyfluss_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = Arc::new(Cluster::open(ClusterConfig::new(dir.path())).expect("open"));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let door_addr = listener.local_addr().expect("addr");
+    let (proxy, dropped) = lossy_proxy(door_addr, 1016).await;
+    let door = FlussDoor::new(Arc::clone(&cluster)).advertise(proxy);
+    tokio::spawn(door.serve(listener, std::future::pending()));
+
+    pyfluss(proxy, &["pk-create", "lossy.kv", "1", "id"]);
+    pyfluss(proxy, &["upsert", "lossy.kv", "0", "30", "1"]);
+    assert!(dropped.load(Ordering::SeqCst), "an acknowledgement was lost on the way");
+    // Applied a second time, the retried batch would change no row (its rows are equal) but would take an offset of
+    // its own: the end offset tells.
+    assert_eq!(lookups(proxy, "lossy.kv", 0..30, ""), vec![Some(1); 30]);
+    let changes = changes_by_key(&changelog(proxy, "lossy.kv", 30));
+    assert!(changes.values().all(|(_, seq)| seq == &[(INSERT, 1)]), "{changes:?}");
+    let id = cluster.table_by_path(&"lossy.kv".parse().expect("path")).expect("table").table_id;
+    let end =
+        cluster.list_offset(fluss_tiering::cluster::BucketId { table_id: id, partition_id: None, bucket: 0 }, true);
+    assert_eq!(end.expect("end offset"), 30, "the retried batch took its offsets once");
+}
+
+/// KV records of keys `ids` with `name = "{tag}{id}"`, as a Fluss client encodes them for `table`; `None` tags
+/// delete.
+fn kv_records(
+    table: &fluss_tiering::model::table::TableDescriptor,
+    ids: &[i64],
+    tag: Option<&str>,
+) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    use fluss_tiering::model::compacted;
+    let keys = fluss_tiering::model::bucketing::PrimaryKeys::of(table).expect("keys");
+    let names: Vec<String> = ids.iter().map(|i| format!("{}{i}", tag.unwrap_or_default())).collect();
+    let batch = RecordBatch::try_new(
+        table.arrow_schema(),
+        vec![Arc::new(Int64Array::from(ids.to_vec())), Arc::new(StringArray::from(names))],
+    )
+    .expect("batch");
+    let types: Vec<_> = table.columns.iter().map(|c| c.data_type).collect();
+    let values = compacted::encode_rows(&compacted::cells_of(&batch, &types).expect("cells"), ids.len()).expect("rows");
+    let encoded = keys.encode(&keys.columns_of(batch.columns())).expect("keys");
+    encoded.into_iter().zip(values).map(|(k, v)| (k, tag.map(|_| v))).collect()
+}
+
+fn put_kv(
+    table_id: i64,
+    bucket_id: i32,
+    schema_id: i16,
+    writer: Option<(i64, i32)>,
+    records: &[(Vec<u8>, Option<Vec<u8>>)],
+) -> m::PutKvRequest {
+    use fluss_tiering::model::kv_record::{KvRecord, encode};
+    let records: Vec<KvRecord> = records.iter().map(|(k, v)| KvRecord { key: k, value: v.as_deref() }).collect();
+    m::PutKvRequest {
+        acks: -1,
+        table_id,
+        timeout_ms: 30_000,
+        target_columns: vec![],
+        buckets_req: vec![m::PbPutKvReqForBucket {
+            partition_id: None,
+            bucket_id,
+            records: encode(schema_id, writer, &records).expect("encode").into(),
+        }],
+        agg_mode: None,
+    }
+}
+
+/// `(error code, error message, log end offset)` of a one-bucket PutKv answer.
+fn put(answer: &Answer) -> (Option<i32>, String, Option<i64>) {
+    let resp: m::PutKvResponse = answer.ok();
+    let b = &resp.buckets_resp[0];
+    (b.error_code, b.error_message.clone().unwrap_or_default(), b.log_end_offset)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_writes_in_the_wrong_bucket_with_foreign_keys_or_repeated_late_are_refused_or_answered_without_a_change() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (addr, cluster, _stop) = door(dir.path()).await;
+    let mut c = Raw::connect(addr).await;
+    let db = m::CreateDatabaseRequest { database_name: "raw".into(), ignore_if_exists: false, database_json: None };
+    let _: m::EmptyResponse = c.call(1001, &db).await.ok();
+    let path = m::PbTablePath { database_name: "raw".into(), table_name: "kv".into() };
+    let json = TABLE_JSON.replace(r#""highest_field_id":1"#, r#""highest_field_id":1,"primary_key":["id"]"#);
+    let create =
+        m::CreateTableRequest { table_path: path.clone(), table_json: json.into_bytes(), ignore_if_exists: false };
+    let _: m::EmptyResponse = c.call(1005, &create).await.ok();
+    let info = cluster.table_by_path(&"raw.kv".parse().expect("path")).expect("table");
+    let (id, schema_id, d) = (info.table_id, info.descriptor.schema_id(), info.descriptor.clone());
+    let keys = fluss_tiering::model::bucketing::PrimaryKeys::of(&d).expect("keys");
+    let v1 = kv_records(&d, &[1], Some("v1-"));
+    let home = keys.bucket_of(&v1[0].0, d.buckets) as i32;
+
+    // Writer 5: v1, then v2, then a late repeat of v1's batch: answered, not applied over v2.
+    let (code, msg, end) = put(&c.call(1016, &put_kv(id, home, schema_id, Some((5, 0)), &v1)).await);
+    assert_eq!((code, end), (None, Some(1)), "{msg}");
+    let v2 = kv_records(&d, &[1], Some("v2-"));
+    assert_eq!(put(&c.call(1016, &put_kv(id, home, schema_id, Some((5, 1)), &v2)).await).2, Some(3), "-U, +U");
+    assert_eq!(put(&c.call(1016, &put_kv(id, home, schema_id, Some((5, 0)), &v1)).await).2, Some(3), "a repeat");
+    let lookup = m::LookupRequest {
+        table_id: id,
+        buckets_req: vec![m::PbLookupReqForBucket { partition_id: None, bucket_id: home, keys: vec![v1[0].0.clone()] }],
+        insert_if_not_exists: None,
+    };
+    let found: m::LookupResponse = c.call(1017, &lookup).await.ok();
+    let value = found.buckets_resp[0].values[0].values.clone().expect("key 1 has a row");
+    assert_eq!(i16::from_le_bytes([value[0], value[1]]), schema_id);
+    let types: Vec<_> = d.columns.iter().map(|c| c.data_type).collect();
+    let row = fluss_tiering::model::compacted::decode_rows([&value[2..]], &d.arrow_schema(), &types).expect("row");
+    let names = row.column(1).as_any().downcast_ref::<StringArray>().expect("names");
+    assert_eq!(names.value(0), "v2-1", "the state follows the log, not the late repeat");
+
+    // A delete of an absent key changes nothing, yet takes an offset (the writer's sequence goes on).
+    let absent = kv_records(&d, &[1000], None);
+    let absent_home = keys.bucket_of(&absent[0].0, d.buckets) as i32;
+    let before = cluster
+        .list_offset(fluss_tiering::cluster::BucketId { table_id: id, partition_id: None, bucket: absent_home }, true)
+        .expect("end");
+    let (code, msg, end) = put(&c.call(1016, &put_kv(id, absent_home, schema_id, Some((6, 0)), &absent)).await);
+    assert_eq!((code, end), (None, Some(before + 1)), "{msg}");
+
+    // Refused, each with its reason, the connection still usable.
+    let other = (home + 1) % d.buckets as i32;
+    let (code, msg, _) = put(&c.call(1016, &put_kv(id, other, schema_id, None, &v2)).await);
+    assert!(code.is_some() && msg.contains(&format!("belongs in bucket {home}")), "{code:?} {msg}");
+    let mut foreign = kv_records(&d, &[1], Some("x"));
+    foreign[0].0 = kv_records(&d, &[2], Some("x"))[0].0.clone();
+    let (code, msg, _) = put(&c.call(1016, &put_kv(id, home, schema_id, None, &foreign)).await);
+    assert!(code.is_some() && msg.contains("not its row's primary key"), "{code:?} {msg}");
+    let mut partial = put_kv(id, home, schema_id, None, &v2);
+    partial.target_columns = vec![0];
+    let (code, msg, _) = put(&c.call(1016, &partial).await);
+    assert!(code.is_some() && msg.contains("partial updates"), "{code:?} {msg}");
+    let mut corrupt = put_kv(id, home, schema_id, None, &v2);
+    let mut bytes = corrupt.buckets_req[0].records.to_vec();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    corrupt.buckets_req[0].records = bytes.into();
+    let (code, msg, _) = put(&c.call(1016, &corrupt).await);
+    assert!(code.is_some() && msg.contains("crc"), "{code:?} {msg}");
+    let (code, msg, _) = put(&c.call(1016, &put_kv(id, home, schema_id + 1, None, &v2)).await);
+    assert!(code.is_some() && msg.contains("schema"), "{code:?} {msg}");
+    let log_table = produce(id, 0, batch(0..1, schema_id, None));
+    assert!(produced(&c.call(1014, &log_table).await).0.is_some(), "ProduceLog into a primary-key table");
 }

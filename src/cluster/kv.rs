@@ -181,7 +181,9 @@ impl KvBucket {
                 Some(i) => {
                     let new = new_rows
                         .get(i)
-                        .ok_or_else(|| Error::new(ErrorKind::Internal, format!("write of row {i} of {}", new_rows.len())))?
+                        .ok_or_else(|| {
+                            Error::new(ErrorKind::Internal, format!("write of row {i} of {}", new_rows.len()))
+                        })?
                         .as_slice();
                     match before {
                         Some(old) if old == new => {}

@@ -471,7 +471,13 @@ impl Cluster {
     /// Applies a Fluss KV record batch (PutKv on the Fluss door): CompactedRow values of the current schema, keys
     /// as the table encodes them, each upsert's key matching its row and its bucket; idempotent by writer and
     /// batch sequence.
-    pub fn put_kv_batch(&self, table_id: i64, partition_name: Option<&str>, bucket: i32, records: &[u8]) -> Result<Appended> {
+    pub fn put_kv_batch(
+        &self,
+        table_id: i64,
+        partition_name: Option<&str>,
+        bucket: i32,
+        records: &[u8],
+    ) -> Result<Appended> {
         let table = self.kv_table(table_id, bucket)?;
         let batch = KvRecordBatch::parse(records)?;
         let current = table.descriptor.schema_id();
@@ -549,7 +555,13 @@ impl Cluster {
     /// Writes to a primary-key bucket: the changelog the writes cause, durable in the log first (one batch, even
     /// of no record, so a writer's sequence advances), then applied to the state. A writer's repeat of a batch it
     /// already wrote answers that batch's offset and changes nothing.
-    fn write_kv(&self, table: &TableInfo, partition_name: Option<&str>, bucket: i32, request: KvRequest) -> Result<Appended> {
+    fn write_kv(
+        &self,
+        table: &TableInfo,
+        partition_name: Option<&str>,
+        bucket: i32,
+        request: KvRequest,
+    ) -> Result<Appended> {
         let partition_id = self.partition_for(table, partition_name)?;
         let id = BucketId { table_id: table.table_id, partition_id, bucket };
         let (kv, log) = (self.kv_bucket(table, id)?, self.log(id)?);
@@ -776,7 +788,12 @@ struct KvRequest {
 
 /// Checks that every row of an upsert belongs in `bucket` by the table's bucketing of its key: a client that
 /// disagrees would split one key across two buckets.
-fn check_buckets(table: &TableInfo, keys: &PrimaryKeys, key_columns: &[arrow::array::ArrayRef], bucket: i32) -> Result<()> {
+fn check_buckets(
+    table: &TableInfo,
+    keys: &PrimaryKeys,
+    key_columns: &[arrow::array::ArrayRef],
+    bucket: i32,
+) -> Result<()> {
     let buckets = keys.buckets(key_columns, table.descriptor.buckets)?;
     if let Some((row, b)) = buckets.iter().enumerate().find(|(_, b)| **b as i32 != bucket) {
         return Err(Error::new(

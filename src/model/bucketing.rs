@@ -118,8 +118,7 @@ impl PrimaryKeys {
 
     /// The key bytes of every row of `key_columns` (from [`PrimaryKeys::columns_of`] or `columns_by_name`).
     pub fn encode(&self, key_columns: &[ArrayRef]) -> Result<Vec<Vec<u8>>> {
-        let cells =
-            key_columns.iter().zip(&self.types).map(|(c, &t)| Cells::new(c, t)).collect::<Result<Vec<_>>>()?;
+        let cells = key_columns.iter().zip(&self.types).map(|(c, &t)| Cells::new(c, t)).collect::<Result<Vec<_>>>()?;
         let rows = key_columns.first().map(|c| c.len()).unwrap_or(0);
         (0..rows)
             .map(|row| {
@@ -177,7 +176,9 @@ fn paimon_binary_row(out: &mut Vec<u8>, cells: &[Cells<'_>], row: usize) -> Resu
             (Datum::Float32(v), _) => slot[..4].copy_from_slice(&v.to_le_bytes()),
             (Datum::Float64(v), _) => slot = v.to_le_bytes(),
             (Datum::Decimal(v), ColumnType::Decimal { precision, .. }) if compacted::is_compact_decimal(precision) => {
-                slot = i64::try_from(v).map_err(|_| Error::new(ErrorKind::InvalidArgument, "decimal overflow"))?.to_le_bytes();
+                slot = i64::try_from(v)
+                    .map_err(|_| Error::new(ErrorKind::InvalidArgument, "decimal overflow"))?
+                    .to_le_bytes();
             }
             (Datum::Decimal(v), _) => {
                 let bytes = compacted::minimal_be(v);
@@ -196,9 +197,10 @@ fn paimon_binary_row(out: &mut Vec<u8>, cells: &[Cells<'_>], row: usize) -> Resu
                 out.resize(offset + b.len().div_ceil(8) * 8, 0);
                 slot = ((offset as u64) << 32 | b.len() as u64).to_le_bytes();
             }
-            (Datum::Timestamp { millis, .. }, ColumnType::Timestamp { precision } | ColumnType::TimestampLtz { precision })
-                if compacted::is_compact_timestamp(precision) =>
-            {
+            (
+                Datum::Timestamp { millis, .. },
+                ColumnType::Timestamp { precision } | ColumnType::TimestampLtz { precision },
+            ) if compacted::is_compact_timestamp(precision) => {
                 slot = millis.to_le_bytes();
             }
             (Datum::Timestamp { millis, nano_of_milli }, _) => {
@@ -231,9 +233,8 @@ fn iceberg_key(out: &mut Vec<u8>, c: &Cells<'_>, row: usize) -> Result<()> {
         Datum::Float64(v) => out.extend_from_slice(&v.to_le_bytes()),
         Datum::Decimal(v) => out.extend_from_slice(&compacted::minimal_be(v)),
         Datum::Bytes(b) => out.extend_from_slice(b),
-        Datum::Timestamp { millis, nano_of_milli } => out.extend_from_slice(
-            &millis.wrapping_mul(1000).wrapping_add(i64::from(nano_of_milli / 1000)).to_le_bytes(),
-        ),
+        Datum::Timestamp { millis, nano_of_milli } => out
+            .extend_from_slice(&millis.wrapping_mul(1000).wrapping_add(i64::from(nano_of_milli / 1000)).to_le_bytes()),
         Datum::Bool(_) | Datum::Int8(_) | Datum::Int16(_) => {
             return Err(Error::new(ErrorKind::InvalidTable, format!("a {} cannot be an Iceberg key", c.column_type())));
         }
@@ -341,8 +342,11 @@ mod tests {
 
     #[test]
     fn buckets_match_the_clients() {
-        let (fluss, paimon, iceberg) =
-            (keys("k:int64", &["k"], None), keys("k:int64", &["k"], Some("paimon")), keys("k:int64", &["k"], Some("iceberg")));
+        let (fluss, paimon, iceberg) = (
+            keys("k:int64", &["k"], None),
+            keys("k:int64", &["k"], Some("paimon")),
+            keys("k:int64", &["k"], Some("iceberg")),
+        );
         // Fluss's and fluss-rs's shared vectors: (bytes, buckets) → (Fluss, Paimon, Iceberg).
         let uuid = b"2bb87d68-baf9-4e64-90f9-f80910419fa6";
         for (bytes, n, expected) in [
@@ -374,10 +378,8 @@ mod tests {
     #[test]
     fn paimon_keys_are_binary_rows() -> Result<()> {
         let k = keys("id:int32,name:string", &["id", "name"], Some("paimon"));
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(Int32Array::from(vec![7, 1])),
-            Arc::new(StringArray::from(vec!["hi", "hello world!"])),
-        ];
+        let columns: Vec<ArrayRef> =
+            vec![Arc::new(Int32Array::from(vec![7, 1])), Arc::new(StringArray::from(vec!["hi", "hello world!"]))];
         let encoded = k.encode(&columns)?;
         let mut short = vec![0u8; 8];
         short.extend([7, 0, 0, 0, 0, 0, 0, 0, 0x68, 0x69, 0, 0, 0, 0, 0, 0x82]);

@@ -17,8 +17,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, ArrowPrimitiveType, AsArray, BinaryBuilder, BooleanArray, Decimal128Array,
-    FixedSizeBinaryBuilder, Float32Array, Float64Array, PrimitiveArray, RecordBatch, StringBuilder,
+    Array, ArrayRef, ArrowPrimitiveType, AsArray, BinaryBuilder, BooleanArray, Decimal128Array, FixedSizeBinaryBuilder,
+    Float32Array, Float64Array, PrimitiveArray, RecordBatch, StringBuilder,
 };
 use arrow::datatypes::{
     Date32Type, Int8Type, Int16Type, Int32Type, Int64Type, Schema, Time32MillisecondType, Time32SecondType,
@@ -98,7 +98,9 @@ impl<'a> Cells<'a> {
             ColumnType::Int64 => Datum::Int64(a.as_primitive::<Int64Type>().value(row)),
             ColumnType::Float32 => Datum::Float32(a.as_primitive::<arrow::datatypes::Float32Type>().value(row)),
             ColumnType::Float64 => Datum::Float64(a.as_primitive::<arrow::datatypes::Float64Type>().value(row)),
-            ColumnType::Decimal { .. } => Datum::Decimal(a.as_primitive::<arrow::datatypes::Decimal128Type>().value(row)),
+            ColumnType::Decimal { .. } => {
+                Datum::Decimal(a.as_primitive::<arrow::datatypes::Decimal128Type>().value(row))
+            }
             ColumnType::String | ColumnType::Char { .. } => Datum::Bytes(a.as_string::<i32>().value(row).as_bytes()),
             ColumnType::Binary => Datum::Bytes(a.as_binary::<i32>().value(row)),
             ColumnType::FixedBinary { .. } => Datum::Bytes(a.as_fixed_size_binary().value(row)),
@@ -262,7 +264,9 @@ impl<'a> Reader<'a> {
 
     fn int(&mut self, what: &str) -> Result<i32> {
         let v = self.varint(5, what)?;
-        u32::try_from(v).map(|v| v as i32).map_err(|_| Error::new(ErrorKind::CorruptRecord, format!("{what} overflows")))
+        u32::try_from(v)
+            .map(|v| v as i32)
+            .map_err(|_| Error::new(ErrorKind::CorruptRecord, format!("{what} overflows")))
     }
 
     fn long(&mut self, what: &str) -> Result<i64> {
@@ -278,7 +282,9 @@ impl<'a> Reader<'a> {
         Ok(match ty {
             ColumnType::Bool => Datum::Bool(self.take(1, "a boolean")?[0] != 0),
             ColumnType::Int8 => Datum::Int8(self.take(1, "a tinyint")?[0] as i8),
-            ColumnType::Int16 => Datum::Int16(i16::from_le_bytes([self.take(1, "a smallint")?[0], self.take(1, "a smallint")?[0]])),
+            ColumnType::Int16 => {
+                Datum::Int16(i16::from_le_bytes([self.take(1, "a smallint")?[0], self.take(1, "a smallint")?[0]]))
+            }
             ColumnType::Int32 | ColumnType::Date | ColumnType::Time { .. } => Datum::Int32(self.int("an int")?),
             ColumnType::Int64 => Datum::Int64(self.long("a bigint")?),
             ColumnType::Float32 => {
@@ -351,7 +357,11 @@ fn mismatch(ty: ColumnType) -> Error {
     Error::new(ErrorKind::Internal, format!("a value that is not a {ty}"))
 }
 
-fn ints<T: ArrowPrimitiveType>(values: &[Datum<'_>], ty: ColumnType, f: impl Fn(i64) -> Option<T::Native>) -> Result<ArrayRef> {
+fn ints<T: ArrowPrimitiveType>(
+    values: &[Datum<'_>],
+    ty: ColumnType,
+    f: impl Fn(i64) -> Option<T::Native>,
+) -> Result<ArrayRef> {
     let out = values
         .iter()
         .map(|d| match *d {
@@ -363,8 +373,10 @@ fn ints<T: ArrowPrimitiveType>(values: &[Datum<'_>], ty: ColumnType, f: impl Fn(
             _ => Err(mismatch(ty)),
         })
         .map(|v| {
-            v?.map(|v| f(v).ok_or_else(|| Error::new(ErrorKind::CorruptRecord, format!("{v} is out of range for {ty}"))))
-                .transpose()
+            v?.map(|v| {
+                f(v).ok_or_else(|| Error::new(ErrorKind::CorruptRecord, format!("{v} is out of range for {ty}")))
+            })
+            .transpose()
         })
         .collect::<Result<PrimitiveArray<T>>>()?;
     Ok(Arc::new(out))
@@ -374,7 +386,7 @@ fn ints<T: ArrowPrimitiveType>(values: &[Datum<'_>], ty: ColumnType, f: impl Fn(
 fn to_array<'a>(values: &[Datum<'a>], ty: ColumnType) -> Result<ArrayRef> {
     let bytes = |v: &Datum<'a>| -> Result<Option<&'a [u8]>> {
         match *v {
-        Datum::Null => Ok(None),
+            Datum::Null => Ok(None),
             Datum::Bytes(b) => Ok(Some(b)),
             _ => Err(mismatch(ty)),
         }
@@ -561,8 +573,12 @@ mod tests {
                         (_, ColumnType::Int64) => Datum::Int64(if neg { i64::MIN } else { 1 << 40 }),
                         (_, ColumnType::Float32) => Datum::Float32(if neg { -1.5 } else { 2.25 }),
                         (_, ColumnType::Float64) => Datum::Float64(if neg { -1e300 } else { 0.1 }),
-                        (_, ColumnType::Decimal { precision: 10, .. }) => Datum::Decimal(if neg { -12_345 } else { 99 }),
-                        (_, ColumnType::Decimal { .. }) => Datum::Decimal(if neg { -(10i128.pow(29)) } else { 10i128.pow(25) }),
+                        (_, ColumnType::Decimal { precision: 10, .. }) => {
+                            Datum::Decimal(if neg { -12_345 } else { 99 })
+                        }
+                        (_, ColumnType::Decimal { .. }) => {
+                            Datum::Decimal(if neg { -(10i128.pow(29)) } else { 10i128.pow(25) })
+                        }
                         (_, ColumnType::FixedBinary { .. }) => Datum::Bytes(b"\x00\xff"),
                         (_, ColumnType::Binary) => Datum::Bytes(if neg { b"" } else { b"\x01\x02\x03" }),
                         (_, _) if matches!(t, ColumnType::String | ColumnType::Char { .. }) => {

@@ -51,7 +51,10 @@ impl<'a> KvRecordBatch<'a> {
             return Err(corrupt(format!("a KV batch says {length} bytes follow its length; {} do", bytes.len() - 4)));
         }
         if bytes[4] != MAGIC {
-            return Err(Error::new(ErrorKind::UnsupportedVersion, format!("KV batch magic {} (only 0 is known)", bytes[4])));
+            return Err(Error::new(
+                ErrorKind::UnsupportedVersion,
+                format!("KV batch magic {} (only 0 is known)", bytes[4]),
+            ));
         }
         let stored = u32::from_le_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]);
         let computed = crc32c::crc32c(&bytes[CRC_FROM..]);
@@ -70,9 +73,10 @@ impl<'a> KvRecordBatch<'a> {
                 .map(|b| le_i32(b, 0))
                 .and_then(|s| usize::try_from(s).ok())
                 .ok_or_else(|| corrupt("a KV record's size"))?;
-            let body = bytes.get(at + 4..).and_then(|rest| rest.get(..size)).ok_or_else(|| {
-                corrupt(format!("a KV record of {size} bytes at {at} runs past the batch's end"))
-            })?;
+            let body = bytes
+                .get(at + 4..)
+                .and_then(|rest| rest.get(..size))
+                .ok_or_else(|| corrupt(format!("a KV record of {size} bytes at {at} runs past the batch's end")))?;
             at += 4 + size;
             let (key_len, used) = varint(body).ok_or_else(|| corrupt("a KV record's key length"))?;
             let key = body
@@ -133,10 +137,7 @@ mod tests {
 
     #[test]
     fn parses_what_it_encodes_and_refuses_damage() -> Result<()> {
-        let records = [
-            KvRecord { key: &[1], value: Some(&[0, 1, 1, 0x61]) },
-            KvRecord { key: &[2], value: None },
-        ];
+        let records = [KvRecord { key: &[1], value: Some(&[0, 1, 1, 0x61]) }, KvRecord { key: &[2], value: None }];
         let bytes = encode(1, Some((1, 0)), &records)?;
         // The header pyfluss sent for two records (fluss-wire-protocol.md §4.1), crc aside.
         assert_eq!(&bytes[9..28], &[1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0]);

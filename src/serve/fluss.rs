@@ -689,11 +689,7 @@ impl FlussDoor {
                         bucket_id: b.bucket_id,
                         error_code: found.as_ref().err().map(|e| e.kind().code()),
                         error_message: found.as_ref().err().map(|e| e.to_string()),
-                        values: found
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|values| m::PbValue { values })
-                            .collect(),
+                        values: found.unwrap_or_default().into_iter().map(|values| m::PbValue { values }).collect(),
                     }
                 })
                 .collect();

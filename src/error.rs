@@ -54,6 +54,10 @@ pub enum ErrorKind {
     FencedTieringEpoch,
     /// The table has no lake snapshot yet.
     LakeSnapshotNotExist,
+    /// A key-value call (PutKv, Lookup) on a table without a primary key.
+    NonPrimaryKeyTable,
+    /// A write names target columns it may not (partial updates are not served).
+    InvalidTargetColumn,
     /// A request or a value is malformed (Fluss has no code of its own for this).
     InvalidArgument,
     /// Records whose schema is not the table's.
@@ -69,7 +73,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    const ALL: [ErrorKind; 32] = [
+    const ALL: [ErrorKind; 34] = [
         ErrorKind::Network,
         ErrorKind::UnsupportedVersion,
         ErrorKind::CorruptMessage,
@@ -96,6 +100,8 @@ impl ErrorKind {
         ErrorKind::PartitionSpecInvalid,
         ErrorKind::FencedTieringEpoch,
         ErrorKind::LakeSnapshotNotExist,
+        ErrorKind::NonPrimaryKeyTable,
+        ErrorKind::InvalidTargetColumn,
         ErrorKind::InvalidArgument,
         ErrorKind::SchemaMismatch,
         ErrorKind::Unsupported,
@@ -120,12 +126,14 @@ impl ErrorKind {
             ErrorKind::CorruptRecord => 14,
             ErrorKind::InvalidTable => 15,
             ErrorKind::OffsetOutOfRange => 19,
+            ErrorKind::NonPrimaryKeyTable => 20,
             ErrorKind::UnknownTableOrBucket => 21,
             ErrorKind::InvalidCoordinator => 23,
             ErrorKind::RequestTimeOut => 25,
             ErrorKind::Storage => 26,
             ErrorKind::OutOfOrderSequence => 31,
             ErrorKind::UnknownWriterId => 33,
+            ErrorKind::InvalidTargetColumn => 35,
             ErrorKind::PartitionNotExists => 36,
             ErrorKind::TableNotPartitioned => 37,
             ErrorKind::InvalidConfig => 39,

@@ -216,7 +216,7 @@ async fn bad_input_gets_clear_errors() {
     let err = client.produce(pk_id, None, 0, std::slice::from_ref(&rows)).await.expect_err("produce into a pk table");
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
     let err = client.put_kv(table_id, None, 0, &[rows], false).await.expect_err("put into a log table");
-    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert_eq!(err.kind(), ErrorKind::NonPrimaryKeyTable);
 }
 
 fn req_for(table_id: i64, coordinator_epoch: i32, tiering_epoch: i64) -> PbHeartbeatReqForTable {

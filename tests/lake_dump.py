@@ -1,6 +1,6 @@
 """Reads a lake table with a reader that is not ours (pyiceberg or pypaimon) and dumps it for the Rust tests.
 
-usage: lake_dump.py WAREHOUSE DATABASE.TABLE OUT.arrow [--raw] [--allow-missing-markers]
+usage: lake_dump.py WAREHOUSE DATABASE.TABLE OUT.arrow [--raw] [--allow-missing-markers] [--each-key KEYS.json]
 
 The format is the warehouse's: an Iceberg SQL catalog (WAREHOUSE/catalog.db) or a Paimon filesystem catalog.
 Writes every row of the table's current snapshot to OUT.arrow (Arrow IPC file) and prints one JSON line:
@@ -11,7 +11,9 @@ For Iceberg, the marker's offsets are read from the offsets file its `fluss-offs
 `fluss-offsets-file`). For Paimon, a primary-key table is read merged (its latest row per key), and the tiering marker is the offsets file
 the latest tiering snapshot names by its commit identifier. With --raw, every row of every data file the current
 snapshot references is dumped as it sits in its file, unmerged: a change committed twice shows twice there, where a
-merged read would hide it.
+merged read would hide it. With --each-key (Paimon), the table is read once per key of KEYS.json (a list of
+{column: value}), filtered on it, so that pypaimon prunes buckets by its own hash of the key; the dump holds every row
+found, and the JSON line adds "per_key": the rows each read found.
 """
 import json
 import os
@@ -41,14 +43,31 @@ def read_iceberg(warehouse: str, table_name: str):
     }
 
 
-def read_paimon(warehouse: str, table_name: str, raw: bool, allow_missing_markers: bool):
+def read_each_key(table, keys_file: str):
+    with open(keys_file) as f:
+        keys = json.load(f)
+    found, per_key = [], []
+    for key in keys:
+        read_builder = table.new_read_builder()
+        pb = read_builder.new_predicate_builder()
+        read_builder = read_builder.with_filter(pb.and_predicates([pb.equal(c, v) for c, v in key.items()]))
+        rows = read_builder.new_read().to_arrow(read_builder.new_scan().plan().splits())
+        per_key.append(rows.num_rows)
+        found.append(rows)
+    return pa.concat_tables(found), per_key
+
+
+def read_paimon(warehouse: str, table_name: str, raw: bool, allow_missing_markers: bool, each_key: str = None):
     from pypaimon import CatalogFactory
 
     catalog = CatalogFactory.create({"warehouse": f"file://{warehouse}"})
     table = catalog.get_table(table_name)
     read_builder = table.new_read_builder()
     splits = read_builder.new_scan().plan().splits()
-    if raw:
+    per_key = None
+    if each_key:
+        data, per_key = read_each_key(table, each_key)
+    elif raw:
         import pyarrow.parquet as pq
 
         paths = [p for split in splits for p in split.file_paths]
@@ -89,7 +108,9 @@ def read_paimon(warehouse: str, table_name: str, raw: bool, allow_missing_marker
             "fluss-table-id": str(marker["table_id"]),
         }
         break
+    extra = {} if per_key is None else {"per_key": per_key}
     return data, {
+        **extra,
         "files": [p for split in splits for p in split.file_paths],
         "snapshots": len(ids),
         "current_snapshot_id": ids[-1] if ids else None,
@@ -101,12 +122,13 @@ def main() -> None:
     warehouse, table_name, out = sys.argv[1], sys.argv[2], sys.argv[3]
     raw = "--raw" in sys.argv[4:]
     allow_missing_markers = "--allow-missing-markers" in sys.argv[4:]
+    each_key = sys.argv[sys.argv.index("--each-key") + 1] if "--each-key" in sys.argv else None
     warehouse = os.path.abspath(warehouse)
     if os.path.exists(os.path.join(warehouse, "catalog.db")):
         # Iceberg tables here are append-only: a scan is already every committed row as written.
         fmt, (data, summary) = "iceberg", read_iceberg(warehouse, table_name)
     else:
-        fmt, (data, summary) = "paimon", read_paimon(warehouse, table_name, raw, allow_missing_markers)
+        fmt, (data, summary) = "paimon", read_paimon(warehouse, table_name, raw, allow_missing_markers, each_key)
     with pa.OSFile(out, "wb") as sink:
         with pa.ipc.new_file(sink, data.schema) as writer:
             writer.write_table(data)

@@ -534,7 +534,7 @@ impl Cluster {
         check_bucket(&table, bucket)?;
         if !table.descriptor.has_primary_key() {
             return Err(Error::new(
-                ErrorKind::InvalidArgument,
+                ErrorKind::NonPrimaryKeyTable,
                 format!("table {} has no primary key: append to it with ProduceLog", table.path),
             ));
         }
@@ -787,7 +787,8 @@ struct KvRequest {
 }
 
 /// Checks that every row of an upsert belongs in `bucket` by the table's bucketing of its key: a client that
-/// disagrees would split one key across two buckets.
+/// disagrees would split one key across two buckets. A Java server has no such check and so no code for it; the
+/// refusal is InvalidArgument, which no client retries (CORRUPT_RECORD would be retried forever).
 fn check_buckets(
     table: &TableInfo,
     keys: &PrimaryKeys,

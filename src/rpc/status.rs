@@ -28,6 +28,8 @@ fn grpc_code(kind: ErrorKind) -> tonic::Code {
         | ErrorKind::CorruptMessage
         | ErrorKind::CorruptRecord
         | ErrorKind::PartitionSpecInvalid
+        | ErrorKind::NonPrimaryKeyTable
+        | ErrorKind::InvalidTargetColumn
         | ErrorKind::TableNotPartitioned => Code::InvalidArgument,
         ErrorKind::OffsetOutOfRange => Code::OutOfRange,
         ErrorKind::InvalidCoordinator

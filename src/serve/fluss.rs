@@ -645,7 +645,7 @@ impl FlussDoor {
         for b in req.buckets_req {
             let (partition_id, bucket_id) = (b.partition_id, b.bucket_id);
             let result = match (refusal, partition_name_of(&table, partition_id)) {
-                (Some(why), _) => Err(Error::new(ErrorKind::InvalidArgument, why)),
+                (Some(why), _) => Err(Error::new(ErrorKind::InvalidTargetColumn, why)),
                 (None, Ok(name)) => {
                     self.blocking(move |c| {
                         c.put_kv_batch(req.table_id, name.as_deref(), bucket_id, &b.records)?;

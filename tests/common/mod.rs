@@ -145,6 +145,8 @@ pub struct LakeTable {
     pub properties: serde_json::Map<String, serde_json::Value>,
     /// The data files the current snapshot references (local paths: `file://` or `file:` taken off).
     pub files: Vec<PathBuf>,
+    /// With [`read_lake_each_key`]: how many rows each key's filtered read found.
+    pub per_key: Vec<u64>,
 }
 
 pub fn python() -> PathBuf {
@@ -173,6 +175,14 @@ pub fn read_lake_without_markers(warehouse: &Path, table: &TablePath) -> LakeTab
     dump_lake(warehouse, table, &["--allow-missing-markers"])
 }
 
+/// Reads a Paimon table once per key (`{column: value}`), filtered on it, so that pypaimon prunes buckets by its own
+/// hash of the key: a key in another bucket than Paimon's function gives is not found.
+pub fn read_lake_each_key(warehouse: &Path, table: &TablePath, keys: &[serde_json::Value]) -> LakeTable {
+    let file = tempfile::NamedTempFile::new().expect("tempfile");
+    std::fs::write(file.path(), serde_json::to_vec(keys).expect("json")).expect("write keys");
+    dump_lake(warehouse, table, &["--each-key", &file.path().display().to_string()])
+}
+
 fn dump_lake(warehouse: &Path, table: &TablePath, flags: &[&str]) -> LakeTable {
     let dump = tempfile::NamedTempFile::new().expect("tempfile");
     let out = Command::new(python())
@@ -194,6 +204,10 @@ fn dump_lake(warehouse: &Path, table: &TablePath, flags: &[&str]) -> LakeTable {
         snapshots: summary["snapshots"].as_u64().expect("snapshots"),
         current_snapshot_id: summary["current_snapshot_id"].as_i64(),
         properties: summary["properties"].as_object().cloned().unwrap_or_default(),
+        per_key: summary["per_key"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
+            .unwrap_or_default(),
         files: summary["files"]
             .as_array()
             .expect("files")

@@ -38,6 +38,7 @@ use crate::lake::{
     TABLE_PROP_TABLE_ID, TIMESTAMP_COLUMN, TableContext, TieredSnapshot, WriterContext, WrittenData, fit_columns,
     sweep,
 };
+use crate::model::bucketing::DATALAKE_FORMAT;
 use crate::model::change::CHANGE_TYPE_COLUMN;
 use crate::model::table::{ColumnType, TableDescriptor};
 
@@ -336,9 +337,30 @@ fn write_schema(table: &Table) -> Result<ArrowSchemaRef> {
     Ok(Arc::new(ArrowSchema::new(fields)))
 }
 
+/// A primary-key table's rows sit in the lake bucket the cluster gave them, so they must have been bucketed by
+/// Paimon's function (the table says `table.datalake.format = paimon`): otherwise a Paimon reader that prunes
+/// buckets by a key's hash would not find it.
+fn check_bucketing(t: &TableContext) -> Result<()> {
+    let format = t.descriptor.properties.get(DATALAKE_FORMAT).map(|f| f.to_ascii_lowercase());
+    if t.descriptor.has_primary_key() && format.as_deref() != Some("paimon") {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "{} is a primary-key table whose keys were bucketed for {} ({DATALAKE_FORMAT}), not by Paimon's \
+                 function: Paimon readers would look for its keys in other buckets; tier it to the lake format it \
+                 was created for, or recreate it on a cluster configured for Paimon",
+                t.path,
+                format.as_deref().unwrap_or("no lake")
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl LakeTieringFactory for PaimonFactory {
     async fn prepare_table(&self, t: &TableContext) -> Result<Option<TieredSnapshot>> {
+        check_bucketing(t)?;
         let table = self.evolve(t, self.load_or_create(t).await?).await?;
         check_owner(t, &table)?;
         check_compatible(t, &table)?;

@@ -58,6 +58,12 @@ pub enum ErrorKind {
     NonPrimaryKeyTable,
     /// A write names target columns it may not (partial updates are not served).
     InvalidTargetColumn,
+    /// A ScanKv call names a session that is not open (ended, closed, expired or never opened).
+    UnknownScannerId,
+    /// A ScanKv call that breaks the protocol (both or neither of a scan and a session, a call out of sequence).
+    InvalidScanRequest,
+    /// Too many ScanKv sessions are open.
+    TooManyScanners,
     /// A request or a value is malformed (Fluss has no code of its own for this).
     InvalidArgument,
     /// Records whose schema is not the table's.
@@ -73,7 +79,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    const ALL: [ErrorKind; 34] = [
+    const ALL: [ErrorKind; 37] = [
         ErrorKind::Network,
         ErrorKind::UnsupportedVersion,
         ErrorKind::CorruptMessage,
@@ -102,6 +108,9 @@ impl ErrorKind {
         ErrorKind::LakeSnapshotNotExist,
         ErrorKind::NonPrimaryKeyTable,
         ErrorKind::InvalidTargetColumn,
+        ErrorKind::UnknownScannerId,
+        ErrorKind::InvalidScanRequest,
+        ErrorKind::TooManyScanners,
         ErrorKind::InvalidArgument,
         ErrorKind::SchemaMismatch,
         ErrorKind::Unsupported,
@@ -142,6 +151,9 @@ impl ErrorKind {
             ErrorKind::PartitionSpecInvalid => 43,
             ErrorKind::FencedTieringEpoch => 50,
             ErrorKind::LakeSnapshotNotExist => 53,
+            ErrorKind::UnknownScannerId => 67,
+            ErrorKind::InvalidScanRequest => 68,
+            ErrorKind::TooManyScanners => 69,
             ErrorKind::InvalidArgument => 1000,
             ErrorKind::SchemaMismatch => 1001,
             ErrorKind::Unsupported => 1002,

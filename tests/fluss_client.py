@@ -12,7 +12,8 @@ usage: fluss_client.py ADDR COMMAND ARGS…   (ADDR is bootstrap.servers, HOST:P
   admin                                        exercises the admin calls and the errors a client sees; prints JSON
 
 Primary-key tables (key (id, code), or (id) with KEY=id; the partition column joins the key when partitioned):
-  pk-create DB.TABLE BUCKETS KEY [PARTITION_KEY] create a primary-key table of every supported type
+  pk-create DB.TABLE BUCKETS KEY [PARTITION_KEY [FORMAT]]  create a primary-key table of every supported type
+                                               (FORMAT: its table.datalake.format, else the server's)
   upsert DB.TABLE FROM TO VERSION [PARTITION]  upsert keys FROM..TO with the values of VERSION (pk_row), flush
   delete DB.TABLE FROM TO [PARTITION]          delete keys FROM..TO, flush
   lookup DB.TABLE FROM TO [PARTITION]          {"versions": {id: VERSION | null | "mismatch …"}}: which pk_row each
@@ -120,11 +121,13 @@ async def create(conn, name: str, buckets: str, partition_key: str = None):
             "properties": info.get_properties(), "partition_keys": info.get_partition_keys()}
 
 
-async def pk_create(conn, name: str, buckets: str, key: str, partition_key: str = None):
+async def pk_create(conn, name: str, buckets: str, key: str, partition_key: str = "", lake_format: str = ""):
     admin = conn.get_admin()
     path = path_of(name)
     await admin.create_database(path.database_name, ignore_if_exists=True)
     props = {"table.datalake.enabled": "true", "table.datalake.freshness": "1s"}
+    if lake_format:
+        props["table.datalake.format"] = lake_format
     keys = ["id"] if key == "id" else ["id", "code"]
     extra = {"partition_keys": [partition_key]} if partition_key else {}
     if partition_key:

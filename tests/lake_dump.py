@@ -13,7 +13,7 @@ the latest tiering snapshot names by its commit identifier. With --raw, every ro
 snapshot references is dumped as it sits in its file, unmerged: a change committed twice shows twice there, where a
 merged read would hide it. With --each-key (Paimon), the table is read once per key of KEYS.json (a list of
 {column: value}), filtered on it, so that pypaimon prunes buckets by its own hash of the key; the dump holds every row
-found, and the JSON line adds "per_key": the rows each read found.
+found, and the JSON line adds "per_key": for each key, [rows found, buckets the read planned].
 """
 import json
 import os
@@ -51,8 +51,9 @@ def read_each_key(table, keys_file: str):
         read_builder = table.new_read_builder()
         pb = read_builder.new_predicate_builder()
         read_builder = read_builder.with_filter(pb.and_predicates([pb.equal(c, v) for c, v in key.items()]))
-        rows = read_builder.new_read().to_arrow(read_builder.new_scan().plan().splits())
-        per_key.append(rows.num_rows)
+        splits = read_builder.new_scan().plan().splits()
+        rows = read_builder.new_read().to_arrow(splits)
+        per_key.append([rows.num_rows, len({s.bucket for s in splits})])
         found.append(rows)
     return pa.concat_tables(found), per_key
 

@@ -159,7 +159,7 @@ impl KvBucket {
     }
 
     /// The changelog that `writes` cause, in order (later writes of a request see the changes of earlier ones);
-    /// `None` when nothing changes (deletes of absent keys, upserts of identical rows). `rows` holds the new rows
+    /// `None` when nothing changes (deletes of absent keys). `rows` holds the new rows
     /// the upserts point at, in the table's current schema.
     pub fn changelog(&self, writes: &[KvWrite], rows: &RecordBatch) -> Result<Option<RecordBatch>> {
         let new_rows = self.rows.encode(align_columns(self.schema.fields(), rows).as_slice())?;
@@ -185,8 +185,8 @@ impl KvBucket {
                             Error::new(ErrorKind::Internal, format!("write of row {i} of {}", new_rows.len()))
                         })?
                         .as_slice();
+                    // Java's default merge engine keeps the new row even when it equals the old one: -U/+U.
                     match before {
-                        Some(old) if old == new => {}
                         Some(old) => {
                             out.push((old, ChangeType::UpdateBefore));
                             out.push((new, ChangeType::UpdateAfter));
@@ -205,6 +205,15 @@ impl KvBucket {
         RecordBatch::try_new(Arc::clone(&self.changelog_schema), columns)
             .map(Some)
             .map_err(|e| Error::new(ErrorKind::Internal, "building the changelog").with_source(e))
+    }
+
+    /// Every current row of the bucket, in key order (as a RocksDB iterator gives them).
+    pub fn all_rows(&self) -> Result<RecordBatch> {
+        let mut keys: Vec<&Vec<u8>> = self.state.keys().collect();
+        keys.sort_unstable();
+        let columns = self.rows.decode(keys.iter().map(|k| self.state[*k].as_slice()))?;
+        RecordBatch::try_new(Arc::clone(&self.schema), columns)
+            .map_err(|e| Error::new(ErrorKind::Internal, "building a bucket's rows").with_source(e))
     }
 
     /// The current rows of `keys`: a batch of those found, and for each key its row in that batch.

@@ -591,14 +591,39 @@ impl Cluster {
         };
         let batch = LogRecordBatch::parse(kv::changelog_batch(spec, &changelog)?)?;
         let base_offset = log.append(batch, now_ms())?.base_offset();
-        kv.apply(&changelog)?;
+        if let Err(e) = kv.apply(&changelog) {
+            // The log has the change, the state not: drop the state, to be rebuilt from the log on next use.
+            lock(&self.kv).remove(&id);
+            return Err(e);
+        }
         kv.note_changes(u64::from(record_count), log.end_offset())?;
         self.appended.notify_waiters();
-        if record_count > 0 {
-            self.coordinator().note_data(table.table_id);
-        }
+        // Even a batch of no record moves the end offset, which the lake's offsets then follow.
+        self.coordinator().note_data(table.table_id);
         self.produced.fetch_add(u64::from(record_count), std::sync::atomic::Ordering::Relaxed);
         Ok(Appended { partition_id, base_offset, record_count })
+    }
+
+    /// Every row of a primary-key bucket as Fluss stores it (`[schema id i16 LE][CompactedRow]`, in key order), and
+    /// the log end offset they are consistent with: every change below it is in them, none at or above it.
+    pub fn scan_kv(&self, id: BucketId) -> Result<(Vec<Vec<u8>>, i64)> {
+        let table = self.kv_table(id.table_id, id.bucket)?;
+        self.existing_log(id)?;
+        let (kv, log) = (self.kv_bucket(&table, id)?, self.log(id)?);
+        // The order writers take them in: the state, then the log (both held, so no write is half done).
+        let (kv, log) = (lock(&kv), lock(&log));
+        let rows = kv.all_rows()?;
+        let log_offset = log.end_offset();
+        drop((kv, log));
+        Ok((self.values_of(&table, &rows)?, log_offset))
+    }
+
+    /// Rows as Fluss stores them: `[schema id i16 LE][CompactedRow]`.
+    fn values_of(&self, table: &TableInfo, rows: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+        let types: Vec<_> = table.descriptor.columns.iter().map(|c| c.data_type).collect();
+        let encoded = compacted::encode_rows(&compacted::cells_of(rows, &types)?, rows.num_rows())?;
+        let schema_id = table.descriptor.schema_id().to_le_bytes();
+        Ok(encoded.into_iter().map(|row| [&schema_id[..], &row].concat()).collect())
     }
 
     /// The current values of `keys` (as the table encodes them) in a primary-key bucket, each as Fluss stores it:
@@ -608,10 +633,8 @@ impl Cluster {
         self.existing_log(id)?;
         let kv = self.kv_bucket(&table, id)?;
         let (rows, index) = lock(&kv).lookup(keys)?;
-        let types: Vec<_> = table.descriptor.columns.iter().map(|c| c.data_type).collect();
-        let encoded = compacted::encode_rows(&compacted::cells_of(&rows, &types)?, rows.num_rows())?;
-        let schema_id = table.descriptor.schema_id().to_le_bytes();
-        Ok(index.into_iter().map(|i| i.map(|i| [&schema_id[..], &encoded[i]].concat())).collect())
+        let values = self.values_of(&table, &rows)?;
+        Ok(index.into_iter().map(|i| i.and_then(|i| values.get(i).cloned())).collect())
     }
 
     /// The latest KV snapshot of every bucket of a primary-key table (of one partition); `None` where none was taken.

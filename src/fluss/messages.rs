@@ -623,6 +623,51 @@ pub struct GetLatestKvSnapshotsResponse {
     pub latest_snapshots: Vec<PbKvSnapshot>,
 }
 
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PbScanReqForBucket {
+    #[prost(int64, required, tag = "1")]
+    pub table_id: i64,
+    #[prost(int64, optional, tag = "2")]
+    pub partition_id: Option<i64>,
+    #[prost(int32, required, tag = "3")]
+    pub bucket_id: i32,
+    #[prost(int64, optional, tag = "4")]
+    pub limit: Option<i64>,
+}
+
+/// Either a new scan (`bucket_scan_req`) or the next call of an open one (`scanner_id`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ScanKvRequest {
+    #[prost(bytes = "vec", optional, tag = "1")]
+    pub scanner_id: Option<Vec<u8>>,
+    #[prost(message, optional, tag = "2")]
+    pub bucket_scan_req: Option<PbScanReqForBucket>,
+    #[prost(int32, optional, tag = "3")]
+    pub call_seq_id: Option<i32>,
+    #[prost(int32, optional, tag = "4")]
+    pub batch_size_bytes: Option<i32>,
+    #[prost(bool, optional, tag = "5")]
+    pub close_scanner: Option<bool>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ScanKvResponse {
+    #[prost(int32, optional, tag = "1")]
+    pub error_code: Option<i32>,
+    #[prost(string, optional, tag = "2")]
+    pub error_message: Option<String>,
+    #[prost(bytes = "vec", optional, tag = "3")]
+    pub scanner_id: Option<Vec<u8>>,
+    #[prost(bool, optional, tag = "4")]
+    pub has_more_results: Option<bool>,
+    /// A value record batch; absent when empty.
+    #[prost(bytes = "vec", optional, tag = "5")]
+    pub records: Option<Vec<u8>>,
+    /// The log offset the scan's rows are consistent with (first response only).
+    #[prost(int64, optional, tag = "6")]
+    pub log_offset: Option<i64>,
+}
+
 // ---- Security token and lake snapshot -----------------------------------------------------------------------------
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -46,10 +46,12 @@ pub enum ApiKey {
     CommitLakeTableSnapshot = 1030,
     LakeTieringHeartbeat = 1042,
     PrepareLakeTableSnapshot = 1052,
+    /// Fluss 1.0: a primary-key bucket's rows in batches, consistent with a log offset.
+    ScanKv = 1061,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 27] = [
+    pub const ALL: [ApiKey; 28] = [
         ApiKey::ApiVersions,
         ApiKey::CreateDatabase,
         ApiKey::DropDatabase,
@@ -77,6 +79,7 @@ impl ApiKey {
         ApiKey::CommitLakeTableSnapshot,
         ApiKey::LakeTieringHeartbeat,
         ApiKey::PrepareLakeTableSnapshot,
+        ApiKey::ScanKv,
     ];
 
     pub fn from_i16(key: i16) -> Option<Self> {
@@ -114,6 +117,7 @@ impl ApiKey {
         const PUT_KV: Required = Required { fields: &[1, 2, 3], nested: &[(5, rule(&[2, 3]))] };
         const LOOKUP: Required = Required { fields: &[1], nested: &[(2, rule(&[2]))] };
         const LIST_OFFSETS: Required = rule(&[1, 2, 3]);
+        const SCAN_KV: Required = Required { fields: &[], nested: &[(2, rule(&[1, 3]))] };
         const HEARTBEAT_ENTRY: Required = rule(&[1, 2, 3]);
         const HEARTBEAT: Required =
             Required { fields: &[], nested: &[(1, HEARTBEAT_ENTRY), (2, HEARTBEAT_ENTRY), (3, HEARTBEAT_ENTRY)] };
@@ -145,6 +149,7 @@ impl ApiKey {
             ApiKey::PutKv => &PUT_KV,
             ApiKey::Lookup => &LOOKUP,
             ApiKey::ListOffsets => &LIST_OFFSETS,
+            ApiKey::ScanKv => &SCAN_KV,
             ApiKey::LakeTieringHeartbeat => &HEARTBEAT,
             ApiKey::PrepareLakeTableSnapshot => &PREPARE,
             ApiKey::CommitLakeTableSnapshot => &COMMIT,

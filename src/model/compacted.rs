@@ -408,7 +408,10 @@ fn to_array<'a>(values: &[Datum<'a>], ty: ColumnType) -> Result<ArrayRef> {
         ColumnType::Int64 => ints::<Int64Type>(values, ty, Some)?,
         ColumnType::Date => ints::<Date32Type>(values, ty, |v| i32::try_from(v).ok())?,
         ColumnType::Time { precision } => match precision {
-            0 => ints::<Time32SecondType>(values, ty, |v| i32::try_from(v.div_euclid(1000)).ok())?,
+            // Fluss holds milliseconds whatever the precision; a fraction the column cannot hold is refused.
+            0 => ints::<Time32SecondType>(values, ty, |v| {
+                (v % 1000 == 0).then(|| i32::try_from(v / 1000).ok()).flatten()
+            })?,
             1..=3 => ints::<Time32MillisecondType>(values, ty, |v| i32::try_from(v).ok())?,
             4..=6 => ints::<Time64MicrosecondType>(values, ty, |v| v.checked_mul(1000))?,
             _ => ints::<Time64NanosecondType>(values, ty, |v| v.checked_mul(1_000_000))?,
@@ -486,13 +489,16 @@ fn to_array<'a>(values: &[Datum<'a>], ty: ColumnType) -> Result<ArrayRef> {
                     Datum::Timestamp { millis, nano_of_milli } => {
                         let nanos = i64::from(nano_of_milli);
                         let v = match precision {
-                            0 => Some(millis.div_euclid(1000)),
+                            0 => (millis.rem_euclid(1000) == 0 && nano_of_milli == 0).then(|| millis.div_euclid(1000)),
                             1..=3 => Some(millis),
                             4..=6 => millis.checked_mul(1000).and_then(|m| m.checked_add(nanos / 1000)),
                             _ => millis.checked_mul(1_000_000).and_then(|m| m.checked_add(nanos)),
                         };
                         v.map(Some).ok_or_else(|| {
-                            Error::new(ErrorKind::CorruptRecord, format!("timestamp {millis} ms is out of range"))
+                            Error::new(
+                                ErrorKind::CorruptRecord,
+                                format!("timestamp {millis} ms is out of range for {ty}"),
+                            )
                         })
                     }
                     _ => Err(mismatch(ty)),

@@ -131,6 +131,42 @@ pub fn encode(schema_id: i16, writer: Option<(i64, i32)>, records: &[KvRecord<'_
     Ok(out)
 }
 
+/// A value record batch (ScanKv, LimitScan): `length i32 (= total − 4) · magic u8 = 0 · record_count i32`, then
+/// each value as `size i32 · value`; a value is `[schema id i16][CompactedRow]`. Little-endian.
+pub fn encode_values(values: &[Vec<u8>]) -> Result<Vec<u8>> {
+    let mut out = vec![0u8; 9];
+    for v in values {
+        let size = i32::try_from(v.len()).map_err(|_| corrupt("a value over 2 GiB"))?;
+        out.extend_from_slice(&size.to_le_bytes());
+        out.extend_from_slice(v);
+    }
+    let length = i32::try_from(out.len() - 4).map_err(|_| corrupt("a value batch over 2 GiB"))?;
+    let count = i32::try_from(values.len()).map_err(|_| corrupt("too many values"))?;
+    out[0..4].copy_from_slice(&length.to_le_bytes());
+    out[4] = MAGIC;
+    out[5..9].copy_from_slice(&count.to_le_bytes());
+    Ok(out)
+}
+
+/// The values of a value record batch ([`encode_values`]).
+pub fn parse_values(bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
+    if bytes.len() < 9 || usize::try_from(le_i32(bytes, 0)).ok().and_then(|l| l.checked_add(4)) != Some(bytes.len()) {
+        return Err(corrupt("a value batch whose length does not match its bytes"));
+    }
+    let count = usize::try_from(le_i32(bytes, 5)).map_err(|_| corrupt("a negative value count"))?;
+    let (mut at, mut out) = (9, Vec::new());
+    while at < bytes.len() {
+        let size = bytes.get(at..at + 4).map(|b| le_i32(b, 0)).and_then(|s| usize::try_from(s).ok());
+        let value = size.and_then(|s| bytes.get(at + 4..)?.get(..s)).ok_or_else(|| corrupt("a value past the end"))?;
+        at += 4 + value.len();
+        out.push(value.to_vec());
+    }
+    if out.len() != count {
+        return Err(corrupt(format!("a value batch says {count} values and holds {}", out.len())));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@ fn grpc_code(kind: ErrorKind) -> tonic::Code {
         | ErrorKind::UnknownTableOrBucket
         | ErrorKind::UnknownWriterId
         | ErrorKind::LakeSnapshotNotExist
+        | ErrorKind::UnknownScannerId
         | ErrorKind::KvSnapshotNotExist => Code::NotFound,
         ErrorKind::TableAlreadyExist | ErrorKind::DatabaseAlreadyExist | ErrorKind::PartitionAlreadyExists => {
             Code::AlreadyExists
@@ -30,6 +31,7 @@ fn grpc_code(kind: ErrorKind) -> tonic::Code {
         | ErrorKind::PartitionSpecInvalid
         | ErrorKind::NonPrimaryKeyTable
         | ErrorKind::InvalidTargetColumn
+        | ErrorKind::InvalidScanRequest
         | ErrorKind::TableNotPartitioned => Code::InvalidArgument,
         ErrorKind::OffsetOutOfRange => Code::OutOfRange,
         ErrorKind::InvalidCoordinator
@@ -37,6 +39,7 @@ fn grpc_code(kind: ErrorKind) -> tonic::Code {
         | ErrorKind::DatabaseNotEmpty
         | ErrorKind::OutOfOrderSequence => Code::FailedPrecondition,
         ErrorKind::Unsupported | ErrorKind::UnsupportedVersion => Code::Unimplemented,
+        ErrorKind::TooManyScanners => Code::ResourceExhausted,
         ErrorKind::Storage | ErrorKind::Lake | ErrorKind::CommitOutcomeUnknown | ErrorKind::Internal => Code::Internal,
     }
 }

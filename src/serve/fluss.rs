@@ -34,6 +34,7 @@ use crate::fluss::messages as m;
 use crate::fluss::{ApiKey, messages::missing_required};
 use crate::model::table::{TableInfo, TablePath};
 use crate::model::tiering::LakeBucketOffset;
+use crate::serve::kv_scan::Scanners;
 
 /// The longest a FetchLog may wait for `min_bytes` (a client's `max_wait_ms` above it is capped).
 const MAX_FETCH_WAIT: Duration = Duration::from_secs(30);
@@ -54,12 +55,13 @@ pub struct FlussDoor {
     max_frame: usize,
     /// The address MetaData names for this node; by default the one each client connected to.
     advertised: Option<SocketAddr>,
+    scanners: Scanners,
 }
 
 impl FlussDoor {
     pub fn new(cluster: Arc<Cluster>) -> Self {
         let defaults = CreateDefaults { buckets: 1 };
-        FlussDoor { cluster, defaults, max_frame: MAX_FRAME_BYTES, advertised: None }
+        FlussDoor { cluster, defaults, max_frame: MAX_FRAME_BYTES, advertised: None, scanners: Scanners::default() }
     }
 
     /// Names `addr` in MetaData instead of the address a client connected to (a proxy or NAT in between).
@@ -350,6 +352,12 @@ impl FlussDoor {
             ApiKey::GetLatestKvSnapshots => {
                 let req: m::GetLatestKvSnapshotsRequest = decode(body)?;
                 let t = self.cluster.table_by_path(&table_path(&req.table_path)?)?;
+                if !t.descriptor.has_primary_key() {
+                    return Err(Error::new(
+                        ErrorKind::NonPrimaryKeyTable,
+                        format!("table {} has no primary key", t.path),
+                    ));
+                }
                 let partition_id = match &req.partition_name {
                     None => None,
                     Some(name) => Some(*t.partitions.get(name).ok_or_else(|| {
@@ -370,6 +378,16 @@ impl FlussDoor {
                 m::GetLatestKvSnapshotsResponse { table_id, partition_id, latest_snapshots }.encode_to_vec()
             }
             ApiKey::ListOffsets => self.list_offsets(decode(body)?).await?.encode_to_vec(),
+            ApiKey::ScanKv => {
+                let answer = self.scan_kv(decode(body)?).await;
+                answer
+                    .unwrap_or_else(|e| m::ScanKvResponse {
+                        error_code: Some(e.kind().code()),
+                        error_message: Some(e.to_string()),
+                        ..Default::default()
+                    })
+                    .encode_to_vec()
+            }
             ApiKey::GetFileSystemSecurityToken => {
                 // The cluster's files are local: no credentials are needed to read them.
                 m::GetFileSystemSecurityTokenResponse {
@@ -668,6 +686,36 @@ impl FlussDoor {
             });
         }
         Ok(m::PutKvResponse { buckets_resp })
+    }
+
+    /// A ScanKv call: a new scan of a bucket, or the next batch (or the end) of an open one. Errors travel in the
+    /// response body, as Fluss's do.
+    async fn scan_kv(&self, req: m::ScanKvRequest) -> Result<m::ScanKvResponse> {
+        let invalid = |m: &str| Error::new(ErrorKind::InvalidScanRequest, m.to_string());
+        let (batch, log_offset) = match (req.bucket_scan_req, req.scanner_id) {
+            (Some(_), Some(_)) => return Err(invalid("a ScanKv call names a new scan or a scanner id, not both")),
+            (None, None) => return Err(invalid("a ScanKv call names a new scan or a scanner id")),
+            (Some(_), None) if req.close_scanner == Some(true) => {
+                return Err(invalid("a new scan cannot close a scanner"));
+            }
+            (Some(b), None) => {
+                let id = BucketId { table_id: b.table_id, partition_id: b.partition_id, bucket: b.bucket_id };
+                let (values, log_offset) = self.blocking(move |c| c.scan_kv(id)).await?;
+                (self.scanners.open(values, b.limit, req.call_seq_id, req.batch_size_bytes)?, Some(log_offset))
+            }
+            (None, Some(id)) => {
+                let close = req.close_scanner == Some(true);
+                (self.scanners.next(&id, close, req.call_seq_id, req.batch_size_bytes)?, None)
+            }
+        };
+        Ok(m::ScanKvResponse {
+            error_code: None,
+            error_message: None,
+            scanner_id: batch.scanner_id,
+            has_more_results: Some(batch.has_more_results),
+            records: batch.records,
+            log_offset,
+        })
     }
 
     /// Looks keys up bucket by bucket; a key without a row answers an empty value.

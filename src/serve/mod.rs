@@ -7,6 +7,7 @@
 
 pub mod fluss;
 pub mod grpc;
+pub mod kv_scan;
 pub mod server;
 
 pub use server::{EmbeddedCluster, serve};

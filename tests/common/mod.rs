@@ -145,8 +145,8 @@ pub struct LakeTable {
     pub properties: serde_json::Map<String, serde_json::Value>,
     /// The data files the current snapshot references (local paths: `file://` or `file:` taken off).
     pub files: Vec<PathBuf>,
-    /// With [`read_lake_each_key`]: how many rows each key's filtered read found.
-    pub per_key: Vec<u64>,
+    /// With [`read_lake_each_key`]: for each key, the rows its filtered read found and the buckets it planned.
+    pub per_key: Vec<(u64, u64)>,
 }
 
 pub fn python() -> PathBuf {
@@ -206,7 +206,7 @@ fn dump_lake(warehouse: &Path, table: &TablePath, flags: &[&str]) -> LakeTable {
         properties: summary["properties"].as_object().cloned().unwrap_or_default(),
         per_key: summary["per_key"]
             .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
+            .map(|a| a.iter().filter_map(|v| Some((v[0].as_u64()?, v[1].as_u64()?))).collect())
             .unwrap_or_default(),
         files: summary["files"]
             .as_array()

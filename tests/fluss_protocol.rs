@@ -983,7 +983,7 @@ async fn kv_writes_in_the_wrong_bucket_with_foreign_keys_or_repeated_late_are_re
     let (code, msg, _) = put(&c.call(1016, &corrupt).await);
     assert!(code.is_some() && msg.contains("crc"), "{code:?} {msg}");
     let (code, msg, _) = put(&c.call(1016, &put_kv(id, home, schema_id + 1, None, &v2)).await);
-    assert!(code.is_some() && msg.contains("schema"), "{code:?} {msg}");
+    assert_eq!(code, Some(9), "SCHEMA_NOT_EXIST: {msg}");
     // Nothing refused was applied: key 1 still has its one row, v2.
     let found: m::LookupResponse = c.call(1017, &lookup).await.ok();
     let value = found.buckets_resp[0].values[0].values.clone().expect("key 1 has a row");
@@ -1050,4 +1050,22 @@ async fn kv_writes_in_the_wrong_bucket_with_foreign_keys_or_repeated_late_are_re
     let mut both = scan(None, 0);
     both.scanner_id = Some(b"x".to_vec());
     assert_eq!(c.call(1061, &both).await.ok::<m::ScanKvResponse>().error_code, Some(68));
+
+    // After a column is added, a writer still on the old schema is served: its rows read the new column as null.
+    let column = fluss_tiering::model::table::Column {
+        name: "extra".into(),
+        data_type: fluss_tiering::model::table::ColumnType::Int32,
+    };
+    cluster.add_column(&"raw.kv".parse().expect("path"), column).expect("add column");
+    let v3 = kv_records(&d, &[1], Some("v3-"));
+    let (code, msg, _) = put(&c.call(1016, &put_kv(id, home, schema_id, None, &v3)).await);
+    assert_eq!(code, None, "a write of the old schema: {msg}");
+    let now = cluster.table_by_path(&"raw.kv".parse().expect("path")).expect("table").descriptor;
+    let found: m::LookupResponse = c.call(1017, &lookup).await.ok();
+    let value = found.buckets_resp[0].values[0].values.clone().expect("key 1 has a row");
+    assert_eq!(i16::from_le_bytes([value[0], value[1]]), now.schema_id(), "answered in the current schema");
+    let types: Vec<_> = now.columns.iter().map(|c| c.data_type).collect();
+    let row = fluss_tiering::model::compacted::decode_rows([&value[2..]], &now.arrow_schema(), &types).expect("row");
+    assert_eq!(row.column(1).as_any().downcast_ref::<StringArray>().expect("names").value(0), "v3-1");
+    assert!(row.column(2).is_null(0), "the added column reads null");
 }

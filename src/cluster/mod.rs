@@ -41,7 +41,7 @@ use crate::model::compacted;
 use crate::model::kv_record::KvRecordBatch;
 use crate::model::now_ms;
 use crate::model::record::{self, BatchSpec, LogRecordBatch};
-use crate::model::table::{DatabaseInfo, TableDescriptor, TableInfo, TablePath};
+use crate::model::table::{DatabaseInfo, TableDescriptor, TableInfo, TablePath, align_columns};
 use crate::model::tiering::{LakeBucketOffset, OffsetsFile};
 
 /// How a cluster stores and schedules.
@@ -480,24 +480,14 @@ impl Cluster {
     ) -> Result<Appended> {
         let table = self.kv_table(table_id, bucket)?;
         let batch = KvRecordBatch::parse(records)?;
-        let current = table.descriptor.schema_id();
-        if batch.schema_id != current {
-            table.descriptor.arrow_schema_of(batch.schema_id)?;
-            return Err(Error::new(
-                ErrorKind::SchemaMismatch,
-                format!(
-                    "records were written for schema {} of table {}, whose schema is now {current}: refresh the \
-                     table and write again",
-                    batch.schema_id, table.path
-                ),
-            ));
-        }
-        let types: Vec<_> = table.descriptor.columns.iter().map(|c| c.data_type).collect();
-        let rows = compacted::decode_rows(
-            batch.records.iter().filter_map(|r| r.value),
-            &table.descriptor.arrow_schema(),
-            &types,
-        )?;
+        // Rows of an older schema (columns are only added, at the end) read the newer columns as null, as a Java
+        // server pads them; an unknown schema id is refused.
+        let written = table.descriptor.arrow_schema_of(batch.schema_id)?;
+        let types: Vec<_> = table.descriptor.columns[..written.fields().len()].iter().map(|c| c.data_type).collect();
+        let rows = compacted::decode_rows(batch.records.iter().filter_map(|r| r.value), &written, &types)?;
+        let current = table.descriptor.arrow_schema();
+        let rows = RecordBatch::try_new(Arc::clone(&current), align_columns(current.fields(), &rows))
+            .map_err(|e| Error::new(ErrorKind::Internal, "widening rows to the current schema").with_source(e))?;
         check_partition(&table, partition_name, &rows)?;
         let keys = PrimaryKeys::of(&table.descriptor)?;
         let key_columns = keys.columns_of(rows.columns());

@@ -88,23 +88,6 @@ pub fn parse_table(json: &[u8], defaults: &CreateDefaults) -> Result<TableDescri
         return Err(invalid("auto-increment columns are not supported"));
     }
     let partition_key = partition_key(&t)?;
-    // The bucket key a Fluss client sends for a primary-key table is the default one (its key less the partition
-    // key); other bucket keys are not served yet.
-    let default_bucket_key: Vec<String> =
-        primary_key.iter().filter(|k| partition_key.as_ref() != Some(*k)).cloned().collect();
-    match t.bucket_key.as_deref() {
-        None | Some([]) => {}
-        Some(key) if !primary_key.is_empty() && key == default_bucket_key.as_slice() => {}
-        Some(_) if primary_key.is_empty() => {
-            return Err(invalid("bucket keys on log tables are not supported by this cluster yet"));
-        }
-        Some(key) => {
-            return Err(invalid(format!(
-                "bucket key {key:?}: only the default bucket key of a primary-key table ({default_bucket_key:?}) is \
-                 supported"
-            )));
-        }
-    }
     if let Some(c) = t.schema.columns.iter().find(|c| c.agg_function.is_some()) {
         return Err(invalid(format!("column {}: aggregation functions are not supported", c.name)));
     }
@@ -122,6 +105,22 @@ pub fn parse_table(json: &[u8], defaults: &CreateDefaults) -> Result<TableDescri
     // Fluss tiers a table only when asked to; the model's default is the opposite, so the choice is written down.
     properties.entry("table.datalake.enabled".into()).or_insert_with(|| "false".into());
     let descriptor = TableDescriptor { columns, buckets, partition_key, primary_key, properties };
+    // The bucket key a Fluss client sends for a primary-key table is the default one (its key less the partition
+    // key); other bucket keys are not served yet.
+    let default_bucket_key: Vec<String> = descriptor.physical_primary_key().cloned().collect();
+    match t.bucket_key.as_deref() {
+        None | Some([]) => {}
+        Some(key) if descriptor.has_primary_key() && key == default_bucket_key.as_slice() => {}
+        Some(_) if !descriptor.has_primary_key() => {
+            return Err(invalid("bucket keys on log tables are not supported by this cluster yet"));
+        }
+        Some(key) => {
+            return Err(invalid(format!(
+                "bucket key {key:?}: only the default bucket key of a primary-key table ({default_bucket_key:?}) is \
+                 supported"
+            )));
+        }
+    }
     descriptor.validate().map_err(|e| invalid(e.message().to_string()))?;
     Ok(descriptor)
 }
@@ -281,7 +280,7 @@ fn to_vec(value: &impl Serialize) -> Result<Vec<u8>> {
 /// The descriptor as a Java server returns it (GetTableInfo, MetaData).
 pub fn table_json(d: &TableDescriptor) -> Result<Vec<u8>> {
     let bucket_key = match d.has_primary_key() {
-        true => d.primary_key.iter().filter(|k| d.partition_key.as_ref() != Some(*k)).cloned().collect(),
+        true => d.physical_primary_key().cloned().collect(),
         false => Vec::new(),
     };
     to_vec(&TableJson {

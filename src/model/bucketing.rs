@@ -62,7 +62,7 @@ impl PrimaryKeys {
             Some(other) => return Err(invalid(format!("{DATALAKE_FORMAT} {other} is not supported"))),
         };
         let mut keys = PrimaryKeys { indices: Vec::new(), names: Vec::new(), types: Vec::new(), lake };
-        for name in d.primary_key.iter().filter(|k| d.partition_key.as_ref() != Some(*k)) {
+        for name in d.physical_primary_key() {
             let index = d
                 .columns
                 .iter()

@@ -376,6 +376,11 @@ impl TableDescriptor {
         !self.primary_key.is_empty()
     }
 
+    /// The primary key less the partition column: what a key's bytes hold, and Fluss's default bucket key.
+    pub fn physical_primary_key(&self) -> impl Iterator<Item = &String> {
+        self.primary_key.iter().filter(|k| self.partition_key.as_ref() != Some(*k))
+    }
+
     /// The Arrow schema of the table's records (all columns nullable).
     pub fn arrow_schema(&self) -> SchemaRef {
         let fields: Vec<Field> =

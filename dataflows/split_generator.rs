@@ -171,21 +171,13 @@ pub async fn plan_round(
     for (partition_id, partition_name) in partitions {
         let ends = client.list_offsets(table_id, partition_id, &bucket_ids, true).await?;
         let starts = client.list_offsets(table_id, partition_id, &bucket_ids, false).await?;
-        let snapshots: Vec<Option<KvSnapshotRef>> = if table.descriptor.has_primary_key() {
-            let latest = client.kv_snapshots(&path, partition_name.as_deref()).await?;
-            bucket_ids.iter().map(|b| latest.iter().find(|(bucket, _)| bucket == b).and_then(|(_, s)| *s)).collect()
-        } else {
-            vec![None; bucket_ids.len()]
-        };
-        for (((bucket, log_start), high_watermark), kv_snapshot) in
-            bucket_ids.iter().zip(starts).zip(ends).zip(snapshots)
-        {
+        for ((bucket, log_start), high_watermark) in bucket_ids.iter().zip(starts).zip(ends) {
             states.push(BucketState {
                 bucket: TableBucket { partition_id, bucket: *bucket },
                 partition_name: partition_name.clone(),
                 log_start,
                 high_watermark,
-                kv_snapshot,
+                kv_snapshot: None,
             });
         }
     }
@@ -199,6 +191,9 @@ pub async fn plan_round(
     let base: Option<TieredSnapshot> = super::bounded(lake_timeout, &what, lake.prepare_table(&table)).await?;
     let cluster_snapshot = client.lake_snapshot(&path).await?.map(|s| s.snapshot_id);
     let lake_offsets = base.as_ref().map(|b| b.marker.offset_map()).unwrap_or_default();
+    if table.descriptor.has_primary_key() {
+        add_kv_snapshots(client, &table, &mut states, &lake_offsets).await?;
+    }
     let ranges = ranges(&states, &lake_offsets)?;
     let keyed = table.descriptor.has_primary_key();
     let splits: Vec<Split> = ranges
@@ -238,6 +233,36 @@ pub async fn plan_round(
     let end_total = states.iter().map(|b| b.high_watermark).sum();
     let tiered_total = lake_offsets.values().sum();
     Ok(Planned { plan, splits, cluster_behind, end_total, tiered_total })
+}
+
+/// The KV snapshots of a primary-key table's buckets that the lake has never seen (and that hold changes): such a
+/// bucket starts from its snapshot. A snapshot newer than the end offset read earlier (one taken just now, as a
+/// ScanKv is) moves that bucket's end to the cluster's current one, which is at least the snapshot's offset.
+async fn add_kv_snapshots(
+    client: &dyn TieringCluster,
+    table: &TableContext,
+    states: &mut [BucketState],
+    lake: &BTreeMap<TableBucket, i64>,
+) -> Result<()> {
+    let mut new: BTreeMap<(Option<i64>, Option<String>), Vec<i32>> = BTreeMap::new();
+    for s in states.iter().filter(|s| s.high_watermark > 0 && !lake.contains_key(&s.bucket)) {
+        new.entry((s.bucket.partition_id, s.partition_name.clone())).or_default().push(s.bucket.bucket);
+    }
+    for ((partition_id, partition_name), buckets) in new {
+        for (bucket, snapshot) in client.kv_snapshots(&table.path, partition_name.as_deref(), &buckets).await? {
+            let Some(state) = states.iter_mut().find(|s| s.bucket == TableBucket { partition_id, bucket }) else {
+                continue;
+            };
+            if let Some(s) = snapshot
+                && s.log_offset > state.high_watermark
+            {
+                let end = client.list_offsets(table.table_id, partition_id, &[bucket], true).await?;
+                state.high_watermark = end.first().copied().unwrap_or(0).max(state.high_watermark);
+            }
+            state.kv_snapshot = snapshot;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

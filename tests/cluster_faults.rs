@@ -104,8 +104,9 @@ impl TieringCluster for FaultyCluster {
         &self,
         path: &TablePath,
         partition: Option<&str>,
+        buckets: &[i32],
     ) -> Result<Vec<(i32, Option<KvSnapshotRef>)>> {
-        self.inner.kv_snapshots(path, partition).await
+        self.inner.kv_snapshots(path, partition, buckets).await
     }
 
     async fn fetch(&self, bucket: BucketAddr, offset: i64, max_bytes: i32) -> Result<FetchedLog> {

@@ -793,9 +793,10 @@ async fn pyfluss_primary_keys(format: &str) {
         assert!(!out.status.success() && stderr.contains("bucketed for iceberg"), "{stderr}");
         return;
     }
-    // The job tiers the table; pypaimon finds each live key once, in the bucket pyfluss put it in.
+    // The job tiers the table over Fluss's protocol (each bucket new to the lake read with ScanKv, then its
+    // changelog after the scan's offset); pypaimon finds each live key once, in the bucket pyfluss put it in.
     let warehouse = dir.path().join("lake");
-    assert_success(&tier(&format!("http://{grpc}"), &warehouse, &[], &[]).await);
+    assert_success(&tier(&format!("fluss://{fluss}"), &warehouse, &[], &[]).await);
     let lake = by_id(&read_lake(&warehouse, &"kv.users".parse().expect("path")).rows);
     let ids = lake.column_by_name("id").expect("id").as_any().downcast_ref::<Int64Array>().expect("ids").clone();
     let names = cast(lake.column_by_name("name").expect("name"), &arrow::datatypes::DataType::Utf8).expect("utf8");
@@ -811,7 +812,8 @@ async fn pyfluss_primary_keys(format: &str) {
         assert_eq!(names.value(i), format!("v{version}-{id}"), "key {id}'s row");
         assert_eq!(buckets.value(i), by_key[&(String::new(), id)].0, "key {id} in the bucket pyfluss chose");
     }
-    // The raw files hold each change at most once, each at an offset the changelog gave it.
+    // The raw files hold each change at most once, each at an offset the changelog gave it (or -1: a row of the
+    // scan, each key at most once).
     let raw = common::read_lake_raw(&warehouse, &"kv.users".parse().expect("path")).rows;
     let logged: std::collections::BTreeSet<(i64, i64)> = changes.iter().map(|c| (c.bucket, c.offset)).collect();
     let raw_buckets =
@@ -819,12 +821,15 @@ async fn pyfluss_primary_keys(format: &str) {
     let raw_buckets = raw_buckets.as_any().downcast_ref::<Int64Array>().expect("buckets");
     let raw_offsets =
         raw.column_by_name("__offset").expect("__offset").as_any().downcast_ref::<Int64Array>().expect("offsets");
+    let raw_ids = raw.column_by_name("id").expect("id").as_any().downcast_ref::<Int64Array>().expect("ids").clone();
     let mut in_files = std::collections::BTreeSet::new();
     for i in 0..raw.num_rows() {
         let at = (raw_buckets.value(i), raw_offsets.value(i));
-        assert!(in_files.insert(at), "change {at:?} once in the raw files");
-        assert!(logged.contains(&at), "change {at:?} is one the changelog holds");
+        let once = if at.1 == -1 { (at.0, -1 - raw_ids.value(i)) } else { at };
+        assert!(in_files.insert(once), "change {at:?} (key {}) once in the raw files", raw_ids.value(i));
+        assert!(at.1 == -1 || logged.contains(&at), "change {at:?} is one the changelog holds");
     }
+    assert!(raw_offsets.iter().any(|o| o == Some(-1)), "the buckets new to the lake started from a scan");
     // A read filtered on each key (pypaimon prunes buckets by its own hash) finds it: Paimon's bucketing agrees.
     let keys: Vec<serde_json::Value> =
         live.iter().map(|id| serde_json::json!({"id": id, "code": format!("c{}", id % 3)})).collect();

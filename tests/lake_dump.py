@@ -10,7 +10,7 @@ Writes every row of the table's current snapshot to OUT.arrow (Arrow IPC file) a
 For Iceberg, the marker's offsets are read from the offsets file its `fluss-offsets` property names (shown as
 `fluss-offsets-file`). For Paimon, a primary-key table is read merged (its latest row per key), and the tiering marker is the offsets file
 the latest tiering snapshot names by its commit identifier. With --raw, every row of every data file the current
-snapshot references is dumped as it sits in its file, unmerged: a change committed twice shows twice there, where a
+snapshot references is dumped as it sits in its file (its system columns, partition and primary key), unmerged: a change committed twice shows twice there, where a
 merged read would hide it. With --each-key (Paimon), the table is read once per key of KEYS.json (a list of
 {column: value}), filtered on it, so that pypaimon prunes buckets by its own hash of the key; the dump holds every row
 found, and the JSON line adds "per_key": for each key, [rows found, buckets the read planned].
@@ -77,8 +77,11 @@ def read_paimon(warehouse: str, table_name: str, raw: bool, allow_missing_marker
         keys = [c for c in table.partition_keys if c]
         types = {"__bucket": pa.int32(), "__offset": pa.int64(), **{k: pa.string() for k in keys}}
         columns = list(types)
+        # The primary key too, to tell the rows of a snapshot (offset -1) apart.
+        key_columns = [k for k in (getattr(table, "primary_keys", None) or []) if k not in types]
         # Files may store a partition column dictionary-encoded: every part is cast to one plain schema.
-        parts = [pa.table({c: t.column(c).cast(types[c]) for c in columns}) for t in tables]
+        parts = [pa.table({**{c: t.column(c).cast(types[c]) for c in columns}, **{k: t.column(k) for k in key_columns}})
+                 for t in tables]
         data = pa.concat_tables(parts) if parts else pa.table({c: pa.array([], pa.int64()) for c in columns})
     else:
         data = read_builder.new_read().to_arrow(splits)

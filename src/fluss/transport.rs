@@ -3,14 +3,15 @@
 //! ListOffsets, FetchLog, then PrepareLakeTableSnapshot and CommitLakeTableSnapshot with the offsets file's path).
 //!
 //! A first slice: one server in both roles (this project's cluster; a Java cluster's coordinator and tablet servers
-//! are separate nodes, which MetaData would name), log tables only (KV snapshots of primary-key tables are not read
-//! over this protocol yet), and the lake commit does not carry the offsets file's path yet (the cluster commit
-//! prepares it). Connections are a small pool, each used by one call at a time, re-opened after a failure; every call
+//! are separate nodes, which MetaData would name), and the lake commit does not carry the offsets file's path yet
+//! (the cluster commit prepares it). A primary-key bucket new to the lake is read with ScanKv (Fluss 1.0) while the
+//! round is planned, held in memory until its split reads it, then its changelog after the scan's offset. Connections are a small pool, each used by one call at a time, re-opened after a failure; every call
 //! is bounded by the time-out.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
@@ -28,6 +29,7 @@ use crate::model::tiering::{
     Assignment, BucketAddr, FetchedLog, HeartbeatRequest, HeartbeatResponse, KvSnapshotRef, LakeBucketOffset,
     LakeCommit, LakeSnapshot, TableAnswer, TableEpoch, TieringCluster, offsets_in_order,
 };
+use crate::model::{compacted, kv_record};
 
 /// Connections kept to the server: fetches of several splits and the heartbeat run side by side.
 const POOL: usize = 4;
@@ -37,6 +39,9 @@ pub struct FlussCluster {
     timeout: Duration,
     pool: Vec<Mutex<Option<Connection>>>,
     next: AtomicUsize,
+    /// Buckets read with ScanKv while a round was planned, until its split reads them: (bucket, scan id) → rows.
+    scans: std::sync::Mutex<HashMap<(BucketAddr, i64), Vec<RecordBatch>>>,
+    next_scan: AtomicI64,
 }
 
 impl FlussCluster {
@@ -56,6 +61,8 @@ impl FlussCluster {
             timeout,
             pool: (0..POOL).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
+            scans: Default::default(),
+            next_scan: AtomicI64::new(1),
         };
         let first = Connection::connect(addr, timeout).await?;
         *cluster.pool[0].lock().await = Some(first);
@@ -111,8 +118,79 @@ fn check(code: Option<i32>, message: Option<String>) -> Result<()> {
     }
 }
 
-fn unsupported(what: &str) -> Error {
-    Error::new(ErrorKind::Unsupported, format!("{what} is not read over Fluss's protocol yet: use the gRPC door"))
+/// Bytes asked per ScanKv call, and rows per batch handed to a split.
+const SCAN_BATCH_BYTES: i32 = 4 << 20;
+const SCAN_BATCH_ROWS: usize = 8192;
+
+impl FlussCluster {
+    /// Every row of one primary-key bucket with ScanKv (Fluss 1.0), and the log offset they are consistent with.
+    async fn scan_bucket(
+        &self,
+        table_id: i64,
+        partition_id: Option<i64>,
+        bucket_id: i32,
+    ) -> Result<(Vec<Vec<u8>>, i64)> {
+        let mut req = m::ScanKvRequest {
+            bucket_scan_req: Some(m::PbScanReqForBucket { table_id, partition_id, bucket_id, limit: None }),
+            call_seq_id: Some(0),
+            batch_size_bytes: Some(SCAN_BATCH_BYTES),
+            ..Default::default()
+        };
+        let mut values = Vec::new();
+        let mut log_offset = None;
+        loop {
+            let resp: m::ScanKvResponse = self.call(ApiKey::ScanKv, &req).await?;
+            check(resp.error_code, resp.error_message)?;
+            log_offset = log_offset.or(resp.log_offset);
+            if let Some(records) = &resp.records {
+                values.extend(kv_record::parse_values(records)?);
+            }
+            if resp.has_more_results != Some(true) {
+                break;
+            }
+            let id = resp.scanner_id.ok_or_else(|| {
+                Error::new(ErrorKind::CorruptMessage, "a ScanKv answer with more rows and no scanner id")
+            })?;
+            let seq = req.call_seq_id.unwrap_or(0).checked_add(1);
+            req = m::ScanKvRequest {
+                scanner_id: Some(id),
+                call_seq_id: seq,
+                batch_size_bytes: Some(SCAN_BATCH_BYTES),
+                ..Default::default()
+            };
+        }
+        let log_offset = log_offset
+            .ok_or_else(|| Error::new(ErrorKind::CorruptMessage, "a ScanKv answer without its log offset"))?;
+        Ok((values, log_offset))
+    }
+}
+
+/// Values (`[schema id i16 LE][CompactedRow]`) as batches of the table's current schema: a row of an older schema
+/// reads the columns added since as null.
+fn rows_of(d: &TableDescriptor, values: &[Vec<u8>]) -> Result<Vec<RecordBatch>> {
+    let current = d.arrow_schema();
+    let mut out = Vec::new();
+    for chunk in values.chunks(SCAN_BATCH_ROWS) {
+        let mut parts = Vec::new();
+        for run in chunk.chunk_by(|a, b| a.get(..2) == b.get(..2)) {
+            let id = run[0]
+                .get(..2)
+                .map(|b| i16::from_le_bytes([b[0], b[1]]))
+                .ok_or_else(|| Error::new(ErrorKind::CorruptRecord, "a scanned value shorter than its schema id"))?;
+            let schema = d.arrow_schema_of(id)?;
+            let types: Vec<_> = d.columns[..schema.fields().len()].iter().map(|c| c.data_type).collect();
+            let rows = compacted::decode_rows(run.iter().map(|v| &v[2..]), &schema, &types)?;
+            let columns = crate::model::table::align_columns(current.fields(), &rows);
+            parts.push(RecordBatch::try_new(Arc::clone(&current), columns).map_err(|e| {
+                Error::new(ErrorKind::Internal, "widening scanned rows to the current schema").with_source(e)
+            })?);
+        }
+        out.push(
+            arrow::compute::concat_batches(&current, &parts)
+                .map_err(|e| Error::new(ErrorKind::Internal, "joining scanned rows").with_source(e))?,
+        );
+    }
+    Ok(out)
 }
 
 #[async_trait::async_trait]
@@ -229,8 +307,37 @@ impl TieringCluster for FlussCluster {
         }
     }
 
-    async fn kv_snapshots(&self, _: &TablePath, _: Option<&str>) -> Result<Vec<(i32, Option<KvSnapshotRef>)>> {
-        Err(unsupported("a primary-key table's KV snapshots"))
+    /// Each bucket read now with ScanKv, held until its split reads it ([`TieringCluster::kv_snapshot_batch`]).
+    async fn kv_snapshots(
+        &self,
+        path: &TablePath,
+        partition_name: Option<&str>,
+        buckets: &[i32],
+    ) -> Result<Vec<(i32, Option<KvSnapshotRef>)>> {
+        let (table_id, descriptor) = self.table_info(path).await?;
+        let partition_id = match partition_name {
+            None => None,
+            Some(name) => {
+                Some(self.partitions(path).await?.into_iter().find(|(_, n)| n == name).map(|(id, _)| id).ok_or_else(
+                    || Error::new(ErrorKind::PartitionNotExists, format!("table {path} has no partition {name}")),
+                )?)
+            }
+        };
+        let mut out = Vec::with_capacity(buckets.len());
+        for &bucket in buckets {
+            let (values, log_offset) = self.scan_bucket(table_id, partition_id, bucket).await?;
+            let batches = rows_of(&descriptor, &values)?;
+            let snapshot_id = self.next_scan.fetch_add(1, Ordering::Relaxed);
+            let batch_count = i32::try_from(batches.len())
+                .map_err(|_| Error::new(ErrorKind::Internal, "a bucket of too many batches"))?;
+            let mut scans = self.scans.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            // An earlier round's scan of this bucket that no split read (the round failed) is dropped.
+            let addr = (table_id, partition_id, bucket);
+            scans.retain(|(a, _), _| *a != addr);
+            scans.insert((addr, snapshot_id), batches);
+            out.push((bucket, Some(KvSnapshotRef { snapshot_id, log_offset, batch_count })));
+        }
+        Ok(out)
     }
 
     async fn fetch(
@@ -274,8 +381,23 @@ impl TieringCluster for FlussCluster {
         Ok(FetchedLog { high_watermark, log_start_offset: answer.log_start_offset.unwrap_or(0), batches })
     }
 
-    async fn kv_snapshot_batch(&self, _: BucketAddr, _: i64, _: i32) -> Result<(Vec<RecordBatch>, i32)> {
-        Err(unsupported("a primary-key table's KV snapshot"))
+    async fn kv_snapshot_batch(
+        &self,
+        bucket: BucketAddr,
+        snapshot_id: i64,
+        index: i32,
+    ) -> Result<(Vec<RecordBatch>, i32)> {
+        let mut scans = self.scans.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let gone = || {
+            Error::new(ErrorKind::KvSnapshotNotExist, format!("scan {snapshot_id} of bucket {bucket:?} is not held"))
+        };
+        let batches = scans.get(&(bucket, snapshot_id)).ok_or_else(gone)?;
+        let count = batches.len();
+        let batch = usize::try_from(index).ok().and_then(|i| batches.get(i)).cloned().ok_or_else(gone)?;
+        if usize::try_from(index).is_ok_and(|i| i + 1 == count) {
+            scans.remove(&(bucket, snapshot_id));
+        }
+        Ok((vec![batch], count as i32))
     }
 
     /// Fluss 0.9's contract: PrepareLakeTableSnapshot writes the offsets to a file and names it, then

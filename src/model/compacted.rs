@@ -250,6 +250,10 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
+        self.take(N, what)?.try_into().map_err(|_| Self::corrupt(what))
+    }
+
     fn varint(&mut self, max_bytes: u32, what: &str) -> Result<u64> {
         let mut v = 0u64;
         for i in 0..max_bytes {
@@ -280,21 +284,13 @@ impl<'a> Reader<'a> {
 
     fn field(&mut self, ty: ColumnType) -> Result<Datum<'a>> {
         Ok(match ty {
-            ColumnType::Bool => Datum::Bool(self.take(1, "a boolean")?[0] != 0),
-            ColumnType::Int8 => Datum::Int8(self.take(1, "a tinyint")?[0] as i8),
-            ColumnType::Int16 => {
-                Datum::Int16(i16::from_le_bytes([self.take(1, "a smallint")?[0], self.take(1, "a smallint")?[0]]))
-            }
+            ColumnType::Bool => Datum::Bool(self.array::<1>("a boolean")?[0] != 0),
+            ColumnType::Int8 => Datum::Int8(i8::from_le_bytes(self.array("a tinyint")?)),
+            ColumnType::Int16 => Datum::Int16(i16::from_le_bytes(self.array("a smallint")?)),
             ColumnType::Int32 | ColumnType::Date | ColumnType::Time { .. } => Datum::Int32(self.int("an int")?),
             ColumnType::Int64 => Datum::Int64(self.long("a bigint")?),
-            ColumnType::Float32 => {
-                let b = self.take(4, "a float")?;
-                Datum::Float32(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            }
-            ColumnType::Float64 => {
-                let b = self.take(8, "a double")?;
-                Datum::Float64(f64::from_le_bytes(b.try_into().map_err(|_| Self::corrupt("a double"))?))
-            }
+            ColumnType::Float32 => Datum::Float32(f32::from_le_bytes(self.array("a float")?)),
+            ColumnType::Float64 => Datum::Float64(f64::from_le_bytes(self.array("a double")?)),
             ColumnType::Decimal { precision, .. } if is_compact_decimal(precision) => {
                 Datum::Decimal(i128::from(self.long("a decimal")?))
             }
@@ -382,6 +378,21 @@ fn ints<T: ArrowPrimitiveType>(
     Ok(Arc::new(out))
 }
 
+/// The values of one Arrow type: `get` takes each non-null value out of its datum (`None`: a datum of another type).
+fn typed<T, A: FromIterator<Option<T>>>(
+    values: &[Datum<'_>],
+    ty: ColumnType,
+    get: impl Fn(&Datum<'_>) -> Option<T>,
+) -> Result<A> {
+    values
+        .iter()
+        .map(|d| match d {
+            Datum::Null => Ok(None),
+            d => get(d).map(Some).ok_or_else(|| mismatch(ty)),
+        })
+        .collect()
+}
+
 /// The Arrow array of `values` of type `ty` (as [`ColumnType::to_arrow`] gives it).
 fn to_array<'a>(values: &[Datum<'a>], ty: ColumnType) -> Result<ArrayRef> {
     let bytes = |v: &Datum<'a>| -> Result<Option<&'a [u8]>> {
@@ -392,16 +403,10 @@ fn to_array<'a>(values: &[Datum<'a>], ty: ColumnType) -> Result<ArrayRef> {
         }
     };
     Ok(match ty {
-        ColumnType::Bool => Arc::new(
-            values
-                .iter()
-                .map(|d| match *d {
-                    Datum::Null => Ok(None),
-                    Datum::Bool(v) => Ok(Some(v)),
-                    _ => Err(mismatch(ty)),
-                })
-                .collect::<Result<BooleanArray>>()?,
-        ),
+        ColumnType::Bool => Arc::new(typed::<_, BooleanArray>(values, ty, |d| match *d {
+            Datum::Bool(v) => Some(v),
+            _ => None,
+        })?),
         ColumnType::Int8 => ints::<Int8Type>(values, ty, |v| i8::try_from(v).ok())?,
         ColumnType::Int16 => ints::<Int16Type>(values, ty, |v| i16::try_from(v).ok())?,
         ColumnType::Int32 => ints::<Int32Type>(values, ty, |v| i32::try_from(v).ok())?,
@@ -416,37 +421,21 @@ fn to_array<'a>(values: &[Datum<'a>], ty: ColumnType) -> Result<ArrayRef> {
             4..=6 => ints::<Time64MicrosecondType>(values, ty, |v| v.checked_mul(1000))?,
             _ => ints::<Time64NanosecondType>(values, ty, |v| v.checked_mul(1_000_000))?,
         },
-        ColumnType::Float32 => Arc::new(
-            values
-                .iter()
-                .map(|d| match *d {
-                    Datum::Null => Ok(None),
-                    Datum::Float32(v) => Ok(Some(v)),
-                    _ => Err(mismatch(ty)),
-                })
-                .collect::<Result<Float32Array>>()?,
-        ),
-        ColumnType::Float64 => Arc::new(
-            values
-                .iter()
-                .map(|d| match *d {
-                    Datum::Null => Ok(None),
-                    Datum::Float64(v) => Ok(Some(v)),
-                    _ => Err(mismatch(ty)),
-                })
-                .collect::<Result<Float64Array>>()?,
-        ),
+        ColumnType::Float32 => Arc::new(typed::<_, Float32Array>(values, ty, |d| match *d {
+            Datum::Float32(v) => Some(v),
+            _ => None,
+        })?),
+        ColumnType::Float64 => Arc::new(typed::<_, Float64Array>(values, ty, |d| match *d {
+            Datum::Float64(v) => Some(v),
+            _ => None,
+        })?),
         ColumnType::Decimal { precision, scale } => Arc::new(
-            values
-                .iter()
-                .map(|d| match *d {
-                    Datum::Null => Ok(None),
-                    Datum::Decimal(v) => Ok(Some(v)),
-                    _ => Err(mismatch(ty)),
-                })
-                .collect::<Result<Decimal128Array>>()?
-                .with_precision_and_scale(precision, scale)
-                .map_err(|e| Error::new(ErrorKind::CorruptRecord, format!("a {ty} value")).with_source(e))?,
+            typed::<_, Decimal128Array>(values, ty, |d| match *d {
+                Datum::Decimal(v) => Some(v),
+                _ => None,
+            })?
+            .with_precision_and_scale(precision, scale)
+            .map_err(|e| Error::new(ErrorKind::CorruptRecord, format!("a {ty} value")).with_source(e))?,
         ),
         ColumnType::String | ColumnType::Char { .. } => {
             let mut b = StringBuilder::with_capacity(values.len(), 0);

@@ -217,11 +217,13 @@ pub trait TieringCluster: Send + Sync {
     /// The table's latest lake snapshot as the cluster records it; `None` when there is none.
     async fn lake_snapshot(&self, path: &TablePath) -> Result<Option<LakeSnapshot>>;
 
-    /// The latest KV snapshot of each bucket of a primary-key table (of one partition), by bucket.
+    /// A KV snapshot of each of `buckets` of a primary-key table (of one partition), by bucket: the rows as of a
+    /// log offset, read with [`TieringCluster::kv_snapshot_batch`]. Asked only for buckets new to the lake.
     async fn kv_snapshots(
         &self,
         path: &TablePath,
         partition_name: Option<&str>,
+        buckets: &[i32],
     ) -> Result<Vec<(i32, Option<KvSnapshotRef>)>>;
 
     /// Stored batches from the one holding `offset` on, up to about `max_bytes` (at least one when there is one).

@@ -106,11 +106,13 @@ impl TieringCluster for ClusterClient {
         &self,
         path: &TablePath,
         partition_name: Option<&str>,
+        buckets: &[i32],
     ) -> Result<Vec<(i32, Option<KvSnapshotRef>)>> {
         Ok(self
             .latest_kv_snapshots(path, partition_name)
             .await?
             .into_iter()
+            .filter(|s| buckets.contains(&s.bucket_id))
             .map(|s| {
                 let snapshot = s.snapshot_id.zip(s.log_offset).map(|(snapshot_id, log_offset)| KvSnapshotRef {
                     snapshot_id,

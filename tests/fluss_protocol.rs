@@ -1056,6 +1056,15 @@ async fn kv_writes_in_the_wrong_bucket_with_foreign_keys_or_repeated_late_are_re
     both.scanner_id = Some(b"x".to_vec());
     assert_eq!(c.call(1061, &both).await.ok::<m::ScanKvResponse>().error_code, Some(68));
 
+    // GetLatestKvSnapshots: every bucket, none snapshotted yet (a snapshot every 100,000 changes).
+    let latest: m::GetLatestKvSnapshotsResponse =
+        c.call(1023, &m::GetLatestKvSnapshotsRequest { table_path: path.clone(), partition_name: None }).await.ok();
+    assert_eq!(latest.table_id, id);
+    assert_eq!(
+        latest.latest_snapshots.iter().map(|s| (s.bucket_id, s.snapshot_id)).collect::<Vec<_>>(),
+        vec![(0, None), (1, None)]
+    );
+
     // After a column is added, a writer still on the old schema is served: its rows read the new column as null.
     let column = fluss_tiering::model::table::Column {
         name: "extra".into(),

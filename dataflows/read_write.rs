@@ -40,7 +40,8 @@ pub fn read_write<'scope>(
     let scope = splits.scope();
     let worker = scope.index();
     splits.unary_frontier::<CapacityContainerBuilder<Vec<WriteResult>>, _, _, _>(
-        Exchange::new(|s: &Split| s.route),
+        // A split whose snapshot the planner holds in memory runs where it was planned (worker 0).
+        Exchange::new(|s: &Split| if s.snapshot.is_some_and(|k| k.held_by_planner) { 0 } else { s.route }),
         "ReadWrite",
         move |_initial, info| {
             let mut tasks: CapabilityTasks<WriteResult> =

@@ -257,7 +257,18 @@ async fn add_kv_snapshots(
                 && s.log_offset > state.high_watermark
             {
                 let end = client.list_offsets(table.table_id, partition_id, &[bucket], true).await?;
-                state.high_watermark = end.first().copied().unwrap_or(0).max(state.high_watermark);
+                let end = end.first().copied().unwrap_or(0);
+                if end < s.log_offset {
+                    // Planning on without the snapshot would read only the log, which may have lost older changes.
+                    return Err(Error::new(
+                        ErrorKind::OffsetOutOfRange,
+                        format!(
+                            "bucket {bucket} of {}: a KV snapshot at offset {} but the log ends at {end}",
+                            table.path, s.log_offset
+                        ),
+                    ));
+                }
+                state.high_watermark = end;
             }
             state.kv_snapshot = snapshot;
         }
@@ -330,7 +341,7 @@ mod tests {
 
     #[test]
     fn a_keyed_bucket_new_to_the_lake_starts_from_its_snapshot() {
-        let snapshot = KvSnapshotRef { snapshot_id: 3, log_offset: 40, batch_count: 2 };
+        let snapshot = KvSnapshotRef { snapshot_id: 3, log_offset: 40, batch_count: 2, held_by_planner: false };
         let with_snapshot = BucketState { kv_snapshot: Some(snapshot), ..state(0, 0, 50) };
         let got = ranges(std::slice::from_ref(&with_snapshot), &BTreeMap::new()).expect("ranges");
         assert_eq!((got[0].start, got[0].stop, got[0].snapshot), (40, 50, Some(snapshot)));

@@ -830,6 +830,22 @@ async fn pyfluss_primary_keys(format: &str) {
         assert!(at.1 == -1 || logged.contains(&at), "change {at:?} is one the changelog holds");
     }
     assert!(raw_offsets.iter().any(|o| o == Some(-1)), "the buckets new to the lake started from a scan");
+
+    // Two timely processes: a split of a scanned bucket runs where the planner holds the scan (worker 0), and the
+    // lake is the same key by key.
+    let ports = common::free_ports(2);
+    let hostfile = dir.path().join("hosts");
+    std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1])).expect("hostfile");
+    let (hostfile, n2, url) = (hostfile.display().to_string(), dir.path().join("lake-n2"), format!("fluss://{fluss}"));
+    let (args0, args1) = (["-n", "2", "-p", "0", "-h", &hostfile], ["-n", "2", "-p", "1", "-h", &hostfile]);
+    let (p0, p1) = tokio::join!(tier(&url, &n2, &args0, &[]), tier(&url, &n2, &args1, &[]));
+    assert_success(&p0);
+    assert_success(&p1);
+    let again = by_id(&read_lake(&n2, &"kv.users".parse().expect("path")).rows);
+    for column in ["id", "name", "__bucket"] {
+        let (a, b) = (again.column_by_name(column).expect("column"), lake.column_by_name(column).expect("column"));
+        assert_eq!(a.as_ref(), b.as_ref(), "two processes tier the same {column}s");
+    }
     // A read filtered on each key (pypaimon prunes buckets by its own hash) finds it: Paimon's bucketing agrees.
     let keys: Vec<serde_json::Value> =
         live.iter().map(|id| serde_json::json!({"id": id, "code": format!("c{}", id % 3)})).collect();

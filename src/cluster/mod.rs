@@ -556,11 +556,7 @@ impl Cluster {
         let id = BucketId { table_id: table.table_id, partition_id, bucket };
         let (kv, log) = (self.kv_bucket(table, id)?, self.log(id)?);
         let (mut kv_state, mut log) = (lock(&kv), lock(&log));
-        if !lock(&self.kv).get(&id).is_some_and(|(_, current)| Arc::ptr_eq(current, &kv)) {
-            // The state was rebuilt (a column was added) while this request waited: it must not write through the
-            // old one.
-            return Err(Error::new(ErrorKind::SchemaMismatch, "the table's schema changed during the request: retry"));
-        }
+        self.check_current(id, &kv)?;
         if let Some((writer, sequence)) = request.writer
             && let Some(base_offset) = log.check_sequence(writer, sequence)?
         {
@@ -594,6 +590,15 @@ impl Cluster {
         Ok(Appended { partition_id, base_offset, record_count })
     }
 
+    /// Checks, with its lock held, that a bucket's state is still the one in use: it may have been rebuilt (a column
+    /// was added) or dropped (an apply failed) while the caller waited, and the old one must not be read or written.
+    fn check_current(&self, id: BucketId, kv: &Arc<Mutex<KvBucket>>) -> Result<()> {
+        if !lock(&self.kv).get(&id).is_some_and(|(_, current)| Arc::ptr_eq(current, kv)) {
+            return Err(Error::new(ErrorKind::SchemaMismatch, "the bucket's state changed during the request: retry"));
+        }
+        Ok(())
+    }
+
     /// Every row of a primary-key bucket as Fluss stores it (`[schema id i16 LE][CompactedRow]`, in key order), and
     /// the log end offset they are consistent with: every change below it is in them, none at or above it.
     pub fn scan_kv(&self, id: BucketId) -> Result<(Vec<Vec<u8>>, i64)> {
@@ -601,10 +606,11 @@ impl Cluster {
         self.existing_log(id)?;
         let (kv, log) = (self.kv_bucket(&table, id)?, self.log(id)?);
         // The order writers take them in: the state, then the log (both held, so no write is half done).
-        let (kv, log) = (lock(&kv), lock(&log));
-        let rows = kv.all_rows()?;
+        let (state, log) = (lock(&kv), lock(&log));
+        self.check_current(id, &kv)?;
+        let rows = state.all_rows()?;
         let log_offset = log.end_offset();
-        drop((kv, log));
+        drop((state, log));
         Ok((self.values_of(&table, &rows)?, log_offset))
     }
 
@@ -622,7 +628,10 @@ impl Cluster {
         let table = self.kv_table(id.table_id, id.bucket)?;
         self.existing_log(id)?;
         let kv = self.kv_bucket(&table, id)?;
-        let (rows, index) = lock(&kv).lookup(keys)?;
+        let state = lock(&kv);
+        self.check_current(id, &kv)?;
+        let (rows, index) = state.lookup(keys)?;
+        drop(state);
         let values = self.values_of(&table, &rows)?;
         Ok(index.into_iter().map(|i| i.and_then(|i| values.get(i).cloned())).collect())
     }

@@ -148,6 +148,12 @@ impl FlussCluster {
             if resp.has_more_results != Some(true) {
                 break;
             }
+            if resp.records.is_none() {
+                return Err(Error::new(
+                    ErrorKind::CorruptMessage,
+                    "a ScanKv answer with more rows to come and none in it",
+                ));
+            }
             let id = resp.scanner_id.ok_or_else(|| {
                 Error::new(ErrorKind::CorruptMessage, "a ScanKv answer with more rows and no scanner id")
             })?;
@@ -334,8 +340,10 @@ impl TieringCluster for FlussCluster {
             // An earlier round's scan of this bucket that no split read (the round failed) is dropped.
             let addr = (table_id, partition_id, bucket);
             scans.retain(|(a, _), _| *a != addr);
-            scans.insert((addr, snapshot_id), batches);
-            out.push((bucket, Some(KvSnapshotRef { snapshot_id, log_offset, batch_count })));
+            if !batches.is_empty() {
+                scans.insert((addr, snapshot_id), batches);
+            }
+            out.push((bucket, Some(KvSnapshotRef { snapshot_id, log_offset, batch_count, held_by_planner: true })));
         }
         Ok(out)
     }

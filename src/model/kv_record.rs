@@ -153,6 +153,12 @@ pub fn parse_values(bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
     if bytes.len() < 9 || usize::try_from(le_i32(bytes, 0)).ok().and_then(|l| l.checked_add(4)) != Some(bytes.len()) {
         return Err(corrupt("a value batch whose length does not match its bytes"));
     }
+    if bytes[4] != MAGIC {
+        return Err(Error::new(
+            ErrorKind::UnsupportedVersion,
+            format!("value batch magic {} (only 0 is known)", bytes[4]),
+        ));
+    }
     let count = usize::try_from(le_i32(bytes, 5)).map_err(|_| corrupt("a negative value count"))?;
     let (mut at, mut out) = (9, Vec::new());
     while at < bytes.len() {

@@ -181,6 +181,10 @@ pub struct KvSnapshotRef {
     /// The snapshot holds every change below this offset.
     pub log_offset: i64,
     pub batch_count: i32,
+    /// Held in the memory of the process that planned the round (a scan the transport made then), so its split must
+    /// be read there: on worker 0, where the enumerator plans.
+    #[serde(default)]
+    pub held_by_planner: bool,
 }
 
 /// One fetch's answer: the bucket's bounds and the stored batches from the one holding the offset asked.

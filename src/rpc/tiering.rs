@@ -118,6 +118,7 @@ impl TieringCluster for ClusterClient {
                     snapshot_id,
                     log_offset,
                     batch_count: s.batch_count,
+                    held_by_planner: false,
                 });
                 (s.bucket_id, snapshot)
             })

@@ -700,8 +700,9 @@ impl FlussDoor {
             }
             (Some(b), None) => {
                 let id = BucketId { table_id: b.table_id, partition_id: b.partition_id, bucket: b.bucket_id };
+                let admitted = self.scanners.admit(b.limit, req.call_seq_id, req.batch_size_bytes)?;
                 let (values, log_offset) = self.blocking(move |c| c.scan_kv(id)).await?;
-                (self.scanners.open(values, b.limit, req.call_seq_id, req.batch_size_bytes)?, Some(log_offset))
+                (self.scanners.open(admitted, values)?, Some(log_offset))
             }
             (None, Some(id)) => {
                 let close = req.close_scanner == Some(true);

@@ -38,6 +38,13 @@ struct Session {
     touched: Instant,
 }
 
+/// A new scan's checked request.
+#[derive(Debug, Clone, Copy)]
+pub struct Admitted {
+    left: u64,
+    batch_bytes: usize,
+}
+
 /// One batch of a scan.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ScanBatch {
@@ -63,14 +70,8 @@ impl Scanners {
         self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Opens a session over `values` (a bucket's rows) and answers its first batch.
-    pub fn open(
-        &self,
-        values: Vec<Vec<u8>>,
-        limit: Option<i64>,
-        call_seq_id: Option<i32>,
-        batch_bytes: Option<i32>,
-    ) -> Result<ScanBatch> {
+    /// Checks a new scan's request before the bucket is copied: a refused one costs nothing.
+    pub fn admit(&self, limit: Option<i64>, call_seq_id: Option<i32>, batch_bytes: Option<i32>) -> Result<Admitted> {
         if call_seq_id != Some(0) {
             return Err(invalid(format!("a new scan's call_seq_id is 0, not {call_seq_id:?}")));
         }
@@ -85,11 +86,18 @@ impl Scanners {
         if sessions.len() >= MAX_SCANNERS {
             return Err(Error::new(ErrorKind::TooManyScanners, format!("{MAX_SCANNERS} scans are open already")));
         }
+        Ok(Admitted { left, batch_bytes })
+    }
+
+    /// Opens an admitted session over `values` (a bucket's rows) and answers its first batch.
+    pub fn open(&self, admitted: Admitted, values: Vec<Vec<u8>>) -> Result<ScanBatch> {
+        let Admitted { left, batch_bytes } = admitted;
+        let now = Instant::now();
         let mut session = Session { values: values.into_iter(), left, call_seq_id: 0, touched: now };
         let (records, has_more) = session.next_batch(batch_bytes)?;
         let scanner_id = has_more.then(|| uuid::Uuid::new_v4().simple().to_string().into_bytes());
         if let Some(id) = &scanner_id {
-            sessions.insert(id.clone(), session);
+            self.sessions().insert(id.clone(), session);
         }
         Ok(ScanBatch { scanner_id, records, has_more_results: has_more })
     }
@@ -121,9 +129,15 @@ impl Scanners {
         }
         session.call_seq_id = expected.unwrap_or(i32::MAX);
         session.touched = now;
+        // The batch is encoded outside the lock, so that other scans go on meanwhile (one call per session at a time,
+        // as Fluss allows: a second meanwhile finds no session).
+        let Some(mut session) = sessions.remove(id) else {
+            return Err(Error::new(ErrorKind::Internal, "a session vanished under its lock"));
+        };
+        drop(sessions);
         let (records, has_more) = session.next_batch(batch_bytes)?;
-        if !has_more {
-            sessions.remove(id);
+        if has_more {
+            self.sessions().insert(id.to_vec(), session);
         }
         Ok(ScanBatch { scanner_id: Some(id.to_vec()), records, has_more_results: has_more })
     }
@@ -161,6 +175,16 @@ mod tests {
         (0..n).map(|i| vec![1, 0, i, i, i, i]).collect()
     }
 
+    fn open(
+        s: &Scanners,
+        values: Vec<Vec<u8>>,
+        limit: Option<i64>,
+        seq: Option<i32>,
+        batch: Option<i32>,
+    ) -> Result<ScanBatch> {
+        s.admit(limit, seq, batch).and_then(|a| s.open(a, values))
+    }
+
     fn rows(batch: &ScanBatch) -> Vec<Vec<u8>> {
         batch.records.as_deref().map(|r| kv_record::parse_values(r).expect("values")).unwrap_or_default()
     }
@@ -168,7 +192,7 @@ mod tests {
     #[test]
     fn a_scan_reads_every_row_once_in_order_and_checks_its_sequence() -> Result<()> {
         let scanners = Scanners::default();
-        let first = scanners.open(values(5), None, Some(0), Some(10))?;
+        let first = open(&scanners, values(5), None, Some(0), Some(10))?;
         assert_eq!(rows(&first), values(2), "rows until the batch reaches 10 bytes");
         let id = first.scanner_id.clone().expect("more to come");
         assert!(scanners.next(&id, false, Some(2), Some(10)).is_err(), "a skipped call_seq_id");
@@ -179,19 +203,19 @@ mod tests {
         let gone = scanners.next(&id, false, Some(3), Some(10)).map(|_| ()).unwrap_err();
         assert_eq!(gone.kind(), ErrorKind::UnknownScannerId, "an ended scan's id is gone");
 
-        let empty = scanners.open(Vec::new(), None, Some(0), Some(10))?;
+        let empty = open(&scanners, Vec::new(), None, Some(0), Some(10))?;
         assert_eq!(empty, ScanBatch { scanner_id: None, records: None, has_more_results: false });
-        let limited = scanners.open(values(5), Some(1), Some(0), Some(1000))?;
+        let limited = open(&scanners, values(5), Some(1), Some(0), Some(1000))?;
         assert_eq!((rows(&limited).len(), limited.has_more_results), (1, false));
-        let closing = scanners.open(values(5), None, Some(0), Some(1))?;
+        let closing = open(&scanners, values(5), None, Some(0), Some(1))?;
         let id = closing.scanner_id.clone().expect("open");
         assert!(!scanners.next(&id, true, None, None)?.has_more_results);
         assert!(scanners.next(&id, false, Some(1), Some(1)).is_err(), "closed");
         assert_eq!(
-            scanners.open(values(1), None, Some(1), Some(1)).map(|_| ()).unwrap_err().kind(),
+            open(&scanners, values(1), None, Some(1), Some(1)).map(|_| ()).unwrap_err().kind(),
             ErrorKind::InvalidScanRequest
         );
-        assert!(scanners.open(values(1), None, Some(0), Some(0)).is_err(), "batch size 0");
+        assert!(open(&scanners, values(1), None, Some(0), Some(0)).is_err(), "batch size 0");
         Ok(())
     }
 }

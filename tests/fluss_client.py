@@ -341,32 +341,18 @@ async def admin_calls(conn):
     return out
 
 
+COMMANDS = {"create": create, "write": write, "scan": scan, "offsets": offsets, "lake": lake, "pk-create": pk_create,
+            "upsert": upsert, "delete": delete, "lookup": lookup, "changelog": changelog}
+
+
 async def main(argv):
     addr, command, args = argv[1], argv[2], argv[3:]
     conn = await connect(addr)
     try:
-        if command == "create":
-            result = await create(conn, *args)
-        elif command == "write":
-            result = await write(conn, *args)
-        elif command == "scan":
-            result = await scan(conn, *args)
-        elif command == "offsets":
-            result = await offsets(conn, *args)
-        elif command == "lake":
-            result = await lake(conn, *args)
-        elif command == "pk-create":
-            result = await pk_create(conn, *args)
-        elif command == "upsert":
-            result = await upsert(conn, *args)
-        elif command == "delete":
-            result = await delete(conn, *args)
-        elif command == "lookup":
-            result = await lookup(conn, *args)
-        elif command == "changelog":
-            result = await changelog(conn, *args)
-        elif command == "admin":
+        if command == "admin":
             result = await admin_calls(conn)
+        elif command in COMMANDS:
+            result = await COMMANDS[command](conn, *args)
         else:
             raise SystemExit(f"unknown command {command}")
     finally:

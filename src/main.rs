@@ -1,18 +1,26 @@
-//! `fluss-tiering`: see `fluss-tiering --help`.
+use std::io::IsTerminal;
 
 use clap::Parser;
+use fluss_tiering::cli::{Cli, Command};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // `demo` and `bench` print their own tables and summaries on stdout: their logs stay at warnings unless RUST_LOG
+    // says otherwise. Colour only where a person reads it (a terminal), never in a file or a pipe.
+    let default = match cli.command {
+        Command::Demo(_) | Command::Bench(_) => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)))
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
-    let cli = fluss_tiering::cli::Cli::parse();
     match fluss_tiering::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", fluss_tiering::cli::describe(&e));
             std::process::ExitCode::FAILURE
         }
     }

@@ -169,3 +169,39 @@ fn bench_reports_what_consolidation_saves_on_a_primary_key_workload() {
     assert_eq!(rows, live as u64, "one row per live key: {run}");
     assert!(changes > 40_000 && rows * 2 < changes, "consolidation writes a fraction of the changes: {run}");
 }
+
+/// What a person sees of `demo` with its output in files: no escape codes in the logs, no INFO lines (they would
+/// drown the summary), and stdout ends with the warehouse to open.
+#[test]
+fn demo_output_is_readable_in_files_and_ends_with_its_summary() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (stdout, stderr) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_fluss-tiering"))
+        .args(["demo", "--rows", "2000", "--dir"])
+        .arg(dir.path().join("demo"))
+        .env_remove("RUST_LOG")
+        .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+        .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+        .status()
+        .expect("demo");
+    let (out, err) =
+        (std::fs::read_to_string(&stdout).expect("stdout"), std::fs::read_to_string(&stderr).expect("stderr"));
+    assert!(status.success(), "{out}\n{err}");
+    assert!(!err.contains('\u{1b}') && !out.contains('\u{1b}'), "no escape codes in files:\n{err}");
+    assert!(!err.contains(" INFO "), "the demo's logs are warnings and above:\n{err}");
+    let last = out.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or_default();
+    assert!(last.starts_with("The lake is a Paimon filesystem catalog: warehouse file://"), "{out}");
+
+    // A command that fails names each cause once.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fluss-tiering"))
+        .args(["tables", "--cluster", "http://127.0.0.1:1"])
+        .output()
+        .expect("tables");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("an error line:\n{err}"));
+    let parts: Vec<&str> = line.trim_start_matches("error: ").split(": ").collect();
+    for (i, p) in parts.iter().enumerate() {
+        assert!(!parts[i + 1..].contains(p), "{p:?} twice in {line:?}");
+    }
+    assert!(!err.contains('\u{1b}'), "no escape codes in a pipe");
+}

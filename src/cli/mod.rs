@@ -296,6 +296,23 @@ pub struct ProduceArgs {
     pub delete_ratio: f64,
 }
 
+/// An error and its causes, each named once: a cause whose text an outer message already carries (errors that print
+/// their source, wrappers that repeat it: "transport error: transport error: …") is left out.
+pub fn describe(error: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let command = match cli.command {
@@ -510,6 +527,23 @@ async fn print_status(client: &ClusterClient) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod describe_tests {
+    #[test]
+    fn causes_are_named_once() {
+        let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let e = anyhow::Error::new(inner)
+            .context("tcp connect error: connection refused")
+            .context("transport error")
+            .context("transport error")
+            .context("connecting to http://127.0.0.1:1");
+        assert_eq!(
+            super::describe(&e),
+            "connecting to http://127.0.0.1:1: transport error: tcp connect error: connection refused"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -189,7 +189,7 @@ fn demo_output_is_readable_in_files_and_ends_with_its_summary() {
     assert!(status.success(), "{out}\n{err}");
     assert!(!err.contains('\u{1b}') && !out.contains('\u{1b}'), "no escape codes in files:\n{err}");
     assert!(!err.contains(" INFO "), "the demo's logs are warnings and above:\n{err}");
-    let last = out.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or_default();
+    let last = out.lines().rfind(|l| !l.trim().is_empty()).unwrap_or_default();
     assert!(last.starts_with("The lake is a Paimon filesystem catalog: warehouse file://"), "{out}");
 
     // A command that fails names each cause once.

@@ -121,6 +121,17 @@ async def create(conn, name: str, buckets: str, partition_key: str = None):
             "properties": info.get_properties(), "partition_keys": info.get_partition_keys()}
 
 
+async def subscribe_all(admin, path, info, scanner) -> dict:
+    """Subscribes `scanner` to every bucket (of every partition) from the earliest offset; partition names by id."""
+    if not info.is_partitioned():
+        scanner.subscribe_buckets({b: fluss.EARLIEST_OFFSET for b in range(info.num_buckets)})
+        return {}
+    parts = await admin.list_partition_infos(path)
+    scanner.subscribe_partition_buckets({(p.partition_id, b): fluss.EARLIEST_OFFSET
+                                         for p in parts for b in range(info.num_buckets)})
+    return {p.partition_id: p.partition_name for p in parts}
+
+
 async def pk_create(conn, name: str, buckets: str, key: str, partition_key: str = "", lake_format: str = ""):
     admin = conn.get_admin()
     path = path_of(name)
@@ -195,14 +206,7 @@ async def changelog(conn, name: str, want: str):
     admin = conn.get_admin()
     info = await admin.get_table_info(path)
     scanner = await table.new_scan().create_log_scanner()
-    names = {}
-    if info.is_partitioned():
-        parts = await admin.list_partition_infos(path)
-        scanner.subscribe_partition_buckets({(p.partition_id, b): fluss.EARLIEST_OFFSET
-                                             for p in parts for b in range(info.num_buckets)})
-        names = {p.partition_id: p.partition_name for p in parts}
-    else:
-        scanner.subscribe_buckets({b: fluss.EARLIEST_OFFSET for b in range(info.num_buckets)})
+    names = await subscribe_all(admin, path, info, scanner)
     records = []
     loop = asyncio.get_event_loop()
     deadline = loop.time() + 60
@@ -243,14 +247,7 @@ async def scan(conn, name: str, want: str, out: str):
     scanner = await table.new_scan().create_record_batch_log_scanner()
     admin = conn.get_admin()
     info = await admin.get_table_info(path)
-    if info.is_partitioned():
-        parts = await admin.list_partition_infos(path)
-        scanner.subscribe_partition_buckets({(p.partition_id, b): fluss.EARLIEST_OFFSET
-                                             for p in parts for b in range(info.num_buckets)})
-        names = {p.partition_id: p.partition_name for p in parts}
-    else:
-        scanner.subscribe_buckets({b: fluss.EARLIEST_OFFSET for b in range(info.num_buckets)})
-        names = {}
+    names = await subscribe_all(admin, path, info, scanner)
     tables = []
     rows = 0
     loop = asyncio.get_event_loop()

@@ -41,7 +41,7 @@ use crate::model::compacted;
 use crate::model::kv_record::KvRecordBatch;
 use crate::model::now_ms;
 use crate::model::record::{self, BatchSpec, LogRecordBatch};
-use crate::model::table::{DatabaseInfo, TableDescriptor, TableInfo, TablePath, align_columns};
+use crate::model::table::{DatabaseInfo, TableDescriptor, TableInfo, TablePath};
 use crate::model::tiering::{LakeBucketOffset, OffsetsFile};
 
 /// How a cluster stores and schedules.
@@ -457,7 +457,7 @@ impl Cluster {
         let key_columns = keys.columns_by_name(&batch)?;
         let encoded = keys.encode(&key_columns)?;
         if !delete {
-            check_buckets(&table, &keys, &key_columns, bucket)?;
+            check_buckets(&table, &keys, &encoded, bucket)?;
         }
         let writes = encoded
             .into_iter()
@@ -482,17 +482,13 @@ impl Cluster {
         let batch = KvRecordBatch::parse(records)?;
         // Rows of an older schema (columns are only added, at the end) read the newer columns as null, as a Java
         // server pads them; an unknown schema id is refused.
-        let written = table.descriptor.arrow_schema_of(batch.schema_id)?;
-        let types: Vec<_> = table.descriptor.columns[..written.fields().len()].iter().map(|c| c.data_type).collect();
-        let rows = compacted::decode_rows(batch.records.iter().filter_map(|r| r.value), &written, &types)?;
-        let current = table.descriptor.arrow_schema();
-        let rows = RecordBatch::try_new(Arc::clone(&current), align_columns(current.fields(), &rows))
-            .map_err(|e| Error::new(ErrorKind::Internal, "widening rows to the current schema").with_source(e))?;
+        let values = batch.records.iter().filter_map(|r| r.value);
+        let rows = compacted::decode_rows_of_schema(&table.descriptor, batch.schema_id, values)?;
         check_partition(&table, partition_name, &rows)?;
         let keys = PrimaryKeys::of(&table.descriptor)?;
         let key_columns = keys.columns_of(rows.columns());
         let expected = keys.encode(&key_columns)?;
-        check_buckets(&table, &keys, &key_columns, bucket)?;
+        check_buckets(&table, &keys, &expected, bucket)?;
         let mut next_row = 0;
         let mut writes = Vec::with_capacity(batch.records.len());
         for record in &batch.records {
@@ -811,14 +807,9 @@ struct KvRequest {
 /// Checks that every row of an upsert belongs in `bucket` by the table's bucketing of its key: a client that
 /// disagrees would split one key across two buckets. A Java server has no such check and so no code for it; the
 /// refusal is InvalidArgument, which no client retries (CORRUPT_RECORD would be retried forever).
-fn check_buckets(
-    table: &TableInfo,
-    keys: &PrimaryKeys,
-    key_columns: &[arrow::array::ArrayRef],
-    bucket: i32,
-) -> Result<()> {
-    let buckets = keys.buckets(key_columns, table.descriptor.buckets)?;
-    if let Some((row, b)) = buckets.iter().enumerate().find(|(_, b)| **b as i32 != bucket) {
+fn check_buckets(table: &TableInfo, keys: &PrimaryKeys, encoded: &[Vec<u8>], bucket: i32) -> Result<()> {
+    let home = |key: &Vec<u8>| keys.bucket_of(key, table.descriptor.buckets);
+    if let Some((row, b)) = encoded.iter().map(home).enumerate().find(|(_, b)| *b as i32 != bucket) {
         return Err(Error::new(
             ErrorKind::InvalidArgument,
             format!(

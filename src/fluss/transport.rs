@@ -183,13 +183,7 @@ fn rows_of(d: &TableDescriptor, values: &[Vec<u8>]) -> Result<Vec<RecordBatch>> 
                 .get(..2)
                 .map(|b| i16::from_le_bytes([b[0], b[1]]))
                 .ok_or_else(|| Error::new(ErrorKind::CorruptRecord, "a scanned value shorter than its schema id"))?;
-            let schema = d.arrow_schema_of(id)?;
-            let types: Vec<_> = d.columns[..schema.fields().len()].iter().map(|c| c.data_type).collect();
-            let rows = compacted::decode_rows(run.iter().map(|v| &v[2..]), &schema, &types)?;
-            let columns = crate::model::table::align_columns(current.fields(), &rows);
-            parts.push(RecordBatch::try_new(Arc::clone(&current), columns).map_err(|e| {
-                Error::new(ErrorKind::Internal, "widening scanned rows to the current schema").with_source(e)
-            })?);
+            parts.push(compacted::decode_rows_of_schema(d, id, run.iter().map(|v| &v[2..]))?);
         }
         out.push(
             arrow::compute::concat_batches(&current, &parts)

@@ -27,7 +27,7 @@ use arrow::datatypes::{
 };
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::table::ColumnType;
+use crate::model::table::{ColumnType, TableDescriptor, align_columns};
 
 /// The value of one field, as Fluss's rows hold it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -347,6 +347,21 @@ pub fn decode_rows<'a>(
     let arrays = columns.iter().zip(types).map(|(values, &ty)| to_array(values, ty)).collect::<Result<Vec<_>>>()?;
     RecordBatch::try_new(Arc::clone(schema), arrays)
         .map_err(|e| Error::new(ErrorKind::SchemaMismatch, "rows do not fit the table's schema").with_source(e))
+}
+
+/// Decodes CompactedRows written under `schema_id` of table `d` into a batch of its current schema: columns added
+/// since read as null (schema `n` is the first `n` columns), as a Java server pads an older row.
+pub fn decode_rows_of_schema<'a>(
+    d: &TableDescriptor,
+    schema_id: i16,
+    rows: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<RecordBatch> {
+    let written = d.arrow_schema_of(schema_id)?;
+    let types: Vec<ColumnType> = d.columns[..written.fields().len()].iter().map(|c| c.data_type).collect();
+    let rows = decode_rows(rows, &written, &types)?;
+    let current = d.arrow_schema();
+    RecordBatch::try_new(Arc::clone(&current), align_columns(current.fields(), &rows))
+        .map_err(|e| Error::new(ErrorKind::Internal, "widening rows to the current schema").with_source(e))
 }
 
 fn mismatch(ty: ColumnType) -> Error {

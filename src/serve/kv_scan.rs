@@ -56,9 +56,15 @@ pub struct ScanBatch {
 }
 
 /// The open ScanKv sessions of one door.
-#[derive(Default)]
 pub struct Scanners {
     sessions: Mutex<HashMap<Vec<u8>, Session>>,
+    ttl: Duration,
+}
+
+impl Default for Scanners {
+    fn default() -> Self {
+        Scanners::with_ttl(SCANNER_TTL)
+    }
 }
 
 fn invalid(message: impl Into<String>) -> Error {
@@ -66,6 +72,11 @@ fn invalid(message: impl Into<String>) -> Error {
 }
 
 impl Scanners {
+    /// Sessions idle for `ttl` are dropped ([`SCANNER_TTL`] by default).
+    pub fn with_ttl(ttl: Duration) -> Self {
+        Scanners { sessions: Mutex::default(), ttl }
+    }
+
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Session>> {
         self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -82,7 +93,7 @@ impl Scanners {
         let batch_bytes = batch_size(batch_bytes)?;
         let mut sessions = self.sessions();
         let now = Instant::now();
-        sessions.retain(|_, s| now.duration_since(s.touched) < SCANNER_TTL);
+        sessions.retain(|_, s| now.duration_since(s.touched) < self.ttl);
         if sessions.len() >= MAX_SCANNERS {
             return Err(Error::new(ErrorKind::TooManyScanners, format!("{MAX_SCANNERS} scans are open already")));
         }
@@ -112,7 +123,7 @@ impl Scanners {
     ) -> Result<ScanBatch> {
         let mut sessions = self.sessions();
         let now = Instant::now();
-        sessions.retain(|_, s| now.duration_since(s.touched) < SCANNER_TTL);
+        sessions.retain(|_, s| now.duration_since(s.touched) < self.ttl);
         if close {
             sessions.remove(id);
             return Ok(ScanBatch { scanner_id: Some(id.to_vec()), records: None, has_more_results: false });
@@ -216,6 +227,23 @@ mod tests {
             ErrorKind::InvalidScanRequest
         );
         assert!(open(&scanners, values(1), None, Some(0), Some(0)).is_err(), "batch size 0");
+        Ok(())
+    }
+
+    #[test]
+    fn idle_sessions_expire_and_open_ones_are_bounded() -> Result<()> {
+        let scanners = Scanners::with_ttl(Duration::from_millis(20));
+        let idle = open(&scanners, values(3), None, Some(0), Some(1))?.scanner_id.expect("open");
+        std::thread::sleep(Duration::from_millis(40));
+        let err = scanners.next(&idle, false, Some(1), Some(1)).map(|_| ()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::UnknownScannerId, "an idle session is dropped");
+
+        let scanners = Scanners::default();
+        for _ in 0..MAX_SCANNERS {
+            assert!(open(&scanners, values(3), None, Some(0), Some(1))?.has_more_results);
+        }
+        let err = open(&scanners, values(3), None, Some(0), Some(1)).map(|_| ()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TooManyScanners);
         Ok(())
     }
 }

@@ -28,7 +28,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
@@ -40,7 +40,9 @@ use timely::progress::Antichain;
 use tracing::Instrument;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::tiering::{Assignment, HeartbeatRequest, HeartbeatResponse, TableEpoch, TieringCluster};
+use crate::model::tiering::{
+    Assignment, HeartbeatRequest, HeartbeatResponse, TableEpoch, TableSchedule, TieringCluster,
+};
 
 use super::bridge::Tasks;
 use super::rounds::Fence;
@@ -56,6 +58,9 @@ type Finished = (i64, i64, bool);
 
 /// Why a table is handed back when the job stops.
 const STOPPED: &str = "the tiering job stopped";
+/// `--once`: a job that holds no table says what it waits for after this long, and again this often.
+const WAIT_REPORT_AFTER: Duration = Duration::from_secs(2);
+const WAIT_REPORT_EVERY: Duration = Duration::from_secs(5);
 
 /// A table this job holds: assigned, and not yet reported finished or failed.
 struct Held {
@@ -81,6 +86,8 @@ enum Event {
     },
     /// The lake-enabled tables at start: what `--once` must catch up.
     Tables(Result<BTreeSet<i64>>),
+    /// `--once`, waiting: where the tables stand with the coordinator.
+    Schedules(Result<Vec<TableSchedule>>),
 }
 
 struct Enumerator {
@@ -105,6 +112,9 @@ struct Enumerator {
     stopping: bool,
     /// Since when the job has held no table (the schedule phase), if it holds none.
     idle_since: Option<Instant>,
+    /// `--once`: when to say again what the job waits for, and whether it is asking the cluster now.
+    next_wait_report: Option<Instant>,
+    wait_report_in_flight: bool,
 }
 
 /// Builds the enumerator on `scope`; returns its splits and plans.
@@ -147,6 +157,8 @@ pub fn enumerator<'scope>(
             failures: BTreeMap::new(),
             stopping: false,
             idle_since: Some(ctx.started),
+            next_wait_report: None,
+            wait_report_in_flight: false,
             ctx,
         };
         if state.base.is_some() && state.ctx.config.once {
@@ -185,6 +197,7 @@ pub fn enumerator<'scope>(
                     }
                     Event::Tables(Ok(tables)) => state.remaining = Some(tables),
                     Event::Tables(Err(e)) => state.fatal(format!("cannot list tables: {e}")),
+                    Event::Schedules(answer) => state.on_schedules(answer),
                 }
             }
             if state.held.is_empty() && state.idle_since.is_none() {
@@ -192,9 +205,14 @@ pub fn enumerator<'scope>(
             }
             state.maybe_stop();
             state.maybe_heartbeat();
+            state.maybe_report_waiting();
             // A heartbeat in flight wakes the operator when it returns; waking it before would spin the worker.
             if state.base.is_some() && !state.heartbeat_in_flight {
-                activator.activate_after(state.next_heartbeat.saturating_duration_since(Instant::now()));
+                let mut wake = state.next_heartbeat.saturating_duration_since(Instant::now());
+                if state.ctx.config.once {
+                    wake = wake.min(WAIT_REPORT_AFTER);
+                }
+                activator.activate_after(wake);
             }
         }
     });
@@ -213,6 +231,28 @@ async fn tables_to_catch_up(client: &dyn TieringCluster) -> Result<BTreeSet<i64>
         }
     }
     Ok(out)
+}
+
+/// What a job with no table waits for: each table still to catch up as the coordinator sees it, or, from a cluster
+/// that does not say, how many.
+fn waiting_message(remaining: &BTreeSet<i64>, answer: Result<Vec<TableSchedule>>) -> String {
+    let n = remaining.len();
+    match answer {
+        Ok(all) => {
+            let tables: Vec<String> =
+                all.iter().filter(|t| remaining.contains(&t.table_id)).map(TableSchedule::describe).collect();
+            let hint = match all.iter().any(|t| t.state == "scheduled" && t.has_data) {
+                true => " (`tier --now` or `schedule` makes them due now)",
+                false => "",
+            };
+            format!("waiting for the coordinator to hand out a table: {}{hint}", tables.join("; "))
+        }
+        Err(e) if e.kind() == ErrorKind::Unsupported => format!(
+            "waiting for the coordinator to hand out one of the {n} table(s) to catch up; this cluster does not say \
+             when they are due (each is due one table.datalake.freshness after its last round)"
+        ),
+        Err(e) => format!("waiting for the coordinator to hand out one of the {n} table(s) to catch up ({e})"),
+    }
 }
 
 impl Enumerator {
@@ -391,6 +431,8 @@ impl Enumerator {
         if let Some(since) = self.idle_since.take() {
             self.ctx.metrics.add_phase(Phase::Schedule, since.elapsed());
         }
+        self.ctx.set_waiting(None);
+        self.next_wait_report = None;
         let time = self.next_time;
         self.next_time += 1;
         let caps = [base[0].delayed(&time), base[1].delayed(&time)];
@@ -544,6 +586,37 @@ impl Enumerator {
         }
     }
 
+    /// `--once` with no table held for a while: asks where the tables still to catch up stand, so the job can say
+    /// what it waits for (a table is due only after its freshness, minutes after its creation by default).
+    fn maybe_report_waiting(&mut self) {
+        let now = Instant::now();
+        let (Some(remaining), Some(since)) = (&self.remaining, self.idle_since) else { return };
+        if !self.ctx.config.once
+            || self.stopping
+            || self.wait_report_in_flight
+            || !self.held.is_empty()
+            || remaining.is_empty()
+            || now < since + WAIT_REPORT_AFTER
+            || self.next_wait_report.is_some_and(|at| now < at)
+        {
+            return;
+        }
+        self.wait_report_in_flight = true;
+        let client = self.ctx.client.clone();
+        self.tasks.spawn(async move { Event::Schedules(client.schedules().await) }, |panic| {
+            Event::Schedules(Err(Error::new(ErrorKind::Internal, format!("asking for schedules panicked: {panic}"))))
+        });
+    }
+
+    fn on_schedules(&mut self, answer: Result<Vec<TableSchedule>>) {
+        self.wait_report_in_flight = false;
+        self.next_wait_report = Some(Instant::now() + WAIT_REPORT_EVERY);
+        let Some(remaining) = self.remaining.as_ref().filter(|_| self.held.is_empty()) else { return };
+        let message = waiting_message(remaining, answer);
+        tracing::info!("{message}");
+        self.ctx.set_waiting(Some(message));
+    }
+
     fn maybe_heartbeat(&mut self) {
         let Some(_) = &self.base else { return };
         let reports = !self.finished.is_empty() || !self.failed.is_empty();
@@ -591,5 +664,40 @@ impl Enumerator {
             },
             on_panic,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(table_id: i64, state: &str, due_in: Option<Duration>, has_data: bool) -> TableSchedule {
+        TableSchedule {
+            table_id,
+            path: format!("db.t{table_id}").parse().expect("path"),
+            state: state.into(),
+            due_in,
+            has_data,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn a_waiting_job_names_each_table_it_waits_for_and_when_it_is_due() {
+        let remaining: BTreeSet<i64> = [1, 2].into();
+        let all = vec![
+            table(1, "scheduled", Some(Duration::from_secs(175)), true),
+            table(2, "pending", None, true),
+            table(3, "scheduled", Some(Duration::from_secs(5)), true), // caught up already: not named
+        ];
+        let message = waiting_message(&remaining, Ok(all));
+        assert!(message.contains("db.t1: scheduled, due in 2m55s"), "{message}");
+        assert!(message.contains("db.t2: pending"), "{message}");
+        assert!(!message.contains("db.t3"), "{message}");
+        assert!(message.contains("--now"), "{message}");
+
+        let unsupported = Error::new(ErrorKind::Unsupported, "no");
+        let message = waiting_message(&remaining, Err(unsupported));
+        assert!(message.contains("2 table(s)") && message.contains("does not say"), "{message}");
     }
 }

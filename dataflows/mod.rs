@@ -126,6 +126,8 @@ pub struct JobContext {
     pub swept: Mutex<std::collections::BTreeMap<i64, Instant>>,
     shutdown: AtomicBool,
     errors: Mutex<Vec<String>>,
+    /// `--once`: what the job waits for while it holds no table (for the progress bar).
+    waiting: Mutex<Option<String>>,
 }
 
 impl JobContext {
@@ -148,6 +150,7 @@ impl JobContext {
             swept: Mutex::new(Default::default()),
             shutdown: AtomicBool::new(false),
             errors: Mutex::new(Vec::new()),
+            waiting: Mutex::new(None),
         }
     }
 
@@ -167,6 +170,15 @@ impl JobContext {
     /// Runs a lake call with the job's lake time-out (see [`bounded`]).
     pub async fn bounded<T>(&self, what: &str, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
         bounded(self.config.lake_timeout, what, call).await
+    }
+
+    /// What the job waits for, while it holds no table and knows (`--once`).
+    pub fn waiting(&self) -> Option<String> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_waiting(&self, message: Option<String>) {
+        *self.waiting.lock().unwrap_or_else(|p| p.into_inner()) = message;
     }
 
     /// Errors that stopped the job.

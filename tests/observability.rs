@@ -1,4 +1,5 @@
-//! What a person running a long job sees: the job's Prometheus metrics and the `status` command.
+//! What a person at the command line types and sees: the job's Prometheus metrics, `status`, what `tier --once`
+//! says while it waits, `--now`, the Flink tiering job's spellings, and readable output in files.
 
 mod common;
 
@@ -204,4 +205,95 @@ fn demo_output_is_readable_in_files_and_ends_with_its_summary() {
         assert!(!parts[i + 1..].contains(p), "{p:?} twice in {line:?}");
     }
     assert!(!err.contains('\u{1b}'), "no escape codes in a pipe");
+}
+
+/// Polls `file` until a line contains every one of `needles`; returns that line.
+async fn wait_for_line(file: &std::path::Path, needles: &[&str], within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+            return line.to_string();
+        }
+        assert!(Instant::now() < deadline, "no line with {needles:?} within {within:?}:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The first run of a new user: a table with the default freshness (3 minutes, counted from its creation), rows
+/// produced, `tier --once`. The job says within seconds what it waits for and when the table is due; `--now` makes
+/// it due at once and the run ends within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier_once_says_what_it_waits_for_and_now_tiers_at_once() {
+    use fluss_tiering::model::table::{TableDescriptor, TablePath, parse_schema};
+    let Setup { dir: _dir, warehouse, cluster, client, .. } = setup().await;
+    let descriptor = TableDescriptor {
+        columns: parse_schema("id:int64,name:string").expect("schema"),
+        buckets: 2,
+        partition_key: None,
+        primary_key: vec![],
+        properties: Default::default(),
+    };
+    let path: TablePath = "db.fresh".parse().expect("path");
+    let id = client.create_table(&path, &descriptor, false).await.expect("create");
+    let table = TestTable { id, path: path.clone(), descriptor };
+    produce_all(&client, std::slice::from_ref(&table), 0, 1000).await;
+
+    let stderr = tempfile::NamedTempFile::new().expect("stderr");
+    let job = spawn_tier(&cluster.url(), &warehouse, &["--once"], &[], &stderr);
+    let line =
+        wait_for_line(stderr.path(), &["waiting for", "db.fresh: scheduled, due in"], Duration::from_secs(20)).await;
+    eprintln!("{line}");
+    assert!(line.contains("--now"), "the message says how to tier now: {line}");
+    assert!(line.contains("m5") || line.contains("2m") || line.contains("3m"), "due in minutes: {line}");
+    assert!(!line.contains('\u{1b}'), "no escape codes in a file: {line}");
+    stop_job(job, &stderr).await;
+
+    // `schedule` refuses a table that does not exist, by name.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fluss-tiering"))
+        .args(["schedule", "--cluster", &cluster.url(), "--table", "db.nope"])
+        .output()
+        .expect("schedule");
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("db.nope"), "{out:?}");
+
+    let started = Instant::now();
+    let out = tier(&cluster.url(), &warehouse, &["--now"], &[]).await;
+    assert_success(&out);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(60), "--now tiers at once, not after the freshness: took {took:?}");
+    check_exactly_once(&read_lake(&warehouse, &path), &table, &end_offsets(&client, &table).await, 1000);
+}
+
+/// A Fluss user's command line for the Flink tiering job, unchanged, against the cluster's Fluss door: the job tiers
+/// exactly once, and the options that mean nothing here are named as ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flink_jobs_command_line_tiers_exactly_once() {
+    use fluss_tiering::cluster::ClusterConfig;
+    use fluss_tiering::serve::EmbeddedCluster;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut config = ClusterConfig::new(dir.path().join("cluster"));
+    config.heartbeat_timeout = Duration::from_millis(1500);
+    let cluster = EmbeddedCluster::start_with(config, any, Some(any)).await.expect("cluster");
+    let client = fluss_tiering::rpc::ClusterClient::connect(&cluster.url()).await.expect("connect");
+    let tables = create_tables(&client).await;
+    produce_all(&client, &tables, 0, 1500).await;
+    let fluss = cluster.fluss_addr().expect("the Fluss door").to_string();
+    let warehouse = dir.path().join("paimon");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fluss-tiering"))
+        .args(["tier", "--fluss.bootstrap.servers", &fluss, "--datalake.format", "paimon"])
+        .args(["--datalake.paimon.metastore", "filesystem", "--datalake.paimon.warehouse"])
+        .arg(&warehouse)
+        .args(["--lake.tiering.io.tmp.dirs", "/tmp/flink-io", "--fluss.tiering.poll.table.interval", "200"])
+        .args(["--once", "--lake-timeout", "5s"])
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("tier");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("--lake.tiering.io.tmp.dirs ignored"), "{err}");
+    assert!(err.contains("fluss://"), "the Fluss transport was used:\n{err}");
+    for t in &tables {
+        check_exactly_once(&read_lake(&warehouse, &t.path), t, &end_offsets(&client, t).await, 1500);
+    }
 }

@@ -290,6 +290,8 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             format: args.format.clone(),
             metrics_addr: None,
             once: true,
+            now: false,
+            config: None,
             report_json: None,
             timely: TimelyArgs { workers, processes: args.processes, process: 0, hostfile: None },
             tuning: TuningArgs {

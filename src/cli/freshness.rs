@@ -70,6 +70,8 @@ pub fn measure(
         format: e.format.clone(),
         metrics_addr: None,
         once: false,
+        now: false,
+        config: None,
         report_json: None,
         timely: TimelyArgs { workers: e.workers, processes: 1, process: 0, hostfile: None },
         tuning: TuningArgs { poll_interval: "200ms".into(), ..TuningArgs::default() },

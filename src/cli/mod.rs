@@ -3,6 +3,7 @@
 mod bench;
 mod doors;
 mod freshness;
+pub mod options;
 mod tier;
 
 use std::path::PathBuf;
@@ -46,7 +47,13 @@ pub enum Command {
     /// Tiering status per table: state, epoch, lake snapshot, tiered vs end offsets (lag), last tiered, failures.
     Status(ClusterUrl),
     /// Run the tiering job: move new data from the cluster into the lake, exactly once.
+    ///
+    /// The Flink tiering job's options are accepted as Fluss operators spell them (`--fluss.bootstrap.servers`,
+    /// `--datalake.format`, `--datalake.paimon.warehouse`, `--datalake.iceberg.*`, `--lake.tiering.*`).
     Tier(TierArgs),
+    /// Make lake tables due now instead of at their freshness (an administrative request of this project's
+    /// cluster, over its gRPC door; Apache Fluss has none), and show where each stands.
+    Schedule(ScheduleArgs),
     /// Start an embedded cluster, create and fill a few tables, tier them with 2 workers and show what landed.
     Demo(DemoArgs),
     /// Measure tiering throughput per worker count against an arrow-rs Parquet baseline.
@@ -54,9 +61,10 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
-#[command(disable_help_flag = true)]
+#[command(disable_help_flag = true, args_override_self = true)]
 pub struct TierArgs {
-    /// The cluster: `http://HOST:PORT` (its gRPC door) or `fluss://HOST:PORT` (Fluss's own protocol).
+    /// The cluster: `http://HOST:PORT` (its gRPC door) or `fluss://HOST:PORT[,HOST:PORT…]` (Fluss's own protocol;
+    /// also `--fluss.bootstrap.servers HOST:PORT`).
     #[arg(long)]
     pub cluster: String,
     /// The lake's warehouse directory.
@@ -74,6 +82,13 @@ pub struct TierArgs {
     /// Exit 0 once every lake-enabled table has caught up with the offsets seen at start.
     #[arg(long)]
     pub once: bool,
+    /// Make every lake table due now instead of at its freshness (needs this project's cluster: see `schedule`).
+    #[arg(long)]
+    pub now: bool,
+    /// Read flags from FILE: `key: value` lines, with these flags' names (without `--`) or the Fluss job's keys;
+    /// flags on the command line win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// When the job ends, write its totals and phase times to this file as JSON.
     #[arg(long)]
     pub report_json: Option<PathBuf>,
@@ -176,6 +191,16 @@ pub struct DemoArgs {
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     pub help: Option<bool>,
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleArgs {
+    /// The cluster's gRPC door, e.g. http://127.0.0.1:9123
+    #[arg(long)]
+    pub cluster: String,
+    /// Tables to make due (database.table; repeat or separate by commas); every lake table when absent.
+    #[arg(long, value_delimiter = ',')]
+    pub table: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -347,13 +372,26 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Produce(args) => run_produce(args).await,
             Command::Tables(args) => print_tables(&connect(&args.cluster).await?).await,
             Command::Status(args) => print_status(&connect(&args.cluster).await?).await,
+            Command::Schedule(args) => schedule(args).await,
             Command::Tier(_) | Command::Demo(_) | Command::Bench(_) => unreachable!("handled above"),
         }
     })
 }
 
 async fn connect(url: &str) -> anyhow::Result<ClusterClient> {
+    if url.starts_with("fluss://") {
+        bail!("{url}: this command talks to the cluster's gRPC door (http://HOST:PORT), not Fluss's protocol");
+    }
     Ok(ClusterClient::connect(url).await?)
+}
+
+async fn schedule(args: ScheduleArgs) -> anyhow::Result<()> {
+    let tables: Vec<TablePath> = args.table.iter().map(|t| t.parse()).collect::<Result<_, _>>()?;
+    let client = connect(&args.cluster).await?;
+    for table in client.schedule_now(&tables).await? {
+        println!("{}", table.schedule().describe());
+    }
+    Ok(())
 }
 
 async fn run_cluster(args: ClusterArgs) -> anyhow::Result<()> {

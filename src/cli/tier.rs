@@ -100,6 +100,12 @@ pub(super) fn run_job_with(args: &TierArgs, started: impl FnOnce(&Arc<JobContext
             true => crate::fluss::transport::FlussCluster::connect(&args.cluster, rpc_timeout).await?,
             false => Arc::new(ClusterClient::connect_with_timeout(&args.cluster, rpc_timeout).await?),
         };
+        if args.now {
+            let tables = client.schedule_now(&[]).await.map_err(|e| anyhow::anyhow!("--now: {e}"))?;
+            for table in tables {
+                tracing::info!("--now: {}", table.describe());
+            }
+        }
         let lake = lake::factory(&args.format, &args.warehouse, args.catalog.as_deref(), options).await?;
         if args.format == "iceberg" {
             // Said at start, not only when their rounds fail: these tables will not reach an Iceberg lake.
@@ -108,7 +114,7 @@ pub(super) fn run_job_with(args: &TierArgs, started: impl FnOnce(&Arc<JobContext
                     crate cannot commit delete files); its rounds will fail; tier it with --format paimon");
             }
         }
-        Ok::<_, crate::Error>((client, lake))
+        Ok::<_, anyhow::Error>((client, lake))
     })?;
     let ctx = Arc::new(JobContext::new(runtime.handle().clone(), client, lake, config));
     if let Some(addr) = args.metrics_addr {
@@ -125,7 +131,7 @@ pub(super) fn run_job_with(args: &TierArgs, started: impl FnOnce(&Arc<JobContext
         signal.await;
         on_signal.request_shutdown();
     });
-    tracing::info!(job = %ctx.job_id, format = %args.format, once = args.once, "tiering job started");
+    tracing::info!(job = %ctx.job_id, cluster = %args.cluster, format = %args.format, once = args.once, "tiering job started");
     started(&ctx);
     let bar = args.once.then(|| progress_bar(Arc::clone(&ctx)));
     let result = dataflows::run(timely_config, Arc::clone(&ctx));
@@ -159,7 +165,10 @@ fn progress_bar(ctx: Arc<JobContext>) -> (std::sync::mpsc::Sender<()>, std::thre
             bar.set_length(todo.max(0) as u64);
             bar.set_position(done.max(0) as u64);
             let m = ctx.metrics.report();
-            bar.set_message(format!("committed; {} rounds, {} failed", m.rounds_committed, m.rounds_failed));
+            bar.set_message(
+                ctx.waiting()
+                    .unwrap_or_else(|| format!("committed; {} rounds, {} failed", m.rounds_committed, m.rounds_failed)),
+            );
         }
         bar.finish_and_clear();
     });
@@ -272,6 +281,8 @@ pub fn run_demo(args: super::DemoArgs) -> anyhow::Result<()> {
         format: args.format.clone(),
         metrics_addr: None,
         once: true,
+        now: false,
+        config: None,
         report_json: None,
         timely,
         tuning: TuningArgs { poll_interval: "200ms".into(), max_tables: 4, ..TuningArgs::default() },

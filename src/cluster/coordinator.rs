@@ -121,6 +121,10 @@ pub struct TieringStatus {
     pub last_tiered_ms: Option<i64>,
     pub failures: u64,
     pub last_error: Option<String>,
+    /// A scheduled table: how long until it is pending.
+    pub due_in: Option<Duration>,
+    /// Whether the table ever received a record.
+    pub has_data: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -356,7 +360,23 @@ impl Coordinator {
             last_tiered_ms: t.persisted.last_tiered_ms,
             failures: t.persisted.failures,
             last_error: t.persisted.last_error.clone(),
+            due_in: match t.state {
+                TieringState::Scheduled => t.due.map(|d| d.saturating_duration_since(Instant::now())),
+                _ => None,
+            },
+            has_data: t.has_data,
         })
+    }
+
+    /// Makes a scheduled table due now (an administrative request: `tier --now`, `schedule`); a table in any other
+    /// state is left as it is (it is pending or tiering already, or waits for its round's outcome). It becomes
+    /// pending at the next tick if it has data.
+    pub fn schedule_now(&mut self, table_id: i64, now: Instant) -> Result<()> {
+        let table = self.table_mut(table_id)?;
+        if table.state == TieringState::Scheduled {
+            table.due = Some(now);
+        }
+        Ok(())
     }
 
     fn request_table(&mut self, now: Instant) -> Result<Option<TieringAssignment>> {

@@ -338,6 +338,25 @@ impl Cluster {
             .collect()
     }
 
+    /// Makes `tables` (every lake table when empty) due now; answers their status after (see
+    /// [`Coordinator::schedule_now`]). A table that does not exist fails the request before any is touched.
+    pub fn schedule_now(&self, tables: &[TablePath]) -> Result<Vec<(TableInfo, Option<TieringStatus>)>> {
+        let ids: Vec<i64> = tables.iter().map(|p| self.table_by_path(p).map(|t| t.table_id)).collect::<Result<_>>()?;
+        let chosen = |id: &i64| ids.is_empty() || ids.contains(id);
+        let targets: Vec<i64> = lock(&self.metadata).tables().map(|t| t.table_id).filter(chosen).collect();
+        let now = std::time::Instant::now();
+        {
+            let mut coordinator = self.coordinator();
+            for id in targets {
+                if coordinator.status(id).is_some() {
+                    coordinator.schedule_now(id, now)?;
+                }
+            }
+            coordinator.tick(now)?;
+        }
+        Ok(self.list_tables().into_iter().filter(|(t, _)| chosen(&t.table_id)).collect())
+    }
+
     /// Appends Fluss log batches to a bucket, durably. Every batch is checked before any is stored: its crc, the
     /// table's current schema id, an Arrow body that fits that schema, for a partitioned table only rows of the
     /// named partition (created on first use), and its writer's sequence. An idempotent writer's repeat is answered

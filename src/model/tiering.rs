@@ -6,6 +6,7 @@
 //! epoch is dead), `Network` / `RequestTimeOut` (retryable), the rest fatal to the call.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use serde::{Deserialize, Serialize};
@@ -187,6 +188,50 @@ pub struct KvSnapshotRef {
     pub held_by_planner: bool,
 }
 
+/// Where a table stands with the coordinator: what a waiting job reports, and what `schedule` answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSchedule {
+    pub table_id: i64,
+    pub path: TablePath,
+    /// The coordinator's name for the state: scheduled, pending, tiering, … (`disabled`: not a lake table).
+    pub state: String,
+    /// A scheduled table: how long until it is handed out.
+    pub due_in: Option<Duration>,
+    /// Whether the table ever received a record (one that never did is not handed out).
+    pub has_data: bool,
+    /// Why its last round failed, while it waits to be retried.
+    pub last_error: Option<String>,
+}
+
+impl TableSchedule {
+    /// One line a person reads: the state and, when it waits, what for.
+    pub fn describe(&self) -> String {
+        let path = &self.path;
+        match (self.state.as_str(), self.due_in) {
+            ("disabled", _) => format!("{path}: not tiered (table.datalake.enabled is false)"),
+            ("scheduled", _) if !self.has_data => format!("{path}: scheduled, has no data yet"),
+            ("scheduled", Some(due)) => match &self.last_error {
+                Some(e) => format!("{path}: last round failed ({e}); retried in {}", human(due)),
+                None => format!("{path}: scheduled, due in {} (its freshness)", human(due)),
+            },
+            ("pending", _) => format!("{path}: pending, to be handed to the next job with room"),
+            ("tiering", _) => format!("{path}: being tiered"),
+            (state, _) => format!("{path}: {state}"),
+        }
+    }
+}
+
+/// A duration as people say it: `850ms`, `4.2s`, `2m55s`, `1h05m`.
+pub fn human(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0 => format!("{}ms", d.as_millis()),
+        1..60 => format!("{:.1}s", d.as_secs_f64()),
+        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
+    }
+}
+
 /// One fetch's answer: the bucket's bounds and the stored batches from the one holding the offset asked.
 #[derive(Debug, Clone)]
 pub struct FetchedLog {
@@ -243,6 +288,23 @@ pub trait TieringCluster: Send + Sync {
 
     /// Records a lake snapshot; a rejection of the table (fenced epoch, …) is an error of that kind.
     async fn commit_lake_snapshot(&self, commit: &LakeCommit) -> Result<()>;
+
+    /// Where each table stands with the coordinator, so that a job with nothing to do can say what it waits for.
+    /// Fluss's protocol has no such request: a cluster that cannot answer says `Unsupported`.
+    async fn schedules(&self) -> Result<Vec<TableSchedule>> {
+        Err(Error::new(ErrorKind::Unsupported, "this cluster does not say when its tables are due"))
+    }
+
+    /// Makes `tables` (every lake table when empty) due now instead of at their freshness: an administrative
+    /// request of this project's coordinator (`tier --now`, `schedule`) that Fluss's protocol does not have.
+    async fn schedule_now(&self, tables: &[TablePath]) -> Result<Vec<TableSchedule>> {
+        let _ = tables;
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            "this cluster cannot be asked to tier a table now (Apache Fluss's protocol has no such request; the \
+             cluster's gRPC door, http://, has): its tables are tiered at their freshness",
+        ))
+    }
 
     /// End offsets of every bucket of a table: `((partition id, bucket), high watermark)`.
     async fn end_offsets(
@@ -372,6 +434,31 @@ impl LogReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_as_people_say_them() {
+        let cases = [(850, "850ms"), (4_200, "4.2s"), (175_000, "2m55s"), (3_900_000, "1h05m")];
+        for (ms, text) in cases {
+            assert_eq!(human(Duration::from_millis(ms)), text);
+        }
+    }
+
+    #[test]
+    fn a_table_that_waits_says_for_what() {
+        let mut t = TableSchedule {
+            table_id: 1,
+            path: "db.t".parse().expect("path"),
+            state: "scheduled".into(),
+            due_in: Some(Duration::from_secs(90)),
+            has_data: false,
+            last_error: None,
+        };
+        assert_eq!(t.describe(), "db.t: scheduled, has no data yet");
+        t.has_data = true;
+        assert_eq!(t.describe(), "db.t: scheduled, due in 1m30s (its freshness)");
+        t.last_error = Some("lake down".into());
+        assert_eq!(t.describe(), "db.t: last round failed (lake down); retried in 1m30s");
+    }
 
     #[test]
     fn offsets_files_are_fluss_json() {

@@ -37,6 +37,39 @@ pub struct TableSummary {
     pub last_tiered_ms: Option<i64>,
     pub failures: u64,
     pub last_error: Option<String>,
+    pub due_in_ms: Option<i64>,
+    pub has_data: bool,
+}
+
+impl TableSummary {
+    fn from_pb(t: proto::PbTableInfo) -> Result<Self> {
+        let p = t.table_path.ok_or_else(|| Error::new(ErrorKind::CorruptMessage, "table without a path"))?;
+        Ok(TableSummary {
+            table_id: t.table_id,
+            path: TablePath::new(p.database_name, p.table_name)?,
+            descriptor: descriptor(&t.table_json)?,
+            tiering_state: t.tiering_state,
+            tiering_epoch: t.tiering_epoch,
+            lake_snapshot_id: t.lake_snapshot_id,
+            last_tiered_ms: t.last_tiered_time,
+            failures: t.failures.max(0) as u64,
+            last_error: t.last_error,
+            due_in_ms: t.due_in_ms,
+            has_data: t.has_data,
+        })
+    }
+
+    /// The coordinator's view of the table, in the model's terms.
+    pub fn schedule(&self) -> crate::model::tiering::TableSchedule {
+        crate::model::tiering::TableSchedule {
+            table_id: self.table_id,
+            path: self.path.clone(),
+            state: self.tiering_state.clone(),
+            due_in: self.due_in_ms.map(|ms| std::time::Duration::from_millis(ms.max(0) as u64)),
+            has_data: self.has_data,
+            last_error: self.last_error.clone(),
+        }
+    }
 }
 
 /// How long a call to the cluster may take unless the caller says otherwise.
@@ -117,23 +150,14 @@ impl ClusterClient {
 
     pub async fn list_tables(&self) -> Result<Vec<TableSummary>> {
         let resp = self.coordinator.clone().list_tables(proto::ListTablesRequest {}).await?.into_inner();
-        resp.tables
-            .into_iter()
-            .map(|t| {
-                let p = t.table_path.ok_or_else(|| Error::new(ErrorKind::CorruptMessage, "table without a path"))?;
-                Ok(TableSummary {
-                    table_id: t.table_id,
-                    path: TablePath::new(p.database_name, p.table_name)?,
-                    descriptor: descriptor(&t.table_json)?,
-                    tiering_state: t.tiering_state,
-                    tiering_epoch: t.tiering_epoch,
-                    lake_snapshot_id: t.lake_snapshot_id,
-                    last_tiered_ms: t.last_tiered_time,
-                    failures: t.failures.max(0) as u64,
-                    last_error: t.last_error,
-                })
-            })
-            .collect()
+        resp.tables.into_iter().map(TableSummary::from_pb).collect()
+    }
+
+    /// Makes `tables` (every lake table when empty) due now; answers their state after.
+    pub async fn schedule_now(&self, tables: &[TablePath]) -> Result<Vec<TableSummary>> {
+        let req = proto::ScheduleTieringRequest { tables: tables.iter().map(pb_path).collect() };
+        let resp = self.coordinator.clone().schedule_tiering(req).await?.into_inner();
+        resp.tables.into_iter().map(TableSummary::from_pb).collect()
     }
 
     /// The table's id and descriptor.

@@ -7,7 +7,7 @@ use crate::model::log::LogBatch;
 use crate::model::table::{TableDescriptor, TablePath};
 use crate::model::tiering::{
     Assignment, BucketAddr, FetchedLog, HeartbeatRequest, HeartbeatResponse, KvSnapshotRef, LakeBucketOffset,
-    LakeCommit, LakeSnapshot, TableAnswer, TableEpoch, TieringCluster,
+    LakeCommit, LakeSnapshot, TableAnswer, TableEpoch, TableSchedule, TieringCluster,
 };
 use crate::rpc::{ClusterClient, pb_path, proto};
 
@@ -155,6 +155,14 @@ impl TieringCluster for ClusterClient {
         index: i32,
     ) -> Result<(Vec<RecordBatch>, i32)> {
         self.fetch_kv_snapshot(table_id, partition_id, bucket, snapshot_id, index).await
+    }
+
+    async fn schedules(&self) -> Result<Vec<TableSchedule>> {
+        Ok(self.list_tables().await?.iter().map(|t| t.schedule()).collect())
+    }
+
+    async fn schedule_now(&self, tables: &[TablePath]) -> Result<Vec<TableSchedule>> {
+        Ok(ClusterClient::schedule_now(self, tables).await?.iter().map(|t| t.schedule()).collect())
     }
 
     async fn commit_lake_snapshot(&self, commit: &LakeCommit) -> Result<()> {

@@ -5,11 +5,11 @@ use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 
-use crate::cluster::coordinator::{Heartbeat, HeartbeatEntry, LakeBucketOffset};
+use crate::cluster::coordinator::{Heartbeat, HeartbeatEntry, LakeBucketOffset, TieringStatus};
 use crate::cluster::{BucketId, Cluster};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::now_ms;
-use crate::model::table::{TableDescriptor, TablePath};
+use crate::model::table::{TableDescriptor, TableInfo, TablePath};
 use crate::rpc::pb_path;
 use crate::rpc::proto::{self, coordinator_service_server::CoordinatorService, tablet_service_server::TabletService};
 
@@ -115,24 +115,19 @@ impl CoordinatorService for ClusterService {
         &self,
         _req: Request<proto::ListTablesRequest>,
     ) -> Result<Response<proto::ListTablesResponse>, Status> {
-        let tables = self.cluster.list_tables();
-        let tables = tables
-            .into_iter()
-            .map(|(t, status)| {
-                Ok(proto::PbTableInfo {
-                    table_id: t.table_id,
-                    table_path: Some(pb_path(&t.path)),
-                    table_json: table_json(&t.descriptor)?,
-                    tiering_state: status.as_ref().map(|s| s.state.name()).unwrap_or("disabled").to_string(),
-                    tiering_epoch: status.as_ref().map(|s| s.tiering_epoch).unwrap_or(0),
-                    lake_snapshot_id: status.as_ref().and_then(|s| s.lake_snapshot_id),
-                    last_tiered_time: status.as_ref().and_then(|s| s.last_tiered_ms),
-                    failures: status.as_ref().map(|s| s.failures as i64).unwrap_or(0),
-                    last_error: status.and_then(|s| s.last_error),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let tables = self.cluster.list_tables().into_iter().map(pb_table_info).collect::<Result<_>>()?;
         Ok(Response::new(proto::ListTablesResponse { tables }))
+    }
+
+    async fn schedule_tiering(
+        &self,
+        req: Request<proto::ScheduleTieringRequest>,
+    ) -> Result<Response<proto::ScheduleTieringResponse>, Status> {
+        let paths: Vec<TablePath> =
+            req.into_inner().tables.into_iter().map(|p| table_path(Some(p))).collect::<Result<_>>()?;
+        let tables = self.blocking(move |c| c.schedule_now(&paths)).await?;
+        let tables = tables.into_iter().map(pb_table_info).collect::<Result<_>>()?;
+        Ok(Response::new(proto::ScheduleTieringResponse { tables }))
     }
 
     async fn get_table_info(
@@ -396,4 +391,21 @@ impl TabletService for ClusterService {
             self.blocking(move |c| c.fetch_kv_snapshot(id, req.snapshot_id, req.batch_index)).await?;
         Ok(Response::new(proto::FetchKvSnapshotResponse { records: crate::model::ipc::encode(&[batch])?, batch_count }))
     }
+}
+
+/// A table with the coordinator's view of it (`disabled`: not a lake table).
+fn pb_table_info((t, status): (TableInfo, Option<TieringStatus>)) -> Result<proto::PbTableInfo> {
+    Ok(proto::PbTableInfo {
+        table_id: t.table_id,
+        table_path: Some(pb_path(&t.path)),
+        table_json: table_json(&t.descriptor)?,
+        tiering_state: status.as_ref().map(|s| s.state.name()).unwrap_or("disabled").to_string(),
+        tiering_epoch: status.as_ref().map(|s| s.tiering_epoch).unwrap_or(0),
+        lake_snapshot_id: status.as_ref().and_then(|s| s.lake_snapshot_id),
+        last_tiered_time: status.as_ref().and_then(|s| s.last_tiered_ms),
+        failures: status.as_ref().map(|s| s.failures as i64).unwrap_or(0),
+        due_in_ms: status.as_ref().and_then(|s| s.due_in).map(|d| d.as_millis().min(i64::MAX as u128) as i64),
+        has_data: status.as_ref().is_some_and(|s| s.has_data),
+        last_error: status.and_then(|s| s.last_error),
+    })
 }

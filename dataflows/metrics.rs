@@ -76,6 +76,16 @@ pub struct JobReport {
 /// Upper bounds (seconds) of the commit latency histogram's buckets.
 const COMMIT_BUCKETS: [f64; 8] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
 
+/// The commit latency histogram, with [`COMMIT_BUCKETS`].
+#[derive(Debug)]
+struct CommitHistogram(prometheus_client::metrics::histogram::Histogram);
+
+impl Default for CommitHistogram {
+    fn default() -> Self {
+        CommitHistogram(prometheus_client::metrics::histogram::Histogram::new(COMMIT_BUCKETS))
+    }
+}
+
 /// Counters of one job, shared by all workers of a process.
 #[derive(Debug, Default)]
 pub struct JobMetrics {
@@ -94,9 +104,8 @@ pub struct JobMetrics {
     /// Orphan files (and their bytes) the sweep deleted.
     pub orphans_deleted: AtomicU64,
     pub orphan_bytes_deleted: AtomicU64,
-    pub commit_micros: AtomicU64,
-    /// Commits per latency bucket (`COMMIT_BUCKETS`, then +Inf).
-    commit_buckets: [AtomicU64; 9],
+    /// Latency of round commits, in seconds.
+    commit_seconds: CommitHistogram,
     /// Nanoseconds per [`Phase`].
     phase_nanos: [AtomicU64; 5],
     /// Nanoseconds per [`SplitWork`], summed over split tasks.
@@ -124,10 +133,7 @@ impl JobMetrics {
     }
     pub(crate) fn add_committed_round(&self, took: Duration) {
         self.rounds_committed.fetch_add(1, Ordering::Relaxed);
-        self.commit_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-        let secs = took.as_secs_f64();
-        let bucket = COMMIT_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(COMMIT_BUCKETS.len());
-        self.commit_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.commit_seconds.0.observe(took.as_secs_f64());
     }
     pub(crate) fn add_empty_round(&self) {
         self.rounds_empty.fetch_add(1, Ordering::Relaxed);
@@ -206,56 +212,37 @@ impl JobMetrics {
         (done, todo)
     }
 
-    /// The metrics in the Prometheus text format.
+    /// The metrics in the OpenMetrics text format (counters' names get their `_total` from the encoder).
     pub fn render(&self) -> String {
-        use std::fmt::Write;
-        let mut out = String::new();
+        use prometheus_client::metrics::counter::{ConstCounter, Counter};
+        use prometheus_client::metrics::family::Family;
+        use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+        let mut registry = prometheus_client::registry::Registry::with_prefix("fluss_tiering");
         let counters = [
-            ("fluss_tiering_rows_total", "Rows written to the lake (committed or not).", &self.rows),
-            ("fluss_tiering_files_total", "Lake files written.", &self.files),
-            ("fluss_tiering_file_bytes_total", "Bytes of lake files written.", &self.file_bytes),
-            ("fluss_tiering_splits_total", "Splits read and written.", &self.splits),
-            (
-                "fluss_tiering_kv_changes_read_total",
-                "Primary-key changes read, before consolidation.",
-                &self.changes_read,
-            ),
-            ("fluss_tiering_rounds_committed_total", "Rounds committed to lake and cluster.", &self.rounds_committed),
-            ("fluss_tiering_rounds_empty_total", "Rounds that found nothing new.", &self.rounds_empty),
-            ("fluss_tiering_rounds_failed_total", "Rounds that failed.", &self.rounds_failed),
-            ("fluss_tiering_orphan_files_deleted_total", "Unreferenced lake files deleted.", &self.orphans_deleted),
-            (
-                "fluss_tiering_orphan_bytes_deleted_total",
-                "Bytes of unreferenced lake files deleted.",
-                &self.orphan_bytes_deleted,
-            ),
+            ("rows", "Rows written to the lake (committed or not).", &self.rows),
+            ("files", "Lake files written.", &self.files),
+            ("file_bytes", "Bytes of lake files written.", &self.file_bytes),
+            ("splits", "Splits read and written.", &self.splits),
+            ("kv_changes_read", "Primary-key changes read, before consolidation.", &self.changes_read),
+            ("rounds_committed", "Rounds committed to lake and cluster.", &self.rounds_committed),
+            ("rounds_empty", "Rounds that found nothing new.", &self.rounds_empty),
+            ("rounds_failed", "Rounds that failed.", &self.rounds_failed),
+            ("orphan_files_deleted", "Unreferenced lake files deleted.", &self.orphans_deleted),
+            ("orphan_bytes_deleted", "Bytes of unreferenced lake files deleted.", &self.orphan_bytes_deleted),
         ];
         for (name, help, value) in counters {
-            let _ =
-                writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
+            registry.register(name, help, ConstCounter::new(value.load(Ordering::Relaxed)));
         }
-        let _ = writeln!(
-            out,
-            "# HELP fluss_tiering_splits_in_flight Splits being read and written.\n# TYPE fluss_tiering_splits_in_flight gauge\nfluss_tiering_splits_in_flight {}",
-            self.splits_in_flight.load(Ordering::Relaxed)
+        let in_flight = i64::try_from(self.splits_in_flight.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+        registry.register("splits_in_flight", "Splits being read and written.", ConstGauge::new(in_flight));
+        registry.register(
+            "commit_seconds",
+            "Latency of round commits (lake and cluster).",
+            self.commit_seconds.0.clone(),
         );
-        let _ = writeln!(out, "# HELP fluss_tiering_commit_seconds Latency of round commits (lake and cluster).");
-        let _ = writeln!(out, "# TYPE fluss_tiering_commit_seconds histogram");
-        let mut cumulative = 0;
-        for (i, bound) in COMMIT_BUCKETS.iter().map(|b| b.to_string()).chain(["+Inf".to_string()]).enumerate() {
-            cumulative += self.commit_buckets[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "fluss_tiering_commit_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        let _ = writeln!(
-            out,
-            "fluss_tiering_commit_seconds_sum {}",
-            self.commit_micros.load(Ordering::Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "fluss_tiering_commit_seconds_count {cumulative}");
-        let _ = writeln!(out, "# HELP fluss_tiering_phase_seconds_total Time spent per phase of the rounds.");
-        let _ = writeln!(out, "# TYPE fluss_tiering_phase_seconds_total counter");
+        let phases = Family::<[(&str, &str); 1], Counter<f64, AtomicU64>>::default();
         let p = self.phase_seconds();
-        let phases = [
+        for (phase, secs) in [
             ("schedule", p.schedule),
             ("plan", p.plan),
             ("fetch", p.fetch),
@@ -263,35 +250,21 @@ impl JobMetrics {
             ("encode_write", p.encode_write),
             ("lake_commit", p.lake_commit),
             ("cluster_commit", p.cluster_commit),
-        ];
-        for (phase, secs) in phases {
-            let _ = writeln!(out, "fluss_tiering_phase_seconds_total{{phase=\"{phase}\"}} {secs}");
+        ] {
+            phases.get_or_create(&[("phase", phase)]).inc_by(secs);
         }
+        registry.register("phase_seconds", "Time spent per phase of the rounds.", phases);
+        let lag = Family::<[(&str, String); 1], Gauge>::default();
+        let since_commit = Family::<[(&str, String); 1], Gauge<f64, AtomicU64>>::default();
         let now = crate::model::now_ms();
-        let _ = writeln!(
-            out,
-            "# HELP fluss_tiering_table_lag_offsets Offsets seen in the cluster and not yet in the lake."
-        );
-        let _ = writeln!(out, "# TYPE fluss_tiering_table_lag_offsets gauge");
-        let tables = self.progress().clone();
-        for (table, p) in &tables {
-            let _ = writeln!(
-                out,
-                "fluss_tiering_table_lag_offsets{{table=\"{}\"}} {}",
-                crate::metrics::label(table),
-                p.end - p.tiered
-            );
+        for (table, p) in self.progress().iter() {
+            lag.get_or_create(&[("table", table.clone())]).set(p.end - p.tiered);
+            if p.tiered_at_ms > 0 {
+                since_commit.get_or_create(&[("table", table.clone())]).set((now - p.tiered_at_ms) as f64 / 1000.0);
+            }
         }
-        let _ = writeln!(out, "# HELP fluss_tiering_table_seconds_since_commit Seconds since the table's last commit.");
-        let _ = writeln!(out, "# TYPE fluss_tiering_table_seconds_since_commit gauge");
-        for (table, p) in tables.iter().filter(|(_, p)| p.tiered_at_ms > 0) {
-            let secs = (now - p.tiered_at_ms) as f64 / 1000.0;
-            let _ = writeln!(
-                out,
-                "fluss_tiering_table_seconds_since_commit{{table=\"{}\"}} {secs}",
-                crate::metrics::label(table)
-            );
-        }
-        out
+        registry.register("table_lag_offsets", "Offsets seen in the cluster and not yet in the lake.", lag);
+        registry.register("table_seconds_since_commit", "Seconds since the table's last commit.", since_commit);
+        crate::metrics::encode(&registry)
     }
 }

@@ -1,5 +1,6 @@
-//! A minimal Prometheus endpoint: `GET /metrics` answers with the text a render function produces. One small server
-//! for the tiering job and the cluster alike; anything else gets 404.
+//! A minimal Prometheus endpoint: `GET /metrics` answers with the OpenMetrics text a render function produces (through
+//! the `prometheus-client` library's encoder, [`encode`]). One small server for the tiering job and the cluster alike;
+//! anything else gets 404.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use tokio::net::TcpListener;
 
 use crate::error::{Error, ErrorKind, Result};
 
-/// Renders the current metrics in the Prometheus text format.
+/// Renders the current metrics in the OpenMetrics text format.
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// Binds `addr` and serves `render` on the current tokio runtime until it stops. Returns the bound address.
@@ -34,7 +35,7 @@ pub async fn serve(addr: SocketAddr, render: Render) -> Result<SocketAddr> {
                 let response = if request.starts_with(b"GET /metrics ") {
                     let body = render();
                     format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                         body.len()
                     )
                 } else {
@@ -48,7 +49,12 @@ pub async fn serve(addr: SocketAddr, render: Render) -> Result<SocketAddr> {
     Ok(bound)
 }
 
-/// Escapes a label value.
-pub fn label(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+/// The OpenMetrics text of `registry`, ending with `# EOF`.
+pub fn encode(registry: &prometheus_client::registry::Registry) -> String {
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, registry) {
+        // Writing to a String cannot fail; a metric that cannot encode itself is a bug, said in the log.
+        tracing::error!(error = %e, "encoding metrics failed");
+    }
+    out
 }

@@ -3,7 +3,9 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -15,6 +17,46 @@ fn scrape(addr: &str) -> Option<String> {
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     if response.starts_with("HTTP/1.1 200") { Some(response) } else { None }
+}
+
+/// The body of an HTTP response.
+fn body(response: &str) -> String {
+    response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+}
+
+/// Every family and sample name in OpenMetrics `texts`, as the Python Prometheus client's parser reads them (it
+/// fails on anything that is not OpenMetrics).
+fn parse_openmetrics(texts: &[String]) -> BTreeSet<String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = std::process::Command::new(python());
+    cmd.arg("-c").arg(
+        "import json, sys\n\
+         from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+         names = set()\n\
+         for path in sys.argv[1:]:\n\
+         \x20   for family in text_string_to_metric_families(open(path).read()):\n\
+         \x20       names.add(family.name)\n\
+         \x20       names.update(sample.name for sample in family.samples)\n\
+         print(json.dumps(sorted(names)))\n",
+    );
+    for (i, text) in texts.iter().enumerate() {
+        let path = dir.path().join(format!("metrics-{i}.txt"));
+        std::fs::write(&path, text).expect("write");
+        cmd.arg(path);
+    }
+    let out = cmd.output().expect("python");
+    assert!(out.status.success(), "the parser refused the metrics: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("names")
+}
+
+/// The metric names a text puts in backticks (`fluss_tiering_…`, `fluss_cluster_…`, labels left out).
+fn metric_names(text: &str) -> BTreeSet<String> {
+    text.split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|quoted| quoted.starts_with("fluss_tiering_") || quoted.starts_with("fluss_cluster_"))
+        .map(|quoted| quoted.split('{').next().unwrap_or(quoted).to_string())
+        .collect()
 }
 
 fn value(metrics: &str, series: &str) -> Option<f64> {
@@ -58,6 +100,22 @@ async fn metrics_show_the_lag_falling_to_zero() {
     assert!(value(&last, "fluss_tiering_rounds_committed_total").unwrap_or(0.0) >= 1.0);
     assert!(last.contains("fluss_tiering_commit_seconds_bucket{le=\"+Inf\"}"));
     stop_job(job, &stderr).await;
+
+    // Both endpoints read by a parser that is not ours (the Python Prometheus client's strict OpenMetrics parser)
+    // carry every metric the README names.
+    let served = Arc::clone(cluster.cluster());
+    let render: fluss_tiering::metrics::Render = Arc::new(move || served.render_metrics());
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let cluster_addr = fluss_tiering::metrics::serve(any, render).await.expect("serve cluster metrics").to_string();
+    let job_text = body(&last);
+    let cluster_text = body(&scrape(&cluster_addr).expect("cluster metrics"));
+    let families = parse_openmetrics(&[job_text, cluster_text]);
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let listed = metric_names(&readme);
+    assert!(listed.len() >= 15, "the README names the metrics: {listed:?}");
+    for name in &listed {
+        assert!(families.contains(name), "{name} (README) is not served: {families:?}");
+    }
     check_exactly_once(
         &read_lake(&warehouse, &tables[0].path),
         &tables[0],

@@ -728,14 +728,10 @@ impl Cluster {
     /// The cluster's metrics in the Prometheus text format: records produced, and per table the end offsets, the
     /// offsets in the lake and the tiering state.
     pub fn render_metrics(&self) -> String {
-        use std::fmt::Write;
-        let mut out = String::new();
+        use prometheus_client::metrics::{counter::ConstCounter, family::Family, gauge::Gauge};
+        let mut registry = prometheus_client::registry::Registry::with_prefix("fluss_cluster");
         let produced = self.produced.load(std::sync::atomic::Ordering::Relaxed);
-        let _ = writeln!(out, "# HELP fluss_cluster_records_produced_total Records acknowledged since start.");
-        let _ = writeln!(
-            out,
-            "# TYPE fluss_cluster_records_produced_total counter\nfluss_cluster_records_produced_total {produced}"
-        );
+        registry.register("records_produced", "Records acknowledged since start.", ConstCounter::new(produced));
         let tables = self.list_tables();
         let ends: HashMap<i64, i64> = {
             let logs = lock(&self.logs);
@@ -745,10 +741,8 @@ impl Cluster {
             }
             ends
         };
+        let lag = Family::<[(&str, String); 2], Gauge>::default();
         let coordinator = self.coordinator();
-        let _ =
-            writeln!(out, "# HELP fluss_cluster_table_lag_offsets Records in the cluster not yet recorded as tiered.");
-        let _ = writeln!(out, "# TYPE fluss_cluster_table_lag_offsets gauge");
         for (t, status) in &tables {
             let end = ends.get(&t.table_id).copied().unwrap_or(0);
             let tiered: i64 = coordinator
@@ -756,14 +750,11 @@ impl Cluster {
                 .map(|l| l.buckets.iter().map(|b| b.log_end_offset).sum())
                 .unwrap_or(0);
             let state = status.as_ref().map(|s| s.state.name()).unwrap_or("disabled");
-            let name = crate::metrics::label(&t.path.to_string());
-            let _ = writeln!(
-                out,
-                "fluss_cluster_table_lag_offsets{{table=\"{name}\",state=\"{state}\"}} {}",
-                (end - tiered).max(0)
-            );
+            lag.get_or_create(&[("table", t.path.to_string()), ("state", state.to_string())])
+                .set((end - tiered).max(0));
         }
-        out
+        registry.register("table_lag_offsets", "Records in the cluster not yet recorded as tiered.", lag);
+        crate::metrics::encode(&registry)
     }
 
     /// The log of a bucket that the catalog knows.

@@ -111,6 +111,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener> {
 
 /// A cluster served in this process, on a loopback port of its own; it stops when dropped or shut down.
 pub struct EmbeddedCluster {
+    cluster: Arc<Cluster>,
     addr: SocketAddr,
     fluss_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
@@ -149,10 +150,16 @@ impl EmbeddedCluster {
             None => None,
         };
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(serve(Arc::new(cluster), listener, fluss, async {
+        let cluster = Arc::new(cluster);
+        let task = tokio::spawn(serve(Arc::clone(&cluster), listener, fluss, async {
             let _ = stopped.await;
         }));
-        Ok(EmbeddedCluster { addr, fluss_addr, stop: Some(stop), task: Some(task) })
+        Ok(EmbeddedCluster { cluster, addr, fluss_addr, stop: Some(stop), task: Some(task) })
+    }
+
+    /// The cluster itself (for what is not served: its metrics).
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
     }
 
     /// The `http://127.0.0.1:PORT` URL clients connect to.

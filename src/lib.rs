@@ -25,12 +25,14 @@
 //! - [`failpoint`]: crash, pause and slow-down points that the tests arm through environment variables.
 //! - [`metrics`]: the Prometheus `/metrics` endpoint of the job and of the cluster.
 //! - [`workload`]: a deterministic load generator whose rows a checker can recompute.
+//! - [`dataset`]: rows from outside it: the TPC-H tables (`tpchgen`) and users' Parquet and CSV files.
 //! - [`cli`]: the `fluss-tiering` command.
 
 pub mod cli;
 pub mod cluster;
 #[path = "../dataflows/mod.rs"]
 pub mod dataflows;
+pub mod dataset;
 pub mod error;
 pub mod failpoint;
 pub mod fluss;

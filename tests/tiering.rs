@@ -198,3 +198,106 @@ async fn paimon_commit_whose_reply_is_lost_is_found_in_the_lake_not_repeated() {
     assert!(log.contains("commit reported an error but landed"), "the committer looked in the lake:\n{log}");
     check_lake_and_cluster(&client, &warehouse, &tables, 1000).await;
 }
+
+/// The text of one value as Arrow shows it (`""` for null).
+fn shown(batch: &arrow::array::RecordBatch, column: &str, row: usize) -> String {
+    let array = batch.column_by_name(column).unwrap_or_else(|| panic!("no column {column}"));
+    arrow::util::display::array_value_to_string(array, row).expect("display")
+}
+
+/// Runs `fluss-tiering produce --cluster URL ARGS` and checks it succeeded.
+fn produce_command(url: &str, args: &[&str]) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fluss-tiering"))
+        .args(["produce", "--cluster", url])
+        .args(args)
+        .output()
+        .expect("produce");
+    assert!(out.status.success(), "produce {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Research data: a TPC-H table from the standard generator (`produce --dataset`), and a user's own Parquet and CSV
+/// files written by pyarrow (`produce --from`), into tables the command creates, then one tiering run: pypaimon reads
+/// exactly the source's rows, value for value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tpch_and_users_files_reach_the_lake_value_for_value() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cluster, _client) = start_cluster(&dir.path().join("cluster")).await;
+    let (url, warehouse) = (cluster.url(), dir.path().join("warehouse"));
+    produce_command(&url, &["--table", "tpch.lineitem", "--dataset", "tpch:lineitem", "--scale-factor", "0.01"]);
+
+    // 500 rows, written by pyarrow: a null every 17 names, a comma and a quote in every name (CSV quoting).
+    const ROWS: usize = 500;
+    let (parquet, csv) = (dir.path().join("data.parquet"), dir.path().join("data.csv"));
+    let script = "import datetime, decimal, sys\n\
+        import pyarrow as pa, pyarrow.csv, pyarrow.parquet\n\
+        n = int(sys.argv[3])\n\
+        t = pa.table({\n\
+        \x20   'id': pa.array(range(n), pa.int64()),\n\
+        \x20   'name': [None if i % 17 == 0 else f'n,\"{i}\"' for i in range(n)],\n\
+        \x20   'price': pa.array([decimal.Decimal(i * 125) / 100 for i in range(n)], pa.decimal128(10, 2)),\n\
+        \x20   'day': [datetime.date(2026, 1, 1) + datetime.timedelta(days=i) for i in range(n)],\n\
+        \x20   'ok': [i % 3 == 0 for i in range(n)],\n\
+        \x20   'x': [i + 0.5 for i in range(n)],\n\
+        })\n\
+        pyarrow.parquet.write_table(t, sys.argv[1])\n\
+        pyarrow.csv.write_csv(t, sys.argv[2])\n";
+    let out = std::process::Command::new(python())
+        .args(["-c", script])
+        .args([&parquet, &csv])
+        .arg(ROWS.to_string())
+        .output()
+        .expect("python");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let parquet_arg = parquet.display().to_string();
+    produce_command(&url, &["--table", "files.parquet", "--from", &parquet_arg, "--buckets", "3"]);
+    let csv_arg = csv.display().to_string();
+    let schema = "id:int64,name:string,price:decimal(10,2),day:date,ok:bool,x:float64";
+    produce_command(&url, &["--table", "files.csv", "--from", &csv_arg, "--schema", schema]);
+
+    assert_success(&tier(&url, &warehouse, &["--now"], &[]).await);
+
+    // TPC-H: the generator's row count, and every 97th row field by field.
+    let lake = read_lake(&warehouse, &"tpch.lineitem".parse().expect("path"));
+    let expected: Vec<String> =
+        tpchgen::generators::LineItemGenerator::new(0.01, 1, 1).iter().map(|l| l.to_string()).collect();
+    assert_eq!(lake.rows.num_rows(), expected.len(), "every generated row once");
+    let rows = &lake.rows;
+    let by_key: std::collections::HashMap<(String, String), usize> =
+        (0..rows.num_rows()).map(|i| ((shown(rows, "l_orderkey", i), shown(rows, "l_linenumber", i)), i)).collect();
+    let columns = fluss_tiering::model::table::parse_schema(fluss_tiering::dataset::TPCH_TABLES[7].1).expect("schema");
+    let columns: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+    for line in expected.iter().step_by(97) {
+        let fields: Vec<&str> = line.split('|').collect();
+        let row = by_key[&(fields[0].to_string(), fields[3].to_string())];
+        for (c, name) in columns.iter().enumerate() {
+            let (got, want) = (shown(rows, name, row), fields[c]);
+            let same =
+                got == want || got.parse::<f64>().ok().zip(want.parse::<f64>().ok()).is_some_and(|(a, b)| a == b);
+            assert!(same, "{name} of {line}: the lake has {got:?}");
+        }
+    }
+
+    // The files: every row once with the values pyarrow wrote.
+    for table in ["files.parquet", "files.csv"] {
+        let lake = read_lake(&warehouse, &table.parse().expect("path"));
+        let rows = &lake.rows;
+        assert_eq!(rows.num_rows(), ROWS, "{table}");
+        let days = arrow::compute::cast(rows.column_by_name("day").expect("day"), &arrow::datatypes::DataType::Int32)
+            .expect("days");
+        let days = days.as_any().downcast_ref::<arrow::array::Int32Array>().expect("int32");
+        let mut seen = std::collections::BTreeSet::new();
+        for r in 0..ROWS {
+            let i: usize = shown(rows, "id", r).parse().expect("id");
+            assert!(seen.insert(i), "{table}: id {i} twice");
+            let name = rows.column_by_name("name").expect("name");
+            match i % 17 {
+                0 => assert!(name.is_null(r), "{table}: name of {i} is null"),
+                _ => assert_eq!(shown(rows, "name", r), format!("n,\"{i}\""), "{table}"),
+            }
+            assert_eq!(shown(rows, "price", r), format!("{}.{:02}", i * 125 / 100, i * 125 % 100), "{table}");
+            assert_eq!(days.value(r), 20454 + i as i32, "{table}: day of {i}");
+            assert_eq!(shown(rows, "ok", r), i.is_multiple_of(3).to_string(), "{table}");
+            assert_eq!(shown(rows, "x", r), format!("{}", i as f64 + 0.5), "{table}");
+        }
+    }
+}

@@ -59,6 +59,12 @@ pub struct BenchArgs {
     pub schema: String,
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Instead of generated rows: a TPC-H table (tpch:lineitem, …) at `--scale-factor`, the same rows in every table.
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// TPC-H scale factor of `--dataset` (1 = lineitem's 6 million rows).
+    #[arg(long, default_value_t = 1.0, requires = "dataset")]
+    pub scale_factor: f64,
     /// A bucket's range is cut into splits of at most this many rows.
     #[arg(long, default_value_t = 1_000_000)]
     pub split_rows: u64,
@@ -178,7 +184,14 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     let cluster = runtime.block_on(EmbeddedCluster::start(ClusterConfig::new(dir.join("cluster"))))?;
     let client = runtime.block_on(ClusterClient::connect(&cluster.url()))?;
     let workload = Workload { seed: args.seed, partitions: args.partitions };
-    let mut columns = parse_schema(&args.schema)?;
+    let dataset = args.dataset.as_deref().map(|d| crate::dataset::Source::dataset(d, args.scale_factor)).transpose()?;
+    if dataset.is_some() && (args.partitions > 1 || args.pk_ratio > 0.0 || args.freshness_for.is_some()) {
+        bail!("--dataset loads log tables without partitions: drop --partitions, --pk-ratio and --freshness-for");
+    }
+    let mut columns = match &dataset {
+        Some(source) => source.columns()?,
+        None => parse_schema(&args.schema)?,
+    };
     let partition_key = (args.partitions > 1).then(|| "part".to_string());
     if partition_key.is_some() {
         if columns.iter().any(|c| c.name == "part") {
@@ -239,7 +252,14 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let produce_started = Instant::now();
+    let mut total_rows = 0;
     for (id, _, descriptor) in &tables {
+        if let Some(source) = &dataset {
+            let report = runtime.block_on(crate::dataset::produce_source(&client, *id, descriptor, source, 8192, 8))?;
+            total_rows += report.rows;
+            continue;
+        }
+        total_rows += args.rows;
         let opts = ProduceOptions {
             start_row: 0,
             rows: args.rows,
@@ -250,7 +270,6 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         };
         runtime.block_on(produce(&client, *id, descriptor, &workload, &opts))?;
     }
-    let total_rows = args.rows * u64::from(args.tables);
     println!("produced {total_rows} rows in {:.2}s", produce_started.elapsed().as_secs_f64());
 
     // The baseline compresses as the lake's writer does: zstd for Paimon (its default), snappy for our Iceberg writer.

@@ -297,8 +297,25 @@ pub struct ProduceArgs {
     pub cluster: String,
     #[arg(long)]
     pub table: String,
+    /// Generated rows to produce (the built-in generator).
+    #[arg(long, required_unless_present_any = ["dataset", "from"], conflicts_with_all = ["dataset", "from"])]
+    pub rows: Option<u64>,
+    /// A TPC-H table instead of generated rows: tpch:lineitem, tpch:orders, … (the `tpchgen` crate's rows).
+    #[arg(long, conflicts_with = "from")]
+    pub dataset: Option<String>,
+    /// TPC-H scale factor (1 = lineitem's 6 million rows).
+    #[arg(long, default_value_t = 1.0, requires = "dataset")]
+    pub scale_factor: f64,
+    /// A Parquet (.parquet) or CSV (.csv, with a header line) file instead of generated rows.
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<PathBuf>,
+    /// With --dataset or --from: the columns (e.g. "id:int64,name:string"); default: the dataset's, or the file's
+    /// (a CSV file's inferred from its first rows). An existing table must have exactly these.
     #[arg(long)]
-    pub rows: u64,
+    pub schema: Option<String>,
+    /// With --dataset or --from: the buckets of the table when this run creates it (it does when absent).
+    #[arg(long, default_value_t = 1)]
+    pub buckets: u32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// First row number (rows are numbered across runs: continue where the last run stopped).
@@ -486,6 +503,7 @@ pub(crate) async fn create_table(args: CreateTableArgs) -> anyhow::Result<()> {
 async fn run_produce(args: ProduceArgs) -> anyhow::Result<()> {
     let client = connect(&args.cluster).await?;
     let path: TablePath = args.table.parse()?;
+    let Some(rows) = args.rows else { return produce_source(&client, &path, &args).await };
     let (table_id, descriptor) = client.table_info(&path).await?;
     if args.rate.is_some_and(|r| r.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)) {
         bail!("--rate must be a positive number of rows per second");
@@ -493,7 +511,7 @@ async fn run_produce(args: ProduceArgs) -> anyhow::Result<()> {
     let workload = Workload { seed: args.seed, partitions: args.partitions };
     let opts = ProduceOptions {
         start_row: args.start_row,
-        rows: args.rows,
+        rows,
         batch: args.batch,
         rate: args.rate,
         concurrency: 8,
@@ -509,6 +527,58 @@ async fn run_produce(args: ProduceArgs) -> anyhow::Result<()> {
         secs,
         report.rows as f64 / secs,
         report.bytes as f64 / 1e6 / secs
+    );
+    Ok(())
+}
+
+/// `produce --dataset` / `--from`: the source's rows into the table, created with the source's columns when absent.
+async fn produce_source(client: &ClusterClient, path: &TablePath, args: &ProduceArgs) -> anyhow::Result<()> {
+    use crate::dataset::{Source, produce_source};
+    let given = args.schema.as_deref().map(parse_schema).transpose()?;
+    let source = match (&args.dataset, &args.from) {
+        (Some(dataset), _) => Source::dataset(dataset, args.scale_factor)?,
+        (None, Some(file)) => {
+            let csv_columns = file.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")).then(|| given.clone());
+            Source::file(file, csv_columns.flatten())?
+        }
+        (None, None) => bail!("give --rows, --dataset or --from"),
+    };
+    let columns = match given {
+        Some(columns) => columns,
+        None => source.columns()?,
+    };
+    let (table_id, descriptor) = match client.table_info(path).await {
+        Ok((id, descriptor)) => {
+            if args.schema.is_some() && descriptor.columns != columns {
+                bail!("{path} exists with other columns than --schema gives");
+            }
+            (id, descriptor)
+        }
+        Err(e) if e.kind() == crate::ErrorKind::TableNotExist => {
+            let descriptor = TableDescriptor {
+                columns,
+                buckets: args.buckets,
+                partition_key: None,
+                primary_key: vec![],
+                properties: Default::default(),
+            };
+            descriptor.validate()?;
+            client.create_table(path, &descriptor, false).await?;
+            println!("created {path} with {} columns in {} bucket(s)", descriptor.columns.len(), args.buckets);
+            client.table_info(path).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let batch = usize::try_from(args.batch).unwrap_or(usize::MAX);
+    let report = produce_source(client, table_id, &descriptor, &source, batch, 8).await?;
+    let secs = report.elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "produced {} rows into {path} in {} requests, {:.1} MB, {:.2}s: {:.0} rows/s",
+        report.rows,
+        report.requests,
+        report.bytes as f64 / 1e6,
+        secs,
+        report.rows as f64 / secs
     );
     Ok(())
 }

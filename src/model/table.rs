@@ -141,6 +141,39 @@ impl ColumnType {
     }
 }
 
+impl ColumnType {
+    /// The column type whose Arrow type is `arrow` (what a Parquet or CSV file's columns become); `None` for Arrow
+    /// types no Fluss column has.
+    pub fn from_arrow(arrow: &DataType) -> Option<ColumnType> {
+        let precision = |unit: &TimeUnit| match unit {
+            TimeUnit::Second => 0,
+            TimeUnit::Millisecond => 3,
+            TimeUnit::Microsecond => 6,
+            TimeUnit::Nanosecond => 9,
+        };
+        Some(match arrow {
+            DataType::Boolean => ColumnType::Bool,
+            DataType::Int8 => ColumnType::Int8,
+            DataType::Int16 => ColumnType::Int16,
+            DataType::Int32 => ColumnType::Int32,
+            DataType::Int64 => ColumnType::Int64,
+            DataType::Float32 => ColumnType::Float32,
+            DataType::Float64 => ColumnType::Float64,
+            DataType::Decimal128(precision, scale) if *scale >= 0 => {
+                ColumnType::Decimal { precision: *precision, scale: *scale }
+            }
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => ColumnType::String,
+            DataType::Binary | DataType::LargeBinary | DataType::BinaryView => ColumnType::Binary,
+            DataType::FixedSizeBinary(n) => ColumnType::FixedBinary { length: u32::try_from(*n).ok()? },
+            DataType::Date32 => ColumnType::Date,
+            DataType::Time32(unit) | DataType::Time64(unit) => ColumnType::Time { precision: precision(unit) },
+            DataType::Timestamp(unit, None) => ColumnType::Timestamp { precision: precision(unit) },
+            DataType::Timestamp(unit, Some(_)) => ColumnType::TimestampLtz { precision: precision(unit) },
+            _ => return None,
+        })
+    }
+}
+
 const TYPE_NAMES: &str = "bool, int8, int16, int32, int64, float32, float64, decimal(P,S), string, char(N), binary, \
                           binary(N), date, time[(P)], timestamp[(P)] or timestamp_ltz[(P)]";
 

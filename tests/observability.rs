@@ -126,13 +126,20 @@ async fn metrics_show_the_lag_falling_to_zero() {
 
 /// Runs `fluss-tiering bench ARGS --json FILE` in a temporary directory; returns its JSON documents.
 fn bench(args: &[&str]) -> Vec<serde_json::Value> {
+    bench_and_plot(args).0
+}
+
+/// [`bench`] with `--plot FILE.svg`; also returns the SVG.
+fn bench_and_plot(args: &[&str]) -> (Vec<serde_json::Value>, String) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let json = dir.path().join("runs.jsonl");
+    let (json, plot) = (dir.path().join("runs.jsonl"), dir.path().join("plot.svg"));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_fluss-tiering"))
         .arg("bench")
         .args(args)
         .arg("--json")
         .arg(&json)
+        .arg("--plot")
+        .arg(&plot)
         .arg("--dir")
         .arg(dir.path().join("work"))
         .env("RUST_LOG", "warn")
@@ -140,14 +147,16 @@ fn bench(args: &[&str]) -> Vec<serde_json::Value> {
         .expect("bench");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = std::fs::read_to_string(&json).expect("json file");
-    text.lines().map(|l| serde_json::from_str(l).expect("one JSON document per line")).collect()
+    let runs = text.lines().map(|l| serde_json::from_str(l).expect("one JSON document per line")).collect();
+    (runs, std::fs::read_to_string(&plot).expect("the plot"))
 }
 
 #[test]
 fn bench_writes_one_json_document_per_run() {
     const ROWS: u64 = 100_000;
-    let runs = bench(&["--rows", &ROWS.to_string(), "--buckets", "2", "--workers", "1,2"]);
+    let (runs, svg) = bench_and_plot(&["--rows", &ROWS.to_string(), "--buckets", "2", "--workers", "1,2"]);
     assert_eq!(runs.len(), 3, "the baseline, then one run per worker count");
+    assert!(svg.starts_with("<svg") && svg.contains("rows per second") && svg.contains("baseline"), "{svg}");
     assert!(runs[0]["kind"].as_str().expect("kind").starts_with("baseline"));
     assert_eq!(runs.iter().skip(1).map(|r| r["workers"].as_u64().expect("workers")).collect::<Vec<_>>(), vec![1, 2]);
     for r in &runs {
@@ -186,7 +195,7 @@ fn bench_runs_the_job_as_several_processes() {
 
 #[test]
 fn freshness_run_reports_append_to_visible_lag_per_table() {
-    let tables = bench(&[
+    let (tables, svg) = bench_and_plot(&[
         "--freshness-for",
         "3s",
         "--rate",
@@ -212,6 +221,13 @@ fn freshness_run_reports_append_to_visible_lag_per_table() {
             t["max_seconds"].as_f64().expect("max"),
         );
         assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{t}");
+        // The lag over time: a sawtooth that drops at every commit and never exceeds the worst row's lag by more
+        // than a poll's worth.
+        let points: Vec<(f64, f64)> = serde_json::from_value(t["lag_over_time"].clone()).expect("lag_over_time");
+        let drops = points.windows(2).filter(|w| w[0].0 == w[1].0 && w[1].1 < w[0].1).count();
+        assert!(drops >= 3, "the lag drops at commits: {points:?}");
+        assert!(points.iter().all(|(_, lag)| *lag >= 0.0 && *lag <= max + 1.0), "{points:?}");
+        assert!(svg.contains(t["table"].as_str().expect("table")), "the plot names {t}");
     }
 }
 

@@ -87,6 +87,10 @@ pub struct BenchArgs {
     /// Write one JSON document per run (one per line) to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Draw the run as an SVG chart: throughput per worker count against the baseline, or (`--freshness-for`) each
+    /// table's lake lag over time.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
     /// Instead of tiering: produce `--rows` through each door of the cluster (gRPC and Fluss's protocol) and fetch
     /// them back through each; reports rows/s, MB/s and CPU seconds per door and operation.
     #[arg(long)]
@@ -245,6 +249,13 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         let result = super::freshness::measure(&runtime, &client, &tables, &experiment);
         runtime.block_on(cluster.shutdown())?;
         let report = result?;
+        if let Some(path) = &args.plot {
+            let series: Vec<super::plot::Series> =
+                report.iter().map(|t| (t.table.clone(), t.lag_over_time.clone())).collect();
+            let title =
+                format!("lake lag: seconds since the freshest row the lake holds (freshness {})", args.table_freshness);
+            super::plot::lines(path, &title, "seconds since the producer started", "lag (s)", &series)?;
+        }
         if let Some(path) = &args.json {
             let lines: Vec<String> = report.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
             std::fs::write(path, lines.join("\n") + "\n").with_context(|| format!("writing {}", path.display()))?;
@@ -409,6 +420,18 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         let lines: Vec<String> = runs.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
         std::fs::write(path, lines.join("\n") + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.plot {
+        let total = |r: &Run| (r.workers * r.processes) as f64;
+        let tiering: Vec<(f64, f64)> = runs.iter().skip(1).map(|r| (total(r), r.rows_per_second)).collect();
+        let baseline = runs[0].rows_per_second;
+        let flat: Vec<(f64, f64)> = tiering.iter().map(|(w, _)| (*w, baseline)).collect();
+        let series = vec![
+            ("tiering (job and embedded cluster)".to_string(), tiering),
+            ("baseline: arrow-rs Parquet encode, one core".to_string(), flat),
+        ];
+        let title = format!("tiering throughput, {total_rows} rows, {} lake", args.format);
+        super::plot::lines(path, &title, "workers", "rows per second", &series)?;
     }
     Ok(())
 }

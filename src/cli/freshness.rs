@@ -38,7 +38,7 @@ pub struct Experiment {
 #[derive(Debug, Serialize)]
 pub struct TableFreshness {
     kind: &'static str,
-    table: String,
+    pub table: String,
     freshness_target_seconds: f64,
     rate_rows_per_second: f64,
     rows: u64,
@@ -48,6 +48,10 @@ pub struct TableFreshness {
     p50_seconds: f64,
     p99_seconds: f64,
     max_seconds: f64,
+    /// `(seconds since the first append, lag)`: the lake's lag behind the cluster over time, where the lag at `t` is
+    /// `t` minus the append time of the oldest row not yet visible (0 when the lake holds everything): it grows
+    /// between commits and drops at each one (a sawtooth).
+    pub lag_over_time: Vec<(f64, f64)>,
 }
 
 /// How long the job may take to catch up once the producer stops.
@@ -129,9 +133,12 @@ pub fn measure(
                 history.iter().map(|s| (s.committed_at_ms, s.marker.offset_map())).collect();
             let mut lags: Vec<(i64, u64)> = Vec::new();
             let mut not_visible = 0u64;
+            let mut logs = Vec::new();
             for ((partition_id, bucket), _) in client.end_offsets(*id, path, descriptor).await? {
                 let key = TableBucket { partition_id, bucket };
-                for (base, count, appended) in stored_batches(client, *id, partition_id, bucket).await? {
+                let batches = stored_batches(client, *id, partition_id, bucket).await?;
+                logs.push((key, batches.clone()));
+                for (base, count, appended) in batches {
                     let end = base + count;
                     let mut covered = base;
                     for (committed_at, offsets) in &visible {
@@ -157,6 +164,7 @@ pub fn measure(
                 p50_seconds: percentile(&lags, 0.50),
                 p99_seconds: percentile(&lags, 0.99),
                 max_seconds: lags.last().map(|(ms, _)| *ms as f64 / 1000.0).unwrap_or(0.0),
+                lag_over_time: lag_over_time(&visible, &logs),
             });
         }
         anyhow::Ok(out)
@@ -182,6 +190,39 @@ pub fn measure(
 }
 
 /// Waits until the cluster's record of the lake covers every table's end offsets.
+/// A lake snapshot's tiered offset per bucket.
+type Offsets = std::collections::BTreeMap<TableBucket, i64>;
+/// A stored batch: `(base offset, record count, append time in ms)`.
+type StoredBatch = (i64, i64, i64);
+
+/// The sawtooth of [`TableFreshness::lag_over_time`]: at each commit, the lag just before it (from the previous
+/// commit's oldest invisible row) and just after it. `logs` are each bucket's stored batches `(base, count, appended)`.
+fn lag_over_time(commits: &[(i64, Offsets)], logs: &[(TableBucket, Vec<StoredBatch>)]) -> Vec<(f64, f64)> {
+    let Some(start) = logs.iter().flat_map(|(_, b)| b.iter().map(|(_, _, appended)| *appended)).min() else {
+        return Vec::new();
+    };
+    // The append time of the oldest row appended by `at` that the lake of `offsets` does not hold; `at` if none.
+    let oldest_invisible = |offsets: Option<&Offsets>, at: i64| {
+        logs.iter()
+            .filter_map(|(key, batches)| {
+                let tiered = offsets.and_then(|o| o.get(key)).copied().unwrap_or(0);
+                batches.iter().find(|(base, count, _)| base + count > tiered).map(|(_, _, appended)| *appended)
+            })
+            .filter(|appended| *appended <= at)
+            .min()
+            .unwrap_or(at)
+    };
+    let secs = |ms: i64| ms as f64 / 1000.0;
+    let mut out = vec![(0.0, 0.0)];
+    let mut before: Option<&Offsets> = None;
+    for (at, offsets) in commits.iter().filter(|(at, _)| *at >= start) {
+        out.push((secs(at - start), secs(at - oldest_invisible(before, *at))));
+        out.push((secs(at - start), secs(at - oldest_invisible(Some(offsets), *at))));
+        before = Some(offsets);
+    }
+    out
+}
+
 async fn wait_caught_up(client: &ClusterClient, tables: &[(i64, TablePath, TableDescriptor)]) -> anyhow::Result<()> {
     let deadline = Instant::now() + CATCH_UP;
     for (id, path, descriptor) in tables {

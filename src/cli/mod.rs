@@ -4,6 +4,7 @@ mod bench;
 mod doors;
 mod freshness;
 pub mod options;
+mod plot;
 mod tier;
 
 use std::path::PathBuf;

@@ -239,9 +239,9 @@ fn waiting_message(remaining: &BTreeSet<i64>, answer: Result<Vec<TableSchedule>>
     let n = remaining.len();
     match answer {
         Ok(all) => {
-            let tables: Vec<String> =
-                all.iter().filter(|t| remaining.contains(&t.table_id)).map(TableSchedule::describe).collect();
-            let hint = match all.iter().any(|t| t.state == "scheduled" && t.has_data) {
+            let waiting: Vec<&TableSchedule> = all.iter().filter(|t| remaining.contains(&t.table_id)).collect();
+            let tables: Vec<String> = waiting.iter().map(|t| t.describe()).collect();
+            let hint = match waiting.iter().any(|t| t.state == "scheduled" && t.has_data) {
                 true => " (`tier --now` or `schedule` makes them due now)",
                 false => "",
             };
@@ -574,11 +574,12 @@ impl Enumerator {
             }
         }
         let caught_up = self.remaining.as_ref().is_some_and(BTreeSet::is_empty);
+        // A question about the schedules is not waited for: its answer only feeds a message.
         let quiet = self.held.is_empty()
             && self.finished.is_empty()
             && self.failed.is_empty()
             && !self.heartbeat_in_flight
-            && self.tasks.in_flight() == 0;
+            && self.tasks.in_flight() == usize::from(self.wait_report_in_flight);
         if (self.stopping || caught_up) && quiet {
             tracing::info!("enumerator done");
             self.base = None;

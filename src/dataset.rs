@@ -10,8 +10,9 @@
 //! Rules:
 //! 1. A source's columns match the table's by name: a column the table lacks, or one the table has and the source
 //!    does not, is an error that names it; values are cast strictly (a value that does not fit fails the load).
-//! 2. Rows keep the source's order; batch `k` goes to bucket `k % buckets` (a log table without a bucket key, as a
-//!    Fluss client's round-robin assigner places its batches).
+//! 2. Batch `k` goes to bucket `k % buckets` (a log table without a bucket key, as a Fluss client's round-robin
+//!    assigner places its batches), and each bucket receives its batches in the source's order, one request at a
+//!    time; a load that fails has every bucket holding a prefix of its batches, and says how many rows landed.
 
 use std::fmt::Display;
 use std::io::Cursor;
@@ -21,7 +22,6 @@ use std::time::Instant;
 
 use arrow::array::{RecordBatch, RecordBatchReader};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use futures::stream::TryStreamExt;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::table::{Column, ColumnType, TableDescriptor, parse_schema};
@@ -97,7 +97,10 @@ impl Source {
     pub fn file(path: &Path, columns: Option<Vec<Column>>) -> Result<Source> {
         match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
             Some("parquet") if columns.is_none() => Ok(Source::Parquet(path.to_path_buf())),
-            Some("parquet") => Err(Error::new(ErrorKind::InvalidArgument, "a Parquet file carries its own schema")),
+            Some("parquet") => Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "a Parquet file carries its own schema: drop --schema (values are cast to an existing table's types)",
+            )),
             Some("csv") => Ok(Source::Csv { path: path.to_path_buf(), columns }),
             _ => Err(Error::new(
                 ErrorKind::InvalidArgument,
@@ -114,12 +117,30 @@ impl Source {
                 let reader = parquet_reader(path, 1)?;
                 columns_of(&reader.schema(), path)
             }
-            Source::Csv { columns: Some(c), .. } => Ok(c.clone()),
-            Source::Csv { path, columns: None } => {
-                let file = open(path)?;
+            Source::Csv { path, columns } => {
+                // Types inferred over the whole file (a later row that did not fit would fail the load half-way).
                 let format = arrow::csv::reader::Format::default().with_header(true);
-                let (schema, _) = format.infer_schema(file, Some(1000)).map_err(|e| csv_error(path, e))?;
-                columns_of(&schema, path)
+                let (inferred, _) = format.infer_schema(open(path)?, None).map_err(|e| csv_error(path, e))?;
+                let Some(given) = columns else { return columns_of(&inferred, path) };
+                // Given types, in the header's order: the reader takes columns by position.
+                let header: Vec<&String> = inferred.fields().iter().map(|f| f.name()).collect();
+                let mut ordered = Vec::with_capacity(given.len());
+                for name in &header {
+                    let column = given.iter().find(|c| &&c.name == name).ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::InvalidArgument,
+                            format!("{}: column {name} is not in --schema", path.display()),
+                        )
+                    })?;
+                    ordered.push(column.clone());
+                }
+                if let Some(missing) = given.iter().find(|c| !header.contains(&&c.name)) {
+                    return Err(Error::new(
+                        ErrorKind::InvalidArgument,
+                        format!("{}: the header has no column {} (--schema names it)", path.display(), missing.name),
+                    ));
+                }
+                Ok(ordered)
             }
         }
     }
@@ -335,43 +356,63 @@ pub async fn produce_source(
     }
     let started = Instant::now();
     let batches = source.batches(table.arrow_schema(), batch_rows)?;
-    let buckets = i64::from(table.buckets.max(1));
-    let (send, receive) = tokio::sync::mpsc::channel::<Result<(i32, bytes::Bytes, u64)>>(concurrency.max(1) * 2);
-    let encoder = std::thread::spawn(move || {
-        for (k, batch) in batches.enumerate() {
-            let encoded = batch.and_then(|b| {
-                let rows = b.num_rows() as u64;
-                Ok(((k as i64 % buckets) as i32, crate::model::record::encode_all(&[b])?, rows))
-            });
-            let failed = encoded.is_err();
-            if send.blocking_send(encoded).is_err() || failed {
-                return;
+    let buckets = u64::from(table.buckets.max(1));
+    // One sender per group of buckets, each sending its buckets' batches one at a time (rule 2).
+    let senders = concurrency.clamp(1, usize::try_from(buckets).unwrap_or(usize::MAX));
+    let (channels, receivers): (Vec<_>, Vec<_>) =
+        (0..senders).map(|_| tokio::sync::mpsc::channel::<(i32, bytes::Bytes, u64)>(2)).unzip();
+    let encoder = tokio::task::spawn_blocking(move || -> Result<()> {
+        for (k, batch) in (0u64..).zip(batches) {
+            let bucket = k % buckets;
+            let batch = batch?;
+            let rows = batch.num_rows() as u64;
+            let bytes = crate::model::record::encode_all(&[batch])?;
+            let channel = &channels[(bucket % senders as u64) as usize];
+            if channel.blocking_send((bucket as i32, bytes, rows)).is_err() {
+                return Ok(()); // that sender stopped at an error, which it reports
             }
         }
+        Ok(())
     });
-    let requests = tokio_stream::wrappers::ReceiverStream::new(receive)
-        .map_ok(|(bucket, bytes, rows)| {
-            let client = client.clone();
-            async move {
-                let n = bytes.len() as u64;
-                client.produce_records(table_id, None, bucket, bytes).await?;
-                Ok::<_, Error>((rows, n))
+    let sends = receivers.into_iter().map(|mut receive| async move {
+        let mut done = ProduceReport::default();
+        while let Some((bucket, bytes, rows)) = receive.recv().await {
+            let n = bytes.len() as u64;
+            if let Err(e) = client.produce_records(table_id, None, bucket, bytes).await {
+                return (done, Some(e));
             }
-        })
-        .try_buffer_unordered(concurrency.max(1));
-    futures::pin_mut!(requests);
-    let mut report = ProduceReport::default();
-    // On an error the stream (and its receiver) is dropped on return, which ends the encoder's thread.
-    while let Some((rows, bytes)) = requests.try_next().await? {
-        report.rows += rows;
-        report.bytes += bytes;
-        report.requests += 1;
+            done.rows += rows;
+            done.bytes += n;
+            done.requests += 1;
+        }
+        (done, None)
+    });
+    // Every request in flight is waited for, also after an error: the report counts what the cluster acknowledged.
+    let sent = futures::future::join_all(sends).await;
+    let encoded = encoder
+        .await
+        .map_err(|e| Error::new(ErrorKind::Internal, format!("the batch encoder panicked: {e}")))
+        .and_then(|r| r);
+    let mut report = ProduceReport { elapsed: started.elapsed(), ..ProduceReport::default() };
+    let mut failure = encoded.err();
+    for (done, error) in sent {
+        report.rows += done.rows;
+        report.bytes += done.bytes;
+        report.requests += done.requests;
+        failure = failure.or(error);
     }
-    if encoder.join().is_err() {
-        return Err(Error::new(ErrorKind::Internal, "the batch encoder panicked"));
+    match failure {
+        None => Ok(report),
+        Some(e) => Err(Error::new(
+            e.kind(),
+            format!(
+                "the load stopped after the cluster acknowledged {} rows (each bucket holds a prefix of its rows, in \
+                 the source's order); load into a new table to start over",
+                report.rows
+            ),
+        )
+        .with_source(e)),
     }
-    report.elapsed = started.elapsed();
-    Ok(report)
 }
 
 #[cfg(test)]
@@ -398,5 +439,47 @@ mod tests {
         assert_eq!(shown(10), first[10], "l_shipdate");
         assert_eq!(shown(15), first[15], "l_comment");
         assert!(Source::dataset("tpch:nope", 1.0).is_err() && Source::dataset("tpch:nation", 0.0).is_err());
+    }
+
+    /// Each of the eight tables: every generated row parsed into the specification's columns.
+    #[test]
+    fn every_tpch_table_parses_into_its_columns() {
+        for (table, _) in TPCH_TABLES {
+            let source = Source::dataset(&format!("tpch:{table}"), 0.001).expect("source");
+            let columns = source.columns().expect("columns");
+            let schema = Arc::new(Schema::new(
+                columns.iter().map(|c| Field::new(&c.name, c.data_type.to_arrow(), true)).collect::<Vec<_>>(),
+            ));
+            let batches: Vec<RecordBatch> =
+                source.batches(schema, 4096).expect("batches").collect::<Result<_>>().expect(table);
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            let nulls: usize = batches.iter().flat_map(|b| b.columns().iter().map(|c| c.null_count())).sum();
+            assert!(rows > 0 && nulls == 0, "{table}: {rows} rows, {nulls} nulls");
+        }
+    }
+
+    #[test]
+    fn a_csv_files_types_are_inferred_and_given_types_follow_its_header() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("data.csv");
+        std::fs::write(&file, "name,id,day,price\na,1,2026-01-01,1.5\nb,2,2026-01-02,\n").expect("write");
+        let inferred = Source::file(&file, None).expect("source").columns().expect("inferred");
+        let shown: Vec<String> = inferred.iter().map(|c| format!("{}:{}", c.name, c.data_type)).collect();
+        assert_eq!(shown, ["name:string", "id:int64", "day:date", "price:float64"]);
+
+        let given = parse_schema("id:int64,name:string,price:decimal(5,2),day:date").expect("schema");
+        let source = Source::file(&file, Some(given.clone())).expect("source");
+        let ordered: Vec<String> = source.columns().expect("columns").into_iter().map(|c| c.name).collect();
+        assert_eq!(ordered, ["name", "id", "day", "price"], "read by the header's order");
+        let table = Arc::new(Schema::new(
+            given.iter().map(|c| Field::new(&c.name, c.data_type.to_arrow(), true)).collect::<Vec<_>>(),
+        ));
+        let batch = source.batches(table, 10).expect("batches").next().expect("one").expect("parsed");
+        assert_eq!(arrow::util::display::array_value_to_string(batch.column(2), 0).expect("price"), "1.50");
+        assert!(batch.column(2).is_null(1), "an empty field is null");
+
+        let other = parse_schema("id:int64,title:string,price:float64,day:date").expect("schema");
+        let err = Source::file(&file, Some(other)).expect("source").columns().expect_err("header differs");
+        assert!(err.to_string().contains("column name is not in --schema"), "{err}");
     }
 }

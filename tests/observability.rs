@@ -156,7 +156,7 @@ fn bench_writes_one_json_document_per_run() {
     const ROWS: u64 = 100_000;
     let (runs, svg) = bench_and_plot(&["--rows", &ROWS.to_string(), "--buckets", "2", "--workers", "1,2"]);
     assert_eq!(runs.len(), 3, "the baseline, then one run per worker count");
-    assert!(svg.starts_with("<svg") && svg.contains("rows per second") && svg.contains("baseline"), "{svg}");
+    assert!(svg.starts_with("<svg") && svg.contains("rows per second") && svg.contains("baseline (1 core)"), "{svg}");
     assert!(runs[0]["kind"].as_str().expect("kind").starts_with("baseline"));
     assert_eq!(runs.iter().skip(1).map(|r| r["workers"].as_u64().expect("workers")).collect::<Vec<_>>(), vec![1, 2]);
     for r in &runs {
@@ -181,6 +181,13 @@ fn bench_writes_one_json_document_per_run() {
         let wall = r["wall_seconds"].as_f64().expect("wall");
         assert!((sum - wall).abs() <= 0.1 * wall, "phases add up to {sum}s, the run took {wall}s: {r}");
     }
+}
+
+#[test]
+fn bench_tiers_a_tpch_table() {
+    let runs = bench(&["--dataset", "tpch:nation", "--workers", "1", "--buckets", "2"]);
+    assert_eq!(runs.len(), 2, "the baseline and one run");
+    assert!(runs.iter().all(|r| r["rows"].as_u64() == Some(25)), "TPC-H has 25 nations: {runs:?}");
 }
 
 #[test]
@@ -334,8 +341,16 @@ async fn tier_once_says_what_it_waits_for_and_now_tiers_at_once() {
     let out = tier(&cluster.url(), &warehouse, &["--now"], &[]).await;
     assert_success(&out);
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(60), "--now tiers at once, not after the freshness: took {took:?}");
+    assert!(took < Duration::from_secs(30), "--now tiers at once, not after the freshness: took {took:?}");
     check_exactly_once(&read_lake(&warehouse, &path), &table, &end_offsets(&client, &table).await, 1000);
+
+    // `schedule` makes the table (tiered, due again one freshness later) due now and says so.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fluss-tiering"))
+        .args(["schedule", "--cluster", &cluster.url(), "--table", "db.fresh"])
+        .output()
+        .expect("schedule");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.starts_with("db.fresh: pending"), "{out:?}");
 }
 
 /// A Fluss user's command line for the Flink tiering job, unchanged, against the cluster's Fluss door: the job tiers
@@ -370,4 +385,14 @@ async fn the_flink_jobs_command_line_tiers_exactly_once() {
     for t in &tables {
         check_exactly_once(&read_lake(&warehouse, &t.path), t, &end_offsets(&client, t).await, 1500);
     }
+
+    // Fluss's protocol has no request to tier a table now: `--now` over it is refused, saying so.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fluss-tiering"))
+        .args(["tier", "--fluss.bootstrap.servers", &fluss, "--datalake.paimon.warehouse"])
+        .arg(&warehouse)
+        .args(["--once", "--now"])
+        .output()
+        .expect("tier");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--now") && err.contains("no such request"), "{err}");
 }

@@ -254,6 +254,17 @@ async fn tpch_and_users_files_reach_the_lake_value_for_value() {
     let schema = "id:int64,name:string,price:decimal(10,2),day:date,ok:bool,x:float64";
     produce_command(&url, &["--table", "files.csv", "--from", &csv_arg, "--schema", schema]);
 
+    // An existing table takes only a source with its columns: the refusal names the one missing.
+    let partial = dir.path().join("partial.csv");
+    std::fs::write(&partial, "id,name,price,day,x\n1,a,1.00,2026-01-01,0.5\n").expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fluss-tiering"))
+        .args(["produce", "--cluster", &url, "--table", "files.parquet", "--from"])
+        .arg(&partial)
+        .output()
+        .expect("produce");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("the source has no column ok"), "{err}");
+
     assert_success(&tier(&url, &warehouse, &["--now"], &[]).await);
 
     // TPC-H: the generator's row count, and every 97th row field by field.

@@ -253,7 +253,7 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             let series: Vec<super::plot::Series> =
                 report.iter().map(|t| (t.table.clone(), t.lag_over_time.clone())).collect();
             let title =
-                format!("lake lag: seconds since the freshest row the lake holds (freshness {})", args.table_freshness);
+                format!("Lake lag: age of the oldest row not yet in the lake (freshness {})", args.table_freshness);
             super::plot::lines(path, &title, "seconds since the producer started", "lag (s)", &series)?;
         }
         if let Some(path) = &args.json {
@@ -426,11 +426,8 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         let tiering: Vec<(f64, f64)> = runs.iter().skip(1).map(|r| (total(r), r.rows_per_second)).collect();
         let baseline = runs[0].rows_per_second;
         let flat: Vec<(f64, f64)> = tiering.iter().map(|(w, _)| (*w, baseline)).collect();
-        let series = vec![
-            ("tiering (job and embedded cluster)".to_string(), tiering),
-            ("baseline: arrow-rs Parquet encode, one core".to_string(), flat),
-        ];
-        let title = format!("tiering throughput, {total_rows} rows, {} lake", args.format);
+        let series = vec![("tiering".to_string(), tiering), ("baseline (1 core)".to_string(), flat)];
+        let title = format!("Tiering throughput: {total_rows} rows, {} buckets, {}", args.buckets, args.format);
         super::plot::lines(path, &title, "workers", "rows per second", &series)?;
     }
     Ok(())

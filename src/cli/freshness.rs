@@ -189,7 +189,6 @@ pub fn measure(
     Ok(results)
 }
 
-/// Waits until the cluster's record of the lake covers every table's end offsets.
 /// A lake snapshot's tiered offset per bucket.
 type Offsets = std::collections::BTreeMap<TableBucket, i64>;
 /// A stored batch: `(base offset, record count, append time in ms)`.
@@ -223,6 +222,7 @@ fn lag_over_time(commits: &[(i64, Offsets)], logs: &[(TableBucket, Vec<StoredBat
     out
 }
 
+/// Waits until the cluster's record of the lake covers every table's end offsets.
 async fn wait_caught_up(client: &ClusterClient, tables: &[(i64, TablePath, TableDescriptor)]) -> anyhow::Result<()> {
     let deadline = Instant::now() + CATCH_UP;
     for (id, path, descriptor) in tables {

@@ -293,6 +293,7 @@ pub struct DropTableArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").args(["dataset", "from"])))]
 pub struct ProduceArgs {
     #[arg(long)]
     pub cluster: String,
@@ -311,31 +312,31 @@ pub struct ProduceArgs {
     #[arg(long, value_name = "FILE")]
     pub from: Option<PathBuf>,
     /// With --dataset or --from: the columns (e.g. "id:int64,name:string"); default: the dataset's, or the file's
-    /// (a CSV file's inferred from its first rows). An existing table must have exactly these.
-    #[arg(long)]
+    /// (a CSV file's inferred from its values). An existing table must have exactly these.
+    #[arg(long, requires = "source")]
     pub schema: Option<String>,
     /// With --dataset or --from: the buckets of the table when this run creates it (it does when absent).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, requires = "source")]
     pub buckets: u32,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, conflicts_with = "source")]
     pub seed: u64,
     /// First row number (rows are numbered across runs: continue where the last run stopped).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, conflicts_with = "source")]
     pub start_row: u64,
     /// Rows per second (unlimited when absent).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "source")]
     pub rate: Option<f64>,
     /// Rows per chunk; each chunk is one request per (partition, bucket).
     #[arg(long, default_value_t = 10_000)]
     pub batch: u64,
     /// Distinct partitions for a partitioned table.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, conflicts_with = "source")]
     pub partitions: u32,
     /// Primary-key tables: the share of rows that update an existing key (the rest insert new keys).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, conflicts_with = "source")]
     pub update_ratio: f64,
     /// Primary-key tables: the share of rows that delete an existing key.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, conflicts_with = "source")]
     pub delete_ratio: f64,
 }
 
@@ -535,13 +536,13 @@ async fn run_produce(args: ProduceArgs) -> anyhow::Result<()> {
 /// `produce --dataset` / `--from`: the source's rows into the table, created with the source's columns when absent.
 async fn produce_source(client: &ClusterClient, path: &TablePath, args: &ProduceArgs) -> anyhow::Result<()> {
     use crate::dataset::{Source, produce_source};
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
     let given = args.schema.as_deref().map(parse_schema).transpose()?;
     let source = match (&args.dataset, &args.from) {
         (Some(dataset), _) => Source::dataset(dataset, args.scale_factor)?,
-        (None, Some(file)) => {
-            let csv_columns = file.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")).then(|| given.clone());
-            Source::file(file, csv_columns.flatten())?
-        }
+        (None, Some(file)) => Source::file(file, given.clone())?,
         (None, None) => bail!("give --rows, --dataset or --from"),
     };
     let columns = match given {

@@ -49,11 +49,18 @@ pub fn rewrite(args: Vec<OsString>) -> anyhow::Result<Rewritten> {
             let file = file.context("--config needs a FILE")?;
             from_file.extend(read_config(Path::new(&file))?);
         } else if key.contains('.') {
+            // A value that looks like a flag is a forgotten value, unless given as `--key=--value`.
             let value = match inline {
                 Some(v) => v,
-                None => rest.next().and_then(|v| v.to_str()).with_context(|| format!("--{key} needs a value"))?.into(),
+                None => match rest.next().and_then(|v| v.to_str()) {
+                    Some(v) if !v.starts_with("--") => v.to_string(),
+                    _ => bail!("--{key} needs a value"),
+                },
             };
-            given.push(Token::Keyed(key, value));
+            if value.is_empty() {
+                bail!("--{key} needs a value");
+            }
+            given.push(Token::Keyed { key, value, at: None });
         } else {
             given.push(Token::Other(arg.clone()));
         }
@@ -61,37 +68,34 @@ pub fn rewrite(args: Vec<OsString>) -> anyhow::Result<Rewritten> {
     // The file's keys go first: a flag given again on the command line overrides it (`args_override_self`).
     let flags = tier_flags();
     let mut tokens: Vec<Token> = Vec::new();
-    for (key, value) in from_file {
+    for (key, value, at) in from_file {
         match flags.iter().find(|(name, _)| *name == key) {
-            Some((_, true)) => tokens.extend([Token::Other(format!("--{key}").into()), Token::Other(value.into())]),
+            _ if key == "config" => bail!("{at}: a config file cannot name another one"),
+            Some((_, true)) => tokens.push(Token::Other(format!("--{key}={value}").into())),
             Some((_, false)) => match value.as_str() {
                 "true" => tokens.push(Token::Other(format!("--{key}").into())),
                 "false" => {}
-                other => bail!("{key} is a switch: true or false, not {other:?}"),
+                other => bail!("{at}: {key} is a switch: true or false, not {other:?}"),
             },
-            None if key.contains('.') => tokens.push(Token::Keyed(key, value)),
-            None => {
-                bail!("unknown key {key:?} in the config file (tier --help lists the flags; Fluss's keys have dots)")
-            }
+            None if key.contains('.') => tokens.push(Token::Keyed { key, value, at: Some(at) }),
+            None => bail!("{at}: unknown key {key:?} (tier --help lists the flags; Fluss's keys have dots)"),
         }
     }
     tokens.extend(given);
-    let format = tokens
-        .iter()
-        .rev()
-        .find_map(|t| match t {
-            Token::Keyed(k, v) if k == "datalake.format" => Some(v.clone()),
-            _ => None,
-        })
-        .or_else(|| last_flag(&tokens, "--format"))
-        .unwrap_or_else(|| "paimon".into());
+    let format = lake_format(&tokens);
     let mut notes = Vec::new();
     for token in tokens {
         match token {
             Token::Other(arg) => head.push(arg),
-            Token::Keyed(key, value) => {
-                if let Some((flag, value)) = translate(&key, &value, &format, &mut notes)? {
-                    head.extend([OsString::from(flag), OsString::from(value)]);
+            Token::Keyed { key, value, at } => {
+                let translated = translate(&key, &value, &format, &mut notes);
+                let translated = match at {
+                    Some(at) => translated.with_context(|| format!("in the config file at {at}")),
+                    None => translated,
+                };
+                // One token, so that a value starting with `-` is not read as a flag.
+                if let Some((flag, value)) = translated? {
+                    head.push(OsString::from(format!("{flag}={value}")));
                 }
             }
         }
@@ -102,23 +106,34 @@ pub fn rewrite(args: Vec<OsString>) -> anyhow::Result<Rewritten> {
 enum Token {
     /// Passed to clap as it is.
     Other(OsString),
-    /// A dotted (Fluss) key and its value.
-    Keyed(String, String),
+    /// A dotted (Fluss) key and its value; `at`: the config file's `FILE:LINE` it came from.
+    Keyed { key: String, value: String, at: Option<String> },
 }
 
-/// The last value of `flag` among plain tokens (`--flag value` or `--flag=value`).
-fn last_flag(tokens: &[Token], flag: &str) -> Option<String> {
-    let plain: Vec<&str> =
-        tokens.iter().filter_map(|t| if let Token::Other(a) = t { a.to_str() } else { None }).collect();
-    let mut found = None;
-    for (i, arg) in plain.iter().enumerate() {
-        if *arg == flag {
-            found = plain.get(i + 1).map(|v| v.to_string());
-        } else if let Some(v) = arg.strip_prefix(flag).and_then(|r| r.strip_prefix('=')) {
-            found = Some(v.to_string());
+/// The lake format the last of `--format` and `--datalake.format` names (the command line's come after the file's).
+fn lake_format(tokens: &[Token]) -> String {
+    let mut format = "paimon".to_string();
+    let mut tokens = tokens.iter().peekable();
+    while let Some(token) = tokens.next() {
+        match token {
+            Token::Keyed { key, value, .. } if key == "datalake.format" => format = value.clone(),
+            Token::Other(arg) => match arg.to_str() {
+                Some("--format") => {
+                    if let Some(Token::Other(v)) = tokens.peek() {
+                        format = v.to_string_lossy().into_owned();
+                    }
+                }
+                Some(a) => {
+                    if let Some(v) = a.strip_prefix("--format=") {
+                        format = v.to_string();
+                    }
+                }
+                None => {}
+            },
+            Token::Keyed { .. } => {}
         }
     }
-    found
+    format
 }
 
 /// `tier`'s long flags and whether each takes a value.
@@ -198,24 +213,27 @@ fn fluss_duration(value: &str) -> String {
     }
 }
 
-/// A config file's `key: value` lines (blank lines and `#` comments aside; values may be quoted).
-fn read_config(file: &Path) -> anyhow::Result<Vec<(String, String)>> {
+/// A config file's `key: value` lines (blank lines and `#` comments aside, also after a value; values may be quoted),
+/// each with its `FILE:LINE`.
+fn read_config(file: &Path) -> anyhow::Result<Vec<(String, String, String)>> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading the config file {}", file.display()))?;
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
+        let at = format!("{}:{}", file.display(), n + 1);
+        let line = line.split(" #").next().unwrap_or(line).trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
         let Some((key, value)) = line.split_once(':') else {
-            bail!("{}:{}: expected `key: value`, found {line:?}", file.display(), n + 1);
+            bail!("{at}: expected `key: value`, found {line:?}");
         };
         let (key, value) = (key.trim(), value.trim());
-        let value = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value);
+        let unquoted = ['"', '\''].iter().find_map(|q| value.strip_prefix(*q).and_then(|v| v.strip_suffix(*q)));
+        let value = unquoted.unwrap_or(value);
         if key.is_empty() || value.is_empty() {
-            bail!("{}:{}: expected `key: value`, found {line:?}", file.display(), n + 1);
+            bail!("{at}: expected `key: value`, found {line:?}");
         }
-        out.push((key.to_string(), value.to_string()));
+        out.push((key.to_string(), value.to_string(), at));
     }
     Ok(out)
 }
@@ -297,6 +315,10 @@ mod tests {
             let err = tier(args).expect_err("refused");
             assert!(err.to_string().contains(args[args.len() - 2]), "{args:?}: {err}");
         }
+        // A forgotten value is not taken from the next flag, nor is an empty one accepted.
+        for args in [&["--fluss.bootstrap.servers", "--once"][..], &["--datalake.paimon.warehouse="]] {
+            assert!(tier(args).expect_err("no value").to_string().contains("needs a value"), "{args:?}");
+        }
     }
 
     #[test]
@@ -316,6 +338,17 @@ mod tests {
         assert_eq!(args.warehouse, std::path::PathBuf::from("/tmp/from-file"));
         assert_eq!((args.timely.workers, args.once, args.tuning.max_tables), (3, true, 7));
 
+        // The later of either spelling of the lake format wins: the command line's over the file's.
+        std::fs::write(&file, "datalake.format: paimon # the default\nwarehouse: '/tmp/w'\ncluster: fluss://h:1\n")
+            .expect("write");
+        let r = tier(&["--config", &config, "--format", "iceberg", "--datalake.iceberg.uri", "jdbc:sqlite:/tmp/c.db"])
+            .expect("rewritten");
+        let args = parsed(&r);
+        assert_eq!((args.format.as_str(), args.catalog.as_deref()), ("iceberg", Some("sqlite:/tmp/c.db")));
+        assert_eq!(args.warehouse, std::path::PathBuf::from("/tmp/w"), "comments and quotes are not values");
+
+        std::fs::write(&file, "config: other.yaml\n").expect("write");
+        assert!(tier(&["--config", &config]).expect_err("nested").to_string().contains("tier.yaml:1"));
         std::fs::write(&file, "warehouse /tmp/x\n").expect("write");
         let err = tier(&["--config", &config]).expect_err("not key: value");
         assert!(err.to_string().contains("tier.yaml:1"), "{err}");

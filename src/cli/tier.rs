@@ -100,13 +100,14 @@ pub(super) fn run_job_with(args: &TierArgs, started: impl FnOnce(&Arc<JobContext
             true => crate::fluss::transport::FlussCluster::connect(&args.cluster, rpc_timeout).await?,
             false => Arc::new(ClusterClient::connect_with_timeout(&args.cluster, rpc_timeout).await?),
         };
+        let lake = lake::factory(&args.format, &args.warehouse, args.catalog.as_deref(), options).await?;
         if args.now {
+            // After the lake is known to open: a job that cannot run does not make tables due.
             let tables = client.schedule_now(&[]).await.map_err(|e| anyhow::anyhow!("--now: {e}"))?;
             for table in tables {
                 tracing::info!("--now: {}", table.describe());
             }
         }
-        let lake = lake::factory(&args.format, &args.warehouse, args.catalog.as_deref(), options).await?;
         if args.format == "iceberg" {
             // Said at start, not only when their rounds fail: these tables will not reach an Iceberg lake.
             for (_, path, _) in client.tables().await?.iter().filter(|(_, _, d)| d.has_primary_key()) {

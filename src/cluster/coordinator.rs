@@ -368,12 +368,12 @@ impl Coordinator {
         })
     }
 
-    /// Makes a scheduled table due now (an administrative request: `tier --now`, `schedule`); a table in any other
-    /// state is left as it is (it is pending or tiering already, or waits for its round's outcome). It becomes
-    /// pending at the next tick if it has data.
+    /// Makes a scheduled table with data due now (an administrative request: `tier --now`, `schedule`); it becomes
+    /// pending at the next tick. Any other table is left as it is: pending or tiering already, or without data
+    /// (which would only push its next look further out).
     pub fn schedule_now(&mut self, table_id: i64, now: Instant) -> Result<()> {
         let table = self.table_mut(table_id)?;
-        if table.state == TieringState::Scheduled {
+        if table.state == TieringState::Scheduled && table.has_data {
             table.due = Some(now);
         }
         Ok(())

@@ -725,7 +725,7 @@ impl Cluster {
         Ok(if latest { log.end_offset() } else { log.start_offset() })
     }
 
-    /// The cluster's metrics in the Prometheus text format: records produced, and per table the end offsets, the
+    /// The cluster's metrics in the OpenMetrics text format: records produced, and per table the end offsets, the
     /// offsets in the lake and the tiering state.
     pub fn render_metrics(&self) -> String {
         use prometheus_client::metrics::{counter::ConstCounter, family::Family, gauge::Gauge};

@@ -353,6 +353,42 @@ async fn tier_once_says_what_it_waits_for_and_now_tiers_at_once() {
     assert!(out.status.success() && text.starts_with("db.fresh: pending"), "{out:?}");
 }
 
+/// On a terminal the waiting message is the progress bar's: run under `script` (a pseudo-terminal) with logs at
+/// warnings, so the text can only come from the bar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_the_progress_bar_says_what_the_job_waits_for() {
+    use fluss_tiering::model::table::{TableDescriptor, parse_schema};
+    let Setup { dir, warehouse, cluster, client, .. } = setup().await;
+    let descriptor = TableDescriptor {
+        columns: parse_schema("id:int64,name:string").expect("schema"),
+        buckets: 1,
+        partition_key: None,
+        primary_key: vec![],
+        properties: Default::default(),
+    };
+    let path = "db.later".parse().expect("path");
+    let id = client.create_table(&path, &descriptor, false).await.expect("create");
+    produce_all(&client, &[TestTable { id, path, descriptor }], 0, 100).await;
+    let typescript = dir.path().join("typescript");
+    let command = format!(
+        "timeout 60 {} tier --cluster {} --warehouse {} --once --poll-interval 100ms",
+        env!("CARGO_BIN_EXE_fluss-tiering"),
+        cluster.url(),
+        warehouse.display()
+    );
+    let mut terminal = std::process::Command::new("script")
+        .args(["-q", "-f", "-c", &command])
+        .arg(&typescript)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("script (util-linux)");
+    let seen = wait_for_line(&typescript, &["db.later: scheduled, due in"], Duration::from_secs(30)).await;
+    let _ = terminal.kill();
+    let _ = terminal.wait();
+    assert!(!seen.contains(" INFO "), "the bar, not a log line: {seen}");
+}
+
 /// A Fluss user's command line for the Flink tiering job, unchanged, against the cluster's Fluss door: the job tiers
 /// exactly once, and the options that mean nothing here are named as ignored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -154,11 +154,20 @@ fn bench_and_plot(args: &[&str]) -> (Vec<serde_json::Value>, String) {
 #[test]
 fn bench_writes_one_json_document_per_run() {
     const ROWS: u64 = 100_000;
-    let (runs, svg) = bench_and_plot(&["--rows", &ROWS.to_string(), "--buckets", "2", "--workers", "1,2"]);
-    assert_eq!(runs.len(), 3, "the baseline, then one run per worker count");
+    let rows = ROWS.to_string();
+    let (runs, svg) =
+        bench_and_plot(&["--rows", &rows, "--buckets", "2", "--workers", "1,2", "--transport", "grpc,fluss"]);
+    assert_eq!(runs.len(), 5, "the baseline, then one run per transport and worker count");
     assert!(svg.starts_with("<svg") && svg.contains("rows per second") && svg.contains("baseline (1 core)"), "{svg}");
+    assert!(svg.contains("tiering, grpc") && svg.contains("tiering, fluss"), "{svg}");
     assert!(runs[0]["kind"].as_str().expect("kind").starts_with("baseline"));
-    assert_eq!(runs.iter().skip(1).map(|r| r["workers"].as_u64().expect("workers")).collect::<Vec<_>>(), vec![1, 2]);
+    let made: Vec<(String, u64)> = runs
+        .iter()
+        .skip(1)
+        .map(|r| (r["transport"].as_str().expect("transport").to_string(), r["workers"].as_u64().expect("workers")))
+        .collect();
+    let expected = [("grpc", 1), ("grpc", 2), ("fluss", 1), ("fluss", 2)].map(|(t, w)| (t.to_string(), w));
+    assert_eq!(made, expected);
     for r in &runs {
         for field in ["rows", "arrow_bytes", "parquet_bytes", "files", "cores", "peak_rss_bytes"] {
             assert!(r[field].as_u64().expect(field) > 0, "{field} is positive in {r}");
@@ -273,6 +282,11 @@ fn demo_output_is_readable_in_files_and_ends_with_its_summary() {
     assert!(!err.contains(" INFO "), "the demo's logs are warnings and above:\n{err}");
     let last = out.lines().rfind(|l| !l.trim().is_empty()).unwrap_or_default();
     assert!(last.starts_with("The lake is a Paimon filesystem catalog: warehouse file://"), "{out}");
+    // The job tiered over Fluss's protocol, and every table caught up both times.
+    assert!(out.contains("which the job tiers over"), "{out}");
+    let lags: Vec<&str> =
+        out.lines().filter(|l| l.starts_with("demo.")).filter_map(|l| l.split_whitespace().last()).collect();
+    assert!(lags.len() == 8 && lags.iter().all(|lag| *lag == "0"), "4 tables, 2 rounds, no lag: {out}");
 
     // A command that fails names each cause once.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_fluss-tiering"))

@@ -71,6 +71,10 @@ pub struct BenchArgs {
     /// Lake format: paimon or iceberg.
     #[arg(long, default_value = "paimon", value_parser = ["paimon", "iceberg"])]
     pub format: String,
+    /// How the job reaches the embedded cluster, one run per transport and worker count: grpc (its gRPC door),
+    /// fluss (Fluss's own protocol), or both (`grpc,fluss`).
+    #[arg(long, value_delimiter = ',', default_value = "grpc", value_parser = ["grpc", "fluss"])]
+    pub transport: Vec<String>,
     /// Where to keep the cluster and the lakes (default: a new temporary directory, removed afterwards).
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -101,6 +105,8 @@ pub struct BenchArgs {
 #[derive(Debug, Serialize)]
 struct Run {
     kind: &'static str,
+    /// How the job reached the cluster (`grpc`, `fluss`; `-` for the baseline).
+    transport: String,
     /// Worker threads per process.
     workers: usize,
     processes: usize,
@@ -185,8 +191,15 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     let dir = args.dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
     // The embedded cluster runs on a runtime of its own; each job brings its own.
     let runtime = runtime("cluster-io", 2)?;
-    let cluster = runtime.block_on(EmbeddedCluster::start(ClusterConfig::new(dir.join("cluster"))))?;
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let cluster =
+        runtime.block_on(EmbeddedCluster::start_with(ClusterConfig::new(dir.join("cluster")), any, Some(any)))?;
     let client = runtime.block_on(ClusterClient::connect(&cluster.url()))?;
+    let fluss = cluster.fluss_addr().map(|a| format!("fluss://{a}")).context("the Fluss door did not open")?;
+    let url_of = |transport: &str| if transport == "fluss" { fluss.clone() } else { cluster.url() };
+    if args.transport.is_empty() {
+        bail!("--transport needs grpc, fluss or both");
+    }
     let workload = Workload { seed: args.seed, partitions: args.partitions };
     let dataset = args.dataset.as_deref().map(|d| crate::dataset::Source::dataset(d, args.scale_factor)).transpose()?;
     if dataset.is_some() && (args.partitions > 1 || args.pk_ratio > 0.0 || args.freshness_for.is_some()) {
@@ -238,7 +251,7 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(duration) = &args.freshness_for {
         let experiment = super::freshness::Experiment {
-            cluster: cluster.url(),
+            cluster: url_of(&args.transport[0]),
             warehouse: dir.join("lake-freshness"),
             workers: args.workers[0],
             format: args.format.clone(),
@@ -292,6 +305,7 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut runs = vec![Run {
         kind: "baseline: arrow-rs Parquet encode",
+        transport: "-".into(),
         workers: 1,
         processes: 1,
         rows: total_rows,
@@ -312,10 +326,12 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         cpu_model: cpu_model(),
         peak_rss_bytes: peak_rss(),
     }];
-    for &workers in &args.workers {
+    let runs_to_make: Vec<(&String, usize)> =
+        args.transport.iter().flat_map(|t| args.workers.iter().map(move |w| (t, *w))).collect();
+    for (transport, workers) in runs_to_make {
         let job = TierArgs {
-            cluster: cluster.url(),
-            warehouse: dir.join(format!("lake-w{workers}")),
+            cluster: url_of(transport),
+            warehouse: dir.join(format!("lake-{transport}-w{workers}")),
             catalog: None,
             format: args.format.clone(),
             metrics_addr: None,
@@ -342,6 +358,7 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         let secs = took.as_secs_f64();
         runs.push(Run {
             kind: "tiering",
+            transport: transport.clone(),
             workers,
             processes: args.processes,
             rows: report.rows,
@@ -379,9 +396,13 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         "CPU s/M rows"
     );
     for r in &runs {
+        let run = match r.transport.as_str() {
+            "-" => r.kind.to_string(),
+            transport => format!("{} over {transport}", r.kind),
+        };
         println!(
             "{:<36} {:>9} {:>10} {:>9.2} {:>12.0} {:>10.1} {:>12.1} {:>8.2} {:>10.2} {:>12.2}",
-            r.kind,
+            run,
             format!("{}x{}", r.processes, r.workers),
             r.rows,
             r.wall_seconds,
@@ -407,7 +428,7 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         let p = &r.phase_seconds;
         println!(
             "{:<9} {:>9.2} {:>7.2} {:>7.2} {:>7.2} {:>13.2} {:>12.2} {:>15.2}",
-            format!("{}x{}", r.processes, r.workers),
+            format!("{}x{} {}", r.processes, r.workers, r.transport),
             p.schedule,
             p.plan,
             p.fetch,
@@ -423,10 +444,19 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(path) = &args.plot {
         let total = |r: &Run| (r.workers * r.processes) as f64;
-        let tiering: Vec<(f64, f64)> = runs.iter().skip(1).map(|r| (total(r), r.rows_per_second)).collect();
+        let mut series: Vec<super::plot::Series> = args
+            .transport
+            .iter()
+            .map(|t| {
+                let points = runs.iter().filter(|r| &r.transport == t).map(|r| (total(r), r.rows_per_second));
+                (format!("tiering, {t}"), points.collect())
+            })
+            .collect();
         let baseline = runs[0].rows_per_second;
-        let flat: Vec<(f64, f64)> = tiering.iter().map(|(w, _)| (*w, baseline)).collect();
-        let series = vec![("tiering".to_string(), tiering), ("baseline (1 core)".to_string(), flat)];
+        let mut workers: Vec<f64> = runs.iter().skip(1).map(total).collect();
+        workers.sort_by(f64::total_cmp);
+        workers.dedup();
+        series.push(("baseline (1 core)".to_string(), workers.iter().map(|w| (*w, baseline)).collect()));
         let title = format!("Tiering throughput: {total_rows} rows, {} buckets, {}", args.buckets, args.format);
         super::plot::lines(path, &title, "workers", "rows per second", &series)?;
     }

@@ -245,9 +245,13 @@ pub fn run_demo(args: super::DemoArgs) -> anyhow::Result<()> {
     let runtime = runtime("cluster-io", 2)?;
     let mut config = ClusterConfig::new(&data_dir);
     config.heartbeat_timeout = Duration::from_secs(10);
-    let cluster = runtime.block_on(EmbeddedCluster::start(config))?;
+    // Both doors open: the demo's producer writes through gRPC, the job tiers over Fluss's own protocol, as it
+    // would from a Fluss cluster.
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let cluster = runtime.block_on(EmbeddedCluster::start_with(config, any, Some(any)))?;
     let url = cluster.url();
-    println!("embedded cluster on {url}");
+    let fluss = cluster.fluss_addr().map(|a| format!("fluss://{a}")).context("the Fluss door did not open")?;
+    println!("embedded cluster on {url} (gRPC) and {fluss} (Fluss's protocol, which the job tiers over)");
     let client = runtime.block_on(ClusterClient::connect(&url))?;
 
     let mut tables = Vec::new();
@@ -276,7 +280,7 @@ pub fn run_demo(args: super::DemoArgs) -> anyhow::Result<()> {
         args.timely.clone()
     };
     let job = TierArgs {
-        cluster: url.clone(),
+        cluster: fluss.clone(),
         warehouse: warehouse.clone(),
         catalog: None,
         format: args.format.clone(),

@@ -245,7 +245,10 @@ fn waiting_message(remaining: &BTreeSet<i64>, answer: Result<Vec<TableSchedule>>
                 true => " (`tier --now` or `schedule` makes them due now)",
                 false => "",
             };
-            format!("waiting for the coordinator to hand out a table: {}{hint}", tables.join("; "))
+            match tables.is_empty() {
+                true => format!("waiting for the coordinator to hand out one of the {n} table(s) to catch up"),
+                false => format!("waiting for the coordinator to hand out a table: {}{hint}", tables.join("; ")),
+            }
         }
         Err(e) if e.kind() == ErrorKind::Unsupported => format!(
             "waiting for the coordinator to hand out one of the {n} table(s) to catch up; this cluster does not say \

@@ -3,13 +3,14 @@
 //! table's schema, produced into a log table.
 //!
 //! ```text
-//!   source ──rows──▶ batches of the table's schema ──Fluss log batches──▶ ProduceLog, bucket after bucket
-//!   (tpchgen TBL lines / Parquet / CSV)   (by column name, strict casts)     (a thread)     (requests in flight)
+//!   source ──rows──▶ batches of the table's schema ──Fluss log batches──▶ ProduceLog, one request per bucket at a
+//!   (tpchgen TBL lines / Parquet / CSV)  (by column name, checked casts)  (a blocking task)   time, buckets at once
 //! ```
 //!
 //! Rules:
 //! 1. A source's columns match the table's by name: a column the table lacks, or one the table has and the source
-//!    does not, is an error that names it; values are cast strictly (a value that does not fit fails the load).
+//!    does not, is an error that names it; values go through Arrow's checked cast (a value that does not parse or
+//!    overflows fails the load; narrowing casts truncate or round as Arrow does).
 //! 2. Batch `k` goes to bucket `k % buckets` (a log table without a bucket key, as a Fluss client's round-robin
 //!    assigner places its batches), and each bucket receives its batches in the source's order, one request at a
 //!    time; a load that fails has every bucket holding a prefix of its batches, and says how many rows landed.
@@ -71,7 +72,7 @@ pub enum Source {
         scale_factor: f64,
     },
     Parquet(PathBuf),
-    /// A CSV file with a header line; its column types inferred from its first rows unless given.
+    /// A CSV file with a header line; its column types inferred from its values unless given.
     Csv {
         path: PathBuf,
         columns: Option<Vec<Column>>,
@@ -118,9 +119,11 @@ impl Source {
                 columns_of(&reader.schema(), path)
             }
             Source::Csv { path, columns } => {
-                // Types inferred over the whole file (a later row that did not fit would fail the load half-way).
+                // Types inferred over the whole file (a later row that did not fit would fail the load half-way);
+                // with types given, only the header is read.
                 let format = arrow::csv::reader::Format::default().with_header(true);
-                let (inferred, _) = format.infer_schema(open(path)?, None).map_err(|e| csv_error(path, e))?;
+                let rows = if columns.is_some() { Some(0) } else { None };
+                let (inferred, _) = format.infer_schema(open(path)?, rows).map_err(|e| csv_error(path, e))?;
                 let Some(given) = columns else { return columns_of(&inferred, path) };
                 // Given types, in the header's order: the reader takes columns by position.
                 let header: Vec<&String> = inferred.fields().iter().map(|f| f.name()).collect();
@@ -129,7 +132,7 @@ impl Source {
                     let column = given.iter().find(|c| &&c.name == name).ok_or_else(|| {
                         Error::new(
                             ErrorKind::InvalidArgument,
-                            format!("{}: column {name} is not in --schema", path.display()),
+                            format!("{}: the table has no column {name}", path.display()),
                         )
                     })?;
                     ordered.push(column.clone());
@@ -137,7 +140,7 @@ impl Source {
                 if let Some(missing) = given.iter().find(|c| !header.contains(&&c.name)) {
                     return Err(Error::new(
                         ErrorKind::InvalidArgument,
-                        format!("{}: the header has no column {} (--schema names it)", path.display(), missing.name),
+                        format!("{}: the header has no column {}", path.display(), missing.name),
                     ));
                 }
                 Ok(ordered)
@@ -295,7 +298,7 @@ fn check_names(source: &Schema, table: &Schema) -> Result<()> {
     Ok(())
 }
 
-/// `batch` as a batch of `schema`: columns taken by name and cast strictly (rule 1).
+/// `batch` as a batch of `schema`: columns taken by name, through Arrow's checked cast (rule 1).
 fn fit(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     check_names(&batch.schema(), schema)?;
     let options = arrow::compute::CastOptions { safe: false, ..Default::default() };
@@ -480,6 +483,6 @@ mod tests {
 
         let other = parse_schema("id:int64,title:string,price:float64,day:date").expect("schema");
         let err = Source::file(&file, Some(other)).expect("source").columns().expect_err("header differs");
-        assert!(err.to_string().contains("column name is not in --schema"), "{err}");
+        assert!(err.to_string().contains("the table has no column name"), "{err}");
     }
 }

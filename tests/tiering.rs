@@ -263,9 +263,24 @@ async fn tpch_and_users_files_reach_the_lake_value_for_value() {
         .output()
         .expect("produce");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("the source has no column ok"), "{err}");
+    assert!(!out.status.success() && err.contains("has no column ok"), "{err}");
+
+    // A load that fails part-way says how many rows landed: batches of 3, one bucket, a bad value in row 11.
+    let bad = dir.path().join("bad.csv");
+    let lines: Vec<String> = (1..=10).map(|i| i.to_string()).chain(["x".to_string()]).collect();
+    std::fs::write(&bad, format!("id\n{}\n", lines.join("\n"))).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fluss-tiering"))
+        .args(["produce", "--cluster", &url, "--table", "files.bad", "--schema", "id:int64", "--batch", "3", "--from"])
+        .arg(&bad)
+        .output()
+        .expect("produce");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("acknowledged 9 rows") && err.contains("x"), "{err}");
 
     assert_success(&tier(&url, &warehouse, &["--now"], &[]).await);
+    let landed = read_lake(&warehouse, &"files.bad".parse().expect("path"));
+    let ids: Vec<String> = (0..landed.rows.num_rows()).map(|r| shown(&landed.rows, "id", r)).collect();
+    assert_eq!(ids, (1..=9).map(|i| i.to_string()).collect::<Vec<_>>(), "the prefix the error counted, in order");
 
     // TPC-H: the generator's row count, and every 97th row field by field.
     let lake = read_lake(&warehouse, &"tpch.lineitem".parse().expect("path"));
@@ -275,6 +290,7 @@ async fn tpch_and_users_files_reach_the_lake_value_for_value() {
     let rows = &lake.rows;
     let by_key: std::collections::HashMap<(String, String), usize> =
         (0..rows.num_rows()).map(|i| ((shown(rows, "l_orderkey", i), shown(rows, "l_linenumber", i)), i)).collect();
+    assert_eq!(by_key.len(), expected.len(), "no (order, line) twice");
     let columns = fluss_tiering::model::table::parse_schema(fluss_tiering::dataset::TPCH_TABLES[7].1).expect("schema");
     let columns: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
     for line in expected.iter().step_by(97) {

@@ -200,6 +200,14 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     if args.transport.is_empty() {
         bail!("--transport needs grpc, fluss or both");
     }
+    // Each run tiers into a lake of its own, named by transport and worker count: a repeat would find it full.
+    let unique = |list: Vec<String>| list.len() == list.iter().collect::<std::collections::BTreeSet<_>>().len();
+    if !unique(args.transport.clone()) || !unique(args.workers.iter().map(|w| w.to_string()).collect()) {
+        bail!("--transport and --workers must not name one value twice");
+    }
+    if args.freshness_for.is_some() && args.transport.len() > 1 {
+        bail!("--freshness-for runs one job: give one --transport");
+    }
     let workload = Workload { seed: args.seed, partitions: args.partitions };
     let dataset = args.dataset.as_deref().map(|d| crate::dataset::Source::dataset(d, args.scale_factor)).transpose()?;
     if dataset.is_some() && (args.partitions > 1 || args.pk_ratio > 0.0 || args.freshness_for.is_some()) {
@@ -262,16 +270,16 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         let result = super::freshness::measure(&runtime, &client, &tables, &experiment);
         runtime.block_on(cluster.shutdown())?;
         let report = result?;
+        if let Some(path) = &args.json {
+            let lines: Vec<String> = report.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
+            std::fs::write(path, lines.join("\n") + "\n").with_context(|| format!("writing {}", path.display()))?;
+        }
         if let Some(path) = &args.plot {
             let series: Vec<super::plot::Series> =
                 report.iter().map(|t| (t.table.clone(), t.lag_over_time.clone())).collect();
             let title =
                 format!("Lake lag: age of the oldest row not yet in the lake (freshness {})", args.table_freshness);
             super::plot::lines(path, &title, "seconds since the producer started", "lag (s)", &series)?;
-        }
-        if let Some(path) = &args.json {
-            let lines: Vec<String> = report.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
-            std::fs::write(path, lines.join("\n") + "\n").with_context(|| format!("writing {}", path.display()))?;
         }
         return Ok(());
     }

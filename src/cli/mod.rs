@@ -64,8 +64,8 @@ pub enum Command {
 #[derive(Debug, Args)]
 #[command(disable_help_flag = true, args_override_self = true)]
 pub struct TierArgs {
-    /// The cluster: `http://HOST:PORT` (its gRPC door) or `fluss://HOST:PORT[,HOST:PORT…]` (Fluss's own protocol;
-    /// also `--fluss.bootstrap.servers HOST:PORT`).
+    /// The cluster: `http://HOST:PORT` (its gRPC door) or `fluss://HOST:PORT` (Fluss's own protocol; also
+    /// `--fluss.bootstrap.servers HOST:PORT`; of a list, the first server is used).
     #[arg(long)]
     pub cluster: String,
     /// The lake's warehouse directory.
@@ -326,7 +326,8 @@ pub struct ProduceArgs {
     /// Rows per second (unlimited when absent).
     #[arg(long, conflicts_with = "source")]
     pub rate: Option<f64>,
-    /// Rows per chunk; each chunk is one request per (partition, bucket).
+    /// Rows per chunk; each chunk is one request per (partition, bucket) (with --dataset/--from: rows per batch,
+    /// one request each).
     #[arg(long, default_value_t = 10_000)]
     pub batch: u64,
     /// Distinct partitions for a partitioned table.
@@ -540,23 +541,33 @@ async fn produce_source(client: &ClusterClient, path: &TablePath, args: &Produce
         bail!("--batch must be at least 1");
     }
     let given = args.schema.as_deref().map(parse_schema).transpose()?;
+    let existing = match client.table_info(path).await {
+        Ok(table) => Some(table),
+        Err(e) if e.kind() == crate::ErrorKind::TableNotExist => None,
+        Err(e) => return Err(e.into()),
+    };
+    if let (Some(columns), Some((_, descriptor))) = (&given, &existing)
+        && &descriptor.columns != columns
+    {
+        bail!("{path} exists with other columns than --schema gives");
+    }
+    let is_csv = |file: &std::path::Path| file.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
     let source = match (&args.dataset, &args.from) {
         (Some(dataset), _) => Source::dataset(dataset, args.scale_factor)?,
-        (None, Some(file)) => Source::file(file, given.clone())?,
+        // A CSV file into an existing table is read with the table's types, not guessed ones ("007" stays a string).
+        (None, Some(file)) => match (&existing, &given) {
+            (Some((_, descriptor)), None) if is_csv(file) => Source::file(file, Some(descriptor.columns.clone()))?,
+            _ => Source::file(file, given.clone())?,
+        },
         (None, None) => bail!("give --rows, --dataset or --from"),
     };
-    let columns = match given {
-        Some(columns) => columns,
-        None => source.columns()?,
-    };
-    let (table_id, descriptor) = match client.table_info(path).await {
-        Ok((id, descriptor)) => {
-            if args.schema.is_some() && descriptor.columns != columns {
-                bail!("{path} exists with other columns than --schema gives");
-            }
-            (id, descriptor)
-        }
-        Err(e) if e.kind() == crate::ErrorKind::TableNotExist => {
+    let (table_id, descriptor) = match existing {
+        Some(table) => table,
+        None => {
+            let columns = match given {
+                Some(columns) => columns,
+                None => source.columns()?,
+            };
             let descriptor = TableDescriptor {
                 columns,
                 buckets: args.buckets,
@@ -569,7 +580,6 @@ async fn produce_source(client: &ClusterClient, path: &TablePath, args: &Produce
             println!("created {path} with {} columns in {} bucket(s)", descriptor.columns.len(), args.buckets);
             client.table_info(path).await?
         }
-        Err(e) => return Err(e.into()),
     };
     let batch = usize::try_from(args.batch).unwrap_or(usize::MAX);
     let report = produce_source(client, table_id, &descriptor, &source, batch, 8).await?;

@@ -25,7 +25,7 @@ pub fn lines(path: &Path, title: &str, x: &str, y: &str, series: &[Series]) -> a
         .build_and_label((title, x, y))
         .append_to(header.light_theme())
         .render_string()
-        .map_err(|_| anyhow::anyhow!("drawing {title}"))?;
+        .with_context(|| format!("drawing {title}"))?;
     std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))
 }
 

@@ -103,7 +103,7 @@ pub(super) fn run_job_with(args: &TierArgs, started: impl FnOnce(&Arc<JobContext
         let lake = lake::factory(&args.format, &args.warehouse, args.catalog.as_deref(), options).await?;
         if args.now {
             // After the lake is known to open: a job that cannot run does not make tables due.
-            let tables = client.schedule_now(&[]).await.map_err(|e| anyhow::anyhow!("--now: {e}"))?;
+            let tables = client.schedule_now(&[]).await.context("--now")?;
             for table in tables {
                 tracing::info!("--now: {}", table.describe());
             }

@@ -354,7 +354,12 @@ impl Cluster {
             }
             coordinator.tick(now)?;
         }
-        Ok(self.list_tables().into_iter().filter(|(t, _)| chosen(&t.table_id)).collect())
+        // Asked for by name, a table is answered whatever it is; asked for all, the lake tables.
+        let answered = |(t, status): &(TableInfo, Option<TieringStatus>)| match ids.is_empty() {
+            true => status.is_some(),
+            false => ids.contains(&t.table_id),
+        };
+        Ok(self.list_tables().into_iter().filter(answered).collect())
     }
 
     /// Appends Fluss log batches to a bucket, durably. Every batch is checked before any is stored: its crc, the

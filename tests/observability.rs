@@ -302,6 +302,17 @@ fn demo_output_is_readable_in_files_and_ends_with_its_summary() {
     assert!(!err.contains('\u{1b}'), "no escape codes in a pipe");
 }
 
+/// A log table `id:int64,name:string` with the default freshness (3 minutes).
+fn id_and_name(buckets: u32) -> fluss_tiering::model::table::TableDescriptor {
+    fluss_tiering::model::table::TableDescriptor {
+        columns: fluss_tiering::model::table::parse_schema("id:int64,name:string").expect("schema"),
+        buckets,
+        partition_key: None,
+        primary_key: vec![],
+        properties: Default::default(),
+    }
+}
+
 /// Polls `file` until a line contains every one of `needles`; returns that line.
 async fn wait_for_line(file: &std::path::Path, needles: &[&str], within: Duration) -> String {
     let deadline = Instant::now() + within;
@@ -320,15 +331,9 @@ async fn wait_for_line(file: &std::path::Path, needles: &[&str], within: Duratio
 /// it due at once and the run ends within seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tier_once_says_what_it_waits_for_and_now_tiers_at_once() {
-    use fluss_tiering::model::table::{TableDescriptor, TablePath, parse_schema};
+    use fluss_tiering::model::table::TablePath;
     let Setup { dir: _dir, warehouse, cluster, client, .. } = setup().await;
-    let descriptor = TableDescriptor {
-        columns: parse_schema("id:int64,name:string").expect("schema"),
-        buckets: 2,
-        partition_key: None,
-        primary_key: vec![],
-        properties: Default::default(),
-    };
+    let descriptor = id_and_name(2);
     let path: TablePath = "db.fresh".parse().expect("path");
     let id = client.create_table(&path, &descriptor, false).await.expect("create");
     let table = TestTable { id, path: path.clone(), descriptor };
@@ -371,15 +376,8 @@ async fn tier_once_says_what_it_waits_for_and_now_tiers_at_once() {
 /// warnings, so the text can only come from the bar.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_terminal_the_progress_bar_says_what_the_job_waits_for() {
-    use fluss_tiering::model::table::{TableDescriptor, parse_schema};
     let Setup { dir, warehouse, cluster, client, .. } = setup().await;
-    let descriptor = TableDescriptor {
-        columns: parse_schema("id:int64,name:string").expect("schema"),
-        buckets: 1,
-        partition_key: None,
-        primary_key: vec![],
-        properties: Default::default(),
-    };
+    let descriptor = id_and_name(1);
     let path = "db.later".parse().expect("path");
     let id = client.create_table(&path, &descriptor, false).await.expect("create");
     produce_all(&client, &[TestTable { id, path, descriptor }], 0, 100).await;

@@ -521,9 +521,14 @@ async fn run_produce(args: ProduceArgs) -> anyhow::Result<()> {
         kv: KvMix { update: args.update_ratio, delete: args.delete_ratio },
     };
     let report = produce(&client, table_id, &descriptor, &workload, &opts).await?;
+    print_produced(&path, &report);
+    Ok(())
+}
+
+fn print_produced(path: &TablePath, report: &crate::workload::ProduceReport) {
     let secs = report.elapsed.as_secs_f64().max(1e-9);
     println!(
-        "produced {} rows into {path} in {} requests, {:.1} MB IPC, {:.2}s: {:.0} rows/s, {:.1} MB/s",
+        "produced {} rows into {path} in {} requests, {:.1} MB of log batches, {:.2}s: {:.0} rows/s, {:.1} MB/s",
         report.rows,
         report.requests,
         report.bytes as f64 / 1e6,
@@ -531,7 +536,6 @@ async fn run_produce(args: ProduceArgs) -> anyhow::Result<()> {
         report.rows as f64 / secs,
         report.bytes as f64 / 1e6 / secs
     );
-    Ok(())
 }
 
 /// `produce --dataset` / `--from`: the source's rows into the table, created with the source's columns when absent.
@@ -583,15 +587,7 @@ async fn produce_source(client: &ClusterClient, path: &TablePath, args: &Produce
     };
     let batch = usize::try_from(args.batch).unwrap_or(usize::MAX);
     let report = produce_source(client, table_id, &descriptor, &source, batch, 8).await?;
-    let secs = report.elapsed.as_secs_f64().max(1e-9);
-    println!(
-        "produced {} rows into {path} in {} requests, {:.1} MB, {:.2}s: {:.0} rows/s",
-        report.rows,
-        report.requests,
-        report.bytes as f64 / 1e6,
-        secs,
-        report.rows as f64 / secs
-    );
+    print_produced(path, &report);
     Ok(())
 }
 

@@ -212,11 +212,22 @@ fn lag_over_time(commits: &[(i64, Offsets)], logs: &[(TableBucket, Vec<StoredBat
             .unwrap_or(at)
     };
     let secs = |ms: i64| ms as f64 / 1000.0;
+    let next_append =
+        |after: i64| logs.iter().flat_map(|(_, b)| b.iter().map(|(_, _, a)| *a)).filter(|a| *a > after).min();
+    let commits: Vec<&(i64, Offsets)> = commits.iter().filter(|(at, _)| *at >= start).collect();
     let mut out = vec![(0.0, 0.0)];
     let mut before: Option<&Offsets> = None;
-    for (at, offsets) in commits.iter().filter(|(at, _)| *at >= start) {
-        out.push((secs(at - start), secs(at - oldest_invisible(before, *at))));
-        out.push((secs(at - start), secs(at - oldest_invisible(Some(offsets), *at))));
+    for (i, (at, offsets)) in commits.iter().map(|c| (c.0, &c.1)).enumerate() {
+        out.push((secs(at - start), secs(at - oldest_invisible(before, at))));
+        let after = oldest_invisible(Some(offsets), at);
+        out.push((secs(at - start), secs(at - after)));
+        // Caught up: the lag stays 0 until the next row is appended (if that comes before the next commit).
+        let next_commit = commits.get(i + 1).map(|c| c.0).unwrap_or(i64::MAX);
+        if after == at
+            && let Some(next) = next_append(at).filter(|n| *n < next_commit)
+        {
+            out.push((secs(next - start), 0.0));
+        }
         before = Some(offsets);
     }
     out
@@ -269,6 +280,27 @@ fn percentile(sorted: &[(i64, u64)], q: f64) -> f64 {
         }
     }
     0.0
+}
+
+#[cfg(test)]
+mod lag_tests {
+    use super::*;
+
+    #[test]
+    fn the_lag_drops_at_each_commit_and_stays_at_zero_until_the_next_append() {
+        let bucket = TableBucket { partition_id: None, bucket: 0 };
+        // Batches of 10 rows appended at 0 s, 1 s and 5 s; commits at 2 s (the first two) and 3 s (all three
+        // would be 30, but the third is not appended yet: caught up), then 6 s (everything).
+        let logs = vec![(bucket, vec![(0, 10, 0), (10, 10, 1000), (20, 10, 5000)])];
+        let commits = vec![
+            (2000, Offsets::from([(bucket, 20)])),
+            (3000, Offsets::from([(bucket, 20)])),
+            (6000, Offsets::from([(bucket, 30)])),
+        ];
+        let points = lag_over_time(&commits, &logs);
+        let expected = [(0.0, 0.0), (2.0, 2.0), (2.0, 0.0), (3.0, 0.0), (3.0, 0.0), (5.0, 0.0), (6.0, 1.0), (6.0, 0.0)];
+        assert_eq!(points, expected);
+    }
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use arrow::array::{RecordBatch, RecordBatchReader};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::table::{Column, ColumnType, TableDescriptor, parse_schema};
+use crate::model::table::{Column, ColumnType, TableDescriptor, arrow_schema_of, parse_schema};
 use crate::rpc::ClusterClient;
 use crate::workload::ProduceReport;
 
@@ -158,9 +158,7 @@ impl Source {
         match self {
             Source::Tpch { table, scale_factor } => {
                 let columns = parse_schema(tpch_schema(table)?)?;
-                let source_schema = Arc::new(Schema::new(
-                    columns.iter().map(|c| Field::new(&c.name, c.data_type.to_arrow(), true)).collect::<Vec<_>>(),
-                ));
+                let source_schema = arrow_schema_of(&columns);
                 let lines = tpch_lines(table, *scale_factor)?;
                 Ok(Box::new(TblBatches { lines, source_schema, target: schema, batch_rows }))
             }
@@ -174,9 +172,7 @@ impl Source {
             }
             Source::Csv { path, .. } => {
                 let columns = self.columns()?;
-                let source_schema = Arc::new(Schema::new(
-                    columns.iter().map(|c| Field::new(&c.name, c.data_type.to_arrow(), true)).collect::<Vec<_>>(),
-                ));
+                let source_schema = arrow_schema_of(&columns);
                 check_names(&source_schema, &schema)?;
                 let reader = arrow::csv::ReaderBuilder::new(source_schema)
                     .with_header(true)
@@ -426,9 +422,7 @@ mod tests {
     fn tpch_rows_are_the_generators_own() {
         let source = Source::dataset("tpch:lineitem", 0.001).expect("source");
         let columns = source.columns().expect("columns");
-        let schema = Arc::new(Schema::new(
-            columns.iter().map(|c| Field::new(&c.name, c.data_type.to_arrow(), true)).collect::<Vec<_>>(),
-        ));
+        let schema = arrow_schema_of(&columns);
         let batches: Vec<RecordBatch> =
             source.batches(Arc::clone(&schema), 1000).expect("batches").collect::<Result<_>>().expect("parsed");
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
@@ -450,9 +444,7 @@ mod tests {
         for (table, _) in TPCH_TABLES {
             let source = Source::dataset(&format!("tpch:{table}"), 0.001).expect("source");
             let columns = source.columns().expect("columns");
-            let schema = Arc::new(Schema::new(
-                columns.iter().map(|c| Field::new(&c.name, c.data_type.to_arrow(), true)).collect::<Vec<_>>(),
-            ));
+            let schema = arrow_schema_of(&columns);
             let batches: Vec<RecordBatch> =
                 source.batches(schema, 4096).expect("batches").collect::<Result<_>>().expect(table);
             let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
@@ -474,9 +466,7 @@ mod tests {
         let source = Source::file(&file, Some(given.clone())).expect("source");
         let ordered: Vec<String> = source.columns().expect("columns").into_iter().map(|c| c.name).collect();
         assert_eq!(ordered, ["name", "id", "day", "price"], "read by the header's order");
-        let table = Arc::new(Schema::new(
-            given.iter().map(|c| Field::new(&c.name, c.data_type.to_arrow(), true)).collect::<Vec<_>>(),
-        ));
+        let table = arrow_schema_of(&given);
         let batch = source.batches(table, 10).expect("batches").next().expect("one").expect("parsed");
         assert_eq!(arrow::util::display::array_value_to_string(batch.column(2), 0).expect("price"), "1.50");
         assert!(batch.column(2).is_null(1), "an empty field is null");

@@ -555,14 +555,9 @@ async fn produce_source(client: &ClusterClient, path: &TablePath, args: &Produce
     {
         bail!("{path} exists with other columns than --schema gives");
     }
-    let is_csv = |file: &std::path::Path| file.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
     let source = match (&args.dataset, &args.from) {
         (Some(dataset), _) => Source::dataset(dataset, args.scale_factor)?,
-        // A CSV file into an existing table is read with the table's types, not guessed ones ("007" stays a string).
-        (None, Some(file)) => match (&existing, &given) {
-            (Some((_, descriptor)), None) if is_csv(file) => Source::file(file, Some(descriptor.columns.clone()))?,
-            _ => Source::file(file, given.clone())?,
-        },
+        (None, Some(file)) => Source::file(file, given.clone())?,
         (None, None) => bail!("give --rows, --dataset or --from"),
     };
     let (table_id, descriptor) = match existing {
@@ -584,6 +579,11 @@ async fn produce_source(client: &ClusterClient, path: &TablePath, args: &Produce
             println!("created {path} with {} columns in {} bucket(s)", descriptor.columns.len(), args.buckets);
             client.table_info(path).await?
         }
+    };
+    // A CSV file is read with the table's types, not guessed ones ("007" stays a string), and not inferred twice.
+    let source = match source {
+        Source::Csv { path, columns: None } => Source::Csv { path, columns: Some(descriptor.columns.clone()) },
+        other => other,
     };
     let batch = usize::try_from(args.batch).unwrap_or(usize::MAX);
     let report = produce_source(client, table_id, &descriptor, &source, batch, 8).await?;

@@ -329,6 +329,11 @@ pub fn align_columns(
         .collect()
 }
 
+/// The Arrow schema of `columns`, every field nullable (as the table's columns are).
+pub fn arrow_schema_of(columns: &[Column]) -> SchemaRef {
+    Arc::new(Schema::new(columns.iter().map(|c| Field::new(&c.name, c.data_type.to_arrow(), true)).collect::<Vec<_>>()))
+}
+
 /// Everything needed to create a table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TableDescriptor {
@@ -416,9 +421,7 @@ impl TableDescriptor {
 
     /// The Arrow schema of the table's records (all columns nullable).
     pub fn arrow_schema(&self) -> SchemaRef {
-        let fields: Vec<Field> =
-            self.columns.iter().map(|c| Field::new(&c.name, c.data_type.to_arrow(), true)).collect();
-        Arc::new(Schema::new(fields))
+        arrow_schema_of(&self.columns)
     }
 
     /// The id of the current schema: the column count (columns are only ever added, at the end, so schema `n` is

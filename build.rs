@@ -1,7 +1,20 @@
-//! Generates the gRPC code from `proto/` with a vendored `protoc`, so a fresh machine needs no system package.
+//! Generates the gRPC code from `proto/` with a vendored `protoc`, so a fresh machine needs no system package; and
+//! compiles `proto/fluss_wire.proto` (Fluss's requests as Fluss declares them) to a descriptor set for the strict-
+//! decoder test (`FLUSS_WIRE_DESCRIPTOR`).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    println!("cargo:rerun-if-changed=proto/fluss_wire.proto");
+    let descriptor = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("fluss_wire.desc");
+    let status = std::process::Command::new(&protoc)
+        .arg("--proto_path=proto")
+        .arg(format!("--descriptor_set_out={}", descriptor.display()))
+        .arg("proto/fluss_wire.proto")
+        .status()?;
+    if !status.success() {
+        return Err(format!("protoc failed on proto/fluss_wire.proto: {status}").into());
+    }
+    println!("cargo:rustc-env=FLUSS_WIRE_DESCRIPTOR={}", descriptor.display());
     // SAFETY: build scripts are single-threaded; the variable is read by tonic-prost-build below.
     unsafe { std::env::set_var("PROTOC", protoc) };
     println!("cargo:rerun-if-changed=proto/fluss_api.proto");

@@ -84,6 +84,7 @@ fn bench(c: &mut Criterion) {
         buckets: (0..1000)
             .map(|i| BucketOffset { partition_id: None, partition_name: None, bucket: i, offset: 100 })
             .collect(),
+        cluster_behind: false,
     };
     let results: Vec<WriteResult> = (0..1000)
         .map(|i| WriteResult {

@@ -2,14 +2,22 @@
 //! input frontiers have passed the round's time, commits it exactly once:
 //!
 //! ```text
-//!   plan + write results ──▶ checks ──▶ (1) lake commit, conditional on the lake snapshot the round was planned from,
-//!                                          carrying the round's marker (round id, tiering epoch, merged offsets)
-//!                                      ──▶ (2) CommitLakeTableSnapshot to the cluster, fenced by the tiering epoch
+//!   plan + write results ──▶ checks ──▶ (0) the base recorded with the cluster, if the cluster lacks it
+//!                                      ──▶ PrepareLakeTableSnapshot: the cluster writes the merged offsets to a file
+//!                                      ──▶ (1) lake commit, conditional on the lake snapshot the round was planned from,
+//!                                          carrying the round's marker (round id, tiering epoch, the offsets file
+//!                                          as `fluss-offsets`)
+//!                                      ──▶ (2) CommitLakeTableSnapshot naming the file, fenced by the tiering epoch
 //!                                      ──▶ (3) outcome to the enumerator
 //! ```
 //!
-//! If (1) lands and (2) does not, the round fails; the next round of the table finds the newer snapshot in the lake
-//! (the source of truth), tiers from its offsets and brings the cluster up to date. What (1) did is decided by
+//! This is Fluss 0.9's contract (prepare, lake commit with the file, commit), with two differences that keep it exactly
+//! once when the cluster is behind the lake: the prepared file holds every bucket's offset, the cluster's previous
+//! ones ignored; and a round is planned from the lake's latest snapshot, not from the cluster's record, so where
+//! Fluss's missing-snapshot check records the lake's snapshot and then fails the round (its data was read from stale
+//! offsets), (0) records it and the round goes on. If (1) lands and (2) does not, the round fails; the next round of
+//! the table finds the newer snapshot in the lake (the source of truth), tiers from its offsets and brings the cluster
+//! up to date. What (1) did is decided by
 //! [`crate::lake::outcome`]: a round's files are deleted only when the lake, walked back to the round's base, does
 //! not hold it; an unknown outcome keeps them.
 //!
@@ -338,6 +346,7 @@ async fn lake_commit(
         table_id: plan.table.table_id,
         tiering_epoch: plan.tiering_epoch,
         offsets: merged.into_values().collect(),
+        offsets_file: None,
     };
     let base_offsets = plan.base.as_ref().map(|b| b.marker.offset_map()).unwrap_or_default();
     if g.written.iter().all(|w| w.files == 0) && marker.offset_map() == base_offsets {
@@ -360,6 +369,15 @@ async fn lake_commit(
     }
     confirm_epoch(ctx, plan).await?;
     ctx.rounds.begin_commit(plan.table.table_id, &plan.round_id)?;
+    if let Some(base) = plan.base.as_ref().filter(|_| plan.cluster_behind) {
+        tracing::info!(
+            snapshot = base.snapshot_id,
+            "the cluster has not recorded the lake's latest snapshot: recording it"
+        );
+        cluster_commit(ctx, plan, base.snapshot_id, &base.marker).await?;
+    }
+    let mut marker = marker;
+    marker.offsets_file = Some(prepare(ctx, plan, &marker).await?);
     tracing::info!(files = g.written.iter().map(|w| w.files).sum::<u64>(), "committing to the lake");
     failpoint::slow_commit(&plan.table.path.to_string()).await;
     // Conditional on the lake still being where the round started: otherwise another writer (a zombie job, a job
@@ -415,9 +433,9 @@ async fn confirm_epoch(ctx: &JobContext, plan: &RoundPlan) -> Result<()> {
     }
 }
 
-/// Phase 2: tell the cluster, under the round's tiering epoch.
-async fn cluster_commit(ctx: &JobContext, plan: &RoundPlan, snapshot_id: i64, marker: &CommitMarker) -> Result<()> {
-    let buckets = marker
+/// The marker's offsets as the cluster records them.
+fn lake_offsets(marker: &CommitMarker) -> Vec<LakeBucketOffset> {
+    marker
         .offsets
         .iter()
         .map(|o| LakeBucketOffset {
@@ -426,13 +444,33 @@ async fn cluster_commit(ctx: &JobContext, plan: &RoundPlan, snapshot_id: i64, ma
             log_end_offset: o.offset,
             max_timestamp: None,
         })
-        .collect();
+        .collect()
+}
+
+/// PrepareLakeTableSnapshot: the cluster writes the marker's offsets to a file and names it.
+async fn prepare(ctx: &JobContext, plan: &RoundPlan, marker: &CommitMarker) -> Result<String> {
+    let offsets = lake_offsets(marker);
+    ctx.client
+        .prepare_lake_offsets(plan.table.table_id, &plan.table.path, &offsets)
+        .await
+        .map_err(|e| Error::new(e.kind(), format!("the cluster did not prepare the round's offsets file: {e}")))
+}
+
+/// Phase 2: tell the cluster, under the round's tiering epoch, naming the snapshot's offsets file (one prepared now
+/// for a snapshot of an earlier version, which names none).
+async fn cluster_commit(ctx: &JobContext, plan: &RoundPlan, snapshot_id: i64, marker: &CommitMarker) -> Result<()> {
+    let offsets_file = match &marker.offsets_file {
+        Some(file) => file.clone(),
+        None => prepare(ctx, plan, marker).await?,
+    };
+    let buckets = lake_offsets(marker);
     let commit = LakeCommit {
         table_id: plan.table.table_id,
         path: plan.table.path.clone(),
         coordinator_epoch: plan.coordinator_epoch,
         tiering_epoch: plan.tiering_epoch,
         snapshot: LakeSnapshot { snapshot_id, buckets },
+        offsets_file,
     };
     ctx.client.commit_lake_snapshot(&commit).await.map_err(|e| {
         Error::new(e.kind(), format!("lake snapshot {snapshot_id} committed, but the cluster commit failed: {e}"))

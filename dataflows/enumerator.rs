@@ -502,7 +502,7 @@ impl Enumerator {
                 self.release(table_id);
                 None
             }
-            Ok(p) if p.splits.is_empty() && !p.cluster_behind => {
+            Ok(p) if p.splits.is_empty() && !p.plan.cluster_behind => {
                 tracing::info!(table_id, "nothing new to tier; round finished without a commit");
                 self.release(table_id);
                 self.finished.push((table_id, epoch, false));

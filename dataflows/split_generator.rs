@@ -91,9 +91,6 @@ pub fn ranges(buckets: &[BucketState], lake: &BTreeMap<TableBucket, i64>) -> Res
 pub struct Planned {
     pub plan: RoundPlan,
     pub splits: Vec<Split>,
-    /// The cluster's record of the lake lags behind the lake itself (a lake commit whose cluster commit was lost):
-    /// the round must commit to the cluster even without new data.
-    pub cluster_behind: bool,
     /// The table's end offsets and the lake's offsets, summed over buckets (for the lag metric).
     pub end_total: i64,
     pub tiered_total: i64,
@@ -183,9 +180,17 @@ pub async fn plan_round(
     }
     // A table that never had a record costs nothing more: no lake table, no lake reads.
     if states.iter().all(|b| b.high_watermark == 0) {
-        let plan =
-            RoundPlan { table, tiering_epoch, coordinator_epoch, round_id, splits: 0, base: None, buckets: vec![] };
-        return Ok(Planned { plan, splits: vec![], cluster_behind: false, end_total: 0, tiered_total: 0 });
+        let plan = RoundPlan {
+            table,
+            tiering_epoch,
+            coordinator_epoch,
+            round_id,
+            splits: 0,
+            base: None,
+            buckets: vec![],
+            cluster_behind: false,
+        };
+        return Ok(Planned { plan, splits: vec![], end_total: 0, tiered_total: 0 });
     }
     let what = format!("preparing lake table {path}");
     let base: Option<TieredSnapshot> = super::bounded(lake_timeout, &what, lake.prepare_table(&table)).await?;
@@ -228,11 +233,20 @@ pub async fn plan_round(
         })
         .collect();
     let cluster_behind = base.as_ref().is_some_and(|b| Some(b.snapshot_id) != cluster_snapshot);
-    let plan =
-        RoundPlan { table, tiering_epoch, coordinator_epoch, round_id, splits: splits.len() as u32, base, buckets };
+    let splits_count = splits.len() as u32;
+    let plan = RoundPlan {
+        table,
+        tiering_epoch,
+        coordinator_epoch,
+        round_id,
+        splits: splits_count,
+        base,
+        buckets,
+        cluster_behind,
+    };
     let end_total = states.iter().map(|b| b.high_watermark).sum();
     let tiered_total = lake_offsets.values().sum();
-    Ok(Planned { plan, splits, cluster_behind, end_total, tiered_total })
+    Ok(Planned { plan, splits, end_total, tiered_total })
 }
 
 /// The KV snapshots of a primary-key table's buckets that the lake has never seen (and that hold changes): such a

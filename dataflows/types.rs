@@ -92,6 +92,9 @@ pub struct RoundPlan {
     /// The buckets read this round, with the stop offset of each one's last split (and partition names for the
     /// offsets record).
     pub buckets: Vec<BucketOffset>,
+    /// The cluster has not recorded `base` (a lake commit whose cluster commit failed, or a snapshot of Fluss's own
+    /// tiering service): the commit records it first, as Fluss's missing-snapshot check does.
+    pub cluster_behind: bool,
 }
 
 /// How a round ended, reported back to the enumerator.

@@ -13,8 +13,8 @@ use fluss_tiering::dataflows::{self, JobContext, TierConfig};
 use fluss_tiering::lake::LakeOptions;
 use fluss_tiering::model::table::{TableDescriptor, TablePath};
 use fluss_tiering::model::tiering::{
-    BucketAddr, FetchedLog, HeartbeatRequest, HeartbeatResponse, KvSnapshotRef, LakeCommit, LakeSnapshot,
-    TieringCluster,
+    BucketAddr, FetchedLog, HeartbeatRequest, HeartbeatResponse, KvSnapshotRef, LakeBucketOffset, LakeCommit,
+    LakeSnapshot, TieringCluster,
 };
 use fluss_tiering::rpc::ClusterClient;
 use fluss_tiering::{Error, ErrorKind, Result};
@@ -122,6 +122,10 @@ impl TieringCluster for FaultyCluster {
             return Err(Error::new(ErrorKind::FencedTieringEpoch, "injected: the coordinator refused the commit"));
         }
         TieringCluster::commit_lake_snapshot(&self.inner, commit).await
+    }
+
+    async fn prepare_lake_offsets(&self, id: i64, path: &TablePath, offsets: &[LakeBucketOffset]) -> Result<String> {
+        TieringCluster::prepare_lake_offsets(&self.inner, id, path, offsets).await
     }
 }
 

@@ -17,6 +17,7 @@ use fluss_tiering::lake::{
     WrittenData, lake_schema, with_system_columns,
 };
 use fluss_tiering::model::table::{TableDescriptor, TablePath, parse_schema};
+use fluss_tiering::model::tiering::{LakeBucketOffset, OffsetsFile};
 use iceberg::spec::{DataFile, deserialize_data_file_from_json};
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
@@ -102,12 +103,33 @@ impl Lake {
 }
 
 fn marker(round: &str, end: i64) -> CommitMarker {
-    CommitMarker {
+    prepared(CommitMarker {
         round_id: round.into(),
         table_id: 1,
         tiering_epoch: 1,
         offsets: vec![BucketOffset { partition_id: None, partition_name: None, bucket: 0, offset: end }],
-    }
+        offsets_file: None,
+    })
+}
+
+/// The marker with its offsets written to a file in Fluss's JSON, as a cluster's PrepareLakeTableSnapshot writes it.
+fn prepared(marker: CommitMarker) -> CommitMarker {
+    let buckets: Vec<LakeBucketOffset> = marker
+        .offsets
+        .iter()
+        .map(|o| LakeBucketOffset {
+            partition_id: None,
+            bucket: o.bucket,
+            log_end_offset: o.offset,
+            max_timestamp: None,
+        })
+        .collect();
+    let file = OffsetsFile::new(marker.table_id, false, &buckets).expect("offsets file");
+    let dir = std::env::temp_dir().join("fluss-tiering-test-offsets");
+    std::fs::create_dir_all(&dir).expect("offsets dir");
+    let path = dir.join(format!("{}.offsets", uuid::Uuid::new_v4()));
+    std::fs::write(&path, serde_json::to_vec(&file).expect("json")).expect("write offsets");
+    CommitMarker { offsets_file: Some(path.display().to_string()), ..marker }
 }
 
 /// The data files inside a write result (what a committer that bypasses ours would append).
@@ -546,7 +568,7 @@ async fn a_snapshot_names_its_offsets_file_so_its_metadata_does_not_grow_with_bu
     let offsets: Vec<BucketOffset> = (0..2000)
         .map(|bucket| BucketOffset { partition_id: None, partition_name: None, bucket, offset: 10 + i64::from(bucket) })
         .collect();
-    let marker = CommitMarker { offsets, ..marker("wide", 0) };
+    let marker = prepared(CommitMarker { offsets, ..marker("wide", 0) });
     committer.commit(vec![l.write(0, 10, 0).await], &marker, None).await.expect("commit");
     let table = l.iceberg_table().await;
     let summary = &table.metadata().current_snapshot().expect("snapshot").summary().additional_properties;

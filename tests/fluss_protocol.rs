@@ -255,6 +255,89 @@ async fn the_job_tiers_over_fluss_protocol_with_prepare_and_commit_of_an_offsets
     assert!(parsed.iter().any(|j| j["partition_offsets"].is_array()), "{parsed:?}");
 }
 
+/// Fluss's own tiering service (the Flink job) and this one take turns on a table. Each snapshot of the job follows
+/// Fluss 0.9's contract: `fluss-offsets` names the offsets file the cluster's PrepareLakeTableSnapshot wrote. A lake
+/// snapshot that Fluss's service committed (its commit user, `fluss-offsets`, none of our properties) and that the
+/// cluster never recorded is read as the lake's latest tiering snapshot, recorded with the cluster, and tiered on
+/// from: every offset once, read back by pyiceberg and pyfluss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_of_fluss_own_tiering_service_is_recorded_with_the_cluster_and_tiered_on_from() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = Files(tempfile::tempdir().expect("tempdir"));
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let data = dir.path().join("cluster");
+    let config = ClusterConfig { datalake_format: Some("iceberg".into()), ..ClusterConfig::new(&data) };
+    let cluster = EmbeddedCluster::start_with(config, any, Some(any)).await.expect("start");
+    let fluss = cluster.fluss_addr().expect("the Fluss door is open");
+    let url = format!("fluss://{fluss}");
+    let table: fluss_tiering::model::table::TablePath = "turns.t".parse().expect("path");
+    let table_id = pyfluss(fluss, &["create", "turns.t", "2"])["table_id"].as_i64().expect("table id");
+    let warehouse = dir.path().join("lake");
+    let tier_iceberg = || tier(&url, &warehouse, &["--format", "iceberg"], &[]);
+    let sum = |snapshot: &serde_json::Value| -> i64 {
+        snapshot["buckets"].as_object().expect("buckets").values().map(|v| v.as_i64().expect("offset")).sum()
+    };
+
+    // Our job: its snapshot names the cluster's offsets file, which the cluster recorded.
+    pyfluss(fluss, &["write", "turns.t", "0", "40", &files.arg("w0.arrow")]);
+    assert_success(&tier_iceberg().await);
+    let lake = read_lake(&warehouse, &table);
+    let ours = lake.properties["fluss-offsets-file"].as_str().expect("the snapshot names a file").to_string();
+    let remote = data.join("remote").canonicalize().expect("remote dir");
+    assert!(
+        Path::new(&ours).canonicalize().expect("the file exists").starts_with(&remote),
+        "the offsets file {ours} is the cluster's (under {})",
+        remote.display()
+    );
+    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(&ours).expect("read")).expect("json");
+    assert_eq!((file["version"].as_i64(), file["table_id"].as_i64()), (Some(1), Some(table_id)), "Fluss's JSON");
+    let recorded = pyfluss(fluss, &["lake", "turns.t"]);
+    assert_eq!(recorded["snapshot_id"].as_i64(), lake.current_snapshot_id, "{recorded}");
+    assert_eq!(sum(&recorded), 40);
+
+    // Fluss's service tiers the next rows; the cluster does not learn of it (as after a lost commit).
+    pyfluss(fluss, &["write", "turns.t", "40", "70", &files.arg("w1.arrow")]);
+    pyfluss(fluss, &["scan", "turns.t", "70", &files.arg("scan.arrow")]);
+    let out = Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fluss_commit.py"))
+        .arg(&warehouse)
+        .arg("turns.t")
+        .arg(files.path("scan.arrow"))
+        .arg(data.join("remote"))
+        .arg(table_id.to_string())
+        .output()
+        .expect("run python");
+    assert!(out.status.success(), "fluss_commit.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let theirs: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default()).expect("json");
+    assert_eq!(theirs["rows"], 30, "{theirs}");
+    assert_eq!(sum(&pyfluss(fluss, &["lake", "turns.t"])), 40, "the cluster has not recorded Fluss's snapshot");
+
+    // Nothing new: the job records Fluss's snapshot with the cluster, its offsets file as it is.
+    assert_success(&tier_iceberg().await);
+    let recorded = pyfluss(fluss, &["lake", "turns.t"]);
+    assert_eq!(recorded["snapshot_id"], theirs["snapshot_id"], "the cluster recorded Fluss's snapshot: {recorded}");
+    assert_eq!(sum(&recorded), 70);
+
+    // New rows are tiered on from Fluss's offsets: every offset once, in the raw files.
+    pyfluss(fluss, &["write", "turns.t", "70", "100", &files.arg("w2.arrow")]);
+    assert_success(&tier_iceberg().await);
+    let raw = common::read_lake_raw(&warehouse, &table);
+    let written = ["w0", "w1", "w2"].map(|w| read_arrow(&files.path(&format!("{w}.arrow"))));
+    let written = concat_batches(&written[0].schema(), &written).expect("concat");
+    assert_same_rows("the lake after both services", &written, &raw.rows);
+    pyfluss(fluss, &["scan", "turns.t", "100", &files.arg("scan-all.arrow")]);
+    let mut lake_positions = positions(&raw.rows, "id");
+    let mut log_positions = positions(&read_arrow(&files.path("scan-all.arrow")), "id");
+    for p in lake_positions.iter_mut().chain(log_positions.iter_mut()) {
+        p.1.clear();
+    }
+    assert_eq!(lake_positions, log_positions, "every row once, at the bucket and offset the log gave it");
+    let recorded = pyfluss(fluss, &["lake", "turns.t"]);
+    assert_eq!(recorded["snapshot_id"].as_i64(), raw.current_snapshot_id, "{recorded}");
+    assert_eq!(sum(&recorded), 100);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pyfluss_admin_calls_get_the_answers_and_error_codes_of_a_java_server() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -549,13 +632,24 @@ async fn idempotent_writers_long_polling_fetches_and_timestamp_offsets() {
 /// Forwards connections to `target`; the first answer to a request of `api_key` (ProduceLog, PutKv) is dropped and
 /// its connection cut, as if the network failed after the server stored the batch.
 async fn lossy_proxy(target: SocketAddr, api_key: i16) -> (SocketAddr, Arc<AtomicBool>) {
+    let (addr, dropped, _) = proxy(target, Some(api_key)).await;
+    (addr, dropped)
+}
+
+/// Every request frame a proxy forwarded: `(api key, body)`.
+type Recorded = Arc<std::sync::Mutex<Vec<(i16, Vec<u8>)>>>;
+
+/// Forwards connections to `target`, recording every request; with `lose`, the first answer to a request of that
+/// api key is dropped and its connection cut.
+async fn proxy(target: SocketAddr, lose: Option<i16>) -> (SocketAddr, Arc<AtomicBool>, Recorded) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let dropped = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&dropped);
+    let recorded: Recorded = Arc::default();
+    let (flag, record) = (Arc::clone(&dropped), Arc::clone(&recorded));
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
-            let flag = Arc::clone(&flag);
+            let (flag, record) = (Arc::clone(&flag), Arc::clone(&record));
             tokio::spawn(async move {
                 let server = TcpStream::connect(target).await.expect("connect");
                 let (mut client_rd, mut client_wr) = client.into_split();
@@ -568,7 +662,9 @@ async fn lossy_proxy(target: SocketAddr, api_key: i16) -> (SocketAddr, Arc<Atomi
                         if client_rd.read_exact(&mut frame).await.is_err() {
                             break;
                         }
-                        if i16::from_be_bytes([frame[0], frame[1]]) == api_key {
+                        let key = i16::from_be_bytes([frame[0], frame[1]]);
+                        record.lock().expect("lock").push((key, frame[8..].to_vec()));
+                        if Some(key) == lose {
                             ids.lock()
                                 .expect("lock")
                                 .push(i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]));
@@ -602,7 +698,76 @@ async fn lossy_proxy(target: SocketAddr, api_key: i16) -> (SocketAddr, Arc<Atomi
             });
         }
     });
-    (addr, dropped)
+    (addr, dropped, recorded)
+}
+
+/// Every request the job sends over Fluss's protocol (a log table, a partitioned one, a primary-key table read with
+/// ScanKv; heartbeats, prepare, commit) decodes with Google's protobuf runtime from a proto2 descriptor of Fluss's
+/// messages (proto/fluss_wire.proto, Fluss's required labels): no required field missing, no field Fluss does not
+/// know. A Java server would reject the first and misread the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_the_job_sends_decodes_with_a_strict_proto2_decoder() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = Files(tempfile::tempdir().expect("tempdir"));
+    let cluster = Arc::new(Cluster::open(ClusterConfig::new(dir.path().join("cluster"))).expect("open"));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let (proxy, _, recorded) = proxy(listener.local_addr().expect("addr"), None).await;
+    // The door names the proxy in MetaData, so every connection goes through it.
+    let door = FlussDoor::new(Arc::clone(&cluster)).advertise(proxy);
+    tokio::spawn(door.serve(listener, std::future::pending()));
+    pyfluss(proxy, &["create", "strict.plain", "2"]);
+    pyfluss(proxy, &["create", "strict.parts", "2", "region"]);
+    pyfluss(proxy, &["pk-create", "strict.kv", "2", "id"]);
+    pyfluss(proxy, &["write", "strict.plain", "0", "30", &files.arg("plain.arrow")]);
+    pyfluss(proxy, &["write", "strict.parts", "0", "20", &files.arg("parts.arrow"), "EU"]);
+    pyfluss(proxy, &["upsert", "strict.kv", "0", "20", "1"]);
+    // Only the job's requests: what pyfluss sent before each run is left out.
+    let take = || std::mem::take(&mut *recorded.lock().expect("lock"));
+    take();
+    let warehouse = dir.path().join("lake");
+    assert_success(&tier(&format!("fluss://{proxy}"), &warehouse, &[], &[]).await);
+    let mut sent = take();
+    pyfluss(proxy, &["upsert", "strict.kv", "10", "30", "2"]);
+    take();
+    assert_success(&tier(&format!("fluss://{proxy}"), &warehouse, &[], &[]).await);
+    sent.extend(take());
+
+    let requests = files.path("requests.jsonl");
+    let lines: Vec<String> = sent
+        .iter()
+        .map(|(key, body)| {
+            let hex: String = body.iter().map(|b| format!("{b:02x}")).collect();
+            serde_json::json!({"api_key": key, "body": hex}).to_string()
+        })
+        .collect();
+    std::fs::write(&requests, lines.join("\n")).expect("write requests");
+    let out = Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/strict_decode.py"))
+        .arg(env!("FLUSS_WIRE_DESCRIPTOR"))
+        .arg(&requests)
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "strict_decode.py failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("json");
+    assert_eq!(report["errors"], serde_json::json!([]), "{report}");
+    assert_eq!(report["control"], "refused", "the decoder is strict: a request without its required field fails");
+    // Every tiering request, and every other kind the job sends, was seen and decoded.
+    for (key, what) in [
+        (1000, "ApiVersions"),
+        (1007, "GetTableInfo"),
+        (1009, "ListPartitionInfos"),
+        (1015, "FetchLog"),
+        (1021, "ListOffsets"),
+        (1030, "CommitLakeTableSnapshot"),
+        (1032, "GetLakeSnapshot"),
+        (1042, "LakeTieringHeartbeat"),
+        (1052, "PrepareLakeTableSnapshot"),
+        (1061, "ScanKv"),
+    ] {
+        let decoded = report["decoded"][key.to_string()].as_u64().unwrap_or(0);
+        assert!(decoded > 0, "no {what} ({key}) request was decoded: {report}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,6 +22,24 @@ import sys
 import pyarrow as pa
 
 
+def bucket_offsets(content):
+    """The offsets of an offsets file as a list of {partition_id?, bucket, offset}: a cluster's file is Fluss's JSON
+    (an array per partition, indexed by bucket, -1 unknown); files of earlier versions hold that list already."""
+    if isinstance(content, list):
+        return content
+    out = []
+    rows = [(None, content["bucket_offsets"])] if "bucket_offsets" in content else [
+        (p["partition_id"], p["bucket_offsets"]) for p in content.get("partition_offsets", [])]
+    for partition_id, offsets in rows:
+        for bucket, offset in enumerate(offsets):
+            if offset >= 0:
+                entry = {"bucket": bucket, "offset": offset}
+                if partition_id is not None:
+                    entry["partition_id"] = partition_id
+                out.append(entry)
+    return out
+
+
 def read_iceberg(warehouse: str, table_name: str):
     from pyiceberg.catalog.sql import SqlCatalog
 
@@ -34,7 +52,7 @@ def read_iceberg(warehouse: str, table_name: str):
         # The snapshot names the file that holds its offsets.
         properties["fluss-offsets-file"] = offsets
         with table.io.new_input(offsets).open() as f:
-            properties["fluss-offsets"] = f.read().decode()
+            properties["fluss-offsets"] = json.dumps(bucket_offsets(json.loads(f.read().decode())))
     return table.scan().to_arrow(), {
         "files": [task.file.file_path for task in table.scan().plan_files()],
         "snapshots": len(table.snapshots()),

@@ -402,17 +402,17 @@ impl TieringCluster for FlussCluster {
         Ok((vec![batch], count as i32))
     }
 
-    /// Fluss 0.9's contract: PrepareLakeTableSnapshot writes the offsets to a file and names it, then
-    /// CommitLakeTableSnapshot records the lake snapshot with that file (and, for the tablet servers' metrics, the
-    /// offsets themselves).
-    async fn commit_lake_snapshot(&self, commit: &LakeCommit) -> Result<()> {
+    async fn prepare_lake_offsets(
+        &self,
+        table_id: i64,
+        path: &TablePath,
+        offsets: &[LakeBucketOffset],
+    ) -> Result<String> {
         let prepare = m::PrepareLakeTableSnapshotRequest {
             bucket_offsets: vec![m::PbTableOffsets {
-                table_id: commit.table_id,
-                table_path: pb_path(&commit.path),
-                bucket_offsets: commit
-                    .snapshot
-                    .buckets
+                table_id,
+                table_path: pb_path(path),
+                bucket_offsets: offsets
                     .iter()
                     .map(|b| m::PbBucketOffset {
                         partition_id: b.partition_id,
@@ -421,7 +421,7 @@ impl TieringCluster for FlussCluster {
                     })
                     .collect(),
             }],
-            ignore_previous_table_offsets: None,
+            ignore_previous_table_offsets: Some(true),
         };
         let prepared: m::PrepareLakeTableSnapshotResponse =
             self.call(ApiKey::PrepareLakeTableSnapshot, &prepare).await?;
@@ -432,10 +432,16 @@ impl TieringCluster for FlussCluster {
             ));
         };
         check(answer.error_code, answer.error_message.clone())?;
-        let path = answer
+        answer
             .lake_table_offsets_path
             .clone()
-            .ok_or_else(|| Error::new(ErrorKind::CorruptMessage, "PrepareLakeTableSnapshot answered no path"))?;
+            .ok_or_else(|| Error::new(ErrorKind::CorruptMessage, "PrepareLakeTableSnapshot answered no path"))
+    }
+
+    /// Fluss 0.9's contract: the commit names the offsets file PrepareLakeTableSnapshot wrote (and, for the tablet
+    /// servers' metrics, carries the offsets themselves).
+    async fn commit_lake_snapshot(&self, commit: &LakeCommit) -> Result<()> {
+        let path = commit.offsets_file.clone();
         let request = m::CommitLakeTableSnapshotRequest {
             tables_req: vec![m::PbLakeTableSnapshotInfo {
                 table_id: Some(commit.table_id),

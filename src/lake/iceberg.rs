@@ -302,10 +302,10 @@ async fn tiered_ancestry(table: &Table, first_only: bool) -> Result<Vec<TieredSn
         };
         let props = &snapshot.summary().additional_properties;
         if let Some((mut marker, offsets)) = CommitMarker::from_properties(|k| props.get(k).cloned())? {
-            marker.offsets = match offsets {
-                OffsetsRef::Inline(offsets) => offsets,
-                OffsetsRef::File(path) => read_offsets(table, &path).await?,
-            };
+            match offsets {
+                OffsetsRef::Inline(offsets) => marker.offsets = offsets,
+                OffsetsRef::File(path) => marker.load_offsets_file(&path, &read_offsets(table, &path).await?)?,
+            }
             found.push(TieredSnapshot { snapshot_id: id, committed_at_ms: snapshot.timestamp_ms(), marker });
             if first_only {
                 break;
@@ -316,21 +316,23 @@ async fn tiered_ancestry(table: &Table, first_only: bool) -> Result<Vec<TieredSn
     Ok(found)
 }
 
-/// Where a round's offsets file goes: beside the table's metadata, named by the round.
-fn offsets_path(table: &Table, round_id: &str) -> String {
-    format!("{}/metadata/{round_id}.{OFFSETS_EXTENSION}", table.metadata().location().trim_end_matches('/'))
-}
-
-/// Offsets files end so; the sweep knows them by it.
+/// Offsets files of the lake's own (earlier versions wrote them beside the metadata) end so; the sweep knows them by it.
 const OFFSETS_EXTENSION: &str = "offsets";
 
-async fn read_offsets(table: &Table, path: &str) -> Result<Vec<crate::lake::BucketOffset>> {
+/// The bytes of an offsets file: the cluster's (a path of the cluster's remote data directory, read through the
+/// table's FileIO as Fluss's tiering job reads it) or one of the lake's own.
+async fn read_offsets(table: &Table, path: &str) -> Result<bytes::Bytes> {
     let input = table.file_io().new_input(path).map_err(lake_err(format!("opening {path}")))?;
-    let bytes = input.read().await.map_err(lake_err(format!("reading the offsets file {path}")))?;
-    let text = std::str::from_utf8(&bytes)
-        .map_err(|e| Error::new(ErrorKind::Lake, format!("offsets file {path} is not UTF-8")).with_source(e))?;
-    CommitMarker::parse_offsets(text)
-        .map_err(|e| Error::new(ErrorKind::Lake, format!("offsets file {path} is malformed")).with_source(e))
+    input.read().await.map_err(|e| {
+        Error::new(
+            ErrorKind::Lake,
+            format!(
+                "the offsets file {path} that the lake's latest tiering snapshot names cannot be read: the tiered \
+                 offsets cannot be recovered (the cluster's remote data directory must be readable by the job)"
+            ),
+        )
+        .with_source(e)
+    })
 }
 
 /// The snapshot carrying round `round_id`, looked for from the current snapshot back to `base` (exclusive): the
@@ -513,15 +515,7 @@ impl LakeCommitter for IcebergCommitter {
         let table = self.load().await?;
         let latest = latest_marker(&table).await?;
         check_base(latest.as_ref(), base)?;
-        // The offsets first: a snapshot naming the file is only ever read after it was written.
-        let offsets_file = offsets_path(&table, &marker.round_id);
-        table
-            .file_io()
-            .new_output(&offsets_file)
-            .map_err(lake_err(format!("creating {offsets_file}")))?
-            .write(marker.offsets_json()?.into())
-            .await
-            .map_err(lake_err(format!("writing {offsets_file}")))?;
+        let properties = marker.to_properties()?;
         // From here on the commit is conditional on the table being exactly as just read.
         let fenced = FencedCatalog {
             inner: Arc::clone(&self.catalog),
@@ -529,10 +523,7 @@ impl LakeCommitter for IcebergCommitter {
         };
         let files = Self::data_files(&table, &written)?;
         let tx = Transaction::new(&table);
-        let action = tx
-            .fast_append()
-            .add_data_files(files)
-            .set_snapshot_properties(marker.to_properties(&offsets_file).into_iter().collect());
+        let action = tx.fast_append().add_data_files(files).set_snapshot_properties(properties.into_iter().collect());
         let tx = action.apply(tx).map_err(lake_err("building the append"))?;
         failpoint::hit("before-lake-commit");
         match tx.commit(&fenced as &dyn Catalog).await {

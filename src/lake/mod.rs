@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::table::{TableDescriptor, TablePath, align_columns};
+use crate::model::tiering::OffsetsFile;
 
 /// System column: the Fluss bucket a row came from.
 pub const BUCKET_COLUMN: &str = "__bucket";
@@ -34,8 +35,15 @@ pub const OFFSET_COLUMN: &str = "__offset";
 /// System column: when the row's batch was appended to the cluster.
 pub const TIMESTAMP_COLUMN: &str = "__timestamp";
 
-/// Snapshot property holding the tiered offsets (JSON).
+/// Snapshot property naming the cluster's offsets file of the snapshot (Fluss's
+/// `LakeCommitter.FLUSS_LAKE_SNAP_BUCKET_OFFSET_PROPERTY`; snapshots of earlier versions hold the offsets inline or
+/// name a file of the lake's own).
 pub const PROP_OFFSETS: &str = "fluss-offsets";
+/// Snapshot property naming who committed (Iceberg; Paimon has a commit user of its own).
+pub const PROP_COMMIT_USER: &str = "commit-user";
+/// The commit user of Fluss's own tiering service: a snapshot of it that carries no round of ours was written by
+/// Fluss's (Flink) tiering job, and is read as a tiered snapshot all the same.
+pub const FLUSS_COMMIT_USER: &str = "__fluss_lake_tiering";
 /// Snapshot property holding the tiering epoch of the round.
 pub const PROP_TIERING_EPOCH: &str = "fluss-tiering-epoch";
 /// Snapshot property naming the round (unique per job, table and round).
@@ -52,8 +60,8 @@ pub struct TableBucket {
     pub bucket: i32,
 }
 
-/// The tiered end offset of one bucket, as stored in `fluss-offsets`. (No `skip_serializing_if` here or in anything
-/// that crosses workers: timely exchanges data with bincode, which is not self-describing.)
+/// The tiered end offset of one bucket. (No `skip_serializing_if` here or in anything that crosses workers: timely
+/// exchanges data with bincode, which is not self-describing.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BucketOffset {
     #[serde(default)]
@@ -68,11 +76,18 @@ pub struct BucketOffset {
 /// What a tiering snapshot says about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitMarker {
+    /// Empty for a snapshot of Fluss's own tiering service, which has no rounds of ours.
     pub round_id: String,
     pub table_id: i64,
+    /// 0 for a snapshot of Fluss's own tiering service.
     pub tiering_epoch: i64,
     /// All buckets ever tiered, merged over rounds.
     pub offsets: Vec<BucketOffset>,
+    /// The cluster's offsets file holding `offsets`, which PrepareLakeTableSnapshot wrote (Fluss 0.9's contract) and
+    /// the snapshot names as `fluss-offsets`; a commit needs one. `None` for snapshots of earlier versions, whose
+    /// offsets are inline or in a file of the lake's own.
+    #[serde(default)]
+    pub offsets_file: Option<String>,
 }
 
 impl CommitMarker {
@@ -84,19 +99,27 @@ impl CommitMarker {
             .collect()
     }
 
-    /// The snapshot properties that carry this marker, its offsets in the file at `offsets_file` (so a snapshot's
-    /// metadata stays the same size however many buckets the table has, as in Fluss 0.9).
-    pub fn to_properties(&self, offsets_file: &str) -> Vec<(String, String)> {
-        vec![
-            (PROP_OFFSETS.to_string(), offsets_file.to_string()),
+    /// The offsets file a commit names; an error when the marker was never prepared with the cluster.
+    pub fn prepared_file(&self) -> Result<&str> {
+        self.offsets_file.as_deref().ok_or_else(|| {
+            Error::new(ErrorKind::Internal, format!("round {}: no offsets file was prepared", self.round_id))
+        })
+    }
+
+    /// The snapshot properties that carry this marker: Fluss's (the offsets file, the commit user) and ours (round,
+    /// epoch, table). The offsets stay in the file, so a snapshot's metadata is the same size however many buckets.
+    pub fn to_properties(&self) -> Result<Vec<(String, String)>> {
+        Ok(vec![
+            (PROP_OFFSETS.to_string(), self.prepared_file()?.to_string()),
+            (PROP_COMMIT_USER.to_string(), FLUSS_COMMIT_USER.to_string()),
             (PROP_TIERING_EPOCH.to_string(), self.tiering_epoch.to_string()),
             (PROP_ROUND.to_string(), self.round_id.clone()),
             (PROP_TABLE_ID.to_string(), self.table_id.to_string()),
-        ]
+        ])
     }
 
     /// Reads a marker back from snapshot properties, its offsets still to load from the file named; `None` when the
-    /// snapshot was not made by tiering.
+    /// snapshot was not made by tiering (ours or Fluss's).
     pub fn from_properties(get: impl Fn(&str) -> Option<String>) -> Result<Option<(Self, OffsetsRef)>> {
         let Some(offsets) = get(PROP_OFFSETS) else {
             return Ok(None);
@@ -107,20 +130,73 @@ impl CommitMarker {
             true => OffsetsRef::Inline(Self::parse_offsets(&offsets).map_err(|e| bad(PROP_OFFSETS).with_source(e))?),
             false => OffsetsRef::File(offsets),
         };
+        let fluss_authored = get(PROP_ROUND).is_none() && get(PROP_COMMIT_USER).as_deref() == Some(FLUSS_COMMIT_USER);
+        if fluss_authored {
+            let OffsetsRef::File(_) = offsets else {
+                return Err(Error::new(
+                    ErrorKind::Lake,
+                    "a snapshot of Fluss's tiering service holds its offsets inline (Fluss 0.8): they cannot be \
+                     recovered (as in Fluss; tier it once more with Fluss 0.9 or later)",
+                ));
+            };
+            // The table id comes from the offsets file.
+            return Ok(Some((CommitMarker::fluss_authored(), offsets)));
+        }
         let tiering_epoch =
             get(PROP_TIERING_EPOCH).and_then(|v| v.parse().ok()).ok_or_else(|| bad(PROP_TIERING_EPOCH))?;
         let table_id = get(PROP_TABLE_ID).and_then(|v| v.parse().ok()).ok_or_else(|| bad(PROP_TABLE_ID))?;
         let round_id = get(PROP_ROUND).ok_or_else(|| bad(PROP_ROUND))?;
-        Ok(Some((CommitMarker { round_id, table_id, tiering_epoch, offsets: Vec::new() }, offsets)))
+        Ok(Some((CommitMarker { round_id, table_id, tiering_epoch, offsets: Vec::new(), offsets_file: None }, offsets)))
     }
 
-    /// The offsets as stored in an offsets file (or inline): a JSON array of [`BucketOffset`].
-    pub fn offsets_json(&self) -> Result<Vec<u8>> {
-        serde_json::to_vec(&self.offsets)
-            .map_err(|e| Error::new(ErrorKind::Internal, "serializing offsets").with_source(e))
+    /// The marker of a snapshot of Fluss's own tiering service, before its offsets file is read.
+    fn fluss_authored() -> Self {
+        CommitMarker {
+            round_id: String::new(),
+            table_id: -1,
+            tiering_epoch: 0,
+            offsets: Vec::new(),
+            offsets_file: None,
+        }
     }
 
-    /// Parses [`CommitMarker::offsets_json`].
+    /// Loads the offsets of a marker read by [`CommitMarker::from_properties`] from the bytes of its offsets file
+    /// (`path`): a cluster's file (Fluss's JSON), which the marker then names, or one of the lake's own (earlier
+    /// versions: a JSON array of [`BucketOffset`]).
+    pub fn load_offsets_file(&mut self, path: &str, bytes: &[u8]) -> Result<()> {
+        let malformed = |e: serde_json::Error| {
+            Error::new(ErrorKind::Lake, format!("offsets file {path} is malformed")).with_source(e)
+        };
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| Error::new(ErrorKind::Lake, format!("offsets file {path} is not UTF-8")).with_source(e))?;
+        if text.trim_start().starts_with('[') {
+            self.offsets = Self::parse_offsets(text).map_err(malformed)?;
+            return Ok(());
+        }
+        let file: OffsetsFile = serde_json::from_str(text).map_err(malformed)?;
+        if self.table_id == -1 {
+            self.table_id = file.table_id;
+        } else if file.table_id != self.table_id {
+            return Err(Error::new(
+                ErrorKind::Lake,
+                format!("offsets file {path} is table {}'s, the snapshot table {}'s", file.table_id, self.table_id),
+            ));
+        }
+        self.offsets = file
+            .buckets()
+            .into_iter()
+            .map(|b| BucketOffset {
+                partition_id: b.partition_id,
+                partition_name: None,
+                bucket: b.bucket,
+                offset: b.log_end_offset,
+            })
+            .collect();
+        self.offsets_file = Some(path.to_string());
+        Ok(())
+    }
+
+    /// Parses offsets stored inline or in a file of the lake's own: a JSON array of [`BucketOffset`].
     pub fn parse_offsets(json: &str) -> std::result::Result<Vec<BucketOffset>, serde_json::Error> {
         serde_json::from_str(json)
     }

@@ -9,9 +9,10 @@
 //! its table cannot commit after the job that took it over. Before committing, the committer also checks that the
 //! table's latest tiering snapshot is still the one the round was planned from.
 //!
-//! Paimon snapshots have no room for our marker, so the marker (round id, epoch, offsets) is written first to
-//! `TABLE/fluss-offsets/IDENTIFIER.json`, and believed only when a snapshot of our commit user with that identifier
-//! exists: the lake alone still says where tiering got to.
+//! paimon-rust 0.4 writes no snapshot properties, so the marker (round id, epoch, offsets, and the cluster's offsets
+//! file that Fluss's contract puts in `fluss-offsets`) is written first to `TABLE/fluss-offsets/IDENTIFIER.json`, and
+//! believed only when a snapshot of our commit user with that identifier exists: the lake alone still says where
+//! tiering got to. (Fluss's own Paimon snapshots, of commit user `__fluss_lake_tiering`, are not read yet.)
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -606,6 +607,8 @@ impl PaimonCommitter {
         let latest = tiered_ancestry(table, true).await?.into_iter().next();
         check_base(latest.as_ref(), base)?;
         let identifier = marker.tiering_epoch;
+        // Paimon snapshots have no properties here: the marker names the cluster's offsets file instead.
+        marker.prepared_file()?;
         // The marker first: a snapshot with this identifier is only ever read together with it.
         let body = serde_json::to_vec(marker)
             .map_err(|e| Error::new(ErrorKind::Internal, "serializing the marker").with_source(e))?;

@@ -173,6 +173,9 @@ pub struct LakeCommit {
     pub coordinator_epoch: i32,
     pub tiering_epoch: i64,
     pub snapshot: LakeSnapshot,
+    /// The offsets file holding the snapshot's offsets, which [`TieringCluster::prepare_lake_offsets`] wrote and the
+    /// lake snapshot names.
+    pub offsets_file: String,
 }
 
 /// A KV snapshot of one bucket, as the cluster serves it.
@@ -288,6 +291,15 @@ pub trait TieringCluster: Send + Sync {
 
     /// Records a lake snapshot; a rejection of the table (fenced epoch, …) is an error of that kind.
     async fn commit_lake_snapshot(&self, commit: &LakeCommit) -> Result<()>;
+    /// Fluss's PrepareLakeTableSnapshot: the cluster writes `offsets` (every bucket the table ever tiered: the
+    /// cluster's own previous offsets are ignored, so a cluster behind the lake cannot leak stale ones into the file)
+    /// to an offsets file and names it. Nothing is recorded until a commit names the file.
+    async fn prepare_lake_offsets(
+        &self,
+        table_id: i64,
+        path: &TablePath,
+        offsets: &[LakeBucketOffset],
+    ) -> Result<String>;
 
     /// Where each table stands with the coordinator, so that a job with nothing to do can say what it waits for.
     /// Fluss's protocol has no such request: a cluster that cannot answer says `Unsupported`.

@@ -9,6 +9,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::model::ipc;
 use crate::model::record;
 use crate::model::table::{TableDescriptor, TablePath};
+use crate::model::tiering::LakeBucketOffset;
 
 pub mod status;
 pub mod tiering;
@@ -323,6 +324,42 @@ impl ClusterClient {
             }
             None => Default::default(),
         })
+    }
+
+    /// PrepareLakeTableSnapshot of one table with every bucket's offset (the cluster's previous ones ignored): the
+    /// path of the offsets file the coordinator wrote.
+    pub async fn prepare_lake_offsets(
+        &self,
+        table_id: i64,
+        path: &TablePath,
+        offsets: &[LakeBucketOffset],
+    ) -> Result<String> {
+        let bucket_offsets = offsets
+            .iter()
+            .map(|b| proto::PbBucketOffset {
+                partition_id: b.partition_id,
+                bucket_id: b.bucket,
+                log_end_offset: Some(b.log_end_offset),
+            })
+            .collect();
+        let req = proto::PrepareLakeTableSnapshotRequest {
+            bucket_offsets: vec![proto::PbTableOffsets { table_id, table_path: Some(pb_path(path)), bucket_offsets }],
+            ignore_previous_table_offsets: Some(true),
+        };
+        let resp = self.coordinator.clone().prepare_lake_table_snapshot(req).await?.into_inner();
+        let [answer] = resp.prepare_lake_table_resp.as_slice() else {
+            return Err(Error::new(
+                ErrorKind::CorruptMessage,
+                "PrepareLakeTableSnapshot answered for other than one table",
+            ));
+        };
+        if let Some(code) = answer.error_code {
+            return Err(Error::from_code(code, answer.error_message.clone()));
+        }
+        answer
+            .lake_table_offsets_path
+            .clone()
+            .ok_or_else(|| Error::new(ErrorKind::CorruptMessage, "PrepareLakeTableSnapshot answered no path"))
     }
 
     /// Records a lake snapshot with the coordinator; a per-table rejection (fenced epoch, …) is an error.

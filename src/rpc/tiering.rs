@@ -165,6 +165,15 @@ impl TieringCluster for ClusterClient {
         Ok(ClusterClient::schedule_now(self, tables).await?.iter().map(|t| t.schedule()).collect())
     }
 
+    async fn prepare_lake_offsets(
+        &self,
+        table_id: i64,
+        path: &TablePath,
+        offsets: &[LakeBucketOffset],
+    ) -> Result<String> {
+        ClusterClient::prepare_lake_offsets(self, table_id, path, offsets).await
+    }
+
     async fn commit_lake_snapshot(&self, commit: &LakeCommit) -> Result<()> {
         let buckets_req = commit
             .snapshot

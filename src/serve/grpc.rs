@@ -209,6 +209,46 @@ impl CoordinatorService for ClusterService {
         }))
     }
 
+    async fn prepare_lake_table_snapshot(
+        &self,
+        req: Request<proto::PrepareLakeTableSnapshotRequest>,
+    ) -> Result<Response<proto::PrepareLakeTableSnapshotResponse>, Status> {
+        let req = req.into_inner();
+        let ignore_previous = req.ignore_previous_table_offsets.unwrap_or(false);
+        let prepare_lake_table_resp = self
+            .blocking(move |c| {
+                Ok(req
+                    .bucket_offsets
+                    .iter()
+                    .map(|t| {
+                        let offsets: Result<Vec<LakeBucketOffset>> = t
+                            .bucket_offsets
+                            .iter()
+                            .map(|b| {
+                                Ok(LakeBucketOffset {
+                                    partition_id: b.partition_id,
+                                    bucket: b.bucket_id,
+                                    log_end_offset: b.log_end_offset.ok_or_else(|| {
+                                        Error::new(ErrorKind::InvalidArgument, "bucket offset without log_end_offset")
+                                    })?,
+                                    max_timestamp: None,
+                                })
+                            })
+                            .collect();
+                        let path = offsets.and_then(|o| c.prepare_lake_offsets(t.table_id, &o, ignore_previous));
+                        proto::PbPrepareLakeTableRespForTable {
+                            error_code: path.as_ref().err().map(|e| e.kind().code()),
+                            error_message: path.as_ref().err().map(|e| e.to_string()),
+                            table_id: Some(t.table_id),
+                            lake_table_offsets_path: path.ok(),
+                        }
+                    })
+                    .collect())
+            })
+            .await?;
+        Ok(Response::new(proto::PrepareLakeTableSnapshotResponse { prepare_lake_table_resp }))
+    }
+
     async fn commit_lake_table_snapshot(
         &self,
         req: Request<proto::CommitLakeTableSnapshotRequest>,

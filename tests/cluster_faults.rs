@@ -1,6 +1,6 @@
-//! Faults at the cluster boundary, driving the real dataflow: a second [`TieringCluster`] that wraps the gRPC client
-//! and loses replies, fails calls and shortens answers on cue, the way a network or a misbehaving coordinator would.
-//! The lake is read back by pypaimon.
+//! Faults at the cluster boundary, driving the real dataflow: a [`TieringCluster`] that wraps a transport (Fluss's
+//! protocol for the lost replies and fenced commit, gRPC for the short answers) and loses replies, fails calls and
+//! shortens answers on cue, the way a network or a misbehaving coordinator would. The lake is read back by pypaimon.
 
 mod common;
 
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use fluss_tiering::dataflows::{self, JobContext, TierConfig};
+use fluss_tiering::fluss::transport::FlussCluster;
 use fluss_tiering::lake::LakeOptions;
 use fluss_tiering::model::table::{TableDescriptor, TablePath};
 use fluss_tiering::model::tiering::{
@@ -45,7 +46,7 @@ impl Cues {
 }
 
 struct FaultyCluster {
-    inner: ClusterClient,
+    inner: Arc<dyn TieringCluster>,
     cues: Arc<Cues>,
 }
 
@@ -75,7 +76,7 @@ impl TieringCluster for FaultyCluster {
     }
 
     async fn table_info(&self, path: &TablePath) -> Result<(i64, TableDescriptor)> {
-        TieringCluster::table_info(&self.inner, path).await
+        self.inner.table_info(path).await
     }
 
     async fn tables(&self) -> Result<Vec<(i64, TablePath, TableDescriptor)>> {
@@ -93,11 +94,11 @@ impl TieringCluster for FaultyCluster {
         buckets: &[i32],
         latest: bool,
     ) -> Result<Vec<i64>> {
-        TieringCluster::list_offsets(&self.inner, table, partition, buckets, latest).await
+        self.inner.list_offsets(table, partition, buckets, latest).await
     }
 
     async fn lake_snapshot(&self, path: &TablePath) -> Result<Option<LakeSnapshot>> {
-        TieringCluster::lake_snapshot(&self.inner, path).await
+        self.inner.lake_snapshot(path).await
     }
 
     async fn kv_snapshots(
@@ -110,7 +111,7 @@ impl TieringCluster for FaultyCluster {
     }
 
     async fn fetch(&self, bucket: BucketAddr, offset: i64, max_bytes: i32) -> Result<FetchedLog> {
-        TieringCluster::fetch(&self.inner, bucket, offset, max_bytes).await
+        self.inner.fetch(bucket, offset, max_bytes).await
     }
 
     async fn kv_snapshot_batch(&self, bucket: BucketAddr, id: i64, index: i32) -> Result<(Vec<RecordBatch>, i32)> {
@@ -121,20 +122,23 @@ impl TieringCluster for FaultyCluster {
         if self.cues.take(&self.cues.fenced_commits) {
             return Err(Error::new(ErrorKind::FencedTieringEpoch, "injected: the coordinator refused the commit"));
         }
-        TieringCluster::commit_lake_snapshot(&self.inner, commit).await
+        self.inner.commit_lake_snapshot(commit).await
     }
 
     async fn prepare_lake_offsets(&self, id: i64, path: &TablePath, offsets: &[LakeBucketOffset]) -> Result<String> {
-        TieringCluster::prepare_lake_offsets(&self.inner, id, path, offsets).await
+        self.inner.prepare_lake_offsets(id, path, offsets).await
     }
 }
 
-/// Runs a `--once` job in this process against `url` through a [`FaultyCluster`] with `cues`; returns its result
-/// and context.
+/// Runs a `--once` job in this process against `url` (`fluss://` or `http://`) through a [`FaultyCluster`] with `cues`;
+/// returns its result and context.
 fn run_once(url: String, warehouse: std::path::PathBuf, cues: Arc<Cues>) -> (Result<()>, Arc<JobContext>) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let (cluster, lake) = runtime.block_on(async {
-        let client = ClusterClient::connect(&url).await.expect("connect");
+        let client: Arc<dyn TieringCluster> = match url.strip_prefix("http://") {
+            Some(_) => Arc::new(ClusterClient::connect(&url).await.expect("connect")),
+            None => FlussCluster::connect(&url, Duration::from_secs(10)).await.expect("connect"),
+        };
         let options = LakeOptions { target_file_size: 65536, ..LakeOptions::default() };
         let lake = fluss_tiering::lake::factory("paimon", &warehouse, None, options).await.expect("lake");
         (FaultyCluster { inner: client, cues }, lake)
@@ -161,7 +165,7 @@ async fn lost_replies_failed_confirmations_and_a_fenced_cluster_commit_still_tie
         fenced_commits: AtomicU32::new(1),
         ..Cues::default()
     });
-    let (url, lake_dir, job_cues) = (cluster.url(), warehouse.clone(), Arc::clone(&cues));
+    let (url, lake_dir, job_cues) = (common::job_url(&cluster), warehouse.clone(), Arc::clone(&cues));
     let started = Instant::now();
     let (result, ctx) = tokio::task::spawn_blocking(move || run_once(url, lake_dir, job_cues)).await.expect("job");
     result.expect("the job catches up despite the faults");

@@ -18,7 +18,7 @@ async fn a_table_dropped_and_recreated_mid_round_gets_nothing_while_others_keep_
 
     let stderr = tempfile::NamedTempFile::new().expect("stderr");
     let pause = [(failpoint::ENV, "mid-split:pause".to_string())];
-    let mut job = spawn_tier(&cluster.url(), &warehouse, &["--max-tables", "1"], &pause, &stderr);
+    let mut job = spawn_tier(&job_url(&cluster), &warehouse, &["--max-tables", "1"], &pause, &stderr);
     wait_stopped(&mut job, "mid-split").await;
 
     // Mid-round, the table is dropped and re-created under the same name, with other data.
@@ -89,7 +89,7 @@ async fn a_slow_commit_of_one_table_does_not_delay_the_others() {
 
     let stderr = tempfile::NamedTempFile::new().expect("stderr");
     let slow = [(failpoint::SLOW_COMMIT_ENV, format!("{}=6000", tables[0].path))];
-    let job = spawn_tier(&cluster.url(), &warehouse, &["--max-tables", "3"], &slow, &stderr);
+    let job = spawn_tier(&job_url(&cluster), &warehouse, &["--max-tables", "3"], &slow, &stderr);
     let started = std::time::Instant::now();
 
     // The other tables are tiered while the slow table's commit is still sleeping.
@@ -116,14 +116,14 @@ async fn the_job_survives_a_coordinator_restart_mid_round() {
     // The job stops between its lake commit and its cluster commit; meanwhile the cluster restarts.
     let stderr = tempfile::NamedTempFile::new().expect("stderr");
     let pause = [(failpoint::ENV, "after-lake-commit:pause".to_string())];
-    let mut job = spawn_tier(&cluster.url(), &warehouse, &["--max-tables", "3"], &pause, &stderr);
+    let mut job = spawn_tier(&job_url(&cluster), &warehouse, &["--max-tables", "3"], &pause, &stderr);
     wait_stopped(&mut job, "after-lake-commit").await;
-    let addr = cluster.addr();
+    let (addr, fluss_addr) = (cluster.addr(), cluster.fluss_addr());
     cluster.shutdown().await.expect("shutdown");
     let mut config = fluss_tiering::cluster::ClusterConfig::new(&data);
     config.heartbeat_timeout = Duration::from_millis(1500);
     config.failure_backoff = Duration::from_millis(200);
-    let _cluster = fluss_tiering::serve::EmbeddedCluster::start_at(config, addr).await.expect("restart");
+    let _cluster = fluss_tiering::serve::EmbeddedCluster::start_with(config, addr, fluss_addr).await.expect("restart");
     let client = fluss_tiering::rpc::ClusterClient::connect(&format!("http://{addr}")).await.expect("reconnect");
 
     signal(&job, libc::SIGCONT);
@@ -138,8 +138,10 @@ async fn the_job_survives_a_coordinator_restart_mid_round() {
 async fn one_bad_table_fails_with_a_reason_and_backoff_while_the_others_keep_tiering() {
     let Setup { dir: _dir, warehouse, cluster, client, tables } = setup().await;
     produce_all(&client, &tables, 0, 1000).await;
+    // Over gRPC: a failed round's reason reaches `status` in a field of our gRPC heartbeat (Fluss's has none).
+    let url = Transport::Grpc.url(&cluster);
     // Iceberg: its columns carry types a job checks the Fluss table against.
-    assert_success(&tier(&cluster.url(), &warehouse, &["--format", "iceberg"], &[]).await);
+    assert_success(&tier(&url, &warehouse, &["--format", "iceberg"], &[]).await);
 
     // Outside, someone widens db.sensors.sensor from int to long: the lake table no longer fits the Fluss table.
     let retype = format!(
@@ -153,7 +155,7 @@ async fn one_bad_table_fails_with_a_reason_and_backoff_while_the_others_keep_tie
     produce_all(&client, &tables, 1000, 500).await;
 
     let stderr = tempfile::NamedTempFile::new().expect("stderr");
-    let job = spawn_tier(&cluster.url(), &warehouse, &["--format", "iceberg", "--max-tables", "3"], &[], &stderr);
+    let job = spawn_tier(&url, &warehouse, &["--format", "iceberg", "--max-tables", "3"], &[], &stderr);
     wait_tiered(&client, &[&tables[0], &tables[1]], Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_fluss-tiering"))
@@ -187,7 +189,7 @@ async fn a_round_past_its_freshness_commits_what_it_read_and_goes_again() {
     let slow = [(failpoint::SLOW_FETCH_ENV, "100".to_string())];
     let stderr = tempfile::NamedTempFile::new().expect("stderr");
     let job = spawn_tier(
-        &cluster.url(),
+        &job_url(&cluster),
         &warehouse,
         &["-w", "2", "--fetch-max-bytes", "1", "--split-rows", "400"],
         &slow,
@@ -213,7 +215,7 @@ async fn busy_rounds_beside(empty: usize) -> (u64, Vec<i64>) {
         empty_ids.push(client.create_table(&path, &tables[2].descriptor, false).await.expect("create"));
     }
     let stderr = tempfile::NamedTempFile::new().expect("stderr");
-    let job = spawn_tier(&cluster.url(), &warehouse, &["--max-tables", "2"], &[], &stderr);
+    let job = spawn_tier(&job_url(&cluster), &warehouse, &["--max-tables", "2"], &[], &stderr);
     let mut produced = 0;
     let started = std::time::Instant::now();
     while started.elapsed() < Duration::from_secs(5) {
@@ -242,7 +244,7 @@ async fn empty_tables_cost_the_busy_table_nothing() {
 async fn an_added_column_evolves_the_lake_table_and_old_rows_read_null() {
     let Setup { dir: _dir, warehouse, cluster, client, tables } = setup().await;
     produce_all(&client, &tables, 0, 1000).await;
-    assert_success(&tier(&cluster.url(), &warehouse, &[], &[]).await);
+    assert_success(&tier(&job_url(&cluster), &warehouse, &[], &[]).await);
 
     let old = &tables[0];
     // Rows stored under the old schema, not yet tiered when the column is added.
@@ -267,7 +269,7 @@ async fn an_added_column_evolves_the_lake_table_and_old_rows_read_null() {
     let err = client.produce(old.id, None, 0, &[stale]).await.expect_err("old schema");
     assert_eq!(err.kind(), fluss_tiering::ErrorKind::SchemaMismatch);
     produce_all(&client, std::slice::from_ref(&evolved), 1200, 300).await;
-    assert_success(&tier(&cluster.url(), &warehouse, &[], &[]).await);
+    assert_success(&tier(&job_url(&cluster), &warehouse, &[], &[]).await);
 
     let lake = read_lake(&warehouse, &old.path);
     check_exactly_once(&lake, old, &end_offsets(&client, old).await, 1500);
@@ -310,7 +312,7 @@ async fn a_paimon_table_whose_creation_was_cut_short_is_created_again() {
     let schema_dir = warehouse.join("db.db").join("orders").join("schema");
     std::fs::create_dir_all(&schema_dir).expect("dirs");
     std::fs::write(schema_dir.join("schema-0"), b"").expect("torn schema file");
-    let out = tier(&cluster.url(), &warehouse, &[], &[]).await;
+    let out = tier(&job_url(&cluster), &warehouse, &[], &[]).await;
     assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains("half-created"), "the repair is logged");
     check_lake_and_cluster(&client, &warehouse, &tables, 700).await;

@@ -4,16 +4,22 @@
 mod common;
 
 /// Runs an `async fn(format)` as one test per lake format.
+/// Each format over Fluss's protocol (the job's default transport), and Paimon over gRPC too.
 macro_rules! for_each_format {
     ($name:ident, $run:expr) => {
         mod $name {
+            use super::Transport;
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn paimon() {
-                ($run)("paimon").await
+                ($run)("paimon", Transport::Fluss).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn iceberg() {
-                ($run)("iceberg").await
+                ($run)("iceberg", Transport::Fluss).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn paimon_over_grpc() {
+                ($run)("paimon", Transport::Grpc).await
             }
         }
     };
@@ -25,13 +31,13 @@ use common::*;
 use fluss_tiering::failpoint;
 
 for_each_format!(three_tables_exactly_once_then_only_the_delta, super::exactly_once_then_only_the_delta);
-async fn exactly_once_then_only_the_delta(format: &str) {
+async fn exactly_once_then_only_the_delta(format: &str, transport: Transport) {
     let Setup { dir: _dir, warehouse, cluster, client, tables } = setup().await;
     produce_all(&client, &tables, 0, 3000).await;
 
     // Small splits: each bucket's range is cut into several sub-ranges, all committed in the round's one snapshot.
     assert_success(
-        &tier(&cluster.url(), &warehouse, &["--format", format, "-w", "2", "--split-rows", "170"], &[]).await,
+        &tier(&transport.url(&cluster), &warehouse, &["--format", format, "-w", "2", "--split-rows", "170"], &[]).await,
     );
     let mut first_snapshots = Vec::new();
     for t in &tables {
@@ -48,7 +54,7 @@ async fn exactly_once_then_only_the_delta(format: &str) {
     // More data: the next run adds exactly the delta, in new snapshots (one per round; a round that outlives the
     // tables' 200 ms freshness commits what it read and another round follows).
     produce_all(&client, &tables, 3000, 1200).await;
-    assert_success(&tier(&cluster.url(), &warehouse, &["--format", format, "-w", "2"], &[]).await);
+    assert_success(&tier(&transport.url(&cluster), &warehouse, &["--format", format, "-w", "2"], &[]).await);
     for (t, before) in tables.iter().zip(first_snapshots) {
         let lake = read_lake(&warehouse, &t.path);
         check_exactly_once(&lake, t, &end_offsets(&client, t).await, 4200);
@@ -56,7 +62,7 @@ async fn exactly_once_then_only_the_delta(format: &str) {
     }
 
     // Nothing new: a run finishes without touching the lake.
-    assert_success(&tier(&cluster.url(), &warehouse, &["--format", format], &[]).await);
+    assert_success(&tier(&transport.url(&cluster), &warehouse, &["--format", format], &[]).await);
     for t in &tables {
         assert_eq!(read_lake(&warehouse, &t.path).rows.num_rows(), 4200);
     }
@@ -81,10 +87,10 @@ for_each_format!(
     same_lake_content_with_one_worker_two_workers_and_two_processes,
     super::same_content_whatever_the_workers
 );
-async fn same_content_whatever_the_workers(format: &str) {
+async fn same_content_whatever_the_workers(format: &str, transport: Transport) {
     let Setup { dir, cluster, client, tables, .. } = setup().await;
     produce_all(&client, &tables, 0, 2500).await;
-    let url = cluster.url();
+    let url = transport.url(&cluster);
 
     // One cluster, three lakes: each lake starts empty, so each run tiers everything (the lake is the source of truth).
     let (w1, w2, n2) = (dir.path().join("w1"), dir.path().join("w2"), dir.path().join("n2"));
@@ -117,12 +123,12 @@ async fn same_content_whatever_the_workers(format: &str) {
 }
 
 /// Crashes the job at `point`, produces a little more, restarts it, and checks the lake and the cluster.
-async fn crash_then_recover(point: &str, format: &str) {
+async fn crash_then_recover(point: &str, format: &str, transport: Transport) {
     let Setup { dir: _dir, warehouse, cluster, client, tables } = setup().await;
     produce_all(&client, &tables, 0, 2000).await;
 
     let args = ["--format", format, "-w", "2"];
-    let crashed = tier(&cluster.url(), &warehouse, &args, &[(failpoint::ENV, point)]).await;
+    let crashed = tier(&transport.url(&cluster), &warehouse, &args, &[(failpoint::ENV, point)]).await;
     assert_eq!(
         crashed.status.code(),
         Some(failpoint::EXIT_CODE),
@@ -131,33 +137,38 @@ async fn crash_then_recover(point: &str, format: &str) {
     );
 
     produce_all(&client, &tables, 2000, 500).await;
-    assert_success(&tier(&cluster.url(), &warehouse, &args, &[]).await);
+    assert_success(&tier(&transport.url(&cluster), &warehouse, &args, &[]).await);
     check_lake_and_cluster(&client, &warehouse, &tables, 2500).await;
 }
 
-for_each_format!(crash_mid_split, |f| super::crash_then_recover(super::failpoint::POINTS[0], f));
-for_each_format!(crash_after_files_before_lake_commit, |f| super::crash_then_recover(super::failpoint::POINTS[2], f));
-for_each_format!(crash_between_lake_commit_and_cluster_commit, |f| super::crash_then_recover(
-    super::failpoint::POINTS[3],
-    f
+for_each_format!(crash_mid_split, |f, t| super::crash_then_recover(super::failpoint::POINTS[0], f, t));
+for_each_format!(crash_after_files_before_lake_commit, |f, t| super::crash_then_recover(
+    super::failpoint::POINTS[2],
+    f,
+    t
 ));
-for_each_format!(crash_after_cluster_commit, |f| super::crash_then_recover(super::failpoint::POINTS[4], f));
+for_each_format!(crash_between_lake_commit_and_cluster_commit, |f, t| super::crash_then_recover(
+    super::failpoint::POINTS[3],
+    f,
+    t
+));
+for_each_format!(crash_after_cluster_commit, |f, t| super::crash_then_recover(super::failpoint::POINTS[4], f, t));
 
 /// A job frozen at `point` past the heartbeat time-out (a zombie), while a second job takes its tables over and
 /// tiers everything; then the zombie resumes. Returns the zombie's stderr.
-async fn zombie_resumes_after_takeover(point: &str, format: &str) -> String {
+async fn zombie_resumes_after_takeover(point: &str, format: &str, transport: Transport) -> String {
     let Setup { dir: _dir, warehouse, cluster, client, tables } = setup().await;
     produce_all(&client, &tables, 0, 1500).await;
 
     let stderr = tempfile::NamedTempFile::new().expect("stderr");
     let pause = [(failpoint::ENV, format!("{point}:pause"))];
     let args = ["--format", format, "--once", "--max-tables", "1"];
-    let mut zombie = spawn_tier(&cluster.url(), &warehouse, &args, &pause, &stderr);
+    let mut zombie = spawn_tier(&transport.url(&cluster), &warehouse, &args, &pause, &stderr);
     wait_stopped(&mut zombie, point).await;
 
     // Its heartbeats stop; after the time-out another job gets the tables under new epochs.
     produce_all(&client, &tables, 1500, 300).await;
-    assert_success(&tier(&cluster.url(), &warehouse, &["--format", format, "-w", "2"], &[]).await);
+    assert_success(&tier(&transport.url(&cluster), &warehouse, &["--format", format, "-w", "2"], &[]).await);
 
     signal(&zombie, libc::SIGCONT);
     let status = wait_exit(zombie, Duration::from_secs(120)).await;
@@ -168,8 +179,8 @@ async fn zombie_resumes_after_takeover(point: &str, format: &str) -> String {
 }
 
 for_each_format!(zombie_lake_commit_is_refused_when_the_lake_moved, super::zombie_lake_commit_is_refused);
-async fn zombie_lake_commit_is_refused(format: &str) {
-    let log = zombie_resumes_after_takeover("before-lake-commit", format).await;
+async fn zombie_lake_commit_is_refused(format: &str, transport: Transport) {
+    let log = zombie_resumes_after_takeover("before-lake-commit", format, transport).await;
     // Iceberg: the fenced catalog refuses a commit on a table that moved. Paimon: the zombie's claim on its base was
     // taken over, or the lake moved. (Either way the lake check above found every row once.)
     let refusals =
@@ -181,8 +192,8 @@ async fn zombie_lake_commit_is_refused(format: &str) {
 }
 
 for_each_format!(stale_job_cannot_commit_to_the_cluster, super::stale_job_is_fenced);
-async fn stale_job_is_fenced(format: &str) {
-    let log = zombie_resumes_after_takeover("after-lake-commit", format).await;
+async fn stale_job_is_fenced(format: &str, transport: Transport) {
+    let log = zombie_resumes_after_takeover("after-lake-commit", format, transport).await;
     assert!(log.contains("is fenced"), "the zombie's cluster commit was refused under its stale epoch:\n{log}");
 }
 
@@ -192,7 +203,8 @@ async fn paimon_commit_whose_reply_is_lost_is_found_in_the_lake_not_repeated() {
     produce_all(&client, &tables, 0, 1000).await;
     // The first lake commit lands, then reports an error, as if its reply had been lost.
     let out =
-        tier(&cluster.url(), &warehouse, &["--max-tables", "1"], &[(failpoint::ENV, "lake-commit-reply:error")]).await;
+        tier(&job_url(&cluster), &warehouse, &["--max-tables", "1"], &[(failpoint::ENV, "lake-commit-reply:error")])
+            .await;
     assert_success(&out);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("commit reported an error but landed"), "the committer looked in the lake:\n{log}");

@@ -28,12 +28,37 @@ pub struct TestTable {
     pub descriptor: TableDescriptor,
 }
 
-/// A cluster served in the test process, with a short heartbeat time-out so a crashed job's tables come back fast.
+/// How a test's job talks to the cluster: Fluss's protocol by default (what Fluss users run), gRPC for the smaller
+/// set of tests kept on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Fluss,
+    Grpc,
+}
+
+impl Transport {
+    /// The `--cluster` URL of `cluster` over this transport.
+    pub fn url(self, cluster: &EmbeddedCluster) -> String {
+        match self {
+            Transport::Fluss => format!("fluss://{}", cluster.fluss_addr().expect("the Fluss door is open")),
+            Transport::Grpc => cluster.url(),
+        }
+    }
+}
+
+/// The job's `--cluster` URL: over Fluss's protocol.
+pub fn job_url(cluster: &EmbeddedCluster) -> String {
+    Transport::Fluss.url(cluster)
+}
+
+/// A cluster served in the test process with both doors (the test's own client uses gRPC), with a short heartbeat
+/// time-out so a crashed job's tables come back fast.
 pub async fn start_cluster(dir: &Path) -> (EmbeddedCluster, ClusterClient) {
     let mut config = ClusterConfig::new(dir);
     config.heartbeat_timeout = Duration::from_millis(1500);
     config.failure_backoff = Duration::from_millis(200);
-    let cluster = EmbeddedCluster::start(config).await.expect("start cluster");
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let cluster = EmbeddedCluster::start_with(config, any, Some(any)).await.expect("start cluster");
     let client = ClusterClient::connect(&cluster.url()).await.expect("connect");
     (cluster, client)
 }

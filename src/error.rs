@@ -32,6 +32,10 @@ pub enum ErrorKind {
     OffsetOutOfRange,
     /// The bucket (or partition) does not exist in the table.
     UnknownTableOrBucket,
+    /// The tablet server asked does not lead the bucket (any more): ask MetaData for its leader and try there.
+    NotLeaderOrFollower,
+    /// The bucket has no leader right now: ask MetaData again shortly.
+    LeaderNotAvailable,
     /// The caller's coordinator epoch is not the coordinator's current one.
     InvalidCoordinator,
     /// A request took longer than its time-out.
@@ -79,7 +83,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    const ALL: [ErrorKind; 37] = [
+    const ALL: [ErrorKind; 39] = [
         ErrorKind::Network,
         ErrorKind::UnsupportedVersion,
         ErrorKind::CorruptMessage,
@@ -93,6 +97,8 @@ impl ErrorKind {
         ErrorKind::InvalidTable,
         ErrorKind::OffsetOutOfRange,
         ErrorKind::UnknownTableOrBucket,
+        ErrorKind::NotLeaderOrFollower,
+        ErrorKind::LeaderNotAvailable,
         ErrorKind::InvalidCoordinator,
         ErrorKind::RequestTimeOut,
         ErrorKind::Storage,
@@ -132,6 +138,7 @@ impl ErrorKind {
             ErrorKind::TableNotExist => 7,
             ErrorKind::TableAlreadyExist => 8,
             ErrorKind::SchemaNotExist => 9,
+            ErrorKind::NotLeaderOrFollower => 12,
             ErrorKind::CorruptRecord => 14,
             ErrorKind::InvalidTable => 15,
             ErrorKind::OffsetOutOfRange => 19,
@@ -149,6 +156,7 @@ impl ErrorKind {
             ErrorKind::KvSnapshotNotExist => 41,
             ErrorKind::PartitionAlreadyExists => 42,
             ErrorKind::PartitionSpecInvalid => 43,
+            ErrorKind::LeaderNotAvailable => 44,
             ErrorKind::FencedTieringEpoch => 50,
             ErrorKind::LakeSnapshotNotExist => 53,
             ErrorKind::UnknownScannerId => 67,
@@ -169,7 +177,15 @@ impl ErrorKind {
 
     /// Whether trying the same call again later can succeed.
     pub fn is_retryable(self) -> bool {
-        matches!(self, ErrorKind::Network | ErrorKind::RequestTimeOut | ErrorKind::Storage | ErrorKind::Lake)
+        matches!(
+            self,
+            ErrorKind::Network
+                | ErrorKind::RequestTimeOut
+                | ErrorKind::Storage
+                | ErrorKind::Lake
+                | ErrorKind::NotLeaderOrFollower
+                | ErrorKind::LeaderNotAvailable
+        )
     }
 }
 

@@ -8,17 +8,21 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use arrow::array::{Array, ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
 use arrow::compute::{cast, concat_batches, sort_to_indices, take};
 use bytes::{Buf, Bytes};
 use fluss_tiering::ErrorKind;
+use fluss_tiering::cluster::BucketId;
 use fluss_tiering::cluster::{Cluster, ClusterConfig};
 use fluss_tiering::fluss::frame::RequestHeader;
 use fluss_tiering::fluss::messages as m;
+use fluss_tiering::fluss::transport::FlussCluster;
 use fluss_tiering::model::record::{self, BatchSpec, Compression};
+use fluss_tiering::model::tiering::TieringCluster;
 use fluss_tiering::serve::EmbeddedCluster;
-use fluss_tiering::serve::fluss::FlussDoor;
+use fluss_tiering::serve::fluss::{FlussDoor, Topology};
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -699,6 +703,106 @@ async fn proxy(target: SocketAddr, lose: Option<i16>) -> (SocketAddr, Arc<Atomic
         }
     });
     (addr, dropped, recorded)
+}
+
+/// A cluster laid out as Java Fluss lays one out: a coordinator and two tablet servers on ports of their own.
+struct Nodes {
+    coordinator: SocketAddr,
+    tablets: Vec<SocketAddr>,
+    topology: Arc<Topology>,
+    cluster: Arc<Cluster>,
+}
+
+async fn java_layout(dir: &Path) -> Nodes {
+    let cluster = Arc::new(Cluster::open(ClusterConfig::new(dir)).expect("open"));
+    let bind = || async { TcpListener::bind("127.0.0.1:0").await.expect("bind") };
+    let (coordinator, tablets) = (bind().await, [bind().await, bind().await]);
+    let address = |l: &TcpListener| l.local_addr().expect("addr");
+    let topology = Topology::new(address(&coordinator), tablets.iter().map(address).collect()).expect("topology");
+    let nodes = Nodes {
+        coordinator: address(&coordinator),
+        tablets: tablets.iter().map(address).collect(),
+        topology: Arc::clone(&topology),
+        cluster: Arc::clone(&cluster),
+    };
+    let door = FlussDoor::new(Arc::clone(&cluster)).as_coordinator(Arc::clone(&topology));
+    tokio::spawn(door.serve(coordinator, std::future::pending()));
+    for (i, listener) in tablets.into_iter().enumerate() {
+        let door = FlussDoor::new(Arc::clone(&cluster)).as_tablet_server(Arc::clone(&topology), i as i32 + 1);
+        tokio::spawn(door.serve(listener, std::future::pending()));
+    }
+    nodes
+}
+
+/// Against a coordinator and two tablet servers (each serving only its role's calls and its own buckets), pyfluss
+/// writes through the bucket leaders, and the job, bootstrapped from a list whose first server is down, tiers every
+/// offset once; with every leader moved, a job started afresh and one whose leaders are cached (the transport itself)
+/// both follow them through MetaData.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_tiers_a_coordinator_and_tablet_servers_and_follows_moved_leaders() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = Files(tempfile::tempdir().expect("tempdir"));
+    let nodes = java_layout(&dir.path().join("cluster")).await;
+    pyfluss(nodes.coordinator, &["create", "topo.plain", "3"]);
+    pyfluss(nodes.coordinator, &["create", "topo.parts", "2", "region"]);
+    pyfluss(nodes.coordinator, &["write", "topo.plain", "0", "60", &files.arg("plain-0.arrow")]);
+    pyfluss(nodes.coordinator, &["write", "topo.parts", "0", "40", &files.arg("parts-0.arrow"), "EU"]);
+
+    // Each node serves its role only: the coordinator no FetchLog, a tablet server no tiering heartbeat, and a
+    // tablet server a bucket it does not lead answers NOT_LEADER_OR_FOLLOWER.
+    let table_id = nodes.cluster.table_by_path(&"topo.plain".parse().expect("path")).expect("table").table_id;
+    let fetch = m::FetchLogRequest::one_bucket(table_id, 0, 0, 1 << 20, 0);
+    assert_eq!(Raw::connect(nodes.coordinator).await.call(1015, &fetch).await.error_code(), 2);
+    let heartbeat = m::LakeTieringHeartbeatRequest::default();
+    assert_eq!(Raw::connect(nodes.tablets[0]).await.call(1042, &heartbeat).await.error_code(), 2);
+    let bucket0 = BucketId { table_id, partition_id: None, bucket: 0 };
+    let (leader, _) = nodes.topology.leader(bucket0);
+    let other = nodes.tablets[(leader % 2) as usize];
+    let answer = Raw::connect(other).await.call(1015, &fetch).await;
+    assert_eq!(answer.kind, 0, "a FetchLog answer, with the bucket's error in it");
+    let resp = m::FetchLogResponse::decode(answer.body).expect("FetchLog answer");
+    assert_eq!(resp.tables_resp[0].buckets_resp[0].error_code, Some(12), "NOT_LEADER_OR_FOLLOWER");
+
+    let dead = TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr");
+    let url = format!("fluss://{dead},{}", nodes.coordinator);
+    let warehouse = dir.path().join("lake");
+    assert_success(&tier(&url, &warehouse, &[], &[]).await);
+
+    // Every leader moves to the other tablet server; pyfluss writes more through the new leaders.
+    let parts = nodes.cluster.table_by_path(&"topo.parts".parse().expect("path")).expect("table");
+    let eu = parts.partitions.get("EU").copied();
+    let mut buckets: Vec<BucketId> = (0..3).map(|bucket| BucketId { table_id, partition_id: None, bucket }).collect();
+    buckets.extend((0..2).map(|bucket| BucketId { table_id: parts.table_id, partition_id: eu, bucket }));
+    let move_all = || {
+        for &b in &buckets {
+            let (leader, _) = nodes.topology.leader(b);
+            nodes.topology.move_leader(b, leader % 2 + 1).expect("move");
+        }
+    };
+    // The transport with its leaders cached meets the move: it follows them.
+    let transport = FlussCluster::connect(&url, Duration::from_secs(10)).await.expect("connect");
+    let before = transport.list_offsets(table_id, None, &[0, 1, 2], true).await.expect("offsets");
+    move_all();
+    let fetched = transport.fetch((table_id, None, 0), 0, 1 << 20).await.expect("fetch from the new leader");
+    assert_eq!(fetched.high_watermark, before[0]);
+    move_all();
+    let after = transport.list_offsets(table_id, None, &[0, 1, 2], true).await.expect("offsets from the new leaders");
+    assert_eq!(after, before);
+    move_all();
+
+    pyfluss(nodes.coordinator, &["write", "topo.plain", "60", "100", &files.arg("plain-1.arrow")]);
+    pyfluss(nodes.coordinator, &["write", "topo.parts", "40", "70", &files.arg("parts-1.arrow"), "EU"]);
+    assert_success(&tier(&url, &warehouse, &[], &[]).await);
+
+    for (table, written) in [("topo.plain", ["plain-0", "plain-1"]), ("topo.parts", ["parts-0", "parts-1"])] {
+        let written = written.map(|w| read_arrow(&files.path(&format!("{w}.arrow"))));
+        let written = concat_batches(&written[0].schema(), &written).expect("concat");
+        let lake = read_lake(&warehouse, &table.parse().expect("path"));
+        assert_same_rows(table, &written, &lake.rows);
+        assert_dense(table, &positions(&lake.rows, "region"));
+        let recorded = pyfluss(nodes.coordinator, &["lake", table]);
+        assert_eq!(recorded["snapshot_id"].as_i64(), lake.current_snapshot_id, "{table}: {recorded}");
+    }
 }
 
 /// Every request the job sends over Fluss's protocol (a log table, a partitioned one, a primary-key table read with

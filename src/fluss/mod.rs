@@ -50,6 +50,14 @@ pub enum ApiKey {
     ScanKv = 1061,
 }
 
+/// The nodes that serve an api key ([`ApiKey::served_by`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServedBy {
+    Coordinator,
+    TabletServers,
+    Both,
+}
+
 impl ApiKey {
     pub const ALL: [ApiKey; 28] = [
         ApiKey::ApiVersions,
@@ -89,6 +97,36 @@ impl ApiKey {
     /// The highest version served (the lowest is 0).
     pub fn max_version(self) -> i16 {
         0
+    }
+
+    /// Which nodes of a Java cluster serve the call: the coordinator (admin changes, tiering), the tablet servers
+    /// (a bucket's data, writer ids), or both (Fluss's read-only admin gateway: metadata, table and lake info).
+    pub fn served_by(self) -> ServedBy {
+        use ApiKey::*;
+        match self {
+            CreateDatabase
+            | DropDatabase
+            | CreateTable
+            | DropTable
+            | CreatePartition
+            | CommitLakeTableSnapshot
+            | LakeTieringHeartbeat
+            | PrepareLakeTableSnapshot => ServedBy::Coordinator,
+            ProduceLog | FetchLog | PutKv | Lookup | ListOffsets | InitWriter | ScanKv => ServedBy::TabletServers,
+            ApiVersions
+            | ListDatabases
+            | DatabaseExists
+            | GetTableInfo
+            | ListTables
+            | ListPartitionInfos
+            | TableExists
+            | GetTableSchema
+            | GetMetadata
+            | GetLatestKvSnapshots
+            | GetFileSystemSecurityToken
+            | GetLakeSnapshot
+            | GetDatabaseInfo => ServedBy::Both,
+        }
     }
 
     /// The request's required fields (proto2), nested messages' too, checked before a request is handled.

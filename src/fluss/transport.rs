@@ -1,14 +1,20 @@
 //! The tiering job's Fluss transport: [`TieringCluster`] over Fluss's own protocol, so `tier --cluster fluss://…`
 //! talks to a cluster the way Fluss's Flink tiering job does (LakeTieringHeartbeat, GetTableInfo, GetLakeSnapshot,
-//! ListOffsets, FetchLog, then PrepareLakeTableSnapshot and CommitLakeTableSnapshot with the offsets file's path).
+//! ListOffsets, FetchLog, PrepareLakeTableSnapshot and CommitLakeTableSnapshot with the offsets file's path).
 //!
-//! A first slice: one server in both roles (this project's cluster; a Java cluster's coordinator and tablet servers
-//! are separate nodes, which MetaData would name), and the lake commit does not carry the offsets file's path yet
-//! (the cluster commit prepares it). A primary-key bucket new to the lake is read with ScanKv (Fluss 1.0) while the
-//! round is planned, held in memory until its split reads it, then its changelog after the scan's offset. Connections are a small pool, each used by one call at a time, re-opened after a failure; every call
-//! is bounded by the time-out.
+//! ```text
+//!   bootstrap servers ──MetaData──▶ nodes: the coordinator, the tablet servers
+//!   heartbeats, table and lake info, prepare, commit ──▶ the coordinator
+//!   ListOffsets, FetchLog, ScanKv ──▶ each bucket's leader (MetaData of its table, cached); NOT_LEADER_OR_FOLLOWER,
+//!                                     LEADER_NOT_AVAILABLE or a broken connection: MetaData again, then the new leader
+//! ```
+//!
+//! One node in both roles (this project's cluster by default) is the same picture with every node on one address.
+//! A primary-key bucket new to the lake is read with ScanKv (Fluss 1.0) while the round is planned, held in memory
+//! until its split reads it, then its changelog after the scan's offset. Connections are a small pool per server,
+//! each used by one call at a time, re-opened after a failure; every call is bounded by the time-out.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
@@ -31,51 +37,112 @@ use crate::model::tiering::{
 };
 use crate::model::{compacted, kv_record};
 
-/// Connections kept to the server: fetches of several splits and the heartbeat run side by side.
+/// Connections kept to each server: fetches of several splits and the heartbeat run side by side.
 const POOL: usize = 4;
+/// Tries of a bucket's call, each after asking MetaData where its leader is now.
+const LEADER_ATTEMPTS: u32 = 4;
+
+/// Connections to one server.
+struct Pool {
+    connections: Vec<Mutex<Option<Connection>>>,
+    next: AtomicUsize,
+}
+
+/// The servers of the cluster, as MetaData last named them.
+#[derive(Debug, Clone)]
+struct Nodes {
+    coordinator: SocketAddr,
+    tablet_servers: HashMap<i32, SocketAddr>,
+}
 
 pub struct FlussCluster {
-    addr: SocketAddr,
+    bootstrap: Vec<String>,
     timeout: Duration,
-    pool: Vec<Mutex<Option<Connection>>>,
-    next: AtomicUsize,
+    pools: std::sync::Mutex<HashMap<SocketAddr, Arc<Pool>>>,
+    nodes: std::sync::Mutex<Nodes>,
+    /// Each bucket's leader (a tablet server's node id), as MetaData last named it.
+    leaders: std::sync::Mutex<HashMap<BucketAddr, i32>>,
+    /// Table paths by id: MetaData asks by path, a bucket names its table by id.
+    paths: std::sync::Mutex<HashMap<i64, TablePath>>,
     /// Buckets read with ScanKv while a round was planned, until its split reads them: (bucket, scan id) → rows.
     scans: std::sync::Mutex<HashMap<(BucketAddr, i64), Vec<RecordBatch>>>,
     next_scan: AtomicI64,
 }
 
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Whether a bucket's call failed because its leader moved or its server went away: ask MetaData, try again.
+fn leader_moved(kind: ErrorKind) -> bool {
+    matches!(kind, ErrorKind::NotLeaderOrFollower | ErrorKind::LeaderNotAvailable | ErrorKind::Network)
+}
+
 impl FlussCluster {
-    /// Parses `fluss://HOST:PORT` and checks the server answers (ApiVersions).
+    /// Parses `fluss://HOST:PORT[,HOST:PORT…]` (bootstrap servers) and learns the cluster's nodes from the first
+    /// server that answers MetaData.
     pub async fn connect(url: &str, timeout: Duration) -> Result<Arc<Self>> {
-        let bad = || Error::new(ErrorKind::InvalidArgument, format!("{url:?} is not fluss://HOST:PORT"));
+        let bad = || Error::new(ErrorKind::InvalidArgument, format!("{url:?} is not fluss://HOST:PORT[,HOST:PORT…]"));
         let rest = url.strip_prefix("fluss://").ok_or_else(bad)?;
-        let first = rest.split(',').next().ok_or_else(bad)?;
-        let addr = tokio::time::timeout(timeout, tokio::net::lookup_host(first))
-            .await
-            .map_err(|_| Error::new(ErrorKind::RequestTimeOut, format!("resolving {first} timed out")))?
-            .map_err(|e| Error::new(ErrorKind::InvalidArgument, format!("cannot resolve {first}")).with_source(e))?
-            .next()
-            .ok_or_else(bad)?;
-        let cluster = FlussCluster {
-            addr,
+        let bootstrap: Vec<String> =
+            rest.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect();
+        if bootstrap.is_empty() {
+            return Err(bad());
+        }
+        let (nodes, leaders) = Self::bootstrap(&bootstrap, timeout).await?;
+        debug_assert!(leaders.is_empty(), "an empty MetaData request names no bucket");
+        Ok(Arc::new(FlussCluster {
+            bootstrap,
             timeout,
-            pool: (0..POOL).map(|_| Mutex::new(None)).collect(),
-            next: AtomicUsize::new(0),
+            pools: Default::default(),
+            nodes: std::sync::Mutex::new(nodes),
+            leaders: Default::default(),
+            paths: Default::default(),
             scans: Default::default(),
             next_scan: AtomicI64::new(1),
-        };
-        let first = Connection::connect(addr, timeout).await?;
-        *cluster.pool[0].lock().await = Some(first);
-        Ok(Arc::new(cluster))
+        }))
     }
 
-    /// One call on a pooled connection; a connection that failed is dropped and the next call opens a new one.
-    async fn call<T: prost::Message + Default>(&self, key: ApiKey, request: &impl prost::Message) -> Result<T> {
-        let slot = &self.pool[self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len()];
+    /// MetaData from the first bootstrap server that answers; the error names every server tried.
+    async fn bootstrap(servers: &[String], timeout: Duration) -> Result<(Nodes, Vec<(BucketAddr, i32)>)> {
+        let mut failures = Vec::new();
+        for server in servers {
+            let attempt = async {
+                let addr = resolve(server, timeout).await?;
+                let mut conn = Connection::connect(addr, timeout).await?;
+                let resp: m::MetadataResponse = conn.call(ApiKey::GetMetadata, &m::MetadataRequest::default()).await?;
+                read_metadata(&resp, timeout).await
+            };
+            match attempt.await {
+                Ok(found) => return Ok(found),
+                Err(e) => failures.push(format!("{server}: {e}")),
+            }
+        }
+        Err(Error::new(ErrorKind::Network, format!("no bootstrap server answered: {}", failures.join("; "))))
+    }
+
+    /// The pool of connections to `addr`.
+    fn pool(&self, addr: SocketAddr) -> Arc<Pool> {
+        let mut pools = lock(&self.pools);
+        Arc::clone(pools.entry(addr).or_insert_with(|| {
+            Arc::new(Pool { connections: (0..POOL).map(|_| Mutex::new(None)).collect(), next: AtomicUsize::new(0) })
+        }))
+    }
+
+    /// One call to the server at `addr` on a pooled connection; a connection that failed is dropped and the next
+    /// call opens a new one.
+    async fn call_on<T: prost::Message + Default>(
+        &self,
+        addr: SocketAddr,
+        key: ApiKey,
+        request: &impl prost::Message,
+    ) -> Result<T> {
+        let pool = self.pool(addr);
+        let slot = &pool.connections[pool.next.fetch_add(1, Ordering::Relaxed) % pool.connections.len()];
         let mut held = slot.lock().await;
         let conn = match held.as_mut() {
             Some(conn) => conn,
-            None => held.insert(Connection::connect(self.addr, self.timeout).await?),
+            None => held.insert(Connection::connect(addr, self.timeout).await?),
         };
         let result = conn.call(key, request).await;
         if result.as_ref().is_err_and(|e| matches!(e.kind(), ErrorKind::Network | ErrorKind::RequestTimeOut)) {
@@ -84,9 +151,131 @@ impl FlussCluster {
         result
     }
 
-    async fn table_json(&self, path: &TablePath) -> Result<m::GetTableInfoResponse> {
-        self.call(ApiKey::GetTableInfo, &m::TablePathRequest { table_path: pb_path(path) }).await
+    /// A call to the coordinator. A coordinator that cannot be reached may have moved: the nodes are asked for
+    /// again, so the next call goes to the one MetaData names.
+    async fn call<T: prost::Message + Default>(&self, key: ApiKey, request: &impl prost::Message) -> Result<T> {
+        let coordinator = lock(&self.nodes).coordinator;
+        let result = self.call_on(coordinator, key, request).await;
+        if result.as_ref().is_err_and(|e| e.kind() == ErrorKind::Network)
+            && let Ok((nodes, _)) = Self::bootstrap(&self.bootstrap, self.timeout).await
+        {
+            *lock(&self.nodes) = nodes;
+        }
+        result
     }
+
+    async fn table_json(&self, path: &TablePath) -> Result<m::GetTableInfoResponse> {
+        let info: m::GetTableInfoResponse =
+            self.call(ApiKey::GetTableInfo, &m::TablePathRequest { table_path: pb_path(path) }).await?;
+        lock(&self.paths).insert(info.table_id, path.clone());
+        Ok(info)
+    }
+
+    /// The path of table `table_id` (every table listed, the first time a process meets it).
+    async fn path_of(&self, table_id: i64) -> Result<TablePath> {
+        if let Some(path) = lock(&self.paths).get(&table_id) {
+            return Ok(path.clone());
+        }
+        self.tables().await?;
+        lock(&self.paths)
+            .get(&table_id)
+            .cloned()
+            .ok_or_else(|| Error::new(ErrorKind::TableNotExist, format!("no table has id {table_id}")))
+    }
+
+    /// Asks MetaData for the leaders of a table's buckets (of one partition), and for the nodes.
+    async fn refresh_leaders(&self, table_id: i64, partition_id: Option<i64>) -> Result<()> {
+        let path = self.path_of(table_id).await?;
+        let req = m::MetadataRequest {
+            table_path: vec![pb_path(&path)],
+            partitions_path: vec![],
+            partitions_id: partition_id.into_iter().collect(),
+        };
+        let resp: m::MetadataResponse = self.call(ApiKey::GetMetadata, &req).await?;
+        let (nodes, leaders) = read_metadata(&resp, self.timeout).await?;
+        *lock(&self.nodes) = nodes;
+        let mut known = lock(&self.leaders);
+        known.retain(|(t, p, _), _| !(*t == table_id && *p == partition_id));
+        known.extend(leaders.into_iter().filter(|((t, p, _), _)| *t == table_id && *p == partition_id));
+        Ok(())
+    }
+
+    /// The address of a bucket's leader, asking MetaData when it is not known.
+    async fn leader_of(&self, bucket: BucketAddr) -> Result<SocketAddr> {
+        let known = |this: &Self| {
+            let node = lock(&this.leaders).get(&bucket).copied()?;
+            lock(&this.nodes).tablet_servers.get(&node).copied()
+        };
+        if let Some(addr) = known(self) {
+            return Ok(addr);
+        }
+        self.refresh_leaders(bucket.0, bucket.1).await?;
+        known(self).ok_or_else(|| {
+            Error::new(
+                ErrorKind::LeaderNotAvailable,
+                format!("MetaData names no reachable leader of bucket {bucket:?}"),
+            )
+        })
+    }
+
+    /// After a call about `bucket` failed with `e` on try `attempt`: whether to try again on the leader MetaData
+    /// names now (the leader moved, NOT_LEADER_OR_FOLLOWER or LEADER_NOT_AVAILABLE, or cannot be reached). The cached
+    /// leader is forgotten, and a short pause lets the cluster elect a new one.
+    async fn follow_leader(&self, bucket: BucketAddr, e: &Error, attempt: &mut u32) -> bool {
+        if !leader_moved(e.kind()) || *attempt >= LEADER_ATTEMPTS {
+            return false;
+        }
+        tracing::info!(?bucket, error = %e, attempt = *attempt, "the bucket's leader moved or is unreachable: asking MetaData");
+        lock(&self.leaders).remove(&bucket);
+        tokio::time::sleep(Duration::from_millis(100 * u64::from(*attempt))).await;
+        *attempt += 1;
+        true
+    }
+}
+
+/// The nodes and bucket leaders a MetaData answer names (host names resolved).
+async fn read_metadata(resp: &m::MetadataResponse, timeout: Duration) -> Result<(Nodes, Vec<(BucketAddr, i32)>)> {
+    let addr = async |n: &m::PbServerNode| -> Result<SocketAddr> {
+        let port = u16::try_from(n.port)
+            .map_err(|_| Error::new(ErrorKind::CorruptMessage, format!("MetaData names port {}", n.port)))?;
+        match n.host.parse() {
+            Ok(ip) => Ok(SocketAddr::new(ip, port)),
+            Err(_) => resolve(&format!("{}:{port}", n.host), timeout).await,
+        }
+    };
+    let coordinator = resp
+        .coordinator_server
+        .as_ref()
+        .ok_or_else(|| Error::new(ErrorKind::CorruptMessage, "MetaData names no coordinator"))?;
+    let mut tablet_servers = HashMap::new();
+    for n in &resp.tablet_servers {
+        tablet_servers.insert(n.node_id, addr(n).await?);
+    }
+    let nodes = Nodes { coordinator: addr(coordinator).await?, tablet_servers };
+    let mut leaders = Vec::new();
+    let mut add = |table_id: i64, partition_id: Option<i64>, buckets: &[m::PbBucketMetadata]| {
+        for b in buckets {
+            if let Some(leader) = b.leader_id {
+                leaders.push(((table_id, partition_id, b.bucket_id), leader));
+            }
+        }
+    };
+    for t in &resp.table_metadata {
+        add(t.table_id, None, &t.bucket_metadata);
+    }
+    for p in &resp.partition_metadata {
+        add(p.table_id, Some(p.partition_id), &p.bucket_metadata);
+    }
+    Ok((nodes, leaders))
+}
+
+async fn resolve(server: &str, timeout: Duration) -> Result<SocketAddr> {
+    tokio::time::timeout(timeout, tokio::net::lookup_host(server))
+        .await
+        .map_err(|_| Error::new(ErrorKind::RequestTimeOut, format!("resolving {server} timed out")))?
+        .map_err(|e| Error::new(ErrorKind::InvalidArgument, format!("cannot resolve {server}")).with_source(e))?
+        .next()
+        .ok_or_else(|| Error::new(ErrorKind::InvalidArgument, format!("{server} resolves to no address")))
 }
 
 fn pb_path(p: &TablePath) -> m::PbTablePath {
@@ -110,6 +299,25 @@ fn answers(all: Vec<m::PbHeartbeatRespForTable>) -> Vec<TableAnswer> {
         .collect()
 }
 
+/// The one bucket a FetchLog asked for, its error (a leader that moved, …) as an error.
+fn fetched_bucket(
+    resp: m::FetchLogResponse,
+    table_id: i64,
+    partition_id: Option<i64>,
+    bucket_id: i32,
+) -> Result<m::PbFetchLogRespForBucket> {
+    let answer = resp
+        .tables_resp
+        .into_iter()
+        .find(|t| t.table_id == table_id)
+        .and_then(|t| t.buckets_resp.into_iter().find(|b| b.bucket_id == bucket_id && b.partition_id == partition_id))
+        .ok_or_else(|| {
+            Error::new(ErrorKind::CorruptMessage, format!("FetchLog answered without bucket {bucket_id}"))
+        })?;
+    check(answer.error_code, answer.error_message.clone())?;
+    Ok(answer)
+}
+
 /// A per-bucket or per-table error of a response.
 fn check(code: Option<i32>, message: Option<String>) -> Result<()> {
     match code {
@@ -123,9 +331,30 @@ const SCAN_BATCH_BYTES: i32 = 4 << 20;
 const SCAN_BATCH_ROWS: usize = 8192;
 
 impl FlussCluster {
-    /// Every row of one primary-key bucket with ScanKv (Fluss 1.0), and the log offset they are consistent with.
+    /// Every row of one primary-key bucket with ScanKv (Fluss 1.0), and the log offset they are consistent with:
+    /// the whole scan on the bucket's leader (a scanner lives on one server), begun again if the leader moves.
     async fn scan_bucket(
         &self,
+        table_id: i64,
+        partition_id: Option<i64>,
+        bucket_id: i32,
+    ) -> Result<(Vec<Vec<u8>>, i64)> {
+        let (bucket, mut attempt) = ((table_id, partition_id, bucket_id), 1);
+        loop {
+            let scanned = match self.leader_of(bucket).await {
+                Ok(leader) => self.scan_bucket_on(leader, table_id, partition_id, bucket_id).await,
+                Err(e) => Err(e),
+            };
+            match scanned {
+                Err(e) if self.follow_leader(bucket, &e, &mut attempt).await => {}
+                other => return other,
+            }
+        }
+    }
+
+    async fn scan_bucket_on(
+        &self,
+        leader: SocketAddr,
         table_id: i64,
         partition_id: Option<i64>,
         bucket_id: i32,
@@ -139,7 +368,7 @@ impl FlussCluster {
         let mut values = Vec::new();
         let mut log_offset = None;
         loop {
-            let resp: m::ScanKvResponse = self.call(ApiKey::ScanKv, &req).await?;
+            let resp: m::ScanKvResponse = self.call_on(leader, ApiKey::ScanKv, &req).await?;
             check(resp.error_code, resp.error_message)?;
             log_offset = log_offset.or(resp.log_offset);
             if let Some(records) = &resp.records {
@@ -270,17 +499,63 @@ impl TieringCluster for FlussCluster {
         buckets: &[i32],
         latest: bool,
     ) -> Result<Vec<i64>> {
-        let req = m::ListOffsetsRequest {
-            follower_server_id: -1,
-            offset_type: i32::from(latest),
-            table_id,
-            partition_id,
-            bucket_id: buckets.to_vec(),
-            start_timestamp: None,
-        };
-        let resp: m::ListOffsetsResponse = self.call(ApiKey::ListOffsets, &req).await?;
-        let answers =
-            resp.buckets_resp.into_iter().map(|b| (b.bucket_id, b.error_code, b.error_message, b.offset)).collect();
+        // One request per leader; buckets whose leader moved are asked again where MetaData now says.
+        let mut answers = Vec::with_capacity(buckets.len());
+        let mut pending = buckets.to_vec();
+        let mut attempt = 1;
+        while !pending.is_empty() {
+            let mut by_leader: BTreeMap<SocketAddr, Vec<i32>> = BTreeMap::new();
+            let mut moved = Vec::new();
+            for &bucket in &pending {
+                match self.leader_of((table_id, partition_id, bucket)).await {
+                    Ok(leader) => by_leader.entry(leader).or_default().push(bucket),
+                    Err(e) if leader_moved(e.kind()) => moved.push((bucket, e.kind(), e.to_string())),
+                    Err(e) => return Err(e),
+                }
+            }
+            for (leader, group) in by_leader {
+                let req = m::ListOffsetsRequest {
+                    follower_server_id: -1,
+                    offset_type: i32::from(latest),
+                    table_id,
+                    partition_id,
+                    bucket_id: group.clone(),
+                    start_timestamp: None,
+                };
+                match self.call_on::<m::ListOffsetsResponse>(leader, ApiKey::ListOffsets, &req).await {
+                    Ok(resp) => {
+                        for b in resp.buckets_resp {
+                            match b.error_code.map(ErrorKind::from_code) {
+                                Some(kind) if leader_moved(kind) => {
+                                    moved.push((b.bucket_id, kind, b.error_message.unwrap_or_default()));
+                                }
+                                _ => answers.push((b.bucket_id, b.error_code, b.error_message, b.offset)),
+                            }
+                        }
+                    }
+                    Err(e) if leader_moved(e.kind()) => {
+                        moved.extend(group.into_iter().map(|b| (b, e.kind(), e.to_string())));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if let Some((bucket, kind, why)) = moved.first().filter(|_| attempt >= LEADER_ATTEMPTS) {
+                return Err(Error::new(*kind, format!("ListOffsets of bucket {bucket} found no leader: {why}")));
+            }
+            if !moved.is_empty() {
+                {
+                    let mut known = lock(&self.leaders);
+                    for (bucket, ..) in &moved {
+                        known.remove(&(table_id, partition_id, *bucket));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+            }
+            pending = moved.into_iter().map(|(b, ..)| b).collect();
+            attempt += 1;
+        }
+        // Answers from several leaders, back in the order asked (a bucket not asked for goes last, and is refused).
+        answers.sort_by_key(|(b, ..)| buckets.iter().position(|x| x == b).unwrap_or(usize::MAX));
         offsets_in_order(table_id, buckets, answers)
     }
 
@@ -350,18 +625,20 @@ impl TieringCluster for FlussCluster {
     ) -> Result<FetchedLog> {
         let mut req = m::FetchLogRequest::one_bucket(table_id, bucket_id, offset, max_bytes, 0);
         req.tables_req[0].buckets_req[0].partition_id = partition_id;
-        let resp: m::FetchLogResponse = self.call(ApiKey::FetchLog, &req).await?;
-        let answer = resp
-            .tables_resp
-            .into_iter()
-            .find(|t| t.table_id == table_id)
-            .and_then(|t| {
-                t.buckets_resp.into_iter().find(|b| b.bucket_id == bucket_id && b.partition_id == partition_id)
-            })
-            .ok_or_else(|| {
-                Error::new(ErrorKind::CorruptMessage, format!("FetchLog answered without bucket {bucket_id}"))
-            })?;
-        check(answer.error_code, answer.error_message)?;
+        let (bucket, mut attempt) = ((table_id, partition_id, bucket_id), 1);
+        let answer = loop {
+            let fetched = match self.leader_of(bucket).await {
+                Ok(leader) => self
+                    .call_on(leader, ApiKey::FetchLog, &req)
+                    .await
+                    .and_then(|resp| fetched_bucket(resp, table_id, partition_id, bucket_id)),
+                Err(e) => Err(e),
+            };
+            match fetched {
+                Err(e) if self.follow_leader(bucket, &e, &mut attempt).await => {}
+                other => break other?,
+            }
+        };
         let high_watermark = answer
             .high_watermark
             .ok_or_else(|| Error::new(ErrorKind::CorruptMessage, "a FetchLog answer without a high watermark"))?;

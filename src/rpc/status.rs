@@ -8,7 +8,7 @@ const CODE_HEADER: &str = "fluss-error-code";
 fn grpc_code(kind: ErrorKind) -> tonic::Code {
     use tonic::Code;
     match kind {
-        ErrorKind::Network => Code::Unavailable,
+        ErrorKind::Network | ErrorKind::NotLeaderOrFollower | ErrorKind::LeaderNotAvailable => Code::Unavailable,
         ErrorKind::RequestTimeOut => Code::DeadlineExceeded,
         ErrorKind::TableNotExist
         | ErrorKind::DatabaseNotExist

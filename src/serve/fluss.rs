@@ -8,12 +8,16 @@
 //!                           every other request in arrival order, so one writer's batches reach a bucket in sequence
 //! ```
 //!
-//! One node in both roles, as `fluss-wire-protocol.md` §6.2 describes: ApiVersions lists every api key served and no
-//! server type; MetaData names coordinator 0 and tablet server 1, both on the address the client connected to, and
-//! server 1 leads every bucket. Log records are stored as sent (Fluss log batches) and fetched without re-encoding;
+//! By default one node in both roles, as `fluss-wire-protocol.md` §6.2 describes: ApiVersions lists every api key
+//! served and no server type; MetaData names coordinator 0 and tablet server 1, both on the address the client
+//! connected to, and server 1 leads every bucket. Laid out as a Java cluster instead ([`Topology`]), doors on
+//! separate ports play the coordinator and the tablet servers: each serves only its role's api keys (the others:
+//! UNSUPPORTED_VERSION) and says its server type, MetaData names every node and each bucket's leader, and a tablet
+//! server answers a bucket it does not lead with NOT_LEADER_OR_FOLLOWER, so a client must find and follow leaders. Log records are stored as sent (Fluss log batches) and fetched without re-encoding;
 //! primary-key writes (KV batches of CompactedRows) become the changelog the log stores, and lookups answer
 //! CompactedRows.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,7 +35,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::fluss::frame::{self, Incoming, MAX_FRAME_BYTES, RequestHeader};
 use crate::fluss::json::{self, CreateDefaults};
 use crate::fluss::messages as m;
-use crate::fluss::{ApiKey, messages::missing_required};
+use crate::fluss::{ApiKey, ServedBy, messages::missing_required};
 use crate::model::table::{TableInfo, TablePath};
 use crate::model::tiering::LakeBucketOffset;
 use crate::serve::kv_scan::Scanners;
@@ -48,6 +52,101 @@ const MAX_FETCHES_PER_CONNECTION: usize = 8;
 /// A connection that sends nothing for this long is closed (Netty's `netty.connection.max-idle-time` default).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// The nodes of a cluster laid out as Java Fluss lays one out: a coordinator and tablet servers (node ids 1..=n), each
+/// bucket led by one tablet server. Shared by the doors that play the nodes (and by tests, which move leaders).
+pub struct Topology {
+    coordinator: SocketAddr,
+    tablet_servers: Vec<SocketAddr>,
+    /// Buckets whose leadership moved: bucket → (leader, leader epoch).
+    moved: std::sync::Mutex<HashMap<BucketId, (i32, i32)>>,
+}
+
+impl Topology {
+    pub fn new(coordinator: SocketAddr, tablet_servers: Vec<SocketAddr>) -> Result<Arc<Self>> {
+        if tablet_servers.is_empty() {
+            return Err(Error::new(ErrorKind::InvalidConfig, "a cluster needs at least one tablet server"));
+        }
+        Ok(Arc::new(Topology { coordinator, tablet_servers, moved: Default::default() }))
+    }
+
+    /// A bucket's leader (a tablet server's node id) and leader epoch: server `bucket mod n + 1` until moved.
+    pub fn leader(&self, id: BucketId) -> (i32, i32) {
+        let moved = self.moved.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        moved.get(&id).copied().unwrap_or_else(|| {
+            let n = self.tablet_servers.len() as i64;
+            ((i64::from(id.bucket).rem_euclid(n) + 1) as i32, 0)
+        })
+    }
+
+    /// Makes tablet server `node` the bucket's leader under a new leader epoch, as Fluss's coordinator does when a
+    /// server goes away.
+    pub fn move_leader(&self, id: BucketId, node: i32) -> Result<()> {
+        if !(1..=self.tablet_servers.len() as i32).contains(&node) {
+            return Err(Error::new(ErrorKind::InvalidArgument, format!("there is no tablet server {node}")));
+        }
+        let (_, epoch) = self.leader(id);
+        let mut moved = self.moved.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        moved.insert(id, (node, epoch + 1));
+        Ok(())
+    }
+
+    fn node(&self, node_id: i32) -> m::PbServerNode {
+        let addr = match node_id {
+            COORDINATOR_ID => self.coordinator,
+            n => self.tablet_servers[(n - 1) as usize],
+        };
+        m::PbServerNode { node_id, host: addr.ip().to_string(), port: i32::from(addr.port()) }
+    }
+}
+
+/// Which node a door plays.
+#[derive(Clone)]
+enum Layout {
+    /// One node in both roles.
+    Single,
+    Coordinator(Arc<Topology>),
+    TabletServer(Arc<Topology>, i32),
+}
+
+impl Layout {
+    /// Why this node does not serve `key`, if it does not (a Java server has no handler for another role's calls).
+    fn refusal(&self, key: ApiKey) -> Option<Error> {
+        let (served, role) = match self {
+            Layout::Single => return None,
+            Layout::Coordinator(_) => (key.served_by() != ServedBy::TabletServers, "the coordinator"),
+            Layout::TabletServer(..) => (key.served_by() != ServedBy::Coordinator, "a tablet server"),
+        };
+        (!served).then(|| Error::new(ErrorKind::UnsupportedVersion, format!("{role} does not serve {key:?}")))
+    }
+
+    /// NOT_LEADER_OR_FOLLOWER unless this node leads the bucket.
+    fn check_leader(&self, id: BucketId) -> Result<()> {
+        match self {
+            Layout::Single => Ok(()),
+            Layout::TabletServer(topology, node) => match topology.leader(id) {
+                (leader, _) if leader == *node => Ok(()),
+                (leader, epoch) => Err(Error::new(
+                    ErrorKind::NotLeaderOrFollower,
+                    format!("tablet server {node} does not lead bucket {id:?}: server {leader} does (epoch {epoch})"),
+                )),
+            },
+            Layout::Coordinator(_) => {
+                Err(Error::new(ErrorKind::NotLeaderOrFollower, "the coordinator leads no bucket"))
+            }
+        }
+    }
+
+    /// ApiVersions' server type: 1 coordinator, 2 tablet server; none for one node in both roles (a client checks the
+    /// type against the role it expects of a connection).
+    fn server_type(&self) -> Option<i32> {
+        match self {
+            Layout::Single => None,
+            Layout::Coordinator(_) => Some(1),
+            Layout::TabletServer(..) => Some(2),
+        }
+    }
+}
+
 /// The Fluss door of one cluster.
 pub struct FlussDoor {
     cluster: Arc<Cluster>,
@@ -56,12 +155,32 @@ pub struct FlussDoor {
     /// The address MetaData names for this node; by default the one each client connected to.
     advertised: Option<SocketAddr>,
     scanners: Scanners,
+    layout: Layout,
 }
 
 impl FlussDoor {
     pub fn new(cluster: Arc<Cluster>) -> Self {
         let defaults = CreateDefaults { buckets: 1 };
-        FlussDoor { cluster, defaults, max_frame: MAX_FRAME_BYTES, advertised: None, scanners: Scanners::default() }
+        FlussDoor {
+            cluster,
+            defaults,
+            max_frame: MAX_FRAME_BYTES,
+            advertised: None,
+            scanners: Scanners::default(),
+            layout: Layout::Single,
+        }
+    }
+
+    /// Plays the coordinator of `topology`.
+    pub fn as_coordinator(mut self, topology: Arc<Topology>) -> Self {
+        self.layout = Layout::Coordinator(topology);
+        self
+    }
+
+    /// Plays tablet server `node` (from 1) of `topology`.
+    pub fn as_tablet_server(mut self, topology: Arc<Topology>, node: i32) -> Self {
+        self.layout = Layout::TabletServer(topology, node);
+        self
     }
 
     /// Names `addr` in MetaData instead of the address a client connected to (a proxy or NAT in between).
@@ -199,19 +318,22 @@ impl FlussDoor {
 
     /// Handles one request; returns the encoded response body.
     async fn handle(&self, key: ApiKey, body: Bytes, local: SocketAddr) -> Result<Vec<u8>> {
+        if let Some(refusal) = self.layout.refusal(key) {
+            return Err(refusal);
+        }
         Ok(match key {
             ApiKey::ApiVersions => {
                 decode::<m::ApiVersionsRequest>(body)?;
                 let api_versions = ApiKey::ALL
                     .iter()
+                    .filter(|k| self.layout.refusal(**k).is_none())
                     .map(|k| m::PbApiVersion {
                         api_key: i32::from(*k as i16),
                         min_version: 0,
                         max_version: i32::from(k.max_version()),
                     })
                     .collect();
-                // No server type: this one node is both, and a client checks the type against the role it expects.
-                m::ApiVersionsResponse { api_versions, server_type: None }.encode_to_vec()
+                m::ApiVersionsResponse { api_versions, server_type: self.layout.server_type() }.encode_to_vec()
             }
             ApiKey::CreateDatabase => {
                 let req: m::CreateDatabaseRequest = decode(body)?;
@@ -568,14 +690,25 @@ impl FlussDoor {
     }
 
     fn metadata(&self, req: m::MetadataRequest, local: SocketAddr) -> Result<m::MetadataResponse> {
-        let node = |node_id| m::PbServerNode { node_id, host: local.ip().to_string(), port: i32::from(local.port()) };
-        let buckets = |t: &TableInfo| -> Vec<m::PbBucketMetadata> {
+        let topology = match &self.layout {
+            Layout::Single => None,
+            Layout::Coordinator(t) | Layout::TabletServer(t, _) => Some(Arc::clone(t)),
+        };
+        let node = |node_id| match &topology {
+            Some(t) => t.node(node_id),
+            None => m::PbServerNode { node_id, host: local.ip().to_string(), port: i32::from(local.port()) },
+        };
+        let buckets = |t: &TableInfo, partition_id: Option<i64>| -> Vec<m::PbBucketMetadata> {
             (0..t.descriptor.buckets as i32)
-                .map(|bucket_id| m::PbBucketMetadata {
-                    bucket_id,
-                    leader_id: Some(TABLET_SERVER_ID),
-                    replica_id: vec![TABLET_SERVER_ID],
-                    leader_epoch: Some(0),
+                .map(|bucket_id| {
+                    let id = BucketId { table_id: t.table_id, partition_id, bucket: bucket_id };
+                    let (leader, epoch) = topology.as_ref().map_or((TABLET_SERVER_ID, 0), |t| t.leader(id));
+                    m::PbBucketMetadata {
+                        bucket_id,
+                        leader_id: Some(leader),
+                        replica_id: vec![leader],
+                        leader_epoch: Some(epoch),
+                    }
                 })
                 .collect()
         };
@@ -587,7 +720,7 @@ impl FlussDoor {
                 table_id: t.table_id,
                 schema_id: i32::from(t.descriptor.schema_id()),
                 table_json: json::table_json(&t.descriptor)?,
-                bucket_metadata: buckets(&t),
+                bucket_metadata: buckets(&t, None),
                 created_time: t.created_ms,
                 modified_time: t.modified_ms,
             });
@@ -597,7 +730,7 @@ impl FlussDoor {
             table_id: t.table_id,
             partition_name: name.to_string(),
             partition_id,
-            bucket_metadata: buckets(t),
+            bucket_metadata: buckets(t, Some(partition_id)),
         };
         for p in &req.partitions_path {
             let t = self.cluster.table_by_path(&TablePath::new(p.database_name.clone(), p.table_name.clone())?)?;
@@ -616,9 +749,13 @@ impl FlussDoor {
                 }
             }
         }
+        let tablet_servers = match &topology {
+            Some(t) => (1..=t.tablet_servers.len() as i32).map(node).collect(),
+            None => vec![node(TABLET_SERVER_ID)],
+        };
         Ok(m::MetadataResponse {
             coordinator_server: Some(node(COORDINATOR_ID)),
-            tablet_servers: vec![node(TABLET_SERVER_ID)],
+            tablet_servers,
             table_metadata,
             partition_metadata,
         })
@@ -629,7 +766,8 @@ impl FlussDoor {
         let mut buckets_resp = Vec::with_capacity(req.buckets_req.len());
         for b in req.buckets_req {
             let (partition_id, bucket_id) = (b.partition_id, b.bucket_id);
-            let result = match partition_name_of(&table, partition_id) {
+            let led = self.layout.check_leader(BucketId { table_id: req.table_id, partition_id, bucket: bucket_id });
+            let result = match led.and_then(|()| partition_name_of(&table, partition_id)) {
                 Ok(name) => {
                     self.blocking(move |c| c.produce(req.table_id, name.as_deref(), bucket_id, b.records)).await
                 }
@@ -662,7 +800,8 @@ impl FlussDoor {
         let mut buckets_resp = Vec::with_capacity(req.buckets_req.len());
         for b in req.buckets_req {
             let (partition_id, bucket_id) = (b.partition_id, b.bucket_id);
-            let result = match (refusal, partition_name_of(&table, partition_id)) {
+            let led = self.layout.check_leader(BucketId { table_id: req.table_id, partition_id, bucket: bucket_id });
+            let result = match (refusal, led.and_then(|()| partition_name_of(&table, partition_id))) {
                 (Some(why), _) => Err(Error::new(ErrorKind::InvalidTargetColumn, why)),
                 (None, Ok(name)) => {
                     self.blocking(move |c| {
@@ -700,6 +839,7 @@ impl FlussDoor {
             }
             (Some(b), None) => {
                 let id = BucketId { table_id: b.table_id, partition_id: b.partition_id, bucket: b.bucket_id };
+                self.layout.check_leader(id)?;
                 let admitted = self.scanners.admit(b.limit, req.call_seq_id, req.batch_size_bytes)?;
                 let (values, log_offset) = self.blocking(move |c| c.scan_kv(id)).await?;
                 (self.scanners.open(admitted, values)?, Some(log_offset))
@@ -724,7 +864,7 @@ impl FlussDoor {
         if req.insert_if_not_exists == Some(true) {
             return Err(Error::new(ErrorKind::InvalidArgument, "insert-if-not-exists lookups are not supported"));
         }
-        let table_id = req.table_id;
+        let (table_id, layout) = (req.table_id, self.layout.clone());
         self.blocking(move |c| {
             let buckets_resp = req
                 .buckets_req
@@ -732,7 +872,7 @@ impl FlussDoor {
                 .map(|b| {
                     let id = BucketId { table_id, partition_id: b.partition_id, bucket: b.bucket_id };
                     let keys: Vec<&[u8]> = b.keys.iter().map(Vec::as_slice).collect();
-                    let found = c.lookup(id, &keys);
+                    let found = layout.check_leader(id).and_then(|()| c.lookup(id, &keys));
                     m::PbLookupRespForBucket {
                         partition_id: b.partition_id,
                         bucket_id: b.bucket_id,
@@ -758,8 +898,8 @@ impl FlussDoor {
         loop {
             // Armed before reading, so an append between the read and the wait still wakes it.
             let appended = self.cluster.appends().notified();
-            let request = Arc::clone(&req);
-            let (response, bytes) = self.blocking(move |c| Ok(read_buckets(c, &request, max_bytes))).await?;
+            let (request, layout) = (Arc::clone(&req), self.layout.clone());
+            let (response, bytes) = self.blocking(move |c| Ok(read_buckets(c, &layout, &request, max_bytes))).await?;
             let now = Instant::now();
             if bytes >= min_bytes || now >= deadline {
                 return Ok(response);
@@ -769,13 +909,14 @@ impl FlussDoor {
     }
 
     async fn list_offsets(&self, req: m::ListOffsetsRequest) -> Result<m::ListOffsetsResponse> {
+        let layout = self.layout.clone();
         self.blocking(move |c| {
             let buckets_resp = req
                 .bucket_id
                 .iter()
                 .map(|&bucket| {
                     let id = BucketId { table_id: req.table_id, partition_id: req.partition_id, bucket };
-                    let offset = match req.offset_type {
+                    let offset = layout.check_leader(id).and_then(|()| match req.offset_type {
                         0 => c.list_offset(id, false),
                         1 => c.list_offset(id, true),
                         2 => match req.start_timestamp {
@@ -785,7 +926,7 @@ impl FlussDoor {
                             }
                         },
                         other => Err(Error::new(ErrorKind::InvalidArgument, format!("unknown offset type {other}"))),
-                    };
+                    });
                     m::PbListOffsetsRespForBucket {
                         bucket_id: bucket,
                         error_code: offset.as_ref().err().map(|e| e.kind().code()),
@@ -801,7 +942,12 @@ impl FlussDoor {
 }
 
 /// One pass over a FetchLog's buckets: the stored batches, back to back as they sit in the log, and how many bytes.
-fn read_buckets(cluster: &Cluster, req: &m::FetchLogRequest, max_bytes: usize) -> (m::FetchLogResponse, usize) {
+fn read_buckets(
+    cluster: &Cluster,
+    layout: &Layout,
+    req: &m::FetchLogRequest,
+    max_bytes: usize,
+) -> (m::FetchLogResponse, usize) {
     let mut total = 0usize;
     let mut tables_resp = Vec::with_capacity(req.tables_req.len());
     for table in &req.tables_req {
@@ -809,7 +955,9 @@ fn read_buckets(cluster: &Cluster, req: &m::FetchLogRequest, max_bytes: usize) -
         for b in &table.buckets_req {
             let id = BucketId { table_id: table.table_id, partition_id: b.partition_id, bucket: b.bucket_id };
             let budget = usize::try_from(b.max_fetch_bytes).unwrap_or(0).min(max_bytes.saturating_sub(total));
-            let result = if table.projection_pushdown_enabled {
+            let result = if let Err(e) = layout.check_leader(id) {
+                Err(e)
+            } else if table.projection_pushdown_enabled {
                 Err(Error::new(ErrorKind::Unsupported, "projection pushdown is not supported by this cluster yet"))
             } else if total > 0 && budget == 0 {
                 // The request's byte budget is spent: the bucket answers empty and is fetched again.

@@ -861,6 +861,7 @@ async fn every_request_the_job_sends_decodes_with_a_strict_proto2_decoder() {
         (1000, "ApiVersions"),
         (1007, "GetTableInfo"),
         (1009, "ListPartitionInfos"),
+        (1012, "MetaData"),
         (1015, "FetchLog"),
         (1021, "ListOffsets"),
         (1030, "CommitLakeTableSnapshot"),

@@ -24,6 +24,7 @@ REQUESTS = {
     1007: "GetTableInfoRequest",
     1008: "ListTablesRequest",
     1009: "ListPartitionInfosRequest",
+    1012: "MetadataRequest",
     1015: "FetchLogRequest",
     1021: "ListOffsetsRequest",
     1030: "CommitLakeTableSnapshotRequest",

@@ -741,7 +741,9 @@ impl TieringCluster for FlussCluster {
                 snapshot_id: commit.snapshot.snapshot_id,
                 tiered_bucket_offsets_file_path: path.clone(),
                 readable_bucket_offsets_file_path: Some(path),
-                earliest_snapshot_id_to_keep: None,
+                // -1: keep every earlier snapshot. Fluss deletes the offsets files of the entries it drops, and an earlier
+                // lake snapshot (or a re-recorded one) may still name its file.
+                earliest_snapshot_id_to_keep: Some(-1),
             }],
         };
         let resp: m::CommitLakeTableSnapshotResponse = self.call(ApiKey::CommitLakeTableSnapshot, &request).await?;

@@ -74,6 +74,22 @@ pub struct LakeBucketOffset {
     pub max_timestamp: Option<i64>,
 }
 
+impl LakeBucketOffset {
+    /// A bucket offset as a request carries it, on either wire: `log_end_offset` is optional in Fluss's messages but
+    /// an offset without it says nothing.
+    pub fn from_request(
+        partition_id: Option<i64>,
+        bucket: i32,
+        log_end_offset: Option<i64>,
+        max_timestamp: Option<i64>,
+    ) -> Result<Self> {
+        let log_end_offset = log_end_offset.ok_or_else(|| {
+            Error::new(ErrorKind::InvalidArgument, format!("bucket {bucket}'s offset has no log_end_offset"))
+        })?;
+        Ok(LakeBucketOffset { partition_id, bucket, log_end_offset, max_timestamp })
+    }
+}
+
 /// A table's latest lake snapshot as the cluster records it: its id and every bucket's tiered offset, merged over
 /// all rounds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

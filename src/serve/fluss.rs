@@ -608,7 +608,11 @@ impl FlussDoor {
                 .bucket_offsets
                 .iter()
                 .map(|t| {
-                    let offsets: Result<Vec<LakeBucketOffset>> = t.bucket_offsets.iter().map(bucket_offset).collect();
+                    let offsets: Result<Vec<LakeBucketOffset>> = t
+                        .bucket_offsets
+                        .iter()
+                        .map(|b| LakeBucketOffset::from_request(b.partition_id, b.bucket_id, b.log_end_offset, None))
+                        .collect();
                     let path = offsets.and_then(|o| c.prepare_lake_offsets(t.table_id, &o, ignore_previous));
                     m::PbPrepareLakeTableRespForTable {
                         error_code: path.as_ref().err().map(|e| e.kind().code()),
@@ -651,14 +655,12 @@ impl FlussDoor {
                             .buckets_req
                             .iter()
                             .map(|b| {
-                                Ok(LakeBucketOffset {
-                                    partition_id: b.partition_id,
-                                    bucket: b.bucket_id,
-                                    log_end_offset: b.log_end_offset.ok_or_else(|| {
-                                        Error::new(ErrorKind::InvalidArgument, "bucket offset without log_end_offset")
-                                    })?,
-                                    max_timestamp: b.max_timestamp,
-                                })
+                                LakeBucketOffset::from_request(
+                                    b.partition_id,
+                                    b.bucket_id,
+                                    b.log_end_offset,
+                                    b.max_timestamp,
+                                )
                             })
                             .collect();
                         commit_one(table_id, t.snapshot_id, offsets)
@@ -1001,17 +1003,6 @@ fn read_buckets(
         tables_resp.push(m::PbFetchLogRespForTable { table_id: table.table_id, buckets_resp });
     }
     (m::FetchLogResponse { tables_resp }, total)
-}
-
-fn bucket_offset(b: &m::PbBucketOffset) -> Result<LakeBucketOffset> {
-    Ok(LakeBucketOffset {
-        partition_id: b.partition_id,
-        bucket: b.bucket_id,
-        log_end_offset: b.log_end_offset.ok_or_else(|| {
-            Error::new(ErrorKind::InvalidArgument, format!("bucket {} has no log_end_offset", b.bucket_id))
-        })?,
-        max_timestamp: None,
-    })
 }
 
 /// Checks what can be checked before a request is decoded.

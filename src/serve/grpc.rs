@@ -225,14 +225,7 @@ impl CoordinatorService for ClusterService {
                             .bucket_offsets
                             .iter()
                             .map(|b| {
-                                Ok(LakeBucketOffset {
-                                    partition_id: b.partition_id,
-                                    bucket: b.bucket_id,
-                                    log_end_offset: b.log_end_offset.ok_or_else(|| {
-                                        Error::new(ErrorKind::InvalidArgument, "bucket offset without log_end_offset")
-                                    })?,
-                                    max_timestamp: None,
-                                })
+                                LakeBucketOffset::from_request(b.partition_id, b.bucket_id, b.log_end_offset, None)
                             })
                             .collect();
                         let path = offsets.and_then(|o| c.prepare_lake_offsets(t.table_id, &o, ignore_previous));
@@ -269,14 +262,12 @@ impl CoordinatorService for ClusterService {
                             .buckets_req
                             .iter()
                             .map(|b| {
-                                Ok(LakeBucketOffset {
-                                    partition_id: b.partition_id,
-                                    bucket: b.bucket_id,
-                                    log_end_offset: b.log_end_offset.ok_or_else(|| {
-                                        Error::new(ErrorKind::InvalidArgument, "bucket offset without log_end_offset")
-                                    })?,
-                                    max_timestamp: b.max_timestamp,
-                                })
+                                LakeBucketOffset::from_request(
+                                    b.partition_id,
+                                    b.bucket_id,
+                                    b.log_end_offset,
+                                    b.max_timestamp,
+                                )
                             })
                             .collect();
                         let r = buckets.and_then(|b| coordinator.commit_lake_snapshot(&who, t.snapshot_id, &b));

@@ -467,6 +467,27 @@ async fn paimon_a_lost_reply_is_recognized_not_repeated() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paimon_rounds_whose_tiering_epochs_went_back_land_and_keep_every_snapshot_s_marker() {
+    // Fluss's coordinator counts tiering epochs from 0 again after a restart: the next rounds come with epochs at or
+    // below those already in the lake. A round that crashed before its publication left its marker behind, too.
+    let l = paimon_lake().await;
+    let committer = l.committer().await;
+    let first = committer.commit(vec![l.write(0, 100).await], &epoch_marker("r1", 100, 3), None).await.expect("r1");
+    let markers = l.warehouse.join("db.db").join("t").join("fluss-offsets");
+    let crashed = serde_json::to_vec(&epoch_marker("crashed", 150, 4)).expect("json");
+    std::fs::write(markers.join("2.json"), crashed).expect("a crashed round's marker");
+    let second =
+        committer.commit(vec![l.write(100, 200).await], &epoch_marker("r2", 200, 1), Some(first)).await.expect("r2");
+    let third =
+        committer.commit(vec![l.write(200, 300).await], &epoch_marker("r3", 300, 2), Some(second)).await.expect("r3");
+    let ancestry = committer.tiered_ancestry(false).await.expect("ancestry");
+    let rounds: Vec<(i64, &str, i64)> =
+        ancestry.iter().map(|s| (s.snapshot_id, s.marker.round_id.as_str(), s.marker.offsets[0].offset)).collect();
+    assert_eq!(rounds, [(third, "r3", 300), (second, "r2", 200), (first, "r1", 100)], "every snapshot its own marker");
+    assert_eq!(l.rows(), 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paimon_a_lost_reply_with_another_commit_on_top_is_found_by_walking_back_to_the_base() {
     let l = paimon_lake().await;
     let ours = l.write(0, 100).await;

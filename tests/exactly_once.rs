@@ -143,7 +143,9 @@ async fn a_clean_stop_lets_the_round_in_its_lake_commit_finish_and_reports_nothi
     produce_all(&client, std::slice::from_ref(orders), 0, 1000).await;
     let stderr = tempfile::NamedTempFile::new().expect("stderr");
     let slow = [(failpoint::SLOW_COMMIT_ENV, format!("{}=3000", orders.path))];
-    let job = spawn_tier(&job_url(&cluster), &warehouse, &["--max-tables", "1"], &slow, &stderr);
+    // One round takes every row: the table's 200 ms freshness, its default round deadline, could cut it short.
+    let args = ["--max-tables", "1", "--max-round-duration", "60s"];
+    let job = spawn_tier(&job_url(&cluster), &warehouse, &args, &slow, &stderr);
 
     // The round is in its (slowed) lake commit; SIGTERM arrives then. (6d7cc5e has no such log line: there the test
     // waited for the round's first file and half a second, and failed on the failure count below.)

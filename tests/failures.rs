@@ -118,13 +118,7 @@ async fn the_job_survives_a_coordinator_restart_mid_round() {
     let pause = [(failpoint::ENV, "after-lake-commit:pause".to_string())];
     let mut job = spawn_tier(&job_url(&cluster), &warehouse, &["--max-tables", "3"], &pause, &stderr);
     wait_stopped(&mut job, "after-lake-commit").await;
-    let (addr, fluss_addr) = (cluster.addr(), cluster.fluss_addr());
-    cluster.shutdown().await.expect("shutdown");
-    let mut config = fluss_tiering::cluster::ClusterConfig::new(&data);
-    config.heartbeat_timeout = Duration::from_millis(1500);
-    config.failure_backoff = Duration::from_millis(200);
-    let _cluster = fluss_tiering::serve::EmbeddedCluster::start_with(config, addr, fluss_addr).await.expect("restart");
-    let client = fluss_tiering::rpc::ClusterClient::connect(&format!("http://{addr}")).await.expect("reconnect");
+    let (_cluster, client) = restart_cluster(cluster, test_config(&data)).await;
 
     signal(&job, libc::SIGCONT);
     produce_all(&client, &tables, 1000, 500).await;
@@ -132,6 +126,35 @@ async fn the_job_survives_a_coordinator_restart_mid_round() {
     let log = stop_job(job, &stderr).await;
     assert!(log.contains("the coordinator restarted"), "the job noticed the new coordinator epoch:\n{log}");
     check_lake_and_cluster(&client, &warehouse, &tables, 1500).await;
+}
+
+/// Fluss's coordinator keeps tiering epochs in memory: after its restart they count from 0 again, so the job's next
+/// Paimon rounds come with epochs the lake has already seen. They land, every offset once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paimon_rounds_land_after_a_coordinator_restart_that_counts_tiering_epochs_from_zero() {
+    let Setup { dir, warehouse, cluster, client, tables } = setup().await;
+    let tier_paimon = |cluster: &fluss_tiering::serve::EmbeddedCluster| {
+        let url = job_url(cluster);
+        let warehouse = warehouse.clone();
+        async move { assert_success(&tier(&url, &warehouse, &["--format", "paimon"], &[]).await) }
+    };
+    for round in 0..3 {
+        produce_all(&client, &tables, round * 500, 500).await;
+        tier_paimon(&cluster).await;
+    }
+    let before: Vec<i64> = client.list_tables().await.expect("tables").iter().map(|t| t.tiering_epoch).collect();
+    assert!(before.iter().all(|&e| e >= 3), "three rounds, three epochs at least: {before:?}");
+
+    let mut config = test_config(&dir.path().join("cluster"));
+    config.tiering_epochs = fluss_tiering::cluster::coordinator::TieringEpochs::PerStart;
+    let (cluster, client) = restart_cluster(cluster, config).await;
+    let after: Vec<i64> = client.list_tables().await.expect("tables").iter().map(|t| t.tiering_epoch).collect();
+    assert!(after.iter().all(|&e| e <= 1), "the epochs start over: {after:?}");
+    for round in 3..5 {
+        produce_all(&client, &tables, round * 500, 500).await;
+        tier_paimon(&cluster).await;
+    }
+    check_lake_and_cluster(&client, &warehouse, &tables, 2500).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

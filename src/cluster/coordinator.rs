@@ -16,7 +16,9 @@
 //!    `failure_backoff`, at most [`MAX_BACKOFF`]); one bad table cannot keep the others' jobs busy.
 //! 4. Epochs, lake snapshots and last-tiered times are persisted before the change is acknowledged, and the
 //!    coordinator epoch grows on every start: after a restart no stale epoch becomes valid again, and a table that was
-//!    `Pending` or `Tiering` is re-queued under a new epoch.
+//!    `Pending` or `Tiering` is re-queued under a new epoch. With [`TieringEpochs::PerStart`] (what Fluss's
+//!    coordinator does, keeping them in memory) tiering epochs count from 0 again on every start, and only the
+//!    coordinator epoch tells a job of an earlier start apart: nothing in the lake may rely on tiering epochs growing.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -33,6 +35,16 @@ use crate::model::table::TablePath;
 pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(120);
 /// The first retry delay after a failed round.
 pub const DEFAULT_FAILURE_BACKOFF: Duration = Duration::from_secs(1);
+
+/// What a start does with the tables' tiering epochs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TieringEpochs {
+    /// Carried over from the persisted state: they keep growing across restarts.
+    #[default]
+    Persisted,
+    /// Counted from 0 again, as Fluss's `LakeTableTieringManager` does (its epochs live in memory).
+    PerStart,
+}
 /// The longest retry delay after failed rounds.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -177,6 +189,7 @@ impl Coordinator {
         file: PathBuf,
         heartbeat_timeout: Duration,
         failure_backoff: Duration,
+        epochs: TieringEpochs,
         tables: &[TableInfo],
         now: Instant,
         now_ms: i64,
@@ -195,7 +208,10 @@ impl Coordinator {
             let Some(freshness) = lake_freshness(info)? else {
                 continue;
             };
-            let saved = persisted.tables.remove(&info.table_id).unwrap_or_default();
+            let mut saved = persisted.tables.remove(&info.table_id).unwrap_or_default();
+            if epochs == TieringEpochs::PerStart {
+                saved.tiering_epoch = 0;
+            }
             let was_in_flight = saved.in_flight;
             let last_tiered_ms = saved.last_tiered_ms;
             coordinator.tables.insert(

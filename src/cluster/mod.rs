@@ -31,7 +31,9 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, SchemaRef};
 use bytes::Bytes;
 
-use crate::cluster::coordinator::{Coordinator, DEFAULT_FAILURE_BACKOFF, DEFAULT_HEARTBEAT_TIMEOUT, TieringStatus};
+use crate::cluster::coordinator::{
+    Coordinator, DEFAULT_FAILURE_BACKOFF, DEFAULT_HEARTBEAT_TIMEOUT, TieringEpochs, TieringStatus,
+};
 use crate::cluster::kv::{KvBucket, KvSnapshot, KvWrite};
 use crate::cluster::log::{BucketLog, StoredBatch};
 use crate::cluster::metadata::Metadata;
@@ -54,6 +56,8 @@ pub struct ClusterConfig {
     pub heartbeat_timeout: Duration,
     /// The first retry delay of a table whose round failed; it doubles with each consecutive failure.
     pub failure_backoff: Duration,
+    /// Whether tiering epochs survive a restart (ours) or count from 0 on every start (Fluss's).
+    pub tiering_epochs: TieringEpochs,
     /// A primary-key bucket takes a KV snapshot after this many changes.
     pub kv_snapshot_every: u64,
     /// The lake format a table created over Fluss's protocol gets in `table.datalake.format` unless it names one
@@ -68,6 +72,7 @@ impl ClusterConfig {
             segment_bytes: 64 << 20,
             heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
             failure_backoff: DEFAULT_FAILURE_BACKOFF,
+            tiering_epochs: TieringEpochs::Persisted,
             kv_snapshot_every: 100_000,
             datalake_format: Some("paimon".into()),
         }
@@ -129,6 +134,7 @@ impl Cluster {
             meta_dir.join("coordinator.json"),
             config.heartbeat_timeout,
             config.failure_backoff,
+            config.tiering_epochs,
             &tables,
             Instant::now(),
             now_ms(),

@@ -3,16 +3,21 @@
 //! primary-key tables with the same key, bucket count and partition key, each Fluss bucket written as the Paimon
 //! bucket of the same number. Both carry the system columns.
 //!
-//! Exactly once, Paimon's way: every commit of a table is made by one commit user ([`COMMIT_USER`]) with the round's
-//! tiering epoch as commit identifier. The coordinator hands out a new, larger epoch with every assignment, so
-//! identifiers grow, and Paimon refuses (filters) an identifier at or below one already committed: a job that lost
-//! its table cannot commit after the job that took it over. Before committing, the committer also checks that the
-//! table's latest tiering snapshot is still the one the round was planned from.
+//! Exactly once, Paimon's way: every commit of a table is made by one commit user ([`COMMIT_USER`]) under a commit
+//! identifier of its round's own, and Paimon refuses (filters) an identifier at or below one already committed.
+//! paimon-rust 0.4 writes no snapshot properties, so the round's marker (round id, epoch, offsets, and the cluster's
+//! offsets file that Fluss's contract puts in `fluss-offsets`) lives in `TABLE/fluss-offsets/IDENTIFIER.json`, and is
+//! believed only when a snapshot of our commit user with that identifier exists: the lake alone says where tiering
+//! got to. (Fluss's own Paimon snapshots, of commit user `__fluss_lake_tiering`, are not read yet.)
 //!
-//! paimon-rust 0.4 writes no snapshot properties, so the marker (round id, epoch, offsets, and the cluster's offsets
-//! file that Fluss's contract puts in `fluss-offsets`) is written first to `TABLE/fluss-offsets/IDENTIFIER.json`, and
-//! believed only when a snapshot of our commit user with that identifier exists: the lake alone still says where
-//! tiering got to. (Fluss's own Paimon snapshots, of commit user `__fluss_lake_tiering`, are not read yet.)
+//! Invariants:
+//! 1. A round's identifier comes from the lake, not from the coordinator: one above the newest tiering snapshot's,
+//!    past every marker file already there (rounds that never landed), taken by creating the marker exclusively.
+//!    Tiering epochs cannot serve: Fluss's coordinator counts them from 0 again after a restart, which would filter
+//!    every commit until the epochs caught up and overwrite the markers of committed snapshots.
+//! 2. A marker file, once created, is never rewritten: a snapshot's marker is the one its round wrote.
+//! 3. Before committing, the committer checks, under its claim ([`claim`]), that the table's newest tiering snapshot
+//!    is still the one the round was planned from; a round that allocated below a newer commit is filtered.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -463,6 +468,37 @@ fn marker_path(table: &Table, identifier: i64) -> String {
     format!("{}/{MARKER_DIR}/{identifier}.json", table.location().trim_end_matches('/'))
 }
 
+/// Writes `marker` under the first identifier above `above` that no marker has yet, and returns it (invariants 1
+/// and 2): the exclusive creation makes the identifier this round's alone.
+fn write_marker(table: &Table, marker: &CommitMarker, above: i64) -> Result<i64> {
+    let dir = super::local_dir(table.location())
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unsupported,
+                format!("lake table at {}: round markers need a local warehouse", table.location()),
+            )
+        })?
+        .join(MARKER_DIR);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::new(ErrorKind::Lake, format!("creating {}", dir.display())).with_source(e))?;
+    let body = serde_json::to_vec(marker)
+        .map_err(|e| Error::new(ErrorKind::Internal, "serializing the marker").with_source(e))?;
+    let mut identifier = above;
+    loop {
+        identifier = identifier
+            .checked_add(1)
+            .ok_or_else(|| Error::new(ErrorKind::Lake, "the lake table's commit identifiers are exhausted"))?;
+        let path = dir.join(format!("{identifier}.json"));
+        match claim::create_exclusive(&path, &body) {
+            Ok(()) => return Ok(identifier),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(Error::new(ErrorKind::Lake, format!("writing {}", path.display())).with_source(e));
+            }
+        }
+    }
+}
+
 async fn read_marker(table: &Table, snapshot: &Snapshot) -> Result<CommitMarker> {
     let path = marker_path(table, snapshot.commit_identifier());
     let input = table.file_io().new_input(&path).map_err(lake_err(format!("opening {path}")))?;
@@ -514,20 +550,26 @@ async fn our_snapshots(table: &Table, above: Option<i64>, first_only: bool) -> R
     Ok(found)
 }
 
+/// A tiering snapshot with its marker.
+async fn tiered(table: &Table, snapshot: &Snapshot) -> Result<TieredSnapshot> {
+    let marker = read_marker(table, snapshot).await?;
+    Ok(TieredSnapshot { snapshot_id: snapshot.id(), committed_at_ms: snapshot.time_millis() as i64, marker })
+}
+
 /// The tiering snapshots, newest first, each with its marker; with `first_only`, only the newest.
 async fn tiered_ancestry(table: &Table, first_only: bool) -> Result<Vec<TieredSnapshot>> {
     let mut out = Vec::new();
     for snapshot in our_snapshots(table, None, first_only).await? {
-        let marker = read_marker(table, &snapshot).await?;
-        out.push(TieredSnapshot { snapshot_id: snapshot.id(), committed_at_ms: snapshot.time_millis() as i64, marker });
+        out.push(tiered(table, &snapshot).await?);
     }
     Ok(out)
 }
 
-/// The snapshot of round `marker`, looked for above `base`, where a round planned from `base` lands.
-async fn find_round(table: &Table, marker: &CommitMarker, base: Option<i64>) -> Result<Option<i64>> {
+/// The snapshot of round `marker`, committed under `identifier`, looked for above `base`, where a round planned from
+/// `base` lands.
+async fn find_round(table: &Table, marker: &CommitMarker, identifier: i64, base: Option<i64>) -> Result<Option<i64>> {
     for snapshot in our_snapshots(table, base, false).await? {
-        if snapshot.commit_identifier() == marker.tiering_epoch
+        if snapshot.commit_identifier() == identifier
             && read_marker(table, &snapshot).await?.round_id == marker.round_id
         {
             return Ok(Some(snapshot.id()));
@@ -537,14 +579,14 @@ async fn find_round(table: &Table, marker: &CommitMarker, base: Option<i64>) -> 
 }
 
 /// What the sweep may delete (table-relative): files in bucket directories, manifests and manifest lists, round
-/// markers, and claims.
+/// markers (and the temporary files they are linked from), and claims.
 fn is_sweep_candidate(relative: &Path) -> bool {
     let parent = relative.parent().unwrap_or(Path::new(""));
     let parent_name = parent.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
     let name = relative.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
     parent_name.starts_with("bucket-")
         || (parent == Path::new("manifest") && name.starts_with("manifest-"))
-        || (parent == Path::new(MARKER_DIR) && name.ends_with(".json"))
+        || (parent == Path::new(MARKER_DIR) && (name.ends_with(".json") || name.ends_with(".tmp")))
         || parent == Path::new(MARKER_DIR).join("claims")
 }
 
@@ -604,22 +646,16 @@ impl PaimonCommitter {
         marker: &CommitMarker,
         base: Option<i64>,
     ) -> Result<i64> {
-        let latest = tiered_ancestry(table, true).await?.into_iter().next();
+        let newest = our_snapshots(table, None, true).await?.into_iter().next();
+        let latest = match &newest {
+            Some(snapshot) => Some(tiered(table, snapshot).await?),
+            None => None,
+        };
         check_base(latest.as_ref(), base)?;
-        let identifier = marker.tiering_epoch;
         // Paimon snapshots have no properties here: the marker names the cluster's offsets file instead.
         marker.prepared_file()?;
         // The marker first: a snapshot with this identifier is only ever read together with it.
-        let body = serde_json::to_vec(marker)
-            .map_err(|e| Error::new(ErrorKind::Internal, "serializing the marker").with_source(e))?;
-        let path = marker_path(table, identifier);
-        table
-            .file_io()
-            .new_output(&path)
-            .map_err(lake_err(format!("creating {path}")))?
-            .write(body.into())
-            .await
-            .map_err(lake_err(format!("writing {path}")))?;
+        let identifier = write_marker(table, marker, newest.map_or(0, |s| s.commit_identifier()))?;
         let messages = messages(&written)?;
         failpoint::hit("before-lake-commit");
         // A round that stalled past its lease gives way to the one that took the claim over.
@@ -637,7 +673,7 @@ impl PaimonCommitter {
             Err(e) => (CommitCall::Failed, Some(e)),
         };
         let lookup = match self.load().await {
-            Ok(table) => find_round(&table, marker, base).await,
+            Ok(table) => find_round(&table, marker, identifier, base).await,
             Err(e) => Err(e),
         };
         settle(&self.table.path.to_string(), call, call_error, lookup)

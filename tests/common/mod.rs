@@ -54,12 +54,26 @@ pub fn job_url(cluster: &EmbeddedCluster) -> String {
 /// A cluster served in the test process with both doors (the test's own client uses gRPC), with a short heartbeat
 /// time-out so a crashed job's tables come back fast.
 pub async fn start_cluster(dir: &Path) -> (EmbeddedCluster, ClusterClient) {
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let cluster = EmbeddedCluster::start_with(test_config(dir), any, Some(any)).await.expect("start cluster");
+    let client = ClusterClient::connect(&cluster.url()).await.expect("connect");
+    (cluster, client)
+}
+
+/// The tests' cluster configuration on data directory `dir`.
+pub fn test_config(dir: &Path) -> ClusterConfig {
     let mut config = ClusterConfig::new(dir);
     config.heartbeat_timeout = Duration::from_millis(1500);
     config.failure_backoff = Duration::from_millis(200);
-    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let cluster = EmbeddedCluster::start_with(config, any, Some(any)).await.expect("start cluster");
-    let client = ClusterClient::connect(&cluster.url()).await.expect("connect");
+    config
+}
+
+/// Shuts `cluster` down and starts it again with `config` on the same addresses (both doors).
+pub async fn restart_cluster(cluster: EmbeddedCluster, config: ClusterConfig) -> (EmbeddedCluster, ClusterClient) {
+    let (addr, fluss_addr) = (cluster.addr(), cluster.fluss_addr());
+    cluster.shutdown().await.expect("shutdown");
+    let cluster = EmbeddedCluster::start_with(config, addr, fluss_addr).await.expect("restart");
+    let client = ClusterClient::connect(&cluster.url()).await.expect("reconnect");
     (cluster, client)
 }
 

@@ -18,7 +18,7 @@
 //! (the lease is the lake commit time-out, which also abandons the commit), and Paimon's own publication, which checks for the snapshot file
 //! and then renames onto it (not atomic). Wall-clock leases assume the hosts' clocks agree to well within a lease.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use paimon::table::Table;
@@ -125,17 +125,8 @@ impl Claims {
             expires_at_ms: now.saturating_add(lease.as_millis() as i64),
         };
         let body = serde_json::to_vec(&claim).map_err(|e| Error::new(ErrorKind::Internal, "claim").with_source(e))?;
-        let tmp = self.dir.join(format!(".{round_id}.{}.tmp", uuid::Uuid::new_v4().simple()));
         let target = self.path(base, generation);
-        let linked = (|| {
-            use std::io::Write;
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(&body)?;
-            file.sync_all()?;
-            std::fs::hard_link(&tmp, &target)
-        })();
-        let _ = std::fs::remove_file(&tmp);
-        match linked {
+        match create_exclusive(&target, &body) {
             Ok(()) => Ok(Held { base, generation, round_id: round_id.to_string() }),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 Err(fenced(format!("another round claimed the commit on top of lake snapshot {base} first")))
@@ -183,6 +174,22 @@ impl Claims {
             }
         }
     }
+}
+
+/// Creates `target` with `body`, durably, unless the name exists (then `AlreadyExists`): the file is written under a
+/// name of its own and hard-linked, which no one else's link can replace.
+pub fn create_exclusive(target: &Path, body: &[u8]) -> std::io::Result<()> {
+    let dir = target.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
+    let linked = (|| {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(body)?;
+        file.sync_all()?;
+        std::fs::hard_link(&tmp, target)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    linked
 }
 
 #[cfg(test)]

@@ -201,7 +201,9 @@ async fn try_commit(
     let started = Instant::now();
     let committed = cluster_commit(ctx, plan, snapshot_id, &marker).await;
     ctx.metrics.add_phase(Phase::ClusterCommit, started.elapsed());
-    committed?;
+    committed.map_err(|e| {
+        Error::new(e.kind(), format!("lake snapshot {snapshot_id} committed, but the cluster commit failed: {e}"))
+    })?;
     failpoint::hit("after-cluster-commit");
     ctx.metrics.committed(&plan.table.path.to_string(), marker.offsets.iter().map(|o| o.offset).sum());
     sweep_if_due(ctx, committer.as_ref(), plan.table.table_id).await;
@@ -350,8 +352,12 @@ async fn lake_commit(
     };
     let base_offsets = plan.base.as_ref().map(|b| b.marker.offset_map()).unwrap_or_default();
     if g.written.iter().all(|w| w.files == 0) && marker.offset_map() == base_offsets {
-        // Nothing read: this round only brings the cluster up to the lake's latest snapshot, if there is one.
-        return Ok(plan.base.as_ref().map(|base| (base.snapshot_id, base.marker.clone())));
+        // Nothing read: this round only brings the cluster up to the lake's latest snapshot, if it is behind.
+        return Ok(plan
+            .base
+            .as_ref()
+            .filter(|_| plan.cluster_behind)
+            .map(|base| (base.snapshot_id, base.marker.clone())));
     }
     // Invariant 1: a round whose epoch is dead, or that the enumerator fenced (the job stopping), goes no further.
     failpoint::hit("before-epoch-check");
@@ -374,7 +380,10 @@ async fn lake_commit(
             snapshot = base.snapshot_id,
             "the cluster has not recorded the lake's latest snapshot: recording it"
         );
-        cluster_commit(ctx, plan, base.snapshot_id, &base.marker).await?;
+        cluster_commit(ctx, plan, base.snapshot_id, &base.marker).await.map_err(|e| {
+            let what = format!("recording the lake's latest snapshot {} with the cluster failed", base.snapshot_id);
+            Error::new(e.kind(), format!("{what}: {e}"))
+        })?;
     }
     let mut marker = marker;
     marker.offsets_file = Some(prepare(ctx, plan, &marker).await?);
@@ -472,7 +481,5 @@ async fn cluster_commit(ctx: &JobContext, plan: &RoundPlan, snapshot_id: i64, ma
         snapshot: LakeSnapshot { snapshot_id, buckets },
         offsets_file,
     };
-    ctx.client.commit_lake_snapshot(&commit).await.map_err(|e| {
-        Error::new(e.kind(), format!("lake snapshot {snapshot_id} committed, but the cluster commit failed: {e}"))
-    })
+    ctx.client.commit_lake_snapshot(&commit).await
 }

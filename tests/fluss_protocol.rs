@@ -263,28 +263,28 @@ async fn the_job_tiers_over_fluss_protocol_with_prepare_and_commit_of_an_offsets
 /// Fluss 0.9's contract: `fluss-offsets` names the offsets file the cluster's PrepareLakeTableSnapshot wrote. A lake
 /// snapshot that Fluss's service committed (its commit user, `fluss-offsets`, none of our properties) and that the
 /// cluster never recorded is read as the lake's latest tiering snapshot, recorded with the cluster, and tiered on
-/// from: every offset once, read back by pyiceberg and pyfluss.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_snapshot_of_fluss_own_tiering_service_is_recorded_with_the_cluster_and_tiered_on_from() {
+/// from: every offset once, read back by pyiceberg or pypaimon, and pyfluss.
+async fn fluss_own_tiering_service_between_our_rounds(format: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let files = Files(tempfile::tempdir().expect("tempdir"));
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     let data = dir.path().join("cluster");
-    let config = ClusterConfig { datalake_format: Some("iceberg".into()), ..ClusterConfig::new(&data) };
+    let config = ClusterConfig { datalake_format: Some(format.into()), ..ClusterConfig::new(&data) };
     let cluster = EmbeddedCluster::start_with(config, any, Some(any)).await.expect("start");
     let fluss = cluster.fluss_addr().expect("the Fluss door is open");
     let url = format!("fluss://{fluss}");
     let table: fluss_tiering::model::table::TablePath = "turns.t".parse().expect("path");
     let table_id = pyfluss(fluss, &["create", "turns.t", "2"])["table_id"].as_i64().expect("table id");
     let warehouse = dir.path().join("lake");
-    let tier_iceberg = || tier(&url, &warehouse, &["--format", "iceberg"], &[]);
+    let args = ["--format", format];
+    let tier_lake = || tier(&url, &warehouse, &args, &[]);
     let sum = |snapshot: &serde_json::Value| -> i64 {
         snapshot["buckets"].as_object().expect("buckets").values().map(|v| v.as_i64().expect("offset")).sum()
     };
 
     // Our job: its snapshot names the cluster's offsets file, which the cluster recorded.
     pyfluss(fluss, &["write", "turns.t", "0", "40", &files.arg("w0.arrow")]);
-    assert_success(&tier_iceberg().await);
+    assert_success(&tier_lake().await);
     let lake = read_lake(&warehouse, &table);
     let ours = lake.properties["fluss-offsets-file"].as_str().expect("the snapshot names a file").to_string();
     let remote = data.join("remote").canonicalize().expect("remote dir");
@@ -309,6 +309,7 @@ async fn a_snapshot_of_fluss_own_tiering_service_is_recorded_with_the_cluster_an
         .arg(files.path("scan.arrow"))
         .arg(data.join("remote"))
         .arg(table_id.to_string())
+        .arg(format)
         .output()
         .expect("run python");
     assert!(out.status.success(), "fluss_commit.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
@@ -318,15 +319,19 @@ async fn a_snapshot_of_fluss_own_tiering_service_is_recorded_with_the_cluster_an
     assert_eq!(sum(&pyfluss(fluss, &["lake", "turns.t"])), 40, "the cluster has not recorded Fluss's snapshot");
 
     // Nothing new: the job records Fluss's snapshot with the cluster, its offsets file as it is.
-    assert_success(&tier_iceberg().await);
+    assert_success(&tier_lake().await);
     let recorded = pyfluss(fluss, &["lake", "turns.t"]);
     assert_eq!(recorded["snapshot_id"], theirs["snapshot_id"], "the cluster recorded Fluss's snapshot: {recorded}");
     assert_eq!(sum(&recorded), 70);
 
     // New rows are tiered on from Fluss's offsets: every offset once, in the raw files.
     pyfluss(fluss, &["write", "turns.t", "70", "100", &files.arg("w2.arrow")]);
-    assert_success(&tier_iceberg().await);
-    let raw = common::read_lake_raw(&warehouse, &table);
+    assert_success(&tier_lake().await);
+    // A Paimon append table's read is its raw files (nothing merges); Iceberg's raw read keeps every column.
+    let raw = match format {
+        "paimon" => read_lake(&warehouse, &table),
+        _ => common::read_lake_raw(&warehouse, &table),
+    };
     let written = ["w0", "w1", "w2"].map(|w| read_arrow(&files.path(&format!("{w}.arrow"))));
     let written = concat_batches(&written[0].schema(), &written).expect("concat");
     assert_same_rows("the lake after both services", &written, &raw.rows);
@@ -340,6 +345,16 @@ async fn a_snapshot_of_fluss_own_tiering_service_is_recorded_with_the_cluster_an
     let recorded = pyfluss(fluss, &["lake", "turns.t"]);
     assert_eq!(recorded["snapshot_id"].as_i64(), raw.current_snapshot_id, "{recorded}");
     assert_eq!(sum(&recorded), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_of_fluss_own_tiering_service_is_recorded_with_the_cluster_and_tiered_on_from_iceberg() {
+    fluss_own_tiering_service_between_our_rounds("iceberg").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_of_fluss_own_tiering_service_is_recorded_with_the_cluster_and_tiered_on_from_paimon() {
+    fluss_own_tiering_service_between_our_rounds("paimon").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

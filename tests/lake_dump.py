@@ -129,6 +129,8 @@ def read_paimon(warehouse: str, table_name: str, raw: bool, allow_missing_marker
             "fluss-round-id": marker["round_id"],
             "fluss-table-id": str(marker["table_id"]),
         }
+        if marker.get("offsets_file"):
+            properties["fluss-offsets-file"] = marker["offsets_file"]
         break
     extra = {} if per_key is None else {"per_key": per_key}
     return data, {

@@ -8,7 +8,9 @@
 //! paimon-rust 0.4 writes no snapshot properties, so the round's marker (round id, epoch, offsets, and the cluster's
 //! offsets file that Fluss's contract puts in `fluss-offsets`) lives in `TABLE/fluss-offsets/IDENTIFIER.json`, and is
 //! believed only when a snapshot of our commit user with that identifier exists: the lake alone says where tiering
-//! got to. (Fluss's own Paimon snapshots, of commit user `__fluss_lake_tiering`, are not read yet.)
+//! got to. Snapshots of Fluss's own tiering service (commit user [`FLUSS_COMMIT_USER`], identifier `Long.MAX_VALUE`,
+//! the offsets file in their `fluss-offsets` property) are tiering snapshots as well: a table Fluss tiered before is
+//! tiered on from where it got to.
 //!
 //! Invariants:
 //! 1. A round's identifier comes from the lake, not from the coordinator: one above the newest tiering snapshot's,
@@ -40,9 +42,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::failpoint;
 use crate::lake::outcome::{CommitCall, check_base, settle};
 use crate::lake::{
-    BUCKET_COLUMN, CommitMarker, LakeCommitter, LakeOptions, LakeTieringFactory, LakeWriter, OFFSET_COLUMN,
-    TABLE_PROP_TABLE_ID, TIMESTAMP_COLUMN, TableContext, TieredSnapshot, WriterContext, WrittenData, fit_columns,
-    sweep,
+    BUCKET_COLUMN, CommitMarker, FLUSS_COMMIT_USER, LakeCommitter, LakeOptions, LakeTieringFactory, LakeWriter,
+    OFFSET_COLUMN, OffsetsRef, PROP_COMMIT_USER, PROP_OFFSETS, TABLE_PROP_TABLE_ID, TIMESTAMP_COLUMN, TableContext,
+    TieredSnapshot, WriterContext, WrittenData, fit_columns, sweep,
 };
 use crate::model::bucketing::DATALAKE_FORMAT;
 use crate::model::change::CHANGE_TYPE_COLUMN;
@@ -517,10 +519,15 @@ async fn read_marker(table: &Table, snapshot: &Snapshot) -> Result<CommitMarker>
         .map_err(|e| Error::new(ErrorKind::Lake, format!("offsets file {path} is malformed")).with_source(e))
 }
 
-/// Our commit user's snapshots, newest first, above snapshot `above` (exclusive; `None`: all); with `first_only`,
-/// the walk stops at the first one. A history cut by expiry before the walk ends is an error: the tiered offsets
-/// cannot be recovered from a partial history (refusing to guess).
-async fn our_snapshots(table: &Table, above: Option<i64>, first_only: bool) -> Result<Vec<Snapshot>> {
+/// Whether a snapshot was committed by tiering: ours, or Fluss's own tiering service.
+fn is_tiering(snapshot: &Snapshot) -> bool {
+    snapshot.commit_user() == COMMIT_USER || snapshot.commit_user() == FLUSS_COMMIT_USER
+}
+
+/// The tiering snapshots (ours and Fluss's), newest first, above snapshot `above` (exclusive; `None`: all); with
+/// `first_only`, the walk stops at the first one. A history cut by expiry before the walk ends is an error: the
+/// tiered offsets cannot be recovered from a partial history (refusing to guess).
+async fn tiering_snapshots(table: &Table, above: Option<i64>, first_only: bool) -> Result<Vec<Snapshot>> {
     let snapshots = table.snapshot_manager();
     let Some(latest) = snapshots.get_latest_snapshot_id().await.map_err(lake_err("listing snapshots"))? else {
         return Ok(Vec::new());
@@ -530,7 +537,7 @@ async fn our_snapshots(table: &Table, above: Option<i64>, first_only: bool) -> R
     let mut found = Vec::new();
     for id in (floor.max(earliest)..=latest).rev() {
         let snapshot = snapshots.get_snapshot(id).await.map_err(lake_err(format!("reading snapshot {id}")))?;
-        if snapshot.commit_user() == COMMIT_USER {
+        if is_tiering(&snapshot) {
             found.push(snapshot);
             if first_only {
                 return Ok(found);
@@ -550,16 +557,70 @@ async fn our_snapshots(table: &Table, above: Option<i64>, first_only: bool) -> R
     Ok(found)
 }
 
-/// A tiering snapshot with its marker.
+/// A tiering snapshot with its marker: ours in its marker file, Fluss's from its properties and offsets file.
 async fn tiered(table: &Table, snapshot: &Snapshot) -> Result<TieredSnapshot> {
-    let marker = read_marker(table, snapshot).await?;
+    let marker = match snapshot.commit_user() == COMMIT_USER {
+        true => read_marker(table, snapshot).await?,
+        false => fluss_marker(table, snapshot).await?,
+    };
     Ok(TieredSnapshot { snapshot_id: snapshot.id(), committed_at_ms: snapshot.time_millis() as i64, marker })
+}
+
+/// The marker of a snapshot of Fluss's own tiering service: its `fluss-offsets` property names the cluster's
+/// offsets file (as Fluss's `PaimonLakeCommitter` reads it back, a snapshot without properties is an error).
+async fn fluss_marker(table: &Table, snapshot: &Snapshot) -> Result<CommitMarker> {
+    let unreadable = |why: &str| {
+        Error::new(
+            ErrorKind::Lake,
+            format!(
+                "snapshot {} of Fluss's tiering service ({FLUSS_COMMIT_USER}) {why}: the tiered offsets cannot be \
+                 recovered from the lake (refusing to guess)",
+                snapshot.id()
+            ),
+        )
+    };
+    let properties = snapshot.properties().ok_or_else(|| unreadable("has no properties"))?;
+    // Paimon keeps the commit user beside the properties, where Iceberg's summary holds it as `commit-user`.
+    let get = |k: &str| match k {
+        PROP_COMMIT_USER => Some(snapshot.commit_user().to_string()),
+        _ => properties.get(k).cloned(),
+    };
+    let Some((mut marker, offsets)) = CommitMarker::from_properties(get)? else {
+        return Err(unreadable(&format!("has no {PROP_OFFSETS} property")));
+    };
+    let OffsetsRef::File(path) = offsets else {
+        return Err(unreadable(&format!("holds its offsets inline in {PROP_OFFSETS}")));
+    };
+    let input = table.file_io().new_input(&path).map_err(lake_err(format!("opening {path}")))?;
+    let bytes = input
+        .read()
+        .await
+        .map_err(|e| unreadable(&format!("names the offsets file {path}, which cannot be read")).with_source(e))?;
+    marker.load_offsets_file(&path, &bytes)?;
+    Ok(marker)
+}
+
+/// The commit identifier of our newest snapshot (0: none), which Paimon's filter compares a new one with: it looks
+/// past other users' snapshots, Fluss's (whose identifier is `Long.MAX_VALUE`) among them.
+async fn own_identifier(table: &Table) -> Result<i64> {
+    let snapshots = table.snapshot_manager();
+    let Some(latest) = snapshots.get_latest_snapshot_id().await.map_err(lake_err("listing snapshots"))? else {
+        return Ok(0);
+    };
+    let earliest = snapshots.earliest_snapshot_id().await.map_err(lake_err("listing snapshots"))?.unwrap_or(1);
+    for id in (earliest..=latest).rev() {
+        let snapshot = snapshots.get_snapshot(id).await.map_err(lake_err(format!("reading snapshot {id}")))?;
+        if snapshot.commit_user() == COMMIT_USER {
+            return Ok(snapshot.commit_identifier());
+        }
+    }
+    Ok(0)
 }
 
 /// The tiering snapshots, newest first, each with its marker; with `first_only`, only the newest.
 async fn tiered_ancestry(table: &Table, first_only: bool) -> Result<Vec<TieredSnapshot>> {
     let mut out = Vec::new();
-    for snapshot in our_snapshots(table, None, first_only).await? {
+    for snapshot in tiering_snapshots(table, None, first_only).await? {
         out.push(tiered(table, &snapshot).await?);
     }
     Ok(out)
@@ -568,8 +629,9 @@ async fn tiered_ancestry(table: &Table, first_only: bool) -> Result<Vec<TieredSn
 /// The snapshot of round `marker`, committed under `identifier`, looked for above `base`, where a round planned from
 /// `base` lands.
 async fn find_round(table: &Table, marker: &CommitMarker, identifier: i64, base: Option<i64>) -> Result<Option<i64>> {
-    for snapshot in our_snapshots(table, base, false).await? {
-        if snapshot.commit_identifier() == identifier
+    for snapshot in tiering_snapshots(table, base, false).await? {
+        if snapshot.commit_user() == COMMIT_USER
+            && snapshot.commit_identifier() == identifier
             && read_marker(table, &snapshot).await?.round_id == marker.round_id
         {
             return Ok(Some(snapshot.id()));
@@ -602,7 +664,9 @@ async fn referenced_files(table: &Table) -> Result<BTreeSet<String>> {
         lists.insert(snapshot.delta_manifest_list().to_string());
         lists.extend(snapshot.changelog_manifest_list().map(str::to_string));
         names.extend(snapshot.index_manifest().map(str::to_string));
-        names.insert(format!("{}.json", snapshot.commit_identifier()));
+        if snapshot.commit_user() == COMMIT_USER {
+            names.insert(format!("{}.json", snapshot.commit_identifier()));
+        }
     }
     let mut manifests = BTreeSet::new();
     for list in &lists {
@@ -646,16 +710,12 @@ impl PaimonCommitter {
         marker: &CommitMarker,
         base: Option<i64>,
     ) -> Result<i64> {
-        let newest = our_snapshots(table, None, true).await?.into_iter().next();
-        let latest = match &newest {
-            Some(snapshot) => Some(tiered(table, snapshot).await?),
-            None => None,
-        };
+        let latest = tiered_ancestry(table, true).await?.into_iter().next();
         check_base(latest.as_ref(), base)?;
         // Paimon snapshots have no properties here: the marker names the cluster's offsets file instead.
         marker.prepared_file()?;
         // The marker first: a snapshot with this identifier is only ever read together with it.
-        let identifier = write_marker(table, marker, newest.map_or(0, |s| s.commit_identifier()))?;
+        let identifier = write_marker(table, marker, own_identifier(table).await?)?;
         let messages = messages(&written)?;
         failpoint::hit("before-lake-commit");
         // A round that stalled past its lease gives way to the one that took the claim over.

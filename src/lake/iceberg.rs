@@ -304,7 +304,7 @@ async fn tiered_ancestry(table: &Table, first_only: bool) -> Result<Vec<TieredSn
         if let Some((mut marker, offsets)) = CommitMarker::from_properties(|k| props.get(k).cloned())? {
             match offsets {
                 OffsetsRef::Inline(offsets) => marker.offsets = offsets,
-                OffsetsRef::File(path) => marker.load_offsets_file(&path, &read_offsets(table, &path).await?)?,
+                OffsetsRef::File(path) => marker.load_offsets_file(&path, &read_offsets(table, id, &path).await?)?,
             }
             found.push(TieredSnapshot { snapshot_id: id, committed_at_ms: snapshot.timestamp_ms(), marker });
             if first_only {
@@ -321,13 +321,13 @@ const OFFSETS_EXTENSION: &str = "offsets";
 
 /// The bytes of an offsets file: the cluster's (a path of the cluster's remote data directory, read through the
 /// table's FileIO as Fluss's tiering job reads it) or one of the lake's own.
-async fn read_offsets(table: &Table, path: &str) -> Result<bytes::Bytes> {
+async fn read_offsets(table: &Table, snapshot_id: i64, path: &str) -> Result<bytes::Bytes> {
     let input = table.file_io().new_input(path).map_err(lake_err(format!("opening {path}")))?;
     input.read().await.map_err(|e| {
         Error::new(
             ErrorKind::Lake,
             format!(
-                "the offsets file {path} that the lake's latest tiering snapshot names cannot be read: the tiered \
+                "the offsets file {path} that tiering snapshot {snapshot_id} names cannot be read: the tiered \
                  offsets cannot be recovered (the cluster's remote data directory must be readable by the job)"
             ),
         )

@@ -170,6 +170,13 @@ impl CommitMarker {
         let text = std::str::from_utf8(bytes)
             .map_err(|e| Error::new(ErrorKind::Lake, format!("offsets file {path} is not UTF-8")).with_source(e))?;
         if text.trim_start().starts_with('[') {
+            if self.table_id == -1 {
+                // Only earlier versions of this job wrote arrays, and a Fluss-authored snapshot names Fluss's JSON.
+                return Err(Error::new(
+                    ErrorKind::Lake,
+                    format!("offsets file {path} of a snapshot of Fluss's tiering service is not Fluss's JSON"),
+                ));
+            }
             self.offsets = Self::parse_offsets(text).map_err(malformed)?;
             return Ok(());
         }
@@ -184,6 +191,7 @@ impl CommitMarker {
         }
         self.offsets = file
             .buckets()
+            .map_err(|e| Error::new(ErrorKind::Lake, format!("offsets file {path}: {e}")))?
             .into_iter()
             .map(|b| BucketOffset {
                 partition_id: b.partition_id,

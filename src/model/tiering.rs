@@ -158,26 +158,40 @@ impl OffsetsFile {
         Ok(OffsetsFile { version: 1, table_id, bucket_offsets: None, partition_offsets: Some(partitions) })
     }
 
-    /// The known offsets (-1 entries left out).
-    pub fn buckets(&self) -> Vec<LakeBucketOffset> {
-        let of = |partition_id: Option<i64>, offsets: &[i64]| -> Vec<LakeBucketOffset> {
-            offsets
-                .iter()
-                .enumerate()
-                .filter(|(_, o)| **o >= 0)
-                .map(|(b, o)| LakeBucketOffset {
-                    partition_id,
-                    bucket: b as i32,
-                    log_end_offset: *o,
-                    max_timestamp: None,
-                })
-                .collect()
+    /// The known offsets (-1 entries left out), or why the file is not one Fluss writes: another version, both
+    /// layouts at once, a partition listed twice, an offset below -1, more buckets than an `i32` counts.
+    pub fn buckets(&self) -> Result<Vec<LakeBucketOffset>> {
+        let bad = |why: String| {
+            Error::new(ErrorKind::InvalidArgument, format!("offsets file of table {}: {why}", self.table_id))
         };
-        let mut out = self.bucket_offsets.as_deref().map(|o| of(None, o)).unwrap_or_default();
-        for p in self.partition_offsets.iter().flatten() {
-            out.extend(of(Some(p.partition_id), &p.bucket_offsets));
+        if self.version != 1 {
+            return Err(bad(format!("version {} (this job reads version 1)", self.version)));
         }
-        out
+        if self.bucket_offsets.is_some() && self.partition_offsets.is_some() {
+            return Err(bad("it holds both bucket_offsets and partition_offsets".into()));
+        }
+        let of = |partition_id: Option<i64>, offsets: &[i64], out: &mut Vec<LakeBucketOffset>| -> Result<()> {
+            for (b, &o) in offsets.iter().enumerate() {
+                if o < -1 {
+                    return Err(bad(format!("bucket {b} has offset {o}")));
+                }
+                let bucket = i32::try_from(b).map_err(|_| bad(format!("{} buckets", offsets.len())))?;
+                if o >= 0 {
+                    out.push(LakeBucketOffset { partition_id, bucket, log_end_offset: o, max_timestamp: None });
+                }
+            }
+            Ok(())
+        };
+        let mut out = Vec::new();
+        of(None, self.bucket_offsets.as_deref().unwrap_or_default(), &mut out)?;
+        let mut seen = std::collections::BTreeSet::new();
+        for p in self.partition_offsets.iter().flatten() {
+            if !seen.insert(p.partition_id) {
+                return Err(bad(format!("partition {} is listed twice", p.partition_id)));
+            }
+            of(Some(p.partition_id), &p.bucket_offsets, &mut out)?;
+        }
+        Ok(out)
     }
 }
 
@@ -501,13 +515,23 @@ mod tests {
             serde_json::to_string(&plain).expect("json"),
             r#"{"version":1,"table_id":7,"bucket_offsets":[10,-1,5]}"#
         );
-        assert_eq!(plain.buckets(), vec![at(None, 0, 10), at(None, 2, 5)]);
+        assert_eq!(plain.buckets().expect("valid"), vec![at(None, 0, 10), at(None, 2, 5)]);
         let parts = OffsetsFile::new(7, true, &[at(Some(3), 1, 4), at(Some(1), 0, 2)]).expect("file");
         assert_eq!(
             serde_json::to_string(&parts).expect("json"),
             r#"{"version":1,"table_id":7,"partition_offsets":[{"partition_id":1,"bucket_offsets":[2]},{"partition_id":3,"bucket_offsets":[-1,4]}]}"#
         );
-        assert_eq!(parts.buckets(), vec![at(Some(1), 0, 2), at(Some(3), 1, 4)]);
+        assert_eq!(parts.buckets().expect("valid"), vec![at(Some(1), 0, 2), at(Some(3), 1, 4)]);
         assert!(OffsetsFile::new(7, false, &[at(Some(1), 0, 2)]).is_err());
+        // What Fluss never writes is refused, not half read.
+        for json in [
+            r#"{"version":2,"table_id":7,"bucket_offsets":[1]}"#,
+            r#"{"version":1,"table_id":7,"bucket_offsets":[-2]}"#,
+            r#"{"version":1,"table_id":7,"bucket_offsets":[1],"partition_offsets":[]}"#,
+            r#"{"version":1,"table_id":7,"partition_offsets":[{"partition_id":1,"bucket_offsets":[1]},{"partition_id":1,"bucket_offsets":[2]}]}"#,
+        ] {
+            let file: OffsetsFile = serde_json::from_str(json).expect("parses");
+            assert!(file.buckets().is_err(), "{json} is refused");
+        }
     }
 }

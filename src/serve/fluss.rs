@@ -672,7 +672,7 @@ impl FlussDoor {
                     .map(|meta| {
                         let offsets = c.read_lake_offsets(&meta.tiered_bucket_offsets_file_path).and_then(|file| {
                             match file.table_id == meta.table_id {
-                                true => Ok(file.buckets()),
+                                true => file.buckets(),
                                 false => Err(Error::new(
                                     ErrorKind::InvalidArgument,
                                     format!(

@@ -820,6 +820,33 @@ async fn the_job_tiers_a_coordinator_and_tablet_servers_and_follows_moved_leader
     }
 }
 
+/// A cluster of Fluss 0.9 serves no ScanKv: a primary-key table's buckets new to the lake cannot be read, so its
+/// rounds fail with an error that says why, while the log table beside it tiers every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_scan_kv_a_primary_key_table_fails_with_the_reason_while_log_tables_tier() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = Files(tempfile::tempdir().expect("tempdir"));
+    let cluster = Arc::new(Cluster::open(ClusterConfig::new(dir.path().join("cluster"))).expect("open"));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let door = FlussDoor::new(Arc::clone(&cluster)).without(&[fluss_tiering::fluss::ApiKey::ScanKv]);
+    tokio::spawn(door.serve(listener, std::future::pending()));
+    pyfluss(addr, &["create", "old.plain", "2"]);
+    pyfluss(addr, &["pk-create", "old.kv", "2", "id"]);
+    pyfluss(addr, &["write", "old.plain", "0", "30", &files.arg("plain.arrow")]);
+    pyfluss(addr, &["upsert", "old.kv", "0", "20", "1"]);
+
+    let warehouse = dir.path().join("lake");
+    let out = tier(&format!("fluss://{addr}"), &warehouse, &[], &[]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a --once job cannot catch up a table it cannot read");
+    assert!(stderr.contains("does not serve ScanKv"), "the error says why:\n{stderr}");
+    assert!(stderr.contains("RocksDB snapshots"), "and what the cluster offers instead:\n{stderr}");
+    let plain = read_lake(&warehouse, &"old.plain".parse().expect("path"));
+    assert_same_rows("the log table", &read_arrow(&files.path("plain.arrow")), &plain.rows);
+    assert!(!warehouse.join("old.db").join("kv").join("snapshot").exists(), "nothing of the primary-key table landed");
+}
+
 /// Every request the job sends over Fluss's protocol (a log table, a partitioned one, a primary-key table read with
 /// ScanKv; heartbeats, prepare, commit) decodes with Google's protobuf runtime from a proto2 descriptor of Fluss's
 /// messages (proto/fluss_wire.proto, Fluss's required labels): no required field missing, no field Fluss does not

@@ -347,6 +347,17 @@ impl FlussCluster {
             };
             match scanned {
                 Err(e) if self.follow_leader(bucket, &e, &mut attempt).await => {}
+                Err(e) if e.kind() == ErrorKind::UnsupportedVersion => {
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        format!(
+                            "bucket {bucket_id} of primary-key table {table_id} is new to the lake, and its state is \
+                             read with ScanKv, which this cluster does not serve ({e}): Fluss 0.9 and older keep it \
+                             in RocksDB snapshots, which this job cannot read yet (Fluss 1.0 serves ScanKv); log \
+                             tables keep tiering"
+                        ),
+                    ));
+                }
                 other => return other,
             }
         }

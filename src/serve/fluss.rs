@@ -156,6 +156,8 @@ pub struct FlussDoor {
     advertised: Option<SocketAddr>,
     scanners: Scanners,
     layout: Layout,
+    /// Calls this door plays a release without (listed in no ApiVersions answer, refused).
+    withheld: Vec<ApiKey>,
 }
 
 impl FlussDoor {
@@ -168,7 +170,23 @@ impl FlussDoor {
             advertised: None,
             scanners: Scanners::default(),
             layout: Layout::Single,
+            withheld: Vec::new(),
         }
+    }
+
+    /// Plays a Fluss release that lacks `keys`, as Fluss 0.9 lacks ScanKv: a client finds them in no ApiVersions
+    /// answer, and a call of one is refused.
+    pub fn without(mut self, keys: &[ApiKey]) -> Self {
+        self.withheld.extend_from_slice(keys);
+        self
+    }
+
+    /// Why this door does not serve `key`, if it does not: its role's, or its release's.
+    fn refusal(&self, key: ApiKey) -> Option<Error> {
+        if self.withheld.contains(&key) {
+            return Some(Error::new(ErrorKind::UnsupportedVersion, format!("this release does not serve {key:?}")));
+        }
+        self.layout.refusal(key)
     }
 
     /// Plays the coordinator of `topology`.
@@ -318,7 +336,7 @@ impl FlussDoor {
 
     /// Handles one request; returns the encoded response body.
     async fn handle(&self, key: ApiKey, body: Bytes, local: SocketAddr) -> Result<Vec<u8>> {
-        if let Some(refusal) = self.layout.refusal(key) {
+        if let Some(refusal) = self.refusal(key) {
             return Err(refusal);
         }
         Ok(match key {
@@ -326,7 +344,7 @@ impl FlussDoor {
                 decode::<m::ApiVersionsRequest>(body)?;
                 let api_versions = ApiKey::ALL
                     .iter()
-                    .filter(|k| self.layout.refusal(**k).is_none())
+                    .filter(|k| self.refusal(**k).is_none())
                     .map(|k| m::PbApiVersion {
                         api_key: i32::from(*k as i16),
                         min_version: 0,

@@ -628,3 +628,26 @@ async fn paimon_the_sweep_deletes_unreferenced_old_files_but_leaves_a_tagged_tab
     assert_eq!(l.data_files(), live, "only the committed files are left");
     assert_eq!(l.rows(), 10);
 }
+
+/// A Paimon table of the same name that is neither ours (no `fluss.table-id`) nor Fluss's (no system columns) is
+/// refused, not written into.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paimon_a_lake_table_of_the_same_name_that_is_not_a_fluss_table_s_is_refused() {
+    use paimon::Catalog as _;
+    use paimon::spec::{BigIntType, DataType, Schema, VarCharType};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = dir.path().join("warehouse");
+    let catalog = PaimonFactory::open_catalog(&warehouse).await.expect("catalog");
+    catalog.create_database("db", true, Default::default()).await.expect("database");
+    let string = VarCharType::with_nullable(true, VarCharType::MAX_LENGTH).expect("varchar");
+    let schema = Schema::builder()
+        .column("id", DataType::BigInt(BigIntType::with_nullable(true)))
+        .column("name", DataType::VarChar(string))
+        .build()
+        .expect("schema");
+    catalog.create_table(&paimon::catalog::Identifier::new("db", "t"), schema, false).await.expect("someone's table");
+    let factory = PaimonFactory::open(&warehouse, LakeOptions::default()).await.expect("paimon");
+    let err = factory.prepare_table(&test_table()).await.expect_err("refused");
+    assert_eq!(err.kind(), ErrorKind::SchemaMismatch, "{err}");
+    assert!(err.to_string().contains("is not a Fluss table's"), "{err}");
+}

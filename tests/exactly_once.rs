@@ -13,12 +13,14 @@ use std::time::{Duration, Instant};
 use common::*;
 use fluss_tiering::failpoint;
 
-/// A Paimon snapshot as its JSON file says: (id, commit user, commit identifier).
+/// A Paimon snapshot as its JSON file says, with the tiering epoch of its round's marker: (id, commit user, commit
+/// identifier, tiering epoch).
 fn paimon_snapshots(
     warehouse: &std::path::Path,
     table: &fluss_tiering::model::table::TablePath,
-) -> Vec<(i64, String, i64)> {
-    let dir = warehouse.join(format!("{}.db", table.database)).join(&table.table).join("snapshot");
+) -> Vec<(i64, String, i64, i64)> {
+    let table_dir = warehouse.join(format!("{}.db", table.database)).join(&table.table);
+    let dir = table_dir.join("snapshot");
     let mut out = Vec::new();
     for entry in std::fs::read_dir(&dir).expect("snapshot dir").flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -26,7 +28,11 @@ fn paimon_snapshots(
         let json: serde_json::Value =
             serde_json::from_slice(&std::fs::read(entry.path()).expect("read snapshot")).expect("snapshot json");
         let user = json["commitUser"].as_str().expect("commitUser").to_string();
-        out.push((id, user, json["commitIdentifier"].as_i64().expect("commitIdentifier")));
+        let identifier = json["commitIdentifier"].as_i64().expect("commitIdentifier");
+        let marker = table_dir.join("fluss-offsets").join(format!("{identifier}.json"));
+        let marker: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(marker).expect("read marker")).expect("marker json");
+        out.push((id, user, identifier, marker["tiering_epoch"].as_i64().expect("tiering_epoch")));
     }
     out.sort();
     out
@@ -71,7 +77,7 @@ async fn fenced_epoch_never_reaches_the_lake(point: &str) {
     let log = stop_job(job, &stderr).await;
     let snapshots = paimon_snapshots(&warehouse, &orders.path);
     assert!(
-        snapshots.iter().all(|(_, _, identifier)| *identifier != fenced_epoch),
+        snapshots.iter().all(|(.., epoch)| *epoch != fenced_epoch),
         "no lake snapshot was committed under the fenced epoch {fenced_epoch}: {snapshots:?}\n{log}"
     );
     assert!(

@@ -197,6 +197,62 @@ async fn stale_job_is_fenced(format: &str, transport: Transport) {
     assert!(log.contains("is fenced"), "the zombie's cluster commit was refused under its stale epoch:\n{log}");
 }
 
+/// The schema files of a Paimon table, oldest first, as JSON.
+fn paimon_schemas(warehouse: &std::path::Path, table: &str) -> Vec<serde_json::Value> {
+    let dir = warehouse.join("db.db").join(table).join("schema");
+    let mut ids: Vec<u64> = std::fs::read_dir(&dir)
+        .expect("schema dir")
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().strip_prefix("schema-")?.parse().ok())
+        .collect();
+    ids.sort_unstable();
+    let read = |id: u64| std::fs::read(dir.join(format!("schema-{id}"))).expect("read schema");
+    ids.into_iter().map(|id| serde_json::from_slice(&read(id)).expect("schema json")).collect()
+}
+
+/// Fluss's coordinator creates a table's lake table itself (Fluss 0.9: the Fluss columns, then `__bucket INT`,
+/// `__offset BIGINT`, `__timestamp TIMESTAMP_LTZ(3)`, all nullable; `bucket = -1`, `partition.legacy-name = false`,
+/// the Fluss properties as `fluss.*`, and no table id of ours). The job adopts it and tiers into it, every offset
+/// once; a column the Fluss table gains goes before the system columns, where Fluss's coordinator adds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paimon_tiers_into_the_lake_table_fluss_created() {
+    let Setup { dir: _dir, warehouse, cluster, client, tables } = setup().await;
+    let create = format!(
+        r#"
+import pyarrow as pa
+from pypaimon import CatalogFactory, Schema
+c = CatalogFactory.create({{"warehouse": "file://{w}"}})
+c.create_database("db", True)
+fields = [("id", pa.int64()), ("customer", pa.string()), ("amount", pa.decimal128(10, 2)), ("ts", pa.timestamp("us")),
+          ("__bucket", pa.int32()), ("__offset", pa.int64()), ("__timestamp", pa.timestamp("ms", tz="UTC"))]
+options = {{"bucket": "-1", "partition.legacy-name": "false", "fluss.table.datalake.enabled": "true",
+           "fluss.table.datalake.format": "paimon", "fluss.table.datalake.freshness": "200ms"}}
+c.create_table("db.orders", Schema.from_pyarrow_schema(pa.schema(fields), options=options), False)
+"#,
+        w = warehouse.display()
+    );
+    let out = std::process::Command::new(python()).arg("-c").arg(&create).output().expect("python");
+    assert!(out.status.success(), "creating the lake table as Fluss does: {}", String::from_utf8_lossy(&out.stderr));
+    produce_all(&client, &tables, 0, 1000).await;
+    assert_success(&tier(&job_url(&cluster), &warehouse, &["--format", "paimon"], &[]).await);
+    check_lake_and_cluster(&client, &warehouse, &tables, 1000).await;
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fluss-tiering"))
+        .args(["alter-table", "--cluster", &cluster.url(), "--table", "db.orders", "--add-column", "note:string"])
+        .output()
+        .expect("alter-table");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_success(&tier(&job_url(&cluster), &warehouse, &["--format", "paimon"], &[]).await);
+    let schemas = paimon_schemas(&warehouse, "orders");
+    let latest = schemas.last().expect("a schema");
+    let names: Vec<&str> =
+        latest["fields"].as_array().expect("fields").iter().filter_map(|f| f["name"].as_str()).collect();
+    assert_eq!(names, ["id", "customer", "amount", "ts", "note", "__bucket", "__offset", "__timestamp"]);
+    assert!(latest["options"].get("fluss.table-id").is_none(), "the table is left as Fluss made it: {latest}");
+    assert_eq!(latest["fields"][7]["type"], "TIMESTAMP(3) WITH LOCAL TIME ZONE", "{latest}");
+    check_lake_and_cluster(&client, &warehouse, &tables[1..], 1000).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paimon_commit_whose_reply_is_lost_is_found_in_the_lake_not_repeated() {
     let Setup { dir: _dir, warehouse, cluster, client, tables } = setup().await;

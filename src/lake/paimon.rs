@@ -30,8 +30,8 @@ use arrow::datatypes::{Field, Schema as ArrowSchema, SchemaRef as ArrowSchemaRef
 use async_trait::async_trait;
 use paimon::catalog::Identifier;
 use paimon::spec::{
-    BigIntType, BinaryType, BooleanType, CharType, DataType, DateType, DecimalType, DoubleType, FloatType, IntType,
-    LocalZonedTimestampType, Manifest, ManifestList, Schema, SchemaChange, SmallIntType, Snapshot, TimeType,
+    BigIntType, BinaryType, BooleanType, CharType, ColumnMove, DataType, DateType, DecimalType, DoubleType, FloatType,
+    IntType, LocalZonedTimestampType, Manifest, ManifestList, Schema, SchemaChange, SmallIntType, Snapshot, TimeType,
     TimestampType, TinyIntType, VALUE_KIND_FIELD_NAME, VarBinaryType, VarCharType,
 };
 use paimon::table::{COMMIT_MESSAGE_SERIALIZER_VERSION, CommitMessage, Table, TableCommit, TableWrite};
@@ -180,9 +180,11 @@ impl PaimonFactory {
         !snapshots && torn_schema
     }
 
-    /// Adds to the lake table the columns the Fluss table gained since (nullable: older files read them as null).
+    /// Adds to the lake table the columns the Fluss table gained since (nullable: older files read them as null),
+    /// before the system columns, where Fluss's coordinator adds them.
     async fn evolve(&self, t: &TableContext, table: Table) -> Result<Table> {
         let existing: Vec<&str> = table.schema().fields().iter().map(|f| f.name()).collect();
+        let before_system = existing.contains(&BUCKET_COLUMN);
         let changes: Vec<SchemaChange> = t
             .descriptor
             .columns
@@ -193,7 +195,7 @@ impl PaimonFactory {
                     field_names: vec![c.name.clone()],
                     data_type: paimon_type(c.data_type, true)?,
                     comment: None,
-                    column_move: None,
+                    column_move: before_system.then(|| ColumnMove::move_before(c.name.clone(), BUCKET_COLUMN.into())),
                 })
             })
             .collect::<Result<_>>()?;
@@ -282,21 +284,36 @@ fn paimon_schema(t: &TableContext) -> Result<Schema> {
     builder.build().map_err(lake_err(format!("building the Paimon schema of {}", t.path)))
 }
 
-/// The lake table must belong to this Fluss table (not to a dropped one of the same name).
+/// The lake table must belong to this Fluss table (not to a dropped one of the same name). A table without our
+/// `fluss.table-id` is one Fluss's coordinator created (it writes none) when it has Fluss's system columns: it is
+/// adopted, and its tiering snapshots, if any, name their table id, which the plan checks. Anything else of the same
+/// name is not Fluss's, and is refused rather than written into.
 fn check_owner(t: &TableContext, table: &Table) -> Result<()> {
-    let owner = table.schema().options().get(TABLE_PROP_TABLE_ID).cloned();
-    if owner.as_deref() != Some(t.table_id.to_string().as_str()) {
-        return Err(Error::new(
+    match table.schema().options().get(TABLE_PROP_TABLE_ID) {
+        Some(owner) if *owner == t.table_id.to_string() => Ok(()),
+        Some(owner) => Err(Error::new(
             ErrorKind::TableNotExist,
             format!(
-                "lake table {} belongs to Fluss table id {}, not {}: was the table dropped and re-created?",
-                t.path,
-                owner.as_deref().unwrap_or("(none)"),
-                t.table_id
+                "lake table {} belongs to Fluss table id {owner}, not {}: was the table dropped and re-created?",
+                t.path, t.table_id
             ),
-        ));
+        )),
+        None if has_system_columns(table) => Ok(()),
+        None => Err(Error::new(
+            ErrorKind::SchemaMismatch,
+            format!(
+                "lake table {} exists but is not a Fluss table's: it has no {TABLE_PROP_TABLE_ID} option and not the \
+                 system columns {BUCKET_COLUMN}, {OFFSET_COLUMN}, {TIMESTAMP_COLUMN} (rename it, or drop it)",
+                t.path
+            ),
+        )),
     }
-    Ok(())
+}
+
+/// Whether the lake table has Fluss's system columns, as Fluss 0.9 creates lake tables.
+fn has_system_columns(table: &Table) -> bool {
+    let fields = table.schema().fields();
+    [BUCKET_COLUMN, OFFSET_COLUMN, TIMESTAMP_COLUMN].iter().all(|c| fields.iter().any(|f| f.name() == *c))
 }
 
 /// Checks that every Fluss column has a lake column of the same type: a column retyped or dropped outside is a clear

@@ -633,7 +633,6 @@ async fn paimon_the_sweep_deletes_unreferenced_old_files_but_leaves_a_tagged_tab
 /// refused, not written into.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paimon_a_lake_table_of_the_same_name_that_is_not_a_fluss_table_s_is_refused() {
-    use paimon::Catalog as _;
     use paimon::spec::{BigIntType, DataType, Schema, VarCharType};
     let dir = tempfile::tempdir().expect("tempdir");
     let warehouse = dir.path().join("warehouse");

@@ -194,16 +194,6 @@ pub async fn plan_round(
     }
     let what = format!("preparing lake table {path}");
     let base: Option<TieredSnapshot> = super::bounded(lake_timeout, &what, lake.prepare_table(&table)).await?;
-    if let Some(b) = base.as_ref().filter(|b| b.marker.table_id != table_id) {
-        return Err(Error::new(
-            ErrorKind::TableNotExist,
-            format!(
-                "the lake table's latest tiering snapshot {} is of Fluss table id {}, not {table_id}: was {path} \
-                 dropped and re-created?",
-                b.snapshot_id, b.marker.table_id
-            ),
-        ));
-    }
     let cluster_snapshot = client.lake_snapshot(&path).await?.map(|s| s.snapshot_id);
     let lake_offsets = base.as_ref().map(|b| b.marker.offset_map()).unwrap_or_default();
     if table.descriptor.has_primary_key() {

@@ -629,24 +629,62 @@ async fn paimon_the_sweep_deletes_unreferenced_old_files_but_leaves_a_tagged_tab
     assert_eq!(l.rows(), 10);
 }
 
-/// A Paimon table of the same name that is neither ours (no `fluss.table-id`) nor Fluss's (no system columns) is
-/// refused, not written into.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn paimon_a_lake_table_of_the_same_name_that_is_not_a_fluss_table_s_is_refused() {
-    use paimon::spec::{BigIntType, DataType, Schema, VarCharType};
+/// A Paimon table `db.t` (`id`, `name`, and with `system_columns` Fluss's three) made outside this job, without a
+/// `fluss.table-id`: by Fluss's coordinator when it has the system columns, by someone else when not.
+async fn paimon_table_made_outside(system_columns: bool) -> (tempfile::TempDir, std::path::PathBuf) {
+    use paimon::spec::{BigIntType, DataType, IntType, LocalZonedTimestampType, Schema, VarCharType};
     let dir = tempfile::tempdir().expect("tempdir");
     let warehouse = dir.path().join("warehouse");
     let catalog = PaimonFactory::open_catalog(&warehouse).await.expect("catalog");
     catalog.create_database("db", true, Default::default()).await.expect("database");
     let string = VarCharType::with_nullable(true, VarCharType::MAX_LENGTH).expect("varchar");
-    let schema = Schema::builder()
+    let mut schema = Schema::builder()
         .column("id", DataType::BigInt(BigIntType::with_nullable(true)))
         .column("name", DataType::VarChar(string))
-        .build()
-        .expect("schema");
-    catalog.create_table(&paimon::catalog::Identifier::new("db", "t"), schema, false).await.expect("someone's table");
+        .option("bucket", "-1");
+    if system_columns {
+        let ts = LocalZonedTimestampType::with_nullable(true, 3).expect("ltz");
+        schema = schema
+            .column("__bucket", DataType::Int(IntType::with_nullable(true)))
+            .column("__offset", DataType::BigInt(BigIntType::with_nullable(true)))
+            .column("__timestamp", DataType::LocalZonedTimestamp(ts));
+    }
+    let schema = schema.build().expect("schema");
+    catalog.create_table(&paimon::catalog::Identifier::new("db", "t"), schema, false).await.expect("the table");
+    (dir, warehouse)
+}
+
+/// A Paimon table of the same name that is neither ours (no `fluss.table-id`) nor Fluss's (no system columns) is
+/// refused, not written into, and not evolved either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paimon_a_lake_table_of_the_same_name_that_is_not_a_fluss_table_s_is_refused() {
+    let (_dir, warehouse) = paimon_table_made_outside(false).await;
     let factory = PaimonFactory::open(&warehouse, LakeOptions::default()).await.expect("paimon");
-    let err = factory.prepare_table(&test_table()).await.expect_err("refused");
+    let mut wider = test_table();
+    wider.descriptor.columns = parse_schema("id:int64,name:string,extra:int32").expect("schema");
+    let err = factory.prepare_table(&wider).await.expect_err("refused");
     assert_eq!(err.kind(), ErrorKind::SchemaMismatch, "{err}");
     assert!(err.to_string().contains("is not a Fluss table's"), "{err}");
+    let schemas = warehouse.join("db.db").join("t").join("schema");
+    assert!(!schemas.join("schema-1").exists(), "the table was left as it was");
+}
+
+/// A table Fluss's coordinator created (system columns, no id of ours) is adopted; once tiered, its snapshots name
+/// their Fluss table, and a re-created Fluss table of the same name (another id) is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paimon_a_table_fluss_created_is_adopted_and_its_snapshots_name_their_fluss_table() {
+    let (_dir, warehouse) = paimon_table_made_outside(true).await;
+    let factory = PaimonFactory::open(&warehouse, LakeOptions::default()).await.expect("paimon");
+    let table = test_table();
+    assert!(factory.prepare_table(&table).await.expect("adopted").is_none());
+    let committer = factory.create_committer(&table).await.expect("committer");
+    committer
+        .commit(vec![write_rows(&factory, &table, 0, 10, 0).await], &marker("r1", 10), None)
+        .await
+        .expect("commit");
+    assert_eq!(factory.prepare_table(&table).await.expect("prepared").expect("a snapshot").marker.table_id, 1);
+    let recreated = TableContext { table_id: 2, ..test_table() };
+    let err = factory.prepare_table(&recreated).await.expect_err("another table's lake table");
+    assert_eq!(err.kind(), ErrorKind::TableNotExist, "{err}");
+    assert!(err.to_string().contains("is of Fluss table id 1, not 2"), "{err}");
 }

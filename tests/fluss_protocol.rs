@@ -316,6 +316,15 @@ async fn fluss_own_tiering_service_between_our_rounds(format: &str) {
     let theirs: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default()).expect("json");
     assert_eq!(theirs["rows"], 30, "{theirs}");
+    if format == "paimon" {
+        // As Fluss's committer makes it: its commit user, Paimon's batch identifier (Long.MAX_VALUE), the property.
+        let id = theirs["snapshot_id"].as_i64().expect("id");
+        let file = warehouse.join("turns.db").join("t").join("snapshot").join(format!("snapshot-{id}"));
+        let snapshot: serde_json::Value = serde_json::from_slice(&std::fs::read(file).expect("read")).expect("json");
+        assert_eq!(snapshot["commitUser"], "__fluss_lake_tiering", "{snapshot}");
+        assert_eq!(snapshot["commitIdentifier"], i64::MAX, "{snapshot}");
+        assert_eq!(snapshot["properties"]["fluss-offsets"], theirs["offsets_file"], "{snapshot}");
+    }
     assert_eq!(sum(&pyfluss(fluss, &["lake", "turns.t"])), 40, "the cluster has not recorded Fluss's snapshot");
 
     // Nothing new: the job records Fluss's snapshot with the cluster, its offsets file as it is.
@@ -840,7 +849,7 @@ async fn without_scan_kv_a_primary_key_table_fails_with_the_reason_while_log_tab
     let out = tier(&format!("fluss://{addr}"), &warehouse, &[], &[]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a --once job cannot catch up a table it cannot read");
-    assert!(stderr.contains("does not serve ScanKv"), "the error says why:\n{stderr}");
+    assert!(stderr.contains("is new to the lake, and its state is read with ScanKv"), "the error says why:\n{stderr}");
     assert!(stderr.contains("RocksDB snapshots"), "and what the cluster offers instead:\n{stderr}");
     let plain = read_lake(&warehouse, &"old.plain".parse().expect("path"));
     assert_same_rows("the log table", &read_arrow(&files.path("plain.arrow")), &plain.rows);
@@ -898,10 +907,13 @@ async fn every_request_the_job_sends_decodes_with_a_strict_proto2_decoder() {
     let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("json");
     assert_eq!(report["errors"], serde_json::json!([]), "{report}");
     assert_eq!(report["control"], "refused", "the decoder is strict: a request without its required field fails");
+    assert_eq!(report["unknown_control"], "refused", "and a field Fluss does not know fails too");
     // Every tiering request, and every other kind the job sends, was seen and decoded.
     for (key, what) in [
         (1000, "ApiVersions"),
+        (1003, "ListDatabases"),
         (1007, "GetTableInfo"),
+        (1008, "ListTables"),
         (1009, "ListPartitionInfos"),
         (1012, "MetaData"),
         (1015, "FetchLog"),

@@ -6,9 +6,11 @@ DESCRIPTOR_SET is proto/fluss_wire.proto compiled by build.rs (Fluss's messages 
 REQUESTS.jsonl holds one request per line: {"api_key": K, "body": HEX}. Each body is parsed as its api key's request
 message, and the runtime's required-field check (FindInitializationErrors: what Java's parseFrom enforces) must find
 no required field missing in it or in a nested message. A field the descriptor does not know (a wrong field number)
-counts as an error too. As a control, an empty GetTableInfoRequest (its required
-table_path missing) must be refused. Prints one JSON line:
-{"decoded": {api_key: count}, "errors": [...], "control": "refused" | "accepted"}.
+counts as an error too, and so does a body that the runtime encodes back to other bytes (another field order, or
+repeated numbers packed where proto2 writes them one by one). As controls, an empty GetTableInfoRequest (its required
+table_path missing) and one with an extra field 99 must be refused. Prints one JSON line:
+{"decoded": {api_key: count}, "errors": [...], "control": "refused" | "accepted",
+ "unknown_control": "refused" | "accepted"}.
 """
 
 import json
@@ -66,20 +68,29 @@ def main(descriptor_set: str, requests: str):
                 errors.append(f"request {n}: api key {key} is not one the job should send")
                 continue
             message = classes[key]()
+            body = bytes.fromhex(request["body"])
             try:
-                message.ParseFromString(bytes.fromhex(request["body"]))
+                message.ParseFromString(body)
             except DecodeError as e:
                 errors.append(f"request {n} ({REQUESTS[key]}): {e}")
                 continue
             missing = message.FindInitializationErrors()
             errors.extend(f"request {n} ({REQUESTS[key]}): required {m} missing" for m in missing)
             errors.extend(f"request {n}: unknown {u}" for u in unknown_fields(message, REQUESTS[key]))
+            again = message.SerializeToString()
+            if again != body:
+                errors.append(f"request {n} ({REQUESTS[key]}): encodes back as {again.hex()}, sent as {body.hex()}")
             decoded[str(key)] = decoded.get(str(key), 0) + 1
 
     control_message = classes[1007]()
     control_message.ParseFromString(b"")
     control = "accepted" if not control_message.FindInitializationErrors() else "refused"
-    print(json.dumps({"decoded": decoded, "errors": errors, "control": control}))
+    complete = classes[1007]()
+    complete.table_path.database_name, complete.table_path.table_name = "db", "t"
+    extra = classes[1007]()
+    extra.ParseFromString(complete.SerializeToString() + bytes([0x98, 0x06, 0x01]))  # field 99, varint 1
+    unknown_control = "refused" if unknown_fields(extra, "GetTableInfoRequest") else "accepted"
+    print(json.dumps({"decoded": decoded, "errors": errors, "control": control, "unknown_control": unknown_control}))
 
 
 if __name__ == "__main__":

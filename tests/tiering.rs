@@ -242,7 +242,12 @@ c.create_table("db.orders", Schema.from_pyarrow_schema(pa.schema(fields), option
         .output()
         .expect("alter-table");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let orders = &tables[0];
+    let (_, descriptor) = client.table_info(&orders.path).await.expect("info");
+    let evolved = TestTable { id: orders.id, path: orders.path.clone(), descriptor };
+    produce_all(&client, std::slice::from_ref(&evolved), 1000, 300).await;
     assert_success(&tier(&job_url(&cluster), &warehouse, &["--format", "paimon"], &[]).await);
+    check_exactly_once(&read_lake(&warehouse, &orders.path), orders, &end_offsets(&client, orders).await, 1300);
     let schemas = paimon_schemas(&warehouse, "orders");
     let latest = schemas.last().expect("a schema");
     let names: Vec<&str> =

@@ -211,8 +211,8 @@ fn iceberg_schema(d: &TableDescriptor) -> Result<Schema> {
     Schema::builder().with_fields(fields).build().map_err(lake_err("building the Iceberg schema"))
 }
 
-/// Checks that a lake table still fits the Fluss table: a column retyped or dropped outside is a clear error.
-fn check_compatible(t: &TableContext, table: &Table) -> Result<()> {
+/// The lake table must belong to this Fluss table (not to a dropped one of the same name).
+fn check_owner(t: &TableContext, table: &Table) -> Result<()> {
     match table.metadata().properties().get(TABLE_PROP_TABLE_ID) {
         Some(id) if *id == t.table_id.to_string() => {}
         other => {
@@ -228,6 +228,11 @@ fn check_compatible(t: &TableContext, table: &Table) -> Result<()> {
             ));
         }
     }
+    Ok(())
+}
+
+/// Checks that a lake table still fits the Fluss table: a column retyped or dropped outside is a clear error.
+fn check_compatible(t: &TableContext, table: &Table) -> Result<()> {
     let expected = iceberg_schema(&t.descriptor)?;
     let current = table.metadata().current_schema();
     for field in expected.as_struct().fields() {
@@ -370,9 +375,14 @@ impl LakeTieringFactory for IcebergFactory {
                 ),
             ));
         }
-        let table = self.evolve(t, self.load_or_create(t).await?).await?;
+        // Whose the table is, before anything is changed in it.
+        let table = self.load_or_create(t).await?;
+        check_owner(t, &table)?;
+        let latest = latest_marker(&table).await?;
+        super::check_snapshot_owner(t, latest.as_ref())?;
+        let table = self.evolve(t, table).await?;
         check_compatible(t, &table)?;
-        latest_marker(&table).await
+        Ok(latest)
     }
 
     async fn create_writer(&self, t: &TableContext, ctx: WriterContext) -> Result<Box<dyn LakeWriter>> {

@@ -352,6 +352,22 @@ pub fn local_dir(location: &str) -> Option<std::path::PathBuf> {
     Some(std::path::PathBuf::from(path))
 }
 
+/// The lake table's latest tiering snapshot must be of this Fluss table: a lake table that names no owner (one Fluss's
+/// coordinator created) is told apart from a dropped table's by the table id its tiering snapshots carry.
+pub fn check_snapshot_owner(t: &TableContext, latest: Option<&TieredSnapshot>) -> Result<()> {
+    match latest {
+        Some(s) if s.marker.table_id != t.table_id => Err(Error::new(
+            ErrorKind::TableNotExist,
+            format!(
+                "the latest tiering snapshot {} of lake table {} is of Fluss table id {}, not {}: was the table \
+                 dropped and re-created? Drop or rename the lake table to tier the new one",
+                s.snapshot_id, t.path, s.marker.table_id, t.table_id
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The schema of the lake rows: the table's columns, then the system columns.
 pub fn lake_schema(descriptor: &TableDescriptor) -> SchemaRef {
     let mut fields: Vec<Field> = descriptor.arrow_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
@@ -424,5 +440,24 @@ mod tests {
         let narrow = Arc::new(Schema::new(vec![Field::new("n", DataType::Int32, true)]));
         let err = fit_columns(&batch, &narrow).expect_err("2^40 does not fit an Int32");
         assert_eq!(err.kind(), ErrorKind::SchemaMismatch);
+    }
+
+    #[test]
+    fn a_snapshot_of_fluss_s_service_takes_its_offsets_and_table_from_fluss_s_json_only() {
+        let props = |k: &str| match k {
+            PROP_OFFSETS => Some("/remote/t.offsets".to_string()),
+            PROP_COMMIT_USER => Some(FLUSS_COMMIT_USER.to_string()),
+            _ => None,
+        };
+        let (marker, offsets) = CommitMarker::from_properties(props).expect("read").expect("a tiering snapshot");
+        assert_eq!(offsets, OffsetsRef::File("/remote/t.offsets".into()));
+        let mut fluss = marker.clone();
+        fluss
+            .load_offsets_file("/remote/t.offsets", br#"{"version":1,"table_id":9,"bucket_offsets":[4]}"#)
+            .expect("json");
+        assert_eq!((fluss.table_id, fluss.offsets[0].offset), (9, 4), "the table id comes from the file");
+        let mut array = marker;
+        let err = array.load_offsets_file("/remote/t.offsets", br#"[{"bucket":0,"offset":4}]"#).expect_err("array");
+        assert!(err.to_string().contains("is not Fluss's JSON"), "{err}");
     }
 }

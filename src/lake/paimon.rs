@@ -13,8 +13,9 @@
 //! tiered on from where it got to.
 //!
 //! Invariants:
-//! 1. A round's identifier comes from the lake, not from the coordinator: one above the newest tiering snapshot's,
-//!    past every marker file already there (rounds that never landed), taken by creating the marker exclusively.
+//! 1. A round's identifier comes from the lake, not from the coordinator: one above our commit user's newest
+//!    snapshot's and above every marker file already there (rounds that never landed, rounds still under way), taken
+//!    by creating the marker exclusively.
 //!    Tiering epochs cannot serve: Fluss's coordinator counts them from 0 again after a restart, which would filter
 //!    every commit until the epochs caught up and overwrite the markers of committed snapshots.
 //! 2. A marker file, once created, is never rewritten: a snapshot's marker is the one its round wrote.
@@ -30,9 +31,9 @@ use arrow::datatypes::{Field, Schema as ArrowSchema, SchemaRef as ArrowSchemaRef
 use async_trait::async_trait;
 use paimon::catalog::Identifier;
 use paimon::spec::{
-    BigIntType, BinaryType, BooleanType, CharType, ColumnMove, DataType, DateType, DecimalType, DoubleType, FloatType,
-    IntType, LocalZonedTimestampType, Manifest, ManifestList, Schema, SchemaChange, SmallIntType, Snapshot, TimeType,
-    TimestampType, TinyIntType, VALUE_KIND_FIELD_NAME, VarBinaryType, VarCharType,
+    BigIntType, BinaryType, BooleanType, CharType, ColumnMove, CommitKind, DataType, DateType, DecimalType, DoubleType,
+    FloatType, IntType, LocalZonedTimestampType, Manifest, ManifestList, Schema, SchemaChange, SmallIntType, Snapshot,
+    TimeType, TimestampType, TinyIntType, VALUE_KIND_FIELD_NAME, VarBinaryType, VarCharType,
 };
 use paimon::table::{COMMIT_MESSAGE_SERIALIZER_VERSION, CommitMessage, Table, TableCommit, TableWrite};
 use paimon::{Catalog, CatalogFactory, CatalogOptions, Options};
@@ -386,10 +387,14 @@ fn check_bucketing(t: &TableContext) -> Result<()> {
 impl LakeTieringFactory for PaimonFactory {
     async fn prepare_table(&self, t: &TableContext) -> Result<Option<TieredSnapshot>> {
         check_bucketing(t)?;
-        let table = self.evolve(t, self.load_or_create(t).await?).await?;
+        // Whose the table is, before anything is changed in it.
+        let table = self.load_or_create(t).await?;
         check_owner(t, &table)?;
+        let latest = tiered_ancestry(&table, true).await?.into_iter().next();
+        super::check_snapshot_owner(t, latest.as_ref())?;
+        let table = self.evolve(t, table).await?;
         check_compatible(t, &table)?;
-        Ok(tiered_ancestry(&table, true).await?.into_iter().next())
+        Ok(latest)
     }
 
     async fn create_writer(&self, t: &TableContext, ctx: WriterContext) -> Result<Box<dyn LakeWriter>> {
@@ -487,27 +492,33 @@ fn marker_path(table: &Table, identifier: i64) -> String {
     format!("{}/{MARKER_DIR}/{identifier}.json", table.location().trim_end_matches('/'))
 }
 
-/// Writes `marker` under the first identifier above `above` that no marker has yet, and returns it (invariants 1
-/// and 2): the exclusive creation makes the identifier this round's alone.
-fn write_marker(table: &Table, marker: &CommitMarker, above: i64) -> Result<i64> {
-    let dir = super::local_dir(table.location())
-        .ok_or_else(|| {
+/// Writes `marker` under an identifier above `own` (our newest snapshot's) and above every marker file there, and
+/// returns it (invariants 1 and 2): the exclusive creation makes the identifier this round's alone.
+fn write_marker(table: &Table, marker: &CommitMarker, own: i64) -> Result<i64> {
+    let local = |identifier: i64| {
+        super::local_dir(&marker_path(table, identifier)).ok_or_else(|| {
             Error::new(
                 ErrorKind::Unsupported,
                 format!("lake table at {}: round markers need a local warehouse", table.location()),
             )
-        })?
-        .join(MARKER_DIR);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Error::new(ErrorKind::Lake, format!("creating {}", dir.display())).with_source(e))?;
+        })
+    };
+    let dir = local(0)?.parent().map(Path::to_path_buf).unwrap_or_default();
+    let io = |what: String| move |e: std::io::Error| Error::new(ErrorKind::Lake, what).with_source(e);
+    std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+    let highest = std::fs::read_dir(&dir)
+        .map_err(io(format!("listing {}", dir.display())))?
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".json")?.parse::<i64>().ok())
+        .max();
     let body = serde_json::to_vec(marker)
         .map_err(|e| Error::new(ErrorKind::Internal, "serializing the marker").with_source(e))?;
-    let mut identifier = above;
+    let mut identifier = highest.unwrap_or(0).max(own);
     loop {
         identifier = identifier
             .checked_add(1)
             .ok_or_else(|| Error::new(ErrorKind::Lake, "the lake table's commit identifiers are exhausted"))?;
-        let path = dir.join(format!("{identifier}.json"));
+        let path = local(identifier)?;
         match claim::create_exclusive(&path, &body) {
             Ok(()) => return Ok(identifier),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -536,32 +547,49 @@ async fn read_marker(table: &Table, snapshot: &Snapshot) -> Result<CommitMarker>
         .map_err(|e| Error::new(ErrorKind::Lake, format!("offsets file {path} is malformed")).with_source(e))
 }
 
-/// Whether a snapshot was committed by tiering: ours, or Fluss's own tiering service.
+/// Whether a snapshot was committed by tiering: ours, or an append of Fluss's own tiering service (which, compacting
+/// or expiring partitions, also commits snapshots of other kinds under its user, without offsets).
 fn is_tiering(snapshot: &Snapshot) -> bool {
-    snapshot.commit_user() == COMMIT_USER || snapshot.commit_user() == FLUSS_COMMIT_USER
+    let fluss_offsets = || snapshot.properties().is_some_and(|p| p.contains_key(PROP_OFFSETS));
+    snapshot.commit_user() == COMMIT_USER
+        || (snapshot.commit_user() == FLUSS_COMMIT_USER
+            && (*snapshot.commit_kind() == CommitKind::APPEND || fluss_offsets()))
 }
 
-/// The tiering snapshots (ours and Fluss's), newest first, above snapshot `above` (exclusive; `None`: all); with
-/// `first_only`, the walk stops at the first one. A history cut by expiry before the walk ends is an error: the
-/// tiered offsets cannot be recovered from a partial history (refusing to guess).
-async fn tiering_snapshots(table: &Table, above: Option<i64>, first_only: bool) -> Result<Vec<Snapshot>> {
+/// The snapshots that `keep` picks, newest first, above snapshot `above` (exclusive; `None`: all); with
+/// `first_only`, the walk stops at the first one. Also says where expiry cut the history above `above`, if it did.
+async fn walk_back(
+    table: &Table,
+    above: Option<i64>,
+    first_only: bool,
+    keep: impl Fn(&Snapshot) -> bool,
+) -> Result<(Vec<Snapshot>, Option<i64>)> {
     let snapshots = table.snapshot_manager();
     let Some(latest) = snapshots.get_latest_snapshot_id().await.map_err(lake_err("listing snapshots"))? else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     };
     let earliest = snapshots.earliest_snapshot_id().await.map_err(lake_err("listing snapshots"))?.unwrap_or(1);
     let floor = above.map_or(1, |b| b + 1);
     let mut found = Vec::new();
     for id in (floor.max(earliest)..=latest).rev() {
         let snapshot = snapshots.get_snapshot(id).await.map_err(lake_err(format!("reading snapshot {id}")))?;
-        if is_tiering(&snapshot) {
+        if keep(&snapshot) {
             found.push(snapshot);
             if first_only {
-                return Ok(found);
+                return Ok((found, None));
             }
         }
     }
-    if earliest > floor && (above.is_some() || found.is_empty()) {
+    Ok((found, (earliest > floor).then_some(earliest)))
+}
+
+/// The tiering snapshots (ours and Fluss's), newest first, above snapshot `above` (exclusive; `None`: all); with
+/// `first_only`, the walk stops at the first one. A history cut by expiry before the walk ends is an error: the
+/// tiered offsets cannot be recovered from a partial history (refusing to guess).
+async fn tiering_snapshots(table: &Table, above: Option<i64>, first_only: bool) -> Result<Vec<Snapshot>> {
+    let (found, cut) = walk_back(table, above, first_only, is_tiering).await?;
+    let floor = above.map_or(1, |b| b + 1);
+    if let Some(earliest) = cut.filter(|_| above.is_some() || found.is_empty()) {
         return Err(Error::new(
             ErrorKind::Lake,
             format!(
@@ -617,21 +645,11 @@ async fn fluss_marker(table: &Table, snapshot: &Snapshot) -> Result<CommitMarker
     Ok(marker)
 }
 
-/// The commit identifier of our newest snapshot (0: none), which Paimon's filter compares a new one with: it looks
-/// past other users' snapshots, Fluss's (whose identifier is `Long.MAX_VALUE`) among them.
+/// The commit identifier of our newest snapshot (0: none left), which Paimon's filter compares a new one with: it
+/// looks past other users' snapshots, Fluss's (whose identifier is `Long.MAX_VALUE`) among them.
 async fn own_identifier(table: &Table) -> Result<i64> {
-    let snapshots = table.snapshot_manager();
-    let Some(latest) = snapshots.get_latest_snapshot_id().await.map_err(lake_err("listing snapshots"))? else {
-        return Ok(0);
-    };
-    let earliest = snapshots.earliest_snapshot_id().await.map_err(lake_err("listing snapshots"))?.unwrap_or(1);
-    for id in (earliest..=latest).rev() {
-        let snapshot = snapshots.get_snapshot(id).await.map_err(lake_err(format!("reading snapshot {id}")))?;
-        if snapshot.commit_user() == COMMIT_USER {
-            return Ok(snapshot.commit_identifier());
-        }
-    }
-    Ok(0)
+    let (ours, _) = walk_back(table, None, true, |s| s.commit_user() == COMMIT_USER).await?;
+    Ok(ours.first().map_or(0, Snapshot::commit_identifier))
 }
 
 /// The tiering snapshots, newest first, each with its marker; with `first_only`, only the newest.

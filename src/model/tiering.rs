@@ -167,8 +167,11 @@ impl OffsetsFile {
         if self.version != 1 {
             return Err(bad(format!("version {} (this job reads version 1)", self.version)));
         }
-        if self.bucket_offsets.is_some() && self.partition_offsets.is_some() {
-            return Err(bad("it holds both bucket_offsets and partition_offsets".into()));
+        match (&self.bucket_offsets, &self.partition_offsets) {
+            (Some(_), Some(_)) => return Err(bad("it holds both bucket_offsets and partition_offsets".into())),
+            // Read as nothing tiered, it would plan a table's rows again from offset 0.
+            (None, None) => return Err(bad("it holds neither bucket_offsets nor partition_offsets".into())),
+            _ => {}
         }
         let of = |partition_id: Option<i64>, offsets: &[i64], out: &mut Vec<LakeBucketOffset>| -> Result<()> {
             for (b, &o) in offsets.iter().enumerate() {
@@ -528,6 +531,7 @@ mod tests {
             r#"{"version":2,"table_id":7,"bucket_offsets":[1]}"#,
             r#"{"version":1,"table_id":7,"bucket_offsets":[-2]}"#,
             r#"{"version":1,"table_id":7,"bucket_offsets":[1],"partition_offsets":[]}"#,
+            r#"{"version":1,"table_id":7}"#,
             r#"{"version":1,"table_id":7,"partition_offsets":[{"partition_id":1,"bucket_offsets":[1]},{"partition_id":1,"bucket_offsets":[2]}]}"#,
         ] {
             let file: OffsetsFile = serde_json::from_str(json).expect("parses");

@@ -186,7 +186,9 @@ pub fn create_exclusive(target: &Path, body: &[u8]) -> std::io::Result<()> {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(body)?;
         file.sync_all()?;
-        std::fs::hard_link(&tmp, target)
+        std::fs::hard_link(&tmp, target)?;
+        // The new name itself is durable once its directory is.
+        std::fs::File::open(dir)?.sync_all()
     })();
     let _ = std::fs::remove_file(&tmp);
     linked

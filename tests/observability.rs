@@ -213,7 +213,7 @@ fn bench_runs_the_job_as_several_processes() {
 fn freshness_run_reports_append_to_visible_lag_per_table() {
     let (tables, svg) = bench_and_plot(&[
         "--freshness-for",
-        "3s",
+        "5s",
         "--rate",
         "2000",
         "--table-freshness",
@@ -226,10 +226,11 @@ fn freshness_run_reports_append_to_visible_lag_per_table() {
     assert_eq!(tables.len(), 2, "one document per table");
     for t in &tables {
         assert_eq!(t["kind"], "freshness");
-        assert_eq!(t["rows"].as_u64(), Some(6000), "3s at 2000 rows/s: {t}");
+        assert_eq!(t["rows"].as_u64(), Some(10_000), "5s at 2000 rows/s: {t}");
         assert_eq!(t["rows_not_visible"].as_u64(), Some(0), "every row reached the lake: {t}");
         assert_eq!(t["freshness_target_seconds"].as_f64(), Some(0.5));
-        // Rows became visible while the producer ran, round after round, not in one commit at the end.
+        // Rows became visible while the producer ran, round after round, not in one commit at the end (5 s of
+        // producing leave room for a few rounds even on a loaded machine, where one round can take seconds).
         assert!(t["lake_snapshots"].as_u64().expect("snapshots") >= 3, "{t}");
         let (p50, p99, max) = (
             t["p50_seconds"].as_f64().expect("p50"),

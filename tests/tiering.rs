@@ -256,6 +256,99 @@ c.create_table("db.orders", Schema.from_pyarrow_schema(pa.schema(fields), option
     assert!(latest["options"].get("fluss.table-id").is_none(), "the table is left as Fluss made it: {latest}");
     assert_eq!(latest["fields"][7]["type"], "TIMESTAMP(3) WITH LOCAL TIME ZONE", "{latest}");
     check_lake_and_cluster(&client, &warehouse, &tables[1..], 1000).await;
+
+    // The tables the job created are laid out as Fluss's coordinator lays them out, with our table id besides.
+    let ours = paimon_schemas(&warehouse, "clicks").pop().expect("a schema");
+    let fields: Vec<(&str, &str)> = ours["fields"]
+        .as_array()
+        .expect("fields")
+        .iter()
+        .filter_map(|f| Some((f["name"].as_str()?, f["type"].as_str()?)))
+        .filter(|(name, _)| name.starts_with("__"))
+        .collect();
+    assert_eq!(
+        fields,
+        [("__bucket", "INT"), ("__offset", "BIGINT"), ("__timestamp", "TIMESTAMP(3) WITH LOCAL TIME ZONE")]
+    );
+    let options = &ours["options"];
+    assert_eq!((options["partition.legacy-name"].as_str(), options["bucket"].as_str()), (Some("false"), Some("-1")));
+    assert_eq!(options["fluss.table.datalake.freshness"], "200ms", "the Fluss properties as fluss.*: {ours}");
+    assert_eq!(options["fluss.table-id"], tables[1].id.to_string(), "{ours}");
+}
+
+/// The newest metadata file of an Iceberg table of `db`, as JSON (our catalog puts tables in `WAREHOUSE/db/T`,
+/// pyiceberg's in `WAREHOUSE/db.db/T`).
+fn iceberg_metadata(warehouse: &std::path::Path, table: &str) -> serde_json::Value {
+    let newest = ["db", "db.db"]
+        .iter()
+        .flat_map(|db| std::fs::read_dir(warehouse.join(db).join(table).join("metadata")).into_iter().flatten())
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".metadata.json"))
+        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).expect("mtime"))
+        .expect("a metadata file");
+    serde_json::from_slice(&std::fs::read(newest).expect("read")).expect("metadata json")
+}
+
+/// The source column names of the default partition spec and of the default sort order of an Iceberg table.
+fn iceberg_layout(metadata: &serde_json::Value) -> (Vec<String>, Vec<String>) {
+    let name = |id: &serde_json::Value| -> String {
+        let schema = metadata["schemas"].as_array().expect("schemas").last().expect("a schema");
+        let field = schema["fields"].as_array().expect("fields").iter().find(|f| f["id"] == *id).expect("field");
+        field["name"].as_str().expect("name").to_string()
+    };
+    let pick = |list: &str, default: &str, id_key: &str| -> Vec<String> {
+        let chosen = metadata[list].as_array().expect(list).iter().find(|s| s[id_key] == metadata[default]);
+        chosen.expect("the default")["fields"]
+            .as_array()
+            .expect("fields")
+            .iter()
+            .map(|f| name(&f["source-id"]))
+            .collect()
+    };
+    (pick("partition-specs", "default-spec-id", "spec-id"), pick("sort-orders", "default-sort-order-id", "order-id"))
+}
+
+/// Iceberg tables as Fluss lays them out: the job creates them so (identity on the partition key, then on
+/// `__bucket`; sorted by `__offset`), and tiers into one that Fluss's coordinator created (no table id of ours),
+/// every offset once either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iceberg_tables_are_laid_out_as_fluss_lays_them_out_and_fluss_s_own_are_adopted() {
+    let Setup { dir: _dir, warehouse, cluster, client, tables } = setup().await;
+    std::fs::create_dir_all(&warehouse).expect("warehouse");
+    let create = format!(
+        r#"
+from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table.sorting import SortField, SortOrder
+from pyiceberg.transforms import IdentityTransform
+from pyiceberg.types import DecimalType, IntegerType, LongType, NestedField, StringType, TimestampType, TimestamptzType
+c = SqlCatalog("fluss", uri="sqlite:///{w}/catalog.db", warehouse="file://{w}")
+c.create_namespace("db")
+schema = Schema(
+    NestedField(1, "id", LongType(), required=False), NestedField(2, "customer", StringType(), required=False),
+    NestedField(3, "amount", DecimalType(10, 2), required=False), NestedField(4, "ts", TimestampType(), required=False),
+    NestedField(5, "__bucket", IntegerType(), required=True), NestedField(6, "__offset", LongType(), required=True),
+    NestedField(7, "__timestamp", TimestamptzType(), required=True))
+spec = PartitionSpec(PartitionField(source_id=5, field_id=1000, transform=IdentityTransform(), name="__bucket"))
+c.create_table("db.orders", schema, partition_spec=spec, sort_order=SortOrder(SortField(source_id=6)))
+"#,
+        w = warehouse.display()
+    );
+    let out = std::process::Command::new(python()).arg("-c").arg(&create).output().expect("python");
+    assert!(out.status.success(), "creating the lake table as Fluss does: {}", String::from_utf8_lossy(&out.stderr));
+    produce_all(&client, &tables, 0, 1000).await;
+    assert_success(&tier(&job_url(&cluster), &warehouse, &["--format", "iceberg"], &[]).await);
+    check_lake_and_cluster(&client, &warehouse, &tables, 1000).await;
+
+    let theirs = iceberg_metadata(&warehouse, "orders");
+    assert!(theirs["properties"].get("fluss.table-id").is_none(), "Fluss's table is left as it was: {theirs}");
+    let bucket_offset = (vec!["__bucket".to_string()], vec!["__offset".to_string()]);
+    assert_eq!(iceberg_layout(&theirs), bucket_offset);
+    assert_eq!(iceberg_layout(&iceberg_metadata(&warehouse, "sensors")), bucket_offset, "ours, unpartitioned");
+    let clicks = (vec!["region".to_string(), "__bucket".to_string()], vec!["__offset".to_string()]);
+    assert_eq!(iceberg_layout(&iceberg_metadata(&warehouse, "clicks")), clicks, "ours, partitioned");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

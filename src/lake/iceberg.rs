@@ -16,9 +16,9 @@ use async_trait::async_trait;
 use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::io::LocalFsStorageFactory;
 use iceberg::spec::{
-    DataFile, DataFileFormat, Literal, ManifestList, NestedField, PartitionKey, PrimitiveType, Schema, Struct,
-    TableProperties, Transform, Type, UnboundPartitionSpec, deserialize_data_file_from_json,
-    serialize_data_file_to_json,
+    DataFile, DataFileFormat, Literal, ManifestList, NestedField, NullOrder, PartitionKey, PartitionSpec,
+    PrimitiveType, Schema, SortDirection, SortField, SortOrder, Struct, TableProperties, Transform, Type,
+    UnboundPartitionSpec, deserialize_data_file_from_json, serialize_data_file_to_json,
 };
 use iceberg::table::Table;
 use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
@@ -111,18 +111,36 @@ impl IcebergFactory {
                 return Err(lake_err(format!("creating namespace {}", t.path.database))(e));
             }
         }
+        // Fluss's layout: identity on the partition key, then on `__bucket` (a log table has no bucket key), rows
+        // sorted by `__offset` (a split writes them in offset order).
         let schema = iceberg_schema(&t.descriptor)?;
+        let source = |name: &str| {
+            schema
+                .field_by_name(name)
+                .map(|f| f.id)
+                .ok_or_else(|| Error::new(ErrorKind::Internal, format!("column {name} not in the lake schema")))
+        };
         let mut spec = UnboundPartitionSpec::builder();
         if let Some(key) = &t.descriptor.partition_key {
-            let source = schema
-                .field_by_name(key)
-                .ok_or_else(|| Error::new(ErrorKind::Internal, format!("partition key {key} not in schema")))?;
-            spec = spec.add_partition_field(source.id, key, Transform::Identity).map_err(lake_err("partition spec"))?;
+            spec =
+                spec.add_partition_field(source(key)?, key, Transform::Identity).map_err(lake_err("partition spec"))?;
         }
+        let spec = spec
+            .add_partition_field(source(BUCKET_COLUMN)?, BUCKET_COLUMN, Transform::Identity)
+            .map_err(lake_err("partition spec"))?;
+        let by_offset = SortField::builder()
+            .source_id(source(OFFSET_COLUMN)?)
+            .transform(Transform::Identity)
+            .direction(SortDirection::Ascending)
+            .null_order(NullOrder::First)
+            .build();
+        let sort_order =
+            SortOrder::builder().with_sort_field(by_offset).build(&schema).map_err(lake_err("sort order"))?;
         let creation = TableCreation::builder()
             .name(t.path.table.clone())
             .schema(schema)
             .partition_spec(spec.build())
+            .sort_order(sort_order)
             .properties([
                 (TABLE_PROP_TABLE_ID.to_string(), t.table_id.to_string()),
                 (TableProperties::PROPERTY_COMMIT_NUM_RETRIES.to_string(), "0".to_string()),
@@ -213,22 +231,9 @@ fn iceberg_schema(d: &TableDescriptor) -> Result<Schema> {
 
 /// The lake table must belong to this Fluss table (not to a dropped one of the same name).
 fn check_owner(t: &TableContext, table: &Table) -> Result<()> {
-    match table.metadata().properties().get(TABLE_PROP_TABLE_ID) {
-        Some(id) if *id == t.table_id.to_string() => {}
-        other => {
-            return Err(Error::new(
-                ErrorKind::Lake,
-                format!(
-                    "lake table {} belongs to Fluss table id {} but the cluster's table has id {}: was the table \
-                     dropped and re-created? Drop or rename the lake table to tier the new one",
-                    t.path,
-                    other.map(String::as_str).unwrap_or("(none)"),
-                    t.table_id
-                ),
-            ));
-        }
-    }
-    Ok(())
+    let schema = table.metadata().current_schema();
+    let system = [BUCKET_COLUMN, OFFSET_COLUMN, TIMESTAMP_COLUMN].iter().all(|c| schema.field_by_name(c).is_some());
+    super::check_table_owner(t, table.metadata().properties().get(TABLE_PROP_TABLE_ID).map(String::as_str), system)
 }
 
 /// Checks that a lake table still fits the Fluss table: a column retyped or dropped outside is a clear error.
@@ -256,6 +261,40 @@ fn check_compatible(t: &TableContext, table: &Table) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A writer's partition, for each field of the table's spec: the Fluss partition's value (identity on the partition
+/// key) or the Fluss bucket (identity on `__bucket`; one writer writes one bucket). Tables of earlier versions have
+/// the first only, Fluss's and this version's both; any other field cannot be filled from a split.
+fn partition_values(t: &TableContext, spec: &PartitionSpec, schema: &Schema, ctx: &WriterContext) -> Result<Struct> {
+    let mut values = Vec::new();
+    for field in spec.fields() {
+        let column = schema.field_by_id(field.source_id).map(|f| f.name.as_str());
+        let value = match (column, &field.transform) {
+            (Some(BUCKET_COLUMN), Transform::Identity) => Literal::int(ctx.bucket),
+            (Some(c), Transform::Identity) if t.descriptor.partition_key.as_deref() == Some(c) => {
+                let name = ctx.partition_name.as_deref().ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Internal,
+                        format!("a split of partitioned table {} without its partition", t.path),
+                    )
+                })?;
+                partition_literal(&t.descriptor, name)?
+            }
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "lake table {} is partitioned by {} ({}), which this job cannot fill: it writes identity \
+                         partitions on the Fluss partition key and on {BUCKET_COLUMN} only",
+                        t.path, field.name, field.transform
+                    ),
+                ));
+            }
+        };
+        values.push(Some(value));
+    }
+    Ok(Struct::from_iter(values))
 }
 
 /// The partition value of `name` as an Iceberg literal of the key's type.
@@ -393,14 +432,9 @@ impl LakeTieringFactory for IcebergFactory {
             Arc::new(schema_to_arrow_schema(&schema).map_err(lake_err("arrow schema"))?);
         let spec = metadata.default_partition_spec().clone();
         let partition_type = spec.partition_type(&schema).map_err(lake_err("partition type"))?;
-        let partition_key = match &ctx.partition_name {
-            Some(name) => Some(PartitionKey::new(
-                spec.as_ref().clone(),
-                Arc::clone(&schema),
-                Struct::from_iter([Some(partition_literal(&t.descriptor, name)?)]),
-            )),
-            None => None,
-        };
+        let values = partition_values(t, &spec, &schema, &ctx)?;
+        let partition_key =
+            (!spec.fields().is_empty()).then(|| PartitionKey::new(spec.as_ref().clone(), Arc::clone(&schema), values));
         let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
         let rolling = RollingFileWriterBuilder::new(
             ParquetWriterBuilder::new(props, Arc::clone(&schema)),

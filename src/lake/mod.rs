@@ -352,6 +352,33 @@ pub fn local_dir(location: &str) -> Option<std::path::PathBuf> {
     Some(std::path::PathBuf::from(path))
 }
 
+/// The lake table must belong to this Fluss table (not to a dropped one of the same name): `owner` is the table id
+/// it names in `fluss.table-id`. One that names none is Fluss's coordinator's (which writes none) when it has the
+/// system columns: it is adopted, and its tiering snapshots name their table id ([`check_snapshot_owner`]). Anything
+/// else of the same name is not a Fluss table's, and is refused rather than written into.
+pub fn check_table_owner(t: &TableContext, owner: Option<&str>, has_system_columns: bool) -> Result<()> {
+    match owner {
+        Some(owner) if owner == t.table_id.to_string() => Ok(()),
+        Some(owner) => Err(Error::new(
+            ErrorKind::TableNotExist,
+            format!(
+                "lake table {} belongs to Fluss table id {owner}, not {}: was the table dropped and re-created? Drop \
+                 or rename the lake table to tier the new one",
+                t.path, t.table_id
+            ),
+        )),
+        None if has_system_columns => Ok(()),
+        None => Err(Error::new(
+            ErrorKind::SchemaMismatch,
+            format!(
+                "lake table {} exists but is not a Fluss table's: it has no {TABLE_PROP_TABLE_ID} property and not \
+                 the system columns {BUCKET_COLUMN}, {OFFSET_COLUMN}, {TIMESTAMP_COLUMN} (rename it, or drop it)",
+                t.path
+            ),
+        )),
+    }
+}
+
 /// The lake table's latest tiering snapshot must be of this Fluss table: a lake table that names no owner (one Fluss's
 /// coordinator created) is told apart from a dropped table's by the table id its tiering snapshots carry.
 pub fn check_snapshot_owner(t: &TableContext, latest: Option<&TieredSnapshot>) -> Result<()> {

@@ -258,7 +258,11 @@ fn paimon_type(ty: ColumnType, nullable: bool) -> Result<DataType> {
     })
 }
 
-/// The Fluss schema plus the system columns; the key, bucket count and partition key of the Fluss table.
+/// The lake table as Fluss 0.9's coordinator creates it (`PaimonLakeCatalog`): the Fluss columns, then the system
+/// columns `__bucket INT`, `__offset BIGINT`, `__timestamp TIMESTAMP_LTZ(3)` (nullable); the key, bucket count
+/// (`bucket-key`: the key less the partition key) and partition key of the Fluss table; `changelog-producer = input`
+/// for a primary-key table, `partition.legacy-name = false`, every Fluss property as `fluss.<key>`. Ours besides:
+/// `fluss.table-id` (which table it is) and Parquet files (what this job writes).
 fn paimon_schema(t: &TableContext) -> Result<Schema> {
     let d: &TableDescriptor = &t.descriptor;
     let mut builder = Schema::builder();
@@ -266,49 +270,38 @@ fn paimon_schema(t: &TableContext) -> Result<Schema> {
         let in_key = d.primary_key.contains(&c.name) || d.partition_key.as_ref() == Some(&c.name);
         builder = builder.column(c.name.clone(), paimon_type(c.data_type, !in_key)?);
     }
-    let ts = LocalZonedTimestampType::with_nullable(false, 6)
+    let ts = LocalZonedTimestampType::with_nullable(true, 3)
         .map_err(|e| Error::new(ErrorKind::Internal, "timestamp type").with_source(e))?;
     builder = builder
-        .column(BUCKET_COLUMN, DataType::Int(IntType::with_nullable(false)))
-        .column(OFFSET_COLUMN, DataType::BigInt(BigIntType::with_nullable(false)))
+        .column(BUCKET_COLUMN, DataType::Int(IntType::with_nullable(true)))
+        .column(OFFSET_COLUMN, DataType::BigInt(BigIntType::with_nullable(true)))
         .column(TIMESTAMP_COLUMN, DataType::LocalZonedTimestamp(ts))
-        .option(TABLE_PROP_TABLE_ID, t.table_id.to_string())
-        .option("file.format", "parquet");
+        .option("partition.legacy-name", "false");
+    for (key, value) in d.properties.iter().filter(|(k, _)| !k.starts_with("table.datalake.paimon.")) {
+        builder = builder.option(format!("fluss.{key}"), value.clone());
+    }
+    builder = builder.option(TABLE_PROP_TABLE_ID, t.table_id.to_string()).option("file.format", "parquet");
     if let Some(key) = &d.partition_key {
         builder = builder.partition_keys([key.clone()]);
     }
     builder = if d.primary_key.is_empty() {
         builder.option("bucket", "-1")
     } else {
-        builder.primary_key(d.primary_key.clone()).option("bucket", d.buckets.to_string())
+        let bucket_key: Vec<&str> =
+            d.primary_key.iter().map(String::as_str).filter(|k| d.partition_key.as_deref() != Some(*k)).collect();
+        builder
+            .primary_key(d.primary_key.clone())
+            .option("bucket", d.buckets.to_string())
+            .option("bucket-key", bucket_key.join(","))
+            .option("changelog-producer", "input")
     };
     builder.build().map_err(lake_err(format!("building the Paimon schema of {}", t.path)))
 }
 
-/// The lake table must belong to this Fluss table (not to a dropped one of the same name). A table without our
-/// `fluss.table-id` is one Fluss's coordinator created (it writes none) when it has Fluss's system columns: it is
-/// adopted, and its tiering snapshots, if any, name their table id, which the plan checks. Anything else of the same
-/// name is not Fluss's, and is refused rather than written into.
+/// The lake table must belong to this Fluss table ([`super::check_table_owner`]).
 fn check_owner(t: &TableContext, table: &Table) -> Result<()> {
-    match table.schema().options().get(TABLE_PROP_TABLE_ID) {
-        Some(owner) if *owner == t.table_id.to_string() => Ok(()),
-        Some(owner) => Err(Error::new(
-            ErrorKind::TableNotExist,
-            format!(
-                "lake table {} belongs to Fluss table id {owner}, not {}: was the table dropped and re-created?",
-                t.path, t.table_id
-            ),
-        )),
-        None if has_system_columns(table) => Ok(()),
-        None => Err(Error::new(
-            ErrorKind::SchemaMismatch,
-            format!(
-                "lake table {} exists but is not a Fluss table's: it has no {TABLE_PROP_TABLE_ID} option and not the \
-                 system columns {BUCKET_COLUMN}, {OFFSET_COLUMN}, {TIMESTAMP_COLUMN} (rename it, or drop it)",
-                t.path
-            ),
-        )),
-    }
+    let owner = table.schema().options().get(TABLE_PROP_TABLE_ID).map(String::as_str);
+    super::check_table_owner(t, owner, has_system_columns(table))
 }
 
 /// Whether the lake table has Fluss's system columns, as Fluss 0.9 creates lake tables.

@@ -34,6 +34,8 @@
 //!
 //! Frontier contract: a round's plan holds a capability at its time `t` until the round's outcome is emitted. Rounds
 //! of different tables commit concurrently; one table has at most one round in flight, so its rounds stay ordered.
+//! What it relies on is asserted (`debug_assert!`): one plan per time, and a round past both input frontiers has
+//! its plan and one result per split (the enumerator and the readers hold `t` until then).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -86,7 +88,9 @@ pub fn commit<'scope>(
                         return;
                     };
                     for plan in data.drain(..) {
-                        rounds.entry(*cap.time()).or_default().plan = Some((cap.clone(), plan, Instant::now()));
+                        let round = rounds.entry(*cap.time()).or_default();
+                        debug_assert!(round.plan.is_none(), "two plans at time {}: one round per time", cap.time());
+                        round.plan = Some((cap.clone(), plan, Instant::now()));
                     }
                 });
                 results_in.for_each(|cap, data| {
@@ -103,10 +107,21 @@ pub fn commit<'scope>(
                     let Some(round) = rounds.remove(&t) else {
                         continue;
                     };
+                    // The enumerator holds a round's time until its plan is out, and the readers hold it until each of
+                    // the round's splits reported: past both frontiers, the round is whole.
+                    debug_assert!(round.plan.is_some(), "write results at time {t} without a round plan");
                     let Some((cap, plan, sent)) = round.plan else {
                         tracing::error!(time = t, results = round.results.len(), "write results without a round plan");
                         continue;
                     };
+                    debug_assert!(
+                        round.results.len() == plan.splits as usize
+                            && round.results.iter().all(|r| r.round_id == plan.round_id),
+                        "round {} is complete with {} results of its {} splits",
+                        plan.round_id,
+                        round.results.len(),
+                        plan.splits
+                    );
                     ctx.metrics.add_phase(Phase::ReadWrite, sent.elapsed());
                     let (table_id, round_id) = (plan.table.table_id, plan.round_id.clone());
                     if let Some(other) = committing.get(&table_id) {

@@ -7,7 +7,8 @@
 //! Frontier contract:
 //! - Output times are round numbers `0, 1, 2, …`, one per round, increasing in the order tables were assigned.
 //! - A round's time `t` is held (on both outputs) from the table's assignment until its splits and plan are
-//!   emitted, or until planning fails or finds nothing to do; no output at `t` follows.
+//!   emitted, or until planning fails or finds nothing to do; no output at `t` follows. The plan counts the splits
+//!   sent at `t`, all of its round (asserted: the committer relies on it).
 //! - The feedback input is connected to no output (an empty connection): outcomes never hold back the frontier,
 //!   which is what keeps the loop from livelocking.
 //! - All capabilities are dropped when the job stops (`--once` caught up, SIGINT, or a fatal error), which ends
@@ -191,6 +192,15 @@ pub fn enumerator<'scope>(
                             if let Some(held) = state.held.get(&table_id) {
                                 state.ctx.metrics.add_phase(Phase::Plan, held.assigned_at.elapsed());
                             }
+                            // The committer's contract: the plan counts the splits sent at its time, all of its round.
+                            debug_assert!(
+                                plan.splits as usize == splits.len()
+                                    && splits.iter().all(|s| s.round_id == plan.round_id),
+                                "round {}: a plan of {} splits, {} sent",
+                                plan.round_id,
+                                plan.splits,
+                                splits.len()
+                            );
                             emitted_splits.session(&split_cap).give_iterator(splits.into_iter());
                             emitted_plans.session(&plan_cap).give(plan);
                         }

@@ -17,6 +17,9 @@
 //!
 //! Async work (RPC, lake I/O) runs on a tokio runtime beside the workers; results come back through
 //! [`bridge::Tasks`], which wakes the operator. No operator blocks its worker.
+//!
+//! Layering: the job sees the cluster only as `crate::model::tiering::TieringCluster` and the lakes through
+//! `crate::lake`; it imports no cluster, door or wire (checked by `.ci/run`).
 
 pub mod bridge;
 pub mod commit;

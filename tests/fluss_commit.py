@@ -67,7 +67,8 @@ def main(warehouse: str, name: str, scan_path: str, remote_dir: str, table_id: s
     for b, o in zip(rows["__bucket"].to_pylist(), rows["__offset"].to_pylist()):
         ends[b] = max(ends[b], o + 1)
 
-    now = pa.array([int(time.time() * 1_000_000)] * rows.num_rows, pa.timestamp("us", tz="UTC"))
+    # Whole milliseconds: Fluss's own layout keeps `__timestamp` in milliseconds (TIMESTAMP_LTZ(3)).
+    now = pa.array([int(time.time() * 1000) * 1000] * rows.num_rows, pa.timestamp("us", tz="UTC"))
     columns = [rows[f.name].cast(f.type) if f.name in rows.column_names else now.cast(f.type) for f in schema]
     data = pa.Table.from_arrays(columns, schema=schema)
 

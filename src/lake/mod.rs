@@ -10,6 +10,9 @@
 //!
 //! The marker in each snapshot (round id, tiering epoch, tiered offsets) makes the lake the source of truth: a
 //! restarted job reads its offsets back from the lake alone.
+//!
+//! Layering: the lakes see `crate::model` and `crate::error` only; never the cluster, its doors, a wire or the job
+//! (checked by `.ci/run`).
 
 pub mod iceberg;
 pub mod outcome;

@@ -1,5 +1,8 @@
 //! The gRPC wire: code generated from `proto/fluss_api.proto`, a typed client, that client as the job's
 //! [`crate::model::tiering::TieringCluster`] ([`tiering`]), and errors as statuses ([`status`]).
+//!
+//! Layering: the wire sees `crate::model` and `crate::error`; it imports no cluster, door, job or lake, and the
+//! cluster none of it (checked by `.ci/run`).
 
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;

@@ -688,3 +688,47 @@ async fn paimon_a_table_fluss_created_is_adopted_and_its_snapshots_name_their_fl
     assert_eq!(err.kind(), ErrorKind::TableNotExist, "{err}");
     assert!(err.to_string().contains("is of Fluss table id 1, not 2"), "{err}");
 }
+
+/// An Iceberg table of ours whose partition spec has a field the job cannot fill from a split (a bucket transform, as
+/// on a bucket key) is refused before anything in it is changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iceberg_a_partition_spec_the_job_cannot_fill_is_refused_before_the_table_is_changed() {
+    use iceberg::TableCreation;
+    use iceberg::spec::{NestedField, PrimitiveType, Schema, Transform, Type, UnboundPartitionSpec};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = dir.path().join("warehouse");
+    let catalog = IcebergFactory::open_catalog(&warehouse).await.expect("catalog");
+    let namespace = NamespaceIdent::new("db".into());
+    catalog.create_namespace(&namespace, Default::default()).await.expect("namespace");
+    let fields = [
+        ("id", PrimitiveType::Long, false),
+        ("name", PrimitiveType::String, false),
+        ("__bucket", PrimitiveType::Int, true),
+        ("__offset", PrimitiveType::Long, true),
+        ("__timestamp", PrimitiveType::Timestamptz, true),
+    ];
+    let fields = fields.into_iter().enumerate().map(|(i, (name, ty, required))| {
+        let id = i as i32 + 1;
+        Arc::new(match required {
+            true => NestedField::required(id, name, Type::Primitive(ty)),
+            false => NestedField::optional(id, name, Type::Primitive(ty)),
+        })
+    });
+    let schema = Schema::builder().with_fields(fields).build().expect("schema");
+    let spec = UnboundPartitionSpec::builder().add_partition_field(1, "id_bucket", Transform::Bucket(4)).expect("spec");
+    let creation = TableCreation::builder()
+        .name("t".into())
+        .schema(schema)
+        .partition_spec(spec.build())
+        .properties([("fluss.table-id".to_string(), "1".to_string())])
+        .build();
+    catalog.create_table(&namespace, creation).await.expect("the table");
+    let factory = IcebergFactory::with_catalog(catalog.clone(), LakeOptions::default());
+    let mut wider = test_table();
+    wider.descriptor.columns = parse_schema("id:int64,name:string,extra:int32").expect("schema");
+    let err = factory.prepare_table(&wider).await.expect_err("refused");
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert!(err.to_string().contains("which this job cannot fill"), "{err}");
+    let table = catalog.load_table(&TableIdent::new(namespace, "t".into())).await.expect("load");
+    assert!(table.metadata().current_schema().field_by_name("extra").is_none(), "the table was left as it was");
+}

@@ -143,6 +143,14 @@ async fn upserts_and_deletes_reach_paimon_as_the_final_state_key_by_key() {
     for t in &tables {
         check_state(&warehouse, t, 3000);
     }
+    // The lake tables as Fluss's coordinator makes them: Paimon buckets by the key less the partition key.
+    for (table, bucket_key) in [("users", "id"), ("accounts", "id")] {
+        let dir = warehouse.join("db.db").join(table).join("schema");
+        let schema: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("schema-0")).expect("schema")).expect("json");
+        assert_eq!(schema["options"]["bucket-key"], bucket_key, "{table}: {schema}");
+        assert!(schema["options"].get("changelog-producer").is_none(), "no changelog promised: {schema}");
+    }
     // users: 3 buckets; accounts: 2 buckets in each of the generator's 3 partitions. Every one has had more than
     // 250 changes, so every one has a snapshot to start from.
     assert_eq!(first.snapshot_splits, 3 + 2 * 3, "every bucket starts from its snapshot: {first:?}");

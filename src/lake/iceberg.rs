@@ -16,9 +16,9 @@ use async_trait::async_trait;
 use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::io::LocalFsStorageFactory;
 use iceberg::spec::{
-    DataFile, DataFileFormat, Literal, ManifestList, NestedField, NullOrder, PartitionKey, PartitionSpec,
-    PrimitiveType, Schema, SortDirection, SortField, SortOrder, Struct, TableProperties, Transform, Type,
-    UnboundPartitionSpec, deserialize_data_file_from_json, serialize_data_file_to_json,
+    DataFile, DataFileFormat, Literal, ManifestList, NestedField, NullOrder, PartitionKey, PrimitiveType, Schema,
+    SortDirection, SortField, SortOrder, Struct, TableProperties, Transform, Type, UnboundPartitionSpec,
+    deserialize_data_file_from_json, serialize_data_file_to_json,
 };
 use iceberg::table::Table;
 use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
@@ -263,16 +263,46 @@ fn check_compatible(t: &TableContext, table: &Table) -> Result<()> {
     Ok(())
 }
 
-/// A writer's partition, for each field of the table's spec: the Fluss partition's value (identity on the partition
-/// key) or the Fluss bucket (identity on `__bucket`; one writer writes one bucket). Tables of earlier versions have
-/// the first only, Fluss's and this version's both; any other field cannot be filled from a split.
-fn partition_values(t: &TableContext, spec: &PartitionSpec, schema: &Schema, ctx: &WriterContext) -> Result<Struct> {
-    let mut values = Vec::new();
-    for field in spec.fields() {
-        let column = schema.field_by_id(field.source_id).map(|f| f.name.as_str());
-        let value = match (column, &field.transform) {
-            (Some(BUCKET_COLUMN), Transform::Identity) => Literal::int(ctx.bucket),
+/// What fills one field of a lake table's partition spec.
+enum PartitionSource {
+    /// Identity on the Fluss partition key: the split's partition.
+    PartitionKey,
+    /// Identity on `__bucket`: the split's bucket (one writer writes one bucket).
+    Bucket,
+}
+
+/// What fills each field of the table's default spec; tables of earlier versions have the partition key only,
+/// Fluss's and this version's both. Any other field cannot be filled from a split, and the table is refused.
+fn partition_sources(t: &TableContext, table: &Table) -> Result<Vec<PartitionSource>> {
+    let metadata = table.metadata();
+    let schema = metadata.current_schema();
+    let spec = metadata.default_partition_spec();
+    spec.fields()
+        .iter()
+        .map(|field| match (schema.field_by_id(field.source_id).map(|f| f.name.as_str()), &field.transform) {
+            (Some(BUCKET_COLUMN), Transform::Identity) => Ok(PartitionSource::Bucket),
             (Some(c), Transform::Identity) if t.descriptor.partition_key.as_deref() == Some(c) => {
+                Ok(PartitionSource::PartitionKey)
+            }
+            _ => Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "lake table {} is partitioned by {} ({}), which this job cannot fill: it writes identity \
+                     partitions on the Fluss partition key and on {BUCKET_COLUMN} only",
+                    t.path, field.name, field.transform
+                ),
+            )),
+        })
+        .collect()
+}
+
+/// A writer's partition: a value per field of the table's spec ([`partition_sources`]).
+fn partition_values(t: &TableContext, table: &Table, ctx: &WriterContext) -> Result<Struct> {
+    let mut values = Vec::new();
+    for source in partition_sources(t, table)? {
+        values.push(Some(match source {
+            PartitionSource::Bucket => Literal::int(ctx.bucket),
+            PartitionSource::PartitionKey => {
                 let name = ctx.partition_name.as_deref().ok_or_else(|| {
                     Error::new(
                         ErrorKind::Internal,
@@ -281,18 +311,7 @@ fn partition_values(t: &TableContext, spec: &PartitionSpec, schema: &Schema, ctx
                 })?;
                 partition_literal(&t.descriptor, name)?
             }
-            _ => {
-                return Err(Error::new(
-                    ErrorKind::Unsupported,
-                    format!(
-                        "lake table {} is partitioned by {} ({}), which this job cannot fill: it writes identity \
-                         partitions on the Fluss partition key and on {BUCKET_COLUMN} only",
-                        t.path, field.name, field.transform
-                    ),
-                ));
-            }
-        };
-        values.push(Some(value));
+        }));
     }
     Ok(Struct::from_iter(values))
 }
@@ -417,6 +436,7 @@ impl LakeTieringFactory for IcebergFactory {
         // Whose the table is, before anything is changed in it.
         let table = self.load_or_create(t).await?;
         check_owner(t, &table)?;
+        partition_sources(t, &table)?;
         let latest = latest_marker(&table).await?;
         super::check_snapshot_owner(t, latest.as_ref())?;
         let table = self.evolve(t, table).await?;
@@ -432,7 +452,7 @@ impl LakeTieringFactory for IcebergFactory {
             Arc::new(schema_to_arrow_schema(&schema).map_err(lake_err("arrow schema"))?);
         let spec = metadata.default_partition_spec().clone();
         let partition_type = spec.partition_type(&schema).map_err(lake_err("partition type"))?;
-        let values = partition_values(t, &spec, &schema, &ctx)?;
+        let values = partition_values(t, &table, &ctx)?;
         let partition_key =
             (!spec.fields().is_empty()).then(|| PartitionKey::new(spec.as_ref().clone(), Arc::clone(&schema), values));
         let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();

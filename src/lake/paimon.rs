@@ -260,9 +260,10 @@ fn paimon_type(ty: ColumnType, nullable: bool) -> Result<DataType> {
 
 /// The lake table as Fluss 0.9's coordinator creates it (`PaimonLakeCatalog`): the Fluss columns, then the system
 /// columns `__bucket INT`, `__offset BIGINT`, `__timestamp TIMESTAMP_LTZ(3)` (nullable); the key, bucket count
-/// (`bucket-key`: the key less the partition key) and partition key of the Fluss table; `changelog-producer = input`
-/// for a primary-key table, `partition.legacy-name = false`, every Fluss property as `fluss.<key>`. Ours besides:
-/// `fluss.table-id` (which table it is) and Parquet files (what this job writes).
+/// (`bucket-key`: the key less the partition key) and partition key of the Fluss table; `partition.legacy-name =
+/// false`, every Fluss property as `fluss.<key>`. Ours besides: `fluss.table-id` (which table it is) and Parquet
+/// files (what this job writes). Not Fluss's `changelog-producer = input`: a round writes each key's net change (an
+/// update without its before-image), which streaming readers must not take for a complete changelog.
 fn paimon_schema(t: &TableContext) -> Result<Schema> {
     let d: &TableDescriptor = &t.descriptor;
     let mut builder = Schema::builder();
@@ -289,11 +290,11 @@ fn paimon_schema(t: &TableContext) -> Result<Schema> {
     } else {
         let bucket_key: Vec<&str> =
             d.primary_key.iter().map(String::as_str).filter(|k| d.partition_key.as_deref() != Some(*k)).collect();
-        builder
-            .primary_key(d.primary_key.clone())
-            .option("bucket", d.buckets.to_string())
-            .option("bucket-key", bucket_key.join(","))
-            .option("changelog-producer", "input")
+        let builder = builder.primary_key(d.primary_key.clone()).option("bucket", d.buckets.to_string());
+        match bucket_key.is_empty() {
+            true => builder,
+            false => builder.option("bucket-key", bucket_key.join(",")),
+        }
     };
     builder.build().map_err(lake_err(format!("building the Paimon schema of {}", t.path)))
 }

@@ -168,6 +168,18 @@ pub async fn plan_round(
     for (partition_id, partition_name) in partitions {
         let ends = client.list_offsets(table_id, partition_id, &bucket_ids, true).await?;
         let starts = client.list_offsets(table_id, partition_id, &bucket_ids, false).await?;
+        // A short answer would leave buckets out of the round unseen, and the job would call the table caught up.
+        if ends.len() != bucket_ids.len() || starts.len() != bucket_ids.len() {
+            return Err(Error::new(
+                ErrorKind::CorruptMessage,
+                format!(
+                    "the cluster answered {} end and {} start offsets for the {} buckets of {path}",
+                    ends.len(),
+                    starts.len(),
+                    bucket_ids.len()
+                ),
+            ));
+        }
         for ((bucket, log_start), high_watermark) in bucket_ids.iter().zip(starts).zip(ends) {
             states.push(BucketState {
                 bucket: TableBucket { partition_id, bucket: *bucket },

@@ -31,6 +31,8 @@ struct Cues {
     lost_assignments: AtomicU32,
     /// This many cluster commits are refused as fenced before being sent.
     fenced_commits: AtomicU32,
+    /// End-offset answers leave out their last bucket.
+    short_offsets: AtomicBool,
     injected: AtomicU32,
 }
 
@@ -94,7 +96,12 @@ impl TieringCluster for FaultyCluster {
         buckets: &[i32],
         latest: bool,
     ) -> Result<Vec<i64>> {
-        self.inner.list_offsets(table, partition, buckets, latest).await
+        let mut offsets = self.inner.list_offsets(table, partition, buckets, latest).await?;
+        if latest && self.cues.short_offsets.load(Ordering::SeqCst) {
+            self.cues.injected.fetch_add(1, Ordering::SeqCst);
+            offsets.pop();
+        }
+        Ok(offsets)
     }
 
     async fn lake_snapshot(&self, path: &TablePath) -> Result<Option<LakeSnapshot>> {
@@ -179,6 +186,22 @@ async fn lost_replies_failed_confirmations_and_a_fenced_cluster_commit_still_tie
     // caught up from the lake by the next round: the lake has every offset once and the cluster agrees with it.
     common::wait_tiered(&client, &tables.iter().collect::<Vec<_>>(), Duration::from_secs(60)).await;
     common::check_lake_and_cluster(&client, &warehouse, &tables, 1500).await;
+}
+
+/// A ListOffsets answer that leaves out a bucket fails the round with the reason; it never plans the other buckets
+/// alone and lets the job call the table caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_answers_that_leave_out_a_bucket_fail_the_round_and_commit_nothing() {
+    let common::Setup { dir: _dir, warehouse, cluster, client, tables } = common::setup().await;
+    common::produce_all(&client, &tables[..1], 0, 500).await;
+    let cues = Arc::new(Cues { short_offsets: AtomicBool::new(true), ..Cues::default() });
+    let (url, lake_dir, job_cues) = (common::job_url(&cluster), warehouse.clone(), Arc::clone(&cues));
+    let (result, ctx) = tokio::task::spawn_blocking(move || run_once(url, lake_dir, job_cues)).await.expect("job");
+    assert!(cues.injected.load(Ordering::SeqCst) > 0, "answers were shortened");
+    assert_eq!(ctx.metrics.rounds_committed.load(Ordering::Relaxed), 0, "nothing was committed");
+    let errors = ctx.errors().join("; ");
+    assert!(result.is_err() || !errors.is_empty(), "the job does not end as a success");
+    assert!(errors.contains("end and") && errors.contains("start offsets for the 4 buckets"), "{errors}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -231,9 +231,8 @@ fn iceberg_schema(d: &TableDescriptor) -> Result<Schema> {
 
 /// The lake table must belong to this Fluss table (not to a dropped one of the same name).
 fn check_owner(t: &TableContext, table: &Table) -> Result<()> {
-    let schema = table.metadata().current_schema();
-    let system = [BUCKET_COLUMN, OFFSET_COLUMN, TIMESTAMP_COLUMN].iter().all(|c| schema.field_by_name(c).is_some());
-    super::check_table_owner(t, table.metadata().properties().get(TABLE_PROP_TABLE_ID).map(String::as_str), system)
+    let owner = table.metadata().properties().get(TABLE_PROP_TABLE_ID).map(String::as_str);
+    super::check_table_owner(t, owner, |c| table.metadata().current_schema().field_by_name(c).is_some())
 }
 
 /// Checks that a lake table still fits the Fluss table: a column retyped or dropped outside is a clear error.

@@ -356,10 +356,11 @@ pub fn local_dir(location: &str) -> Option<std::path::PathBuf> {
 }
 
 /// The lake table must belong to this Fluss table (not to a dropped one of the same name): `owner` is the table id
-/// it names in `fluss.table-id`. One that names none is Fluss's coordinator's (which writes none) when it has the
-/// system columns: it is adopted, and its tiering snapshots name their table id ([`check_snapshot_owner`]). Anything
+/// it names in `fluss.table-id`, `has_column` says whether it has a column of that name. One that names none is
+/// Fluss's coordinator's (which writes none) when it has the system columns: it is adopted, and its tiering snapshots name their table id ([`check_snapshot_owner`]). Anything
 /// else of the same name is not a Fluss table's, and is refused rather than written into.
-pub fn check_table_owner(t: &TableContext, owner: Option<&str>, has_system_columns: bool) -> Result<()> {
+pub fn check_table_owner(t: &TableContext, owner: Option<&str>, has_column: impl Fn(&str) -> bool) -> Result<()> {
+    let has_system_columns = || [BUCKET_COLUMN, OFFSET_COLUMN, TIMESTAMP_COLUMN].into_iter().all(&has_column);
     match owner {
         Some(owner) if owner == t.table_id.to_string() => Ok(()),
         Some(owner) => Err(Error::new(
@@ -370,7 +371,7 @@ pub fn check_table_owner(t: &TableContext, owner: Option<&str>, has_system_colum
                 t.path, t.table_id
             ),
         )),
-        None if has_system_columns => Ok(()),
+        None if has_system_columns() => Ok(()),
         None => Err(Error::new(
             ErrorKind::SchemaMismatch,
             format!(

@@ -302,13 +302,7 @@ fn paimon_schema(t: &TableContext) -> Result<Schema> {
 /// The lake table must belong to this Fluss table ([`super::check_table_owner`]).
 fn check_owner(t: &TableContext, table: &Table) -> Result<()> {
     let owner = table.schema().options().get(TABLE_PROP_TABLE_ID).map(String::as_str);
-    super::check_table_owner(t, owner, has_system_columns(table))
-}
-
-/// Whether the lake table has Fluss's system columns, as Fluss 0.9 creates lake tables.
-fn has_system_columns(table: &Table) -> bool {
-    let fields = table.schema().fields();
-    [BUCKET_COLUMN, OFFSET_COLUMN, TIMESTAMP_COLUMN].iter().all(|c| fields.iter().any(|f| f.name() == *c))
+    super::check_table_owner(t, owner, |c| table.schema().fields().iter().any(|f| f.name() == c))
 }
 
 /// Checks that every Fluss column has a lake column of the same type: a column retyped or dropped outside is a clear
@@ -482,22 +476,26 @@ fn messages(written: &[WrittenData]) -> Result<Vec<CommitMessage>> {
     Ok(out)
 }
 
+/// The file name of the marker of commit identifier `identifier`, in [`MARKER_DIR`].
+fn marker_name(identifier: i64) -> String {
+    format!("{identifier}.json")
+}
+
 fn marker_path(table: &Table, identifier: i64) -> String {
-    format!("{}/{MARKER_DIR}/{identifier}.json", table.location().trim_end_matches('/'))
+    format!("{}/{MARKER_DIR}/{}", table.location().trim_end_matches('/'), marker_name(identifier))
 }
 
 /// Writes `marker` under an identifier above `own` (our newest snapshot's) and above every marker file there, and
 /// returns it (invariants 1 and 2): the exclusive creation makes the identifier this round's alone.
 fn write_marker(table: &Table, marker: &CommitMarker, own: i64) -> Result<i64> {
-    let local = |identifier: i64| {
-        super::local_dir(&marker_path(table, identifier)).ok_or_else(|| {
+    let dir = super::local_dir(table.location())
+        .ok_or_else(|| {
             Error::new(
                 ErrorKind::Unsupported,
                 format!("lake table at {}: round markers need a local warehouse", table.location()),
             )
-        })
-    };
-    let dir = local(0)?.parent().map(Path::to_path_buf).unwrap_or_default();
+        })?
+        .join(MARKER_DIR);
     let io = |what: String| move |e: std::io::Error| Error::new(ErrorKind::Lake, what).with_source(e);
     std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
     let highest = std::fs::read_dir(&dir)
@@ -512,7 +510,7 @@ fn write_marker(table: &Table, marker: &CommitMarker, own: i64) -> Result<i64> {
         identifier = identifier
             .checked_add(1)
             .ok_or_else(|| Error::new(ErrorKind::Lake, "the lake table's commit identifiers are exhausted"))?;
-        let path = local(identifier)?;
+        let path = dir.join(marker_name(identifier));
         match claim::create_exclusive(&path, &body) {
             Ok(()) => return Ok(identifier),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -694,7 +692,7 @@ async fn referenced_files(table: &Table) -> Result<BTreeSet<String>> {
         lists.extend(snapshot.changelog_manifest_list().map(str::to_string));
         names.extend(snapshot.index_manifest().map(str::to_string));
         if snapshot.commit_user() == COMMIT_USER {
-            names.insert(format!("{}.json", snapshot.commit_identifier()));
+            names.insert(marker_name(snapshot.commit_identifier()));
         }
     }
     let mut manifests = BTreeSet::new();

@@ -34,8 +34,7 @@ use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::failpoint;
-use crate::lake::outcome::{CommitCall, check_base, settle};
+use crate::lake::outcome::{self, CommitSteps, Published};
 use crate::lake::{
     BUCKET_COLUMN, CommitMarker, LakeCommitter, LakeOptions, LakeTieringFactory, LakeWriter, OFFSET_COLUMN, OffsetsRef,
     TABLE_PROP_TABLE_ID, TIMESTAMP_COLUMN, TableContext, TieredSnapshot, WriterContext, WrittenData, fit_columns,
@@ -568,6 +567,61 @@ impl IcebergCommitter {
     }
 }
 
+/// Iceberg's answers: a fast append carrying the marker in its snapshot summary, committed through the fenced
+/// catalog; the round is found by its round id.
+#[async_trait]
+impl CommitSteps for IcebergCommitter {
+    type Table = Table;
+    type Payload = Transaction;
+    type Key = ();
+
+    async fn load(&self) -> Result<Table> {
+        IcebergCommitter::load(self).await
+    }
+
+    async fn latest(&self, table: &Table) -> Result<Option<TieredSnapshot>> {
+        latest_marker(table).await
+    }
+
+    async fn prepare(
+        &self,
+        table: &Table,
+        written: Vec<WrittenData>,
+        marker: &CommitMarker,
+    ) -> Result<(Transaction, ())> {
+        let properties = marker.to_properties()?;
+        let files = Self::data_files(table, &written)?;
+        let tx = Transaction::new(table);
+        let action = tx.fast_append().add_data_files(files).set_snapshot_properties(properties.into_iter().collect());
+        Ok((action.apply(tx).map_err(lake_err("building the append"))?, ()))
+    }
+
+    async fn publish(&self, table: &Table, tx: Transaction) -> Result<Published> {
+        // Conditional on the table being exactly as loaded.
+        let fenced = FencedCatalog {
+            inner: Arc::clone(&self.catalog),
+            expected_current: table.metadata().current_snapshot_id(),
+        };
+        Ok(match tx.commit(&fenced as &dyn Catalog).await {
+            Ok(committed) => match committed.metadata().current_snapshot_id() {
+                Some(id) => Published::Landed(id),
+                None => Published::Failed(Error::new(ErrorKind::Internal, "commit left no current snapshot")),
+            },
+            // Refused by the fence or by the catalog's compare-and-swap (nothing applied), or failed in a way that
+            // does not say.
+            Err(e) => {
+                let refused = e.message().starts_with(MOVED) || e.kind() == iceberg::ErrorKind::CatalogCommitConflicts;
+                let e = lake_err(format!("committing to lake table {}", self.table.path))(e);
+                if refused { Published::Refused(e) } else { Published::Failed(e) }
+            }
+        })
+    }
+
+    async fn find(&self, table: &Table, _: &(), marker: &CommitMarker, base: Option<i64>) -> Result<Option<i64>> {
+        find_round(table, &marker.round_id, base)
+    }
+}
+
 #[async_trait]
 impl LakeCommitter for IcebergCommitter {
     async fn tiered_ancestry(&self, first_only: bool) -> Result<Vec<TieredSnapshot>> {
@@ -576,37 +630,7 @@ impl LakeCommitter for IcebergCommitter {
 
     async fn commit(&self, written: Vec<WrittenData>, marker: &CommitMarker, base: Option<i64>) -> Result<i64> {
         let table = self.load().await?;
-        let latest = latest_marker(&table).await?;
-        check_base(latest.as_ref(), base)?;
-        let properties = marker.to_properties()?;
-        // From here on the commit is conditional on the table being exactly as just read.
-        let fenced = FencedCatalog {
-            inner: Arc::clone(&self.catalog),
-            expected_current: table.metadata().current_snapshot_id(),
-        };
-        let files = Self::data_files(&table, &written)?;
-        let tx = Transaction::new(&table);
-        let action = tx.fast_append().add_data_files(files).set_snapshot_properties(properties.into_iter().collect());
-        let tx = action.apply(tx).map_err(lake_err("building the append"))?;
-        failpoint::hit("before-lake-commit");
-        match tx.commit(&fenced as &dyn Catalog).await {
-            Ok(committed) => committed
-                .metadata()
-                .current_snapshot_id()
-                .ok_or_else(|| Error::new(ErrorKind::Internal, "commit left no current snapshot")),
-            Err(e) => {
-                // Refused by the fence or by the catalog's compare-and-swap (nothing applied), or failed in a way
-                // that does not say: either way only the lake, walked back to the base, can say what happened.
-                let refused = e.message().starts_with(MOVED) || e.kind() == iceberg::ErrorKind::CatalogCommitConflicts;
-                let call = if refused { CommitCall::Refused } else { CommitCall::Failed };
-                let lookup = match self.load().await {
-                    Ok(table) => find_round(&table, &marker.round_id, base),
-                    Err(e) => Err(e),
-                };
-                let path = self.table.path.to_string();
-                settle(&path, call, Some(lake_err(format!("committing to lake table {path}"))(e)), lookup)
-            }
-        }
+        outcome::drive(self, &self.table.path.to_string(), table, written, marker, base).await
     }
 
     async fn abort(&self, written: Vec<WrittenData>) -> Result<()> {

@@ -1,4 +1,9 @@
-//! What a lake commit did, decided in one place for every format.
+//! A lake commit, driven in one place for every format, and what it did, decided in one place.
+//!
+//! [`drive`] runs the one sequence that keeps a round exactly once: check that the table's newest tiering snapshot
+//! is still the round's base, build the commit, publish it on condition, and, unless the call named the round's
+//! snapshot, reload the lake and look for the round. A format answers the questions ([`CommitSteps`]: its newest
+//! tiering snapshot, a conditional commit, a look-up by round) and never decides.
 //!
 //! A commit call can answer three ways (it went through, the lake refused it, or it failed without saying whether
 //! it landed), and the lake can then be asked whether the round's snapshot is there, by walking the ancestry from the
@@ -17,6 +22,14 @@
 //!    that retried may have landed an earlier attempt.
 //! 3. "Went through" without the round in the lake means the lake filtered the commit (Paimon drops an identifier
 //!    at or below one already committed): someone else committed first.
+//! 4. Nothing is published unless the table's newest tiering snapshot was still the round's base when the commit was
+//!    built; the publication itself is conditional on the table being as loaded (the format's part).
+
+use async_trait::async_trait;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::failpoint;
+use crate::lake::{CommitMarker, TieredSnapshot, WrittenData};
 
 /// What the commit call answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,8 +79,6 @@ pub fn decide(call: CommitCall, lookup: Lookup) -> Decision {
     }
 }
 
-use crate::error::{Error, ErrorKind, Result};
-
 /// The decision as the committer's result: the snapshot id when the round landed, otherwise an error whose kind
 /// says what to do with the files (`FencedTieringEpoch` or `Lake`: delete them; `CommitOutcomeUnknown`: keep them).
 /// `call_error` is what the commit call reported, `lookup` the walk of the lake back to the base.
@@ -110,7 +121,7 @@ pub fn settle(table: &str, call: CommitCall, call_error: Option<Error>, lookup: 
 /// Fails unless the lake's latest tiering snapshot is still the round's `base`: otherwise another writer (a zombie
 /// job, a job that took the table over) committed since the round was planned, and committing on top would
 /// duplicate its rows. Nothing is committed, so the round's files can go.
-pub fn check_base(latest: Option<&crate::lake::TieredSnapshot>, base: Option<i64>) -> Result<()> {
+pub fn check_base(latest: Option<&TieredSnapshot>, base: Option<i64>) -> Result<()> {
     if latest.map(|l| l.snapshot_id) == base {
         return Ok(());
     }
@@ -119,6 +130,84 @@ pub fn check_base(latest: Option<&crate::lake::TieredSnapshot>, base: Option<i64
         ErrorKind::FencedTieringEpoch,
         format!("the lake table moved from snapshot {base:?} to {moved_to:?} since the round was planned"),
     ))
+}
+
+/// What a publication answered, when it was sent.
+pub enum Published {
+    /// It went through, and says which snapshot is the round's.
+    Landed(i64),
+    /// It went through without naming a snapshot (Paimon filters a stale identifier and still answers success).
+    WentThrough,
+    /// The lake refused it: nothing of it was applied.
+    Refused(Error),
+    /// It failed without saying whether it was applied.
+    Failed(Error),
+}
+
+/// A format's answers to the questions of a commit; [`drive`] asks them in order.
+#[async_trait]
+pub trait CommitSteps: Send + Sync {
+    /// The lake table as one load of it has it.
+    type Table: Send + Sync;
+    /// A commit built and ready to publish.
+    type Payload: Send;
+    /// What finds the round in the lake afterwards, besides its marker.
+    type Key: Send + Sync;
+    /// The lake table as the catalog has it now.
+    async fn load(&self) -> Result<Self::Table>;
+    /// The table's newest tiering snapshot.
+    async fn latest(&self, table: &Self::Table) -> Result<Option<TieredSnapshot>>;
+    /// Builds the commit of `written` carrying `marker`: nothing of it is visible yet.
+    async fn prepare(
+        &self,
+        table: &Self::Table,
+        written: Vec<WrittenData>,
+        marker: &CommitMarker,
+    ) -> Result<(Self::Payload, Self::Key)>;
+    /// Publishes the commit, on condition that the table is still as `table` has it; an error means nothing was sent.
+    async fn publish(&self, table: &Self::Table, payload: Self::Payload) -> Result<Published>;
+    /// The round's snapshot, looked for above `base` (where a round planned from `base` lands).
+    async fn find(
+        &self,
+        table: &Self::Table,
+        key: &Self::Key,
+        marker: &CommitMarker,
+        base: Option<i64>,
+    ) -> Result<Option<i64>>;
+}
+
+/// Commits a round planned from `base` into `table` (loaded by the caller) and says what became of it: the snapshot
+/// id when it landed, otherwise an error whose kind says what to do with the files (see [`settle`]).
+pub async fn drive<S: CommitSteps + ?Sized>(
+    steps: &S,
+    name: &str,
+    table: S::Table,
+    written: Vec<WrittenData>,
+    marker: &CommitMarker,
+    base: Option<i64>,
+) -> Result<i64> {
+    check_base(steps.latest(&table).await?.as_ref(), base)?;
+    // Fluss's contract: a snapshot names the offsets file the cluster prepared.
+    marker.prepared_file()?;
+    let (payload, key) = steps.prepare(&table, written, marker).await?;
+    failpoint::hit("before-lake-commit");
+    let published = match steps.publish(&table, payload).await? {
+        Published::Landed(_) | Published::WentThrough if failpoint::injected_error("lake-commit-reply") => {
+            Published::Failed(Error::new(ErrorKind::Lake, "injected: the commit landed but its reply was lost"))
+        }
+        published => published,
+    };
+    let (call, call_error) = match published {
+        Published::Landed(snapshot_id) => return Ok(snapshot_id),
+        Published::WentThrough => (CommitCall::WentThrough, None),
+        Published::Refused(e) => (CommitCall::Refused, Some(e)),
+        Published::Failed(e) => (CommitCall::Failed, Some(e)),
+    };
+    let lookup = match steps.load().await {
+        Ok(reloaded) => steps.find(&reloaded, &key, marker, base).await,
+        Err(e) => Err(e),
+    };
+    settle(name, call, call_error, lookup)
 }
 
 #[cfg(test)]

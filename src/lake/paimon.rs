@@ -40,8 +40,7 @@ use paimon::{Catalog, CatalogFactory, CatalogOptions, Options};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::failpoint;
-use crate::lake::outcome::{CommitCall, check_base, settle};
+use crate::lake::outcome::{self, CommitSteps, Published};
 use crate::lake::{
     BUCKET_COLUMN, CommitMarker, FLUSS_COMMIT_USER, LakeCommitter, LakeOptions, LakeTieringFactory, LakeWriter,
     OFFSET_COLUMN, OffsetsRef, PROP_COMMIT_USER, PROP_OFFSETS, TABLE_PROP_TABLE_ID, TIMESTAMP_COLUMN, TableContext,
@@ -726,44 +725,59 @@ impl PaimonCommitter {
     async fn load(&self) -> Result<Table> {
         load_table(self.catalog.as_ref(), &self.table).await
     }
+}
 
-    /// The commit proper, with the claim on the successor of `base` held.
-    async fn commit_claimed(
+/// A round's commit under its claim on the successor of its base: Paimon's answers to the commit's questions. The
+/// marker file is written first (a snapshot with its identifier is only ever read together with it), the snapshot is
+/// published under that identifier while the claim holds, and the round is found by identifier and round id.
+struct Claimed<'a> {
+    committer: &'a PaimonCommitter,
+    claims: &'a claim::Claims,
+    held: &'a claim::Held,
+}
+
+#[async_trait]
+impl CommitSteps for Claimed<'_> {
+    type Table = Table;
+    type Payload = (Vec<CommitMessage>, i64);
+    type Key = i64;
+
+    async fn load(&self) -> Result<Table> {
+        self.committer.load().await
+    }
+
+    async fn latest(&self, table: &Table) -> Result<Option<TieredSnapshot>> {
+        Ok(tiered_ancestry(table, true).await?.into_iter().next())
+    }
+
+    async fn prepare(
         &self,
         table: &Table,
-        claims: &claim::Claims,
-        held: &claim::Held,
         written: Vec<WrittenData>,
         marker: &CommitMarker,
-        base: Option<i64>,
-    ) -> Result<i64> {
-        let latest = tiered_ancestry(table, true).await?.into_iter().next();
-        check_base(latest.as_ref(), base)?;
-        // Paimon snapshots have no properties here: the marker names the cluster's offsets file instead.
-        marker.prepared_file()?;
-        // The marker first: a snapshot with this identifier is only ever read together with it.
+    ) -> Result<((Vec<CommitMessage>, i64), i64)> {
         let identifier = write_marker(table, marker, own_identifier(table).await?)?;
-        let messages = messages(&written)?;
-        failpoint::hit("before-lake-commit");
+        Ok(((messages(&written)?, identifier), identifier))
+    }
+
+    async fn publish(&self, table: &Table, (messages, identifier): (Vec<CommitMessage>, i64)) -> Result<Published> {
         // A round that stalled past its lease gives way to the one that took the claim over.
-        claims.check(held)?;
-        let committed = self.publish.publish(table, messages, identifier).await.and_then(|()| {
-            match failpoint::injected_error("lake-commit-reply") {
-                true => Err(Error::new(ErrorKind::Lake, "injected: the commit landed but its reply was lost")),
-                false => Ok(()),
-            }
-        });
-        // Paimon filters an identifier at or below one already committed and returns Ok: only the lake can say
-        // whether this round's snapshot is there.
-        let (call, call_error) = match committed {
-            Ok(()) => (CommitCall::WentThrough, None),
-            Err(e) => (CommitCall::Failed, Some(e)),
-        };
-        let lookup = match self.load().await {
-            Ok(table) => find_round(&table, marker, identifier, base).await,
-            Err(e) => Err(e),
-        };
-        settle(&self.table.path.to_string(), call, call_error, lookup)
+        self.claims.check(self.held)?;
+        // Paimon filters an identifier at or below one already committed and answers success all the same.
+        Ok(match self.committer.publish.publish(table, messages, identifier).await {
+            Ok(()) => Published::WentThrough,
+            Err(e) => Published::Failed(e),
+        })
+    }
+
+    async fn find(
+        &self,
+        table: &Table,
+        identifier: &i64,
+        marker: &CommitMarker,
+        base: Option<i64>,
+    ) -> Result<Option<i64>> {
+        find_round(table, marker, *identifier, base).await
     }
 }
 
@@ -781,7 +795,8 @@ impl LakeCommitter for PaimonCommitter {
         // commit on top of it with the same rows.
         let claims = claim::Claims::of(&table)?;
         let held = claims.take(base, &marker.round_id, marker.tiering_epoch, self.claim_lease)?;
-        let result = self.commit_claimed(&table, &claims, &held, written, marker, base).await;
+        let round = Claimed { committer: self, claims: &claims, held: &held };
+        let result = outcome::drive(&round, &self.table.path.to_string(), table, written, marker, base).await;
         match &result {
             Ok(landed) => claims.clear_below(*landed),
             // Not landed, and never will: the next round from this base need not wait out the lease.

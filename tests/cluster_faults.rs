@@ -1,6 +1,7 @@
-//! Faults at the cluster boundary, driving the real dataflow: a [`TieringCluster`] that wraps a transport (Fluss's
-//! protocol for the lost replies and fenced commit, gRPC for the short answers) and loses replies, fails calls and
-//! shortens answers on cue, the way a network or a misbehaving coordinator would. The lake is read back by pypaimon.
+//! Faults at the cluster boundary, driving the real dataflow: [`FaultyCluster`], a second [`TieringCluster`] beside
+//! the wire clients, wraps the cluster of this process through its door without a wire ([`LocalDoor`]: no transport
+//! in between, so what is checked is the job) and loses replies, fails calls and shortens answers on cue, the way a
+//! network or a misbehaving coordinator would. The lake is read back by pypaimon, the cluster by our gRPC client.
 
 mod common;
 
@@ -10,14 +11,13 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use fluss_tiering::dataflows::{self, JobContext, TierConfig};
-use fluss_tiering::fluss::transport::FlussCluster;
 use fluss_tiering::lake::LakeOptions;
 use fluss_tiering::model::table::{TableDescriptor, TablePath};
 use fluss_tiering::model::tiering::{
     BucketAddr, FetchedLog, HeartbeatRequest, HeartbeatResponse, KvSnapshotRef, LakeBucketOffset, LakeCommit,
     LakeSnapshot, TieringCluster,
 };
-use fluss_tiering::rpc::ClusterClient;
+use fluss_tiering::serve::{EmbeddedCluster, LocalDoor};
 use fluss_tiering::{Error, ErrorKind, Result};
 
 /// What to do wrong, and how often it was done.
@@ -137,18 +137,14 @@ impl TieringCluster for FaultyCluster {
     }
 }
 
-/// Runs a `--once` job in this process against `url` (`fluss://` or `http://`) through a [`FaultyCluster`] with `cues`;
-/// returns its result and context.
-fn run_once(url: String, warehouse: std::path::PathBuf, cues: Arc<Cues>) -> (Result<()>, Arc<JobContext>) {
+/// Runs a `--once` job in this process against `cluster` through a [`FaultyCluster`] with `cues`; returns its result
+/// and context.
+fn run_once(cluster: LocalDoor, warehouse: std::path::PathBuf, cues: Arc<Cues>) -> (Result<()>, Arc<JobContext>) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let (cluster, lake) = runtime.block_on(async {
-        let client: Arc<dyn TieringCluster> = match url.strip_prefix("http://") {
-            Some(_) => Arc::new(ClusterClient::connect(&url).await.expect("connect")),
-            None => FlussCluster::connect(&url, Duration::from_secs(10)).await.expect("connect"),
-        };
         let options = LakeOptions { target_file_size: 65536, ..LakeOptions::default() };
         let lake = fluss_tiering::lake::factory("paimon", &warehouse, None, options).await.expect("lake");
-        (FaultyCluster { inner: client, cues }, lake)
+        (FaultyCluster { inner: Arc::new(cluster), cues }, lake)
     });
     let config = TierConfig {
         once: true,
@@ -162,6 +158,11 @@ fn run_once(url: String, warehouse: std::path::PathBuf, cues: Arc<Cues>) -> (Res
     (result, ctx)
 }
 
+/// The door without a wire to the test's cluster.
+fn local(cluster: &EmbeddedCluster) -> LocalDoor {
+    LocalDoor::new(Arc::clone(cluster.cluster()))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_replies_failed_confirmations_and_a_fenced_cluster_commit_still_tier_exactly_once() {
     let common::Setup { dir: _dir, warehouse, cluster, client, tables } = common::setup().await;
@@ -172,9 +173,9 @@ async fn lost_replies_failed_confirmations_and_a_fenced_cluster_commit_still_tie
         fenced_commits: AtomicU32::new(1),
         ..Cues::default()
     });
-    let (url, lake_dir, job_cues) = (common::job_url(&cluster), warehouse.clone(), Arc::clone(&cues));
+    let (door, lake_dir, job_cues) = (local(&cluster), warehouse.clone(), Arc::clone(&cues));
     let started = Instant::now();
-    let (result, ctx) = tokio::task::spawn_blocking(move || run_once(url, lake_dir, job_cues)).await.expect("job");
+    let (result, ctx) = tokio::task::spawn_blocking(move || run_once(door, lake_dir, job_cues)).await.expect("job");
     result.expect("the job catches up despite the faults");
     assert!(started.elapsed() < Duration::from_secs(120));
     assert_eq!(cues.injected.load(Ordering::SeqCst), 4, "every cue was used");
@@ -195,8 +196,8 @@ async fn offsets_answers_that_leave_out_a_bucket_fail_the_round_and_commit_nothi
     let common::Setup { dir: _dir, warehouse, cluster, client, tables } = common::setup().await;
     common::produce_all(&client, &tables[..1], 0, 500).await;
     let cues = Arc::new(Cues { short_offsets: AtomicBool::new(true), ..Cues::default() });
-    let (url, lake_dir, job_cues) = (common::job_url(&cluster), warehouse.clone(), Arc::clone(&cues));
-    let (result, ctx) = tokio::task::spawn_blocking(move || run_once(url, lake_dir, job_cues)).await.expect("job");
+    let (door, lake_dir, job_cues) = (local(&cluster), warehouse.clone(), Arc::clone(&cues));
+    let (result, ctx) = tokio::task::spawn_blocking(move || run_once(door, lake_dir, job_cues)).await.expect("job");
     assert!(cues.injected.load(Ordering::SeqCst) > 0, "answers were shortened");
     assert_eq!(ctx.metrics.rounds_committed.load(Ordering::Relaxed), 0, "nothing was committed");
     let errors = ctx.errors().join("; ");
@@ -209,8 +210,8 @@ async fn heartbeat_answers_that_leave_out_a_table_never_pass_for_acceptance() {
     let common::Setup { dir: _dir, warehouse, cluster, client, tables } = common::setup().await;
     common::produce_all(&client, &tables[..1], 0, 500).await;
     let cues = Arc::new(Cues { short_answers: AtomicBool::new(true), ..Cues::default() });
-    let (url, lake_dir, job_cues) = (cluster.url(), warehouse.clone(), Arc::clone(&cues));
-    let (result, ctx) = tokio::task::spawn_blocking(move || run_once(url, lake_dir, job_cues)).await.expect("job");
+    let (door, lake_dir, job_cues) = (local(&cluster), warehouse.clone(), Arc::clone(&cues));
+    let (result, ctx) = tokio::task::spawn_blocking(move || run_once(door, lake_dir, job_cues)).await.expect("job");
     assert!(cues.injected.load(Ordering::SeqCst) > 0, "answers were shortened");
     // An answer that omits a table could hide its rejection: the round is never committed (its epoch check gets no
     // answer for it) and the job gives up with the reason, instead of tiering as if accepted.

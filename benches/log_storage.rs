@@ -3,12 +3,14 @@
 //! Run: `cargo bench --bench log_storage`. Each produce is durable (fsync) before it is acknowledged.
 
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use fluss_tiering::cluster::ClusterConfig;
 use fluss_tiering::model::record;
 use fluss_tiering::model::table::{TableDescriptor, parse_schema};
+use fluss_tiering::model::tiering::{LogReader, TieringCluster};
 use fluss_tiering::rpc::ClusterClient;
 use fluss_tiering::serve::EmbeddedCluster;
 use fluss_tiering::workload::Workload;
@@ -56,14 +58,14 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.throughput(Throughput::Bytes(bytes));
+    // Read as the job reads: its one fetch loop over the gRPC client.
+    let reads: Arc<dyn TieringCluster> = Arc::new(client.clone());
     group.bench_function("fetch bytes (4 MiB per request)", |b| {
         b.iter(|| {
             runtime.block_on(async {
-                let mut offset = 0;
-                while offset < rows as i64 {
-                    let resp = client.fetch(table_id, None, 0, offset, 4 << 20).await.expect("fetch");
-                    offset += resp.batches.iter().map(|x| x.record_count).sum::<i64>();
-                    black_box(resp);
+                let mut reader = LogReader::new(Arc::clone(&reads), (table_id, None, 0), 0, Some(rows as i64), 4 << 20);
+                while let Some(batches) = reader.next().await.expect("fetch") {
+                    black_box(batches);
                 }
             })
         })

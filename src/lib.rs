@@ -13,12 +13,14 @@
 //! ```
 //!
 //! - [`model`]: the vocabulary every layer shares (tables, changes, time, and Fluss's log batch format, which is
-//!   also how the cluster stores records).
+//!   also how the cluster stores records), and `model::tiering`: the cluster as the job sees it (`TieringCluster`)
+//!   with `LogReader`, the one log-reading loop.
 //! - [`cluster`]: the hot store's service core: durable bucket logs, table catalog, and the coordinator that
 //!   schedules tables for tiering under fenced epochs.
-//! - [`serve`]: the cluster's front doors (gRPC, and Apache Fluss's own protocol), standalone or embedded.
+//! - [`serve`]: the cluster's front doors (gRPC, Apache Fluss's own protocol, and one without a wire for the
+//!   tests), standalone or embedded.
 //! - [`fluss`]: Apache Fluss's wire protocol: frames, api keys, messages, JSON descriptors.
-//! - [`rpc`]: the gRPC wire (`proto/fluss_api.proto`), its typed client and `LogReader`, the one log-reading loop.
+//! - [`rpc`]: the gRPC wire (`proto/fluss_api.proto`) and its typed client, one of the job's `TieringCluster`s.
 //! - [`dataflows`]: the tiering job, one timely graph (enumerator → read+write → commit), in the top-level
 //!   `dataflows/` directory.
 //! - [`lake`]: the lake formats behind `LakeTieringFactory`; Apache Paimon (the default) and Apache Iceberg.

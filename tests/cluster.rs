@@ -38,7 +38,8 @@ async fn start(dir: &std::path::Path) -> (EmbeddedCluster, ClusterClient) {
     (cluster, client)
 }
 
-/// Every `id` stored in a bucket, in offset order, checking that offsets are dense from 0.
+/// Every `id` stored in a bucket, in offset order, read with the job's own reader (which checks that offsets are
+/// dense from 0), up to the bucket's high watermark.
 async fn read_ids(
     client: &ClusterClient,
     descriptor: &TableDescriptor,
@@ -46,15 +47,13 @@ async fn read_ids(
     partition_id: Option<i64>,
     bucket: i32,
 ) -> Vec<i64> {
-    let mut ids = Vec::new();
-    let mut offset = 0;
-    loop {
-        let resp = client.fetch(table_id, partition_id, bucket, offset, 16 << 10).await.expect("fetch");
-        if resp.batches.is_empty() {
-            assert_eq!(offset, resp.high_watermark, "fetch stops only at the high watermark");
-            return ids;
-        }
-        for b in resp.batches {
+    use fluss_tiering::model::tiering::{LogReader, TieringCluster};
+    let cluster: std::sync::Arc<dyn TieringCluster> = std::sync::Arc::new(client.clone());
+    let end = client.list_offsets(table_id, partition_id, &[bucket], true).await.expect("end offset")[0];
+    let mut reader = LogReader::new(cluster, (table_id, partition_id, bucket), 0, None, 16 << 10);
+    let (mut ids, mut offset) = (Vec::new(), 0);
+    while let Some(batches) = reader.next().await.expect("fetch") {
+        for b in batches {
             assert_eq!(b.base_offset, offset, "batches are contiguous");
             let batch = fluss_tiering::model::record::LogRecordBatch::parse(b.records.clone()).expect("a Fluss batch");
             batch.check_crc().expect("stored batches keep their crc");
@@ -66,6 +65,8 @@ async fn read_ids(
             offset += b.record_count;
         }
     }
+    assert_eq!(offset, end, "reading stops only at the high watermark");
+    ids
 }
 
 async fn produce_rows(client: &ClusterClient, table_id: i64, d: &TableDescriptor, start_row: u64, rows: u64) {

@@ -1,9 +1,11 @@
 //! `bench --doors`: the same rows produced through each front door of the embedded cluster (gRPC and Fluss's own
-//! protocol) and fetched back through each, in one run, so the doors compare by ratio. Both send and receive the
-//! same Fluss log batches; what differs is the wire around them. CPU seconds count the client and the embedded
+//! protocol) and fetched back through each with the job's own reader (`LogReader` over each door's `TieringCluster`
+//! client), in one run, so the doors compare by ratio. Both send and receive the same Fluss log batches; what differs
+//! is the wire around them. CPU seconds count the client and the embedded
 //! server together (one process), the same for both doors.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -13,8 +15,10 @@ use crate::cluster::ClusterConfig;
 use crate::fluss::ApiKey;
 use crate::fluss::client::Connection;
 use crate::fluss::messages as m;
+use crate::fluss::transport::FlussCluster;
 use crate::model::record;
 use crate::model::table::{TableDescriptor, TablePath, parse_schema};
+use crate::model::tiering::{LogReader, TieringCluster};
 use crate::rpc::ClusterClient;
 use crate::serve::EmbeddedCluster;
 use crate::workload::Workload;
@@ -61,6 +65,23 @@ async fn measure<F: Future<Output = anyhow::Result<(u64, u64, u64)>>>(
         mb_per_second: bytes as f64 / wall / 1e6,
         cpu_seconds: cpu_seconds() - cpu,
     })
+}
+
+/// Reads every bucket of a table back through `cluster` with the job's own [`LogReader`]: rows, bytes, requests.
+async fn read_back(cluster: Arc<dyn TieringCluster>, table_id: i64, buckets: u32) -> anyhow::Result<(u64, u64, u64)> {
+    let (mut rows, mut bytes, mut requests) = (0u64, 0u64, 0u64);
+    for bucket in 0..buckets as i32 {
+        let mut reader = LogReader::new(Arc::clone(&cluster), (table_id, None, bucket), 0, None, FETCH_BYTES);
+        loop {
+            requests += 1;
+            let Some(batches) = reader.next().await? else { break };
+            for b in &batches {
+                bytes += b.records.len() as u64;
+                rows += u64::try_from(b.record_count)?;
+            }
+        }
+    }
+    Ok((rows, bytes, requests))
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -125,50 +146,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             })
             .await?,
         );
-        runs.push(
-            measure("grpc", "fetch", async {
-                let (mut rows, mut bytes, mut requests) = (0u64, 0u64, 0u64);
-                for bucket in 0..args.buckets as i32 {
-                    let mut offset = 0;
-                    loop {
-                        let resp = grpc.fetch(grpc_table, None, bucket, offset, FETCH_BYTES).await?;
-                        requests += 1;
-                        if resp.batches.is_empty() {
-                            break;
-                        }
-                        for b in &resp.batches {
-                            bytes += b.records.len() as u64;
-                            rows += b.record_count as u64;
-                            offset = b.base_offset + b.record_count;
-                        }
-                    }
-                }
-                Ok((rows, bytes, requests))
-            })
-            .await?,
-        );
-        runs.push(
-            measure("fluss", "fetch", async {
-                let (mut rows, mut bytes, mut requests) = (0u64, 0u64, 0u64);
-                for bucket in 0..args.buckets as i32 {
-                    let mut offset = 0;
-                    loop {
-                        let req = m::FetchLogRequest::one_bucket(fluss_table, bucket, offset, FETCH_BYTES, 0);
-                        let resp: m::FetchLogResponse = fluss.call(ApiKey::FetchLog, &req).await?;
-                        requests += 1;
-                        let answer = resp.tables_resp.first().and_then(|t| t.buckets_resp.first());
-                        let Some(records) = answer.and_then(|b| b.records.clone()) else { break };
-                        bytes += records.len() as u64;
-                        for batch in record::split(&records)? {
-                            rows += batch.header().offset_span() as u64;
-                            offset = batch.header().base_offset + batch.header().offset_span();
-                        }
-                    }
-                }
-                Ok((rows, bytes, requests))
-            })
-            .await?,
-        );
+        let fluss_reads: Arc<dyn TieringCluster> =
+            FlussCluster::connect(&format!("fluss://{fluss_addr}"), TIMEOUT).await?;
+        let grpc_reads: Arc<dyn TieringCluster> = Arc::new(grpc.clone());
+        runs.push(measure("grpc", "fetch", read_back(grpc_reads, grpc_table, args.buckets)).await?);
+        runs.push(measure("fluss", "fetch", read_back(fluss_reads, fluss_table, args.buckets)).await?);
         for run in &runs {
             anyhow::ensure!(
                 run.rows == args.rows,

@@ -9,7 +9,9 @@
 //! ```
 //!
 //! The marker in each snapshot (round id, tiering epoch, tiered offsets) makes the lake the source of truth: a
-//! restarted job reads its offsets back from the lake alone.
+//! restarted job reads its offsets back from the lake alone. Every format's `commit` runs the one driver,
+//! [`outcome::drive`] (check the base → prepare → publish → find its own round → decide); a format supplies the
+//! steps ([`outcome::CommitSteps`]), so a third format is one module that answers them.
 //!
 //! Layering: the lakes see `crate::model` and `crate::error` only; never the cluster, its doors, a wire or the job
 //! (checked by `.ci/run`).

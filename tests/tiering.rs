@@ -351,18 +351,27 @@ c.create_table("db.orders", schema, partition_spec=spec, sort_order=SortOrder(So
     assert_eq!(iceberg_layout(&iceberg_metadata(&warehouse, "clicks")), clicks, "ours, partitioned");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn paimon_commit_whose_reply_is_lost_is_found_in_the_lake_not_repeated() {
+/// The first lake commit lands, then reports an error, as if its reply had been lost: the one commit driver looks in
+/// the lake, finds its own round there and goes on, in either format, without committing the round twice.
+async fn lake_commit_whose_reply_is_lost_is_found_not_repeated(format: &str) {
     let Setup { dir: _dir, warehouse, cluster, client, tables } = setup().await;
     produce_all(&client, &tables, 0, 1000).await;
-    // The first lake commit lands, then reports an error, as if its reply had been lost.
-    let out =
-        tier(&job_url(&cluster), &warehouse, &["--max-tables", "1"], &[(failpoint::ENV, "lake-commit-reply:error")])
-            .await;
+    let faults = [(failpoint::ENV, "lake-commit-reply:error")];
+    let out = tier(&job_url(&cluster), &warehouse, &["--format", format, "--max-tables", "1"], &faults).await;
     assert_success(&out);
     let log = String::from_utf8_lossy(&out.stderr);
-    assert!(log.contains("commit reported an error but landed"), "the committer looked in the lake:\n{log}");
+    assert!(log.contains("commit reported an error but landed"), "{format}: the committer looked in the lake:\n{log}");
     check_lake_and_cluster(&client, &warehouse, &tables, 1000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paimon_commit_whose_reply_is_lost_is_found_in_the_lake_not_repeated() {
+    lake_commit_whose_reply_is_lost_is_found_not_repeated("paimon").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iceberg_commit_whose_reply_is_lost_is_found_in_the_lake_not_repeated() {
+    lake_commit_whose_reply_is_lost_is_found_not_repeated("iceberg").await;
 }
 
 /// The text of one value as Arrow shows it (`""` for null).

@@ -1,7 +1,8 @@
 //! `bench --doors`: the same rows produced through each front door of the embedded cluster (gRPC and Fluss's own
 //! protocol) and fetched back through each with the job's own reader (`LogReader` over each door's `TieringCluster`
 //! client), in one run, so the doors compare by ratio. Both send and receive the same Fluss log batches; what differs
-//! is the wire around them. CPU seconds count the client and the embedded
+//! is the wire around them, and the client: the Fluss one asks MetaData for each bucket's leader once (not counted
+//! in `requests`). CPU seconds count the client and the embedded
 //! server together (one process), the same for both doors.
 
 use std::net::SocketAddr;

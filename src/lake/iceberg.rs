@@ -540,10 +540,6 @@ struct IcebergCommitter {
 }
 
 impl IcebergCommitter {
-    async fn load(&self) -> Result<Table> {
-        load_table(self.catalog.as_ref(), &self.table).await
-    }
-
     fn data_files(table: &Table, written: &[WrittenData]) -> Result<Vec<DataFile>> {
         let metadata = table.metadata();
         let schema = metadata.current_schema();
@@ -576,7 +572,7 @@ impl CommitSteps for IcebergCommitter {
     type Key = ();
 
     async fn load(&self) -> Result<Table> {
-        IcebergCommitter::load(self).await
+        load_table(self.catalog.as_ref(), &self.table).await
     }
 
     async fn latest(&self, table: &Table) -> Result<Option<TieredSnapshot>> {
@@ -596,7 +592,7 @@ impl CommitSteps for IcebergCommitter {
         Ok((action.apply(tx).map_err(lake_err("building the append"))?, ()))
     }
 
-    async fn publish(&self, table: &Table, tx: Transaction) -> Result<Published> {
+    async fn publish(&self, table: &Table, tx: Transaction, _: &()) -> Result<Published> {
         // Conditional on the table being exactly as loaded.
         let fenced = FencedCatalog {
             inner: Arc::clone(&self.catalog),

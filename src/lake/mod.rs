@@ -13,8 +13,8 @@
 //! [`outcome::drive`] (check the base → prepare → publish → find its own round → decide); a format supplies the
 //! steps ([`outcome::CommitSteps`]), so a third format is one module that answers them.
 //!
-//! Layering: the lakes see `crate::model` and `crate::error` only; never the cluster, its doors, a wire or the job
-//! (checked by `.ci/run`).
+//! Layering: the lakes see `crate::model` and the shared helpers (`crate::error`, `crate::failpoint`) only; never
+//! the cluster, its doors, a wire or the job (checked by `.ci/run`).
 
 pub mod iceberg;
 pub mod outcome;

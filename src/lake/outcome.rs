@@ -23,7 +23,10 @@
 //! 3. "Went through" without the round in the lake means the lake filtered the commit (Paimon drops an identifier
 //!    at or below one already committed): someone else committed first.
 //! 4. Nothing is published unless the table's newest tiering snapshot was still the round's base when the commit was
-//!    built; the publication itself is conditional on the table being as loaded (the format's part).
+//!    built. Guarding the publication itself is the format's part, as far as its lake allows: Iceberg's is
+//!    conditional on the table being as loaded (a fenced catalog over the catalog's compare-and-swap); Paimon's
+//!    filesystem commit publishes on whatever is latest, so a round publishes only while it holds its claim on the
+//!    base (`paimon/claim.rs` says what that leaves open).
 
 use async_trait::async_trait;
 
@@ -82,7 +85,7 @@ pub fn decide(call: CommitCall, lookup: Lookup) -> Decision {
 /// The decision as the committer's result: the snapshot id when the round landed, otherwise an error whose kind
 /// says what to do with the files (`FencedTieringEpoch` or `Lake`: delete them; `CommitOutcomeUnknown`: keep them).
 /// `call_error` is what the commit call reported, `lookup` the walk of the lake back to the base.
-pub fn settle(table: &str, call: CommitCall, call_error: Option<Error>, lookup: Result<Option<i64>>) -> Result<i64> {
+fn settle(table: &str, call: CommitCall, call_error: Option<Error>, lookup: Result<Option<i64>>) -> Result<i64> {
     let (found, lookup_error) = match lookup {
         Ok(Some(id)) => (Lookup::Found(id), None),
         Ok(None) => (Lookup::Absent, None),
@@ -121,7 +124,7 @@ pub fn settle(table: &str, call: CommitCall, call_error: Option<Error>, lookup: 
 /// Fails unless the lake's latest tiering snapshot is still the round's `base`: otherwise another writer (a zombie
 /// job, a job that took the table over) committed since the round was planned, and committing on top would
 /// duplicate its rows. Nothing is committed, so the round's files can go.
-pub fn check_base(latest: Option<&TieredSnapshot>, base: Option<i64>) -> Result<()> {
+fn check_base(latest: Option<&TieredSnapshot>, base: Option<i64>) -> Result<()> {
     if latest.map(|l| l.snapshot_id) == base {
         return Ok(());
     }
@@ -164,8 +167,9 @@ pub trait CommitSteps: Send + Sync {
         written: Vec<WrittenData>,
         marker: &CommitMarker,
     ) -> Result<(Self::Payload, Self::Key)>;
-    /// Publishes the commit, on condition that the table is still as `table` has it; an error means nothing was sent.
-    async fn publish(&self, table: &Self::Table, payload: Self::Payload) -> Result<Published>;
+    /// Publishes the commit (found afterwards by `key`), guarded as the format can (invariant 4); an error means
+    /// nothing was sent.
+    async fn publish(&self, table: &Self::Table, payload: Self::Payload, key: &Self::Key) -> Result<Published>;
     /// The round's snapshot, looked for above `base` (where a round planned from `base` lands).
     async fn find(
         &self,
@@ -178,9 +182,9 @@ pub trait CommitSteps: Send + Sync {
 
 /// Commits a round planned from `base` into `table` (loaded by the caller) and says what became of it: the snapshot
 /// id when it landed, otherwise an error whose kind says what to do with the files (see [`settle`]).
-pub async fn drive<S: CommitSteps + ?Sized>(
+pub async fn drive<S: CommitSteps>(
     steps: &S,
-    name: &str,
+    table_path: &str,
     table: S::Table,
     written: Vec<WrittenData>,
     marker: &CommitMarker,
@@ -191,7 +195,7 @@ pub async fn drive<S: CommitSteps + ?Sized>(
     marker.prepared_file()?;
     let (payload, key) = steps.prepare(&table, written, marker).await?;
     failpoint::hit("before-lake-commit");
-    let published = match steps.publish(&table, payload).await? {
+    let published = match steps.publish(&table, payload, &key).await? {
         Published::Landed(_) | Published::WentThrough if failpoint::injected_error("lake-commit-reply") => {
             Published::Failed(Error::new(ErrorKind::Lake, "injected: the commit landed but its reply was lost"))
         }
@@ -207,7 +211,7 @@ pub async fn drive<S: CommitSteps + ?Sized>(
         Ok(reloaded) => steps.find(&reloaded, &key, marker, base).await,
         Err(e) => Err(e),
     };
-    settle(name, call, call_error, lookup)
+    settle(table_path, call, call_error, lookup)
 }
 
 #[cfg(test)]
@@ -245,5 +249,119 @@ mod tests {
                 assert_eq!(deletes, lake_says_absent, "{call:?} x {lookup:?}");
             }
         }
+    }
+
+    /// A scripted format: its newest snapshot, what its publication answers, and what a reload finds.
+    struct Script {
+        latest: Option<i64>,
+        published: std::sync::Mutex<Option<Result<Published>>>,
+        /// What a reload of the table finds (an error: the reload fails).
+        reload: Result<Option<i64>>,
+        steps: std::sync::Mutex<Vec<&'static str>>,
+    }
+
+    fn lake_error(what: &str) -> Error {
+        Error::new(ErrorKind::Lake, what.to_string())
+    }
+
+    impl Script {
+        fn new(latest: Option<i64>, published: Result<Published>, reload: Result<Option<i64>>) -> Self {
+            let published = std::sync::Mutex::new(Some(published));
+            Script { latest, published, reload, steps: Default::default() }
+        }
+
+        fn step(&self, name: &'static str) {
+            self.steps.lock().expect("lock").push(name);
+        }
+
+        fn steps(&self) -> Vec<&'static str> {
+            self.steps.lock().expect("lock").clone()
+        }
+    }
+
+    fn marker() -> CommitMarker {
+        CommitMarker {
+            round_id: "round".into(),
+            table_id: 1,
+            tiering_epoch: 1,
+            offsets: vec![],
+            offsets_file: Some("/offsets".into()),
+        }
+    }
+
+    #[async_trait]
+    impl CommitSteps for Script {
+        type Table = bool;
+        type Payload = ();
+        type Key = ();
+
+        async fn load(&self) -> Result<bool> {
+            self.step("load");
+            match &self.reload {
+                Err(e) => Err(lake_error(&e.to_string())),
+                Ok(_) => Ok(true),
+            }
+        }
+
+        async fn latest(&self, _: &bool) -> Result<Option<TieredSnapshot>> {
+            self.step("latest");
+            Ok(self.latest.map(|snapshot_id| TieredSnapshot { snapshot_id, committed_at_ms: 0, marker: marker() }))
+        }
+
+        async fn prepare(&self, _: &bool, _: Vec<WrittenData>, _: &CommitMarker) -> Result<((), ())> {
+            self.step("prepare");
+            Ok(((), ()))
+        }
+
+        async fn publish(&self, _: &bool, _: (), _: &()) -> Result<Published> {
+            self.step("publish");
+            self.published.lock().expect("lock").take().expect("published once")
+        }
+
+        async fn find(&self, _: &bool, _: &(), _: &CommitMarker, _: Option<i64>) -> Result<Option<i64>> {
+            self.step("find");
+            match &self.reload {
+                Ok(found) => Ok(*found),
+                Err(e) => Err(lake_error(&e.to_string())),
+            }
+        }
+    }
+
+    fn run(script: &Script, base: Option<i64>) -> Result<i64> {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        runtime.block_on(drive(script, "db.t", false, vec![], &marker(), base))
+    }
+
+    /// The sequence, in order, and what each answer of the lake makes of the round.
+    #[test]
+    fn the_driver_asks_in_order_and_the_lake_decides() {
+        // A publication that names its snapshot is final: no reload.
+        let s = Script::new(Some(4), Ok(Published::Landed(5)), Ok(None));
+        assert_eq!(run(&s, Some(4)).expect("landed"), 5);
+        assert_eq!(s.steps(), ["latest", "prepare", "publish"]);
+        // A moved base: nothing is prepared or published, and the files may go.
+        let s = Script::new(Some(6), Ok(Published::Landed(7)), Ok(None));
+        assert_eq!(run(&s, Some(4)).expect_err("moved").kind(), ErrorKind::FencedTieringEpoch);
+        assert_eq!(s.steps(), ["latest"]);
+        // A failed call whose round the reload finds landed.
+        let s = Script::new(None, Ok(Published::Failed(lake_error("lost reply"))), Ok(Some(1)));
+        assert_eq!(run(&s, None).expect("landed"), 1);
+        assert_eq!(s.steps(), ["latest", "prepare", "publish", "load", "find"]);
+        // Went through, but the lake does not hold the round: someone else was first.
+        let s = Script::new(None, Ok(Published::WentThrough), Ok(None));
+        assert_eq!(run(&s, None).expect_err("filtered").kind(), ErrorKind::FencedTieringEpoch);
+        // Failed and absent: not committed (the files may go); failed and unreadable: unknown (keep them).
+        let s = Script::new(None, Ok(Published::Failed(lake_error("down"))), Ok(None));
+        assert_eq!(run(&s, None).expect_err("absent").kind(), ErrorKind::Lake);
+        let s = Script::new(None, Ok(Published::Failed(lake_error("down"))), Err(lake_error("down")));
+        assert_eq!(run(&s, None).expect_err("unreadable").kind(), ErrorKind::CommitOutcomeUnknown);
+        assert_eq!(s.steps(), ["latest", "prepare", "publish", "load"]);
+        // Refused and absent: fenced.
+        let s = Script::new(None, Ok(Published::Refused(lake_error("moved"))), Ok(None));
+        assert_eq!(run(&s, None).expect_err("refused").kind(), ErrorKind::FencedTieringEpoch);
+        // A publication that could not be sent is its own error, unchanged, with no look-up.
+        let s = Script::new(None, Err(Error::new(ErrorKind::FencedTieringEpoch, "claim lost")), Ok(None));
+        assert_eq!(run(&s, None).expect_err("not sent").to_string(), "claim lost");
+        assert_eq!(s.steps(), ["latest", "prepare", "publish"]);
     }
 }

@@ -739,7 +739,7 @@ struct Claimed<'a> {
 #[async_trait]
 impl CommitSteps for Claimed<'_> {
     type Table = Table;
-    type Payload = (Vec<CommitMessage>, i64);
+    type Payload = Vec<CommitMessage>;
     type Key = i64;
 
     async fn load(&self) -> Result<Table> {
@@ -755,16 +755,16 @@ impl CommitSteps for Claimed<'_> {
         table: &Table,
         written: Vec<WrittenData>,
         marker: &CommitMarker,
-    ) -> Result<((Vec<CommitMessage>, i64), i64)> {
+    ) -> Result<(Vec<CommitMessage>, i64)> {
         let identifier = write_marker(table, marker, own_identifier(table).await?)?;
-        Ok(((messages(&written)?, identifier), identifier))
+        Ok((messages(&written)?, identifier))
     }
 
-    async fn publish(&self, table: &Table, (messages, identifier): (Vec<CommitMessage>, i64)) -> Result<Published> {
+    async fn publish(&self, table: &Table, messages: Vec<CommitMessage>, identifier: &i64) -> Result<Published> {
         // A round that stalled past its lease gives way to the one that took the claim over.
         self.claims.check(self.held)?;
         // Paimon filters an identifier at or below one already committed and answers success all the same.
-        Ok(match self.committer.publish.publish(table, messages, identifier).await {
+        Ok(match self.committer.publish.publish(table, messages, *identifier).await {
             Ok(()) => Published::WentThrough,
             Err(e) => Published::Failed(e),
         })

@@ -1,6 +1,7 @@
 //! The cluster as the tiering job sees it: [`TieringCluster`], the calls the job makes, in the model's terms, and
-//! [`LogReader`], the one loop that reads a bucket's log through it. The gRPC client implements it today; a Fluss
-//! protocol client and the tests' in-memory clusters can implement it too, and the job cannot tell them apart.
+//! [`LogReader`], the one loop that reads a bucket's log through it. Three implementations, which the job cannot
+//! tell apart: the gRPC client (`rpc`), the Fluss-protocol client (`fluss::transport`) and the door without a wire
+//! (`serve::local`, the cluster of this process, which the tests wrap to inject faults).
 //!
 //! Errors keep their kinds across every implementation: `FencedTieringEpoch` / `InvalidCoordinator` (the round's
 //! epoch is dead), `Network` / `RequestTimeOut` (retryable), the rest fatal to the call.

@@ -1,9 +1,12 @@
 //! The door without a wire: a [`Cluster`] in this process as the tiering job's [`TieringCluster`], each call a
-//! method call on the cluster (run on the blocking pool, as the wire doors run them). Tests drive the real dataflow
-//! through it (wrapped in fault injectors at the cluster boundary), so what they check is the job, not a transport.
+//! method call on the cluster (run on the blocking pool: the cluster locks and writes to disk). Tests drive the real
+//! dataflow through it (wrapped in fault injectors at the cluster boundary), so what they check is the job, not a
+//! transport. The cluster itself is the real one, state on disk and all: in process, not in memory.
 //!
-//! It answers as the gRPC door does (same coordinator, same errors with their kinds); what only a wire can do wrong
-//! (lost replies, short answers, time-outs) is for the tests' wrappers to inject.
+//! It answers with the coordinator's own results and errors, kinds kept, as the gRPC door does; where the trait asks
+//! for one answer per bucket (offsets, KV snapshots) it answers in the order asked and fails on a bucket the table
+//! does not have. What only a wire can do wrong (lost replies, short answers, time-outs) is for the tests' wrappers
+//! to inject.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -38,6 +41,11 @@ impl LocalDoor {
         tokio::task::spawn_blocking(move || f(&cluster))
             .await
             .map_err(|e| Error::new(ErrorKind::Internal, format!("cluster task failed: {e}")))?
+    }
+
+    async fn table(&self, path: &TablePath) -> Result<TableInfo> {
+        let path = path.clone();
+        self.blocking(move |c| c.table_by_path(&path)).await
     }
 }
 
@@ -89,16 +97,17 @@ impl TieringCluster for LocalDoor {
     }
 
     async fn table_info(&self, path: &TablePath) -> Result<(i64, TableDescriptor)> {
-        let t = self.cluster.table_by_path(path)?;
+        let t = self.table(path).await?;
         Ok((t.table_id, t.descriptor))
     }
 
     async fn tables(&self) -> Result<Vec<(i64, TablePath, TableDescriptor)>> {
-        Ok(self.cluster.list_tables().into_iter().map(|(t, _)| (t.table_id, t.path, t.descriptor)).collect())
+        let all = self.blocking(|c| Ok(c.list_tables())).await?;
+        Ok(all.into_iter().map(|(t, _)| (t.table_id, t.path, t.descriptor)).collect())
     }
 
     async fn partitions(&self, path: &TablePath) -> Result<Vec<(i64, String)>> {
-        let t = self.cluster.table_by_path(path)?;
+        let t = self.table(path).await?;
         Ok(t.partitions.into_iter().map(|(name, id)| (id, name)).collect())
     }
 
@@ -117,9 +126,9 @@ impl TieringCluster for LocalDoor {
     }
 
     async fn lake_snapshot(&self, path: &TablePath) -> Result<Option<LakeSnapshot>> {
-        let table_id = self.cluster.table_by_path(path)?.table_id;
-        match self.cluster.coordinator().lake_snapshot(table_id) {
-            Ok(snapshot) => Ok(Some(snapshot.clone())),
+        let table_id = self.table(path).await?.table_id;
+        match self.blocking(move |c| c.coordinator().lake_snapshot(table_id).cloned()).await {
+            Ok(snapshot) => Ok(Some(snapshot)),
             Err(e) if e.kind() == ErrorKind::LakeSnapshotNotExist => Ok(None),
             Err(e) => Err(e),
         }
@@ -131,7 +140,7 @@ impl TieringCluster for LocalDoor {
         partition_name: Option<&str>,
         buckets: &[i32],
     ) -> Result<Vec<(i32, Option<KvSnapshotRef>)>> {
-        let table = self.cluster.table_by_path(path)?;
+        let table = self.table(path).await?;
         let partition_id = match partition_name {
             Some(name) => Some(*table.partitions.get(name).ok_or_else(|| {
                 Error::new(ErrorKind::UnknownTableOrBucket, format!("table {path} has no partition {name:?}"))
@@ -215,7 +224,7 @@ impl TieringCluster for LocalDoor {
     }
 
     async fn schedules(&self) -> Result<Vec<TableSchedule>> {
-        Ok(self.cluster.list_tables().into_iter().map(schedule).collect())
+        Ok(self.blocking(|c| Ok(c.list_tables())).await?.into_iter().map(schedule).collect())
     }
 
     async fn schedule_now(&self, tables: &[TablePath]) -> Result<Vec<TableSchedule>> {

@@ -143,7 +143,8 @@ fn run_once(cluster: LocalDoor, warehouse: std::path::PathBuf, cues: Arc<Cues>) 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let (cluster, lake) = runtime.block_on(async {
         let options = LakeOptions { target_file_size: 65536, ..LakeOptions::default() };
-        let lake = fluss_tiering::lake::factory("paimon", &warehouse, None, options).await.expect("lake");
+        let lake =
+            fluss_tiering::lake::factory("paimon", &warehouse.as_path().into(), None, options).await.expect("lake");
         (FaultyCluster { inner: Arc::new(cluster), cues }, lake)
     });
     let config = TierConfig {

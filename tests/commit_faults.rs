@@ -36,7 +36,7 @@ async fn lake() -> Lake {
     let warehouse = dir.path().join("warehouse");
     let inner = IcebergFactory::open_catalog(&warehouse).await.expect("catalog");
     let faulty = FaultyCatalog::new(inner);
-    let factory = IcebergFactory::with_catalog(faulty.clone(), LakeOptions::default());
+    let factory = IcebergFactory::with_catalog(faulty.clone(), &warehouse, LakeOptions::default()).expect("factory");
     let table = test_table();
     assert!(factory.prepare_table(&table).await.expect("create").is_none());
     Lake { _dir: dir, warehouse, faulty, factory, table }
@@ -86,7 +86,8 @@ impl Lake {
 
     /// A committer straight on the SQL catalog, as a second job would have.
     async fn other_committer(&self) -> Box<dyn LakeCommitter> {
-        IcebergFactory::with_catalog(self.faulty.inner.clone(), LakeOptions::default())
+        IcebergFactory::with_catalog(self.faulty.inner.clone(), &self.warehouse, LakeOptions::default())
+            .expect("factory")
             .create_committer(&self.table)
             .await
             .expect("committer")
@@ -318,7 +319,10 @@ async fn randomized_rounds_under_faults(format: &str) {
     let (lake, faults): (Arc<dyn LakeTieringFactory>, Arc<Faults>) = match format {
         "iceberg" => {
             let faulty = FaultyCatalog::new(IcebergFactory::open_catalog(&warehouse).await.expect("catalog"));
-            (Arc::new(IcebergFactory::with_catalog(faulty.clone(), options)), faulty.faults())
+            (
+                Arc::new(IcebergFactory::with_catalog(faulty.clone(), &warehouse, options).expect("factory")),
+                faulty.faults(),
+            )
         }
         _ => {
             let faulty = FaultyPaimon::new(PaimonFactory::open_catalog(&warehouse).await.expect("catalog"));
@@ -659,7 +663,9 @@ async fn paimon_table_made_outside(system_columns: bool) -> (tempfile::TempDir, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paimon_a_lake_table_of_the_same_name_that_is_not_a_fluss_table_s_is_refused() {
     let (_dir, warehouse) = paimon_table_made_outside(false).await;
-    let factory = PaimonFactory::open(&warehouse, LakeOptions::default()).await.expect("paimon");
+    let factory = fluss_tiering::lake::factory("paimon", &warehouse.as_path().into(), None, LakeOptions::default())
+        .await
+        .expect("paimon");
     let mut wider = test_table();
     wider.descriptor.columns = parse_schema("id:int64,name:string,extra:int32").expect("schema");
     let err = factory.prepare_table(&wider).await.expect_err("refused");
@@ -674,12 +680,14 @@ async fn paimon_a_lake_table_of_the_same_name_that_is_not_a_fluss_table_s_is_ref
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paimon_a_table_fluss_created_is_adopted_and_its_snapshots_name_their_fluss_table() {
     let (_dir, warehouse) = paimon_table_made_outside(true).await;
-    let factory = PaimonFactory::open(&warehouse, LakeOptions::default()).await.expect("paimon");
+    let factory = fluss_tiering::lake::factory("paimon", &warehouse.as_path().into(), None, LakeOptions::default())
+        .await
+        .expect("paimon");
     let table = test_table();
     assert!(factory.prepare_table(&table).await.expect("adopted").is_none());
     let committer = factory.create_committer(&table).await.expect("committer");
     committer
-        .commit(vec![write_rows(&factory, &table, 0, 10, 0).await], &marker("r1", 10), None)
+        .commit(vec![write_rows(factory.as_ref(), &table, 0, 10, 0).await], &marker("r1", 10), None)
         .await
         .expect("commit");
     assert_eq!(factory.prepare_table(&table).await.expect("prepared").expect("a snapshot").marker.table_id, 1);
@@ -723,7 +731,7 @@ async fn iceberg_a_partition_spec_the_job_cannot_fill_is_refused_before_the_tabl
         .properties([("fluss.table-id".to_string(), "1".to_string())])
         .build();
     catalog.create_table(&namespace, creation).await.expect("the table");
-    let factory = IcebergFactory::with_catalog(catalog.clone(), LakeOptions::default());
+    let factory = IcebergFactory::with_catalog(catalog.clone(), &warehouse, LakeOptions::default()).expect("factory");
     let mut wider = test_table();
     wider.descriptor.columns = parse_schema("id:int64,name:string,extra:int32").expect("schema");
     let err = factory.prepare_table(&wider).await.expect_err("refused");

@@ -1,8 +1,11 @@
 """Reads a lake table with a reader that is not ours (pyiceberg or pypaimon) and dumps it for the Rust tests.
 
 usage: lake_dump.py WAREHOUSE DATABASE.TABLE OUT.arrow [--raw] [--allow-missing-markers] [--each-key KEYS.json]
+                    [--catalog sqlite:PATH]
 
-The format is the warehouse's: an Iceberg SQL catalog (WAREHOUSE/catalog.db) or a Paimon filesystem catalog.
+The format is the warehouse's: an Iceberg SQL catalog (--catalog, or WAREHOUSE/catalog.db) or a Paimon filesystem
+catalog. WAREHOUSE is a local directory or s3://BUCKET/PREFIX; an S3 store is reached as the standard AWS variables
+say (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION), path-style.
 Writes every row of the table's current snapshot to OUT.arrow (Arrow IPC file) and prints one JSON line:
 {"format": F, "rows": N, "snapshots": N, "current_snapshot_id": ID, "properties": {...tiering marker...},
  "files": [data file paths the current snapshot references]}
@@ -20,6 +23,46 @@ import os
 import sys
 
 import pyarrow as pa
+import pyarrow.fs as pafs
+
+
+def s3_settings():
+    """The S3 store's settings from the AWS variables: (endpoint, access key, secret key, region)."""
+    env = os.environ.get
+    return env("AWS_ENDPOINT_URL"), env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY"), env("AWS_REGION", "us-east-1")
+
+
+class Store:
+    """The warehouse's files through pyarrow's file systems: local, or S3 (paths as BUCKET/KEY)."""
+
+    def __init__(self, warehouse: str):
+        if warehouse.startswith("s3://"):
+            endpoint, key, secret, region = s3_settings()
+            self.fs = pafs.S3FileSystem(endpoint_override=endpoint, access_key=key, secret_key=secret, region=region,
+                                        force_virtual_addressing=False)
+            self.base, self.uri = warehouse[len("s3://"):].rstrip("/"), warehouse.rstrip("/")
+        else:
+            self.fs = pafs.LocalFileSystem()
+            self.base = os.path.abspath(warehouse)
+            self.uri = f"file://{self.base}"
+
+    def path(self, uri_or_path: str) -> str:
+        """A file system path of a URI the lake names (file://…, s3://…) or of a local path."""
+        for scheme in ("s3://", "file://", "file:"):
+            if uri_or_path.startswith(scheme):
+                return uri_or_path[len(scheme):]
+        return uri_or_path
+
+    def listdir(self, path: str):
+        info = self.fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        return [i.base_name for i in info]
+
+    def exists(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def read_json(self, path: str):
+        with self.fs.open_input_stream(path) as f:
+            return json.loads(f.read().decode())
 
 
 def bucket_offsets(content):
@@ -40,10 +83,14 @@ def bucket_offsets(content):
     return out
 
 
-def read_iceberg(warehouse: str, table_name: str):
+def read_iceberg(store: Store, catalog_uri: str, table_name: str):
     from pyiceberg.catalog.sql import SqlCatalog
 
-    catalog = SqlCatalog("fluss", uri=f"sqlite:///{warehouse}/catalog.db", warehouse=f"file://{warehouse}")
+    endpoint, key, secret, region = s3_settings()
+    s3 = {"s3.endpoint": endpoint, "s3.access-key-id": key, "s3.secret-access-key": secret, "s3.region": region}
+    s3 = {k: v for k, v in s3.items() if v} if store.uri.startswith("s3://") else {}
+    # sqlite:PATH, as the job takes it, in SQLAlchemy's spelling.
+    catalog = SqlCatalog("fluss", uri="sqlite:///" + catalog_uri[len("sqlite:"):], warehouse=store.uri, **s3)
     table = catalog.load_table(table_name)
     current = table.current_snapshot()
     properties = dict(current.summary.additional_properties) if current else {}
@@ -76,10 +123,16 @@ def read_each_key(table, keys_file: str):
     return pa.concat_tables(found), per_key
 
 
-def read_paimon(warehouse: str, table_name: str, raw: bool, allow_missing_markers: bool, each_key: str = None):
+def read_paimon(store: Store, table_name: str, raw: bool, allow_missing_markers: bool, each_key: str = None):
     from pypaimon import CatalogFactory
 
-    catalog = CatalogFactory.create({"warehouse": f"file://{warehouse}"})
+    options = {"warehouse": store.uri}
+    if store.uri.startswith("s3://"):
+        endpoint, key, secret, region = s3_settings()
+        s3 = {"s3.endpoint": endpoint, "s3.access-key": key, "s3.secret-key": secret, "s3.region": region,
+              "s3.path-style-access": "true"}
+        options.update({k: v for k, v in s3.items() if v})
+    catalog = CatalogFactory.create(options)
     table = catalog.get_table(table_name)
     read_builder = table.new_read_builder()
     splits = read_builder.new_scan().plan().splits()
@@ -91,7 +144,7 @@ def read_paimon(warehouse: str, table_name: str, raw: bool, allow_missing_marker
 
         paths = [p for split in splits for p in split.file_paths]
         # One file at a time: a dataset read would add partition columns from the path (region=…).
-        tables = [pq.ParquetFile(p[len("file://"):] if p.startswith("file://") else p).read() for p in paths]
+        tables = [pq.ParquetFile(store.fs.open_input_file(store.path(p))).read() for p in paths]
         keys = [c for c in table.partition_keys if c]
         types = {"__bucket": pa.int32(), "__offset": pa.int64(), **{k: pa.string() for k in keys}}
         columns = list(types)
@@ -104,25 +157,23 @@ def read_paimon(warehouse: str, table_name: str, raw: bool, allow_missing_marker
     else:
         data = read_builder.new_read().to_arrow(splits)
     database, name = table_name.split(".", 1)
-    location = os.path.join(warehouse, f"{database}.db", name)
-    snapshot_dir = os.path.join(location, "snapshot")
+    location = f"{store.base}/{database}.db/{name}"
+    snapshot_dir = f"{location}/snapshot"
     ids = sorted(
         int(f[len("snapshot-"):])
-            for f in os.listdir(snapshot_dir)
+            for f in store.listdir(snapshot_dir)
             # A job killed while Paimon published a snapshot leaves its temporary file (snapshot-N.tmp-…).
             if f.startswith("snapshot-") and f[len("snapshot-"):].isdigit()
-    ) if os.path.isdir(snapshot_dir) else []
+    )
     properties = {}
     for snapshot_id in reversed(ids):
-        with open(os.path.join(snapshot_dir, f"snapshot-{snapshot_id}")) as f:
-            snapshot = json.load(f)
+        snapshot = store.read_json(f"{snapshot_dir}/snapshot-{snapshot_id}")
         if snapshot.get("commitUser") != "fluss-tiering":
             continue
-        marker_path = os.path.join(location, "fluss-offsets", f"{snapshot['commitIdentifier']}.json")
-        if allow_missing_markers and not os.path.exists(marker_path):
+        marker_path = f"{location}/fluss-offsets/{snapshot['commitIdentifier']}.json"
+        if allow_missing_markers and not store.exists(marker_path):
             continue  # published by hand (a test's naive protocol): no marker to report
-        with open(marker_path) as f:
-            marker = json.load(f)
+        marker = store.read_json(marker_path)
         properties = {
             "fluss-offsets": json.dumps(marker["offsets"]),
             "fluss-tiering-epoch": str(marker["tiering_epoch"]),
@@ -147,12 +198,15 @@ def main() -> None:
     raw = "--raw" in sys.argv[4:]
     allow_missing_markers = "--allow-missing-markers" in sys.argv[4:]
     each_key = sys.argv[sys.argv.index("--each-key") + 1] if "--each-key" in sys.argv else None
-    warehouse = os.path.abspath(warehouse)
-    if os.path.exists(os.path.join(warehouse, "catalog.db")):
+    catalog = sys.argv[sys.argv.index("--catalog") + 1] if "--catalog" in sys.argv else None
+    store = Store(warehouse)
+    if catalog is None and not warehouse.startswith("s3://") and os.path.exists(f"{store.base}/catalog.db"):
+        catalog = f"sqlite:{store.base}/catalog.db"
+    if catalog is not None:
         # Iceberg tables here are append-only: a scan is already every committed row as written.
-        fmt, (data, summary) = "iceberg", read_iceberg(warehouse, table_name)
+        fmt, (data, summary) = "iceberg", read_iceberg(store, catalog, table_name)
     else:
-        fmt, (data, summary) = "paimon", read_paimon(warehouse, table_name, raw, allow_missing_markers, each_key)
+        fmt, (data, summary) = "paimon", read_paimon(store, table_name, raw, allow_missing_markers, each_key)
     with pa.OSFile(out, "wb") as sink:
         with pa.ipc.new_file(sink, data.schema) as writer:
             writer.write_table(data)

@@ -339,7 +339,8 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     for (transport, workers) in runs_to_make {
         let job = TierArgs {
             cluster: url_of(transport),
-            warehouse: dir.join(format!("lake-{transport}-w{workers}")),
+            warehouse: dir.join(format!("lake-{transport}-w{workers}")).display().to_string(),
+            s3: Default::default(),
             catalog: None,
             format: args.format.clone(),
             metrics_addr: None,

@@ -69,7 +69,8 @@ pub fn measure(
     }
     let job = TierArgs {
         cluster: e.cluster.clone(),
-        warehouse: e.warehouse.clone(),
+        warehouse: e.warehouse.display().to_string(),
+        s3: Default::default(),
         catalog: None,
         format: e.format.clone(),
         metrics_addr: None,
@@ -124,7 +125,7 @@ pub fn measure(
     }
 
     let results = runtime.block_on(async {
-        let lake = lake::factory(&e.format, &e.warehouse, None, LakeOptions::default()).await?;
+        let lake = lake::factory(&e.format, &e.warehouse.as_path().into(), None, LakeOptions::default()).await?;
         let mut out = Vec::new();
         for (id, path, descriptor) in tables {
             let table = TableContext { table_id: *id, path: path.clone(), descriptor: descriptor.clone() };

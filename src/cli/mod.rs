@@ -68,12 +68,15 @@ pub struct TierArgs {
     /// `--fluss.bootstrap.servers HOST:PORT`; of a list, the first server is used).
     #[arg(long)]
     pub cluster: String,
-    /// The lake's warehouse directory.
+    /// The lake's warehouse: a local directory, or `s3://BUCKET/PREFIX` on S3 or an S3-compatible store (see the
+    /// `--s3-*` flags).
     #[arg(long)]
-    pub warehouse: PathBuf,
-    /// The catalog, `sqlite:PATH` (default: WAREHOUSE/catalog.db).
+    pub warehouse: String,
+    /// The Iceberg SQL catalog, `sqlite:PATH` (default: WAREHOUSE/catalog.db; required for a warehouse on S3).
     #[arg(long)]
     pub catalog: Option<String>,
+    #[command(flatten)]
+    pub s3: S3Args,
     /// Lake format: paimon (Fluss's default) or iceberg.
     #[arg(long, default_value = "paimon", value_parser = ["paimon", "iceberg"])]
     pub format: String,
@@ -100,6 +103,44 @@ pub struct TierArgs {
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     pub help: Option<bool>,
+}
+
+/// How to reach a warehouse on S3: flags, or the standard AWS environment variables. Credentials given neither way
+/// come from the AWS default chain (profile, instance role).
+#[derive(Debug, Args, Clone, Default)]
+pub struct S3Args {
+    /// The S3 endpoint URL, for S3-compatible stores (default: AWS's).
+    #[arg(long, env = "AWS_ENDPOINT_URL", value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    /// The S3 region (default: us-east-1).
+    #[arg(long, env = "AWS_REGION")]
+    pub s3_region: Option<String>,
+    /// Path-style requests (ENDPOINT/BUCKET/KEY), as most S3-compatible servers want.
+    #[arg(long)]
+    pub s3_path_style_access: bool,
+    /// The access key id (prefer the environment: flags show in the process list).
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
+    pub s3_access_key_id: Option<String>,
+    /// The secret access key.
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub s3_secret_access_key: Option<String>,
+    /// A session token, for temporary credentials.
+    #[arg(long, env = "AWS_SESSION_TOKEN", hide_env_values = true)]
+    pub s3_session_token: Option<String>,
+}
+
+impl S3Args {
+    /// The lake's S3 settings.
+    pub fn settings(&self) -> crate::lake::S3Settings {
+        crate::lake::S3Settings {
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            path_style: self.s3_path_style_access,
+            access_key_id: self.s3_access_key_id.clone(),
+            secret_access_key: self.s3_secret_access_key.clone(),
+            session_token: self.s3_session_token.clone(),
+        }
+    }
 }
 
 /// Timely's own worker and process flags.

@@ -94,8 +94,11 @@ pub fn rewrite(args: Vec<OsString>) -> anyhow::Result<Rewritten> {
                     None => translated,
                 };
                 // One token, so that a value starting with `-` is not read as a flag.
-                if let Some((flag, value)) = translated? {
-                    head.push(OsString::from(format!("{flag}={value}")));
+                match translated? {
+                    // A switch (`--s3-path-style-access`) takes no value.
+                    Some((flag, value)) if value.is_empty() => head.push(OsString::from(flag)),
+                    Some((flag, value)) => head.push(OsString::from(format!("{flag}={value}"))),
+                    None => {}
                 }
             }
         }
@@ -171,10 +174,27 @@ fn translate(
             bail!("--{key} is an option of the {lake} lake, but the lake format is {format} (--datalake.format)");
         }
         return match (lake, option) {
-            (_, "warehouse") => match crate::lake::local_dir(value) {
-                Some(dir) => own("warehouse", dir.display().to_string()),
-                None => bail!("--{key} {value}: only a warehouse on local disk is supported yet"),
+            (_, "warehouse") => match crate::lake::Warehouse::parse(value, Default::default()) {
+                Ok(crate::lake::Warehouse::Local(dir)) => own("warehouse", dir.display().to_string()),
+                Ok(_) => own("warehouse", value.into()),
+                Err(e) => bail!("--{key}: {e}"),
             },
+            // The store's settings, as Paimon's and Iceberg's S3 FileIO spell them.
+            (_, "s3.endpoint") => own("s3-endpoint", value.into()),
+            (_, "s3.region") | ("iceberg", "client.region") => own("s3-region", value.into()),
+            ("paimon", "s3.path.style.access" | "s3.path-style-access") | ("iceberg", "s3.path-style-access") => {
+                match value {
+                    "true" => own("s3-path-style-access", String::new()),
+                    "false" => Ok(None),
+                    _ => bail!("--{key} {value}: true or false"),
+                }
+            }
+            ("paimon", "s3.access-key" | "s3.access.key") | ("iceberg", "s3.access-key-id") => {
+                own("s3-access-key-id", value.into())
+            }
+            ("paimon", "s3.secret-key" | "s3.secret.key") | ("iceberg", "s3.secret-access-key") => {
+                own("s3-secret-access-key", value.into())
+            }
             ("paimon", "metastore") if value == "filesystem" => Ok(None),
             ("paimon", "metastore") => {
                 bail!("--{key} {value}: only Paimon's filesystem metastore is supported")
@@ -306,7 +326,7 @@ mod tests {
             &["--datalake.paimon.metastore", "hive"][..],
             &["--datalake.format", "iceberg", "--datalake.iceberg.type", "rest"],
             &["--datalake.iceberg.warehouse", "/w"],
-            &["--datalake.paimon.warehouse", "s3://bucket/w"],
+            &["--datalake.paimon.warehouse", "gs://bucket/w"],
             &["--lake.tiering.auto-expire-snapshot", "true"],
             &["--lake.tiering.bogus", "1"],
             &["--datalake.paimon.fs.s3.endpoint", "x"],

@@ -100,7 +100,8 @@ pub(super) fn run_job_with(args: &TierArgs, started: impl FnOnce(&Arc<JobContext
             true => crate::fluss::transport::FlussCluster::connect(&args.cluster, rpc_timeout).await?,
             false => Arc::new(ClusterClient::connect_with_timeout(&args.cluster, rpc_timeout).await?),
         };
-        let lake = lake::factory(&args.format, &args.warehouse, args.catalog.as_deref(), options).await?;
+        let warehouse = lake::Warehouse::parse(&args.warehouse, args.s3.settings())?;
+        let lake = lake::factory(&args.format, &warehouse, args.catalog.as_deref(), options).await?;
         if args.now {
             // After the lake is known to open: a job that cannot run does not make tables due.
             let tables = client.schedule_now(&[]).await.context("--now")?;
@@ -281,8 +282,9 @@ pub fn run_demo(args: super::DemoArgs) -> anyhow::Result<()> {
     };
     let job = TierArgs {
         cluster: fluss.clone(),
-        warehouse: warehouse.clone(),
+        warehouse: warehouse.display().to_string(),
         catalog: None,
+        s3: Default::default(),
         format: args.format.clone(),
         metrics_addr: None,
         once: true,
@@ -307,7 +309,7 @@ pub fn run_demo(args: super::DemoArgs) -> anyhow::Result<()> {
         let ctx = run_job(&job)?;
         print_summary(&ctx.metrics.report(), started.elapsed());
         runtime.block_on(async {
-            let lake = lake::factory(&args.format, &warehouse, None, LakeOptions::default()).await?;
+            let lake = lake::factory(&args.format, &warehouse.as_path().into(), None, LakeOptions::default()).await?;
             print_lake(&client, lake.as_ref(), &tables).await
         })?;
     }

@@ -14,7 +14,6 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, SchemaRef as ArrowSchemaRef};
 use async_trait::async_trait;
 use iceberg::arrow::schema_to_arrow_schema;
-use iceberg::io::LocalFsStorageFactory;
 use iceberg::spec::{
     DataFile, DataFileFormat, Literal, ManifestList, NestedField, NullOrder, PartitionKey, PrimitiveType, Schema,
     SortDirection, SortField, SortOrder, Struct, TableProperties, Transform, Type, UnboundPartitionSpec,
@@ -35,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::lake::outcome::{self, CommitSteps, Published};
+use crate::lake::store::{LakeStorage, LakeStorageFactory, Store, Warehouse};
 use crate::lake::{
     BUCKET_COLUMN, CommitMarker, LakeCommitter, LakeOptions, LakeTieringFactory, LakeWriter, OFFSET_COLUMN, OffsetsRef,
     TABLE_PROP_TABLE_ID, TIMESTAMP_COLUMN, TableContext, TieredSnapshot, WriterContext, WrittenData, fit_columns,
@@ -53,42 +53,54 @@ fn lake_err(context: impl Into<String>) -> impl FnOnce(iceberg::Error) -> Error 
 /// The Iceberg format.
 pub struct IcebergFactory {
     catalog: Arc<dyn Catalog>,
+    store: Store,
     options: LakeOptions,
 }
 
 impl IcebergFactory {
-    /// Opens the SQL catalog (`catalog`, or `WAREHOUSE/catalog.db`) over the warehouse directory.
-    pub async fn open(warehouse: &Path, catalog: Option<&str>, options: LakeOptions) -> Result<Self> {
-        std::fs::create_dir_all(warehouse)
-            .map_err(|e| Error::io(format!("creating warehouse {}", warehouse.display()), e))?;
-        let warehouse = warehouse
-            .canonicalize()
-            .map_err(|e| Error::io(format!("resolving warehouse {}", warehouse.display()), e))?;
-        let db_path = match catalog {
-            Some(spec) => spec.strip_prefix("sqlite:").map(str::to_string).ok_or_else(|| {
+    /// Opens the SQL catalog (`catalog`, or `WAREHOUSE/catalog.db` for a warehouse on local disk) over the store:
+    /// the catalog's pointers stay in SQL, every data and metadata file goes to the store.
+    pub async fn open(store: Store, catalog: Option<&str>, options: LakeOptions) -> Result<Self> {
+        let db_path = match (catalog, store.warehouse().local_dir()) {
+            (Some(spec), _) => spec.strip_prefix("sqlite:").map(str::to_string).ok_or_else(|| {
                 Error::new(ErrorKind::InvalidArgument, format!("catalog {spec:?} is not of the form sqlite:PATH"))
             })?,
-            None => warehouse.join("catalog.db").display().to_string(),
+            (None, Some(_)) => format!("{}/catalog.db", store.root().trim_start_matches("file://")),
+            (None, None) => {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!(
+                        "warehouse {}: an Iceberg warehouse on object storage needs --catalog sqlite:PATH (the SQL                          catalog cannot live in the bucket)",
+                        store.warehouse()
+                    ),
+                ));
+            }
         };
         let catalog = SqlCatalogBuilder::default()
             .uri(format!("sqlite:{db_path}?mode=rwc"))
-            .warehouse_location(format!("file://{}", warehouse.display()))
+            .warehouse_location(store.root().to_string())
             .sql_bind_style(SqlBindStyle::QMark)
-            .with_storage_factory(Arc::new(LocalFsStorageFactory))
+            .with_storage_factory(Arc::new(LakeStorageFactory(LakeStorage::new(store.clone()))))
             .load(CATALOG_NAME, HashMap::new())
             .await
             .map_err(lake_err(format!("opening the SQL catalog {db_path}")))?;
-        Ok(IcebergFactory { catalog: Arc::new(catalog), options })
+        Ok(IcebergFactory { catalog: Arc::new(catalog), store, options })
     }
 
-    /// The SQL catalog of `warehouse` (as [`IcebergFactory::open`] opens it), for tools and tests that wrap it.
-    pub async fn open_catalog(warehouse: &Path) -> Result<Arc<dyn Catalog>> {
-        Ok(Self::open(warehouse, None, LakeOptions::default()).await?.catalog)
+    /// The SQL catalog of a local `warehouse` (as [`IcebergFactory::open`] opens it), for tools and tests that wrap
+    /// it.
+    pub async fn open_catalog(warehouse: impl Into<Warehouse>) -> Result<Arc<dyn Catalog>> {
+        let store = Store::open(&warehouse.into()).await?;
+        Ok(Self::open(store, None, LakeOptions::default()).await?.catalog)
     }
 
-    /// A factory over any Iceberg catalog (tests wrap the SQL catalog to inject faults).
-    pub fn with_catalog(catalog: Arc<dyn Catalog>, options: LakeOptions) -> Self {
-        IcebergFactory { catalog, options }
+    /// A factory over any Iceberg catalog of `warehouse` (tests wrap the SQL catalog to inject faults).
+    pub fn with_catalog(
+        catalog: Arc<dyn Catalog>,
+        warehouse: impl Into<Warehouse>,
+        options: LakeOptions,
+    ) -> Result<Self> {
+        Ok(IcebergFactory { catalog, store: Store::new(&warehouse.into())?, options })
     }
 
     async fn load(&self, t: &TableContext) -> Result<Table> {
@@ -475,7 +487,11 @@ impl LakeTieringFactory for IcebergFactory {
     }
 
     async fn create_committer(&self, t: &TableContext) -> Result<Box<dyn LakeCommitter>> {
-        Ok(Box::new(IcebergCommitter { catalog: Arc::clone(&self.catalog), table: t.clone() }))
+        Ok(Box::new(IcebergCommitter {
+            catalog: Arc::clone(&self.catalog),
+            store: self.store.clone(),
+            table: t.clone(),
+        }))
     }
 }
 
@@ -536,6 +552,7 @@ impl LakeWriter for IcebergLakeWriter {
 
 struct IcebergCommitter {
     catalog: Arc<dyn Catalog>,
+    store: Store,
     table: TableContext,
 }
 
@@ -639,13 +656,11 @@ impl LakeCommitter for IcebergCommitter {
 
     async fn sweep(&self, min_age: std::time::Duration) -> Result<sweep::Swept> {
         let table = self.load().await?;
-        let Some(root) = super::local_dir(table.metadata().location()) else {
-            return Ok(sweep::Swept::default());
-        };
         let path = self.table.path.to_string();
         // References from the table reloaded after the listing (invariant 2 of the sweep).
         let referenced = || async { referenced_files(&self.load().await?).await };
-        sweep::sweep_dir(path, root, is_sweep_candidate, min_age, referenced).await
+        let root = table.metadata().location();
+        sweep::sweep_dir(&self.store, &path, root, is_sweep_candidate, min_age, referenced).await
     }
 }
 

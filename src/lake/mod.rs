@@ -13,13 +13,20 @@
 //! [`outcome::drive`] (check the base → prepare → publish → find its own round → decide); a format supplies the
 //! steps ([`outcome::CommitSteps`]), so a third format is one module that answers them.
 //!
+//! Where a lake lives is a value ([`Warehouse`]: a local directory or `s3://BUCKET/PREFIX`), and every file the
+//! lakes touch goes through its [`Store`] (one opendal operator): Iceberg's FileIO, Paimon's own FileIO built from
+//! the same settings, and our markers, claims, sweep and repairs. No `std::fs` here.
+//!
 //! Layering: the lakes see `crate::model` and the shared helpers (`crate::error`, `crate::failpoint`) only; never
-//! the cluster, its doors, a wire or the job (checked by `.ci/run`).
+//! the cluster, its doors, a wire or the job (checked by `.ci/run`, as is the absence of `std::fs`).
 
 pub mod iceberg;
 pub mod outcome;
 pub mod paimon;
+pub mod store;
 pub mod sweep;
+
+pub use store::{S3Settings, Store, Warehouse};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -321,40 +328,37 @@ pub trait LakeCommitter: Send + Sync {
     /// Deletes files that will never be committed.
     async fn abort(&self, written: Vec<WrittenData>) -> Result<()>;
     /// Deletes the table's files that no snapshot references and that are older than `min_age` (see
-    /// [`sweep`]); a lake not on local disk is not swept.
+    /// [`sweep`]), through the warehouse's store (local disk or S3 alike).
     async fn sweep(&self, min_age: std::time::Duration) -> Result<sweep::Swept>;
 }
 
-/// The factory of a format by name.
+/// The factory of a format by name, over the store of `warehouse` (opened, and probed, here).
 pub async fn factory(
     format: &str,
-    warehouse: &std::path::Path,
+    warehouse: &Warehouse,
     catalog: Option<&str>,
     options: LakeOptions,
 ) -> Result<Arc<dyn LakeTieringFactory>> {
     match format {
-        "iceberg" => Ok(Arc::new(iceberg::IcebergFactory::open(warehouse, catalog, options).await?)),
-        "paimon" if catalog.is_some() => Err(Error::new(
+        "iceberg" | "paimon" => {}
+        other => {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("unknown lake format {other:?}: choose paimon or iceberg"),
+            ));
+        }
+    }
+    if format == "paimon" && catalog.is_some() {
+        return Err(Error::new(
             ErrorKind::InvalidArgument,
             "--catalog names an Iceberg SQL catalog; Paimon's filesystem catalog lives in the warehouse itself",
-        )),
-        "paimon" => Ok(Arc::new(paimon::PaimonFactory::open(warehouse, options).await?)),
-        other => Err(Error::new(
-            ErrorKind::InvalidArgument,
-            format!("unknown lake format {other:?}: choose paimon or iceberg"),
-        )),
+        ));
     }
-}
-
-/// The local path of a lake location (`file://…`, `file:/…` or a plain path); `None` for other schemes (object
-/// storage), where what needs local files (commit claims, the orphan sweep) does not work yet.
-pub fn local_dir(location: &str) -> Option<std::path::PathBuf> {
-    let path = match location.strip_prefix("file://").or_else(|| location.strip_prefix("file:")) {
-        Some(path) => path,
-        None if location.contains("://") => return None,
-        None => location,
-    };
-    Some(std::path::PathBuf::from(path))
+    let store = Store::open(warehouse).await?;
+    Ok(match format {
+        "iceberg" => Arc::new(iceberg::IcebergFactory::open(store, catalog, options).await?),
+        _ => Arc::new(paimon::PaimonFactory::open(store, options).await?),
+    })
 }
 
 /// The lake table must belong to this Fluss table (not to a dropped one of the same name): `owner` is the table id

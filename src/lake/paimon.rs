@@ -41,6 +41,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::lake::outcome::{self, CommitSteps, Published};
+use crate::lake::store::{Store, Warehouse};
 use crate::lake::{
     BUCKET_COLUMN, CommitMarker, FLUSS_COMMIT_USER, LakeCommitter, LakeOptions, LakeTieringFactory, LakeWriter,
     OFFSET_COLUMN, OffsetsRef, PROP_COMMIT_USER, PROP_OFFSETS, TABLE_PROP_TABLE_ID, TIMESTAMP_COLUMN, TableContext,
@@ -66,7 +67,7 @@ fn lake_err(context: impl Into<String>) -> impl FnOnce(paimon::Error) -> Error {
 pub struct PaimonFactory {
     catalog: Arc<dyn Catalog>,
     publish: Arc<dyn Publish>,
-    warehouse: std::path::PathBuf,
+    store: Store,
     options: LakeOptions,
 }
 
@@ -101,22 +102,23 @@ fn table_commit(table: &Table) -> Result<TableCommit> {
 }
 
 impl PaimonFactory {
-    /// Opens the filesystem catalog on `warehouse`.
-    pub async fn open(warehouse: &Path, options: LakeOptions) -> Result<Self> {
-        let catalog = Self::open_catalog(warehouse).await?;
-        Self::with_catalog(catalog, warehouse, Arc::new(PaimonPublish), options)
+    /// Opens the filesystem catalog on the store.
+    pub async fn open(store: Store, options: LakeOptions) -> Result<Self> {
+        let catalog = Self::catalog(&store).await?;
+        Ok(PaimonFactory { catalog, publish: Arc::new(PaimonPublish), store, options })
     }
 
-    /// The filesystem catalog on `warehouse` (created if missing).
-    pub async fn open_catalog(warehouse: &Path) -> Result<Arc<dyn Catalog>> {
-        std::fs::create_dir_all(warehouse).map_err(|e| {
-            Error::new(ErrorKind::Lake, format!("creating warehouse {}", warehouse.display())).with_source(e)
-        })?;
-        let path = warehouse.canonicalize().map_err(|e| {
-            Error::new(ErrorKind::Lake, format!("resolving warehouse {}", warehouse.display())).with_source(e)
-        })?;
+    /// The filesystem catalog on `warehouse` (created if missing), for tools and tests that wrap it.
+    pub async fn open_catalog(warehouse: impl Into<Warehouse>) -> Result<Arc<dyn Catalog>> {
+        Self::catalog(&Store::open(&warehouse.into()).await?).await
+    }
+
+    async fn catalog(store: &Store) -> Result<Arc<dyn Catalog>> {
         let mut catalog_options = Options::new();
-        catalog_options.set(CatalogOptions::WAREHOUSE, format!("file://{}", path.display()));
+        catalog_options.set(CatalogOptions::WAREHOUSE, store.root().to_string());
+        for (key, value) in store.paimon_options() {
+            catalog_options.set(key, value);
+        }
         CatalogFactory::create(catalog_options).await.map_err(lake_err("opening the Paimon catalog"))
     }
 
@@ -124,14 +126,11 @@ impl PaimonFactory {
     /// `publish`.
     pub fn with_catalog(
         catalog: Arc<dyn Catalog>,
-        warehouse: &Path,
+        warehouse: impl Into<Warehouse>,
         publish: Arc<dyn Publish>,
         options: LakeOptions,
     ) -> Result<Self> {
-        let warehouse = warehouse.canonicalize().map_err(|e| {
-            Error::new(ErrorKind::Lake, format!("resolving warehouse {}", warehouse.display())).with_source(e)
-        })?;
-        Ok(PaimonFactory { catalog, publish, warehouse, options })
+        Ok(PaimonFactory { catalog, publish, store: Store::new(&warehouse.into())?, options })
     }
 
     async fn load(&self, t: &TableContext) -> Result<Table> {
@@ -142,13 +141,11 @@ impl PaimonFactory {
         match self.catalog.get_table(&ident(t)).await {
             Ok(table) => return Ok(table),
             Err(paimon::Error::TableNotExist { .. } | paimon::Error::DatabaseNotExist { .. }) => {}
-            Err(e) if self.half_created(t) => {
+            Err(e) if self.half_created(t).await? => {
                 // The catalog writes a new table's schema file in place: a crash while creating it leaves a table
                 // that cannot be loaded. It never got a snapshot, so nothing is lost by creating it again.
                 tracing::warn!(table = %t.path, error = %e, "lake table left half-created; creating it again");
-                let dir = self.table_dir(t).join("schema");
-                std::fs::remove_dir_all(&dir)
-                    .map_err(|e| Error::new(ErrorKind::Lake, format!("removing {}", dir.display())).with_source(e))?;
+                self.store.delete_all(&format!("{}/schema", self.table_dir(t))).await?;
             }
             Err(e) => return Err(lake_err(format!("loading lake table {}", t.path))(e)),
         }
@@ -163,21 +160,22 @@ impl PaimonFactory {
         }
     }
 
-    fn table_dir(&self, t: &TableContext) -> std::path::PathBuf {
-        self.warehouse.join(format!("{}.db", t.path.database)).join(&t.path.table)
+    /// The URI of a table's directory.
+    fn table_dir(&self, t: &TableContext) -> String {
+        self.store.uri(&format!("{}.db/{}", t.path.database, t.path.table))
     }
 
     /// Whether the table's creation did not finish: no snapshot, and a first schema file that is not JSON (the
     /// catalog writes it in place). Any other load error is left alone: a table whose first round is still writing
     /// has a good schema and no snapshot yet, and its files must stay.
-    fn half_created(&self, t: &TableContext) -> bool {
+    async fn half_created(&self, t: &TableContext) -> Result<bool> {
         let dir = self.table_dir(t);
-        let snapshots = std::fs::read_dir(dir.join("snapshot"))
-            .map(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with("snapshot-")))
-            .unwrap_or(false);
-        let torn_schema = std::fs::read(dir.join("schema").join("schema-0"))
-            .is_ok_and(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).is_err());
-        !snapshots && torn_schema
+        let snapshots = self.store.list(&format!("{dir}/snapshot")).await?;
+        if snapshots.iter().any(|f| f.relative.starts_with("snapshot-")) {
+            return Ok(false);
+        }
+        let schema = self.store.read(&format!("{dir}/schema/schema-0")).await?;
+        Ok(schema.is_some_and(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).is_err()))
     }
 
     /// Adds to the lake table the columns the Fluss table gained since (nullable: older files read them as null),
@@ -404,6 +402,7 @@ impl LakeTieringFactory for PaimonFactory {
         Ok(Box::new(PaimonCommitter {
             catalog: Arc::clone(&self.catalog),
             publish: Arc::clone(&self.publish),
+            store: self.store.clone(),
             table: t.clone(),
             claim_lease: self.options.commit_timeout,
         }))
@@ -486,22 +485,10 @@ fn marker_path(table: &Table, identifier: i64) -> String {
 
 /// Writes `marker` under an identifier above `own` (our newest snapshot's) and above every marker file there, and
 /// returns it (invariants 1 and 2): the exclusive creation makes the identifier this round's alone.
-fn write_marker(table: &Table, marker: &CommitMarker, own: i64) -> Result<i64> {
-    let dir = super::local_dir(table.location())
-        .ok_or_else(|| {
-            Error::new(
-                ErrorKind::Unsupported,
-                format!("lake table at {}: round markers need a local warehouse", table.location()),
-            )
-        })?
-        .join(MARKER_DIR);
-    let io = |what: String| move |e: std::io::Error| Error::new(ErrorKind::Lake, what).with_source(e);
-    std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
-    let highest = std::fs::read_dir(&dir)
-        .map_err(io(format!("listing {}", dir.display())))?
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".json")?.parse::<i64>().ok())
-        .max();
+async fn write_marker(store: &Store, table: &Table, marker: &CommitMarker, own: i64) -> Result<i64> {
+    let dir = format!("{}/{MARKER_DIR}", table.location().trim_end_matches('/'));
+    let listed = store.list(&dir).await?;
+    let highest = listed.iter().filter_map(|f| f.relative.strip_suffix(".json")?.parse::<i64>().ok()).max();
     let body = serde_json::to_vec(marker)
         .map_err(|e| Error::new(ErrorKind::Internal, "serializing the marker").with_source(e))?;
     let mut identifier = highest.unwrap_or(0).max(own);
@@ -509,13 +496,8 @@ fn write_marker(table: &Table, marker: &CommitMarker, own: i64) -> Result<i64> {
         identifier = identifier
             .checked_add(1)
             .ok_or_else(|| Error::new(ErrorKind::Lake, "the lake table's commit identifiers are exhausted"))?;
-        let path = dir.join(marker_name(identifier));
-        match claim::create_exclusive(&path, &body) {
-            Ok(()) => return Ok(identifier),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => {
-                return Err(Error::new(ErrorKind::Lake, format!("writing {}", path.display())).with_source(e));
-            }
+        if store.create_exclusive(&marker_path(table, identifier), body.clone()).await? {
+            return Ok(identifier);
         }
     }
 }
@@ -716,6 +698,7 @@ async fn referenced_files(table: &Table) -> Result<BTreeSet<String>> {
 struct PaimonCommitter {
     catalog: Arc<dyn Catalog>,
     publish: Arc<dyn Publish>,
+    store: Store,
     table: TableContext,
     /// How long a round's claim on the successor of its base lasts.
     claim_lease: std::time::Duration,
@@ -732,7 +715,7 @@ impl PaimonCommitter {
 /// published under that identifier while the claim holds, and the round is found by identifier and round id.
 struct Claimed<'a> {
     committer: &'a PaimonCommitter,
-    claims: &'a claim::Claims,
+    claims: &'a claim::Claims<'a>,
     held: &'a claim::Held,
 }
 
@@ -756,13 +739,14 @@ impl CommitSteps for Claimed<'_> {
         written: Vec<WrittenData>,
         marker: &CommitMarker,
     ) -> Result<(Vec<CommitMessage>, i64)> {
-        let identifier = write_marker(table, marker, own_identifier(table).await?)?;
+        let store = &self.committer.store;
+        let identifier = write_marker(store, table, marker, own_identifier(table).await?).await?;
         Ok((messages(&written)?, identifier))
     }
 
     async fn publish(&self, table: &Table, messages: Vec<CommitMessage>, identifier: &i64) -> Result<Published> {
         // A round that stalled past its lease gives way to the one that took the claim over.
-        self.claims.check(self.held)?;
+        self.claims.check(self.held).await?;
         // Paimon filters an identifier at or below one already committed and answers success all the same.
         Ok(match self.committer.publish.publish(table, messages, *identifier).await {
             Ok(()) => Published::WentThrough,
@@ -793,14 +777,14 @@ impl LakeCommitter for PaimonCommitter {
         // The right to commit on top of `base`, exclusive among tiering rounds, taken before the base is checked: a
         // round that checked first could see the base unchanged, lose the race to another round's commit, and then
         // commit on top of it with the same rows.
-        let claims = claim::Claims::of(&table)?;
-        let held = claims.take(base, &marker.round_id, marker.tiering_epoch, self.claim_lease)?;
+        let claims = claim::Claims::of(&self.store, &table);
+        let held = claims.take(base, &marker.round_id, marker.tiering_epoch, self.claim_lease).await?;
         let round = Claimed { committer: self, claims: &claims, held: &held };
         let result = outcome::drive(&round, &self.table.path.to_string(), table, written, marker, base).await;
         match &result {
-            Ok(landed) => claims.clear_below(*landed),
+            Ok(landed) => claims.clear_below(*landed).await,
             // Not landed, and never will: the next round from this base need not wait out the lease.
-            Err(e) if e.kind() != ErrorKind::CommitOutcomeUnknown => claims.release(&held),
+            Err(e) if e.kind() != ErrorKind::CommitOutcomeUnknown => claims.release(&held).await,
             Err(_) => {}
         }
         result
@@ -808,17 +792,16 @@ impl LakeCommitter for PaimonCommitter {
 
     async fn sweep(&self, min_age: std::time::Duration) -> Result<sweep::Swept> {
         let table = self.load().await?;
-        let Some(root) = super::local_dir(table.location()) else {
-            return Ok(sweep::Swept::default());
-        };
+        let root = table.location().trim_end_matches('/');
         // Invariant 1 of the sweep: tags, branches and long-lived changelogs hold snapshots the sweep does not read.
-        let busy = |dir: &str| std::fs::read_dir(root.join(dir)).is_ok_and(|mut entries| entries.next().is_some());
-        if let Some(dir) = ["tag", "branch", "changelog"].into_iter().find(|d| busy(d)) {
-            tracing::info!(table = %self.table.path, dir, "the lake table has tags, branches or a changelog: not swept");
-            return Ok(sweep::Swept::default());
+        for dir in ["tag", "branch", "changelog"] {
+            if !self.store.list(&format!("{root}/{dir}")).await?.is_empty() {
+                tracing::info!(table = %self.table.path, dir, "the lake table has tags, branches or a changelog: not swept");
+                return Ok(sweep::Swept::default());
+            }
         }
         let path = self.table.path.to_string();
-        sweep::sweep_dir(path, root, is_sweep_candidate, min_age, || referenced_files(&table)).await
+        sweep::sweep_dir(&self.store, &path, root, is_sweep_candidate, min_age, || referenced_files(&table)).await
     }
 
     async fn abort(&self, written: Vec<WrittenData>) -> Result<()> {

@@ -13,10 +13,11 @@
 //!    frozen inside its publication for longer than the orphan age (the same window as Paimon's claim lease).
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::Result;
+use crate::lake::store::{Listed, Store};
 
 /// What one sweep removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -25,10 +26,12 @@ pub struct Swept {
     pub bytes: u64,
 }
 
-/// [`old_candidates`] and [`delete_unreferenced`] off the async threads (file-system walks block).
+/// Sweeps the table whose directory is `root` (a URI in `store`): [`old_candidates`], then what `referenced` names
+/// (read after the listing: invariant 2), then [`delete_unreferenced`].
 pub async fn sweep_dir<F, R>(
-    table: String,
-    root: PathBuf,
+    store: &Store,
+    table: &str,
+    root: &str,
     is_candidate: fn(&Path) -> bool,
     min_age: Duration,
     referenced: F,
@@ -37,68 +40,47 @@ where
     F: FnOnce() -> R,
     R: std::future::Future<Output = Result<BTreeSet<String>>>,
 {
-    let listing = tokio::task::spawn_blocking(move || old_candidates(&root, is_candidate, min_age));
-    let candidates =
-        listing.await.map_err(|e| Error::new(ErrorKind::Internal, "the sweep's listing").with_source(e))??;
+    let candidates = old_candidates(store, root, is_candidate, min_age).await?;
     if candidates.is_empty() {
         return Ok(Swept::default());
     }
     let referenced = referenced().await?;
-    let deleting = tokio::task::spawn_blocking(move || delete_unreferenced(&table, candidates, &referenced));
-    deleting.await.map_err(|e| Error::new(ErrorKind::Internal, "the sweep's deletes").with_source(e))
+    Ok(delete_unreferenced(store, table, candidates, &referenced).await)
 }
 
-/// The files under `root` that `is_candidate` accepts (it sees the path relative to `root`) and that were last
-/// modified more than `min_age` ago, with their sizes. List these first, then read what is referenced
-/// (invariant 2).
-pub fn old_candidates(
-    root: &Path,
+/// The files below `root` that `is_candidate` accepts (it sees the path relative to `root`) and that were last
+/// modified more than `min_age` ago (a file whose store gives no time is never old). List these first, then read
+/// what is referenced (invariant 2).
+pub async fn old_candidates(
+    store: &Store,
+    root: &str,
     is_candidate: impl Fn(&Path) -> bool,
     min_age: Duration,
-) -> Result<Vec<(PathBuf, u64)>> {
+) -> Result<Vec<Listed>> {
     let now = SystemTime::now();
-    let mut out = Vec::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != root => continue,
-            Err(e) => {
-                return Err(Error::new(ErrorKind::Lake, format!("listing {}", dir.display())).with_source(e));
-            }
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let Ok(meta) = entry.metadata() else { continue };
-            if meta.is_dir() {
-                dirs.push(path);
-                continue;
-            }
-            let old = meta.modified().ok().and_then(|m| now.duration_since(m).ok()).is_some_and(|age| age > min_age);
-            if old && is_candidate(path.strip_prefix(root).unwrap_or(&path)) {
-                out.push((path, meta.len()));
-            }
-        }
-    }
-    Ok(out)
+    let old = |f: &Listed| f.modified.and_then(|m| now.duration_since(m).ok()).is_some_and(|age| age > min_age);
+    Ok(store.list(root).await?.into_iter().filter(|f| old(f) && is_candidate(Path::new(&f.relative))).collect())
 }
 
 /// Deletes the candidates whose file name `referenced` lacks (lake file names are unique); a file that cannot be
 /// deleted is logged and skipped (the next sweep tries again).
-pub fn delete_unreferenced(table: &str, candidates: Vec<(PathBuf, u64)>, referenced: &BTreeSet<String>) -> Swept {
+pub async fn delete_unreferenced(
+    store: &Store,
+    table: &str,
+    candidates: Vec<Listed>,
+    referenced: &BTreeSet<String>,
+) -> Swept {
     let mut swept = Swept::default();
-    for (path, bytes) in candidates {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if referenced.contains(&name) {
+    for file in candidates {
+        if referenced.contains(&file_name(&file.uri)) {
             continue;
         }
-        match std::fs::remove_file(&path) {
+        match store.delete(&file.uri).await {
             Ok(()) => {
                 swept.files += 1;
-                swept.bytes += bytes;
+                swept.bytes += file.size;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(table, file = %path.display(), error = %e, "cannot delete an orphan file"),
+            Err(e) => tracing::warn!(table, file = %file.uri, error = %e, "cannot delete an orphan file"),
         }
     }
     if swept.files > 0 {
@@ -116,23 +98,23 @@ pub fn file_name(path: &str) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn only_old_unreferenced_candidates_are_orphans() {
+    #[tokio::test]
+    async fn only_old_unreferenced_candidates_are_orphans() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let data = dir.path().join("data");
-        std::fs::create_dir_all(&data).expect("mkdir");
-        for name in ["live.parquet", "orphan.parquet", "other.txt"] {
-            std::fs::write(data.join(name), b"x").expect("write");
+        let store = Store::open(&dir.path().into()).await.expect("store");
+        for name in ["data/live.parquet", "data/orphan.parquet", "data/other.txt", "metadata.json"] {
+            assert!(store.create_exclusive(&store.uri(name), b"x".to_vec()).await.expect("write"));
         }
-        std::fs::write(dir.path().join("metadata.json"), b"x").expect("write");
         let referenced: BTreeSet<String> = ["live.parquet".to_string()].into();
         let candidate = |p: &Path| p.starts_with("data") && p.extension().is_some_and(|e| e == "parquet");
-        let young = old_candidates(dir.path(), candidate, Duration::from_secs(3600)).expect("list");
+        let root = store.root().to_string();
+        let young = old_candidates(&store, &root, candidate, Duration::from_secs(3600)).await.expect("list");
         assert!(young.is_empty(), "young files are never candidates: {young:?}");
-        std::thread::sleep(Duration::from_millis(20));
-        let old = old_candidates(dir.path(), candidate, Duration::from_millis(5)).expect("list");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let old = old_candidates(&store, &root, candidate, Duration::from_millis(5)).await.expect("list");
         assert_eq!(old.len(), 2, "the data files only: {old:?}");
-        assert_eq!(delete_unreferenced("t", old, &referenced), Swept { files: 1, bytes: 1 });
-        assert!(data.join("live.parquet").exists() && !data.join("orphan.parquet").exists());
+        assert_eq!(delete_unreferenced(&store, "t", old, &referenced).await, Swept { files: 1, bytes: 1 });
+        let left: Vec<String> = store.list(&root).await.expect("list").into_iter().map(|f| f.relative).collect();
+        assert!(left.contains(&"data/live.parquet".to_string()) && !left.contains(&"data/orphan.parquet".into()));
     }
 }

@@ -4,8 +4,10 @@
 #![allow(dead_code)]
 
 pub mod faults;
+pub mod s3;
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -121,7 +123,7 @@ pub async fn produce_all(client: &ClusterClient, tables: &[TestTable], start_row
 const TIER_DEADLINE: Duration = Duration::from_secs(180);
 
 /// Runs `fluss-tiering tier --once` (plus `args`) against the cluster, with `env` set, and waits for it.
-pub async fn tier(url: &str, warehouse: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+pub async fn tier(url: &str, warehouse: impl AsRef<OsStr>, args: &[&str], env: &[(&str, &str)]) -> Output {
     let (stdout, stderr) = (tempfile::tempfile().expect("stdout file"), tempfile::tempfile().expect("stderr file"));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fluss-tiering"));
     cmd.args(["tier", "--cluster", url, "--warehouse"])
@@ -223,6 +225,12 @@ pub fn read_lake_each_key(warehouse: &Path, table: &TablePath, keys: &[serde_jso
 }
 
 fn dump_lake(warehouse: &Path, table: &TablePath, flags: &[&str]) -> LakeTable {
+    dump_lake_at(warehouse.as_os_str(), table, flags, &[])
+}
+
+/// [`read_lake`] of a warehouse anywhere (`s3://…` too): `flags` for the reader (`--catalog sqlite:PATH`), `env`
+/// for its store (the AWS variables).
+pub fn dump_lake_at(warehouse: &OsStr, table: &TablePath, flags: &[&str], env: &[(&str, String)]) -> LakeTable {
     let dump = tempfile::NamedTempFile::new().expect("tempfile");
     let out = Command::new(python())
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lake_dump.py"))
@@ -230,6 +238,7 @@ fn dump_lake(warehouse: &Path, table: &TablePath, flags: &[&str]) -> LakeTable {
         .arg(table.to_string())
         .arg(dump.path())
         .args(flags)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("run python");
     assert!(out.status.success(), "the lake reader failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -359,7 +368,7 @@ pub fn is_stopped(pid: u32) -> bool {
 /// Starts `fluss-tiering tier` (not `--once` unless asked) with its stderr in `stderr`, and `env` set.
 pub fn spawn_tier(
     url: &str,
-    warehouse: &Path,
+    warehouse: impl AsRef<OsStr>,
     args: &[&str],
     env: &[(&str, String)],
     stderr: &tempfile::NamedTempFile,
@@ -444,8 +453,18 @@ pub async fn stop_job(job: std::process::Child, stderr: &tempfile::NamedTempFile
 /// Checks every table's lake exactly once against `total` produced rows, and that the cluster's record of the lake
 /// names the lake's current snapshot.
 pub async fn check_lake_and_cluster(client: &ClusterClient, warehouse: &Path, tables: &[TestTable], total: u64) {
+    check_read_lake_and_cluster(client, |t| read_lake(warehouse, t), tables, total).await;
+}
+
+/// [`check_lake_and_cluster`] with the lake read by `read`.
+pub async fn check_read_lake_and_cluster(
+    client: &ClusterClient,
+    read: impl Fn(&TablePath) -> LakeTable,
+    tables: &[TestTable],
+    total: u64,
+) {
     for t in tables {
-        let lake = read_lake(warehouse, &t.path);
+        let lake = read(&t.path);
         check_exactly_once(&lake, t, &end_offsets(client, t).await, total);
         let recorded = client.lake_snapshot(&t.path).await.expect("snapshot").expect("recorded");
         assert_eq!(

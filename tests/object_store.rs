@@ -1,0 +1,163 @@
+//! Lakes on object storage: the job tiers into `s3://lake/FORMAT` on a real S3-compatible server (moto's, its own
+//! process on a loopback port; `common::s3`), and pypaimon / pyiceberg read the tables back from that endpoint,
+//! every (bucket, offset) once: after a clean run, after a crash at every point of a round, and after a lake
+//! commit whose reply was lost; and the orphan sweep then leaves no unreferenced data file in the bucket. Nothing of
+//! the lake is written to local disk but the Iceberg SQL catalog. A store that ignores conditional puts is refused
+//! with the reason.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::path::PathBuf;
+
+use common::s3::S3Server;
+use common::*;
+use fluss_tiering::failpoint;
+
+/// A test's lake on S3: the warehouse URI, the Iceberg catalog on local disk (Iceberg only), the server.
+struct S3Lake {
+    s3: S3Server,
+    warehouse: String,
+    catalog: Option<PathBuf>,
+}
+
+impl S3Lake {
+    async fn start(format: &str, dir: &std::path::Path) -> Self {
+        let s3 = S3Server::start().await;
+        let catalog = (format == "iceberg").then(|| dir.join("catalog.db"));
+        S3Lake { s3, warehouse: format!("s3://lake/{format}"), catalog }
+    }
+
+    /// `tier`'s flags for this lake, besides the warehouse.
+    fn args<'a>(&'a self, format: &'a str, catalog: &'a str) -> Vec<&'a str> {
+        let mut args = vec!["--format", format, "--s3-path-style-access"];
+        if self.catalog.is_some() {
+            args.extend(["--catalog", catalog]);
+        }
+        args
+    }
+
+    fn catalog_arg(&self) -> String {
+        self.catalog.as_ref().map(|c| format!("sqlite:{}", c.display())).unwrap_or_default()
+    }
+
+    async fn tier(&self, url: &str, format: &str, extra: &[&str], faults: &[(&str, &str)]) -> std::process::Output {
+        let catalog = self.catalog_arg();
+        let mut args = self.args(format, &catalog);
+        args.extend(extra);
+        let env = self.s3.env();
+        let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        env.extend(faults);
+        tier(url, &self.warehouse, &args, &env).await
+    }
+
+    /// The data files in the bucket (listed by boto3) that no table's current snapshot references (as its reader
+    /// says).
+    fn unreferenced_data_files(&self, format: &str, tables: &[TestTable]) -> Vec<String> {
+        let referenced: std::collections::BTreeSet<String> = tables
+            .iter()
+            .flat_map(|t| self.read(&t.path).files)
+            .filter_map(|f| Some(f.file_name()?.to_string_lossy().into_owned()))
+            .collect();
+        let keys = self.s3.keys("lake", &format!("{format}/"));
+        let name = |k: &String| k.rsplit('/').next().unwrap_or_default().to_string();
+        keys.into_iter().filter(|k| k.ends_with(".parquet") && !referenced.contains(&name(k))).collect()
+    }
+
+    fn read(&self, table: &fluss_tiering::model::table::TablePath) -> LakeTable {
+        let catalog = self.catalog_arg();
+        let flags: Vec<&str> = if self.catalog.is_some() { vec!["--catalog", &catalog] } else { Vec::new() };
+        dump_lake_at(OsStr::new(&self.warehouse), table, &flags, &self.s3.env())
+    }
+}
+
+async fn tiers_into_s3_through_crashes_and_lost_replies(format: &str) {
+    let Setup { dir, warehouse, cluster, client, tables } = setup().await;
+    let lake = S3Lake::start(format, dir.path()).await;
+    let url = job_url(&cluster);
+
+    produce_all(&client, &tables, 0, 1000).await;
+    assert_success(&lake.tier(&url, format, &[], &[]).await);
+    check_read_lake_and_cluster(&client, |t| lake.read(t), &tables, 1000).await;
+    let keys = lake.s3.keys("lake", &format!("{format}/"));
+    assert!(keys.iter().any(|k| k.ends_with(".parquet")), "{format}: the data files are in the bucket: {keys:?}");
+    assert!(!warehouse.exists(), "nothing of the lake on local disk");
+
+    // A crash at every point of a round, each with more rows to tier.
+    let mut total = 1000;
+    for point in failpoint::POINTS {
+        produce_all(&client, &tables, total, 100).await;
+        total += 100;
+        let out = lake.tier(&url, format, &[], &[(failpoint::ENV, point)]).await;
+        assert_eq!(out.status.code(), Some(failpoint::EXIT_CODE), "{format}: the job crashed at {point}");
+    }
+    produce_all(&client, &tables, total, 100).await;
+    total += 100;
+    let orphans = lake.unreferenced_data_files(format, &tables);
+    assert!(!orphans.is_empty(), "{format}: the crashes left files no snapshot references");
+    // A lake commit that lands and then reports an error.
+    let out = lake.tier(&url, format, &["--max-tables", "1"], &[(failpoint::ENV, "lake-commit-reply:error")]).await;
+    assert_success(&out);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("commit reported an error but landed"), "{format}: the committer looked in the lake:\n{log}");
+    // The sweep (after a table's first commit in a job), through the same store: the crashes' files are older than
+    // the shortest orphan age the job accepts.
+    produce_all(&client, &tables, total, 100).await;
+    total += 100;
+    tokio::time::sleep(std::time::Duration::from_millis(10_500)).await;
+    let out = lake.tier(&url, format, &["--orphan-age", "10s"], &[]).await;
+    assert_success(&out);
+    let left = lake.unreferenced_data_files(format, &tables);
+    assert!(
+        left.is_empty(),
+        "{format}: the sweep deleted every orphan: {left:?} (of {} before)\n{}",
+        orphans.len(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    check_read_lake_and_cluster(&client, |t| lake.read(t), &tables, total).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paimon_on_s3_tiers_every_offset_once_through_crashes_and_lost_replies() {
+    tiers_into_s3_through_crashes_and_lost_replies("paimon").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iceberg_on_s3_tiers_every_offset_once_through_crashes_and_lost_replies() {
+    tiers_into_s3_through_crashes_and_lost_replies("iceberg").await;
+}
+
+/// A store that accepts a second conditional put of one name cannot keep a round's commit exclusive: the job says
+/// so and does not start, in either format, and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_without_conditional_puts_is_refused_with_the_reason() {
+    let Setup { dir, cluster, client, tables, .. } = setup().await;
+    produce_all(&client, &tables, 0, 100).await;
+    let s3 = S3Server::start_without_conditional_puts().await;
+    let env = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let catalog = format!("sqlite:{}", dir.path().join("catalog.db").display());
+    for (format, extra) in [("paimon", vec![]), ("iceberg", vec!["--catalog", catalog.as_str()])] {
+        let mut args = vec!["--format", format, "--s3-path-style-access"];
+        args.extend(extra);
+        let out = tier(&job_url(&cluster), format!("s3://lake/{format}"), &args, &env).await;
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{format}: the job refused the store:\n{log}");
+        assert!(log.contains("accepted a second conditional put"), "{format}: the reason is given:\n{log}");
+        let left = s3.keys("lake", &format!("{format}/"));
+        assert!(left.is_empty(), "{format}: nothing was written but the probe, and it was removed: {left:?}");
+    }
+}
+
+/// An Iceberg warehouse on S3 without a catalog URI is refused up front: the SQL catalog cannot live in the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_iceberg_warehouse_on_s3_needs_a_catalog_uri() {
+    let Setup { cluster, .. } = setup().await;
+    let s3 = S3Server::start().await;
+    let env = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let args = ["--format", "iceberg", "--s3-path-style-access"];
+    let out = tier(&job_url(&cluster), "s3://lake/iceberg", &args, &env).await;
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && log.contains("needs --catalog"), "{log}");
+}

@@ -42,13 +42,25 @@ impl S3Lake {
     }
 
     async fn tier(&self, url: &str, format: &str, extra: &[&str], faults: &[(&str, &str)]) -> std::process::Output {
+        self.tier_in(None, url, format, extra, faults).await
+    }
+
+    /// [`S3Lake::tier`] as on a host of its own (`home`: its working and temp directory).
+    async fn tier_in(
+        &self,
+        home: Option<&std::path::Path>,
+        url: &str,
+        format: &str,
+        extra: &[&str],
+        faults: &[(&str, &str)],
+    ) -> std::process::Output {
         let catalog = self.catalog_arg();
         let mut args = self.args(format, &catalog);
         args.extend(extra);
         let env = self.s3.env();
         let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         env.extend(faults);
-        tier(url, &self.warehouse, &args, &env).await
+        tier_in(home, url, &self.warehouse, &args, &env).await
     }
 
     /// The data files in the bucket (listed by boto3) that no table's current snapshot references (as its reader
@@ -125,6 +137,57 @@ async fn paimon_on_s3_tiers_every_offset_once_through_crashes_and_lost_replies()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iceberg_on_s3_tiers_every_offset_once_through_crashes_and_lost_replies() {
     tiers_into_s3_through_crashes_and_lost_replies("iceberg").await;
+}
+
+/// Two timely processes (`-n 2`) as on two hosts: distinct working and temp directories, sharing only the bucket
+/// (and, for Iceberg, the catalog URI). The second dies mid-round (at its first split); the first, its peer gone,
+/// does not report success; both restart and tier everything: every offset once, nothing of the lake on either
+/// host's disk.
+async fn two_processes_sharing_only_the_bucket(format: &str) {
+    let Setup { dir, warehouse, cluster, client, tables } = setup().await;
+    let lake = S3Lake::start(format, dir.path()).await;
+    let url = job_url(&cluster);
+    let ports = free_ports(2);
+    let hostfile = dir.path().join("hosts");
+    std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1])).expect("hostfile");
+    let hostfile = hostfile.display().to_string();
+    let homes = [dir.path().join("host0"), dir.path().join("host1")];
+    let run = |process: usize, faults: &'static [(&'static str, &'static str)]| {
+        let index = process.to_string();
+        let lake = &lake;
+        let (url, hostfile, home) = (&url, &hostfile, &homes[process]);
+        async move {
+            let args = ["-n", "2", "-p", index.as_str(), "-h", hostfile.as_str()];
+            lake.tier_in(Some(home), url, format, &args, faults).await
+        }
+    };
+
+    produce_all(&client, &tables, 0, 1000).await;
+    const DIES_AT_A_SPLIT: &[(&str, &str)] = &[(failpoint::ENV, "mid-split")];
+    let (first, second) = tokio::join!(run(0, &[]), run(1, DIES_AT_A_SPLIT));
+    assert_eq!(second.status.code(), Some(failpoint::EXIT_CODE), "{format}: the second process died at a split");
+    assert!(!first.status.success(), "{format}: the first process does not report success without its peer");
+
+    produce_all(&client, &tables, 1000, 200).await;
+    let (first, second) = tokio::join!(run(0, &[]), run(1, &[]));
+    assert_success(&first);
+    assert_success(&second);
+    check_read_lake_and_cluster(&client, |t| lake.read(t), &tables, 1200).await;
+    assert!(!warehouse.exists(), "nothing of the lake on local disk");
+    for home in &homes {
+        let local: Vec<_> = walk(home).into_iter().filter(|p| p.extension().is_some_and(|e| e == "parquet")).collect();
+        assert!(local.is_empty(), "{format}: no lake file on {}: {local:?}", home.display());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paimon_on_s3_two_processes_sharing_only_the_bucket_tier_every_offset_once() {
+    two_processes_sharing_only_the_bucket("paimon").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iceberg_on_s3_two_processes_sharing_only_the_bucket_tier_every_offset_once() {
+    two_processes_sharing_only_the_bucket("iceberg").await;
 }
 
 /// A store that accepts a second conditional put of one name cannot keep a round's commit exclusive: the job says

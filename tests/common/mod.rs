@@ -124,8 +124,23 @@ const TIER_DEADLINE: Duration = Duration::from_secs(180);
 
 /// Runs `fluss-tiering tier --once` (plus `args`) against the cluster, with `env` set, and waits for it.
 pub async fn tier(url: &str, warehouse: impl AsRef<OsStr>, args: &[&str], env: &[(&str, &str)]) -> Output {
+    tier_in(None, url, warehouse, args, env).await
+}
+
+/// [`tier`] run as on a host of its own: in working directory `home` (created), with its temp dir under it.
+pub async fn tier_in(
+    home: Option<&Path>,
+    url: &str,
+    warehouse: impl AsRef<OsStr>,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
     let (stdout, stderr) = (tempfile::tempfile().expect("stdout file"), tempfile::tempfile().expect("stderr file"));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fluss-tiering"));
+    if let Some(home) = home {
+        std::fs::create_dir_all(home.join("tmp")).expect("home");
+        cmd.current_dir(home).env("TMPDIR", home.join("tmp"));
+    }
     cmd.args(["tier", "--cluster", url, "--warehouse"])
         .arg(warehouse)
         .args(["--once", "--poll-interval", "100ms", "--target-file-size", "65536"])

@@ -28,9 +28,11 @@ impl S3Lake {
         S3Lake { s3, warehouse: format!("s3://lake/{format}"), catalog }
     }
 
-    /// `tier`'s flags for this lake, besides the warehouse.
+    /// `tier`'s flags for this lake, besides the warehouse. Rounds are not cut at the tables' 200 ms freshness: a
+    /// file put to moto under a loaded machine can take longer, and a round cut before any split is done commits
+    /// nothing and goes again.
     fn args<'a>(&'a self, format: &'a str, catalog: &'a str) -> Vec<&'a str> {
-        let mut args = vec!["--format", format, "--s3-path-style-access"];
+        let mut args = vec!["--format", format, "--s3-path-style-access", "--max-round-duration", "60s"];
         if self.catalog.is_some() {
             args.extend(["--catalog", catalog]);
         }

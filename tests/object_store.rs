@@ -19,13 +19,15 @@ struct S3Lake {
     s3: S3Server,
     warehouse: String,
     catalog: Option<PathBuf>,
+    /// The job's working and temp directory (empty at the start): a lake file mistaken for a local path lands here.
+    home: PathBuf,
 }
 
 impl S3Lake {
     async fn start(format: &str, dir: &std::path::Path) -> Self {
         let s3 = S3Server::start().await;
         let catalog = (format == "iceberg").then(|| dir.join("catalog.db"));
-        S3Lake { s3, warehouse: format!("s3://lake/{format}"), catalog }
+        S3Lake { s3, warehouse: format!("s3://lake/{format}"), catalog, home: dir.join("job") }
     }
 
     /// `tier`'s flags for this lake, besides the warehouse. Rounds are not cut at the tables' 200 ms freshness: a
@@ -44,7 +46,7 @@ impl S3Lake {
     }
 
     async fn tier(&self, url: &str, format: &str, extra: &[&str], faults: &[(&str, &str)]) -> std::process::Output {
-        self.tier_in(None, url, format, extra, faults).await
+        self.tier_in(Some(&self.home), url, format, extra, faults).await
     }
 
     /// [`S3Lake::tier`] as on a host of its own (`home`: its working and temp directory).
@@ -96,6 +98,8 @@ async fn tiers_into_s3_through_crashes_and_lost_replies(format: &str) {
     let keys = lake.s3.keys("lake", &format!("{format}/"));
     assert!(keys.iter().any(|k| k.ends_with(".parquet")), "{format}: the data files are in the bucket: {keys:?}");
     assert!(!warehouse.exists(), "nothing of the lake on local disk");
+    let local: Vec<_> = walk(&lake.home).into_iter().filter(|p| !p.starts_with(lake.home.join("tmp"))).collect();
+    assert!(local.is_empty(), "{format}: the job wrote nothing to its working directory: {local:?}");
 
     // A crash at every point of a round, each with more rows to tier.
     let mut total = 1000;

@@ -65,7 +65,7 @@ impl IcebergFactory {
             (Some(spec), _) => spec.strip_prefix("sqlite:").map(str::to_string).ok_or_else(|| {
                 Error::new(ErrorKind::InvalidArgument, format!("catalog {spec:?} is not of the form sqlite:PATH"))
             })?,
-            (None, Some(_)) => format!("{}/catalog.db", store.root().trim_start_matches("file://")),
+            (None, Some(_)) => format!("{}/catalog.db", super::store::local_path(store.root())),
             (None, None) => {
                 return Err(Error::new(
                     ErrorKind::InvalidArgument,

@@ -479,15 +479,19 @@ fn marker_name(identifier: i64) -> String {
     format!("{identifier}.json")
 }
 
+/// The URI of a table's [`MARKER_DIR`].
+fn marker_dir(table: &Table) -> String {
+    format!("{}/{MARKER_DIR}", table.location().trim_end_matches('/'))
+}
+
 fn marker_path(table: &Table, identifier: i64) -> String {
-    format!("{}/{MARKER_DIR}/{}", table.location().trim_end_matches('/'), marker_name(identifier))
+    format!("{}/{}", marker_dir(table), marker_name(identifier))
 }
 
 /// Writes `marker` under an identifier above `own` (our newest snapshot's) and above every marker file there, and
 /// returns it (invariants 1 and 2): the exclusive creation makes the identifier this round's alone.
 async fn write_marker(store: &Store, table: &Table, marker: &CommitMarker, own: i64) -> Result<i64> {
-    let dir = format!("{}/{MARKER_DIR}", table.location().trim_end_matches('/'));
-    let listed = store.list(&dir).await?;
+    let listed = store.list(&marker_dir(table)).await?;
     let highest = listed.iter().filter_map(|f| f.relative.strip_suffix(".json")?.parse::<i64>().ok()).max();
     let body = serde_json::to_vec(marker)
         .map_err(|e| Error::new(ErrorKind::Internal, "serializing the marker").with_source(e))?;

@@ -59,6 +59,18 @@ pub struct S3Settings {
     pub session_token: Option<String>,
 }
 
+impl S3Settings {
+    /// The region, us-east-1 unless given.
+    fn region_or_default(&self) -> String {
+        self.region.clone().unwrap_or_else(|| "us-east-1".to_string())
+    }
+}
+
+/// The path of a local location given as `file:///P`, `file:/P` or `P`.
+pub(super) fn local_path(uri: &str) -> &str {
+    uri.strip_prefix("file://").or_else(|| uri.strip_prefix("file:")).unwrap_or(uri)
+}
+
 impl std::fmt::Debug for S3Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the secrets.
@@ -117,13 +129,10 @@ impl Warehouse {
             }
             return Ok(Warehouse::S3(S3Location { bucket: bucket.to_string(), prefix: prefix.to_string(), settings }));
         }
-        match spec.strip_prefix("file://").or_else(|| spec.strip_prefix("file:")) {
-            Some(path) => Ok(Warehouse::Local(PathBuf::from(path))),
-            None if spec.contains("://") => {
-                Err(invalid("unsupported scheme: a local directory, file://DIR or s3://BUCKET/PREFIX"))
-            }
-            None => Ok(Warehouse::Local(PathBuf::from(spec))),
+        if spec.contains("://") && !spec.starts_with("file:") {
+            return Err(invalid("unsupported scheme: a local directory, file://DIR or s3://BUCKET/PREFIX"));
         }
+        Ok(Warehouse::Local(PathBuf::from(local_path(spec))))
     }
 
     /// The local directory, if the warehouse is on this host's disk.
@@ -171,7 +180,7 @@ fn s3_config(s3: &S3Location, root: String) -> opendal_service_s3::S3Config {
     cfg.bucket = s3.bucket.clone();
     cfg.root = Some(root);
     cfg.endpoint = s3.settings.endpoint.clone();
-    cfg.region = Some(s3.settings.region.clone().unwrap_or_else(|| "us-east-1".to_string()));
+    cfg.region = Some(s3.settings.region_or_default());
     cfg.enable_virtual_host_style = !s3.settings.path_style;
     cfg.access_key_id = s3.settings.access_key_id.clone();
     cfg.secret_access_key = s3.settings.secret_access_key.clone();
@@ -185,7 +194,8 @@ fn store_err(context: impl Into<String>) -> impl FnOnce(opendal::Error) -> Error
 }
 
 impl Store {
-    /// The store of `warehouse`, without touching it (see [`Store::open`]).
+    /// The store of `warehouse`, without a request to it (on local disk, opendal's builder creates the directory;
+    /// [`Store::open`] probes).
     pub fn new(warehouse: &Warehouse) -> Result<Self> {
         let config = |e: opendal::Error| {
             Error::new(ErrorKind::InvalidArgument, format!("warehouse {warehouse}: bad store settings")).with_source(e)
@@ -244,7 +254,7 @@ impl Store {
         let s = &s3.settings;
         let mut out = vec![
             ("s3.path-style-access".to_string(), s.path_style.to_string()),
-            ("s3.region".to_string(), s.region.clone().unwrap_or_else(|| "us-east-1".to_string())),
+            ("s3.region".to_string(), s.region_or_default()),
         ];
         let given = [
             ("s3.endpoint", &s.endpoint),
@@ -265,10 +275,7 @@ impl Store {
             )
         };
         let normalized = match &self.warehouse {
-            Warehouse::Local(_) => {
-                let path = uri.strip_prefix("file://").or_else(|| uri.strip_prefix("file:")).unwrap_or(uri);
-                format!("file://{path}")
-            }
+            Warehouse::Local(_) => format!("file://{}", local_path(uri)),
             Warehouse::S3(_) => match uri.strip_prefix("s3a://") {
                 Some(rest) => format!("s3://{rest}"),
                 None => uri.to_string(),
@@ -287,7 +294,7 @@ impl Store {
         if let Ok(key) = self.key(uri) {
             return Ok((&self.op, key));
         }
-        let local = uri.strip_prefix("file://").or_else(|| uri.strip_prefix("file:")).unwrap_or(uri);
+        let local = local_path(uri);
         let elsewhere = match &self.warehouse {
             _ if local.starts_with('/') => Some((&self.disk, local.to_string())),
             Warehouse::S3(s3) => {
@@ -607,9 +614,12 @@ mod tests {
 
     #[test]
     fn reads_outside_a_local_warehouse_stay_on_this_disk() {
-        let store = Store::new(&Warehouse::Local("/w".into())).expect("store");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let w = dir.path().join("w");
+        let store = Store::new(&Warehouse::Local(w.clone())).expect("store");
         assert_eq!(store.readable("file:///r/x.offsets").ok().map(|(_, k)| k).as_deref(), Some("/r/x.offsets"));
-        assert_eq!(store.readable("/w/db/t").ok().map(|(_, k)| k).as_deref(), Some("db/t"));
+        let inside = format!("{}/db/t", w.display());
+        assert_eq!(store.readable(&inside).ok().map(|(_, k)| k).as_deref(), Some("db/t"));
         assert!(store.readable("s3://b/x").is_err() && store.readable("/r/../x").is_err());
     }
 

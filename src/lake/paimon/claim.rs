@@ -68,7 +68,7 @@ fn fenced(message: String) -> Error {
 impl<'a> Claims<'a> {
     /// The claims of `table`, in `store`.
     pub fn of(store: &'a Store, table: &Table) -> Self {
-        let dir = format!("{}/{}/claims", table.location().trim_end_matches('/'), super::MARKER_DIR);
+        let dir = format!("{}/claims", super::marker_dir(table));
         Claims { store, dir }
     }
 

@@ -217,11 +217,15 @@ async fn fetch_range(
 ) -> Result<()> {
     let bucket = (split.table.table_id, split.bucket.partition_id, split.bucket.bucket);
     let mut reader = LogReader::new(client, bucket, split.start, Some(split.stop), max_bytes);
+    let mut fetched = false;
     loop {
-        if crate::model::now_ms() >= split.deadline_ms {
-            // The round's time is up: the split ends where it is.
+        // The round's time is up: the split ends where it is, but not before one fetch. A split that starts past
+        // the deadline (its worker busy, the round's planning slow) would otherwise read nothing, and a round of
+        // nothing is re-queued at once to meet the same fate, for ever.
+        if fetched && crate::model::now_ms() >= split.deadline_ms {
             return Ok(());
         }
+        fetched = true;
         failpoint::slow_fetch().await;
         let batches = match reader.next().await {
             Ok(Some(batches)) => batches,

@@ -228,6 +228,25 @@ async fn a_round_past_its_freshness_commits_what_it_read_and_goes_again() {
     }
 }
 
+/// Every round's deadline has passed before its first split starts (1 ms after planning began): each split still
+/// reads once, so the job catches up over many short rounds instead of re-queueing empty ones for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rounds_that_start_past_their_deadline_still_make_progress() {
+    let Setup { dir: _dir, warehouse, cluster, client, tables } = setup().await;
+    produce_all(&client, &tables, 0, 2000).await;
+    let args = ["--once", "--max-round-duration", "1ms", "--fetch-max-bytes", "1", "--split-rows", "500"];
+    let stderr = tempfile::NamedTempFile::new().expect("stderr");
+    let job = spawn_tier(&job_url(&cluster), &warehouse, &args, &[], &stderr);
+    let status = wait_exit(job, Duration::from_secs(120)).await;
+    let log = std::fs::read_to_string(stderr.path()).expect("log");
+    assert!(status.success(), "the job caught up and exited:\n{log}");
+    for t in &tables {
+        let lake = read_lake(&warehouse, &t.path);
+        check_exactly_once(&lake, t, &end_offsets(&client, t).await, 2000);
+        assert!(lake.snapshots >= 2, "{}: over several cut-short rounds", t.path);
+    }
+}
+
 /// Rounds of the busy table committed by a job over a few seconds of steady produce, next to `empty` empty tables.
 async fn busy_rounds_beside(empty: usize) -> (u64, Vec<i64>) {
     let Setup { dir: _dir, warehouse, cluster, client, tables } = setup().await;

@@ -23,7 +23,7 @@ use crate::serve::EmbeddedCluster;
 use crate::workload::{KvMix, ProduceOptions, Workload, produce};
 
 use super::tier::{print_summary, run_job, runtime};
-use super::{TierArgs, TimelyArgs, TuningArgs};
+use super::{S3Args, TierArgs, TimelyArgs, TuningArgs};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -75,9 +75,16 @@ pub struct BenchArgs {
     /// fluss (Fluss's own protocol), or both (`grpc,fluss`).
     #[arg(long, value_delimiter = ',', default_value = "grpc", value_parser = ["grpc", "fluss"])]
     pub transport: Vec<String>,
-    /// Where to keep the cluster and the lakes (default: a new temporary directory, removed afterwards).
+    /// Where to keep the cluster and the local lakes (default: a new temporary directory, removed afterwards).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Where the runs' lakes live, one run per warehouse, transport and worker count: `local` (under `--dir`) and
+    /// `s3://BUCKET/PREFIX` (an existing bucket; see the `--s3-*` flags), e.g. `local,s3://bench/lakes` to set
+    /// local disk against object storage in one run. Each run tiers into a new folder of its own there.
+    #[arg(long, value_delimiter = ',', default_value = "local")]
+    pub warehouse: Vec<String>,
+    #[command(flatten)]
+    pub s3: S3Args,
     /// Instead of throughput: produce at `--rate` for this long while a job tiers continuously, then report the lag
     /// from append to visible in the lake (p50, p99) per table against its freshness (e.g. 30s).
     #[arg(long)]
@@ -107,6 +114,8 @@ struct Run {
     kind: &'static str,
     /// How the job reached the cluster (`grpc`, `fluss`; `-` for the baseline).
     transport: String,
+    /// Where its lake lived: `local` or `s3` (`-` for the baseline, which writes to local disk).
+    warehouse: &'static str,
     /// Worker threads per process.
     workers: usize,
     processes: usize,
@@ -208,6 +217,16 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     if args.freshness_for.is_some() && args.transport.len() > 1 {
         bail!("--freshness-for runs one job: give one --transport");
     }
+    let warehouses =
+        args.warehouse.iter().map(|w| BenchWarehouse::parse(w, &args.s3)).collect::<Result<Vec<_>, _>>()?;
+    if !unique(args.warehouse.clone()) || warehouses.is_empty() {
+        bail!("--warehouse needs local, s3://BUCKET/PREFIX or both, each once");
+    }
+    if args.freshness_for.is_some() && args.warehouse != ["local"] {
+        bail!("--freshness-for runs on a local warehouse: drop --warehouse");
+    }
+    // Lakes on a bucket outlive the run: a stamp keeps a repeat from finding its lake full.
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
     let workload = Workload { seed: args.seed, partitions: args.partitions };
     let dataset = args.dataset.as_deref().map(|d| crate::dataset::Source::dataset(d, args.scale_factor)).transpose()?;
     if dataset.is_some() && (args.partitions > 1 || args.pk_ratio > 0.0 || args.freshness_for.is_some()) {
@@ -314,6 +333,7 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     let mut runs = vec![Run {
         kind: "baseline: arrow-rs Parquet encode",
         transport: "-".into(),
+        warehouse: "-",
         workers: 1,
         processes: 1,
         rows: total_rows,
@@ -334,14 +354,27 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         cpu_model: cpu_model(),
         peak_rss_bytes: peak_rss(),
     }];
-    let runs_to_make: Vec<(&String, usize)> =
-        args.transport.iter().flat_map(|t| args.workers.iter().map(move |w| (t, *w))).collect();
-    for (transport, workers) in runs_to_make {
+    let mut runs_to_make: Vec<(&BenchWarehouse, &String, usize)> = Vec::new();
+    for w in &warehouses {
+        for t in &args.transport {
+            runs_to_make.extend(args.workers.iter().map(|n| (w, t, *n)));
+        }
+    }
+    for (store, transport, workers) in runs_to_make {
+        let lake = format!("lake-{transport}-w{workers}");
+        let (warehouse, catalog) = match store {
+            BenchWarehouse::Local => (dir.join(&lake).display().to_string(), None),
+            // The Iceberg catalog stays on local disk, as the job's users would run it.
+            BenchWarehouse::S3(base) => (
+                format!("{}/{lake}-{stamp}", base.trim_end_matches('/')),
+                Some(format!("sqlite:{}", dir.join(format!("catalog-{lake}.db")).display())),
+            ),
+        };
         let job = TierArgs {
             cluster: url_of(transport),
-            warehouse: dir.join(format!("lake-{transport}-w{workers}")).display().to_string(),
-            s3: Default::default(),
-            catalog: None,
+            warehouse,
+            s3: args.s3.clone(),
+            catalog,
             format: args.format.clone(),
             metrics_addr: None,
             once: true,
@@ -368,6 +401,7 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         runs.push(Run {
             kind: "tiering",
             transport: transport.clone(),
+            warehouse: store.name(),
             workers,
             processes: args.processes,
             rows: report.rows,
@@ -407,7 +441,7 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     for r in &runs {
         let run = match r.transport.as_str() {
             "-" => r.kind.to_string(),
-            transport => format!("{} over {transport}", r.kind),
+            transport => format!("{} over {transport}, {}", r.kind, r.warehouse),
         };
         println!(
             "{:<36} {:>9} {:>10} {:>9.2} {:>12.0} {:>10.1} {:>12.1} {:>8.2} {:>10.2} {:>12.2}",
@@ -437,7 +471,7 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         let p = &r.phase_seconds;
         println!(
             "{:<9} {:>9.2} {:>7.2} {:>7.2} {:>7.2} {:>13.2} {:>12.2} {:>15.2}",
-            format!("{}x{} {}", r.processes, r.workers, r.transport),
+            format!("{}x{} {} {}", r.processes, r.workers, r.transport, r.warehouse),
             p.schedule,
             p.plan,
             p.fetch,
@@ -453,12 +487,14 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(path) = &args.plot {
         let total = |r: &Run| (r.workers * r.processes) as f64;
-        let mut series: Vec<super::plot::Series> = args
-            .transport
+        let mut series: Vec<super::plot::Series> = warehouses
             .iter()
-            .map(|t| {
-                let points = runs.iter().filter(|r| &r.transport == t).map(|r| (total(r), r.rows_per_second));
-                (format!("tiering, {t}"), points.collect())
+            .flat_map(|w| args.transport.iter().map(move |t| (w.name(), t)))
+            .map(|(w, t)| {
+                let ours = |r: &&Run| &r.transport == t && r.warehouse == w;
+                let points = runs.iter().filter(ours).map(|r| (total(r), r.rows_per_second));
+                let name = if warehouses.len() > 1 { format!("tiering, {t}, {w}") } else { format!("tiering, {t}") };
+                (name, points.collect())
             })
             .collect();
         let baseline = runs[0].rows_per_second;
@@ -470,6 +506,35 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         super::plot::lines(path, &title, "workers", "rows per second", &series)?;
     }
     Ok(())
+}
+
+/// Where a bench run's lake lives.
+enum BenchWarehouse {
+    /// A directory under `--dir`.
+    Local,
+    /// `s3://BUCKET/PREFIX`, as given.
+    S3(String),
+}
+
+impl BenchWarehouse {
+    fn parse(text: &str, s3: &S3Args) -> anyhow::Result<Self> {
+        if text == "local" {
+            return Ok(BenchWarehouse::Local);
+        }
+        match crate::lake::Warehouse::parse(text, s3.settings())? {
+            crate::lake::Warehouse::S3(_) => Ok(BenchWarehouse::S3(text.to_string())),
+            crate::lake::Warehouse::Local(_) => {
+                bail!("--warehouse {text:?}: give local (a directory under --dir) or s3://BUCKET/PREFIX")
+            }
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            BenchWarehouse::Local => "local",
+            BenchWarehouse::S3(_) => "s3",
+        }
+    }
 }
 
 /// Runs `job` as `job.timely.processes` `tier` processes of this executable on localhost; returns their combined
@@ -502,6 +567,22 @@ fn run_processes(job: &TierArgs, dir: &std::path::Path) -> anyhow::Result<JobRep
             cmd.args(["--max-round-duration", t.max_round_duration.as_deref().unwrap_or("1h")]);
             cmd.args(["-w", &job.timely.workers.to_string(), "-n", &n.to_string(), "-p", &p.to_string()]);
             cmd.arg("-h").arg(&hostfile).arg("--report-json").arg(&report);
+            if let Some(catalog) = &job.catalog {
+                cmd.args(["--catalog", catalog]);
+            }
+            // S3 settings through the environment, where credentials do not show in the process list.
+            let s3 = &job.s3;
+            let vars = [
+                ("AWS_ENDPOINT_URL", &s3.s3_endpoint),
+                ("AWS_REGION", &s3.s3_region),
+                ("AWS_ACCESS_KEY_ID", &s3.s3_access_key_id),
+                ("AWS_SECRET_ACCESS_KEY", &s3.s3_secret_access_key),
+                ("AWS_SESSION_TOKEN", &s3.s3_session_token),
+            ];
+            cmd.envs(vars.into_iter().filter_map(|(k, v)| Some((k, v.as_deref()?))));
+            if s3.s3_path_style_access {
+                cmd.arg("--s3-path-style-access");
+            }
             cmd.stdout(std::process::Stdio::null());
             Ok((report, cmd.spawn().context("starting a tier process")?))
         })

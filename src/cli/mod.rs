@@ -107,12 +107,12 @@ pub struct TierArgs {
 
 /// How to reach a warehouse on S3: flags, or the standard AWS environment variables. Credentials given neither way
 /// come from the AWS default chain (profile, instance role).
-#[derive(Debug, Args, Clone, Default)]
+#[derive(Args, Clone, Default)]
 pub struct S3Args {
     /// The S3 endpoint URL, for S3-compatible stores (default: AWS's).
     #[arg(long, env = "AWS_ENDPOINT_URL", value_name = "URL")]
     pub s3_endpoint: Option<String>,
-    /// The S3 region (default: us-east-1).
+    /// The S3 region (default: AWS_DEFAULT_REGION, else us-east-1).
     #[arg(long, env = "AWS_REGION")]
     pub s3_region: Option<String>,
     /// Path-style requests (ENDPOINT/BUCKET/KEY), as most S3-compatible servers want.
@@ -134,12 +134,19 @@ impl S3Args {
     pub fn settings(&self) -> crate::lake::S3Settings {
         crate::lake::S3Settings {
             endpoint: self.s3_endpoint.clone(),
-            region: self.s3_region.clone(),
+            region: self.s3_region.clone().or_else(|| std::env::var("AWS_DEFAULT_REGION").ok()),
             path_style: self.s3_path_style_access,
             access_key_id: self.s3_access_key_id.clone(),
             secret_access_key: self.s3_secret_access_key.clone(),
             session_token: self.s3_session_token.clone(),
         }
+    }
+}
+
+impl std::fmt::Debug for S3Args {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The settings' Debug, which never shows the secrets.
+        self.settings().fmt(f)
     }
 }
 

@@ -1,5 +1,6 @@
 //! Apache Iceberg through the `iceberg` crates: a SQL catalog on SQLite (catalog name `fluss`, default file
-//! `WAREHOUSE/catalog.db`) and a local warehouse directory. Namespace = Fluss database, table = Fluss table name.
+//! `WAREHOUSE/catalog.db`; given with `--catalog` for a warehouse on S3) over the warehouse's store. Namespace =
+//! Fluss database, table = Fluss table name.
 //!
 //! Commits are single attempts: tables are created with `commit.retry.num-retries = 0`, because the library's retry
 //! loop reloads the table and re-applies the append on top of whatever it finds, which after a lost reply adds the
@@ -70,7 +71,8 @@ impl IcebergFactory {
                 return Err(Error::new(
                     ErrorKind::InvalidArgument,
                     format!(
-                        "warehouse {}: an Iceberg warehouse on object storage needs --catalog sqlite:PATH (the SQL                          catalog cannot live in the bucket)",
+                        "warehouse {}: an Iceberg warehouse on object storage needs --catalog sqlite:PATH (the SQL \
+                         catalog cannot live in the bucket)",
                         store.warehouse()
                     ),
                 ));

@@ -13,9 +13,10 @@
 //! [`outcome::drive`] (check the base → prepare → publish → find its own round → decide); a format supplies the
 //! steps ([`outcome::CommitSteps`]), so a third format is one module that answers them.
 //!
-//! Where a lake lives is a value ([`Warehouse`]: a local directory or `s3://BUCKET/PREFIX`), and every file the
-//! lakes touch goes through its [`Store`] (one opendal operator): Iceberg's FileIO, Paimon's own FileIO built from
-//! the same settings, and our markers, claims, sweep and repairs. No `std::fs` here.
+//! Where a lake lives is a value ([`Warehouse`]: a local directory or `s3://BUCKET/PREFIX`), and the lakes' file
+//! work goes through its [`Store`] (one opendal operator): Iceberg's FileIO and our markers, claims, sweep and
+//! repairs; Paimon's own FileIO (its data, manifests, snapshots) is built by its catalog from the same settings.
+//! No `std::fs` here.
 //!
 //! Layering: the lakes see `crate::model` and the shared helpers (`crate::error`, `crate::failpoint`) only; never
 //! the cluster, its doors, a wire or the job (checked by `.ci/run`, as is the absence of `std::fs`).

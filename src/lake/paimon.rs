@@ -1,4 +1,4 @@
-//! Apache Paimon through the `paimon` crate: a filesystem catalog on the warehouse directory (database = Fluss
+//! Apache Paimon through the `paimon` crate: a filesystem catalog on the warehouse (database = Fluss
 //! database, table = Fluss table name). Log tables become append tables (bucket-unaware); primary-key tables become
 //! primary-key tables with the same key, bucket count and partition key, each Fluss bucket written as the Paimon
 //! bucket of the same number. Both carry the system columns.
@@ -141,13 +141,19 @@ impl PaimonFactory {
         match self.catalog.get_table(&ident(t)).await {
             Ok(table) => return Ok(table),
             Err(paimon::Error::TableNotExist { .. } | paimon::Error::DatabaseNotExist { .. }) => {}
-            Err(e) if self.half_created(t).await? => {
+            Err(e) => {
+                let half_created = self.half_created(t).await.unwrap_or_else(|check| {
+                    tracing::warn!(table = %t.path, error = %check, "could not tell whether the lake table is half-created");
+                    false
+                });
+                if !half_created {
+                    return Err(lake_err(format!("loading lake table {}", t.path))(e));
+                }
                 // The catalog writes a new table's schema file in place: a crash while creating it leaves a table
                 // that cannot be loaded. It never got a snapshot, so nothing is lost by creating it again.
-                tracing::warn!(table = %t.path, error = %e, "lake table left half-created; creating it again");
+                tracing::warn!(table = %t.path, "lake table left half-created; creating it again");
                 self.store.delete_all(&format!("{}/schema", self.table_dir(t))).await?;
             }
-            Err(e) => return Err(lake_err(format!("loading lake table {}", t.path))(e)),
         }
         self.catalog
             .create_database(&t.path.database, true, HashMap::new())
@@ -653,7 +659,7 @@ async fn find_round(table: &Table, marker: &CommitMarker, identifier: i64, base:
 }
 
 /// What the sweep may delete (table-relative): files in bucket directories, manifests and manifest lists, round
-/// markers (and the temporary files they are linked from), and claims.
+/// markers (and temporary `.tmp` files an older version wrote them through), and claims.
 fn is_sweep_candidate(relative: &Path) -> bool {
     let parent = relative.parent().unwrap_or(Path::new(""));
     let parent_name = parent.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();

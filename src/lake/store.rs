@@ -1,7 +1,10 @@
 //! The warehouse's store: where a lake lives (a local directory or an S3 prefix) as a value, [`Warehouse`], and the
-//! one opendal operator, [`Store`], through which everything the lakes do to files goes: Iceberg's FileIO (through
+//! one opendal operator, [`Store`], through which the lakes' file work goes: Iceberg's FileIO (through
 //! [`LakeStorage`]) and our own bookkeeping (Paimon's markers and claims, the orphan sweep, table repair). Paimon's
-//! FileIO builds its operator from the same settings ([`Store::paimon_options`]).
+//! data files, manifests and snapshots are the exception: paimon 0.4's filesystem catalog builds its own FileIO from
+//! the warehouse and options (it takes no operator of ours), so we give it the same settings
+//! ([`Store::paimon_options`]), but not invariant 2's check or this store's HTTP time-outs; the job's lake time-out
+//! bounds its commits.
 //!
 //! Invariants:
 //! 1. Exclusive creation ([`Store::create_exclusive`]) is the one atomic primitive the commit protocols need beyond
@@ -27,6 +30,8 @@ use crate::error::{Error, ErrorKind, Result};
 /// How long connecting to the object store may take, and how long a response may stall.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// A whole S3 request, body included: bounds an upload the server stops reading (the read time-out does not).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Where a lake's warehouse lives.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +52,7 @@ pub struct S3Location {
 }
 
 /// How to reach an S3 store. Credentials left out come from the standard AWS chain (environment, profile).
+/// Serializable because Iceberg's FileIO carries its storage as a value; its Debug never shows the secrets.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct S3Settings {
     /// The endpoint URL (S3-compatible stores); AWS's own by default.
@@ -129,6 +135,9 @@ impl Warehouse {
             }
             return Ok(Warehouse::S3(S3Location { bucket: bucket.to_string(), prefix: prefix.to_string(), settings }));
         }
+        if spec.starts_with("s3:") || spec.starts_with("s3a:") {
+            return Err(invalid("an S3 warehouse is s3://BUCKET/PREFIX"));
+        }
         if spec.contains("://") && !spec.starts_with("file:") {
             return Err(invalid("unsupported scheme: a local directory, file://DIR or s3://BUCKET/PREFIX"));
         }
@@ -205,14 +214,19 @@ impl Store {
             Warehouse::Local(dir) => {
                 let dir = std::path::absolute(dir)
                     .map_err(|e| Error::io(format!("resolving warehouse {}", dir.display()), e))?;
-                let root = dir.to_string_lossy().trim_end_matches('/').to_string();
                 let fs = |root: &str| Operator::new(opendal_service_fs::Fs::default().root(root)).map_err(config);
+                // Created by the builder, then resolved: the files the catalogs record keep one root however the
+                // warehouse is spelled (through a symlink or not).
+                fs(&dir.to_string_lossy())?;
+                let dir = dir.canonicalize().unwrap_or(dir);
+                let root = dir.to_string_lossy().trim_end_matches('/').to_string();
                 (format!("file://{root}"), fs(&format!("{root}/"))?, disk.clone())
             }
             Warehouse::S3(s3) => {
                 let client = reqwest::Client::builder()
                     .connect_timeout(CONNECT_TIMEOUT)
                     .read_timeout(READ_TIMEOUT)
+                    .timeout(REQUEST_TIMEOUT)
                     .build()
                     .map_err(|e| Error::new(ErrorKind::Internal, "building the S3 HTTP client").with_source(e))?;
                 let s3_op = |root: String| -> Result<Operator> {
@@ -360,7 +374,9 @@ impl Store {
     pub async fn create_exclusive(&self, uri: &str, body: Vec<u8>) -> Result<bool> {
         match self.op.write_with(&self.key(uri)?, body).if_not_exists(true).await {
             Ok(_) => Ok(true),
-            Err(e) if e.kind() == StoreErrorKind::ConditionNotMatch => Ok(false),
+            // A temporary conflict (S3's 409: another conditional put of the name in flight) says nothing about
+            // who will have created it.
+            Err(e) if e.kind() == StoreErrorKind::ConditionNotMatch && !e.is_temporary() => Ok(false),
             Err(e) => Err(store_err(format!("creating {uri}"))(e)),
         }
     }
@@ -374,9 +390,16 @@ impl Store {
         }
     }
 
-    /// Deletes the directory `dir` and everything below it.
+    /// Deletes the directory `dir` and everything below it; never the whole warehouse.
     pub async fn delete_all(&self, dir: &str) -> Result<()> {
-        let key = format!("{}/", self.key(dir)?.trim_end_matches('/'));
+        let key = self.key(dir)?;
+        if key.trim_matches('/').is_empty() {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                format!("refusing to delete the whole warehouse {}", self.root),
+            ));
+        }
+        let key = format!("{}/", key.trim_end_matches('/'));
         match self.op.delete_with(&key).recursive(true).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == StoreErrorKind::NotFound => Ok(()),
@@ -583,11 +606,21 @@ mod tests {
         assert_eq!(parse("file:/tmp/w").ok(), Some(Warehouse::Local("/tmp/w".into())));
         assert_eq!(parse("s3://b/lake/w/").ok(), Some(s3("b", "lake/w")));
         assert_eq!(parse("s3a://b").ok(), Some(s3("b", "")));
-        for bad in ["", "s3://", "s3:///p", "gs://b/p", "s3://b/a/../c"] {
+        for bad in ["", "s3://", "s3:///p", "gs://b/p", "s3://b/a/../c", "s3:b/p", "s3a:/b"] {
             let e = parse(bad).expect_err(bad);
             assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad}: {e}");
         }
         assert_eq!(s3("b", "p").to_string(), "s3://b/p");
+    }
+
+    #[test]
+    fn a_local_warehouse_has_one_root_however_it_is_spelled() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let real = Store::new(&Warehouse::Local(dir.path().join("w"))).expect("store");
+        std::os::unix::fs::symlink(dir.path().join("w"), dir.path().join("link")).expect("symlink");
+        let linked = Store::new(&Warehouse::Local(dir.path().join("link"))).expect("store");
+        assert_eq!(linked.root(), real.root());
+        assert!(linked.key(&format!("{}/db/t", real.root())).is_ok());
     }
 
     #[test]

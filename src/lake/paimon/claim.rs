@@ -13,6 +13,10 @@
 //!    generation. The old holder checks its claim after its last pause point and before committing, so it gives way.
 //! 3. Claims on bases below the newest tiering snapshot are garbage: nobody can commit from a stale base (the
 //!    committer checks the base first), so they are removed after each commit.
+//! 4. A claim file that is not a claim (its writer died, ran out of disk or timed out between creating the name and
+//!    writing the bytes) fences the rounds that find it while it is younger than their lease, and is taken over
+//!    like an expired claim once it is older: its writer never held it, and cannot commit under it (`check` reads
+//!    it as not newest), so it blocks nobody for longer than a lease.
 //!
 //! What is left: a holder that stalls *between* its last check and Paimon's publication for longer than the lease
 //! (the lease is the lake commit time-out, which also abandons the commit), and Paimon's own publication, which
@@ -42,8 +46,9 @@ struct Claim {
 enum Newest {
     Claimed(u64, Claim),
     /// A claim file whose bytes are not (yet) a claim: another round is creating it (on disk the name appears
-    /// before its bytes), or it was torn. Either way someone else took that generation.
-    Unreadable(u64),
+    /// before its bytes), or its writer died or failed mid-write and left it torn. Either way someone else took
+    /// that generation; the age of the file (if the store gives one) tells the two apart.
+    Unreadable(u64, Option<Duration>),
 }
 
 /// A claim this round holds.
@@ -82,13 +87,16 @@ impl<'a> Claims<'a> {
         let listed = self.store.list(&self.dir).await?;
         let newest = listed
             .iter()
-            .filter_map(|f| f.relative.strip_prefix(&prefix)?.strip_suffix(".json")?.parse::<u64>().ok())
-            .max();
-        let Some(generation) = newest else { return Ok(None) };
+            .filter_map(|f| Some((f.relative.strip_prefix(&prefix)?.strip_suffix(".json")?.parse::<u64>().ok()?, f)))
+            .max_by_key(|(generation, _)| *generation);
+        let Some((generation, file)) = newest else { return Ok(None) };
         let bytes = self.store.read(&self.path(base, generation)).await?.unwrap_or_default();
         Ok(Some(match serde_json::from_slice(&bytes) {
             Ok(claim) => Newest::Claimed(generation, claim),
-            Err(_) => Newest::Unreadable(generation),
+            Err(_) => {
+                let age = file.modified.and_then(|m| std::time::SystemTime::now().duration_since(m).ok());
+                Newest::Unreadable(generation, age)
+            }
         }))
     }
 
@@ -108,7 +116,12 @@ impl<'a> Claims<'a> {
                     c.expires_at_ms - now
                 )));
             }
-            Some(Newest::Unreadable(generation)) => {
+            // Older than a lease: its writer is long past any commit it could make (invariant 4).
+            Some(Newest::Unreadable(generation, Some(age))) if age > lease => {
+                tracing::warn!(base, generation, "taking over a torn commit claim");
+                generation + 1
+            }
+            Some(Newest::Unreadable(generation, _)) => {
                 return Err(fenced(format!(
                     "another round is claiming the commit on top of lake snapshot {base} (claim generation \
                      {generation} is being written)"
@@ -228,5 +241,20 @@ mod tests {
         assert!(store.create_exclusive(&c.path(0, 0), Vec::new()).await.expect("create"));
         let err = c.take(None, "b", 2, Duration::from_secs(60)).await.expect_err("b gives way");
         assert_eq!(err.kind(), ErrorKind::FencedTieringEpoch, "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_torn_claim_older_than_the_lease_is_taken_over() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(dir.path()).await;
+        let c = claims(&store);
+        // A writer that died between creating the name and writing the bytes.
+        assert!(store.create_exclusive(&c.path(5, 0), b"{\"round_id\":".to_vec()).await.expect("create"));
+        let young = c.take(Some(5), "b", 2, Duration::from_secs(60)).await.expect_err("younger than the lease");
+        assert_eq!(young.kind(), ErrorKind::FencedTieringEpoch, "{young}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let held = c.take(Some(5), "b", 2, Duration::from_millis(10)).await.expect("older than the lease: taken over");
+        assert_eq!(held.generation, 1);
+        c.check(&held).await.expect("b holds it");
     }
 }

@@ -9,7 +9,7 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use fluss_tiering::dataflows::commit::gather;
 use fluss_tiering::dataflows::split_generator::{BucketState, cut, ranges};
-use fluss_tiering::dataflows::types::{RoundPlan, WriteResult};
+use fluss_tiering::dataflows::types::{RoundPlan, SplitRange, WriteResult};
 use fluss_tiering::lake::{BucketOffset, TableBucket, TableContext, WrittenData, lake_schema, with_system_columns};
 use fluss_tiering::model::record;
 use fluss_tiering::model::table::{TableDescriptor, TablePath, parse_schema};
@@ -90,10 +90,12 @@ fn bench(c: &mut Criterion) {
         .map(|i| WriteResult {
             round_id: "r".into(),
             index: i,
-            bucket: TableBucket { partition_id: None, bucket: i as i32 },
-            start: 0,
-            stop: 100,
-            written: Ok((WrittenData { payload: vec![0; 256], files: 1, file_bytes: 4096, rows: 100 }, 100)),
+            ranges: vec![SplitRange {
+                bucket: TableBucket { partition_id: None, bucket: i as i32 },
+                start: 0,
+                stop: 100,
+            }],
+            written: Ok((WrittenData { payload: vec![0; 256], files: 1, file_bytes: 4096, rows: 100 }, vec![100])),
         })
         .collect();
     g.throughput(Throughput::Elements(1000));

@@ -54,7 +54,7 @@ use crate::lake::{BucketOffset, CommitMarker, LakeCommitter, TableBucket, Writte
 use crate::model::tiering::{HeartbeatRequest, LakeBucketOffset, LakeCommit, LakeSnapshot, TableEpoch};
 
 use super::bridge::CapabilityTasks;
-use super::types::{Failure, RoundOutcome, RoundPlan, RoundStats, WriteResult};
+use super::types::{Failure, RoundOutcome, RoundPlan, RoundStats, SplitRange, WriteResult};
 use super::{JobContext, Phase};
 
 #[derive(Default)]
@@ -270,7 +270,9 @@ impl Gathered {
 
 /// Checks that every split of the round reported, then keeps, per bucket, the splits that continue each other from
 /// the bucket's start: a split that a deadline cut short ends its bucket's round, and later sub-ranges of that bucket
-/// wait for the next round (their files are deleted), so a bucket's committed range never has a hole.
+/// wait for the next round (their files are deleted), so a bucket's committed range never has a hole. A packed
+/// split's buckets have no other range in the round (the planner's promise, checked here): its files are committed
+/// whole, each bucket up to where its range was reached.
 pub fn gather(plan: &RoundPlan, results: Vec<WriteResult>) -> Gathered {
     let indexes: BTreeSet<u32> = results.iter().map(|r| r.index).collect();
     let complete = results.len() == plan.splits as usize
@@ -290,10 +292,52 @@ pub fn gather(plan: &RoundPlan, results: Vec<WriteResult>) -> Gathered {
         problem,
     };
     let mut by_bucket: BTreeMap<TableBucket, Vec<(i64, i64, WrittenData, i64)>> = BTreeMap::new();
+    let mut packed: Vec<(Vec<SplitRange>, WrittenData, Vec<i64>)> = Vec::new();
+    let mut ranges_per_bucket: BTreeMap<TableBucket, usize> = BTreeMap::new();
     for r in results {
-        if let Ok((w, reached)) = r.written {
-            by_bucket.entry(r.bucket).or_default().push((r.start, r.stop, w, reached));
+        for range in &r.ranges {
+            *ranges_per_bucket.entry(range.bucket).or_default() += 1;
         }
+        let Ok((w, reached)) = r.written else { continue };
+        match (r.ranges.as_slice(), reached.as_slice()) {
+            ([range], [reached]) => {
+                by_bucket.entry(range.bucket).or_default().push((range.start, range.stop, w, *reached))
+            }
+            (ranges, reached) if ranges.len() == reached.len() && !ranges.is_empty() => {
+                packed.push((r.ranges, w, reached.to_vec()))
+            }
+            _ => {
+                let message = format!(
+                    "split {} of round {} reported {} ranges reached for {}",
+                    r.index,
+                    r.round_id,
+                    reached.len(),
+                    r.ranges.len()
+                );
+                g.problem.get_or_insert(Failure::new(ErrorKind::Internal, message));
+                g.beyond_gap.push(w);
+            }
+        }
+    }
+    fn add(g: &mut Gathered, w: WrittenData) {
+        g.stats.rows += w.rows;
+        g.stats.files += w.files;
+        g.stats.file_bytes += w.file_bytes;
+        g.written.push(w);
+    }
+    for (ranges, w, reached) in packed {
+        if let Some(shared) = ranges.iter().find(|range| ranges_per_bucket.get(&range.bucket) != Some(&1)) {
+            let message =
+                format!("bucket {:?} of a packed split has another range in round {}", shared.bucket, plan.round_id);
+            g.problem.get_or_insert(Failure::new(ErrorKind::Internal, message));
+            g.beyond_gap.push(w);
+            continue;
+        }
+        for (range, reached) in ranges.iter().zip(reached) {
+            g.stats.forced |= reached < range.stop;
+            g.reached.insert(range.bucket, reached);
+        }
+        add(&mut g, w);
     }
     for (bucket, mut splits) in by_bucket {
         splits.sort_by_key(|(start, ..)| *start);
@@ -301,10 +345,7 @@ pub fn gather(plan: &RoundPlan, results: Vec<WriteResult>) -> Gathered {
         let mut open = true;
         for (start, stop, w, reached) in splits {
             if open && next.is_none_or(|n| n == start) {
-                g.stats.rows += w.rows;
-                g.stats.files += w.files;
-                g.stats.file_bytes += w.file_bytes;
-                g.written.push(w);
+                add(&mut g, w);
                 next = Some(reached);
                 if reached < stop {
                     g.stats.forced = true;
@@ -322,7 +363,8 @@ pub fn gather(plan: &RoundPlan, results: Vec<WriteResult>) -> Gathered {
 }
 
 /// Phase 1: the conditional lake commit. Returns the snapshot the cluster must learn about, with its marker, or
-/// nothing when there is nothing to commit anywhere (a round whose deadline came before any row, on an empty lake).
+/// nothing when there is nothing to commit anywhere (a round of no rows on an empty lake: every range empty, or a
+/// first fetch that found nothing).
 async fn lake_commit(
     ctx: &JobContext,
     committer: &dyn LakeCommitter,
@@ -497,4 +539,91 @@ async fn cluster_commit(ctx: &JobContext, plan: &RoundPlan, snapshot_id: i64, ma
         offsets_file,
     };
     ctx.client.commit_lake_snapshot(&commit).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::table::{TableDescriptor, parse_schema};
+
+    fn plan(splits: u32) -> RoundPlan {
+        let descriptor = TableDescriptor {
+            columns: parse_schema("id:int64").expect("schema"),
+            buckets: 4,
+            partition_key: None,
+            primary_key: vec![],
+            properties: Default::default(),
+        };
+        RoundPlan {
+            table: crate::lake::TableContext { table_id: 1, path: "db.t".parse().expect("path"), descriptor },
+            tiering_epoch: 1,
+            coordinator_epoch: 0,
+            round_id: "r".into(),
+            splits,
+            base: None,
+            buckets: vec![],
+            cluster_behind: false,
+        }
+    }
+
+    fn result(index: u32, ranges: &[(i32, i64, i64, i64)]) -> WriteResult {
+        let rows = ranges.iter().map(|(_, start, _, reached)| (reached - start) as u64).sum();
+        WriteResult {
+            round_id: "r".into(),
+            index,
+            ranges: ranges
+                .iter()
+                .map(|&(bucket, start, stop, _)| SplitRange {
+                    bucket: TableBucket { partition_id: None, bucket },
+                    start,
+                    stop,
+                })
+                .collect(),
+            written: Ok((
+                WrittenData { payload: vec![index as u8], files: 1, file_bytes: 1, rows },
+                ranges.iter().map(|r| r.3).collect(),
+            )),
+        }
+    }
+
+    fn reached(g: &Gathered) -> Vec<(i32, i64)> {
+        g.reached.iter().map(|(b, r)| (b.bucket, *r)).collect()
+    }
+
+    #[test]
+    fn a_cut_split_ends_its_bucket_and_later_pieces_wait() {
+        // Bucket 0 in three pieces, the second cut short by the deadline: the third's files are not committed.
+        let g = gather(
+            &plan(3),
+            vec![result(0, &[(0, 0, 10, 10)]), result(1, &[(0, 10, 20, 15)]), result(2, &[(0, 20, 30, 30)])],
+        );
+        assert!(g.problem.is_none());
+        assert_eq!(reached(&g), [(0, 15)]);
+        assert_eq!((g.written.len(), g.beyond_gap.len(), g.stats.rows, g.stats.forced), (2, 1, 15, true));
+    }
+
+    #[test]
+    fn a_packed_split_commits_whole_with_each_bucket_where_it_got() {
+        // Buckets 1-3 packed, the deadline came during bucket 2 and before bucket 3.
+        let packed = result(1, &[(1, 0, 10, 10), (2, 0, 10, 4), (3, 5, 10, 5)]);
+        let g = gather(&plan(2), vec![result(0, &[(0, 0, 10, 10)]), packed]);
+        assert!(g.problem.is_none());
+        assert_eq!(reached(&g), [(0, 10), (1, 10), (2, 4), (3, 5)]);
+        assert_eq!((g.written.len(), g.beyond_gap.len(), g.stats.rows, g.stats.forced), (2, 0, 24, true));
+    }
+
+    #[test]
+    fn a_packed_bucket_with_another_range_fails_the_round() {
+        let g = gather(&plan(2), vec![result(0, &[(0, 0, 10, 10)]), result(1, &[(0, 10, 20, 20), (1, 0, 5, 5)])]);
+        assert_eq!(g.problem.map(|p| p.kind()), Some(ErrorKind::Internal));
+        assert_eq!(g.beyond_gap.len(), 1, "the packed split's files are deleted with the round");
+        let g = gather(
+            &plan(1),
+            vec![WriteResult {
+                written: Ok((WrittenData::default(), vec![10])),
+                ..result(0, &[(0, 0, 10, 10), (1, 0, 5, 5)])
+            }],
+        );
+        assert!(g.problem.is_some(), "reached offsets must match the ranges");
+    }
 }

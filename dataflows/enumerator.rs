@@ -116,6 +116,8 @@ struct Enumerator {
     /// `--once`: when to say again what the job waits for, and whether it is asking the cluster now.
     next_wait_report: Option<Instant>,
     wait_report_in_flight: bool,
+    /// The job's workers, over which a round's packed splits are spread.
+    peers: usize,
 }
 
 /// Builds the enumerator on `scope`; returns its splits and plans.
@@ -135,6 +137,7 @@ pub fn enumerator<'scope>(
     let activator = scope.activator_for(Rc::clone(&info.address));
     let sync_activator = scope.worker().sync_activator_for(info.address.to_vec());
     let active = scope.index() == 0;
+    let peers = scope.peers();
 
     builder.build(move |capabilities| {
         let mut caps = capabilities.into_iter();
@@ -160,6 +163,7 @@ pub fn enumerator<'scope>(
             idle_since: Some(ctx.started),
             next_wait_report: None,
             wait_report_in_flight: false,
+            peers,
             ctx,
         };
         if state.base.is_some() && state.ctx.config.once {
@@ -470,7 +474,7 @@ impl Enumerator {
         };
         self.held.insert(table.table_id, held);
         let ctx = Arc::clone(&self.ctx);
-        let (table_id, epoch) = (table.table_id, table.tiering_epoch);
+        let (table_id, epoch, workers) = (table.table_id, table.tiering_epoch, self.peers);
         let span = super::commit::round_span(&path, epoch, &round_id);
         let on_panic = move |panic: String| Event::Planned {
             table_id,
@@ -487,6 +491,7 @@ impl Enumerator {
                     round_id,
                     route_base: time * 7919,
                     split_rows: ctx.config.split_rows,
+                    workers,
                     started_ms: crate::model::now_ms(),
                     max_duration: ctx.config.max_round_duration,
                     lake_timeout: ctx.config.lake_timeout,

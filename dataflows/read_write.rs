@@ -2,9 +2,10 @@
 //! `LakeWriter` (Fluss's stateless `TieringSourceReader`). No split state survives the operator: a restarted job
 //! plans again from the lake's offsets.
 //!
-//! Per split, a fetch task pulls `[start, stop)` from the cluster in batches of up to `fetch_max_bytes`, a bounded
-//! channel away from the writer, so the next fetch overlaps the encoding of the current batch and memory stays at a
-//! few batches plus the writer's buffers, whatever the split's size.
+//! A split is one or more ranges written through one writer. Per range, a fetch task pulls `[start, stop)` from the
+//! cluster in batches of up to `fetch_max_bytes`, a bounded channel away from the writer, so the next fetch overlaps
+//! the encoding of the current batch and memory stays at a few batches plus the writer's buffers, whatever the
+//! split's size; a packed split's next few ranges are fetched while the current one is written.
 //!
 //! Frontier contract: a split received at time `t` holds a capability at `t` until its write result is emitted, so
 //! the output frontier passes `t` only when every split of round `t` routed here is written (or failed). At most
@@ -29,7 +30,7 @@ use crate::model::tiering::{LogReader, TieringCluster};
 
 use super::bridge::CapabilityTasks;
 use super::consolidate::Consolidator;
-use super::types::{Failure, Split, WriteResult};
+use super::types::{Failure, Split, SplitRange, WriteResult};
 use super::{JobContext, SplitWork};
 
 /// Reads and writes the splits of `splits`; emits one write result per split.
@@ -65,8 +66,10 @@ pub fn read_write<'scope>(
                         break;
                     };
                     let ctx = Arc::clone(&ctx);
+                    let first = split.ranges.first().copied();
                     let span = tracing::info_span!("split", table = %split.table.path, epoch = split.tiering_epoch,
-                        partition = ?split.partition_name, bucket = split.bucket.bucket, start = split.start);
+                        partition = ?split.partition_name, bucket = first.map(|r| r.bucket.bucket),
+                        start = first.map(|r| r.start), ranges = split.ranges.len());
                     let failed = failed_split(&split);
                     tasks.spawn(cap, async move { tier_split(&ctx, split, worker).await }.instrument(span), failed);
                 }
@@ -77,12 +80,11 @@ pub fn read_write<'scope>(
 
 /// The result of a split whose task panicked (a bug: the round fails, its other files are still accounted for).
 fn failed_split(split: &Split) -> impl FnOnce(String) -> WriteResult + 'static {
-    let (round_id, index, bucket, start, stop) =
-        (split.round_id.clone(), split.index, split.bucket, split.start, split.stop);
+    let (round_id, index, ranges) = (split.round_id.clone(), split.index, split.ranges.clone());
     move |panic| {
         tracing::error!(%panic, round = %round_id, index, "a split task panicked");
         let failure = Failure::new(ErrorKind::Internal, format!("the split task panicked: {panic}"));
-        WriteResult { round_id, index, bucket, start, stop, written: Err(failure) }
+        WriteResult { round_id, index, ranges, written: Err(failure) }
     }
 }
 
@@ -100,28 +102,29 @@ async fn tier_split(ctx: &JobContext, split: Split, worker: usize) -> WriteResul
         tracing::warn!(error = %e, "split failed");
         Failure::from(&e)
     });
-    WriteResult {
-        round_id: split.round_id,
-        index: split.index,
-        bucket: split.bucket,
-        start: split.start,
-        stop: split.stop,
-        written,
-    }
+    WriteResult { round_id: split.round_id, index: split.index, ranges: split.ranges, written }
 }
 
-/// Writes `[split.start, reached)` and returns the files with `reached` (the split's stop unless its deadline came).
+/// How many ranges of a packed split are fetched ahead of the one being written: a packed split is many small
+/// ranges, and one fetch round trip each would leave the writer waiting on every one.
+const RANGES_FETCHED_AHEAD: usize = 4;
+
+/// Writes the split's ranges through one writer and returns the files with the offset reached in each range (its
+/// stop unless the deadline came).
 ///
 /// The loop's time is split three ways in the job's metrics: waiting for the fetch task, decoding, encoding.
-async fn write_split(ctx: &JobContext, split: &Split, worker: usize) -> Result<(WrittenData, i64)> {
+async fn write_split(ctx: &JobContext, split: &Split, worker: usize) -> Result<(WrittenData, Vec<i64>)> {
+    let first = split.ranges.first().ok_or_else(|| Error::new(ErrorKind::Internal, "a split without a range"))?;
     let writer_ctx = WriterContext {
         partition_name: split.partition_name.clone(),
-        bucket: split.bucket.bucket,
+        bucket: first.bucket.bucket,
         file_prefix: format!("{}-s{}-w{worker}-{}", split.round_id, split.index, uuid::Uuid::new_v4().simple()),
     };
     let mut writer = ctx.bounded("opening a lake writer", ctx.lake.create_writer(&split.table, writer_ctx)).await?;
-    match fill(ctx, split, writer.as_mut()).await {
-        Ok(reached) => {
+    let mut reached = Vec::with_capacity(split.ranges.len());
+    let filled = fill_ranges(ctx, split, writer.as_mut(), &mut reached).await;
+    match filled {
+        Ok(()) => {
             let closing = Instant::now();
             let written = ctx.bounded("closing lake files", writer.complete()).await?;
             ctx.metrics.add_split_work(SplitWork::EncodeWrite, closing.elapsed());
@@ -137,24 +140,74 @@ async fn write_split(ctx: &JobContext, split: &Split, worker: usize) -> Result<(
     }
 }
 
-/// Reads `[split.start, stop)` into `writer`; returns the offset reached.
-async fn fill(ctx: &JobContext, split: &Split, writer: &mut dyn crate::lake::LakeWriter) -> Result<i64> {
+/// Reads the split's ranges in order into `writer`, each fetched a few ranges ahead, pushing the offset reached in
+/// each onto `reached`. Past the deadline, the ranges not begun wait for the next round (reached = start); a leading
+/// split's first range is read once regardless, so every round makes progress.
+async fn fill_ranges(
+    ctx: &JobContext,
+    split: &Split,
+    writer: &mut dyn crate::lake::LakeWriter,
+    reached: &mut Vec<i64>,
+) -> Result<()> {
+    let mut pending = split.ranges.iter().enumerate();
+    let mut ahead: VecDeque<(SplitRange, Fetching)> = VecDeque::new();
+    loop {
+        while ahead.len() < RANGES_FETCHED_AHEAD
+            && let Some((n, range)) = pending.next()
+        {
+            ahead.push_back((*range, Fetching::start(ctx, split, range, n == 0 && split.leads)));
+        }
+        let Some((range, fetching)) = ahead.pop_front() else { return Ok(()) };
+        reached.push(fill(ctx, split, &range, fetching, writer).await?);
+    }
+}
+
+/// A range's fetch task, a bounded channel ahead of the writer.
+struct Fetching {
+    rx: tokio::sync::mpsc::Receiver<Result<LogBatch>>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl Fetching {
+    /// Starts fetching `range` of `split`, until the split's deadline; with `read_once`, once even past it.
+    fn start(ctx: &JobContext, split: &Split, range: &SplitRange, read_once: bool) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let bucket = (split.table.table_id, range.bucket.partition_id, range.bucket.bucket);
+        let until = Deadline { at_ms: split.deadline_ms, read_once };
+        let fetch = fetch_range(ctx.client.clone(), bucket, *range, until, ctx.config.fetch_max_bytes, tx);
+        Fetching { rx, task: tokio::spawn(fetch) }
+    }
+}
+
+/// When a range's fetching stops short of its stop offset.
+#[derive(Clone, Copy)]
+struct Deadline {
+    at_ms: i64,
+    /// Fetch once even past it: a split that starts past its deadline (its worker busy, the round's planning slow)
+    /// would otherwise read nothing, and a round of nothing is re-queued at once to meet the same fate, for ever.
+    read_once: bool,
+}
+
+/// Reads `range` of the split into `writer` as `fetching` brings it; returns the offset reached.
+async fn fill(
+    ctx: &JobContext,
+    split: &Split,
+    range: &SplitRange,
+    mut fetching: Fetching,
+    writer: &mut dyn crate::lake::LakeWriter,
+) -> Result<i64> {
     let metrics = &ctx.metrics;
     let mut clock = Instant::now();
     let mut lap =
         |work: SplitWork| metrics.add_split_work(work, std::mem::replace(&mut clock, Instant::now()).elapsed());
     let schema = lake_schema(&split.table.descriptor);
-    let (tx, mut rx) = tokio::sync::mpsc::channel(2);
-    let fetcher = tokio::spawn(fetch_range(ctx.client.clone(), split.clone(), ctx.config.fetch_max_bytes, tx));
-    lap(SplitWork::EncodeWrite);
     // A primary-key split's changes are summed by key first; only the net effect is written, at the end.
     let mut keyed =
         split.table.descriptor.has_primary_key().then(|| Consolidator::new(&split.table.descriptor)).transpose()?;
     if let (Some(changes), Some(snapshot)) = (&mut keyed, split.snapshot) {
         ctx.metrics.snapshot_splits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         for index in 0..snapshot.batch_count {
-            let (table_id, partition_id) = (split.table.table_id, split.bucket.partition_id);
-            let bucket = (table_id, partition_id, split.bucket.bucket);
+            let bucket = (split.table.table_id, range.bucket.partition_id, range.bucket.bucket);
             let (batches, _) = ctx.client.kv_snapshot_batch(bucket, snapshot.snapshot_id, index).await?;
             lap(SplitWork::FetchWait);
             for batch in &batches {
@@ -164,8 +217,8 @@ async fn fill(ctx: &JobContext, split: &Split, writer: &mut dyn crate::lake::Lak
         }
     }
     let mut batches = 0u64;
-    let mut reached = split.start;
-    while let Some(stored) = rx.recv().await {
+    let mut reached = range.start;
+    while let Some(stored) = fetching.rx.recv().await {
         let stored = stored?;
         lap(SplitWork::FetchWait);
         if let Some(reason) = ctx.rounds.fenced(split.table.table_id, &split.round_id) {
@@ -175,20 +228,20 @@ async fn fill(ctx: &JobContext, split: &Split, writer: &mut dyn crate::lake::Lak
         lap(SplitWork::Decode);
         let row_offset = stored.base_offset;
         let rows = batch.num_rows() as i64;
-        // Only the split's own rows: the first and last stored batches may stick out of its range.
-        let (lo, hi) = (reached.max(row_offset), split.stop.min(row_offset + rows));
+        // Only the range's own rows: the first and last stored batches may stick out of it.
+        let (lo, hi) = (reached.max(row_offset), range.stop.min(row_offset + rows));
         if lo < hi {
             let slice = batch.slice((lo - row_offset) as usize, (hi - lo) as usize);
             match &mut keyed {
                 Some(changes) => changes.add_changelog(&slice, lo, stored.append_timestamp)?,
                 None => {
-                    let rows = with_system_columns(&schema, &slice, split.bucket.bucket, lo, stored.append_timestamp)?;
+                    let rows = with_system_columns(&schema, &slice, range.bucket.bucket, lo, stored.append_timestamp)?;
                     ctx.bounded("writing lake files", writer.write(rows)).await?;
                 }
             }
         }
         if let Some(end) = stored.end_offset() {
-            reached = reached.max(end.min(split.stop));
+            reached = reached.max(end.min(range.stop));
         }
         lap(SplitWork::EncodeWrite);
         batches += 1;
@@ -196,11 +249,11 @@ async fn fill(ctx: &JobContext, split: &Split, writer: &mut dyn crate::lake::Lak
             failpoint::hit("mid-split");
         }
     }
-    fetcher.await.map_err(|e| Error::new(ErrorKind::Internal, format!("fetch task failed: {e}")))??;
+    fetching.task.await.map_err(|e| Error::new(ErrorKind::Internal, format!("fetch task failed: {e}")))??;
     lap(SplitWork::FetchWait);
     if let Some(changes) = keyed {
         ctx.metrics.changes_read.fetch_add(changes.changes(), std::sync::atomic::Ordering::Relaxed);
-        if let Some(net) = changes.finish(&split.table.descriptor, split.bucket.bucket)? {
+        if let Some(net) = changes.finish(&split.table.descriptor, range.bucket.bucket)? {
             ctx.bounded("writing lake files", writer.write(net)).await?;
         }
     }
@@ -208,21 +261,20 @@ async fn fill(ctx: &JobContext, split: &Split, writer: &mut dyn crate::lake::Lak
     Ok(reached)
 }
 
-/// Fetches the stored batches that hold `[start, stop)`, in order, as the cluster sent them, ahead of the writer.
+/// Fetches the stored batches that hold `range` of `bucket`, in order, as the cluster sent them, ahead of the writer.
 async fn fetch_range(
     client: std::sync::Arc<dyn TieringCluster>,
-    split: Split,
+    bucket: (i64, Option<i64>, i32),
+    range: SplitRange,
+    until: Deadline,
     max_bytes: i32,
     tx: tokio::sync::mpsc::Sender<Result<LogBatch>>,
 ) -> Result<()> {
-    let bucket = (split.table.table_id, split.bucket.partition_id, split.bucket.bucket);
-    let mut reader = LogReader::new(client, bucket, split.start, Some(split.stop), max_bytes);
+    let mut reader = LogReader::new(client, bucket, range.start, Some(range.stop), max_bytes);
     let mut fetched = false;
     loop {
-        // The round's time is up: the split ends where it is, but not before one fetch. A split that starts past
-        // the deadline (its worker busy, the round's planning slow) would otherwise read nothing, and a round of
-        // nothing is re-queued at once to meet the same fate, for ever.
-        if fetched && crate::model::now_ms() >= split.deadline_ms {
+        // The round's time is up: the range ends where it is.
+        if (fetched || !until.read_once) && crate::model::now_ms() >= until.at_ms {
             return Ok(());
         }
         fetched = true;

@@ -6,6 +6,11 @@
 //! sub-ranges, each its own split, so one busy bucket keeps several workers busy; the round still commits them all in
 //! one snapshot.
 //!
+//! Small ranges packed: when a table's lake files are not per bucket (Paimon's bucket-unaware append tables, which
+//! log tables become), ranges that need no cut are packed per partition into about one split per worker, each
+//! written as one file set ([`pieces`]); a round over 1,000 buckets with a few rows each then writes a few files, not
+//! a thousand.
+//!
 //! Primary-key tables: a bucket the lake has never seen that has a KV snapshot starts from the snapshot — its split
 //! reads the snapshot, then the changelog from the snapshot's log offset (Fluss's snapshot split followed by a log
 //! split, here one split so one writer sees all of the bucket's changes). A primary-key bucket's range is never cut:
@@ -17,7 +22,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::lake::{BucketOffset, TableBucket, TableContext, TieredSnapshot};
 use crate::model::tiering::TieringCluster;
 
-use super::types::{KvSnapshotRef, RoundPlan, Split};
+use super::types::{KvSnapshotRef, RoundPlan, Split, SplitRange};
 
 /// A bucket's place in the cluster's log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +114,65 @@ pub fn cut(start: i64, stop: i64, split_rows: u64) -> Vec<(i64, i64)> {
     pieces
 }
 
+/// What one split reads: its partition's ranges, and the KV snapshot before them (a primary-key bucket new to the
+/// lake).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    pub partition_name: Option<String>,
+    pub ranges: Vec<SplitRange>,
+    pub snapshot: Option<KvSnapshotRef>,
+    /// Its first range starts its bucket's range ([`Split::leads`]).
+    pub leads: bool,
+}
+
+/// The round's splits: a primary-key bucket's range whole (its changes are consolidated by one writer), a log
+/// bucket's cut into pieces of at most `split_rows`. When the table's lake files span buckets (`pack`), the
+/// ranges that needed no cut are packed, per partition, into about `workers` splits of at most `split_rows` rows
+/// each, so a round of many small buckets writes a file set per worker, not one per bucket. A bucket with a packed
+/// range has no other range in the round (the committer relies on it).
+pub fn pieces(ranges: &[Range], keyed: bool, pack: bool, split_rows: u64, workers: usize) -> Vec<Piece> {
+    let one = |r: &Range, (start, stop): (i64, i64), snapshot| Piece {
+        partition_name: r.state.partition_name.clone(),
+        ranges: vec![SplitRange { bucket: r.state.bucket, start, stop }],
+        snapshot,
+        leads: start == r.start,
+    };
+    let rows = |r: &Range| u64::try_from(r.stop - r.start).unwrap_or(0);
+    let mut out = Vec::new();
+    let mut small: BTreeMap<Option<i64>, Vec<&Range>> = BTreeMap::new();
+    for r in ranges {
+        if keyed {
+            out.push(one(r, (r.start, r.stop), r.snapshot));
+        } else if pack && rows(r) <= split_rows {
+            small.entry(r.state.bucket.partition_id).or_default().push(r);
+        } else {
+            out.extend(cut(r.start, r.stop, split_rows).into_iter().map(|piece| one(r, piece, None)));
+        }
+    }
+    for group in small.into_values() {
+        let total: u64 = group.iter().map(|r| rows(r)).sum();
+        // About one pack per worker, none over split_rows.
+        let target = total.div_ceil(workers.max(1) as u64).clamp(1, split_rows.max(1));
+        let mut pack: Option<(Piece, u64)> = None;
+        for r in group {
+            if pack.as_ref().is_some_and(|(_, filled)| filled + rows(r) > split_rows) {
+                out.extend(pack.take().map(|(piece, _)| piece));
+            }
+            let (piece, filled) = pack.get_or_insert_with(|| {
+                let partition_name = r.state.partition_name.clone();
+                (Piece { partition_name, ranges: Vec::new(), snapshot: None, leads: true }, 0)
+            });
+            piece.ranges.push(SplitRange { bucket: r.state.bucket, start: r.start, stop: r.stop });
+            *filled += rows(r);
+            if *filled >= target {
+                out.extend(pack.take().map(|(piece, _)| piece));
+            }
+        }
+        out.extend(pack.map(|(piece, _)| piece));
+    }
+    out
+}
+
 /// Who plans a round, and how.
 pub struct RoundRequest {
     pub table_id: i64,
@@ -119,6 +183,8 @@ pub struct RoundRequest {
     /// Routing key of the round's first split (later splits take the next keys).
     pub route_base: u64,
     pub split_rows: u64,
+    /// The job's workers: a round packs small ranges into about this many splits.
+    pub workers: usize,
     /// When the round started (ms since the epoch): it must end one freshness interval later, or `max_duration`
     /// later when the job sets one.
     pub started_ms: i64,
@@ -141,6 +207,7 @@ pub async fn plan_round(
         round_id,
         route_base,
         split_rows,
+        workers,
         started_ms,
         max_duration,
         lake_timeout,
@@ -212,26 +279,21 @@ pub async fn plan_round(
         add_kv_snapshots(client, &table, &mut states, &lake_offsets).await?;
     }
     let ranges = ranges(&states, &lake_offsets)?;
-    let keyed = table.descriptor.has_primary_key();
-    let splits: Vec<Split> = ranges
-        .iter()
-        .flat_map(|r| {
-            let pieces = if keyed { vec![(r.start, r.stop)] } else { cut(r.start, r.stop, split_rows) };
-            // Only the first piece of a bucket reads its snapshot (a keyed bucket has one piece).
-            pieces.into_iter().enumerate().map(move |(n, piece)| (r, piece, if n == 0 { r.snapshot } else { None }))
-        })
+    let pieces =
+        pieces(&ranges, table.descriptor.has_primary_key(), lake.files_span_buckets(&table), split_rows, workers);
+    let splits: Vec<Split> = pieces
+        .into_iter()
         .enumerate()
-        .map(|(i, (r, (start, stop), snapshot))| Split {
+        .map(|(i, piece)| Split {
             table: table.clone(),
             tiering_epoch,
             round_id: round_id.clone(),
             index: i as u32,
-            partition_name: r.state.partition_name.clone(),
-            bucket: r.state.bucket,
-            start,
-            stop,
-            snapshot,
+            partition_name: piece.partition_name,
+            ranges: piece.ranges,
+            snapshot: piece.snapshot,
             deadline_ms,
+            leads: piece.leads,
             route: route_base + i as u64,
         })
         .collect();
@@ -350,6 +412,46 @@ mod tests {
             let got: Vec<(i32, i64, i64)> = got.iter().map(|r| (r.state.bucket.bucket, r.start, r.stop)).collect();
             assert_eq!(got, expected);
         }
+    }
+
+    /// Every offset to tier is in exactly one piece, whatever packs them; a packed bucket is in no other piece.
+    #[test]
+    fn pieces_cover_every_range_once_and_pack_small_ones_per_worker() {
+        let range = |bucket, start, stop| Range { state: state(bucket, 0, stop), start, stop, snapshot: None };
+        // 1,000 buckets of 10 rows, and one of 2,500 (cut at 1,000).
+        let mut ranges: Vec<Range> = (0..1000).map(|b| range(b, 5, 15)).collect();
+        ranges.push(range(1000, 0, 2500));
+        for (pack, workers) in [(false, 2), (true, 1), (true, 2), (true, 7)] {
+            let got = pieces(&ranges, false, pack, 1000, workers);
+            let mut covered: BTreeMap<i32, Vec<(i64, i64)>> = BTreeMap::new();
+            for p in &got {
+                assert!(!p.ranges.is_empty());
+                for r in &p.ranges {
+                    covered.entry(r.bucket.bucket).or_default().push((r.start, r.stop));
+                    if p.ranges.len() > 1 {
+                        assert_eq!(r.stop - r.start, 10, "only whole, uncut ranges are packed");
+                    }
+                }
+            }
+            for (bucket, mut pieces) in covered {
+                pieces.sort();
+                let (start, stop) = if bucket == 1000 { (0, 2500) } else { (5, 15) };
+                assert_eq!(pieces.first().map(|p| p.0), Some(start));
+                assert!(pieces.windows(2).all(|w| w[0].1 == w[1].0), "bucket {bucket}: contiguous");
+                assert_eq!(pieces.last().map(|p| p.1), Some(stop));
+            }
+            // 10,000 small rows: at least one pack per worker, at most 1,000 rows per pack; bucket 1000 in 3 pieces.
+            let expected = if pack { workers.max(10) + 3 } else { 1003 };
+            assert!(got.len() <= expected, "pack {pack}, {workers} workers: {} splits", got.len());
+        }
+        // Packs stay within a partition.
+        let mut other = range(0, 0, 10);
+        other.state.bucket.partition_id = Some(9);
+        let got = pieces(&[range(0, 0, 10), other], false, true, 1000, 1);
+        assert_eq!(got.len(), 2, "one pack per partition");
+        // A primary-key range is never cut or packed, and keeps its snapshot.
+        let keyed = pieces(&[range(0, 0, 5000), range(1, 0, 3)], true, true, 1000, 1);
+        assert_eq!(keyed.iter().map(|p| p.ranges.len()).collect::<Vec<_>>(), [1, 1]);
     }
 
     #[test]

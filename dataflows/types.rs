@@ -42,7 +42,16 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// One contiguous offset range `[start, stop)` of one bucket, to be read and written by one worker.
+/// One contiguous offset range `[start, stop)` of one bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitRange {
+    pub bucket: TableBucket,
+    pub start: i64,
+    pub stop: i64,
+}
+
+/// What one worker reads and writes as one lake writer: one bucket's range (or a piece of it), or, for a table whose
+/// lake files are not per bucket, several buckets' whole ranges of the round, packed into one file set.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Split {
     pub table: TableContext,
@@ -51,14 +60,17 @@ pub struct Split {
     /// Position of this split in its round, `0..splits`.
     pub index: u32,
     pub partition_name: Option<String>,
-    pub bucket: TableBucket,
-    pub start: i64,
-    pub stop: i64,
-    /// A primary-key bucket new to the lake: read this KV snapshot first (`start` is its log offset).
+    /// The ranges, read in this order (at least one). A bucket of a packed split has no other range in its round.
+    pub ranges: Vec<SplitRange>,
+    /// A primary-key bucket new to the lake: read this KV snapshot first (the range's `start` is its log offset).
+    /// Only a split of one range has one.
     pub snapshot: Option<KvSnapshotRef>,
     /// Wall-clock deadline (ms since the epoch) of the round: past it, the reader stops where it is and the split
     /// ends early (max round duration = the table's freshness).
     pub deadline_ms: i64,
+    /// The first range starts where its bucket's round starts: it is read once even past the deadline, so every
+    /// round makes progress (a later piece of a cut bucket is not: it would be left behind the gap anyway).
+    pub leads: bool,
     /// Routing key: the split goes to worker `route % peers`.
     pub route: u64,
 }
@@ -70,12 +82,11 @@ pub use crate::model::tiering::KvSnapshotRef;
 pub struct WriteResult {
     pub round_id: String,
     pub index: u32,
-    pub bucket: TableBucket,
-    pub start: i64,
-    pub stop: i64,
-    /// The files, and the offset reached: every offset in `[start, reached)` is in them; `reached < stop` when the
-    /// round's deadline cut the split short.
-    pub written: Result<(WrittenData, i64), Failure>,
+    /// The split's ranges.
+    pub ranges: Vec<SplitRange>,
+    /// The files, and for each range the offset reached: every offset of `[start, reached)` of each range is in them;
+    /// `reached < stop` when the round's deadline cut the range short (or came before it).
+    pub written: Result<(WrittenData, Vec<i64>), Failure>,
 }
 
 /// Everything the committer needs to know about a round besides its write results.

@@ -232,32 +232,44 @@ async fn an_iceberg_warehouse_on_s3_needs_a_catalog_uri() {
 }
 
 /// `bench --warehouse local,s3://…` sets local disk against the bucket in one run: the baseline, then the same rows
-/// tiered into each (by `-n 2` processes, which get the endpoint from the parent's flag), each run's lake a new folder
-/// under the S3 prefix.
+/// tiered into each (by `-n 2` processes, which get the endpoint and credentials from the parent's flags), each run's
+/// lake a new folder under the S3 prefix.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_sets_local_disk_against_s3() {
     let s3 = S3Server::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let json = dir.path().join("runs.jsonl");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fluss-tiering"))
-        .args(["bench", "--rows", "3000", "--buckets", "2", "--workers", "1", "--processes", "2"])
-        .args(["--format", "iceberg", "--warehouse", "local,s3://lake/bench", "--s3-path-style-access"])
-        .args(["--s3-endpoint", &s3.endpoint])
-        .arg("--json")
-        .arg(&json)
-        .arg("--dir")
-        .arg(dir.path().join("work"))
-        .envs(s3.env())
-        .env_remove("AWS_ENDPOINT_URL")
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("bench");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = std::fs::read_to_string(&json).expect("json file");
-    let runs: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
-    let stores: Vec<&str> = runs.iter().map(|r| r["warehouse"].as_str().expect("warehouse")).collect();
-    assert_eq!(stores, ["-", "local", "s3"], "the baseline, then one run per warehouse: {runs:?}");
-    assert!(runs.iter().all(|r| r["rows"].as_u64() == Some(3000)), "every run tiers every row: {runs:?}");
-    let keys = s3.keys("lake", "bench/");
-    assert!(keys.iter().any(|k| k.starts_with("bench/lake-grpc-w1-") && k.ends_with(".parquet")), "{keys:?}");
+    let env = s3.env();
+    let var = |name: &str| env.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone()).expect(name);
+    for format in ["paimon", "iceberg"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let json = dir.path().join("runs.jsonl");
+        let prefix = format!("bench-{format}");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fluss-tiering"))
+            .args(["bench", "--rows", "3000", "--buckets", "2", "--workers", "1", "--processes", "2"])
+            .args(["--format", format, "--warehouse", &format!("local,s3://lake/{prefix}"), "--s3-path-style-access"])
+            .args(["--s3-endpoint", &s3.endpoint, "--s3-region", "us-east-1"])
+            .args(["--s3-access-key-id", &var("AWS_ACCESS_KEY_ID")])
+            .args(["--s3-secret-access-key", &var("AWS_SECRET_ACCESS_KEY")])
+            .arg("--json")
+            .arg(&json)
+            .arg("--dir")
+            .arg(dir.path().join("work"))
+            .env_remove("AWS_ENDPOINT_URL")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_REGION")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("bench");
+        assert!(out.status.success(), "{format}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = std::fs::read_to_string(&json).expect("json file");
+        let runs: Vec<serde_json::Value> =
+            text.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+        let stores: Vec<&str> = runs.iter().map(|r| r["warehouse"].as_str().expect("warehouse")).collect();
+        assert_eq!(stores, ["-", "local", "s3"], "{format}: the baseline, then one run per warehouse: {runs:?}");
+        assert!(runs.iter().all(|r| r["rows"].as_u64() == Some(3000)), "{format}: every run tiers every row: {runs:?}");
+        let keys = s3.keys("lake", &format!("{prefix}/"));
+        let lake = format!("{prefix}/lake-grpc-w1-");
+        assert!(keys.iter().any(|k| k.starts_with(&lake) && k.ends_with(".parquet")), "{format}: {keys:?}");
+    }
 }

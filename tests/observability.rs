@@ -205,8 +205,10 @@ fn bench_runs_the_job_as_several_processes() {
     let run = &runs[1];
     assert_eq!(run["processes"].as_u64(), Some(2));
     assert_eq!(run["rows"].as_u64(), Some(30_000), "the two processes together tier every row once");
-    // 2 partitions x 3 buckets, each written by one of the processes.
-    assert!(run["files"].as_u64().expect("files") >= 6, "{run}");
+    // 2 partitions x 3 buckets, their small ranges packed: at most one file set per worker per partition, not one
+    // per bucket.
+    let files = run["files"].as_u64().expect("files");
+    assert!((2..=4).contains(&files), "{files} files: {run}");
 }
 
 #[test]

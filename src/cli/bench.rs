@@ -219,8 +219,9 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     let warehouses =
         args.warehouse.iter().map(|w| BenchWarehouse::parse(w, &args.s3)).collect::<Result<Vec<_>, _>>()?;
-    if !unique(args.warehouse.clone()) || warehouses.is_empty() {
-        bail!("--warehouse needs local, s3://BUCKET/PREFIX or both, each once");
+    // Runs are named by the kind of their warehouse: one of each.
+    if !unique(warehouses.iter().map(|w| w.name().to_string()).collect()) || warehouses.is_empty() {
+        bail!("--warehouse needs local, one s3://BUCKET/PREFIX, or both");
     }
     if args.freshness_for.is_some() && args.warehouse != ["local"] {
         bail!("--freshness-for runs on a local warehouse: drop --warehouse");
@@ -364,10 +365,11 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         let lake = format!("lake-{transport}-w{workers}");
         let (warehouse, catalog) = match store {
             BenchWarehouse::Local => (dir.join(&lake).display().to_string(), None),
-            // The Iceberg catalog stays on local disk, as the job's users would run it.
+            // Iceberg's SQL catalog stays on local disk, as the job's users would run it; Paimon's is the warehouse.
             BenchWarehouse::S3(base) => (
                 format!("{}/{lake}-{stamp}", base.trim_end_matches('/')),
-                Some(format!("sqlite:{}", dir.join(format!("catalog-{lake}.db")).display())),
+                (args.format == "iceberg")
+                    .then(|| format!("sqlite:{}", dir.join(format!("catalog-{lake}-{stamp}.db")).display())),
             ),
         };
         let job = TierArgs {
@@ -394,7 +396,11 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         // Each run tiers into an empty lake, so each tiers every row (the lake is the source of truth).
         std::thread::sleep(Duration::from_millis(200));
         let (started, cpu_before) = (Instant::now(), cpu_seconds());
-        let report = if args.processes == 1 { run_job(&job)?.metrics.report() } else { run_processes(&job, &dir)? };
+        let report = if args.processes == 1 {
+            run_job(&job)?.metrics.report()
+        } else {
+            run_processes(&job, &dir, &format!("{}-{lake}", store.name()))?
+        };
         let (took, cpu) = (started.elapsed(), cpu_seconds() - cpu_before);
         print_summary(&report, took);
         let secs = took.as_secs_f64();
@@ -464,13 +470,13 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         peak_rss() as f64 / 1e6
     );
     println!(
-        "\n{:<9} {:>9} {:>7} {:>7} {:>7} {:>13} {:>12} {:>15}",
-        "workers", "schedule", "plan", "fetch", "decode", "encode/write", "lake commit", "cluster commit"
+        "\n{:<18} {:>9} {:>7} {:>7} {:>7} {:>13} {:>12} {:>15}",
+        "run", "schedule", "plan", "fetch", "decode", "encode/write", "lake commit", "cluster commit"
     );
     for r in runs.iter().skip(1) {
         let p = &r.phase_seconds;
         println!(
-            "{:<9} {:>9.2} {:>7.2} {:>7.2} {:>7.2} {:>13.2} {:>12.2} {:>15.2}",
+            "{:<18} {:>9.2} {:>7.2} {:>7.2} {:>7.2} {:>13.2} {:>12.2} {:>15.2}",
             format!("{}x{} {} {}", r.processes, r.workers, r.transport, r.warehouse),
             p.schedule,
             p.plan,
@@ -539,18 +545,18 @@ impl BenchWarehouse {
 
 /// Runs `job` as `job.timely.processes` `tier` processes of this executable on localhost; returns their combined
 /// report (rows and files summed; rounds and phases from process 0, where the enumerator and committer run).
-fn run_processes(job: &TierArgs, dir: &std::path::Path) -> anyhow::Result<JobReport> {
+fn run_processes(job: &TierArgs, dir: &std::path::Path, name: &str) -> anyhow::Result<JobReport> {
     let n = job.timely.processes;
     let ports: Vec<u16> = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()))
         .collect::<Result<_, _>>()?;
-    let hostfile = dir.join(format!("hosts-w{}", job.timely.workers));
+    let hostfile = dir.join(format!("hosts-{name}"));
     std::fs::write(&hostfile, ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect::<String>())?;
     let exe = std::env::current_exe().context("finding this executable")?;
     let t = &job.tuning;
     let children: Vec<(PathBuf, std::process::Child)> = (0..n)
         .map(|p| {
-            let report = dir.join(format!("report-w{}-p{p}.json", job.timely.workers));
+            let report = dir.join(format!("report-{name}-p{p}.json"));
             let mut cmd = std::process::Command::new(&exe);
             cmd.arg("tier").arg("--cluster").arg(&job.cluster).arg("--warehouse").arg(&job.warehouse);
             // The same job as the in-process runs: every setting of `job` goes on the command line.

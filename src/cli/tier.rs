@@ -57,6 +57,9 @@ fn tier_config(tuning: &TuningArgs, once: bool) -> anyhow::Result<TierConfig> {
         bail!("--max-tables, --max-splits-per-worker and --split-rows must be at least 1");
     }
     let (lake_timeout, orphan_age) = (parse_duration(&tuning.lake_timeout)?, parse_duration(&tuning.orphan_age)?);
+    if lake_timeout > crate::lake::MAX_LAKE_TIMEOUT {
+        bail!("--lake-timeout ({lake_timeout:?}) must be at most {:?}", crate::lake::MAX_LAKE_TIMEOUT);
+    }
     if orphan_age < lake_timeout * 2 {
         // The sweep's premise: a round commits within half the orphan age, and a commit takes at most the time-out.
         bail!("--orphan-age ({orphan_age:?}) must be at least twice --lake-timeout ({lake_timeout:?})");

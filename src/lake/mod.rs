@@ -43,6 +43,9 @@ use crate::model::tiering::OffsetsFile;
 
 /// System column: the Fluss bucket a row came from.
 pub const BUCKET_COLUMN: &str = "__bucket";
+/// The longest lake time-out a job may have, and so the longest lease of a Paimon commit claim: a claim file its
+/// writer left torn is free once older than this, whatever lease that writer meant to take.
+pub const MAX_LAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 /// System column: the row's offset in its bucket.
 pub const OFFSET_COLUMN: &str = "__offset";
 /// System column: when the row's batch was appended to the cluster.
@@ -291,6 +294,12 @@ pub trait LakeTieringFactory: Send + Sync + 'static {
     async fn create_writer(&self, table: &TableContext, ctx: WriterContext) -> Result<Box<dyn LakeWriter>>;
     /// The committer of a table.
     async fn create_committer(&self, table: &TableContext) -> Result<Box<dyn LakeCommitter>>;
+    /// Whether one writer may take rows of several buckets of `table` (its lake files are not per bucket), so a
+    /// round may pack small ranges of many buckets into one split.
+    fn files_span_buckets(&self, table: &TableContext) -> bool {
+        let _ = table;
+        false
+    }
 }
 
 /// Writes the rows of one split into lake files; nothing is visible until a committer commits them.

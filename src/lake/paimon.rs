@@ -376,6 +376,11 @@ fn check_bucketing(t: &TableContext) -> Result<()> {
 
 #[async_trait]
 impl LakeTieringFactory for PaimonFactory {
+    /// A log table is a bucket-unaware append table (`bucket = -1`): its files are per partition, not per bucket.
+    fn files_span_buckets(&self, t: &TableContext) -> bool {
+        !t.descriptor.has_primary_key()
+    }
+
     async fn prepare_table(&self, t: &TableContext) -> Result<Option<TieredSnapshot>> {
         check_bucketing(t)?;
         // Whose the table is, before anything is changed in it.

@@ -170,6 +170,9 @@ pub struct Store {
     warehouse: Warehouse,
     /// `file:///ABSOLUTE/DIR` or `s3://BUCKET/PREFIX`, without a trailing `/`.
     root: String,
+    /// A local warehouse's root as given, when a symlink makes it differ from `root`: tables created through the
+    /// link before roots were resolved record locations under it.
+    alias: Option<String>,
     op: Operator,
     /// The whole bucket (the warehouse's operator on local disk): for reads outside the warehouse (invariant 2).
     bucket: Operator,
@@ -210,6 +213,7 @@ impl Store {
             Error::new(ErrorKind::InvalidArgument, format!("warehouse {warehouse}: bad store settings")).with_source(e)
         };
         let disk = Operator::new(opendal_service_fs::Fs::default().root("/")).map_err(config)?;
+        let mut alias = None;
         let (root, op, bucket) = match warehouse {
             Warehouse::Local(dir) => {
                 let dir = std::path::absolute(dir)
@@ -218,9 +222,12 @@ impl Store {
                 // Created by the builder, then resolved: the files the catalogs record keep one root however the
                 // warehouse is spelled (through a symlink or not).
                 fs(&dir.to_string_lossy())?;
+                let given = format!("file://{}", dir.to_string_lossy().trim_end_matches('/'));
                 let dir = dir.canonicalize().unwrap_or(dir);
                 let root = dir.to_string_lossy().trim_end_matches('/').to_string();
-                (format!("file://{root}"), fs(&format!("{root}/"))?, disk.clone())
+                let root_uri = format!("file://{root}");
+                alias = (given != root_uri).then_some(given);
+                (root_uri, fs(&format!("{root}/"))?, disk.clone())
             }
             Warehouse::S3(s3) => {
                 let client = reqwest::Client::builder()
@@ -238,7 +245,7 @@ impl Store {
                 (warehouse.to_string(), s3_op(format!("/{}", s3.prefix))?, s3_op("/".to_string())?)
             }
         };
-        Ok(Store { warehouse: warehouse.clone(), root, op, bucket, disk })
+        Ok(Store { warehouse: warehouse.clone(), root, alias, op, bucket, disk })
     }
 
     /// The store of `warehouse`, its root created (local disk) and its exclusive creation checked (invariant 1).
@@ -295,8 +302,11 @@ impl Store {
                 None => uri.to_string(),
             },
         };
-        let rest = normalized.strip_prefix(&self.root).ok_or_else(outside)?;
-        if !(rest.is_empty() || rest.starts_with('/')) || rest.split('/').any(|part| part == "..") {
+        let rest = normalized
+            .strip_prefix(&self.root)
+            .or_else(|| normalized.strip_prefix(self.alias.as_deref()?))
+            .ok_or_else(outside)?;
+        if !(rest.is_empty() || rest.starts_with('/')) || rest.split('/').any(|part| part == ".." || part == ".") {
             return Err(outside());
         }
         Ok(rest.trim_start_matches('/').to_string())
@@ -620,7 +630,10 @@ mod tests {
         std::os::unix::fs::symlink(dir.path().join("w"), dir.path().join("link")).expect("symlink");
         let linked = Store::new(&Warehouse::Local(dir.path().join("link"))).expect("store");
         assert_eq!(linked.root(), real.root());
-        assert!(linked.key(&format!("{}/db/t", real.root())).is_ok());
+        assert_eq!(linked.key(&format!("{}/db/t", real.root())).ok().as_deref(), Some("db/t"));
+        // A table created through the link before roots were resolved recorded its location under the link.
+        let under_link = format!("file://{}/db/t", dir.path().join("link").display());
+        assert_eq!(linked.key(&under_link).ok().as_deref(), Some("db/t"));
     }
 
     #[test]
@@ -631,7 +644,13 @@ mod tests {
         assert_eq!(store.key(&format!("{root}/db/t/x.json")).ok().as_deref(), Some("db/t/x.json"));
         let plain = format!("{}/db/x", dir.path().join("w").display());
         assert_eq!(store.key(&plain).ok().as_deref(), Some("db/x"));
-        for outside in [format!("{root}2/x"), format!("{root}/../x"), "s3://b/x".to_string(), "/etc/passwd".into()] {
+        for outside in [
+            format!("{root}2/x"),
+            format!("{root}/../x"),
+            format!("{root}/."),
+            "s3://b/x".to_string(),
+            "/etc/passwd".into(),
+        ] {
             assert!(store.key(&outside).is_err(), "{outside}");
         }
         let s3 = Warehouse::parse("s3://b/p", S3Settings::default()).expect("s3");

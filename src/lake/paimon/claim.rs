@@ -14,9 +14,10 @@
 //! 3. Claims on bases below the newest tiering snapshot are garbage: nobody can commit from a stale base (the
 //!    committer checks the base first), so they are removed after each commit.
 //! 4. A claim file that is not a claim (its writer died, ran out of disk or timed out between creating the name and
-//!    writing the bytes) fences the rounds that find it while it is younger than their lease, and is taken over
-//!    like an expired claim once it is older: its writer never held it, and cannot commit under it (`check` reads
-//!    it as not newest), so it blocks nobody for longer than a lease.
+//!    writing the bytes) fences the rounds that find it until it is older than the longest lease any job may take
+//!    ([`MAX_LAKE_TIMEOUT`]), then is taken over like an expired claim: a writer that resumes and finishes it writes
+//!    an expiry at most a lease after it created the file, so past, and its `check` fails. It blocks its base for
+//!    that long, not until the sweep. (This compares the store's modification time with this host's clock.)
 //!
 //! What is left: a holder that stalls *between* its last check and Paimon's publication for longer than the lease
 //! (the lease is the lake commit time-out, which also abandons the commit), and Paimon's own publication, which
@@ -30,6 +31,7 @@ use paimon::table::Table;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::lake::MAX_LAKE_TIMEOUT;
 use crate::lake::store::Store;
 
 /// What a claim file says.
@@ -64,6 +66,8 @@ pub struct Claims<'a> {
     store: &'a Store,
     /// The URI of the claims directory.
     dir: String,
+    /// How old a torn claim must be to be taken over (invariant 4).
+    torn_after: Duration,
 }
 
 fn fenced(message: String) -> Error {
@@ -74,7 +78,7 @@ impl<'a> Claims<'a> {
     /// The claims of `table`, in `store`.
     pub fn of(store: &'a Store, table: &Table) -> Self {
         let dir = format!("{}/claims", super::marker_dir(table));
-        Claims { store, dir }
+        Claims { store, dir, torn_after: MAX_LAKE_TIMEOUT }
     }
 
     fn path(&self, base: i64, generation: u64) -> String {
@@ -103,6 +107,13 @@ impl<'a> Claims<'a> {
     /// Takes the claim on the successor of `base` (`None`: an empty lake) for `lease`, or says who holds it.
     pub async fn take(&self, base: Option<i64>, round_id: &str, tiering_epoch: i64, lease: Duration) -> Result<Held> {
         let base = base.unwrap_or(0);
+        if lease > MAX_LAKE_TIMEOUT {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("a claim lease of {lease:?} is over {MAX_LAKE_TIMEOUT:?}"),
+            ));
+        }
+        let torn_after = self.torn_after;
         let now = crate::model::now_ms();
         let generation = match self.newest(base).await? {
             Some(Newest::Claimed(generation, c)) if c.round_id == round_id => {
@@ -116,8 +127,8 @@ impl<'a> Claims<'a> {
                     c.expires_at_ms - now
                 )));
             }
-            // Older than a lease: its writer is long past any commit it could make (invariant 4).
-            Some(Newest::Unreadable(generation, Some(age))) if age > lease => {
+            // Older than any lease: its writer's claim, were it to finish writing it now, has expired (invariant 4).
+            Some(Newest::Unreadable(generation, Some(age))) if age > torn_after => {
                 tracing::warn!(base, generation, "taking over a torn commit claim");
                 generation + 1
             }
@@ -196,7 +207,7 @@ mod tests {
     }
 
     fn claims(store: &Store) -> Claims<'_> {
-        Claims { store, dir: store.uri("claims") }
+        Claims { store, dir: store.uri("claims"), torn_after: MAX_LAKE_TIMEOUT }
     }
 
     #[tokio::test]
@@ -250,10 +261,12 @@ mod tests {
         let c = claims(&store);
         // A writer that died between creating the name and writing the bytes.
         assert!(store.create_exclusive(&c.path(5, 0), b"{\"round_id\":".to_vec()).await.expect("create"));
-        let young = c.take(Some(5), "b", 2, Duration::from_secs(60)).await.expect_err("younger than the lease");
+        let young = c.take(Some(5), "b", 2, Duration::from_millis(10)).await.expect_err("younger than any lease");
         assert_eq!(young.kind(), ErrorKind::FencedTieringEpoch, "{young}");
+        // Older than the longest lease (shortened here), whatever lease the taker holds.
+        let c = Claims { torn_after: Duration::from_millis(10), ..c };
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let held = c.take(Some(5), "b", 2, Duration::from_millis(10)).await.expect("older than the lease: taken over");
+        let held = c.take(Some(5), "b", 2, Duration::from_secs(60)).await.expect("older than any lease: taken over");
         assert_eq!(held.generation, 1);
         c.check(&held).await.expect("b holds it");
     }

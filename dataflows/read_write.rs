@@ -27,6 +27,7 @@ use crate::failpoint;
 use crate::lake::{WriterContext, WrittenData, lake_schema, with_system_columns};
 use crate::model::log::LogBatch;
 use crate::model::tiering::{LogReader, TieringCluster};
+use arrow::record_batch::RecordBatch;
 
 use super::bridge::CapabilityTasks;
 use super::consolidate::Consolidator;
@@ -122,7 +123,11 @@ async fn write_split(ctx: &JobContext, split: &Split, worker: usize) -> Result<(
     };
     let mut writer = ctx.bounded("opening a lake writer", ctx.lake.create_writer(&split.table, writer_ctx)).await?;
     let mut reached = Vec::with_capacity(split.ranges.len());
-    let filled = fill_ranges(ctx, split, writer.as_mut(), &mut reached).await;
+    let mut gathering = Gathering { writer: writer.as_mut(), pending: Vec::new(), rows: 0 };
+    let filled = match fill_ranges(ctx, split, &mut gathering, &mut reached).await {
+        Ok(()) => gathering.flush(ctx).await,
+        Err(e) => Err(e),
+    };
     match filled {
         Ok(()) => {
             let closing = Instant::now();
@@ -146,7 +151,7 @@ async fn write_split(ctx: &JobContext, split: &Split, worker: usize) -> Result<(
 async fn fill_ranges(
     ctx: &JobContext,
     split: &Split,
-    writer: &mut dyn crate::lake::LakeWriter,
+    writer: &mut Gathering<'_>,
     reached: &mut Vec<i64>,
 ) -> Result<()> {
     let mut pending = split.ranges.iter().enumerate();
@@ -159,6 +164,40 @@ async fn fill_ranges(
         }
         let Some((range, fetching)) = ahead.pop_front() else { return Ok(()) };
         reached.push(fill(ctx, split, &range, fetching, writer).await?);
+    }
+}
+
+/// Rows handed to the lake writer at once. Small stored batches and a packed split's small ranges arrive as slices
+/// of a few rows to a few hundred, and every writer call costs something of its own (Paimon checks and normalizes
+/// each batch, the Parquet writer starts a new set of pages), so slices are gathered up to this many rows first.
+const WRITE_ROWS: usize = 8192;
+
+/// A split's writer, with the slices not yet handed to it.
+struct Gathering<'w> {
+    writer: &'w mut dyn crate::lake::LakeWriter,
+    pending: Vec<RecordBatch>,
+    rows: usize,
+}
+
+impl Gathering<'_> {
+    /// Writes `batch`, or keeps it until [`WRITE_ROWS`] rows are pending.
+    async fn write(&mut self, ctx: &JobContext, batch: RecordBatch) -> Result<()> {
+        self.rows += batch.num_rows();
+        self.pending.push(batch);
+        if self.rows >= WRITE_ROWS { self.flush(ctx).await } else { Ok(()) }
+    }
+
+    /// Hands the pending slices to the writer as one batch.
+    async fn flush(&mut self, ctx: &JobContext) -> Result<()> {
+        let batch = match self.pending.as_slice() {
+            [] => return Ok(()),
+            [one] => one.clone(),
+            [first, ..] => arrow::compute::concat_batches(&first.schema(), &self.pending)
+                .map_err(|e| Error::new(ErrorKind::Internal, "gathering rows for the lake writer").with_source(e))?,
+        };
+        self.pending.clear();
+        self.rows = 0;
+        ctx.bounded("writing lake files", self.writer.write(batch)).await
     }
 }
 
@@ -194,7 +233,7 @@ async fn fill(
     split: &Split,
     range: &SplitRange,
     mut fetching: Fetching,
-    writer: &mut dyn crate::lake::LakeWriter,
+    writer: &mut Gathering<'_>,
 ) -> Result<i64> {
     let metrics = &ctx.metrics;
     let mut clock = Instant::now();
@@ -236,7 +275,7 @@ async fn fill(
                 Some(changes) => changes.add_changelog(&slice, lo, stored.append_timestamp)?,
                 None => {
                     let rows = with_system_columns(&schema, &slice, range.bucket.bucket, lo, stored.append_timestamp)?;
-                    ctx.bounded("writing lake files", writer.write(rows)).await?;
+                    writer.write(ctx, rows).await?;
                 }
             }
         }
@@ -254,7 +293,7 @@ async fn fill(
     if let Some(changes) = keyed {
         ctx.metrics.changes_read.fetch_add(changes.changes(), std::sync::atomic::Ordering::Relaxed);
         if let Some(net) = changes.finish(&split.table.descriptor, range.bucket.bucket)? {
-            ctx.bounded("writing lake files", writer.write(net)).await?;
+            writer.write(ctx, net).await?;
         }
     }
     lap(SplitWork::EncodeWrite);

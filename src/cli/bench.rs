@@ -54,6 +54,10 @@ pub struct BenchArgs {
     /// `tier` processes on localhost.
     #[arg(long, default_value_t = 1)]
     pub processes: usize,
+    /// Rows per stored batch of a bucket, as a Fluss client's per-bucket batching makes them (fewer when a bucket
+    /// gets fewer rows): a small value gives many tiny batches, the cost a producer that does not batch imposes.
+    #[arg(long, default_value_t = 8192)]
+    pub batch_rows: u64,
     /// Columns of the benchmark table.
     #[arg(long, default_value = "id:int64,name:string,amount:decimal(12,2),score:float64,ok:bool,ts:timestamp")]
     pub schema: String,
@@ -107,6 +111,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub doors: bool,
 }
+
+/// The most rows the producer builds at once (a chunk's batches are in memory together).
+const MAX_PRODUCE_CHUNK_ROWS: u64 = 1 << 21;
 
 /// One measured run.
 #[derive(Debug, Serialize)]
@@ -190,8 +197,9 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         || args.tables == 0
         || args.processes == 0
         || args.partitions == 0
+        || args.batch_rows == 0
     {
-        bail!("--rows, --tables, --partitions, --processes and every --workers entry must be at least 1");
+        bail!("--rows, --tables, --partitions, --processes, --batch-rows and every --workers entry must be at least 1");
     }
     if args.doors {
         return super::doors::run(&args);
@@ -312,10 +320,13 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             continue;
         }
         total_rows += args.rows;
+        // As a Fluss client batches: rows accumulate per bucket, so each bucket's stored batches hold about
+        // --batch-rows rows however many buckets share a chunk (a chunk is split by partition and bucket).
+        let groups = u64::from(args.buckets) * u64::from(args.partitions);
         let opts = ProduceOptions {
             start_row: 0,
             rows: args.rows,
-            batch: 8192,
+            batch: args.batch_rows.saturating_mul(groups).clamp(1, MAX_PRODUCE_CHUNK_ROWS),
             rate: None,
             concurrency: 8,
             kv: if descriptor.has_primary_key() { kv } else { KvMix::default() },

@@ -335,12 +335,17 @@ pub fn gather(plan: &RoundPlan, results: Vec<WriteResult>) -> Gathered {
         }
         for (range, reached) in ranges.iter().zip(reached) {
             g.stats.forced |= reached < range.stop;
-            g.reached.insert(range.bucket, reached);
+            // A range nothing was read from leaves its bucket where the lake has it (a bucket new to the lake is
+            // not recorded at a log start that retention may move).
+            if reached > range.start {
+                g.reached.insert(range.bucket, reached);
+            }
         }
         add(&mut g, w);
     }
     for (bucket, mut splits) in by_bucket {
         splits.sort_by_key(|(start, ..)| *start);
+        let first = splits.first().map(|(start, ..)| *start);
         let mut next: Option<i64> = None;
         let mut open = true;
         for (start, stop, w, reached) in splits {
@@ -355,7 +360,9 @@ pub fn gather(plan: &RoundPlan, results: Vec<WriteResult>) -> Gathered {
                 g.beyond_gap.push(w);
             }
         }
-        if let Some(reached) = next {
+        if let Some(reached) = next
+            && Some(reached) > first
+        {
             g.reached.insert(bucket, reached);
         }
     }
@@ -608,7 +615,7 @@ mod tests {
         let packed = result(1, &[(1, 0, 10, 10), (2, 0, 10, 4), (3, 5, 10, 5)]);
         let g = gather(&plan(2), vec![result(0, &[(0, 0, 10, 10)]), packed]);
         assert!(g.problem.is_none());
-        assert_eq!(reached(&g), [(0, 10), (1, 10), (2, 4), (3, 5)]);
+        assert_eq!(reached(&g), [(0, 10), (1, 10), (2, 4)], "bucket 3, not read, stays where the lake has it");
         assert_eq!((g.written.len(), g.beyond_gap.len(), g.stats.rows, g.stats.forced), (2, 0, 24, true));
     }
 

@@ -3,9 +3,10 @@
 //! plans again from the lake's offsets.
 //!
 //! A split is one or more ranges written through one writer. Per range, a fetch task pulls `[start, stop)` from the
-//! cluster in batches of up to `fetch_max_bytes`, a bounded channel away from the writer, so the next fetch overlaps
-//! the encoding of the current batch and memory stays at a few batches plus the writer's buffers, whatever the
-//! split's size; a packed split's next few ranges are fetched while the current one is written.
+//! cluster in responses of up to `fetch_max_bytes`, a bounded channel away from the writer, so the next fetch
+//! overlaps the encoding of the current batch; a packed split's next ranges are fetched while the current one is
+//! written. Memory per split stays bounded whatever its size: up to [`RANGES_FETCHED_AHEAD`] ranges in flight, each
+//! a few stored batches and one response, plus the slices gathered for the writer and the writer's buffers.
 //!
 //! Frontier contract: a split received at time `t` holds a capability at `t` until its write result is emitted, so
 //! the output frontier passes `t` only when every split of round `t` routed here is written (or failed). At most
@@ -123,7 +124,7 @@ async fn write_split(ctx: &JobContext, split: &Split, worker: usize) -> Result<(
     };
     let mut writer = ctx.bounded("opening a lake writer", ctx.lake.create_writer(&split.table, writer_ctx)).await?;
     let mut reached = Vec::with_capacity(split.ranges.len());
-    let mut gathering = Gathering { writer: writer.as_mut(), pending: Vec::new(), rows: 0 };
+    let mut gathering = Gathering { writer: writer.as_mut(), pending: Vec::new(), rows: 0, bytes: 0 };
     let filled = match fill_ranges(ctx, split, &mut gathering, &mut reached).await {
         Ok(()) => gathering.flush(ctx).await,
         Err(e) => Err(e),
@@ -146,21 +147,21 @@ async fn write_split(ctx: &JobContext, split: &Split, worker: usize) -> Result<(
 }
 
 /// Reads the split's ranges in order into `writer`, each fetched a few ranges ahead, pushing the offset reached in
-/// each onto `reached`. Past the deadline, the ranges not begun wait for the next round (reached = start); a leading
-/// split's first range is read once regardless, so every round makes progress.
+/// each onto `reached`. Past the deadline, a range stops where it is; a leading split's ranges (each starts its
+/// bucket's range) are read once regardless, so every round moves every bucket it reads.
 async fn fill_ranges(
     ctx: &JobContext,
     split: &Split,
     writer: &mut Gathering<'_>,
     reached: &mut Vec<i64>,
 ) -> Result<()> {
-    let mut pending = split.ranges.iter().enumerate();
+    let mut pending = split.ranges.iter();
     let mut ahead: VecDeque<(SplitRange, Fetching)> = VecDeque::new();
     loop {
         while ahead.len() < RANGES_FETCHED_AHEAD
-            && let Some((n, range)) = pending.next()
+            && let Some(range) = pending.next()
         {
-            ahead.push_back((*range, Fetching::start(ctx, split, range, n == 0 && split.leads)));
+            ahead.push_back((*range, Fetching::start(ctx, split, range, split.leads)));
         }
         let Some((range, fetching)) = ahead.pop_front() else { return Ok(()) };
         reached.push(fill(ctx, split, &range, fetching, writer).await?);
@@ -169,22 +170,31 @@ async fn fill_ranges(
 
 /// Rows handed to the lake writer at once. Small stored batches and a packed split's small ranges arrive as slices
 /// of a few rows to a few hundred, and every writer call costs something of its own (Paimon checks and normalizes
-/// each batch, the Parquet writer starts a new set of pages), so slices are gathered up to this many rows first.
+/// each batch, the Parquet writer starts a new set of pages), so slices are gathered up to this many rows first,
+/// or [`WRITE_BYTES`] of the memory they hold, whichever comes first.
 const WRITE_ROWS: usize = 8192;
+const WRITE_BYTES: usize = 8 << 20;
 
 /// A split's writer, with the slices not yet handed to it.
 struct Gathering<'w> {
     writer: &'w mut dyn crate::lake::LakeWriter,
     pending: Vec<RecordBatch>,
     rows: usize,
+    /// The memory the pending slices hold (a slice holds its whole batch's buffers).
+    bytes: usize,
 }
 
 impl Gathering<'_> {
-    /// Writes `batch`, or keeps it until [`WRITE_ROWS`] rows are pending.
+    /// Writes `batch`, or keeps it until enough is pending; a batch that is big enough alone goes straight through.
     async fn write(&mut self, ctx: &JobContext, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() >= WRITE_ROWS {
+            self.flush(ctx).await?;
+            return ctx.bounded("writing lake files", self.writer.write(batch)).await;
+        }
         self.rows += batch.num_rows();
+        self.bytes += batch.get_array_memory_size();
         self.pending.push(batch);
-        if self.rows >= WRITE_ROWS { self.flush(ctx).await } else { Ok(()) }
+        if self.rows >= WRITE_ROWS || self.bytes >= WRITE_BYTES { self.flush(ctx).await } else { Ok(()) }
     }
 
     /// Hands the pending slices to the writer as one batch.
@@ -196,15 +206,22 @@ impl Gathering<'_> {
                 .map_err(|e| Error::new(ErrorKind::Internal, "gathering rows for the lake writer").with_source(e))?,
         };
         self.pending.clear();
-        self.rows = 0;
+        (self.rows, self.bytes) = (0, 0);
         ctx.bounded("writing lake files", self.writer.write(batch)).await
     }
 }
 
-/// A range's fetch task, a bounded channel ahead of the writer.
+/// A range's fetch task, a bounded channel ahead of the writer; stopped when dropped (a split that failed leaves
+/// no fetch running).
 struct Fetching {
     rx: tokio::sync::mpsc::Receiver<Result<LogBatch>>,
     task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl Drop for Fetching {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl Fetching {
@@ -288,7 +305,7 @@ async fn fill(
             failpoint::hit("mid-split");
         }
     }
-    fetching.task.await.map_err(|e| Error::new(ErrorKind::Internal, format!("fetch task failed: {e}")))??;
+    (&mut fetching.task).await.map_err(|e| Error::new(ErrorKind::Internal, format!("fetch task failed: {e}")))??;
     lap(SplitWork::FetchWait);
     if let Some(changes) = keyed {
         ctx.metrics.changes_read.fetch_add(changes.changes(), std::sync::atomic::Ordering::Relaxed);

@@ -8,8 +8,8 @@
 //!
 //! Small ranges packed: when a table's lake files are not per bucket (Paimon's bucket-unaware append tables, which
 //! log tables become), ranges that need no cut are packed per partition into about one split per worker, each
-//! written as one file set ([`pieces`]); a round over 1,000 buckets with a few rows each then writes a few files, not
-//! a thousand.
+//! written as one file set ([`pieces`]); a round over 1,000 buckets of one partition with a few rows each then
+//! writes a file set per worker, not a thousand files.
 //!
 //! Primary-key tables: a bucket the lake has never seen that has a KV snapshot starts from the snapshot — its split
 //! reads the snapshot, then the changelog from the snapshot's log offset (Fluss's snapshot split followed by a log

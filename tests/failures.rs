@@ -247,6 +247,25 @@ async fn rounds_that_start_past_their_deadline_still_make_progress() {
     }
 }
 
+/// The same with ranges left whole (packed, in Paimon): every range of a round that starts past its deadline is read
+/// once, so one round takes each table's backlog (one fetch holds it), not one bucket per pack per round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_past_its_deadline_reads_every_bucket_it_holds() {
+    let Setup { dir: _dir, warehouse, cluster, client, tables } = setup().await;
+    produce_all(&client, &tables, 0, 600).await;
+    let args = ["--once", "--max-round-duration", "1ms"];
+    let stderr = tempfile::NamedTempFile::new().expect("stderr");
+    let job = spawn_tier(&job_url(&cluster), &warehouse, &args, &[], &stderr);
+    let status = wait_exit(job, Duration::from_secs(120)).await;
+    let log = std::fs::read_to_string(stderr.path()).expect("log");
+    assert!(status.success(), "the job caught up and exited:\n{log}");
+    for t in &tables {
+        let lake = read_lake(&warehouse, &t.path);
+        check_exactly_once(&lake, t, &end_offsets(&client, t).await, 600);
+        assert_eq!(lake.snapshots, 1, "{}: one round took every bucket", t.path);
+    }
+}
+
 /// Rounds of the busy table committed by a job over a few seconds of steady produce, next to `empty` empty tables.
 async fn busy_rounds_beside(empty: usize) -> (u64, Vec<i64>) {
     let Setup { dir: _dir, warehouse, cluster, client, tables } = setup().await;

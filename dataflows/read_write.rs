@@ -5,8 +5,9 @@
 //! A split is one or more ranges written through one writer. Per range, a fetch task pulls `[start, stop)` from the
 //! cluster in responses of up to `fetch_max_bytes`, a bounded channel away from the writer, so the next fetch
 //! overlaps the encoding of the current batch; a packed split's next ranges are fetched while the current one is
-//! written. Memory per split stays bounded whatever its size: up to [`RANGES_FETCHED_AHEAD`] ranges in flight, each
-//! a few stored batches and one response, plus the slices gathered for the writer and the writer's buffers.
+//! written. Memory per split stays bounded whatever its size: about `fetch_max_bytes` of responses in flight (a
+//! packed split's [`RANGES_FETCHED_AHEAD`] ranges share it) and a few stored batches per range, plus the slices
+//! gathered for the writer and the writer's buffers.
 //!
 //! Frontier contract: a split received at time `t` holds a capability at `t` until its write result is emitted, so
 //! the output frontier passes `t` only when every split of round `t` routed here is written (or failed). At most
@@ -108,8 +109,12 @@ async fn tier_split(ctx: &JobContext, split: Split, worker: usize) -> WriteResul
 }
 
 /// How many ranges of a packed split are fetched ahead of the one being written: a packed split is many small
-/// ranges, and one fetch round trip each would leave the writer waiting on every one.
-const RANGES_FETCHED_AHEAD: usize = 4;
+/// ranges, and one fetch round trip each would leave the writer waiting on every one. Each of them fetches at most
+/// a share of `fetch_max_bytes` at a time, so a packed split has about `fetch_max_bytes` in flight, as a split of
+/// one range does.
+const RANGES_FETCHED_AHEAD: usize = 16;
+/// The least a packed split's range fetches at a time.
+const MIN_PACKED_FETCH_BYTES: i32 = 64 << 10;
 
 /// Writes the split's ranges through one writer and returns the files with the offset reached in each range (its
 /// stop unless the deadline came).
@@ -230,7 +235,11 @@ impl Fetching {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let bucket = (split.table.table_id, range.bucket.partition_id, range.bucket.bucket);
         let until = Deadline { at_ms: split.deadline_ms, read_once };
-        let fetch = fetch_range(ctx.client.clone(), bucket, *range, until, ctx.config.fetch_max_bytes, tx);
+        let max_bytes = match split.ranges.len() {
+            1 => ctx.config.fetch_max_bytes,
+            _ => (ctx.config.fetch_max_bytes / RANGES_FETCHED_AHEAD as i32).max(MIN_PACKED_FETCH_BYTES),
+        };
+        let fetch = fetch_range(ctx.client.clone(), bucket, *range, until, max_bytes, tx);
         Fetching { rx, task: tokio::spawn(fetch) }
     }
 }

@@ -184,7 +184,8 @@ pub struct TuningArgs {
     /// A bucket's new range is cut into splits of at most this many rows, so one bucket can keep several workers busy.
     #[arg(long, default_value_t = 1_000_000)]
     pub split_rows: u64,
-    /// Bytes per fetch request (at least one stored batch is always returned).
+    /// Bytes per fetch request (at least one stored batch is always returned); a split of many small ranges shares
+    /// them among the ranges it fetches at once (at least 64 KiB each).
     #[arg(long, default_value_t = 8 << 20)]
     pub fetch_max_bytes: i32,
     /// A round still reading after this long commits what it has read and goes again (default: the table's

@@ -336,7 +336,7 @@ pub fn gather(plan: &RoundPlan, results: Vec<WriteResult>) -> Gathered {
         for (range, reached) in ranges.iter().zip(reached) {
             g.stats.forced |= reached < range.stop;
             // A range nothing was read from leaves its bucket where the lake has it (a bucket new to the lake is
-            // not recorded at a log start that retention may move).
+            // not recorded at a log start that retention may move). Packed ranges are log ranges, without a snapshot.
             if reached > range.start {
                 g.reached.insert(range.bucket, reached);
             }
@@ -345,7 +345,6 @@ pub fn gather(plan: &RoundPlan, results: Vec<WriteResult>) -> Gathered {
     }
     for (bucket, mut splits) in by_bucket {
         splits.sort_by_key(|(start, ..)| *start);
-        let first = splits.first().map(|(start, ..)| *start);
         let mut next: Option<i64> = None;
         let mut open = true;
         for (start, stop, w, reached) in splits {
@@ -360,9 +359,9 @@ pub fn gather(plan: &RoundPlan, results: Vec<WriteResult>) -> Gathered {
                 g.beyond_gap.push(w);
             }
         }
-        if let Some(reached) = next
-            && Some(reached) > first
-        {
+        // Recorded even when it did not move: a primary-key bucket's range that starts at its KV snapshot's offset
+        // was read from the snapshot, and its first split reads once whatever the deadline.
+        if let Some(reached) = next {
             g.reached.insert(bucket, reached);
         }
     }

@@ -143,7 +143,7 @@ pub fn pieces(ranges: &[Range], keyed: bool, pack: bool, split_rows: u64, worker
     for r in ranges {
         if keyed {
             out.push(one(r, (r.start, r.stop), r.snapshot));
-        } else if pack && rows(r) <= split_rows {
+        } else if pack && r.snapshot.is_none() && rows(r) <= split_rows {
             small.entry(r.state.bucket.partition_id).or_default().push(r);
         } else {
             out.extend(cut(r.start, r.stop, split_rows).into_iter().map(|piece| one(r, piece, None)));

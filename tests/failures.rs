@@ -228,22 +228,32 @@ async fn a_round_past_its_freshness_commits_what_it_read_and_goes_again() {
     }
 }
 
-/// Every round's deadline has passed before its first split starts (1 ms after planning began): each split still
-/// reads once, so the job catches up over many short rounds instead of re-queueing empty ones for ever.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rounds_that_start_past_their_deadline_still_make_progress() {
+/// Tiers `rows` rows of each test table with `tier --once ARGS` (each round's deadline 1 ms after planning began, so
+/// past before its first split starts), checks every offset once, and returns each table's snapshot count.
+async fn tier_past_the_deadline(rows: u64, args: &[&str]) -> Vec<(String, u64)> {
     let Setup { dir: _dir, warehouse, cluster, client, tables } = setup().await;
-    produce_all(&client, &tables, 0, 2000).await;
-    let args = ["--once", "--max-round-duration", "1ms", "--fetch-max-bytes", "1", "--split-rows", "500"];
+    produce_all(&client, &tables, 0, rows).await;
+    let args: Vec<&str> = ["--once", "--max-round-duration", "1ms"].iter().chain(args).copied().collect();
     let stderr = tempfile::NamedTempFile::new().expect("stderr");
     let job = spawn_tier(&job_url(&cluster), &warehouse, &args, &[], &stderr);
     let status = wait_exit(job, Duration::from_secs(120)).await;
     let log = std::fs::read_to_string(stderr.path()).expect("log");
     assert!(status.success(), "the job caught up and exited:\n{log}");
+    let mut snapshots = Vec::new();
     for t in &tables {
         let lake = read_lake(&warehouse, &t.path);
-        check_exactly_once(&lake, t, &end_offsets(&client, t).await, 2000);
-        assert!(lake.snapshots >= 2, "{}: over several cut-short rounds", t.path);
+        check_exactly_once(&lake, t, &end_offsets(&client, t).await, rows);
+        snapshots.push((t.path.to_string(), lake.snapshots));
+    }
+    snapshots
+}
+
+/// Every split still reads once past its deadline, so the job catches up over many short rounds (one stored batch
+/// per fetch, ranges cut at 500 rows) instead of re-queueing empty ones for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rounds_that_start_past_their_deadline_still_make_progress() {
+    for (table, snapshots) in tier_past_the_deadline(2000, &["--fetch-max-bytes", "1", "--split-rows", "500"]).await {
+        assert!(snapshots >= 2, "{table}: over several cut-short rounds");
     }
 }
 
@@ -251,18 +261,8 @@ async fn rounds_that_start_past_their_deadline_still_make_progress() {
 /// once, so one round takes each table's backlog (one fetch holds it), not one bucket per pack per round.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_round_past_its_deadline_reads_every_bucket_it_holds() {
-    let Setup { dir: _dir, warehouse, cluster, client, tables } = setup().await;
-    produce_all(&client, &tables, 0, 600).await;
-    let args = ["--once", "--max-round-duration", "1ms"];
-    let stderr = tempfile::NamedTempFile::new().expect("stderr");
-    let job = spawn_tier(&job_url(&cluster), &warehouse, &args, &[], &stderr);
-    let status = wait_exit(job, Duration::from_secs(120)).await;
-    let log = std::fs::read_to_string(stderr.path()).expect("log");
-    assert!(status.success(), "the job caught up and exited:\n{log}");
-    for t in &tables {
-        let lake = read_lake(&warehouse, &t.path);
-        check_exactly_once(&lake, t, &end_offsets(&client, t).await, 600);
-        assert_eq!(lake.snapshots, 1, "{}: one round took every bucket", t.path);
+    for (table, snapshots) in tier_past_the_deadline(600, &[]).await {
+        assert_eq!(snapshots, 1, "{table}: one round took every bucket");
     }
 }
 

@@ -109,9 +109,9 @@ async fn tier_split(ctx: &JobContext, split: Split, worker: usize) -> WriteResul
 }
 
 /// How many ranges of a packed split are fetched ahead of the one being written: a packed split is many small
-/// ranges, and one fetch round trip each would leave the writer waiting on every one. Each of them fetches at most
-/// a share of `fetch_max_bytes` at a time, so a packed split has about `fetch_max_bytes` in flight, as a split of
-/// one range does.
+/// ranges, and one fetch round trip each would leave the writer waiting on every one. The ranges fetched at once
+/// share `fetch_max_bytes` (at least [`MIN_PACKED_FETCH_BYTES`] each), so a packed split has about
+/// `fetch_max_bytes` in flight, as a split of one range does (more only when that is under a MiB).
 const RANGES_FETCHED_AHEAD: usize = 16;
 /// The least a packed split's range fetches at a time.
 const MIN_PACKED_FETCH_BYTES: i32 = 64 << 10;
@@ -235,9 +235,11 @@ impl Fetching {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let bucket = (split.table.table_id, range.bucket.partition_id, range.bucket.bucket);
         let until = Deadline { at_ms: split.deadline_ms, read_once };
-        let max_bytes = match split.ranges.len() {
+        // The ranges fetched at once share the fetch size (a one-range split has it all).
+        let sharing = split.ranges.len().clamp(1, RANGES_FETCHED_AHEAD) as i32;
+        let max_bytes = match sharing {
             1 => ctx.config.fetch_max_bytes,
-            _ => (ctx.config.fetch_max_bytes / RANGES_FETCHED_AHEAD as i32).max(MIN_PACKED_FETCH_BYTES),
+            _ => (ctx.config.fetch_max_bytes / sharing).max(MIN_PACKED_FETCH_BYTES),
         };
         let fetch = fetch_range(ctx.client.clone(), bucket, *range, until, max_bytes, tx);
         Fetching { rx, task: tokio::spawn(fetch) }

@@ -365,4 +365,14 @@ mod tests {
         let tuning = TuningArgs { orphan_age: "2min".into(), ..tuning };
         assert_eq!(tier_config(&tuning, false).expect("accepted").orphan_age, Duration::from_secs(120));
     }
+
+    /// A claim's lease is the lake time-out; a torn claim waits out the longest one (claim.rs, invariant 4).
+    #[test]
+    fn a_lake_time_out_over_the_longest_claim_lease_is_refused() {
+        let tuning = TuningArgs { orphan_age: "24h".into(), lake_timeout: "16min".into(), ..TuningArgs::default() };
+        let err = tier_config(&tuning, false).expect_err("refused");
+        assert!(err.to_string().contains("--lake-timeout"), "{err}");
+        let tuning = TuningArgs { lake_timeout: "15min".into(), ..tuning };
+        assert_eq!(tier_config(&tuning, false).expect("accepted").lake_timeout, crate::lake::MAX_LAKE_TIMEOUT);
+    }
 }

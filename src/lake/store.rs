@@ -171,7 +171,8 @@ pub struct Store {
     /// `file:///ABSOLUTE/DIR` or `s3://BUCKET/PREFIX`, without a trailing `/`.
     root: String,
     /// A local warehouse's root as given, when a symlink makes it differ from `root`: tables created through the
-    /// link before roots were resolved record locations under it.
+    /// link before roots were resolved record locations under it. Only this spelling: a table created through
+    /// another link is refused as outside (safely).
     alias: Option<String>,
     op: Operator,
     /// The whole bucket (the warehouse's operator on local disk): for reads outside the warehouse (invariant 2).

@@ -17,7 +17,8 @@
 //!    writing the bytes) fences the rounds that find it until it is older than the longest lease any job may take
 //!    ([`MAX_LAKE_TIMEOUT`]), then is taken over like an expired claim: a writer that resumes and finishes it writes
 //!    an expiry at most a lease after it created the file, so past, and its `check` fails. It blocks its base for
-//!    that long, not until the sweep. (This compares the store's modification time with this host's clock.)
+//!    that long, not until the sweep. (This compares the store's modification time with this host's clock, and
+//!    trusts every writer to have capped its lease, as `tier` does.)
 //!
 //! What is left: a holder that stalls *between* its last check and Paimon's publication for longer than the lease
 //! (the lease is the lake commit time-out, which also abandons the commit), and Paimon's own publication, which

@@ -128,14 +128,13 @@ async fn write_split(ctx: &JobContext, split: &Split, worker: usize) -> Result<(
         file_prefix: format!("{}-s{}-w{worker}-{}", split.round_id, split.index, uuid::Uuid::new_v4().simple()),
     };
     let mut writer = ctx.bounded("opening a lake writer", ctx.lake.create_writer(&split.table, writer_ctx)).await?;
-    let mut reached = Vec::with_capacity(split.ranges.len());
     let mut gathering = Gathering { writer: writer.as_mut(), pending: Vec::new(), rows: 0, bytes: 0 };
-    let filled = match fill_ranges(ctx, split, &mut gathering, &mut reached).await {
-        Ok(()) => gathering.flush(ctx).await,
+    let filled = match fill_ranges(ctx, split, &mut gathering).await {
+        Ok(reached) => gathering.flush(ctx).await.map(|()| reached),
         Err(e) => Err(e),
     };
     match filled {
-        Ok(()) => {
+        Ok(reached) => {
             let closing = Instant::now();
             let written = ctx.bounded("closing lake files", writer.complete()).await?;
             ctx.metrics.add_split_work(SplitWork::EncodeWrite, closing.elapsed());
@@ -151,25 +150,22 @@ async fn write_split(ctx: &JobContext, split: &Split, worker: usize) -> Result<(
     }
 }
 
-/// Reads the split's ranges in order into `writer`, each fetched a few ranges ahead, pushing the offset reached in
-/// each onto `reached`. Past the deadline, a range stops where it is; a leading split's ranges (each starts its
-/// bucket's range) are read once regardless, so every round moves every bucket it reads.
-async fn fill_ranges(
-    ctx: &JobContext,
-    split: &Split,
-    writer: &mut Gathering<'_>,
-    reached: &mut Vec<i64>,
-) -> Result<()> {
+/// Reads the split's ranges in order into `writer`, each fetched a few ranges ahead; returns the offset reached in
+/// each. Past the deadline, a range stops where it is; a leading split's ranges (each starts its bucket's range)
+/// are read once regardless, so every round moves every bucket it reads.
+async fn fill_ranges(ctx: &JobContext, split: &Split, writer: &mut Gathering<'_>) -> Result<Vec<i64>> {
+    let schema = lake_schema(&split.table.descriptor);
+    let mut reached = Vec::with_capacity(split.ranges.len());
     let mut pending = split.ranges.iter();
     let mut ahead: VecDeque<(SplitRange, Fetching)> = VecDeque::new();
     loop {
         while ahead.len() < RANGES_FETCHED_AHEAD
             && let Some(range) = pending.next()
         {
-            ahead.push_back((*range, Fetching::start(ctx, split, range, split.leads)));
+            ahead.push_back((*range, Fetching::start(ctx, split, range)));
         }
-        let Some((range, fetching)) = ahead.pop_front() else { return Ok(()) };
-        reached.push(fill(ctx, split, &range, fetching, writer).await?);
+        let Some((range, fetching)) = ahead.pop_front() else { return Ok(reached) };
+        reached.push(fill(ctx, split, &schema, &range, fetching, writer).await?);
     }
 }
 
@@ -230,11 +226,11 @@ impl Drop for Fetching {
 }
 
 impl Fetching {
-    /// Starts fetching `range` of `split`, until the split's deadline; with `read_once`, once even past it.
-    fn start(ctx: &JobContext, split: &Split, range: &SplitRange, read_once: bool) -> Self {
+    /// Starts fetching `range` of `split`, until the split's deadline (once even past it, if the split leads).
+    fn start(ctx: &JobContext, split: &Split, range: &SplitRange) -> Self {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let bucket = (split.table.table_id, range.bucket.partition_id, range.bucket.bucket);
-        let until = Deadline { at_ms: split.deadline_ms, read_once };
+        let until = Deadline { at_ms: split.deadline_ms, read_once: split.leads };
         // The ranges fetched at once share the fetch size (a one-range split has it all).
         let sharing = split.ranges.len().clamp(1, RANGES_FETCHED_AHEAD) as i32;
         let max_bytes = match sharing {
@@ -259,6 +255,7 @@ struct Deadline {
 async fn fill(
     ctx: &JobContext,
     split: &Split,
+    schema: &arrow::datatypes::SchemaRef,
     range: &SplitRange,
     mut fetching: Fetching,
     writer: &mut Gathering<'_>,
@@ -267,7 +264,6 @@ async fn fill(
     let mut clock = Instant::now();
     let mut lap =
         |work: SplitWork| metrics.add_split_work(work, std::mem::replace(&mut clock, Instant::now()).elapsed());
-    let schema = lake_schema(&split.table.descriptor);
     // A primary-key split's changes are summed by key first; only the net effect is written, at the end.
     let mut keyed =
         split.table.descriptor.has_primary_key().then(|| Consolidator::new(&split.table.descriptor)).transpose()?;
@@ -302,7 +298,7 @@ async fn fill(
             match &mut keyed {
                 Some(changes) => changes.add_changelog(&slice, lo, stored.append_timestamp)?,
                 None => {
-                    let rows = with_system_columns(&schema, &slice, range.bucket.bucket, lo, stored.append_timestamp)?;
+                    let rows = with_system_columns(schema, &slice, range.bucket.bucket, lo, stored.append_timestamp)?;
                     writer.write(ctx, rows).await?;
                 }
             }

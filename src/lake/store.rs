@@ -214,8 +214,7 @@ impl Store {
             Error::new(ErrorKind::InvalidArgument, format!("warehouse {warehouse}: bad store settings")).with_source(e)
         };
         let disk = Operator::new(opendal_service_fs::Fs::default().root("/")).map_err(config)?;
-        let mut alias = None;
-        let (root, op, bucket) = match warehouse {
+        let (root, alias, op, bucket) = match warehouse {
             Warehouse::Local(dir) => {
                 let dir = std::path::absolute(dir)
                     .map_err(|e| Error::io(format!("resolving warehouse {}", dir.display()), e))?;
@@ -227,8 +226,8 @@ impl Store {
                 let dir = dir.canonicalize().unwrap_or(dir);
                 let root = dir.to_string_lossy().trim_end_matches('/').to_string();
                 let root_uri = format!("file://{root}");
-                alias = (given != root_uri).then_some(given);
-                (root_uri, fs(&format!("{root}/"))?, disk.clone())
+                let alias = (given != root_uri).then_some(given);
+                (root_uri, alias, fs(&format!("{root}/"))?, disk.clone())
             }
             Warehouse::S3(s3) => {
                 let client = reqwest::Client::builder()
@@ -243,7 +242,7 @@ impl Store {
                     let op = Operator::new(opendal::Configurator::into_builder(s3_config(s3, root))).map_err(config)?;
                     Ok(op.with_context(OperationContext::new().with_http_transport(transport)))
                 };
-                (warehouse.to_string(), s3_op(format!("/{}", s3.prefix))?, s3_op("/".to_string())?)
+                (warehouse.to_string(), None, s3_op(format!("/{}", s3.prefix))?, s3_op("/".to_string())?)
             }
         };
         Ok(Store { warehouse: warehouse.clone(), root, alias, op, bucket, disk })

@@ -114,7 +114,6 @@ impl<'a> Claims<'a> {
                 format!("a claim lease of {lease:?} is over {MAX_LAKE_TIMEOUT:?}"),
             ));
         }
-        let torn_after = self.torn_after;
         let now = crate::model::now_ms();
         let generation = match self.newest(base).await? {
             Some(Newest::Claimed(generation, c)) if c.round_id == round_id => {
@@ -129,7 +128,7 @@ impl<'a> Claims<'a> {
                 )));
             }
             // Older than any lease: its writer's claim, were it to finish writing it now, has expired (invariant 4).
-            Some(Newest::Unreadable(generation, Some(age))) if age > torn_after => {
+            Some(Newest::Unreadable(generation, Some(age))) if age > self.torn_after => {
                 tracing::warn!(base, generation, "taking over a torn commit claim");
                 generation + 1
             }

@@ -5,7 +5,7 @@
 //! A split is one or more ranges written through one writer. Per range, a fetch task pulls `[start, stop)` from the
 //! cluster in responses of up to `fetch_max_bytes`, a bounded channel away from the writer, so the next fetch
 //! overlaps the encoding of the current batch; a packed split's next ranges are fetched while the current one is
-//! written. Memory per split stays bounded whatever its size: about `fetch_max_bytes` of responses in flight (a
+//! written, their fetches gathered into multi-bucket requests (one per leader) by the split's [`Fetcher`]. Memory per split stays bounded whatever its size: about `fetch_max_bytes` of responses in flight (a
 //! packed split's [`RANGES_FETCHED_AHEAD`] ranges share it) and a few stored batches per range, plus the slices
 //! gathered for the writer and the writer's buffers.
 //!
@@ -28,7 +28,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::failpoint;
 use crate::lake::{WriterContext, WrittenData, lake_schema, with_system_columns};
 use crate::model::log::LogBatch;
-use crate::model::tiering::{LogReader, TieringCluster};
+use crate::model::tiering::{FetchAsk, FetchedLog, LogReader, TieringCluster};
 use arrow::record_batch::RecordBatch;
 
 use super::bridge::CapabilityTasks;
@@ -112,7 +112,7 @@ async fn tier_split(ctx: &JobContext, split: Split, worker: usize) -> WriteResul
 /// ranges, and one fetch round trip each would leave the writer waiting on every one. The ranges fetched at once
 /// share `fetch_max_bytes` (at least [`MIN_PACKED_FETCH_BYTES`] each), so a packed split has about
 /// `fetch_max_bytes` in flight, as a split of one range does (more only when that is under a MiB).
-const RANGES_FETCHED_AHEAD: usize = 16;
+const RANGES_FETCHED_AHEAD: usize = 64;
 /// The least a packed split's range fetches at a time.
 const MIN_PACKED_FETCH_BYTES: i32 = 64 << 10;
 
@@ -158,11 +158,12 @@ async fn fill_ranges(ctx: &JobContext, split: &Split, writer: &mut Gathering<'_>
     let mut reached = Vec::with_capacity(split.ranges.len());
     let mut pending = split.ranges.iter();
     let mut ahead: VecDeque<(SplitRange, Fetching)> = VecDeque::new();
+    let fetcher = Fetcher::for_split(ctx, split);
     loop {
         while ahead.len() < RANGES_FETCHED_AHEAD
             && let Some(range) = pending.next()
         {
-            ahead.push_back((*range, Fetching::start(ctx, split, range)));
+            ahead.push_back((*range, Fetching::start(ctx, split, range, fetcher.clone())));
         }
         let Some((range, fetching)) = ahead.pop_front() else { return Ok(reached) };
         reached.push(fill(ctx, split, &schema, &range, fetching, writer).await?);
@@ -227,7 +228,7 @@ impl Drop for Fetching {
 
 impl Fetching {
     /// Starts fetching `range` of `split`, until the split's deadline (once even past it, if the split leads).
-    fn start(ctx: &JobContext, split: &Split, range: &SplitRange) -> Self {
+    fn start(ctx: &JobContext, split: &Split, range: &SplitRange, fetcher: Fetcher) -> Self {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let bucket = (split.table.table_id, range.bucket.partition_id, range.bucket.bucket);
         let until = Deadline { at_ms: split.deadline_ms, read_once: split.leads };
@@ -237,8 +238,84 @@ impl Fetching {
             1 => ctx.config.fetch_max_bytes,
             _ => (ctx.config.fetch_max_bytes / sharing).max(MIN_PACKED_FETCH_BYTES),
         };
-        let fetch = fetch_range(ctx.client.clone(), bucket, *range, until, max_bytes, tx);
-        Fetching { rx, task: tokio::spawn(fetch) }
+        let reader = LogReader::new(ctx.client.clone(), bucket, range.start, Some(range.stop), max_bytes);
+        Fetching { rx, task: tokio::spawn(fetch_range(fetcher, reader, until, tx)) }
+    }
+}
+
+/// How a split's ranges reach the cluster: a one-range split fetches alone; a packed split's range fetch tasks ask
+/// a gathering task, which sends the asks that wait when its previous request returns as one multi-bucket fetch
+/// ([`TieringCluster::fetch_many`], `fetch_max_bytes` in all), so a thousand small ranges cost tens of requests,
+/// not a thousand. One request is in flight per split; the asks name distinct buckets (a packed split holds a
+/// bucket's whole range).
+#[derive(Clone)]
+enum Fetcher {
+    Alone,
+    Gathered(Arc<Gatherer>),
+}
+
+/// A packed split's gathering task, stopped when the last range's fetch lets go of it.
+struct Gatherer {
+    asks: tokio::sync::mpsc::Sender<Asked>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// An ask and where its answer goes.
+type Asked = (FetchAsk, tokio::sync::oneshot::Sender<Result<FetchedLog>>);
+
+impl Drop for Gatherer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Fetcher {
+    fn for_split(ctx: &JobContext, split: &Split) -> Self {
+        if split.ranges.len() < 2 {
+            return Fetcher::Alone;
+        }
+        let (asks, waiting) = tokio::sync::mpsc::channel(RANGES_FETCHED_AHEAD);
+        let task = tokio::spawn(gather_fetches(ctx.client.clone(), waiting, ctx.config.fetch_max_bytes));
+        Fetcher::Gathered(Arc::new(Gatherer { asks, task }))
+    }
+
+    /// The reader's next batches; gathered, `Some` of none when the request's bytes went to other buckets.
+    async fn next(&self, reader: &mut LogReader) -> Result<Option<Vec<LogBatch>>> {
+        let Fetcher::Gathered(gatherer) = self else { return reader.next().await };
+        let Some(ask) = reader.ask() else { return Ok(None) };
+        let stopped = || Error::new(ErrorKind::Internal, "the split's gathered fetches stopped");
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        gatherer.asks.send((ask, reply)).await.map_err(|_| stopped())?;
+        reader.take(answer.await.map_err(|_| stopped())??)
+    }
+}
+
+/// The most buckets one gathered fetch asks for: every range fetched ahead.
+const BUCKETS_PER_FETCH: usize = RANGES_FETCHED_AHEAD;
+
+/// Sends the asks waiting as one multi-bucket fetch, then the next, until every range's fetch let go.
+async fn gather_fetches(
+    client: Arc<dyn TieringCluster>,
+    mut waiting: tokio::sync::mpsc::Receiver<Asked>,
+    max_bytes: i32,
+) {
+    while let Some(first) = waiting.recv().await {
+        let mut asked = vec![first];
+        while asked.len() < BUCKETS_PER_FETCH
+            && let Ok(next) = waiting.try_recv()
+        {
+            asked.push(next);
+        }
+        let asks: Vec<FetchAsk> = asked.iter().map(|(ask, _)| *ask).collect();
+        match client.fetch_many(&asks, max_bytes).await {
+            // An ask left without an answer (a cluster that answered fewer) hears that its fetch stopped.
+            Ok(answers) => asked.into_iter().zip(answers).for_each(|((_, reply), answer)| {
+                let _ = reply.send(answer);
+            }),
+            Err(e) => asked.into_iter().for_each(|(_, reply)| {
+                let _ = reply.send(Err(Error::new(e.kind(), e.to_string())));
+            }),
+        }
     }
 }
 
@@ -324,25 +401,21 @@ async fn fill(
     Ok(reached)
 }
 
-/// Fetches the stored batches that hold `range` of `bucket`, in order, as the cluster sent them, ahead of the writer.
+/// Fetches the stored batches that hold the reader's range, in order, as the cluster sent them, ahead of the writer.
 async fn fetch_range(
-    client: std::sync::Arc<dyn TieringCluster>,
-    bucket: (i64, Option<i64>, i32),
-    range: SplitRange,
+    fetcher: Fetcher,
+    mut reader: LogReader,
     until: Deadline,
-    max_bytes: i32,
     tx: tokio::sync::mpsc::Sender<Result<LogBatch>>,
 ) -> Result<()> {
-    let mut reader = LogReader::new(client, bucket, range.start, Some(range.stop), max_bytes);
     let mut fetched = false;
     loop {
         // The round's time is up: the range ends where it is.
         if (fetched || !until.read_once) && crate::model::now_ms() >= until.at_ms {
             return Ok(());
         }
-        fetched = true;
         failpoint::slow_fetch().await;
-        let batches = match reader.next().await {
+        let batches = match fetcher.next(&mut reader).await {
             Ok(Some(batches)) => batches,
             Ok(None) => return Ok(()),
             Err(e) => {
@@ -350,6 +423,8 @@ async fn fetch_range(
                 return Ok(());
             }
         };
+        // Read once means batches read: an answer whose bytes went to other buckets does not count.
+        fetched |= !batches.is_empty();
         for batch in batches {
             if tx.send(Ok(batch)).await.is_err() {
                 return Ok(()); // the writer failed and stopped listening

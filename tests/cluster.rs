@@ -537,3 +537,77 @@ async fn the_log_reader_reads_ranges_and_refuses_to_read_past_the_end() {
     assert_eq!(err.kind(), ErrorKind::OffsetOutOfRange);
     assert!(err.to_string().contains("before the stop offset 60"), "{err}");
 }
+
+/// Many buckets in one fetch, through every door (no wire, gRPC, Fluss's protocol): an answer per ask in order, each
+/// bucket's error its own; a request's byte budget goes to the first buckets (the first always gets a batch) and
+/// the rest answer empty below their high watermark, to be asked again; readers driven by such requests with a small
+/// budget read every bucket whole, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_buckets_are_fetched_in_one_request_within_its_byte_budget_through_every_door() {
+    use fluss_tiering::model::tiering::{FetchAsk, LogReader, TieringCluster};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let cluster = EmbeddedCluster::start_with(config(dir.path()), any, Some(any)).await.expect("start cluster");
+    let client = ClusterClient::connect(&cluster.url()).await.expect("connect");
+    let path: TablePath = "db.many".parse().expect("path");
+    let d = descriptor("id:int64,name:string", 4, None, "1h");
+    let table_id = client.create_table(&path, &d, false).await.expect("create");
+    produce_rows(&client, table_id, &d, 0, 4000).await;
+    let ends = client.list_offsets(table_id, None, &[0, 1, 2, 3], true).await.expect("offsets");
+    let fluss_url = format!("fluss://{}", cluster.fluss_addr().expect("a Fluss door"));
+    let fluss = fluss_tiering::fluss::transport::FlussCluster::connect(&fluss_url, Duration::from_secs(10))
+        .await
+        .expect("connect over Fluss's protocol");
+    let doors: [(&str, Arc<dyn TieringCluster>); 3] = [
+        ("local", Arc::new(fluss_tiering::serve::LocalDoor::new(Arc::clone(cluster.cluster())))),
+        ("grpc", Arc::new(client.clone())),
+        ("fluss", fluss),
+    ];
+    let ask = |bucket: i32, offset: i64| FetchAsk { bucket: (table_id, None, bucket), offset, max_bytes: 1 << 20 };
+    for (door, c) in doors {
+        // Ample budget: every bucket answers for itself; a bucket that does not exist fails alone.
+        let asks = [ask(0, 0), ask(99, 0), ask(1, 0), ask(2, 0), ask(3, 0)];
+        let answers = c.fetch_many(&asks, 64 << 20).await.expect("fetch many");
+        assert_eq!(answers.len(), asks.len(), "{door}: an answer per ask");
+        assert!(answers[1].is_err(), "{door}: bucket 99 does not exist");
+        for (i, bucket) in [(0, 0), (2, 1), (3, 2), (4, 3)] {
+            let log = answers[i].as_ref().expect("a bucket that exists is read");
+            assert!(!log.batches.is_empty(), "{door}: bucket {bucket} answered with batches");
+            assert_eq!(log.batches[0].base_offset, 0, "{door}: bucket {bucket} from its offset");
+            assert_eq!(log.high_watermark, ends[bucket], "{door}: bucket {bucket}'s high watermark");
+        }
+        // A budget of one byte: the first bucket still gets a batch, the others are left for the next request.
+        let tight = c.fetch_many(&asks[2..], 1).await.expect("fetch many");
+        let tight: Vec<_> = tight.into_iter().map(|a| a.expect("read")).collect();
+        assert_eq!(tight[0].batches.len(), 1, "{door}: the first bucket gets one batch");
+        for log in &tight[1..] {
+            assert!(log.batches.is_empty() && log.high_watermark > 0, "{door}: the rest answer empty below their end");
+        }
+        // Readers driven by 1 KiB requests read each bucket whole, in order, exactly once.
+        let mut readers: Vec<LogReader> = (0..4)
+            .map(|b| LogReader::new(Arc::clone(&c), (table_id, None, b), 0, Some(ends[b as usize]), 1 << 20))
+            .collect();
+        let mut read = [0i64; 4];
+        let mut requests = 0;
+        loop {
+            let open: Vec<usize> = (0..4).filter(|&b| readers[b].ask().is_some()).collect();
+            if open.is_empty() {
+                break;
+            }
+            let asks: Vec<FetchAsk> = open.iter().filter_map(|&b| readers[b].ask()).collect();
+            let answers = c.fetch_many(&asks, 1 << 10).await.expect("fetch many");
+            requests += 1;
+            assert!(requests < 10_000, "{door}: the readers make progress");
+            for (&b, answer) in open.iter().zip(answers) {
+                let batches = readers[b].take(answer.expect("read")).expect("contiguous").expect("not past the stop");
+                for batch in batches {
+                    assert_eq!(batch.base_offset, read[b], "{door}: bucket {b} in order");
+                    read[b] += batch.record_count;
+                }
+            }
+        }
+        assert_eq!(read.to_vec(), ends, "{door}: every bucket read whole");
+    }
+    cluster.shutdown().await.expect("shutdown");
+}

@@ -722,6 +722,28 @@ impl Cluster {
         Ok(Fetched { high_watermark, log_start_offset, batches: planned.execute()? })
     }
 
+    /// Reads many buckets in one pass, as a multi-bucket FetchLog does: each ask `(bucket, offset, its most bytes)`
+    /// answered in order, until `max_bytes` are read in all. The first bucket with data gets at least one batch
+    /// whatever the budget; once the budget is spent, the rest answer empty (with their high watermark) and are
+    /// asked again.
+    pub fn fetch_many(&self, asks: &[(BucketId, i64, usize)], max_bytes: usize) -> Vec<Result<Fetched>> {
+        let mut total = 0usize;
+        asks.iter()
+            .map(|&(id, offset, most)| {
+                let budget = most.min(max_bytes.saturating_sub(total));
+                let fetched = if total > 0 && budget == 0 {
+                    let log = self.existing_log(id)?;
+                    let log = lock(&log);
+                    Fetched { high_watermark: log.end_offset(), log_start_offset: log.start_offset(), batches: vec![] }
+                } else {
+                    self.fetch(id, offset, budget.max(1))?
+                };
+                total = total.saturating_add(fetched.batches.iter().map(|b| b.records.len()).sum());
+                Ok(fetched)
+            })
+            .collect()
+    }
+
     /// The offset of the first batch appended at or after `timestamp` (ms); the end offset if none was.
     pub fn offset_for_timestamp(&self, id: BucketId, timestamp: i64) -> Result<i64> {
         let log = self.existing_log(id)?;

@@ -32,7 +32,7 @@ use crate::model::log::LogBatch;
 use crate::model::record;
 use crate::model::table::{TableDescriptor, TablePath};
 use crate::model::tiering::{
-    Assignment, BucketAddr, FetchedLog, HeartbeatRequest, HeartbeatResponse, KvSnapshotRef, LakeBucketOffset,
+    Assignment, BucketAddr, FetchAsk, FetchedLog, HeartbeatRequest, HeartbeatResponse, KvSnapshotRef, LakeBucketOffset,
     LakeCommit, LakeSnapshot, TableAnswer, TableEpoch, TieringCluster, offsets_in_order,
 };
 use crate::model::{compacted, kv_record};
@@ -299,23 +299,77 @@ fn answers(all: Vec<m::PbHeartbeatRespForTable>) -> Vec<TableAnswer> {
         .collect()
 }
 
-/// The one bucket a FetchLog asked for, its error (a leader that moved, …) as an error.
-fn fetched_bucket(
-    resp: m::FetchLogResponse,
-    table_id: i64,
-    partition_id: Option<i64>,
-    bucket_id: i32,
-) -> Result<m::PbFetchLogRespForBucket> {
-    let answer = resp
-        .tables_resp
-        .into_iter()
-        .find(|t| t.table_id == table_id)
-        .and_then(|t| t.buckets_resp.into_iter().find(|b| b.bucket_id == bucket_id && b.partition_id == partition_id))
-        .ok_or_else(|| {
-            Error::new(ErrorKind::CorruptMessage, format!("FetchLog answered without bucket {bucket_id}"))
-        })?;
-    check(answer.error_code, answer.error_message.clone())?;
-    Ok(answer)
+/// A FetchLog's answer for each of `buckets`, in that order, each bucket's error (a leader that moved, …) its own.
+fn answers_of(resp: m::FetchLogResponse, buckets: &[BucketAddr]) -> Vec<Result<m::PbFetchLogRespForBucket>> {
+    let mut by_bucket: HashMap<BucketAddr, m::PbFetchLogRespForBucket> = HashMap::new();
+    for table in resp.tables_resp {
+        for b in table.buckets_resp {
+            by_bucket.insert((table.table_id, b.partition_id, b.bucket_id), b);
+        }
+    }
+    buckets
+        .iter()
+        .map(|bucket| {
+            let answer = by_bucket.remove(bucket).ok_or_else(|| {
+                Error::new(ErrorKind::CorruptMessage, format!("FetchLog answered without bucket {bucket:?}"))
+            })?;
+            check(answer.error_code, answer.error_message.clone())?;
+            Ok(answer)
+        })
+        .collect()
+}
+
+/// One bucket's FetchLog answer as the job reads it: its stored batches split apart.
+fn fetched_log(answer: m::PbFetchLogRespForBucket) -> Result<FetchedLog> {
+    let high_watermark = answer
+        .high_watermark
+        .ok_or_else(|| Error::new(ErrorKind::CorruptMessage, "a FetchLog answer without a high watermark"))?;
+    let batches = match &answer.records {
+        Some(records) => record::split(records)?
+            .into_iter()
+            .map(|b| {
+                let h = *b.header();
+                LogBatch {
+                    base_offset: h.base_offset,
+                    record_count: h.offset_span(),
+                    append_timestamp: h.commit_timestamp,
+                    records: b.bytes().clone(),
+                }
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok(FetchedLog { high_watermark, log_start_offset: answer.log_start_offset.unwrap_or(0), batches })
+}
+
+/// A FetchLog of many buckets (each of one table and partition), grouped by table, up to `max_bytes` in all.
+fn many_buckets(asks: &[FetchAsk], max_bytes: i32) -> m::FetchLogRequest {
+    let mut tables: Vec<m::PbFetchLogReqForTable> = Vec::new();
+    for ask in asks {
+        let (table_id, partition_id, bucket_id) = ask.bucket;
+        let bucket = m::PbFetchLogReqForBucket {
+            partition_id,
+            bucket_id,
+            fetch_offset: ask.offset,
+            max_fetch_bytes: ask.max_bytes,
+        };
+        match tables.iter_mut().find(|t| t.table_id == table_id) {
+            Some(table) => table.buckets_req.push(bucket),
+            None => tables.push(m::PbFetchLogReqForTable {
+                table_id,
+                projection_pushdown_enabled: false,
+                projected_fields: vec![],
+                buckets_req: vec![bucket],
+            }),
+        }
+    }
+    m::FetchLogRequest {
+        follower_server_id: -1,
+        max_bytes,
+        tables_req: tables,
+        max_wait_ms: Some(0),
+        min_bytes: Some(1),
+    }
 }
 
 /// A per-bucket or per-table error of a response.
@@ -639,10 +693,14 @@ impl TieringCluster for FlussCluster {
         let (bucket, mut attempt) = ((table_id, partition_id, bucket_id), 1);
         let answer = loop {
             let fetched = match self.leader_of(bucket).await {
-                Ok(leader) => self
-                    .call_on(leader, ApiKey::FetchLog, &req)
-                    .await
-                    .and_then(|resp| fetched_bucket(resp, table_id, partition_id, bucket_id)),
+                Ok(leader) => {
+                    self.call_on(leader, ApiKey::FetchLog, &req).await.and_then(|resp: m::FetchLogResponse| {
+                        answers_of(resp, &[bucket])
+                            .into_iter()
+                            .next()
+                            .unwrap_or_else(|| Err(Error::new(ErrorKind::Internal, "an answer per bucket asked")))
+                    })
+                }
                 Err(e) => Err(e),
             };
             match fetched {
@@ -650,25 +708,46 @@ impl TieringCluster for FlussCluster {
                 other => break other?,
             }
         };
-        let high_watermark = answer
-            .high_watermark
-            .ok_or_else(|| Error::new(ErrorKind::CorruptMessage, "a FetchLog answer without a high watermark"))?;
-        let batches = match &answer.records {
-            Some(records) => record::split(records)?
-                .into_iter()
-                .map(|b| {
-                    let h = *b.header();
-                    LogBatch {
-                        base_offset: h.base_offset,
-                        record_count: h.offset_span(),
-                        append_timestamp: h.commit_timestamp,
-                        records: b.bytes().clone(),
+        fetched_log(answer)
+    }
+
+    /// One FetchLog per leader, the leaders asked at once; a bucket whose leader moved (or could not be reached) is
+    /// asked again alone, following its leader.
+    async fn fetch_many(&self, asks: &[FetchAsk], max_bytes: i32) -> Result<Vec<Result<FetchedLog>>> {
+        let mut by_leader: HashMap<SocketAddr, Vec<usize>> = HashMap::new();
+        for (i, ask) in asks.iter().enumerate() {
+            // A bucket whose leader is not known now is left for the fetch alone, which waits for one.
+            if let Ok(leader) = self.leader_of(ask.bucket).await {
+                by_leader.entry(leader).or_default().push(i);
+            }
+        }
+        let calls = by_leader.into_iter().map(|(leader, indexes)| async move {
+            let mine: Vec<FetchAsk> = indexes.iter().map(|&i| asks[i]).collect();
+            let answered = self.call_on(leader, ApiKey::FetchLog, &many_buckets(&mine, max_bytes)).await;
+            (indexes, mine, answered)
+        });
+        let mut answers: Vec<Option<Result<FetchedLog>>> = asks.iter().map(|_| None).collect();
+        for (indexes, mine, answered) in futures::future::join_all(calls).await {
+            match answered {
+                Ok(resp) => {
+                    let buckets: Vec<BucketAddr> = mine.iter().map(|a| a.bucket).collect();
+                    for (i, answer) in indexes.into_iter().zip(answers_of(resp, &buckets)) {
+                        answers[i] = Some(answer.and_then(fetched_log));
                     }
-                })
-                .collect(),
-            None => Vec::new(),
-        };
-        Ok(FetchedLog { high_watermark, log_start_offset: answer.log_start_offset.unwrap_or(0), batches })
+                }
+                Err(e) if leader_moved(e.kind()) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut out = Vec::with_capacity(asks.len());
+        for (ask, answer) in asks.iter().zip(answers) {
+            out.push(match answer {
+                Some(Err(e)) if leader_moved(e.kind()) => self.fetch(ask.bucket, ask.offset, ask.max_bytes).await,
+                Some(answer) => answer,
+                None => self.fetch(ask.bucket, ask.offset, ask.max_bytes).await,
+            });
+        }
+        Ok(out)
     }
 
     async fn kv_snapshot_batch(

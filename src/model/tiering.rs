@@ -277,6 +277,14 @@ pub struct FetchedLog {
     pub batches: Vec<LogBatch>,
 }
 
+/// One bucket's part of a multi-bucket fetch: where to read from and the most bytes this bucket may bring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchAsk {
+    pub bucket: BucketAddr,
+    pub offset: i64,
+    pub max_bytes: i32,
+}
+
 /// What the tiering job needs of a cluster, and nothing else.
 #[async_trait::async_trait]
 pub trait TieringCluster: Send + Sync {
@@ -314,6 +322,19 @@ pub trait TieringCluster: Send + Sync {
 
     /// Stored batches from the one holding `offset` on, up to about `max_bytes` (at least one when there is one).
     async fn fetch(&self, bucket: BucketAddr, offset: i64, max_bytes: i32) -> Result<FetchedLog>;
+
+    /// Many buckets in one request, as Fluss's FetchLog allows: one answer per ask, in order, each bucket's error
+    /// its own. The request stops adding batches once `max_bytes` are in it (the first bucket with data gets at least
+    /// one), so a bucket answered empty below its high watermark was left for the next request. The default asks
+    /// one bucket at a time.
+    async fn fetch_many(&self, asks: &[FetchAsk], max_bytes: i32) -> Result<Vec<Result<FetchedLog>>> {
+        let _ = max_bytes;
+        let mut answers = Vec::with_capacity(asks.len());
+        for ask in asks {
+            answers.push(self.fetch(ask.bucket, ask.offset, ask.max_bytes).await);
+        }
+        Ok(answers)
+    }
 
     /// Batch `index` of a KV snapshot, with the snapshot's batch count.
     async fn kv_snapshot_batch(
@@ -426,12 +447,37 @@ impl LogReader {
     /// The next batches (at least one), or `None` once `stop` is reached (or, without a stop, the log's end). A log
     /// that ends before `stop` is an `OffsetOutOfRange` error.
     pub async fn next(&mut self) -> Result<Option<Vec<LogBatch>>> {
-        if self.stop.is_some_and(|stop| self.offset >= stop) {
-            return Ok(None);
+        let Some(ask) = self.ask() else { return Ok(None) };
+        let fetched = self.cluster.fetch(ask.bucket, ask.offset, ask.max_bytes).await?;
+        match self.take(fetched)? {
+            // A fetch of this bucket alone has no other bucket to spend its bytes on.
+            Some(batches) if batches.is_empty() => Err(Error::new(
+                ErrorKind::CorruptMessage,
+                format!("bucket {:?}: a fetch answered nothing below the high watermark", self.bucket),
+            )),
+            other => Ok(other),
         }
-        let fetched = self.cluster.fetch(self.bucket, self.offset, self.max_bytes).await?;
+    }
+
+    /// The fetch that reads on, or `None` once `stop` is reached; its answer goes to [`LogReader::take`]. For a
+    /// caller that fetches many buckets in one request ([`TieringCluster::fetch_many`]).
+    pub fn ask(&self) -> Option<FetchAsk> {
+        self.stop.is_none_or(|stop| self.offset < stop).then_some(FetchAsk {
+            bucket: self.bucket,
+            offset: self.offset,
+            max_bytes: self.max_bytes,
+        })
+    }
+
+    /// Reads the answer to [`LogReader::ask`]: the batches that continue the log (`Some` of none when the answer is
+    /// empty below the bucket's high watermark: a multi-bucket fetch spent its bytes on other buckets), or `None` at
+    /// the log's end without a stop. A log that ends before `stop` is an `OffsetOutOfRange` error.
+    pub fn take(&mut self, fetched: FetchedLog) -> Result<Option<Vec<LogBatch>>> {
         let (table_id, partition_id, bucket) = self.bucket;
         if fetched.batches.is_empty() {
+            if fetched.high_watermark > self.offset {
+                return Ok(Some(Vec::new()));
+            }
             return match self.stop {
                 None => Ok(None),
                 Some(stop) => Err(Error::new(

@@ -278,6 +278,40 @@ impl ClusterClient {
         Ok(self.tablet.clone().fetch_log(req).await?.into_inner())
     }
 
+    /// Many buckets in one FetchLogs request: an answer per ask, in order, each bucket's error its own.
+    pub async fn fetch_many(
+        &self,
+        asks: &[crate::model::tiering::FetchAsk],
+        max_bytes: i32,
+    ) -> Result<Vec<Result<proto::FetchLogResponse>>> {
+        let buckets = asks
+            .iter()
+            .map(|a| proto::FetchLogRequest {
+                table_id: a.bucket.0,
+                partition_id: a.bucket.1,
+                bucket_id: a.bucket.2,
+                fetch_offset: a.offset,
+                max_fetch_bytes: a.max_bytes,
+            })
+            .collect();
+        let resp = self.tablet.clone().fetch_logs(proto::FetchLogsRequest { buckets, max_bytes }).await?.into_inner();
+        if resp.answers.len() != asks.len() {
+            return Err(Error::new(
+                ErrorKind::CorruptMessage,
+                format!("FetchLogs asked {} buckets and got {} answers", asks.len(), resp.answers.len()),
+            ));
+        }
+        Ok(resp
+            .answers
+            .into_iter()
+            .map(|a| match (a.error_code, a.log) {
+                (Some(code), _) => Err(Error::from_code(code, a.error_message)),
+                (None, Some(log)) => Ok(log),
+                (None, None) => Err(Error::new(ErrorKind::CorruptMessage, "a FetchLogs answer without a log")),
+            })
+            .collect())
+    }
+
     /// The latest (high watermark) or earliest offset of each bucket, in the order asked.
     pub async fn list_offsets(
         &self,

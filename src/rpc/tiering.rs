@@ -6,7 +6,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::model::log::LogBatch;
 use crate::model::table::{TableDescriptor, TablePath};
 use crate::model::tiering::{
-    Assignment, BucketAddr, FetchedLog, HeartbeatRequest, HeartbeatResponse, KvSnapshotRef, LakeBucketOffset,
+    Assignment, BucketAddr, FetchAsk, FetchedLog, HeartbeatRequest, HeartbeatResponse, KvSnapshotRef, LakeBucketOffset,
     LakeCommit, LakeSnapshot, TableAnswer, TableEpoch, TableSchedule, TieringCluster,
 };
 use crate::rpc::{ClusterClient, pb_path, proto};
@@ -131,21 +131,12 @@ impl TieringCluster for ClusterClient {
         offset: i64,
         max_bytes: i32,
     ) -> Result<FetchedLog> {
-        let resp = ClusterClient::fetch(self, table_id, partition_id, bucket, offset, max_bytes).await?;
-        Ok(FetchedLog {
-            high_watermark: resp.high_watermark,
-            log_start_offset: resp.log_start_offset,
-            batches: resp
-                .batches
-                .into_iter()
-                .map(|b| LogBatch {
-                    base_offset: b.base_offset,
-                    record_count: b.record_count,
-                    append_timestamp: b.append_timestamp,
-                    records: b.records,
-                })
-                .collect(),
-        })
+        Ok(fetched(ClusterClient::fetch(self, table_id, partition_id, bucket, offset, max_bytes).await?))
+    }
+
+    async fn fetch_many(&self, asks: &[FetchAsk], max_bytes: i32) -> Result<Vec<Result<FetchedLog>>> {
+        let answers = ClusterClient::fetch_many(self, asks, max_bytes).await?;
+        Ok(answers.into_iter().map(|a| a.map(fetched)).collect())
     }
 
     async fn kv_snapshot_batch(
@@ -198,5 +189,23 @@ impl TieringCluster for ClusterClient {
             },
         )
         .await
+    }
+}
+
+/// A FetchLog answer of the gRPC door as the job reads it.
+fn fetched(resp: proto::FetchLogResponse) -> FetchedLog {
+    FetchedLog {
+        high_watermark: resp.high_watermark,
+        log_start_offset: resp.log_start_offset,
+        batches: resp
+            .batches
+            .into_iter()
+            .map(|b| LogBatch {
+                base_offset: b.base_offset,
+                record_count: b.record_count,
+                append_timestamp: b.append_timestamp,
+                records: b.records,
+            })
+            .collect(),
     }
 }

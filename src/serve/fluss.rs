@@ -962,38 +962,51 @@ impl FlussDoor {
 }
 
 /// One pass over a FetchLog's buckets: the stored batches, back to back as they sit in the log, and how many bytes.
+/// The buckets this server can read are read together by [`Cluster::fetch_many`], which spends the byte budget.
 fn read_buckets(
     cluster: &Cluster,
     layout: &Layout,
     req: &m::FetchLogRequest,
     max_bytes: usize,
 ) -> (m::FetchLogResponse, usize) {
+    // Each bucket's ask, or why it cannot be read here.
+    let asks: Vec<Result<(BucketId, i64, usize)>> = req
+        .tables_req
+        .iter()
+        .flat_map(|table| {
+            table.buckets_req.iter().map(move |b| {
+                let id = BucketId { table_id: table.table_id, partition_id: b.partition_id, bucket: b.bucket_id };
+                layout.check_leader(id)?;
+                if table.projection_pushdown_enabled {
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        "projection pushdown is not supported by this cluster yet",
+                    ));
+                }
+                let from = match b.fetch_offset {
+                    -2 => cluster.list_offset(id, false)?,
+                    offset => offset,
+                };
+                Ok((id, from, usize::try_from(b.max_fetch_bytes).unwrap_or(0)))
+            })
+        })
+        .collect();
+    let readable: Vec<_> = asks.iter().filter_map(|a| a.as_ref().ok().copied()).collect();
+    let mut read = cluster.fetch_many(&readable, max_bytes).into_iter();
+    let mut answers = asks.into_iter().map(|ask| {
+        ask.and_then(|_| read.next().unwrap_or_else(|| Err(Error::new(ErrorKind::Internal, "a bucket left unread"))))
+    });
     let mut total = 0usize;
     let mut tables_resp = Vec::with_capacity(req.tables_req.len());
     for table in &req.tables_req {
         let mut buckets_resp = Vec::with_capacity(table.buckets_req.len());
         for b in &table.buckets_req {
-            let id = BucketId { table_id: table.table_id, partition_id: b.partition_id, bucket: b.bucket_id };
-            let budget = usize::try_from(b.max_fetch_bytes).unwrap_or(0).min(max_bytes.saturating_sub(total));
-            let result = if let Err(e) = layout.check_leader(id) {
-                Err(e)
-            } else if table.projection_pushdown_enabled {
-                Err(Error::new(ErrorKind::Unsupported, "projection pushdown is not supported by this cluster yet"))
-            } else if total > 0 && budget == 0 {
-                // The request's byte budget is spent: the bucket answers empty and is fetched again.
-                cluster.list_offset(id, true).map(|hw| (hw, 0, Vec::new()))
-            } else {
-                let from = match b.fetch_offset {
-                    -2 => cluster.list_offset(id, false),
-                    offset => Ok(offset),
-                };
-                from.and_then(|from| cluster.fetch(id, from, budget.max(1)))
-                    .map(|f| (f.high_watermark, f.log_start_offset, f.batches))
-            };
-            buckets_resp.push(match result {
-                Ok((high_watermark, log_start_offset, batches)) => {
-                    let mut records = BytesMut::with_capacity(batches.iter().map(|s| s.records.len()).sum());
-                    for stored in &batches {
+            let answer =
+                answers.next().unwrap_or_else(|| Err(Error::new(ErrorKind::Internal, "a bucket left unanswered")));
+            buckets_resp.push(match answer {
+                Ok(fetched) => {
+                    let mut records = BytesMut::with_capacity(fetched.batches.iter().map(|s| s.records.len()).sum());
+                    for stored in &fetched.batches {
                         records.extend_from_slice(&stored.records);
                     }
                     total += records.len();
@@ -1002,8 +1015,8 @@ fn read_buckets(
                         bucket_id: b.bucket_id,
                         error_code: None,
                         error_message: None,
-                        high_watermark: Some(high_watermark),
-                        log_start_offset: Some(log_start_offset),
+                        high_watermark: Some(fetched.high_watermark),
+                        log_start_offset: Some(fetched.log_start_offset),
                         records: (!records.is_empty()).then(|| records.freeze()),
                     }
                 }

@@ -315,20 +315,40 @@ impl TabletService for ClusterService {
         let id = BucketId { table_id: req.table_id, partition_id: req.partition_id, bucket: req.bucket_id };
         let max_bytes = usize::try_from(req.max_fetch_bytes.max(1)).unwrap_or(1);
         let fetched = self.blocking(move |c| c.fetch(id, req.fetch_offset, max_bytes)).await?;
-        Ok(Response::new(proto::FetchLogResponse {
-            high_watermark: fetched.high_watermark,
-            log_start_offset: fetched.log_start_offset,
-            batches: fetched
-                .batches
-                .into_iter()
-                .map(|b| proto::PbFetchedBatch {
-                    base_offset: b.base_offset,
-                    record_count: i64::from(b.record_count),
-                    append_timestamp: b.append_timestamp,
-                    records: b.records,
-                })
-                .collect(),
-        }))
+        Ok(Response::new(fetch_log_response(fetched)))
+    }
+
+    async fn fetch_logs(
+        &self,
+        req: Request<proto::FetchLogsRequest>,
+    ) -> Result<Response<proto::FetchLogsResponse>, Status> {
+        let req = req.into_inner();
+        let asks: Vec<_> = req
+            .buckets
+            .iter()
+            .map(|b| {
+                let id = BucketId { table_id: b.table_id, partition_id: b.partition_id, bucket: b.bucket_id };
+                (id, b.fetch_offset, usize::try_from(b.max_fetch_bytes).unwrap_or(0))
+            })
+            .collect();
+        let max_bytes = usize::try_from(req.max_bytes.max(1)).unwrap_or(1);
+        let answers = self.blocking(move |c| Ok(c.fetch_many(&asks, max_bytes))).await?;
+        let answers = answers
+            .into_iter()
+            .map(|answer| match answer {
+                Ok(fetched) => proto::PbFetchLogsAnswer {
+                    error_code: None,
+                    error_message: None,
+                    log: Some(fetch_log_response(fetched)),
+                },
+                Err(e) => proto::PbFetchLogsAnswer {
+                    error_code: Some(e.kind().code()),
+                    error_message: Some(e.to_string()),
+                    log: None,
+                },
+            })
+            .collect();
+        Ok(Response::new(proto::FetchLogsResponse { answers }))
     }
 
     async fn list_offsets(
@@ -439,4 +459,22 @@ fn pb_table_info((t, status): (TableInfo, Option<TieringStatus>)) -> Result<prot
         has_data: status.as_ref().is_some_and(|s| s.has_data),
         last_error: status.and_then(|s| s.last_error),
     })
+}
+
+/// A bucket's stored batches as the gRPC door sends them.
+fn fetch_log_response(fetched: crate::cluster::Fetched) -> proto::FetchLogResponse {
+    proto::FetchLogResponse {
+        high_watermark: fetched.high_watermark,
+        log_start_offset: fetched.log_start_offset,
+        batches: fetched
+            .batches
+            .into_iter()
+            .map(|b| proto::PbFetchedBatch {
+                base_offset: b.base_offset,
+                record_count: i64::from(b.record_count),
+                append_timestamp: b.append_timestamp,
+                records: b.records,
+            })
+            .collect(),
+    }
 }

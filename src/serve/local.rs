@@ -20,7 +20,7 @@ use crate::model::log::LogBatch;
 use crate::model::now_ms;
 use crate::model::table::{TableDescriptor, TableInfo, TablePath};
 use crate::model::tiering::{
-    Assignment, BucketAddr, FetchedLog, HeartbeatRequest, HeartbeatResponse, KvSnapshotRef, LakeBucketOffset,
+    Assignment, BucketAddr, FetchAsk, FetchedLog, HeartbeatRequest, HeartbeatResponse, KvSnapshotRef, LakeBucketOffset,
     LakeCommit, LakeSnapshot, TableAnswer, TableEpoch, TableSchedule, TieringCluster,
 };
 
@@ -174,21 +174,20 @@ impl TieringCluster for LocalDoor {
     ) -> Result<FetchedLog> {
         let id = BucketId { table_id, partition_id, bucket };
         let max_bytes = usize::try_from(max_bytes.max(1)).unwrap_or(1);
-        let fetched = self.blocking(move |c| c.fetch(id, offset, max_bytes)).await?;
-        Ok(FetchedLog {
-            high_watermark: fetched.high_watermark,
-            log_start_offset: fetched.log_start_offset,
-            batches: fetched
-                .batches
-                .into_iter()
-                .map(|b| LogBatch {
-                    base_offset: b.base_offset,
-                    record_count: i64::from(b.record_count),
-                    append_timestamp: b.append_timestamp,
-                    records: b.records,
-                })
-                .collect(),
-        })
+        Ok(fetched(self.blocking(move |c| c.fetch(id, offset, max_bytes)).await?))
+    }
+
+    async fn fetch_many(&self, asks: &[FetchAsk], max_bytes: i32) -> Result<Vec<Result<FetchedLog>>> {
+        let asks: Vec<_> = asks
+            .iter()
+            .map(|a| {
+                let (table_id, partition_id, bucket) = a.bucket;
+                (BucketId { table_id, partition_id, bucket }, a.offset, usize::try_from(a.max_bytes).unwrap_or(0))
+            })
+            .collect();
+        let max_bytes = usize::try_from(max_bytes.max(1)).unwrap_or(1);
+        let answers = self.blocking(move |c| Ok(c.fetch_many(&asks, max_bytes))).await?;
+        Ok(answers.into_iter().map(|a| a.map(fetched)).collect())
     }
 
     async fn kv_snapshot_batch(
@@ -230,5 +229,23 @@ impl TieringCluster for LocalDoor {
     async fn schedule_now(&self, tables: &[TablePath]) -> Result<Vec<TableSchedule>> {
         let tables = tables.to_vec();
         Ok(self.blocking(move |c| c.schedule_now(&tables)).await?.into_iter().map(schedule).collect())
+    }
+}
+
+/// The cluster's read as the job takes it.
+fn fetched(fetched: crate::cluster::Fetched) -> FetchedLog {
+    FetchedLog {
+        high_watermark: fetched.high_watermark,
+        log_start_offset: fetched.log_start_offset,
+        batches: fetched
+            .batches
+            .into_iter()
+            .map(|b| LogBatch {
+                base_offset: b.base_offset,
+                record_count: i64::from(b.record_count),
+                append_timestamp: b.append_timestamp,
+                records: b.records,
+            })
+            .collect(),
     }
 }

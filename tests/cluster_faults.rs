@@ -14,7 +14,7 @@ use fluss_tiering::dataflows::{self, JobContext, TierConfig};
 use fluss_tiering::lake::LakeOptions;
 use fluss_tiering::model::table::{TableDescriptor, TablePath};
 use fluss_tiering::model::tiering::{
-    BucketAddr, FetchedLog, HeartbeatRequest, HeartbeatResponse, KvSnapshotRef, LakeBucketOffset, LakeCommit,
+    BucketAddr, FetchAsk, FetchedLog, HeartbeatRequest, HeartbeatResponse, KvSnapshotRef, LakeBucketOffset, LakeCommit,
     LakeSnapshot, TieringCluster,
 };
 use fluss_tiering::serve::{EmbeddedCluster, LocalDoor};
@@ -33,6 +33,9 @@ struct Cues {
     fenced_commits: AtomicU32,
     /// End-offset answers leave out their last bucket.
     short_offsets: AtomicBool,
+    /// Fetches answer every bucket empty below its high watermark, as a Fluss server does for rows only its remote
+    /// log storage holds.
+    empty_fetches: AtomicBool,
     injected: AtomicU32,
 }
 
@@ -118,7 +121,21 @@ impl TieringCluster for FaultyCluster {
     }
 
     async fn fetch(&self, bucket: BucketAddr, offset: i64, max_bytes: i32) -> Result<FetchedLog> {
-        self.inner.fetch(bucket, offset, max_bytes).await
+        let mut fetched = self.inner.fetch(bucket, offset, max_bytes).await?;
+        if self.cues.empty_fetches.load(Ordering::SeqCst) {
+            self.cues.injected.fetch_add(1, Ordering::SeqCst);
+            fetched.batches.clear();
+        }
+        Ok(fetched)
+    }
+
+    async fn fetch_many(&self, asks: &[FetchAsk], max_bytes: i32) -> Result<Vec<Result<FetchedLog>>> {
+        let mut answers = self.inner.fetch_many(asks, max_bytes).await?;
+        if self.cues.empty_fetches.load(Ordering::SeqCst) {
+            self.cues.injected.fetch_add(1, Ordering::SeqCst);
+            answers.iter_mut().flatten().for_each(|log| log.batches.clear());
+        }
+        Ok(answers)
     }
 
     async fn kv_snapshot_batch(&self, bucket: BucketAddr, id: i64, index: i32) -> Result<(Vec<RecordBatch>, i32)> {
@@ -204,6 +221,27 @@ async fn offsets_answers_that_leave_out_a_bucket_fail_the_round_and_commit_nothi
     let errors = ctx.errors().join("; ");
     assert!(result.is_err() || !errors.is_empty(), "the job does not end as a success");
     assert!(errors.contains("end and") && errors.contains("start offsets for the 4 buckets"), "{errors}");
+}
+
+/// A cluster that answers every bucket empty below its high watermark (rows only Fluss's remote log storage holds)
+/// fails the round with the reason; a packed split's gathered fetches do not take the empty answers for turns left
+/// to the next request and ask for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetches_answered_empty_below_the_high_watermark_fail_the_round_with_the_reason() {
+    let common::Setup { dir: _dir, warehouse, cluster, client, tables } = common::setup().await;
+    common::produce_all(&client, &tables[..1], 0, 500).await;
+    let cues = Arc::new(Cues { empty_fetches: AtomicBool::new(true), ..Cues::default() });
+    let (door, lake_dir, job_cues) = (local(&cluster), warehouse.clone(), Arc::clone(&cues));
+    let job = tokio::task::spawn_blocking(move || run_once(door, lake_dir, job_cues));
+    let (result, ctx) = tokio::time::timeout(Duration::from_secs(120), job)
+        .await
+        .expect("the job ends instead of asking for ever")
+        .expect("job");
+    assert!(cues.injected.load(Ordering::SeqCst) > 0, "answers were emptied");
+    assert_eq!(ctx.metrics.rounds_committed.load(Ordering::Relaxed), 0, "nothing was committed");
+    let errors = ctx.errors().join("; ");
+    assert!(result.is_err() || !errors.is_empty(), "the job does not end as a success");
+    assert!(errors.contains("answered nothing at offset") && errors.contains("remote log storage"), "{errors}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

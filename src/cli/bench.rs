@@ -17,7 +17,7 @@ use crate::cluster::ClusterConfig;
 use crate::dataflows::{JobReport, PhaseSeconds};
 use crate::lake::{lake_schema, with_system_columns};
 use crate::model::table::{DATALAKE_FRESHNESS, TableDescriptor, TablePath, parse_duration, parse_schema};
-use crate::model::tiering::{LogReader, TieringCluster};
+use crate::model::tiering::{FetchAsk, LogReader, TieringCluster};
 use crate::rpc::ClusterClient;
 use crate::serve::EmbeddedCluster;
 use crate::workload::{KvMix, ProduceOptions, Workload, produce};
@@ -641,15 +641,29 @@ async fn baseline(
     for (id, path, descriptor) in tables {
         let schema = lake_schema(descriptor);
         let mut batches = Vec::new();
-        for ((partition, bucket), end) in client.end_offsets(*id, path, descriptor).await? {
-            let cluster: Arc<dyn TieringCluster> = Arc::new(client.clone());
-            let mut reader = LogReader::new(cluster, (*id, partition, bucket), 0, Some(end), 8 << 20);
-            while let Some(stored_batches) = reader.next().await? {
-                for stored in stored_batches {
-                    let b = stored.read(descriptor)?;
-                    let b = with_system_columns(&schema, &b, bucket, stored.base_offset, stored.append_timestamp)?;
-                    arrow_bytes += arrow_size(&b);
-                    batches.push(b);
+        let cluster: Arc<dyn TieringCluster> = Arc::new(client.clone());
+        let mut readers: Vec<LogReader> = client
+            .end_offsets(*id, path, descriptor)
+            .await?
+            .into_iter()
+            .map(|((partition, bucket), end)| {
+                LogReader::new(Arc::clone(&cluster), (*id, partition, bucket), 0, Some(end), 8 << 20)
+            })
+            .collect();
+        // Read as the job reads many small buckets: up to 64 at a time in one request.
+        while !readers.is_empty() {
+            readers.retain(|r| r.ask().is_some());
+            for group in readers.chunks_mut(64) {
+                let asks: Vec<FetchAsk> = group.iter().filter_map(LogReader::ask).collect();
+                let answers = cluster.fetch_many(&asks, 8 << 20).await?;
+                for ((reader, ask), answer) in group.iter_mut().zip(&asks).zip(answers) {
+                    for stored in reader.take(answer?)?.unwrap_or_default() {
+                        let b = stored.read(descriptor)?;
+                        let (bucket, offset) = (ask.bucket.2, stored.base_offset);
+                        let b = with_system_columns(&schema, &b, bucket, offset, stored.append_timestamp)?;
+                        arrow_bytes += arrow_size(&b);
+                        batches.push(b);
+                    }
                 }
             }
         }

@@ -44,7 +44,7 @@ use crate::model::kv_record::KvRecordBatch;
 use crate::model::now_ms;
 use crate::model::record::{self, BatchSpec, LogRecordBatch};
 use crate::model::table::{DatabaseInfo, TableDescriptor, TableInfo, TablePath};
-use crate::model::tiering::{LakeBucketOffset, OffsetsFile};
+use crate::model::tiering::{FetchAsk, LakeBucketOffset, OffsetsFile};
 
 /// How a cluster stores and schedules.
 #[derive(Debug, Clone)]
@@ -722,21 +722,24 @@ impl Cluster {
         Ok(Fetched { high_watermark, log_start_offset, batches: planned.execute()? })
     }
 
-    /// Reads many buckets in one pass, as a multi-bucket FetchLog does: each ask `(bucket, offset, its most bytes)`
-    /// answered in order, until `max_bytes` are read in all. The first bucket with data gets at least one batch
-    /// whatever the budget; once the budget is spent, the rest answer empty (with their high watermark) and are
-    /// asked again.
-    pub fn fetch_many(&self, asks: &[(BucketId, i64, usize)], max_bytes: usize) -> Vec<Result<Fetched>> {
+    /// Reads many buckets in one pass, as a multi-bucket FetchLog does: each ask answered in order, until
+    /// `max_bytes` are read in all. The first bucket with data gets at least one batch whatever the budget (and
+    /// each bucket at least one while budget is left); once it is spent, the rest answer empty with their high
+    /// watermark and are asked again.
+    pub fn fetch_many(&self, asks: &[FetchAsk], max_bytes: usize) -> Vec<Result<Fetched>> {
         let mut total = 0usize;
         asks.iter()
-            .map(|&(id, offset, most)| {
+            .map(|ask| {
+                let (table_id, partition_id, bucket) = ask.bucket;
+                let id = BucketId { table_id, partition_id, bucket };
+                let most = usize::try_from(ask.max_bytes).unwrap_or(0).max(1);
                 let budget = most.min(max_bytes.saturating_sub(total));
                 let fetched = if total > 0 && budget == 0 {
                     let log = self.existing_log(id)?;
                     let log = lock(&log);
                     Fetched { high_watermark: log.end_offset(), log_start_offset: log.start_offset(), batches: vec![] }
                 } else {
-                    self.fetch(id, offset, budget.max(1))?
+                    self.fetch(id, ask.offset, budget.max(1))?
                 };
                 total = total.saturating_add(fetched.batches.iter().map(|b| b.records.len()).sum());
                 Ok(fetched)

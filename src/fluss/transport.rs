@@ -711,8 +711,9 @@ impl TieringCluster for FlussCluster {
         fetched_log(answer)
     }
 
-    /// One FetchLog per leader, the leaders asked at once; a bucket whose leader moved (or could not be reached) is
-    /// asked again alone, following its leader.
+    /// One FetchLog per leader, the leaders asked at once. A leader's failure is its buckets' alone: where the leader
+    /// moved or could not be reached, its buckets forget it and are asked again alone, at once, each following its
+    /// new leader; any other failure is each of its asks' answer.
     async fn fetch_many(&self, asks: &[FetchAsk], max_bytes: i32) -> Result<Vec<Result<FetchedLog>>> {
         let mut by_leader: HashMap<SocketAddr, Vec<usize>> = HashMap::new();
         for (i, ask) in asks.iter().enumerate() {
@@ -735,19 +736,34 @@ impl TieringCluster for FlussCluster {
                         answers[i] = Some(answer.and_then(fetched_log));
                     }
                 }
-                Err(e) if leader_moved(e.kind()) => {}
-                Err(e) => return Err(e),
+                Err(e) if leader_moved(e.kind()) => {
+                    let mut leaders = lock(&self.leaders);
+                    for ask in &mine {
+                        leaders.remove(&ask.bucket);
+                    }
+                }
+                Err(e) => {
+                    for i in indexes {
+                        answers[i] = Some(Err(Error::new(e.kind(), e.to_string())));
+                    }
+                }
             }
         }
-        let mut out = Vec::with_capacity(asks.len());
-        for (ask, answer) in asks.iter().zip(answers) {
-            out.push(match answer {
-                Some(Err(e)) if leader_moved(e.kind()) => self.fetch(ask.bucket, ask.offset, ask.max_bytes).await,
-                Some(answer) => answer,
-                None => self.fetch(ask.bucket, ask.offset, ask.max_bytes).await,
-            });
-        }
-        Ok(out)
+        let again = answers.iter().zip(asks).map(|(answer, ask)| async move {
+            match answer {
+                Some(Err(e)) if leader_moved(e.kind()) => Some(self.fetch(ask.bucket, ask.offset, ask.max_bytes).await),
+                Some(_) => None,
+                None => Some(self.fetch(ask.bucket, ask.offset, ask.max_bytes).await),
+            }
+        });
+        let again = futures::future::join_all(again).await;
+        Ok(answers
+            .into_iter()
+            .zip(again)
+            .map(|(answer, again)| {
+                again.or(answer).unwrap_or_else(|| Err(Error::new(ErrorKind::Internal, "a bucket left unanswered")))
+            })
+            .collect())
     }
 
     async fn kv_snapshot_batch(

@@ -324,16 +324,12 @@ pub trait TieringCluster: Send + Sync {
     async fn fetch(&self, bucket: BucketAddr, offset: i64, max_bytes: i32) -> Result<FetchedLog>;
 
     /// Many buckets in one request, as Fluss's FetchLog allows: one answer per ask, in order, each bucket's error
-    /// its own. The request stops adding batches once `max_bytes` are in it (the first bucket with data gets at least
-    /// one), so a bucket answered empty below its high watermark was left for the next request. The default asks
-    /// one bucket at a time.
+    /// its own (the asks name distinct buckets). The server fills the response in an order of its own until about
+    /// `max_bytes` are in it (the first bucket it serves with data gets at least one batch), so a bucket answered
+    /// empty below its high watermark was left for the next request. The default asks one bucket at a time.
     async fn fetch_many(&self, asks: &[FetchAsk], max_bytes: i32) -> Result<Vec<Result<FetchedLog>>> {
         let _ = max_bytes;
-        let mut answers = Vec::with_capacity(asks.len());
-        for ask in asks {
-            answers.push(self.fetch(ask.bucket, ask.offset, ask.max_bytes).await);
-        }
-        Ok(answers)
+        Ok(fetch_each(self, asks).await)
     }
 
     /// Batch `index` of a KV snapshot, with the snapshot's batch count.
@@ -421,6 +417,30 @@ pub fn offsets_in_order(table_id: i64, asked: &[i32], answers: Vec<OffsetAnswer>
         .collect()
 }
 
+/// Each ask fetched alone, one after another: [`TieringCluster::fetch_many`] for a cluster without it.
+pub async fn fetch_each<C: TieringCluster + ?Sized>(cluster: &C, asks: &[FetchAsk]) -> Vec<Result<FetchedLog>> {
+    let mut answers = Vec::with_capacity(asks.len());
+    for ask in asks {
+        answers.push(cluster.fetch(ask.bucket, ask.offset, ask.max_bytes).await);
+    }
+    answers
+}
+
+/// A bucket answered empty below its high watermark when no other bucket took the request's bytes: its rows are
+/// where this job does not read them (Fluss's remote log storage, or only in the lake), or the server is wrong.
+pub fn nothing_read(ask: &FetchAsk, high_watermark: i64) -> Error {
+    let (table_id, partition_id, bucket) = ask.bucket;
+    Error::new(
+        ErrorKind::OffsetOutOfRange,
+        format!(
+            "bucket {bucket} (partition {partition_id:?}) of table {table_id} answered nothing at offset {} below \
+             its high watermark {high_watermark}: rows that only remote log storage or the lake holds are not read \
+             by this job",
+            ask.offset
+        ),
+    )
+}
+
 /// Reads one bucket's log from an offset on, one fetch per [`LogReader::next`]: the one fetch loop of the code base.
 /// Every answer is checked to continue exactly where the previous one ended (no gap, progress), and reading stops at
 /// `stop` (batches that start at or past it are not returned; the last one may stick out past it).
@@ -449,12 +469,10 @@ impl LogReader {
     pub async fn next(&mut self) -> Result<Option<Vec<LogBatch>>> {
         let Some(ask) = self.ask() else { return Ok(None) };
         let fetched = self.cluster.fetch(ask.bucket, ask.offset, ask.max_bytes).await?;
+        let high_watermark = fetched.high_watermark;
         match self.take(fetched)? {
             // A fetch of this bucket alone has no other bucket to spend its bytes on.
-            Some(batches) if batches.is_empty() => Err(Error::new(
-                ErrorKind::CorruptMessage,
-                format!("bucket {:?}: a fetch answered nothing below the high watermark", self.bucket),
-            )),
+            Some(batches) if batches.is_empty() => Err(nothing_read(&ask, high_watermark)),
             other => Ok(other),
         }
     }

@@ -7,7 +7,7 @@ use crate::model::log::LogBatch;
 use crate::model::table::{TableDescriptor, TablePath};
 use crate::model::tiering::{
     Assignment, BucketAddr, FetchAsk, FetchedLog, HeartbeatRequest, HeartbeatResponse, KvSnapshotRef, LakeBucketOffset,
-    LakeCommit, LakeSnapshot, TableAnswer, TableEpoch, TableSchedule, TieringCluster,
+    LakeCommit, LakeSnapshot, TableAnswer, TableEpoch, TableSchedule, TieringCluster, fetch_each,
 };
 use crate::rpc::{ClusterClient, pb_path, proto};
 
@@ -134,9 +134,13 @@ impl TieringCluster for ClusterClient {
         Ok(fetched(ClusterClient::fetch(self, table_id, partition_id, bucket, offset, max_bytes).await?))
     }
 
+    /// A cluster of an earlier version, without FetchLogs, is asked one bucket at a time.
     async fn fetch_many(&self, asks: &[FetchAsk], max_bytes: i32) -> Result<Vec<Result<FetchedLog>>> {
-        let answers = ClusterClient::fetch_many(self, asks, max_bytes).await?;
-        Ok(answers.into_iter().map(|a| a.map(fetched)).collect())
+        match ClusterClient::fetch_many(self, asks, max_bytes).await {
+            Ok(answers) => Ok(answers.into_iter().map(|a| a.map(fetched)).collect()),
+            Err(e) if e.kind() == ErrorKind::Unsupported => Ok(fetch_each(self, asks).await),
+            Err(e) => Err(e),
+        }
     }
 
     async fn kv_snapshot_batch(

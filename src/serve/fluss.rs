@@ -37,7 +37,7 @@ use crate::fluss::json::{self, CreateDefaults};
 use crate::fluss::messages as m;
 use crate::fluss::{ApiKey, ServedBy, messages::missing_required};
 use crate::model::table::{TableInfo, TablePath};
-use crate::model::tiering::LakeBucketOffset;
+use crate::model::tiering::{FetchAsk, LakeBucketOffset};
 use crate::serve::kv_scan::Scanners;
 
 /// The longest a FetchLog may wait for `min_bytes` (a client's `max_wait_ms` above it is capped).
@@ -970,7 +970,7 @@ fn read_buckets(
     max_bytes: usize,
 ) -> (m::FetchLogResponse, usize) {
     // Each bucket's ask, or why it cannot be read here.
-    let asks: Vec<Result<(BucketId, i64, usize)>> = req
+    let asks: Vec<Result<FetchAsk>> = req
         .tables_req
         .iter()
         .flat_map(|table| {
@@ -987,7 +987,11 @@ fn read_buckets(
                     -2 => cluster.list_offset(id, false)?,
                     offset => offset,
                 };
-                Ok((id, from, usize::try_from(b.max_fetch_bytes).unwrap_or(0)))
+                Ok(FetchAsk {
+                    bucket: (id.table_id, id.partition_id, id.bucket),
+                    offset: from,
+                    max_bytes: b.max_fetch_bytes,
+                })
             })
         })
         .collect();

@@ -10,6 +10,7 @@ use crate::cluster::{BucketId, Cluster};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::now_ms;
 use crate::model::table::{TableDescriptor, TableInfo, TablePath};
+use crate::model::tiering::FetchAsk;
 use crate::rpc::pb_path;
 use crate::rpc::proto::{self, coordinator_service_server::CoordinatorService, tablet_service_server::TabletService};
 
@@ -323,15 +324,17 @@ impl TabletService for ClusterService {
         req: Request<proto::FetchLogsRequest>,
     ) -> Result<Response<proto::FetchLogsResponse>, Status> {
         let req = req.into_inner();
-        let asks: Vec<_> = req
+        let asks: Vec<FetchAsk> = req
             .buckets
             .iter()
-            .map(|b| {
-                let id = BucketId { table_id: b.table_id, partition_id: b.partition_id, bucket: b.bucket_id };
-                (id, b.fetch_offset, usize::try_from(b.max_fetch_bytes).unwrap_or(0))
+            .map(|b| FetchAsk {
+                bucket: (b.table_id, b.partition_id, b.bucket_id),
+                offset: b.fetch_offset,
+                max_bytes: b.max_fetch_bytes,
             })
             .collect();
-        let max_bytes = usize::try_from(req.max_bytes.max(1)).unwrap_or(1);
+        // A response must fit in a message, whatever the client asks for.
+        let max_bytes = usize::try_from(req.max_bytes.max(1)).unwrap_or(1).min(crate::rpc::MAX_MESSAGE_BYTES / 2);
         let answers = self.blocking(move |c| Ok(c.fetch_many(&asks, max_bytes))).await?;
         let answers = answers
             .into_iter()

@@ -178,13 +178,7 @@ impl TieringCluster for LocalDoor {
     }
 
     async fn fetch_many(&self, asks: &[FetchAsk], max_bytes: i32) -> Result<Vec<Result<FetchedLog>>> {
-        let asks: Vec<_> = asks
-            .iter()
-            .map(|a| {
-                let (table_id, partition_id, bucket) = a.bucket;
-                (BucketId { table_id, partition_id, bucket }, a.offset, usize::try_from(a.max_bytes).unwrap_or(0))
-            })
-            .collect();
+        let asks = asks.to_vec();
         let max_bytes = usize::try_from(max_bytes.max(1)).unwrap_or(1);
         let answers = self.blocking(move |c| Ok(c.fetch_many(&asks, max_bytes))).await?;
         Ok(answers.into_iter().map(|a| a.map(fetched)).collect())

@@ -156,17 +156,21 @@ fn bench_writes_one_json_document_per_run() {
     const ROWS: u64 = 100_000;
     let rows = ROWS.to_string();
     let (runs, svg) =
-        bench_and_plot(&["--rows", &rows, "--buckets", "2", "--workers", "1,2", "--transport", "grpc,fluss"]);
-    assert_eq!(runs.len(), 5, "the baseline, then one run per transport and worker count");
+        bench_and_plot(&["--rows", &rows, "--buckets", "2", "--workers", "1,2", "--transport", "grpc,fluss,direct"]);
+    assert_eq!(runs.len(), 7, "the baseline, then one run per transport and worker count");
     assert!(svg.starts_with("<svg") && svg.contains("rows per second") && svg.contains("baseline (1 core)"), "{svg}");
-    assert!(svg.contains("tiering, grpc") && svg.contains("tiering, fluss"), "{svg}");
+    assert!(
+        svg.contains("tiering, grpc") && svg.contains("tiering, fluss") && svg.contains("tiering, direct"),
+        "{svg}"
+    );
     assert!(runs[0]["kind"].as_str().expect("kind").starts_with("baseline"));
     let made: Vec<(String, u64)> = runs
         .iter()
         .skip(1)
         .map(|r| (r["transport"].as_str().expect("transport").to_string(), r["workers"].as_u64().expect("workers")))
         .collect();
-    let expected = [("grpc", 1), ("grpc", 2), ("fluss", 1), ("fluss", 2)].map(|(t, w)| (t.to_string(), w));
+    let expected = [("grpc", 1), ("grpc", 2), ("fluss", 1), ("fluss", 2), ("direct", 1), ("direct", 2)]
+        .map(|(t, w)| (t.to_string(), w));
     assert_eq!(made, expected);
     for r in &runs {
         for field in ["rows", "arrow_bytes", "parquet_bytes", "files", "cores", "peak_rss_bytes"] {

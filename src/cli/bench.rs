@@ -19,10 +19,10 @@ use crate::lake::{lake_schema, with_system_columns};
 use crate::model::table::{DATALAKE_FRESHNESS, TableDescriptor, TablePath, parse_duration, parse_schema};
 use crate::model::tiering::{FetchAsk, LogReader, TieringCluster};
 use crate::rpc::ClusterClient;
-use crate::serve::EmbeddedCluster;
+use crate::serve::{EmbeddedCluster, LocalDoor};
 use crate::workload::{KvMix, ProduceOptions, Workload, produce};
 
-use super::tier::{print_summary, run_job, runtime};
+use super::tier::{print_summary, run_job, run_job_on, runtime};
 use super::{S3Args, TierArgs, TimelyArgs, TuningArgs};
 
 #[derive(Debug, Args)]
@@ -76,8 +76,9 @@ pub struct BenchArgs {
     #[arg(long, default_value = "paimon", value_parser = ["paimon", "iceberg"])]
     pub format: String,
     /// How the job reaches the embedded cluster, one run per transport and worker count: grpc (its gRPC door),
-    /// fluss (Fluss's own protocol), or both (`grpc,fluss`).
-    #[arg(long, value_delimiter = ',', default_value = "grpc", value_parser = ["grpc", "fluss"])]
+    /// fluss (Fluss's own protocol), direct (its door without a wire: the stored batches reach the job as read from
+    /// their segments, with no copy into a message and through a socket), or several (`grpc,fluss,direct`).
+    #[arg(long, value_delimiter = ',', default_value = "grpc", value_parser = ["grpc", "fluss", "direct"])]
     pub transport: Vec<String>,
     /// Where to keep the cluster and the local lakes (default: a new temporary directory, removed afterwards).
     #[arg(long)]
@@ -224,6 +225,10 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.freshness_for.is_some() && args.transport.len() > 1 {
         bail!("--freshness-for runs one job: give one --transport");
+    }
+    let direct = args.transport.iter().any(|t| t == "direct");
+    if direct && (args.processes > 1 || args.freshness_for.is_some()) {
+        bail!("--transport direct is a door of this process: not with --processes or --freshness-for");
     }
     let warehouses =
         args.warehouse.iter().map(|w| BenchWarehouse::parse(w, &args.s3)).collect::<Result<Vec<_>, _>>()?;
@@ -407,7 +412,9 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         // Each run tiers into an empty lake, so each tiers every row (the lake is the source of truth).
         std::thread::sleep(Duration::from_millis(200));
         let (started, cpu_before) = (Instant::now(), cpu_seconds());
-        let report = if args.processes == 1 {
+        let report = if transport == "direct" {
+            run_job_on(&job, Arc::new(LocalDoor::new(Arc::clone(cluster.cluster()))))?.metrics.report()
+        } else if args.processes == 1 {
             run_job(&job)?.metrics.report()
         } else {
             run_processes(&job, &dir, &format!("{}-{lake}", store.name()))?

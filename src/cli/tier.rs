@@ -89,6 +89,19 @@ pub(super) fn run_job(args: &TierArgs) -> anyhow::Result<Arc<JobContext>> {
 
 /// [`run_job`], calling `started` with the job's context before the workers start (to watch or stop it).
 pub(super) fn run_job_with(args: &TierArgs, started: impl FnOnce(&Arc<JobContext>)) -> anyhow::Result<Arc<JobContext>> {
+    run_job_through(args, None, started)
+}
+
+/// [`run_job`] through `door` instead of `args.cluster`: a cluster of this process, reached without a wire.
+pub(super) fn run_job_on(args: &TierArgs, door: Arc<dyn TieringCluster>) -> anyhow::Result<Arc<JobContext>> {
+    run_job_through(args, Some(door), |_| {})
+}
+
+fn run_job_through(
+    args: &TierArgs,
+    door: Option<Arc<dyn TieringCluster>>,
+    started: impl FnOnce(&Arc<JobContext>),
+) -> anyhow::Result<Arc<JobContext>> {
     let timely_config = timely_config(&args.timely)?;
     let config = tier_config(&args.tuning, args.once)?;
     if args.tuning.target_file_size < 1024 {
@@ -99,9 +112,10 @@ pub(super) fn run_job_with(args: &TierArgs, started: impl FnOnce(&Arc<JobContext
     let rpc_timeout = parse_duration(&args.tuning.rpc_timeout)?;
     let (client, lake) = runtime.block_on(async {
         // fluss://HOST:PORT speaks Fluss's own protocol; http://HOST:PORT the gRPC door.
-        let client: Arc<dyn TieringCluster> = match args.cluster.starts_with("fluss://") {
-            true => crate::fluss::transport::FlussCluster::connect(&args.cluster, rpc_timeout).await?,
-            false => Arc::new(ClusterClient::connect_with_timeout(&args.cluster, rpc_timeout).await?),
+        let client: Arc<dyn TieringCluster> = match (door, args.cluster.starts_with("fluss://")) {
+            (Some(door), _) => door,
+            (None, true) => crate::fluss::transport::FlussCluster::connect(&args.cluster, rpc_timeout).await?,
+            (None, false) => Arc::new(ClusterClient::connect_with_timeout(&args.cluster, rpc_timeout).await?),
         };
         let warehouse = lake::Warehouse::parse(&args.warehouse, args.s3.settings())?;
         let lake = lake::factory(&args.format, &warehouse, args.catalog.as_deref(), options).await?;

@@ -228,6 +228,12 @@ impl Error {
         Error::new(ErrorKind::Storage, context).with_source(err)
     }
 
+    /// The same error for another waiter on one call (many asks answered by one request): its kind and its whole
+    /// text, the cause included.
+    pub fn shared(&self) -> Self {
+        Error::new(self.kind, self.to_string())
+    }
+
     /// Rebuilds an error from a per-table error of a response.
     pub fn from_code(code: i32, message: Option<String>) -> Self {
         Error::new(ErrorKind::from_code(code), message.unwrap_or_else(|| format!("error code {code}")))

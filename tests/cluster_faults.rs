@@ -37,6 +37,12 @@ struct Cues {
     /// log storage holds.
     empty_fetches: AtomicBool,
     injected: AtomicU32,
+    /// Multi-bucket fetches take 20 ms, as over a network: the asks of a packed split's other ranges gather meanwhile.
+    slow_fetch_many: AtomicBool,
+    /// Multi-bucket fetches asked of the cluster, and answers in them left for the next request (empty below their
+    /// high watermark beside another bucket's batches).
+    fetch_many_calls: AtomicU32,
+    turns_left: AtomicU32,
 }
 
 impl Cues {
@@ -130,7 +136,17 @@ impl TieringCluster for FaultyCluster {
     }
 
     async fn fetch_many(&self, asks: &[FetchAsk], max_bytes: i32) -> Result<Vec<Result<FetchedLog>>> {
+        if self.cues.slow_fetch_many.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let mut answers = self.inner.fetch_many(asks, max_bytes).await?;
+        self.cues.fetch_many_calls.fetch_add(1, Ordering::SeqCst);
+        if answers.iter().any(|a| a.as_ref().is_ok_and(|log| !log.batches.is_empty())) {
+            let left = asks.iter().zip(&answers).filter(|(ask, a)| {
+                a.as_ref().is_ok_and(|log| log.batches.is_empty() && log.high_watermark > ask.offset)
+            });
+            self.cues.turns_left.fetch_add(left.count() as u32, Ordering::SeqCst);
+        }
         if self.cues.empty_fetches.load(Ordering::SeqCst) {
             self.cues.injected.fetch_add(1, Ordering::SeqCst);
             answers.iter_mut().flatten().for_each(|log| log.batches.clear());
@@ -157,6 +173,16 @@ impl TieringCluster for FaultyCluster {
 /// Runs a `--once` job in this process against `cluster` through a [`FaultyCluster`] with `cues`; returns its result
 /// and context.
 fn run_once(cluster: LocalDoor, warehouse: std::path::PathBuf, cues: Arc<Cues>) -> (Result<()>, Arc<JobContext>) {
+    run_once_fetching(cluster, warehouse, cues, TierConfig::default().fetch_max_bytes)
+}
+
+/// [`run_once`] with a fetch size of `fetch_max_bytes`.
+fn run_once_fetching(
+    cluster: LocalDoor,
+    warehouse: std::path::PathBuf,
+    cues: Arc<Cues>,
+    fetch_max_bytes: i32,
+) -> (Result<()>, Arc<JobContext>) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let (cluster, lake) = runtime.block_on(async {
         let options = LakeOptions { target_file_size: 65536, ..LakeOptions::default() };
@@ -169,6 +195,7 @@ fn run_once(cluster: LocalDoor, warehouse: std::path::PathBuf, cues: Arc<Cues>) 
         poll_interval: Duration::from_millis(50),
         max_rpc_failures: 20,
         lake_timeout: Duration::from_secs(5),
+        fetch_max_bytes,
         ..TierConfig::default()
     };
     let ctx = Arc::new(JobContext::new(runtime.handle().clone(), Arc::new(cluster), lake, config));
@@ -223,6 +250,23 @@ async fn offsets_answers_that_leave_out_a_bucket_fail_the_round_and_commit_nothi
     assert!(errors.contains("end and") && errors.contains("start offsets for the 4 buckets"), "{errors}");
 }
 
+/// Fetches of one byte from a cluster 20 ms away: every gathered request brings one bucket's batch and leaves the
+/// others for the next, which ask again; every offset still reaches the lake exactly once (pypaimon reads it) and the cluster agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gathered_fetches_whose_budget_one_bucket_spends_ask_the_others_again_and_tier_every_offset_once() {
+    let common::Setup { dir: _dir, warehouse, cluster, client, tables } = common::setup().await;
+    common::produce_all(&client, &tables, 0, 1500).await;
+    let cues = Arc::new(Cues { slow_fetch_many: AtomicBool::new(true), ..Cues::default() });
+    let (door, lake_dir, job_cues) = (local(&cluster), warehouse.clone(), Arc::clone(&cues));
+    let job = tokio::task::spawn_blocking(move || run_once_fetching(door, lake_dir, job_cues, 1));
+    let (result, _ctx) = tokio::time::timeout(Duration::from_secs(300), job).await.expect("the job ends").expect("job");
+    result.expect("the job tiers with one-byte fetches");
+    assert!(cues.fetch_many_calls.load(Ordering::SeqCst) > 0, "packed splits gathered their fetches");
+    assert!(cues.turns_left.load(Ordering::SeqCst) > 0, "some buckets were left for the next request");
+    common::wait_tiered(&client, &tables.iter().collect::<Vec<_>>(), Duration::from_secs(60)).await;
+    common::check_lake_and_cluster(&client, &warehouse, &tables, 1500).await;
+}
+
 /// A cluster that answers every bucket empty below its high watermark (rows only Fluss's remote log storage holds)
 /// fails the round with the reason; a packed split's gathered fetches do not take the empty answers for turns left
 /// to the next request and ask for ever.
@@ -238,6 +282,7 @@ async fn fetches_answered_empty_below_the_high_watermark_fail_the_round_with_the
         .expect("the job ends instead of asking for ever")
         .expect("job");
     assert!(cues.injected.load(Ordering::SeqCst) > 0, "answers were emptied");
+    assert!(cues.fetch_many_calls.load(Ordering::SeqCst) > 0, "packed splits gathered their fetches");
     assert_eq!(ctx.metrics.rounds_committed.load(Ordering::Relaxed), 0, "nothing was committed");
     let errors = ctx.errors().join("; ");
     assert!(result.is_err() || !errors.is_empty(), "the job does not end as a success");

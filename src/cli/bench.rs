@@ -17,7 +17,7 @@ use crate::cluster::ClusterConfig;
 use crate::dataflows::{JobReport, PhaseSeconds};
 use crate::lake::{lake_schema, with_system_columns};
 use crate::model::table::{DATALAKE_FRESHNESS, TableDescriptor, TablePath, parse_duration, parse_schema};
-use crate::model::tiering::{FetchAsk, LogReader, TieringCluster};
+use crate::model::tiering::{FetchAsk, LogReader, TieringCluster, answers_checked};
 use crate::rpc::ClusterClient;
 use crate::serve::{EmbeddedCluster, LocalDoor};
 use crate::workload::{KvMix, ProduceOptions, Workload, produce};
@@ -662,7 +662,7 @@ async fn baseline(
             readers.retain(|r| r.ask().is_some());
             for group in readers.chunks_mut(64) {
                 let asks: Vec<FetchAsk> = group.iter().filter_map(LogReader::ask).collect();
-                let answers = cluster.fetch_many(&asks, 8 << 20).await?;
+                let answers = answers_checked(&asks, cluster.fetch_many(&asks, 8 << 20).await?)?;
                 for ((reader, ask), answer) in group.iter_mut().zip(&asks).zip(answers) {
                     for stored in reader.take(answer?)?.unwrap_or_default() {
                         let b = stored.read(descriptor)?;

@@ -110,6 +110,7 @@ fn run_job_through(
     let runtime = runtime("tier-io", args.timely.workers + 1)?;
     let options = LakeOptions { target_file_size: args.tuning.target_file_size, commit_timeout: config.lake_timeout };
     let rpc_timeout = parse_duration(&args.tuning.rpc_timeout)?;
+    let through_door = door.is_some();
     let (client, lake) = runtime.block_on(async {
         // fluss://HOST:PORT speaks Fluss's own protocol; http://HOST:PORT the gRPC door.
         let client: Arc<dyn TieringCluster> = match (door, args.cluster.starts_with("fluss://")) {
@@ -150,7 +151,8 @@ fn run_job_through(
         signal.await;
         on_signal.request_shutdown();
     });
-    tracing::info!(job = %ctx.job_id, cluster = %args.cluster, format = %args.format, once = args.once, "tiering job started");
+    let cluster = if through_door { "a door of this process" } else { args.cluster.as_str() };
+    tracing::info!(job = %ctx.job_id, %cluster, format = %args.format, once = args.once, "tiering job started");
     started(&ctx);
     let bar = args.once.then(|| progress_bar(Arc::clone(&ctx)));
     let result = dataflows::run(timely_config, Arc::clone(&ctx));

@@ -733,6 +733,9 @@ impl TieringCluster for FlussCluster {
                 Ok(resp) => {
                     let buckets: Vec<BucketAddr> = mine.iter().map(|a| a.bucket).collect();
                     for (i, answer) in indexes.into_iter().zip(answers_of(resp, &buckets)) {
+                        if answer.as_ref().is_err_and(|e| leader_moved(e.kind())) {
+                            lock(&self.leaders).remove(&asks[i].bucket);
+                        }
                         answers[i] = Some(answer.and_then(fetched_log));
                     }
                 }
@@ -744,7 +747,7 @@ impl TieringCluster for FlussCluster {
                 }
                 Err(e) => {
                     for i in indexes {
-                        answers[i] = Some(Err(Error::new(e.kind(), e.to_string())));
+                        answers[i] = Some(Err(e.shared()));
                     }
                 }
             }

@@ -325,7 +325,7 @@ pub trait TieringCluster: Send + Sync {
 
     /// Many buckets in one request, as Fluss's FetchLog allows: one answer per ask, in order, each bucket's error
     /// its own (the asks name distinct buckets). The server fills the response in an order of its own until about
-    /// `max_bytes` are in it (the first bucket it serves with data gets at least one batch), so a bucket answered
+    /// `max_bytes` are in it (a client that asks several servers at once: per server) (the first bucket it serves with data gets at least one batch), so a bucket answered
     /// empty below its high watermark was left for the next request. The default asks one bucket at a time.
     async fn fetch_many(&self, asks: &[FetchAsk], max_bytes: i32) -> Result<Vec<Result<FetchedLog>>> {
         let _ = max_bytes;
@@ -417,13 +417,9 @@ pub fn offsets_in_order(table_id: i64, asked: &[i32], answers: Vec<OffsetAnswer>
         .collect()
 }
 
-/// Each ask fetched alone, one after another: [`TieringCluster::fetch_many`] for a cluster without it.
+/// Each ask fetched alone, all at once: [`TieringCluster::fetch_many`] for a cluster without it.
 pub async fn fetch_each<C: TieringCluster + ?Sized>(cluster: &C, asks: &[FetchAsk]) -> Vec<Result<FetchedLog>> {
-    let mut answers = Vec::with_capacity(asks.len());
-    for ask in asks {
-        answers.push(cluster.fetch(ask.bucket, ask.offset, ask.max_bytes).await);
-    }
-    answers
+    futures::future::join_all(asks.iter().map(|ask| cluster.fetch(ask.bucket, ask.offset, ask.max_bytes))).await
 }
 
 /// A bucket answered empty below its high watermark when no other bucket took the request's bytes: its rows are
@@ -439,6 +435,30 @@ pub fn nothing_read(ask: &FetchAsk, high_watermark: i64) -> Error {
             ask.offset
         ),
     )
+}
+
+/// A multi-bucket fetch's answers, checked before they go to their readers: one per ask (a cluster that answered
+/// fewer is wrong), and, when the request brought no batch at all and so spent none of its bytes, an answer empty
+/// below its bucket's high watermark is no turn left for the next request but rows this job cannot read: an error
+/// (asking again would ask for ever).
+pub fn answers_checked(asks: &[FetchAsk], mut answers: Vec<Result<FetchedLog>>) -> Result<Vec<Result<FetchedLog>>> {
+    if answers.len() != asks.len() {
+        return Err(Error::new(
+            ErrorKind::CorruptMessage,
+            format!("a fetch of {} buckets got {} answers", asks.len(), answers.len()),
+        ));
+    }
+    if answers.iter().any(|a| a.as_ref().is_ok_and(|log| !log.batches.is_empty())) {
+        return Ok(answers);
+    }
+    for (answer, ask) in answers.iter_mut().zip(asks) {
+        if let Ok(log) = answer
+            && log.high_watermark > ask.offset
+        {
+            *answer = Err(nothing_read(ask, log.high_watermark));
+        }
+    }
+    Ok(answers)
 }
 
 /// Reads one bucket's log from an offset on, one fetch per [`LogReader::next`]: the one fetch loop of the code base.

@@ -314,7 +314,7 @@ impl TabletService for ClusterService {
     ) -> Result<Response<proto::FetchLogResponse>, Status> {
         let req = req.into_inner();
         let id = BucketId { table_id: req.table_id, partition_id: req.partition_id, bucket: req.bucket_id };
-        let max_bytes = usize::try_from(req.max_fetch_bytes.max(1)).unwrap_or(1);
+        let max_bytes = usize::try_from(req.max_fetch_bytes.max(1)).unwrap_or(1).min(crate::rpc::MAX_MESSAGE_BYTES / 2);
         let fetched = self.blocking(move |c| c.fetch(id, req.fetch_offset, max_bytes)).await?;
         Ok(Response::new(fetch_log_response(fetched)))
     }

@@ -303,6 +303,8 @@ async fn gather_fetches(
     max_bytes: i32,
 ) {
     while let Some(first) = waiting.recv().await {
+        // The split's other ranges ask at about the same time (at its start, after each answer): let them.
+        tokio::task::yield_now().await;
         let mut asked = vec![first];
         while asked.len() < BUCKETS_PER_FETCH
             && let Ok(next) = waiting.try_recv()

@@ -103,6 +103,12 @@ pub struct Fetched {
     pub batches: Vec<StoredBatch>,
 }
 
+/// The bytes a fetch asked for (from the wire, any `i32`), as the cluster reads them: at least one, since a fetch
+/// always brings a batch when there is one.
+pub fn fetch_budget(asked: i32) -> usize {
+    usize::try_from(asked).unwrap_or(0).max(1)
+}
+
 /// A primary-key bucket's state, with the schema it is kept in.
 type KvEntry = (SchemaRef, Arc<Mutex<KvBucket>>);
 
@@ -732,7 +738,7 @@ impl Cluster {
             .map(|ask| {
                 let (table_id, partition_id, bucket) = ask.bucket;
                 let id = BucketId { table_id, partition_id, bucket };
-                let most = usize::try_from(ask.max_bytes).unwrap_or(0).max(1);
+                let most = fetch_budget(ask.max_bytes);
                 let budget = most.min(max_bytes.saturating_sub(total));
                 let fetched = if total > 0 && budget == 0 {
                     let log = self.existing_log(id)?;

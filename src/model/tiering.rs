@@ -325,8 +325,9 @@ pub trait TieringCluster: Send + Sync {
 
     /// Many buckets in one request, as Fluss's FetchLog allows: one answer per ask, in order, each bucket's error
     /// its own (the asks name distinct buckets). The server fills the response in an order of its own until about
-    /// `max_bytes` are in it (a client that asks several servers at once: per server) (the first bucket it serves with data gets at least one batch), so a bucket answered
-    /// empty below its high watermark was left for the next request. The default asks one bucket at a time.
+    /// `max_bytes` are in it (per server, for a client that asks several at once); the first bucket it serves with
+    /// data gets at least one batch, so a bucket answered empty below its high watermark was left for the next
+    /// request. The default fetches each bucket alone, all at once ([`fetch_each`]).
     async fn fetch_many(&self, asks: &[FetchAsk], max_bytes: i32) -> Result<Vec<Result<FetchedLog>>> {
         let _ = max_bytes;
         Ok(fetch_each(self, asks).await)

@@ -6,7 +6,7 @@ use std::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::cluster::coordinator::{Heartbeat, HeartbeatEntry, LakeBucketOffset, TieringStatus};
-use crate::cluster::{BucketId, Cluster};
+use crate::cluster::{BucketId, Cluster, fetch_budget};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::now_ms;
 use crate::model::table::{TableDescriptor, TableInfo, TablePath};
@@ -314,7 +314,7 @@ impl TabletService for ClusterService {
     ) -> Result<Response<proto::FetchLogResponse>, Status> {
         let req = req.into_inner();
         let id = BucketId { table_id: req.table_id, partition_id: req.partition_id, bucket: req.bucket_id };
-        let max_bytes = usize::try_from(req.max_fetch_bytes.max(1)).unwrap_or(1).min(crate::rpc::MAX_MESSAGE_BYTES / 2);
+        let max_bytes = fetch_budget(req.max_fetch_bytes).min(crate::rpc::MAX_MESSAGE_BYTES / 2);
         let fetched = self.blocking(move |c| c.fetch(id, req.fetch_offset, max_bytes)).await?;
         Ok(Response::new(fetch_log_response(fetched)))
     }
@@ -334,7 +334,7 @@ impl TabletService for ClusterService {
             })
             .collect();
         // A response must fit in a message, whatever the client asks for.
-        let max_bytes = usize::try_from(req.max_bytes.max(1)).unwrap_or(1).min(crate::rpc::MAX_MESSAGE_BYTES / 2);
+        let max_bytes = fetch_budget(req.max_bytes).min(crate::rpc::MAX_MESSAGE_BYTES / 2);
         let answers = self.blocking(move |c| Ok(c.fetch_many(&asks, max_bytes))).await?;
         let answers = answers
             .into_iter()

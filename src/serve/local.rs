@@ -14,7 +14,7 @@ use std::time::Instant;
 use arrow::array::RecordBatch;
 
 use crate::cluster::coordinator::{Heartbeat, HeartbeatEntry, TieringStatus};
-use crate::cluster::{BucketId, Cluster};
+use crate::cluster::{BucketId, Cluster, fetch_budget};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::log::LogBatch;
 use crate::model::now_ms;
@@ -173,13 +173,13 @@ impl TieringCluster for LocalDoor {
         max_bytes: i32,
     ) -> Result<FetchedLog> {
         let id = BucketId { table_id, partition_id, bucket };
-        let max_bytes = usize::try_from(max_bytes.max(1)).unwrap_or(1);
+        let max_bytes = fetch_budget(max_bytes);
         Ok(fetched(self.blocking(move |c| c.fetch(id, offset, max_bytes)).await?))
     }
 
     async fn fetch_many(&self, asks: &[FetchAsk], max_bytes: i32) -> Result<Vec<Result<FetchedLog>>> {
         let asks = asks.to_vec();
-        let max_bytes = usize::try_from(max_bytes.max(1)).unwrap_or(1);
+        let max_bytes = fetch_budget(max_bytes);
         let answers = self.blocking(move |c| Ok(c.fetch_many(&asks, max_bytes))).await?;
         Ok(answers.into_iter().map(|a| a.map(fetched)).collect())
     }
